@@ -1,0 +1,17 @@
+# The two entry points: `make demo` (the demo deployment) and `make test` (the whole test suite).
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check atomscale_lab tests bench
+
+bench:
+	.venv/bin/python bench/vault.py

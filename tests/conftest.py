@@ -1,0 +1,59 @@
+"""Shared fixtures.
+
+- ``root_key``: a freshly generated root key, set as ``ATOMSCALE_ROOT_KEY`` for the test.
+- ``home``: an empty ``ATOMSCALE_HOME`` in a temporary folder (data and context roots inside it).
+- ``vault``: a ``Vault`` on ``home`` with ``root_key``.
+- ``venv_bin``: the folder of the project's executables (``atomscale-lab``, ``jupyter`` …).
+
+Suites for one area live in their own folder with their own ``conftest.py``.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def root_key(monkeypatch):
+    """A new root key, exported as ATOMSCALE_ROOT_KEY."""
+    from atomscale_lab.crypto import generate_root_key
+
+    key = generate_root_key()
+    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", key)
+    monkeypatch.delenv("ATOMSCALE_ROOT_KEY_FILE", raising=False)
+    return key
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty ATOMSCALE_HOME."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("ATOMSCALE_HOME", str(h))
+    for var in ("ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    return h
+
+
+@pytest.fixture
+def vault(home, root_key):
+    """A Vault on the temporary home."""
+    from atomscale_lab.config import Settings
+    from atomscale_lab.vault import Vault
+
+    return Vault(Settings.load(home))
+
+
+@pytest.fixture(scope="session")
+def venv_bin():
+    """Folder holding the project's console scripts."""
+    return Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_env():
+    # requests honours REQUESTS_CA_BUNDLE / proxies from the environment; tests talk to loopback only.
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    os.environ["no_proxy"] = os.environ["NO_PROXY"]
