@@ -3,17 +3,55 @@
 CONTRACT (filled in by the vault work):
 
 ``audit_root/<org>.jsonl``; each line ``{"seq", "ts", "org", "actor", "action", "outcome",
-"detail", "prev", "mac"}``; ``prev`` is the SHA-256 of the previous line, ``mac`` an HMAC-SHA256 of the
-line without ``mac``. Appends take an exclusive file lock so several processes can share a log.
-Actions are dotted names: ``auth.login``, ``key.release``, ``data.read``, ``data.write``,
-``context.join``, ``context.read``, ``config.change``, ``apikey.create|use|revoke``, ``org.create`` …;
-outcomes ``allowed``/``denied``/``error``. ``detail`` must never contain secrets or key material.
+"detail", "prev", "mac"}``; ``prev`` is the SHA-256 of the previous line, ``mac`` an HMAC-SHA256
+of the line without ``mac``. Appends take an exclusive file lock so several processes can share a
+log. Actions are dotted names: ``auth.login``, ``key.release``, ``data.read``, ``data.write``,
+``context.join``, ``context.read``, ``config.change``, ``apikey.create|use|revoke``,
+``org.create`` …; outcomes ``allowed``/``denied``/``error``. ``detail`` must never contain secrets
+or key material.
+
+Beyond the chain, the tail is anchored: after each append the log's ``(count, hash of the last
+line)`` is stored in the ``audit_heads`` table of a SQLite file outside the audit folder (the
+registry), so cutting lines off the end is detected as well as editing, deleting or reordering
+lines inside.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import enum
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePath
 from typing import Protocol
+
+from .errors import IntegrityError, ValidationError
+
+OUTCOMES = ("allowed", "denied", "error")
+ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+$")
+FIELDS = ("seq", "ts", "org", "actor", "action", "outcome", "detail", "prev")
+
+# Detail names that suggest a secret. A caller that means to log "which key" passes a version or a
+# fingerprint (``key_version``, ``fingerprint``, ``key_id``), never the key itself.
+_SECRET_NAME = re.compile(
+    r"(secret|token|passw|passphrase|private|credential|cookie|session_key|material"
+    r"|^key$|_key$|^apikey$|^api_key|root_key|data_key|(^|_)t?otp($|_))",
+    re.IGNORECASE,
+)
+# Text that looks like a root key (``ask1:`` prefix) or a bare 256-bit base64url key.
+_SECRET_VALUE = re.compile(r"(ask1:|^[A-Za-z0-9_-]{43}=?$)")
+MAX_DETAIL_BYTES = 16_384
+
+
+def genesis(org: str) -> str:
+    """The ``prev`` value of an org's first line (binds the chain to the org name)."""
+    return hashlib.sha256(f"atomscale-audit-genesis:{org}".encode()).hexdigest()
 
 
 class AuditSink(Protocol):
@@ -23,25 +61,257 @@ class AuditSink(Protocol):
         """Record one event."""
 
 
-class AuditLog:
-    """The hash-chained, MACed audit log of one org (an ``AuditSink``)."""
+def clean_detail(detail: dict) -> dict:
+    """Return ``detail`` made JSON-safe; raise ``ValidationError`` for secret-looking names/values.
 
-    def __init__(self, path: Path, org: str, key: bytes):
-        raise NotImplementedError
+    The filter is defensive: the callers are ours, and a detail named ``token`` or carrying bytes is
+    a programming error that must fail loudly rather than put a secret into a long-lived file.
+    """
+    return {str(k): _clean(str(k), v) for k, v in detail.items()}
+
+
+def _clean(name: str, value, depth: int = 0):
+    if _SECRET_NAME.search(name):
+        raise ValidationError(f"audit detail {name!r} looks like a secret and is not recorded",
+                              field=name)
+    if depth > 6:
+        raise ValidationError(f"audit detail {name!r} is nested too deeply", field=name)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, str):
+        if _SECRET_VALUE.search(value):
+            raise ValidationError(f"audit detail {name!r} looks like key material", field=name)
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise ValidationError(f"audit detail {name!r} is binary; record a fingerprint instead",
+                              field=name)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _clean(name, value.value, depth + 1)
+    if isinstance(value, dict):
+        return {str(k): _clean(str(k), v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [_clean(name, v, depth + 1) for v in items]
+    if hasattr(value, "item"):  # numpy / pyarrow scalars
+        return _clean(name, value.item(), depth + 1)
+    raise ValidationError(f"audit detail {name!r} of type {type(value).__name__} is not "
+                          "JSON-safe", field=name)
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+class AuditHeads:
+    """``(count, last line hash)`` of each org's log in SQLite, never going backwards."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS audit_heads (org TEXT PRIMARY KEY, "
+                       "count INTEGER NOT NULL, last_hash TEXT NOT NULL, updated TEXT NOT NULL)")
+
+    @contextlib.contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def get(self, org: str) -> tuple[int, str] | None:
+        """The last recorded head of ``org``'s log, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT count, last_hash FROM audit_heads WHERE org = ?",
+                             (org,)).fetchone()
+        return (int(row[0]), row[1]) if row else None
+
+    def advance(self, org: str, count: int, last_hash: str) -> None:
+        """Record a longer log; a shorter one is ignored (the head never moves back)."""
+        now = datetime.now(UTC).isoformat()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO audit_heads (org, count, last_hash, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(org) DO UPDATE SET count = excluded.count, "
+                "last_hash = excluded.last_hash, updated = excluded.updated "
+                "WHERE excluded.count > audit_heads.count",
+                (org, count, last_hash, now),
+            )
+
+    def forget(self, org: str) -> None:
+        """Drop the head of a deleted org."""
+        with self._connect() as db:
+            db.execute("DELETE FROM audit_heads WHERE org = ?", (org,))
+
+
+class AuditLog:
+    """The hash-chained, MACed audit log of one org (an ``AuditSink``).
+
+    ``heads`` (an :class:`AuditHeads` or the path of its SQLite file) anchors the tail; without it
+    only edits, deletions inside the log and reordering are detected.
+    """
+
+    def __init__(self, path: Path, org: str, key: bytes, heads: AuditHeads | Path | None = None):
+        if not isinstance(key, bytes | bytearray) or len(key) < 16:
+            raise ValidationError("the audit key must be at least 16 bytes")
+        self.path = Path(path)
+        self.org = org
+        self._key = bytes(key)
+        if heads is not None and not isinstance(heads, AuditHeads):
+            heads = AuditHeads(Path(heads))
+        self.heads = heads
+
+    def __repr__(self) -> str:
+        return f"AuditLog(org={self.org!r}, path={str(self.path)!r})"
+
+    def _mac(self, body: bytes) -> str:
+        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
         """Append one event (locked, fsynced)."""
-        raise NotImplementedError
+        if outcome not in OUTCOMES:
+            raise ValidationError(f"audit outcome must be one of {', '.join(OUTCOMES)}",
+                                  field="outcome")
+        if not ACTION_RE.match(action or ""):
+            raise ValidationError(f"audit action {action!r} must be a dotted lower-case name",
+                                  field="action")
+        if not actor or not isinstance(actor, str):
+            raise ValidationError("audit actor is required", field="actor")
+        clean = clean_detail(detail)
+        if len(_canonical(clean)) > MAX_DETAIL_BYTES:
+            raise ValidationError("audit detail is too large", field="detail")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            seq, prev = self._tail(fd)
+            event = {
+                "seq": seq + 1, "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "org": self.org, "actor": actor, "action": action, "outcome": outcome,
+                "detail": clean, "prev": prev,
+            }
+            body = _canonical(event)
+            event["mac"] = self._mac(body)
+            line = _canonical(event)
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+            if self.heads is not None:
+                self.heads.advance(self.org, seq + 1, _line_hash(line))
+        finally:
+            os.close(fd)  # also releases the lock
+        if created:
+            _fsync_dir(self.path.parent)
+
+    def _tail(self, fd: int) -> tuple[int, str]:
+        """(seq, hash) of the last line, read backwards from the end of the file."""
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size == 0:
+            return 0, genesis(self.org)
+        chunk, buf, pos = 8192, b"", size
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            buf = os.pread(fd, step, pos) + buf
+            body = buf.rstrip(b"\n")
+            nl = body.rfind(b"\n")
+            if nl >= 0 or pos == 0:
+                last = body[nl + 1:]
+                break
+        try:
+            seq = int(json.loads(last)["seq"])
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(
+                f"the audit log {self.path} ends with a malformed line; run "
+                "`atomscale-lab audit verify` and restore it from a backup") from None
+        return seq, _line_hash(last)
+
+    def _lines(self) -> list[bytes]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        # A torn final write (no newline) is kept: verify() reports it as a bad line.
+        return [ln for ln in data.split(b"\n") if ln] if data else []
 
     def events(self, *, actor: str | None = None, action: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict]:
-        """Most recent events first, optionally filtered."""
-        raise NotImplementedError
+        """Most recent events first, optionally filtered (``action`` may end with ``.*``)."""
+        out, skipped = [], 0
+        for raw in reversed(self._lines()):
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            if actor is not None and ev.get("actor") != actor:
+                continue
+            if action is not None:
+                name = ev.get("action", "")
+                if action.endswith(".*"):
+                    if not name.startswith(action[:-1]):
+                        continue
+                elif name != action:
+                    continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append({k: ev.get(k) for k in FIELDS if k != "prev"})
+            if len(out) >= limit:
+                break
+        return out
 
     def verify(self) -> int:
         """Check every line's chain and MAC; returns the number of events or raises
         ``IntegrityError`` naming the first bad line."""
-        raise NotImplementedError
+        lines = self._lines()
+        prev = genesis(self.org)
+        for i, line in enumerate(lines, start=1):
+            where = f"audit log of {self.org!r}, line {i}"
+            try:
+                ev = json.loads(line)
+                mac = ev.pop("mac")
+            except (ValueError, KeyError, AttributeError, TypeError):
+                raise IntegrityError(f"{where}: not a valid audit record") from None
+            if not isinstance(ev, dict) or set(ev) != set(FIELDS):
+                raise IntegrityError(f"{where}: unexpected fields")
+            if not hmac.compare_digest(str(mac), self._mac(_canonical(ev))):
+                raise IntegrityError(f"{where}: MAC mismatch (the line was edited, or the log "
+                                     "belongs to another org or key)")
+            if ev["prev"] != prev:
+                raise IntegrityError(f"{where}: hash chain broken (a line before it was "
+                                     "deleted, inserted or moved)")
+            if ev["seq"] != i:
+                raise IntegrityError(f"{where}: sequence number {ev['seq']} where {i} was "
+                                     "expected (lines were deleted or reordered)")
+            if ev["org"] != self.org:
+                raise IntegrityError(f"{where}: event of org {ev['org']!r}")
+            prev = _line_hash(line)
+        if self.heads is not None:
+            head = self.heads.get(self.org)
+            if head is not None:
+                count, last_hash = head
+                if len(lines) < count:
+                    raise IntegrityError(
+                        f"audit log of {self.org!r}, line {len(lines) + 1}: missing (the log "
+                        f"has {len(lines)} lines but {count} were recorded; lines were cut off "
+                        "the end or the file was replaced)")
+                if _line_hash(lines[count - 1]) != last_hash:
+                    raise IntegrityError(
+                        f"audit log of {self.org!r}, line {count}: does not match the recorded "
+                        "head (the log was replaced by another valid-looking log)")
+        return len(lines)
 
 
 class NullAudit:
@@ -49,3 +319,27 @@ class NullAudit:
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
         """Drop the event."""
+
+
+class MemoryAudit:
+    """An ``AuditSink`` that keeps events in a list (tests and dry runs)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
+        """Keep the event (detail cleaned like the real log)."""
+        self.events.append({"actor": actor, "action": action, "outcome": outcome,
+                            "detail": clean_detail(detail)})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
