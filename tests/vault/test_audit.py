@@ -1,0 +1,136 @@
+"""The audit log: chain, MACs, tail anchor, locking and the secret filter."""
+
+import json
+import multiprocessing
+import secrets
+
+import pytest
+
+from atomscale_lab.audit import AuditHeads, AuditLog
+from atomscale_lab.errors import IntegrityError, ValidationError
+
+
+@pytest.fixture
+def log(tmp_path):
+    key = secrets.token_bytes(32)
+    heads = AuditHeads(tmp_path / "registry.sqlite")
+    lg = AuditLog(tmp_path / "audit" / "acme.jsonl", "acme", key, heads=heads)
+    for i in range(6):
+        lg.record(f"user{i % 2}", "data.read", table="process/series", rows=i * 10)
+    return lg
+
+
+def lines(lg):
+    return lg.path.read_bytes().splitlines(keepends=True)
+
+
+def write(lg, ls):
+    lg.path.write_bytes(b"".join(ls))
+
+
+def test_intact_log_verifies(log):
+    assert log.verify() == 6
+    ev = log.events(limit=2)
+    assert [e["seq"] for e in ev] == [6, 5]
+    assert log.events(actor="user1", limit=10)[0]["actor"] == "user1"
+    assert len(log.events(actor="user1", limit=10)) == 3
+    assert log.events(action="data.*", limit=1, offset=5)[0]["seq"] == 1
+
+
+def test_edit_is_detected(log):
+    ls = lines(log)
+    ls[2] = ls[2].replace(b'"rows":20', b'"rows":21')
+    write(log, ls)
+    with pytest.raises(IntegrityError, match="line 3: MAC mismatch"):
+        log.verify()
+
+
+def test_delete_middle_is_detected(log):
+    ls = lines(log)
+    del ls[3]
+    write(log, ls)
+    with pytest.raises(IntegrityError, match="line 4"):
+        log.verify()
+
+
+def test_delete_last_is_detected(log):
+    write(log, lines(log)[:-1])
+    with pytest.raises(IntegrityError, match="line 6: missing"):
+        log.verify()
+
+
+def test_delete_whole_file_is_detected(log):
+    log.path.unlink()
+    with pytest.raises(IntegrityError, match="line 1: missing"):
+        log.verify()
+
+
+def test_reorder_is_detected(log):
+    ls = lines(log)
+    ls[1], ls[2] = ls[2], ls[1]
+    write(log, ls)
+    with pytest.raises(IntegrityError, match="line 2"):
+        log.verify()
+
+
+def test_other_key_or_org_fails(log, tmp_path):
+    other = AuditLog(log.path, "acme", secrets.token_bytes(32))
+    with pytest.raises(IntegrityError, match="line 1: MAC mismatch"):
+        other.verify()
+    renamed = AuditLog(log.path, "beta", log._key)
+    with pytest.raises(IntegrityError, match="line 1"):
+        renamed.verify()
+
+
+def test_append_after_verify_keeps_chain(log):
+    log.record("admin", "org.create", region="us")
+    assert log.verify() == 7
+
+
+def test_secret_names_and_values_are_refused(log):
+    before = log.path.read_bytes()
+    for detail in ({"token": "abc"}, {"api_key": "x"}, {"root_key": "x"}, {"password": "x"},
+                   {"client_secret": "x"}, {"nested": {"data_key": "x"}},
+                   {"blob": b"\x00" * 32}, {"value": "ask1:" + "A" * 43},
+                   {"value": secrets.token_urlsafe(32)}, {"obj": object()}):
+        with pytest.raises(ValidationError):
+            log.record("admin", "config.change", **detail)
+    assert log.path.read_bytes() == before
+    with pytest.raises(ValidationError):
+        log.record("admin", "Not An Action")
+    with pytest.raises(ValidationError):
+        log.record("admin", "data.read", outcome="maybe")
+
+
+def test_no_key_material_in_log(tmp_path):
+    key = secrets.token_bytes(32)
+    lg = AuditLog(tmp_path / "a.jsonl", "acme", key, heads=tmp_path / "r.sqlite")
+    lg.record("admin", "key.release", key_version=2, fingerprint="0123abcd")
+    raw = lg.path.read_bytes()
+    import base64
+
+    for form in (key, key.hex().encode(), base64.b64encode(key),
+                 base64.urlsafe_b64encode(key).rstrip(b"=")):
+        assert form not in raw
+    ev = json.loads(raw.splitlines()[0])
+    assert set(ev) == {"seq", "ts", "org", "actor", "action", "outcome", "detail", "prev", "mac"}
+    assert ev["detail"] == {"key_version": 2, "fingerprint": "0123abcd"}
+
+
+def _append_many(path, key, heads, n):
+    lg = AuditLog(path, "acme", key, heads=heads)
+    for i in range(n):
+        lg.record("worker", "data.write", i=i)
+
+
+def test_concurrent_appends_keep_chain(tmp_path):
+    key = secrets.token_bytes(32)
+    path, heads = tmp_path / "acme.jsonl", tmp_path / "r.sqlite"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, key, heads, 40)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert AuditLog(path, "acme", key, heads=heads).verify() == 120
