@@ -94,6 +94,12 @@ class Table:
         """Merge files smaller than ``min_rows`` per partition; returns None when nothing to do."""
         raise NotImplementedError
 
+    def rewrite(self, *, progress=None) -> Commit | None:
+        """Re-encrypt every listed file under the crypto's current key version, in one commit
+        that replaces them (data-key rotation with ``--rewrite``); rows are unchanged.
+        ``progress`` is called with the number of files done after each one. None if empty."""
+        raise NotImplementedError
+
     def gc(self) -> int:
         """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
         raise NotImplementedError
