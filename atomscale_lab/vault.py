@@ -1,59 +1,381 @@
-"""The vault: one deployment's orgs, keys, stores, context and audit, for admins and single-user use.
+"""The vault: a deployment's orgs, keys, stores, context and audit, for admins and single-user use.
 
-CONTRACT (filled in by the vault work). ``Vault`` is the façade the CLI, the demo, the hub services and
-the single-user server extension use. Hub-spawned user servers do *not* use it: they get ``OrgKeys``
-from the key service and build ``OrgStore`` directly.
+CONTRACT (filled in by the vault work). ``Vault`` is the façade the CLI, the demo, the hub services
+and the single-user server extension use. Hub-spawned user servers do *not* use it: they get
+``OrgKeys`` from the key service and build ``OrgStore`` directly.
+
+Residency: each storage root declares its region and kind in a ``.atomscale-root.json`` marker,
+written on first use from ``Settings.region``. An org is created only if its region is the roots'
+region, and opened only while that still holds (a root moved to another region's disk is refused).
+
+Admin actions are audited twice: in the org's own log, and in the deployment log (pseudo-org
+``_deployment``, its own audit key) so that an org's deletion stays on record after its keys — and
+with them its own log's MAC key — are destroyed.
 """
 
 from __future__ import annotations
 
-from .config import Settings
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .audit import AuditHeads, AuditLog
+from .config import REGIONS, Settings
+from .errors import ConfigError, OrgExists, ResidencyError, UnknownOrg, ValidationError
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+MARKER = ".atomscale-root.json"
+SYSTEM_ORG = "_deployment"
+"""Pseudo-org of the deployment audit log (org names cannot start with ``_``)."""
+AUDIT_KEY_VERSION = 1
+"""The audit chain is MACed with version 1 of the org's audit key for the log's whole life."""
+
+_ORGS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orgs (
+    name TEXT PRIMARY KEY, region TEXT NOT NULL, created TEXT NOT NULL, deleted TEXT)
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid org name, else raise ``ValidationError`` saying why."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(
+            f"invalid org name {name!r}: use 2-32 characters, lower-case letters, digits and "
+            "'-', starting with a letter", field="name")
+    return name
+
+
+def check_region(region: str) -> str:
+    """Return the normalised region or raise ``ValidationError`` naming the valid ones."""
+    r = str(region or "").strip().lower()
+    if r not in REGIONS:
+        raise ValidationError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}",
+                              field="region")
+    return r
+
+
+def read_marker(root: Path) -> dict | None:
+    """The residency marker of a storage root, or None if the root has none yet."""
+    path = Path(root) / MARKER
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"the storage root marker {path} is unreadable: {e}") from None
+    if not isinstance(doc, dict) or "region" not in doc or "kind" not in doc:
+        raise ConfigError(f"the storage root marker {path} lacks 'region' or 'kind'")
+    return doc
+
+
+def _write_marker(root: Path, kind: str, region: str) -> dict:
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    doc = {"region": region, "kind": kind, "created": _now()}
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".marker-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # link() fails if another process wrote the marker first: keep theirs.
+        try:
+            os.link(tmp, root / MARKER)
+        except FileExistsError:
+            return read_marker(root) or doc
+    finally:
+        os.unlink(tmp)
+    return doc
 
 
 class Vault:
     """Orgs (registry in SQLite), their keys, data stores, context stores and audit logs."""
 
     def __init__(self, settings: Settings | None = None, kms=None):
-        """``settings`` defaults to ``Settings.load()``; ``kms`` to ``LocalKms.from_env()``."""
-        raise NotImplementedError
+        """``settings`` defaults to ``Settings.load()``; ``kms`` to ``LocalKms.from_env()``.
 
-    def create_org(self, name: str, region: str) -> dict:
+        The KMS (and with it the root key) is only loaded when a key is needed, so listing orgs
+        works without it.
+        """
+        from .crypto import connect_registry
+
+        self.settings = settings if settings is not None else Settings.load()
+        self.settings.check_roots()
+        self._kms = kms
+        self._keys = None
+        self._db = connect_registry(self.settings.registry_path)
+        self._db.execute(_ORGS_SCHEMA)
+        self._heads = AuditHeads(self.settings.registry_path)
+
+    def __repr__(self) -> str:
+        return f"Vault(home={str(self.settings.home)!r})"
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    @property
+    def kms(self):
+        """The deployment's KMS (loaded on first use: ``ATOMSCALE_KMS`` or the root key)."""
+        if self._kms is None:
+            from .crypto import load_kms
+
+            self._kms = load_kms()
+        return self._kms
+
+    @property
+    def keys(self):
+        """The ``KeyRegistry`` (opened on first use)."""
+        if self._keys is None:
+            from .crypto import KeyRegistry
+
+            self._keys = KeyRegistry(self.settings.registry_path, self.kms)
+        return self._keys
+
+    # -- residency ------------------------------------------------------------------------------
+
+    def roots_region(self) -> str:
+        """The region both storage roots declare (markers are written on first use).
+
+        Raises ``ResidencyError`` if the markers disagree and ``ConfigError`` if a root's marker
+        names the other kind (the roots were swapped).
+        """
+        s = self.settings
+        docs = {}
+        for kind, root in (("data", s.data_root), ("context", s.context_root)):
+            doc = read_marker(root)
+            if doc is None:
+                doc = _write_marker(Path(root), kind, s.region)
+                log.info("declared %s root %s as region %s", kind, root, doc["region"])
+            if doc["kind"] != kind:
+                raise ConfigError(f"{root} is marked as a {doc['kind']} root but is configured "
+                                  f"as the {kind} root; check ATOMSCALE_DATA_ROOT and "
+                                  "ATOMSCALE_CONTEXT_ROOT")
+            docs[kind] = doc
+        d, c = docs["data"]["region"], docs["context"]["region"]
+        if d != c:
+            raise ResidencyError(
+                f"the storage roots declare different regions: data root {s.data_root} is "
+                f"{d!r}, context root {s.context_root} is {c!r}; both must be in one region")
+        return d
+
+    def _check_residency(self, name: str, region: str) -> None:
+        roots = self.roots_region()
+        if region != roots:
+            raise ResidencyError(
+                f"org {name!r} must stay in region {region!r}, but the storage roots "
+                f"({self.settings.data_root}, {self.settings.context_root}) are in {roots!r}")
+
+    # -- org registry ---------------------------------------------------------------------------
+
+    def _row(self, name: str):
+        return self._db.execute("SELECT name, region, created, deleted FROM orgs WHERE name=?",
+                                (name,)).fetchone()
+
+    def _live(self, name: str) -> dict:
+        row = self._row(name) if isinstance(name, str) else None
+        if row is None:
+            raise UnknownOrg(f"unknown org {name!r} (see `atomscale-lab org list`)")
+        if row[3]:
+            raise UnknownOrg(f"org {name!r} was deleted on {row[3][:10]}; its data is gone")
+        return {"name": row[0], "region": row[1], "created": row[2]}
+
+    def create_org(self, name: str, region: str, *, actor: str = "admin") -> dict:
         """Create an org (name: ``[a-z][a-z0-9-]{1,31}``); refuse a region that does not match the
         roots' declared region (``ResidencyError``) or an existing name (``OrgExists``)."""
-        raise NotImplementedError
+        check_name(name)
+        region = check_region(region)
+        row = self._row(name)
+        if row is not None:
+            if row[3]:
+                raise OrgExists(f"org {name!r} was deleted on {row[3][:10]}; its name cannot be "
+                                "reused (choose another name)")
+            raise OrgExists(f"org {name!r} already exists")
+        try:
+            self._check_residency(name, region)
+        except ResidencyError as e:
+            self.system_audit().record(actor, "org.create", "denied", org_name=name,
+                                       region=region, reason=str(e))
+            raise
+        self.keys.create_org(name)
+        created = _now()
+        try:
+            self._db.execute("INSERT INTO orgs (name, region, created) VALUES (?, ?, ?)",
+                             (name, region, created))
+        except Exception:
+            self.keys.shred(name)
+            raise
+        for root in (self.settings.data_root, self.settings.context_root):
+            (Path(root) / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.audit(name).record(actor, "org.create", region=region)
+        self.system_audit().record(actor, "org.create", org_name=name, region=region)
+        return {"name": name, "region": region, "created": created}
 
     def orgs(self) -> list[dict]:
         """Every live org: name, region, created."""
-        raise NotImplementedError
+        rows = self._db.execute("SELECT name, region, created FROM orgs WHERE deleted IS NULL "
+                                "ORDER BY name").fetchall()
+        return [{"name": n, "region": r, "created": c} for n, r, c in rows]
+
+    def org_region(self, name: str) -> str:
+        """The region of a live org (no keys needed)."""
+        return self._live(name)["region"]
 
     def org_info(self, name: str) -> dict:
-        """Region, key versions and fingerprints, per-table rows/files/bytes — never key material."""
-        raise NotImplementedError
+        """Region, key versions and fingerprints, per-table rows/files/bytes; never key material."""
+        info = self._live(name)
+        self._check_residency(name, info["region"])
+        fps = self.keys.fingerprints(name)
+        info["keys"] = {p: [{"version": v, "fingerprint": f} for v, f in sorted(vs.items())]
+                        for p, vs in sorted(fps.items())}
+        info["data_root"] = str(Path(self.settings.data_root) / name)
+        info["context_root"] = str(Path(self.settings.context_root) / name)
+        tables = {}
+        for t in [*self.store(name).tables(), self.context(name).table]:
+            files = t.files()
+            tables[t.spec.name] = {"rows": int(t.num_rows()), "files": len(files),
+                                   "bytes": int(sum(_size(f) for f in files))}
+        info["tables"] = tables
+        info["totals"] = {k: sum(v[k] for v in tables.values()) for k in ("rows", "files", "bytes")}
+        return info
+
+    # -- per-org handles ------------------------------------------------------------------------
 
     def org_keys(self, name: str):
         """The org's ``OrgKeys`` (data key versions)."""
-        raise NotImplementedError
+        self._live(name)
+        return self.keys.org_keys(name)
+
+    def heads(self):
+        """The commit-log head store (in the registry, outside the data root)."""
+        from .store import SqliteHeadStore
+
+        return SqliteHeadStore(self.settings.registry_path)
+
+    def crypto(self, name: str):
+        """The org's data ``OrgCrypto``."""
+        from .crypto import OrgCrypto
+
+        return OrgCrypto(self.org_keys(name))
 
     def store(self, name: str, *, actor: str = "admin"):
         """The org's ``OrgStore``."""
-        raise NotImplementedError
+        from .store import OrgStore
+
+        info = self._live(name)
+        self._check_residency(name, info["region"])
+        return OrgStore(Path(self.settings.data_root), name, self.crypto(name), heads=self.heads())
 
     def context(self, name: str):
         """The org's ``ContextStore``."""
-        raise NotImplementedError
+        from .context import ContextStore
+
+        info = self._live(name)
+        self._check_residency(name, info["region"])
+        versions = self.keys.versions(name).get("context", [])
+        keys = dict(self.keys.key(name, "context", v) for v in versions)
+        return ContextStore(Path(self.settings.context_root), name, keys, self.audit(name),
+                            heads=self.heads())
 
     def audit(self, name: str):
         """The org's ``AuditLog``."""
-        raise NotImplementedError
+        self._live(name)
+        return self._audit_log(name)
 
-    def rotate_data_key(self, name: str, *, rewrite: bool = False) -> int:
-        """New data-key version; with ``rewrite`` re-encrypt all files under it. Returns version."""
-        raise NotImplementedError
+    def _audit_log(self, name: str) -> AuditLog:
+        _, key = self.keys.key(name, "audit", AUDIT_KEY_VERSION)
+        return AuditLog(self.settings.audit_root / f"{name}.jsonl", name, key, heads=self._heads)
 
-    def rotate_root_key(self, new_kms) -> int:
+    def system_audit(self) -> AuditLog:
+        """The deployment audit log (org creation and deletion, root-key rotation)."""
+        try:
+            self.keys.key(SYSTEM_ORG, "audit", AUDIT_KEY_VERSION)
+        except UnknownOrg:
+            try:
+                self.keys.create_org(SYSTEM_ORG)
+            except OrgExists:  # another process won the race
+                pass
+        return self._audit_log(SYSTEM_ORG)
+
+    # -- admin actions --------------------------------------------------------------------------
+
+    def rotate_data_key(self, name: str, *, rewrite: bool = False, actor: str = "admin",
+                        progress: Callable[[str, int, int], None] | None = None) -> int:
+        """New data-key version; with ``rewrite`` re-encrypt all files under it. Returns version.
+
+        ``progress(table, done, total)`` is called while rewriting.
+        """
+        self._live(name)
+        audit = self.audit(name)
+        version = self.keys.rotate(name, "data")
+        audit.record(actor, "key.rotate", purpose="data", key_version=version)
+        if rewrite:
+            store = self.store(name)
+            rewritten = {}
+            for t in store.tables():
+                total = len(t.files())
+                if progress:
+                    progress(t.spec.name, 0, total)
+                cb = (lambda done, _t=t.spec.name, _n=total: progress(_t, done, _n)) \
+                    if progress else None
+                try:
+                    t.rewrite(progress=cb)
+                except Exception as e:
+                    audit.record(actor, "key.rewrite", "error", key_version=version,
+                                 table=t.spec.name, error=type(e).__name__)
+                    raise
+                rewritten[t.spec.name] = total
+            audit.record(actor, "key.rewrite", key_version=version, files=rewritten)
+        return version
+
+    def rotate_root_key(self, new_kms, *, actor: str = "admin") -> int:
         """Re-wrap every key under a new root key. Returns the number of keys re-wrapped."""
-        raise NotImplementedError
+        live = [o["name"] for o in self.orgs()]
+        self.system_audit()  # make sure its keys exist and are re-wrapped too
+        count = self.keys.rewrap(new_kms)
+        self._kms = new_kms
+        for name in live:
+            self._audit_log(name).record(actor, "key.rotate_root", kms_key_id=new_kms.key_id,
+                                         keys=count)
+        self.system_audit().record(actor, "key.rotate_root", kms_key_id=new_kms.key_id,
+                                   keys=count, orgs=len(live))
+        return count
 
-    def delete_org(self, name: str, *, shred: bool) -> None:
-        """Delete an org; with ``shred`` destroy its keys first (its files become unreadable)."""
-        raise NotImplementedError
+    def delete_org(self, name: str, *, shred: bool, actor: str = "admin") -> None:
+        """Delete an org; with ``shred`` destroy its keys first (its files become unreadable).
+
+        Without ``shred`` the org is only marked deleted and its keys kept (e.g. a legal hold);
+        with it the keys are destroyed, then the org's data and context folders are removed.
+        """
+        self._live(name)
+        self.audit(name).record(actor, "org.delete", shred=bool(shred))
+        if shred:
+            self.keys.shred(name)
+        self._db.execute("UPDATE orgs SET deleted=? WHERE name=?", (_now(), name))
+        self.system_audit().record(actor, "org.delete", org_name=name, shred=bool(shred))
+        if shred:
+            for root in (self.settings.data_root, self.settings.context_root):
+                shutil.rmtree(Path(root) / name, ignore_errors=True)
+            self._heads.forget(name)
+
+    def close(self) -> None:
+        """Close the registry connections."""
+        self._db.close()
+        if self._keys is not None:
+            self._keys.close()
+
+
+def _size(entry: dict) -> int:
+    for k in ("size", "bytes", "file_size"):
+        if k in entry:
+            return int(entry[k] or 0)
+    return 0
