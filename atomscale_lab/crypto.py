@@ -498,7 +498,7 @@ class OrgCrypto:
         self.org = keys.org
         self.purpose = purpose
         self.version = keys.current
-        self._errors = threading.local()
+        self._last_error: str | None = None
         self._factory = pe.CryptoFactory(lambda _conf: _OrgKmsClient(self))
         # The token scopes pyarrow's key caches: org, purpose and the newest key version.
         token = f"atomscale:{self.org}:{purpose}:{keys.fingerprint()}"
@@ -525,13 +525,13 @@ class OrgCrypto:
             data_key_length_bits=256)
 
     def _fail(self, reason: str):
-        self._errors.reason = reason
+        # pyarrow calls the KMS client from its own threads: keep the reason on the object.
+        self._last_error = reason
         raise KeyUnavailable(reason)
 
     def key_error(self) -> KeyUnavailable | None:
-        """The last refusal of the KMS client in this thread (cleared on read), or None."""
-        reason = getattr(self._errors, "reason", None)
-        self._errors.reason = None
+        """The last refusal of the KMS client (cleared on read), or None."""
+        reason, self._last_error = self._last_error, None
         return KeyUnavailable(reason) if reason else None
 
     def file_encryption_properties(self, version: int | None = None):

@@ -3,25 +3,72 @@
 CONTRACT (filled in by the vault work):
 
 Layout: ``data_root/<org>/<category>/<table>/`` holds ``bucket=<NN>/part-<uuid>.parquet`` files
-(unbucketed tables: ``part-<uuid>.parquet``), ``_log/commits.jsonl`` and ``_tmp/``. Each log line lists
-added/removed files with path, rows, size, partition values, time range, run ids and a fingerprint
-binding the file's bytes. Readers open only what the log lists, and refuse a listed file whose
-size, trailer or fingerprint differs, an unlisted or plaintext file in its place, a log whose MAC
-chain breaks, and a log older than the last head they (or the ``HeadStore``) saw.
+(unbucketed tables: ``part-<uuid>.parquet``), ``_log/commits.jsonl`` and ``_tmp/``. Each log line
+lists added/removed files with path, rows, size, partition values, time range, run ids and a
+fingerprint binding the file's bytes. Readers open only what the log lists, and refuse a listed
+file whose size, trailer or fingerprint differs, an unlisted or plaintext file in its place, a log
+whose MAC chain breaks, and a log older than the last head they (or the ``HeadStore``) saw.
+
+Log line (one JSON object per line, keys sorted)::
+
+    {"seq": 7, "prev": "<sha256 of line 6>", "ts": "...", "actor": "...", "op": "add"|"replace",
+     "added": [{"path": "bucket=03/part-<hex>.parquet", "rows": n, "size": bytes, "bucket": 3,
+                "tmin": µs, "tmax": µs, "run_ids": [...] | null, "run_min": .., "run_max": ..,
+                "fp": "<sha256 of size + file tail incl. the encrypted footer>", "kv": 2}],
+     "removed": ["bucket=03/part-<hex>.parquet"], "key_version": 2, "kfp": "<key fingerprint>",
+     "mac": "<HMAC-SHA256 of the rest, key derived from data key version key_version>"}
+
+A final line without a newline is an unfinished (uncommitted) write and is ignored; writers cut it
+off before appending. ``key_version`` never decreases along the log, so a key version retired by
+rotation cannot be used to forge new lines. Time ranges in reads are ``start <= t < end``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from .crypto import OrgCrypto
-from .schema import TableSpec
+from .errors import IntegrityError, KeyUnavailable, ValidationError
+from .schema import TABLES, TableSpec, conform
+from .schema import spec as lookup_spec
+
+log = logging.getLogger(__name__)
+
+N_BUCKETS = 32
+ROW_GROUP_ROWS = 64 * 1024
+MAX_LISTED_RUN_IDS = 10_000
+"""Files with more distinct runs store only their min/max run id in the log."""
+COMPRESSION = "zstd"
+_MAGIC = b"PARE"
+_FP_MIN_TAIL = 64 * 1024
+_GENESIS = "0" * 64
+_PATH_RE = re.compile(r"^(bucket=[0-9]{2}/)?part-[0-9a-f]{32}\.parquet$")
+_LOG = "_log"
+_TMP = "_tmp"
+
+_HIGH_WATER: dict[str, tuple[int, str]] = {}
+"""Newest (seq, line hash) this process has seen per table folder: a rolled-back log is refused."""
+_HW_LOCK = threading.Lock()
 
 
 class HeadStore(Protocol):
@@ -38,7 +85,35 @@ class SqliteHeadStore:
     """``HeadStore`` in a SQLite file (default: the registry)."""
 
     def __init__(self, db_path: Path):
-        raise NotImplementedError
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.db_path), timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS log_heads (org TEXT NOT NULL, tbl TEXT NOT NULL, "
+            "seq INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (org, tbl))")
+
+    def get(self, org: str, table: str) -> tuple[int, str] | None:
+        """Latest known head, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?",
+                                   (org, table)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def advance(self, org: str, table: str, seq: int, digest: str) -> None:
+        """Record a newer head (never goes backwards)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO log_heads VALUES (?,?,?,?) ON CONFLICT (org, tbl) DO UPDATE SET "
+                "seq=excluded.seq, digest=excluded.digest WHERE excluded.seq > log_heads.seq",
+                (org, table, seq, digest))
+
+    def forget(self, org: str) -> None:
+        """Drop the heads of a deleted org."""
+        with self._lock:
+            self._db.execute("DELETE FROM log_heads WHERE org=?", (org,))
 
 
 @dataclass(frozen=True)
@@ -50,16 +125,599 @@ class Commit:
     rows: int
 
 
+# ---------------------------------------------------------------------------------------------
+# helpers shared by writers, readers and the benchmark
+
+
+def bucket_of(run_id: str) -> int:
+    """The bucket of a run id: a stable hash (CRC-32), not Python's salted ``hash()``."""
+    return zlib.crc32(run_id.encode()) % N_BUCKETS
+
+
+def prepare(spec: TableSpec, data) -> list[tuple[int | None, pa.Table]]:
+    """Conform, sort by ``spec.sort_by`` and split into ``(bucket, rows)`` parts as files are."""
+    table = conform(spec, data)
+    if table.num_rows == 0:
+        return []
+    table = table.sort_by([(c, "ascending") for c in spec.sort_by])
+    if not spec.bucketed:
+        return [(None, table)]
+    runs = table.column("run_id")
+    uniq = pc.unique(runs)
+    ub = pa.array([bucket_of(r) for r in uniq.to_pylist()], pa.int8())
+    rows_bucket = pc.take(ub, pc.index_in(runs, value_set=uniq))
+    parts = []
+    for b in sorted(set(ub.to_pylist())):
+        parts.append((b, table.filter(pc.equal(rows_bucket, b))))
+    return parts
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdirs(path: Path) -> None:
+    """Create folders and fsync each new one's parent so the entries survive a crash."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+def write_parquet(path: Path, table: pa.Table, encryption_properties=None) -> None:
+    """Write one Parquet file the way the store does (zstd, fixed row groups, stats), and fsync."""
+    with pq.ParquetWriter(str(path), table.schema, compression=COMPRESSION,
+                          encryption_properties=encryption_properties,
+                          write_statistics=True) as w:
+        w.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_fingerprint(path: Path) -> tuple[int, str]:
+    """``(size, fp)`` of a file: fp = sha256 over its size and its tail incl. the footer.
+
+    Raises ``IntegrityError`` when the file is not an encrypted Parquet file (no ``PARE`` magic)
+    or too short to be one.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 12:
+            raise _BadFile("is truncated (too short to be a Parquet file)")
+        head = f.read(4)
+        f.seek(size - 8)
+        trailer = f.read(8)
+        if trailer[4:] == b"PAR1" or head == b"PAR1":
+            raise _BadFile("is a plaintext Parquet file, not an encrypted one (planted file?)")
+        if head != _MAGIC or trailer[4:] != _MAGIC:
+            raise _BadFile("is not an encrypted Parquet file (no PARE magic: truncated or planted)")
+        footer_len = int.from_bytes(trailer[:4], "little")
+        if footer_len + 12 > size:
+            raise _BadFile("is truncated (its footer length points outside the file)")
+        tail_len = min(size, max(footer_len + 8, _FP_MIN_TAIL))
+        f.seek(size - tail_len)
+        tail = f.read(tail_len)
+    h = hashlib.sha256(b"atomscale-lab file fp v1\0")
+    h.update(size.to_bytes(8, "little"))
+    h.update(tail)
+    return size, h.hexdigest()
+
+
+class _BadFile(Exception):
+    """Internal: why a file failed its check (turned into IntegrityError naming the file)."""
+
+
+def _to_us(value) -> int | None:
+    """A datetime / pandas Timestamp / ISO string as µs since the epoch (naive = UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(f"{value!r} is not an ISO date-time", field="time") from None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{value!r} is not a date-time", field="time")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _canon(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class _State:
+    """The verified log of one table: listed files (path → entry) and the head."""
+
+    __slots__ = ("files", "seq", "digest", "key_version", "size", "prefix_sha")
+
+    def __init__(self):
+        self.files: dict[str, dict] = {}
+        self.seq = 0
+        self.digest = _GENESIS
+        self.key_version = 0
+        self.size = 0
+        self.prefix_sha = hashlib.sha256().hexdigest()
+
+    def copy(self) -> _State:
+        s = _State()
+        s.files = dict(self.files)
+        s.seq, s.digest, s.key_version = self.seq, self.digest, self.key_version
+        s.size, s.prefix_sha = self.size, self.prefix_sha
+        return s
+
+
 class Table:
     """One table of one org. All reads and writes go through here."""
 
     def __init__(self, root: Path, org: str, spec: TableSpec, crypto: OrgCrypto,
                  heads: HeadStore | None = None):
-        raise NotImplementedError
+        if crypto is None:
+            raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
+        if crypto.org != org:
+            raise KeyUnavailable(
+                f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+        self.root = Path(root)
+        self.org = org
+        self.spec = spec
+        self.crypto = crypto
+        self.heads = heads
+        self.path = self.root / org / spec.name
+        self._log_path = self.path / _LOG / "commits.jsonl"
+        self._lock_path = self.path / _LOG / "lock"
+        self._hw_key = str(self.path.resolve())
+        self._state_cache: _State | None = None
+        self._verified: dict[str, tuple] = {}
+        self._mutex = threading.RLock()
+        self.last_read_files: list[str] = []
+        """Relative paths of the files the last read opened (for tests and diagnostics)."""
+
+    def __repr__(self) -> str:
+        return f"Table(org={self.org!r}, name={self.spec.name!r})"
+
+    # -- commit log -------------------------------------------------------------------------
+
+    def _mac(self, body: dict, version: int) -> str:
+        key = self.crypto.mac_key(f"commit-log/{self.spec.name}", version)
+        return hmac.new(key, _canon(body), hashlib.sha256).hexdigest()
+
+    def _fail(self, msg: str) -> IntegrityError:
+        return IntegrityError(f"{self.org}/{self.spec.name}: {msg}")
+
+    def _load(self, *, strict_heads: bool = True) -> _State:
+        """Parse and verify the log (incrementally when only appended to); check the heads."""
+        with self._mutex:
+            try:
+                with open(self._log_path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            end = data.rfind(b"\n") + 1  # a last line without newline is not committed
+            cached = self._state_cache
+            if (cached is not None and end >= cached.size
+                    and hashlib.sha256(data[:cached.size]).hexdigest() == cached.prefix_sha):
+                state = cached.copy() if end > cached.size else cached
+                start = cached.size
+            else:
+                state, start = _State(), 0
+            if end > start:
+                self._apply(state, data, start, end)
+                state.size = end
+                state.prefix_sha = hashlib.sha256(data[:end]).hexdigest()
+            self._check_heads(state, data[:end] if strict_heads else None)
+            self._state_cache = state
+            return state
+
+    def _apply(self, state: _State, data: bytes, start: int, end: int) -> None:
+        lineno = state.seq
+        for raw in data[start:end].split(b"\n")[:-1]:
+            lineno += 1
+            try:
+                doc = json.loads(raw)
+                mac = doc.pop("mac")
+                seq, prev, kv = doc["seq"], doc["prev"], int(doc["key_version"])
+                added, removed = doc["added"], doc["removed"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise self._fail(f"commit log line {lineno} is corrupt") from None
+            if seq != state.seq + 1 or prev != state.digest:
+                raise self._fail(f"commit log line {lineno} does not continue the chain "
+                                 "(lines removed, reordered or inserted)")
+            if kv < state.key_version:
+                raise self._fail(f"commit log line {lineno} uses a retired key version")
+            if kv not in self.crypto.keys.keys:
+                raise KeyUnavailable(
+                    f"data key version {kv} of org {self.org!r} is not available "
+                    f"({self.spec.name} was written with it)")
+            if not hmac.compare_digest(str(mac), self._mac(doc, kv)):
+                if doc.get("kfp") != self.crypto.fingerprint(kv):
+                    raise KeyUnavailable(
+                        f"the data key given for org {self.org!r} does not match "
+                        f"{self.spec.name}'s files (wrong key or another org's data)")
+                raise self._fail(f"commit log line {lineno} failed its MAC check (edited)")
+            for p in removed:
+                if state.files.pop(p, None) is None:
+                    raise self._fail(f"commit log line {lineno} removes unlisted file {p}")
+            for e in added:
+                p = e.get("path", "")
+                if not _PATH_RE.match(p) or p in state.files:
+                    raise self._fail(f"commit log line {lineno} lists a bad path {p!r}")
+                state.files[p] = dict(e, seq=seq)
+            state.seq, state.key_version = seq, kv
+            state.digest = hashlib.sha256(raw).hexdigest()
+
+    def _line_digest(self, data: bytes, seq: int) -> str | None:
+        lines = data.split(b"\n")
+        if seq < 1 or seq > len(lines) - 1:
+            return None
+        return hashlib.sha256(lines[seq - 1]).hexdigest()
+
+    def _check_heads(self, state: _State, data: bytes | None) -> None:
+        seen = []
+        with _HW_LOCK:
+            hw = _HIGH_WATER.get(self._hw_key)
+        if hw:
+            seen.append(hw)
+        if self.heads is not None:
+            h = self.heads.get(self.org, self.spec.name)
+            if h:
+                seen.append(tuple(h))
+        for seq, digest in seen:
+            if state.seq < seq:
+                raise self._fail(f"commit log was rolled back (it ends at commit {state.seq}, "
+                                 f"but commit {seq} was seen before)")
+            if data is not None and seq >= 1:
+                if (self._line_digest(data, seq) if seq != state.seq else state.digest) != digest:
+                    raise self._fail(f"commit log was rewritten (commit {seq} differs from "
+                                     "the one seen before)")
+        with _HW_LOCK:
+            old = _HIGH_WATER.get(self._hw_key)
+            if not old or old[0] < state.seq:
+                _HIGH_WATER[self._hw_key] = (state.seq, state.digest)
+
+    def _append(self, state: _State, op: str, actor: str, added: list[dict],
+                removed: list[str]) -> _State:
+        """Append one MACed line (caller holds the table lock) and advance the heads."""
+        kv = self.crypto.version
+        body = {
+            "seq": state.seq + 1, "prev": state.digest,
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "actor": str(actor), "op": op, "added": added, "removed": removed,
+            "key_version": kv, "kfp": self.crypto.fingerprint(kv),
+        }
+        line = _canon(dict(body, mac=self._mac(body, kv)))
+        _mkdirs(self._log_path.parent)
+        new_file = not self._log_path.exists()
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if os.fstat(fd).st_size != state.size:
+                # An unfinished line of a crashed writer: cut it off before appending.
+                os.ftruncate(fd, state.size)
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new_file:
+            _fsync_dir(self._log_path.parent)
+        new = self._load(strict_heads=False)
+        if new.seq != body["seq"]:
+            raise self._fail("commit log changed during a commit (concurrent writer?)")
+        if self.heads is not None:
+            self.heads.advance(self.org, self.spec.name, new.seq, new.digest)
+        return new
+
+    class _Locked:
+        def __init__(self, table: Table):
+            self.table = table
+            self.fd = -1
+
+        def __enter__(self):
+            _mkdirs(self.table._lock_path.parent)
+            self.fd = os.open(self.table._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            return self
+
+        def __exit__(self, *exc):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+    def _locked(self) -> Table._Locked:
+        return Table._Locked(self)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _check_file(self, entry: dict, *, cached: bool = True) -> Path:
+        """Size, magic and fingerprint of a listed file (cached by path/size/mtime/inode)."""
+        rel = entry["path"]
+        path = self.path / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise self._fail(f"listed file {rel} is missing") from None
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, entry["fp"])
+        if cached and self._verified.get(rel) == sig:
+            return path
+        if st.st_size != entry["size"]:
+            raise self._fail(f"file {rel} has {st.st_size} bytes, the commit log says "
+                             f"{entry['size']} (truncated or replaced)")
+        try:
+            size, fp = file_fingerprint(path)
+        except _BadFile as e:
+            raise self._fail(f"file {rel} {e}") from None
+        if size != entry["size"] or fp != entry["fp"]:
+            raise self._fail(f"file {rel} does not match its fingerprint in the commit log "
+                             "(swapped, replaced or modified)")
+        self._verified[rel] = sig
+        return path
+
+    def _write_file(self, bucket: int | None, part: pa.Table) -> dict:
+        """Encrypt one part into ``_tmp/``, fsync, rename into place; returns its log entry."""
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        rel = name if bucket is None else f"bucket={bucket:02d}/{name}"
+        tmp_dir = self.path / _TMP
+        _mkdirs(tmp_dir)
+        tmp = tmp_dir / name
+        write_parquet(tmp, part, self.crypto.file_encryption_properties())
+        size, fp = file_fingerprint(tmp)
+        final = self.path / rel
+        _mkdirs(final.parent)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        tcol = part.column(self.spec.time_column)
+        mm = pc.min_max(tcol.cast(pa.int64()))
+        runs = pc.unique(part.column("run_id")) if "run_id" in part.column_names else None
+        entry = {"path": rel, "rows": part.num_rows, "size": size, "bucket": bucket,
+                 "tmin": mm["min"].as_py(), "tmax": mm["max"].as_py(), "fp": fp,
+                 "kv": self.crypto.version, "run_ids": None, "run_min": None, "run_max": None}
+        if runs is not None and len(runs):
+            runs = runs.drop_null()
+            rmm = pc.min_max(runs)
+            entry["run_min"], entry["run_max"] = rmm["min"].as_py(), rmm["max"].as_py()
+            if len(runs) <= MAX_LISTED_RUN_IDS:
+                entry["run_ids"] = sorted(runs.to_pylist())
+        return entry
+
+    def _discard(self, entries: Iterable[dict]) -> None:
+        for e in entries:
+            try:
+                os.unlink(self.path / e["path"])
+            except FileNotFoundError:
+                pass
+
+    # -- writing ----------------------------------------------------------------------------
 
     def write(self, data, *, actor: str = "system") -> Commit:
         """Conform ``data`` to the schema, write encrypted files atomically, commit them."""
-        raise NotImplementedError
+        parts = prepare(self.spec, data)
+        with self._locked():
+            state = self._load()
+            if not parts:
+                return Commit(state.seq, 0, 0)
+            added = []
+            try:
+                for bucket, part in parts:
+                    added.append(self._write_file(bucket, part))
+                state = self._append(state, "add", actor, added, [])
+            except BaseException:
+                self._discard(added)
+                raise
+        rows = sum(e["rows"] for e in added)
+        log.debug("%s/%s: commit %s added %s files, %s rows", self.org, self.spec.name,
+                  state.seq, len(added), rows)
+        return Commit(state.seq, len(added), rows)
+
+    def _replace(self, groups: list[tuple[int | None, list[dict]]], actor: str, op: str,
+                 target_rows: int, dedupe: bool) -> Commit | None:
+        """Rewrite groups of listed files into new files (caller holds the lock); one commit."""
+        state = self._load()
+        added, removed = [], []
+        try:
+            for bucket, entries in groups:
+                parts = self._read_files(entries, None, None)
+                if dedupe and self.spec.key:
+                    parts = self._latest(parts)
+                parts = parts.sort_by([(c, "ascending") for c in self.spec.sort_by])
+                for off in range(0, max(parts.num_rows, 1), target_rows):
+                    chunk = parts.slice(off, target_rows)
+                    if chunk.num_rows:
+                        added.append(self._write_file(bucket, chunk))
+                removed.extend(e["path"] for e in entries)
+            if not removed:
+                return None
+            state = self._append(state, op, actor, added, removed)
+        except BaseException:
+            self._discard(added)
+            raise
+        self._discard([{"path": p} for p in removed])
+        return Commit(state.seq, len(added), sum(e["rows"] for e in added))
+
+    def compact(self, *, target_rows: int = 1_000_000, min_rows: int = 100_000,
+                actor: str = "system") -> Commit | None:
+        """Merge files smaller than ``min_rows`` per partition; returns None when nothing to do."""
+        with self._locked():
+            state = self._load()
+            by_bucket: dict[int | None, list[dict]] = {}
+            for e in sorted(state.files.values(), key=lambda e: (e["seq"], e["path"])):
+                if e["rows"] < min_rows:
+                    by_bucket.setdefault(e.get("bucket"), []).append(e)
+            groups = [(b, es) for b, es in sorted(by_bucket.items(), key=lambda kv: str(kv[0]))
+                      if len(es) > 1]
+            if not groups:
+                return None
+            return self._replace(groups, actor, "replace", target_rows, dedupe=True)
+
+    def rewrite(self, *, all_files: bool = False, actor: str = "system") -> Commit | None:
+        """Re-encrypt files written under older data-key versions with the current version.
+
+        With ``all_files`` every file is rewritten. Used by ``org rotate-key --rewrite``; after it,
+        older key versions are no longer needed to read the table. Returns None if nothing to do.
+        """
+        with self._locked():
+            state = self._load()
+            groups = [(e.get("bucket"), [e])
+                      for e in sorted(state.files.values(), key=lambda e: e["path"])
+                      if all_files or e.get("kv", 0) < self.crypto.version]
+            if not groups:
+                return None
+            return self._replace(groups, actor, "replace", 1 << 62, dedupe=False)
+
+    def gc(self) -> int:
+        """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
+        with self._locked():
+            state = self._load()
+            n = 0
+            for p in self._all_data_files():
+                rel = p.relative_to(self.path).as_posix()
+                if rel not in state.files:
+                    p.unlink()
+                    n += 1
+            tmp = self.path / _TMP
+            if tmp.is_dir():
+                for p in tmp.iterdir():
+                    p.unlink()
+                    n += 1
+            return n
+
+    def _all_data_files(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        out = []
+        for p in self.path.rglob("*"):
+            rel = p.relative_to(self.path)
+            if rel.parts[0] in (_LOG, _TMP) or not p.is_file():
+                continue
+            out.append(p)
+        return out
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _format(self) -> ds.ParquetFileFormat:
+        opts = ds.ParquetFragmentScanOptions(
+            decryption_config=self.crypto.dataset_decryption_config())
+        return ds.ParquetFileFormat(default_fragment_scan_options=opts)
+
+    def select_files(self, *, run_ids: Sequence[str] | None = None, start=None,
+                     end=None) -> list[dict]:
+        """Listed files that may hold rows of ``run_ids`` in ``[start, end)`` (from the log)."""
+        return self._select(self._load(), run_ids, _to_us(start), _to_us(end))
+
+    def _select(self, state: _State, run_ids, t0, t1) -> list[dict]:
+        want = None
+        if run_ids is not None:
+            want = set(run_ids)
+            buckets = {bucket_of(r) for r in want} if self.spec.bucketed else None
+        out = []
+        for e in sorted(state.files.values(), key=lambda e: (e["seq"], e["path"])):
+            if want is not None:
+                if buckets is not None and e.get("bucket") not in buckets:
+                    continue
+                if e.get("run_ids") is not None:
+                    if want.isdisjoint(e["run_ids"]):
+                        continue
+                elif e.get("run_min") is not None and not any(
+                        e["run_min"] <= r <= e["run_max"] for r in want):
+                    continue
+            if t0 is not None and e.get("tmax") is not None and e["tmax"] < t0:
+                continue
+            if t1 is not None and e.get("tmin") is not None and e["tmin"] >= t1:
+                continue
+            out.append(e)
+        return out
+
+    def _expr(self, run_ids, t0, t1, extra):
+        expr = None
+
+        def add(x):
+            nonlocal expr
+            expr = x if expr is None else expr & x
+
+        if run_ids is not None:
+            add(pc.field("run_id").isin(pa.array(list(run_ids), pa.string())))
+        tcol = self.spec.time_column
+        if t0 is not None:
+            add(pc.field(tcol) >= pa.scalar(t0, pa.int64()).cast(self.spec.schema.field(
+                tcol).type))
+        if t1 is not None:
+            add(pc.field(tcol) < pa.scalar(t1, pa.int64()).cast(self.spec.schema.field(
+                tcol).type))
+        if extra is not None:
+            add(extra)
+        return expr
+
+    def _open_dataset(self, entries: list[dict]) -> ds.Dataset:
+        paths = [str(self._check_file(e)) for e in entries]
+        self.last_read_files = [e["path"] for e in entries]
+        return ds.dataset(paths, schema=self.spec.schema, format=self._format())
+
+    def _scan(self, entries: list[dict], fn):
+        """Run ``fn(dataset)``; turn pyarrow's errors into KeyUnavailable / IntegrityError."""
+        dataset = self._open_dataset(entries)
+        try:
+            return fn(dataset)
+        except KeyUnavailable:
+            raise
+        except (OSError, pa.ArrowException, ValueError) as e:
+            kerr = self.crypto.key_error()
+            if kerr is not None:
+                raise kerr from None
+            bad = self._culprit(entries)
+            log.warning("%s/%s: read failed (%s)", self.org, self.spec.name, type(e).__name__)
+            raise self._fail(f"file {bad} failed decryption or decoding (tampered or corrupt)"
+                             if bad else "a file failed decryption or decoding "
+                             "(tampered or corrupt)") from None
+
+    def _culprit(self, entries: list[dict]) -> str | None:
+        fmt = self._format()
+        for e in entries:
+            try:
+                ds.dataset(str(self.path / e["path"]), schema=self.spec.schema,
+                           format=fmt).to_table()
+            except Exception:  # noqa: BLE001 - only locating the bad file
+                return e["path"]
+        return None
+
+    def _read_files(self, entries, columns, expr) -> pa.Table:
+        if not entries:
+            schema = self.spec.schema
+            if columns is not None:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return schema.empty_table()
+        return self._scan(entries, lambda d: d.to_table(columns=columns, filter=expr))
+
+    def _latest(self, table: pa.Table) -> pa.Table:
+        """Keep the newest version of each key (latest ``updated_at``, then the later write)."""
+        if table.num_rows == 0:
+            return table
+        order = "__ordinal"
+        t = table.append_column(order, pa.array(range(table.num_rows), pa.int64()))
+        keys = [(k, "ascending", "at_end") for k in self.spec.key]
+        if "updated_at" in t.column_names:
+            keys.append(("updated_at", "descending", "at_end"))
+        keys.append((order, "descending", "at_end"))
+        t = t.take(pc.sort_indices(t, sort_keys=keys))
+        first = None
+        for k in self.spec.key:
+            col = t.column(k).combine_chunks()
+            diff = pc.fill_null(pc.not_equal(col.slice(1), col.slice(0, len(col) - 1)), True)
+            first = diff if first is None else pc.or_(first, diff)
+        mask = pa.concat_arrays([pa.array([True]), first])
+        t = t.filter(mask).drop_columns([order])
+        return t.sort_by([(c, "ascending") for c in self.spec.sort_by])
 
     def read(self, *, run_ids: Sequence[str] | None = None, start: datetime | None = None,
              end: datetime | None = None, columns: Sequence[str] | None = None,
@@ -68,45 +726,132 @@ class Table:
 
         Tables with a ``key`` return only the latest version of each key.
         """
-        raise NotImplementedError
+        if columns is not None:
+            unknown = [c for c in columns if c not in self.spec.schema.names]
+            if unknown:
+                raise ValidationError(f"unknown column {unknown[0]!r} in {self.spec.name}",
+                                      field=unknown[0])
+            columns = list(columns)
+        t0, t1 = _to_us(start), _to_us(end)
+        if run_ids is not None:
+            run_ids = [str(r) for r in run_ids]
+        for attempt in (0, 1):
+            state = self._load()
+            entries = self._select(state, run_ids, t0, t1)
+            try:
+                if not self.spec.key:
+                    return self._read_files(entries, columns,
+                                            self._expr(run_ids, t0, t1, filter))
+                # Versioned rows: filter on the key only before choosing the newest version.
+                pre = run_ids if "run_id" in self.spec.key else None
+                if pre is None:
+                    entries = self._select(state, None, None, None)
+                latest = self._latest(self._read_files(entries, None,
+                                                       self._expr(pre, None, None, None)))
+                post = self._expr(None if pre is not None else run_ids, t0, t1, filter)
+                if post is not None:
+                    latest = ds.dataset(latest).to_table(filter=post)
+                return latest.select(columns) if columns is not None else latest
+            except IntegrityError:
+                # A concurrent compaction may have replaced files after we listed them.
+                if attempt or self._peek_seq() == state.seq:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _peek_seq(self) -> int:
+        try:
+            return self._load().seq
+        except IntegrityError:
+            return -1
 
     def to_pandas(self, **kw):
         """``read(**kw).to_pandas()``."""
-        raise NotImplementedError
+        return self.read(**kw).to_pandas()
 
     def dataset(self):
-        """A decrypting ``pyarrow.dataset.Dataset`` over exactly the verified, listed files."""
-        raise NotImplementedError
+        """A decrypting ``pyarrow.dataset.Dataset`` over exactly the verified, listed files.
+
+        Usable from DuckDB (``duckdb.sql("select ... from ds")``) and Polars
+        (``pl.scan_pyarrow_dataset(ds)``) with filter push-down. For tables with a ``key`` it is an
+        in-memory dataset of the latest row versions.
+        """
+        if self.spec.key:
+            return ds.dataset(self.read())
+        state = self._load()
+        entries = self._select(state, None, None, None)
+        if not entries:
+            return ds.dataset(self.spec.schema.empty_table())
+        return self._open_dataset(entries)
 
     def files(self) -> list[dict]:
         """Current file entries from the verified log."""
-        raise NotImplementedError
+        state = self._load()
+        return [dict(e) for e in sorted(state.files.values(),
+                                        key=lambda e: (e["seq"], e["path"]))]
 
     def run_ids(self) -> set[str]:
         """Run ids present (from the log, without opening data files)."""
-        raise NotImplementedError
+        state = self._load()
+        out: set[str] = set()
+        unlisted = []
+        for e in state.files.values():
+            if e.get("run_ids") is not None:
+                out.update(e["run_ids"])
+            else:
+                unlisted.append(e)
+        if unlisted:  # files with very many runs only store a range: read that one column
+            col = self._read_files(unlisted, ["run_id"], None).column("run_id")
+            out.update(pc.unique(col).drop_null().to_pylist())
+        return out
 
     def num_rows(self) -> int:
-        """Row count from the log."""
-        raise NotImplementedError
+        """Row count from the log (for keyed tables: stored row versions)."""
+        return sum(e["rows"] for e in self._load().files.values())
 
-    def compact(self, *, target_rows: int = 1_000_000, min_rows: int = 100_000) -> Commit | None:
-        """Merge files smaller than ``min_rows`` per partition; returns None when nothing to do."""
-        raise NotImplementedError
+    def head(self) -> tuple[int, str]:
+        """``(seq, digest)`` of the verified log's last commit (0 and zeros when empty)."""
+        state = self._load()
+        return state.seq, state.digest
 
-    def rewrite(self, *, progress=None) -> Commit | None:
-        """Re-encrypt every listed file under the crypto's current key version, in one commit
-        that replaces them (data-key rotation with ``--rewrite``); rows are unchanged.
-        ``progress`` is called with the number of files done after each one. None if empty."""
-        raise NotImplementedError
+    def verify(self, *, deep: bool = False) -> None:
+        """Check the log chain and every listed file; raise ``IntegrityError`` on the first fault.
 
-    def gc(self) -> int:
-        """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
-        raise NotImplementedError
-
-    def verify(self) -> None:
-        """Check the log chain and every listed file; raise ``IntegrityError`` on the first fault."""
-        raise NotImplementedError
+        Also refuses a plaintext or foreign file lying unlisted among the data files. With
+        ``deep``, every listed file is decrypted in full (authenticating every page).
+        """
+        with self._mutex:
+            self._state_cache = None
+            self._verified.clear()
+        state = self._load()
+        entries = sorted(state.files.values(), key=lambda e: e["path"])
+        for e in entries:
+            self._check_file(e, cached=False)
+        for p in self._all_data_files():
+            rel = p.relative_to(self.path).as_posix()
+            if rel in state.files:
+                continue
+            try:
+                file_fingerprint(p)
+            except _BadFile as e:
+                raise self._fail(f"unlisted file {rel} {e}") from None
+            except OSError as e:
+                raise self._fail(f"unlisted file {rel} cannot be read ({e.strerror})") from None
+        if deep:
+            for e in entries:
+                self._scan([e], lambda d: d.to_table())
+        elif entries:
+            fdp = self.crypto.file_decryption_properties()
+            for e in entries:
+                try:
+                    pq.ParquetFile(str(self.path / e["path"]), decryption_properties=fdp)
+                except KeyUnavailable:
+                    raise
+                except (OSError, pa.ArrowException):
+                    kerr = self.crypto.key_error()
+                    if kerr is not None:
+                        raise kerr from None
+                    raise self._fail(f"file {e['path']} has a footer that fails "
+                                     "authentication (tampered)") from None
 
 
 class OrgStore:
@@ -114,12 +859,32 @@ class OrgStore:
 
     def __init__(self, data_root: Path, org: str, crypto: OrgCrypto,
                  heads: HeadStore | None = None):
-        raise NotImplementedError
+        if crypto is None:
+            raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
+        if crypto.org != org:
+            raise KeyUnavailable(
+                f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+        self.data_root = Path(data_root)
+        self.org = org
+        self.crypto = crypto
+        self.heads = heads
+        self._tables: dict[str, Table] = {}
 
     def table(self, name: str) -> Table:
-        """The table ``"<category>/<name>"`` (see ``schema.TABLES``)."""
-        raise NotImplementedError
+        """The table ``"<category>/<name>"`` (see ``schema.TABLES``); a bare name also works."""
+        if name not in TABLES and "/" not in name:
+            matches = [t for t in TABLES if t.split("/", 1)[1] == name]
+            if len(matches) == 1:
+                name = matches[0]
+        if name not in TABLES:
+            lookup_spec(name)  # raises ValidationError naming the valid tables
+            raise ValidationError(f"{name!r} is not a raw-data table", field="table")
+        if name not in self._tables:
+            self._tables[name] = Table(self.data_root, self.org, TABLES[name], self.crypto,
+                                       self.heads)
+        return self._tables[name]
 
     def tables(self) -> Iterable[Table]:
         """Every raw-data table."""
-        raise NotImplementedError
+        return [self.table(n) for n in TABLES]
+
