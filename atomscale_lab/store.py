@@ -522,7 +522,7 @@ class Table:
         return Commit(state.seq, len(added), rows)
 
     def _replace(self, groups: list[tuple[int | None, list[dict]]], actor: str, op: str,
-                 target_rows: int, dedupe: bool) -> Commit | None:
+                 target_rows: int, dedupe: bool, progress=None) -> Commit | None:
         """Rewrite groups of listed files into new files (caller holds the lock); one commit."""
         state = self._load()
         added, removed = [], []
@@ -537,6 +537,8 @@ class Table:
                     if chunk.num_rows:
                         added.append(self._write_file(bucket, chunk))
                 removed.extend(e["path"] for e in entries)
+                if progress is not None:
+                    progress(len(removed))
             if not removed:
                 return None
             state = self._append(state, op, actor, added, removed)
@@ -561,20 +563,24 @@ class Table:
                 return None
             return self._replace(groups, actor, "replace", target_rows, dedupe=True)
 
-    def rewrite(self, *, all_files: bool = False, actor: str = "system") -> Commit | None:
-        """Re-encrypt files written under older data-key versions with the current version.
+    def rewrite(self, *, progress=None, only_older: bool = False,
+                actor: str = "system") -> Commit | None:
+        """Re-encrypt every listed file under the crypto's current key version, in one commit
+        that replaces them (data-key rotation with ``--rewrite``); rows are unchanged.
+        ``progress`` is called with the number of files done after each one. None if empty.
 
-        With ``all_files`` every file is rewritten. Used by ``org rotate-key --rewrite``; after it,
-        older key versions are no longer needed to read the table. Returns None if nothing to do.
+        With ``only_older`` files already under the current version are kept as they are.
+        Afterwards older key versions are no longer needed to read the table.
         """
         with self._locked():
             state = self._load()
             groups = [(e.get("bucket"), [e])
                       for e in sorted(state.files.values(), key=lambda e: e["path"])
-                      if all_files or e.get("kv", 0) < self.crypto.version]
+                      if not only_older or e.get("kv", 0) < self.crypto.version]
             if not groups:
                 return None
-            return self._replace(groups, actor, "replace", 1 << 62, dedupe=False)
+            return self._replace(groups, actor, "replace", 1 << 62, dedupe=False,
+                                 progress=progress)
 
     def gc(self) -> int:
         """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
