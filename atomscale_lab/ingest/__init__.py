@@ -1,0 +1,14 @@
+"""Instrument ingest: org API keys, the HTTPS ingest service, the streamer, file import.
+
+``Streamer`` is imported lazily so that ``import atomscale_lab.ingest`` stays cheap on a tool PC.
+"""
+
+__all__ = ["Streamer"]
+
+
+def __getattr__(name):
+    if name == "Streamer":
+        from .streamer import Streamer
+
+        return Streamer
+    raise AttributeError(name)

@@ -1,0 +1,551 @@
+"""The ingest engine: streams, batch acceptance through the WAL, flushing, recovery, run states.
+
+No HTTP here: ``service.py`` is a thin Tornado layer over :class:`IngestCore`.
+
+Exactly-once, across ``kill -9``:
+
+- a batch is acknowledged after its WAL record is fsynced; its ``(stream, batch id)`` and body
+  digest go into ``state.sqlite`` (a retried id is answered as a duplicate, a reused id with other
+  content is refused);
+- the flusher seals the WAL segments, records every batch id they hold (so an id is known even if
+  the request thread died before recording it), then commits one store write per table, marking
+  each ``(segments, table)`` as ``committing`` before and ``done`` after the write; the segments are
+  deleted only when every table is done;
+- on restart, intents left ``committing`` are in doubt: the rows of that table's part of the
+  segments are looked up in the store, and the write is repeated only if they are not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import schema
+from ..errors import AtomscaleError, IntegrityError, NotFound, ValidationError
+from .wal import Wal, WalRecord, wal_key
+
+log = logging.getLogger(__name__)
+
+CATEGORY_TABLE = {"process": "process/series", "tool_state": "tool_state/readings",
+                  "metrology": "metrology/items"}
+"""The table a stream of each category writes to."""
+STREAM_STATES = schema.RUN_STATUSES
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, run_id TEXT NOT NULL, tool TEXT NOT NULL,
+    category TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL,
+    last_batch REAL, rows INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
+    flushed_rows INTEGER NOT NULL DEFAULT 0, min_time TEXT, max_time TEXT,
+    opened_by TEXT NOT NULL, error TEXT);
+CREATE INDEX IF NOT EXISTS streams_run ON streams (org, run_id, tool, category);
+CREATE TABLE IF NOT EXISTS batches (
+    stream_id TEXT NOT NULL, batch_id TEXT NOT NULL, rows INTEGER NOT NULL, digest TEXT NOT NULL,
+    accepted TEXT NOT NULL, PRIMARY KEY (stream_id, batch_id));
+CREATE TABLE IF NOT EXISTS flushes (
+    org TEXT NOT NULL, segments TEXT NOT NULL, tbl TEXT NOT NULL, rows INTEGER NOT NULL,
+    state TEXT NOT NULL, started TEXT NOT NULL, PRIMARY KEY (org, segments, tbl));
+"""
+
+
+class StreamClosed(AtomscaleError):
+    """The stream was finalized (or failed) and takes no more batches (HTTP 409)."""
+
+    http_status = 409
+
+
+class BatchConflict(AtomscaleError):
+    """A batch id was reused with different content (HTTP 409)."""
+
+    http_status = 409
+
+
+class BatchTooLarge(ValidationError):
+    """A batch has more rows or bytes than the service accepts (HTTP 413)."""
+
+    http_status = 413
+
+
+class Busy(AtomscaleError):
+    """The same batch is being stored by another request right now (HTTP 503, retry)."""
+
+    http_status = 503
+    retry_after = 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def check_id(value, field: str) -> str:
+    """A run id, tool name or batch id: 1-128 characters of ``[A-Za-z0-9._:@+-]``."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValidationError(
+            f"{field} must be 1-128 characters of letters, digits and ._:@+- "
+            f"(got {value!r})", field=field)
+    return value
+
+
+def _row_keys(table: pa.Table):
+    for row in table.to_pylist():
+        yield tuple(tuple(v) if isinstance(v, list) else v for v in row.values())
+
+
+class IngestCore:
+    """Streams of every org on one deployment (a ``Vault``), with a WAL per org.
+
+    ``flush_interval``: seconds between flushes of the WAL into the store; ``idle_timeout``: an
+    active stream with no batch for that long becomes ``interrupted``; ``compact_interval``:
+    seconds between compactions of the tables this service wrote to.
+    """
+
+    def __init__(self, vault, state_dir: Path | None = None, *, flush_interval: float = 0.5,
+                 idle_timeout: float = 120.0, compact_interval: float = 120.0,
+                 max_batch_rows: int = 500_000):
+        self.vault = vault
+        self.state_dir = Path(state_dir or Path(vault.settings.home) / "ingest")
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.flush_interval, self.idle_timeout = flush_interval, idle_timeout
+        self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
+        self._db = sqlite3.connect(str(self.state_dir / "state.sqlite"), timeout=30,
+                                   isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db_lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._org_locks: dict[str, threading.RLock] = {}
+        self._wals: dict[str, Wal] = {}
+        self._org_keys: dict[str, object] = {}
+        self._stores: dict[str, object] = {}
+        self._pending: set[tuple[str, str]] = set()
+        self._dirty: dict[tuple[str, str], float] = {}
+        self._last_compact = time.monotonic()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.flush_errors = 0
+        self.recover()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _sql(self, query: str, args=()) -> list:
+        with self._db_lock:
+            return self._db.execute(query, args).fetchall()
+
+    def _org_lock(self, org: str) -> threading.RLock:
+        with self._locks_lock:
+            return self._org_locks.setdefault(org, threading.RLock())
+
+    def _keys(self, org: str):
+        if org not in self._org_keys:
+            self._org_keys[org] = self.vault.org_keys(org)
+        return self._org_keys[org]
+
+    def _store(self, org: str):
+        if org not in self._stores:
+            self._stores[org] = self.vault.store(org, actor="ingest")
+        return self._stores[org]
+
+    def _wal(self, org: str) -> Wal:
+        with self._locks_lock:
+            if org not in self._wals:
+                self._wals[org] = Wal(self.state_dir / "wal" / org, org,
+                                      lambda v, org=org: wal_key(self._keys(org), v))
+            return self._wals[org]
+
+    def _audit(self, org: str, actor: str, action: str, outcome: str = "allowed", **detail):
+        try:
+            self.vault.audit(org).record(actor, action, outcome, **detail)
+        except AtomscaleError:
+            log.exception("could not audit %s for org %s", action, org)
+
+    # -- streams ------------------------------------------------------------------------------
+    def open_stream(self, key, run_id: str, tool: str, category: str, **meta) -> dict:
+        """Open (or resume) the stream of ``run_id``/``tool``/``category`` for the key's org.
+
+        The run record in ``process/runs`` is created or updated with status ``active``.
+        """
+        check_id(run_id, "run_id")
+        check_id(tool, "tool")
+        if category not in CATEGORY_TABLE:
+            raise ValidationError(f"category must be one of {', '.join(CATEGORY_TABLE)}",
+                                  field="category")
+        key.require(f"ingest:{category}")
+        meta = {k: v for k, v in meta.items() if v is not None}
+        for k, v in meta.items():
+            if k not in ("project", "sample", "method", "operator") or not isinstance(v, str):
+                raise ValidationError(f"unknown or non-text stream field {k!r}", field=k)
+        org = key.org
+        now = _iso(_now())
+        with self._db_lock:
+            row = self._sql(
+                "SELECT id, status FROM streams WHERE org=? AND run_id=? AND tool=? AND "
+                "category=? AND status NOT IN ('complete', 'error') ORDER BY created DESC "
+                "LIMIT 1", (org, run_id, tool, category))
+            if row:
+                sid, created = row[0][0], False
+                self._sql("UPDATE streams SET status='active', updated=?, last_batch=? "
+                          "WHERE id=?", (now, time.time(), sid))
+            else:
+                sid, created = "st_" + secrets.token_hex(8), True
+                self._sql("INSERT INTO streams (id, org, run_id, tool, category, status, "
+                          "created, updated, last_batch, opened_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (sid, org, run_id, tool, category, "active", now, now, time.time(),
+                           key.actor))
+        self._update_run(org, run_id, "active", actor=key.actor, instrument=tool, **meta)
+        self._audit(org, key.actor, "ingest.stream_open", stream=sid, run_id=run_id, tool=tool,
+                    category=category, resumed=not created)
+        return self.stream(key, sid)
+
+    def stream(self, key, stream_id: str) -> dict:
+        """The state of a stream of the key's org (``NotFound`` for another org's stream)."""
+        rows = self._sql("SELECT id, run_id, tool, category, status, created, updated, "
+                         "last_batch, rows, batches, flushed_rows, min_time, max_time, error "
+                         "FROM streams WHERE id=? AND org=?", (stream_id, key.org))
+        if not rows:
+            raise NotFound(f"no stream {stream_id!r}")
+        d = dict(zip(("id", "run_id", "tool", "category", "status", "created", "updated",
+                      "last_batch", "rows", "batches", "flushed_rows", "min_time", "max_time",
+                      "error"), rows[0], strict=True))
+        d["last_batch"] = (_iso(datetime.fromtimestamp(d["last_batch"], UTC))
+                           if d["last_batch"] else None)
+        return d
+
+    def conform(self, stream: dict, data) -> pa.Table:
+        """Validate rows for a stream: fill ``run_id`` (and ``tool``), refuse other runs/tools."""
+        spec = schema.spec(CATEGORY_TABLE[stream["category"]])
+        fill = {"run_id": stream["run_id"]}
+        if "tool" in spec.schema.names:
+            fill["tool"] = stream["tool"]
+        if isinstance(data, list):
+            if not data:
+                raise ValidationError("the batch has no rows", field="rows")
+            for i, row in enumerate(data):
+                if not isinstance(row, dict):
+                    raise ValidationError(f"row {i} is not an object", row=i)
+                for f, v in fill.items():
+                    if row.get(f) is None:
+                        row[f] = v
+                    elif row[f] != v:
+                        raise ValidationError(
+                            f"field {f!r} in row {i} is {row[f]!r}, but this stream is for "
+                            f"{v!r}", field=f, row=i)
+        else:
+            if data.num_rows == 0:
+                raise ValidationError("the batch has no rows", field="rows")
+            for f, v in fill.items():
+                if f in data.column_names:
+                    col = data.column(f)
+                    bad = pc.invert(pc.fill_null(pc.equal(col.cast(pa.string()), v), False))
+                    bad = pc.and_(bad, pc.is_valid(col))
+                    if pc.any(bad).as_py():
+                        i = pc.index(bad, True).as_py()
+                        raise ValidationError(
+                            f"field {f!r} in row {i} is {col[i].as_py()!r}, but this stream is "
+                            f"for {v!r}", field=f, row=i)
+                    data = data.set_column(data.column_names.index(f), f,
+                                           pc.fill_null(col.cast(pa.string()), v))
+                else:
+                    data = data.append_column(f, pa.array([v] * data.num_rows, pa.string()))
+        if len(data) > self.max_batch_rows:
+            raise BatchTooLarge(f"a batch may hold at most {self.max_batch_rows} rows "
+                                f"(got {len(data)})", field="rows")
+        return schema.conform(spec, data)
+
+    def add_batch(self, key, stream_id: str, batch_id: str, data, digest: str | None = None
+                  ) -> dict:
+        """Accept one batch: validate, append to the WAL (fsynced), record the id.
+
+        Returns ``{"batch_id", "rows", "duplicate"}``; a retried batch id is not stored again.
+        """
+        stream = self.stream(key, stream_id)
+        key.require(f"ingest:{stream['category']}")
+        check_id(batch_id, "batch_id")
+        if stream["status"] in ("complete", "error"):
+            raise StreamClosed(f"stream {stream_id} is {stream['status']}; open a new one")
+        if digest is None:
+            digest = hashlib.sha256(repr(data).encode()).hexdigest()
+        ident = (stream_id, batch_id)
+        with self._db_lock:
+            old = self._sql("SELECT digest, rows FROM batches WHERE stream_id=? AND batch_id=?",
+                            ident)
+            if not old and ident in self._pending:
+                raise Busy(f"batch {batch_id!r} is being stored; retry")
+            if not old:
+                self._pending.add(ident)
+        if old:
+            if old[0][0] != digest:
+                raise BatchConflict(f"batch id {batch_id!r} was already used for other rows")
+            return {"batch_id": batch_id, "rows": old[0][1], "duplicate": True}
+        try:
+            table = self.conform(stream, data)
+            times = table.column(schema.spec(CATEGORY_TABLE[stream["category"]]).time_column)
+            tmin, tmax = pc.min(times).as_py(), pc.max(times).as_py()
+            self._wal(key.org).append([WalRecord(stream_id, batch_id,
+                                                 CATEGORY_TABLE[stream["category"]], table,
+                                                 digest)])
+            now = time.time()
+            with self._db_lock:
+                self._sql("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
+                          (stream_id, batch_id, table.num_rows, digest, _iso(_now())))
+                self._sql(
+                    "UPDATE streams SET rows=rows+?, batches=batches+1, last_batch=?, updated=?, "
+                    "status=CASE WHEN status='interrupted' THEN 'active' ELSE status END, "
+                    "min_time=CASE WHEN min_time IS NULL OR min_time>? THEN ? ELSE min_time END,"
+                    " max_time=CASE WHEN max_time IS NULL OR max_time<? THEN ? ELSE max_time END"
+                    " WHERE id=?",
+                    (table.num_rows, now, _iso(_now()), _iso(tmin), _iso(tmin), _iso(tmax),
+                     _iso(tmax), stream_id))
+        finally:
+            with self._db_lock:
+                self._pending.discard(ident)
+        if stream["status"] == "interrupted":
+            self._update_run(key.org, stream["run_id"], "active", actor=key.actor)
+        return {"batch_id": batch_id, "rows": table.num_rows, "duplicate": False}
+
+    def finalize(self, key, stream_id: str) -> dict:
+        """Flush the stream's rows, mark it complete and close its run when no stream is left."""
+        stream = self.stream(key, stream_id)
+        key.require(f"ingest:{stream['category']}")
+        if stream["status"] == "complete":
+            return stream
+        if stream["status"] == "error":
+            raise StreamClosed(f"stream {stream_id} failed: {stream['error']}")
+        self._set_status(stream_id, "finalizing")
+        self._update_run(key.org, stream["run_id"], "finalizing", actor=key.actor)
+        self.flush()
+        stream = self.stream(key, stream_id)
+        if stream["flushed_rows"] < stream["rows"]:
+            self._set_status(stream_id, "interrupted")
+            raise IntegrityError(f"stream {stream_id}: not every row could be stored yet; "
+                                 "retry the finalize")
+        self._set_status(stream_id, "complete")
+        others = self._sql("SELECT count(*) FROM streams WHERE org=? AND run_id=? AND id<>? AND "
+                           "status IN ('active', 'interrupted', 'finalizing')",
+                           (key.org, stream["run_id"], stream_id))[0][0]
+        end = datetime.fromisoformat(stream["max_time"]) if stream["max_time"] else _now()
+        self._update_run(key.org, stream["run_id"], "active" if others else "complete",
+                         actor=key.actor, end=end)
+        self._audit(key.org, key.actor, "ingest.finalize", stream=stream_id,
+                    run_id=stream["run_id"], rows=stream["rows"], batches=stream["batches"])
+        return self.stream(key, stream_id)
+
+    def _set_status(self, stream_id: str, status: str, error: str | None = None) -> None:
+        self._sql("UPDATE streams SET status=?, updated=?, error=coalesce(?, error) WHERE id=?",
+                  (status, _iso(_now()), error, stream_id))
+
+    def _update_run(self, org: str, run_id: str, status: str, *, actor: str, **fields) -> None:
+        """Write a new version of the run record (latest ``updated_at`` wins on read)."""
+        with self._org_lock(org):
+            table = self._store(org).table("process/runs")
+            try:
+                cur = table.read(run_ids=[run_id]).to_pylist()
+            except NotFound:
+                cur = []
+            now = _now()
+            rec = dict(cur[-1]) if cur else {"run_id": run_id, "start": now}
+            prev = rec.get("updated_at")
+            if prev is not None and prev >= now:
+                now = prev + timedelta(microseconds=1)
+            for k, v in fields.items():
+                if v is not None and (k != "instrument" or not rec.get("instrument")):
+                    rec[k] = v
+            rec["status"], rec["updated_at"] = status, now
+            table.write([rec], actor=actor)
+
+    # -- flushing -----------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Commit every sealed WAL segment of every org into the store; returns rows committed."""
+        with self._flush_lock:
+            total = 0
+            for org in self._wal_orgs():
+                wal = self._wal(org)
+                segs = wal.rotate()
+                if segs:
+                    total += self._flush_segments(org, wal, segs)
+            return total
+
+    def _wal_orgs(self) -> list[str]:
+        root = self.state_dir / "wal"
+        on_disk = [p.name for p in root.iterdir() if p.is_dir()] if root.exists() else []
+        return sorted(set(on_disk) | set(self._wals))
+
+    def _flush_segments(self, org: str, wal: Wal, segs: list[Path],
+                        seg_key: str | None = None) -> int:
+        seg_key = seg_key or ",".join(p.stem for p in segs)
+        records: list[WalRecord] = []
+        readable = []
+        for p in segs:
+            try:
+                records.extend(wal.read(p))
+                readable.append(p)
+            except IntegrityError:
+                self.flush_errors += 1  # quarantined and logged by the WAL
+        with self._db_lock:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
+                    [(r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now()))
+                     for r in records])
+        groups: dict[str, list[pa.Table]] = defaultdict(list)
+        for r in records:
+            groups[r.table].append(r.rows)
+        done = {t for (t,) in self._sql("SELECT tbl FROM flushes WHERE org=? AND segments=? AND "
+                                        "state='done'", (org, seg_key))}
+        doubt = {t for (t,) in self._sql("SELECT tbl FROM flushes WHERE org=? AND segments=? AND "
+                                         "state='committing'", (org, seg_key))}
+        committed = 0
+        for name, parts in sorted(groups.items()):
+            if name in done:
+                continue
+            data = pa.concat_tables(parts)
+            with self._org_lock(org):
+                table = self._store(org).table(name)
+                if name in doubt and self._already_committed(table, data):
+                    log.warning("ingest: a flush of org %s to %s interrupted by a crash had "
+                                "committed; not writing it again", org, name)
+                else:
+                    self._sql("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
+                              (org, seg_key, name, data.num_rows, "committing", _iso(_now())))
+                    table.write(data, actor="ingest")
+                    committed += data.num_rows
+            self._sql("UPDATE flushes SET state='done' WHERE org=? AND segments=? AND tbl=?",
+                      (org, seg_key, name))
+            self._dirty.setdefault((org, name), time.monotonic())
+        per_stream = Counter()
+        for r in records:
+            per_stream[r.stream_id] += r.rows.num_rows
+        # One transaction marks the whole set done and counts its rows; only then are the
+        # segments deleted, and only after that the intents (a crash in between is harmless).
+        with self._db_lock:
+            with self._db:
+                for sid, n in per_stream.items():
+                    self._db.execute("UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?",
+                                     (n, sid))
+                self._db.execute("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
+                                 (org, seg_key, "*", len(records), "done", _iso(_now())))
+        self._finish(org, wal, seg_key, segs)
+        return committed
+
+    def _finish(self, org: str, wal: Wal, seg_key: str, segs: list[Path]) -> None:
+        wal.remove(segs)
+        self._sql("DELETE FROM flushes WHERE org=? AND segments=?", (org, seg_key))
+
+    @staticmethod
+    def _already_committed(table, data: pa.Table) -> bool:
+        runs = pc.unique(data.column("run_id")).to_pylist()
+        try:
+            stored = table.read(run_ids=runs)
+        except NotFound:
+            return False
+        if stored.num_rows < data.num_rows:
+            return False
+        have = Counter(_row_keys(stored.select(data.column_names)))
+        for k in _row_keys(data):
+            if have[k] <= 0:
+                return False
+            have[k] -= 1
+        return True
+
+    def compact(self, force: bool = False) -> int:
+        """Compact the tables this service wrote to; returns how many were compacted."""
+        n = 0
+        for (org, name) in list(self._dirty):
+            with self._org_lock(org):
+                try:
+                    if self._store(org).table(name).compact() is not None:
+                        n += 1
+                except AtomscaleError:
+                    log.exception("ingest: compaction of %s for org %s failed", name, org)
+            self._dirty.pop((org, name), None)
+        return n
+
+    # -- restart and background work ---------------------------------------------------------
+    def recover(self) -> None:
+        """After a (re)start: mark streams that were live as interrupted and replay the WALs."""
+        live = self._sql("SELECT id, org, run_id FROM streams WHERE status IN "
+                         "('active', 'finalizing')")
+        for sid, org, run_id in live:
+            self._set_status(sid, "interrupted")
+            try:
+                self._update_run(org, run_id, "interrupted", actor="ingest")
+            except AtomscaleError:
+                log.exception("ingest: could not mark run %s of org %s interrupted", run_id, org)
+        with self._flush_lock:
+            for org in self._wal_orgs():
+                wal = self._wal(org)
+                for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?",
+                                            (org,)):
+                    segs = [wal.dir / f"{s}.wal" for s in seg_key.split(",")]
+                    finished = self._sql("SELECT 1 FROM flushes WHERE org=? AND segments=? AND "
+                                         "tbl='*'", (org, seg_key))
+                    if finished:
+                        self._finish(org, wal, seg_key, segs)
+                    else:
+                        self._flush_segments(org, wal, [p for p in segs if p.exists()], seg_key)
+                segs = wal.rotate()
+                if segs:
+                    self._flush_segments(org, wal, segs)
+
+    def check_idle(self) -> list[str]:
+        """Mark active streams without a batch for ``idle_timeout`` seconds as interrupted."""
+        cutoff = time.time() - self.idle_timeout
+        idle = self._sql("SELECT id, org, run_id FROM streams WHERE status='active' AND "
+                         "last_batch < ?", (cutoff,))
+        for sid, org, run_id in idle:
+            self._set_status(sid, "interrupted")
+            self._update_run(org, run_id, "interrupted", actor="ingest")
+        return [r[0] for r in idle]
+
+    def start(self) -> None:
+        """Start the background flusher (flush, idle check, compaction)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ingest-flusher",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+                self.check_idle()
+                if time.monotonic() - self._last_compact > self.compact_interval:
+                    self._last_compact = time.monotonic()
+                    self.compact()
+            except Exception:  # keep flushing: the WAL holds the data until a flush succeeds
+                self.flush_errors += 1
+                log.exception("ingest: flush failed; the WAL keeps the batches")
+                self._stop.wait(min(5.0, self.flush_interval * 4))
+
+    def close(self) -> None:
+        """Stop the flusher, flush what is left, close the WALs and the state database."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.flush()
+        finally:
+            for wal in self._wals.values():
+                wal.close()
+            with self._db_lock:
+                self._db.close()
