@@ -570,7 +570,7 @@ class Table:
         ``progress`` is called with the number of files done after each one. None if empty.
 
         With ``only_older`` files already under the current version are kept as they are.
-        Afterwards older key versions are no longer needed to read the table.
+        Older key versions stay needed to verify the older commit-log lines.
         """
         with self._locked():
             state = self._load()

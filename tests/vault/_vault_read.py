@@ -1,0 +1,40 @@
+"""Child process for the vault tests: read one table, print ``rows: N`` or the error.
+
+Usage: ``_vault_read.py DATA_ROOT ORG TABLE MODE HEAD_DB|-`` with the org keys as JSON on stdin.
+MODE is ``read`` (whole table), ``verify`` (deep verification) or ``dataset`` (through DuckDB).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from atomscale_lab.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.errors import AtomscaleError
+from atomscale_lab.store import OrgStore, SqliteHeadStore
+
+
+def main() -> int:
+    data_root, org, table, mode, head_db = sys.argv[1:6]
+    keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
+    heads = None if head_db == "-" else SqliteHeadStore(Path(head_db))
+    try:
+        t = OrgStore(Path(data_root), org, OrgCrypto(keys), heads).table(table)
+        if mode == "verify":
+            t.verify(deep=True)
+            rows = t.num_rows()
+        elif mode == "dataset":
+            import duckdb
+
+            dset = t.dataset()  # noqa: F841 - found by DuckDB's replacement scan
+            rows = duckdb.sql("select count(*) from dset").fetchone()[0]
+        else:
+            rows = t.read().num_rows
+    except AtomscaleError as e:
+        print(f"{type(e).__name__}: {e}")
+        return e.exit_code
+    print(f"rows: {rows}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
