@@ -6,6 +6,17 @@ CATEGORIES = ("process", "tool_state", "metrology")
 """The raw-data categories. Context labels live in a separate store, never in these."""
 
 
+def _jupyter_server_extension_points():
+    """The jupyter-server extension this package provides (the org data REST API)."""
+    return [{"module": "atomscale_lab.app", "app": _app()}]
+
+
+def _app():
+    from .app import AtomscaleLab
+
+    return AtomscaleLab
+
+
 def __getattr__(name):
     # Lazy so that `import atomscale_lab` stays cheap for the CLI and hub processes.
     if name == "Workspace":

@@ -103,9 +103,8 @@ class LocalAccess:
         from .vault import Vault
 
         self.vault = vault if vault is not None else Vault()
-        info = self.vault.org_info(org)  # raises UnknownOrg for a missing or deleted org
         self.org = org
-        self.region = str(info.get("region") or self.vault.settings.region)
+        self.region = self.vault.org_region(org)  # raises UnknownOrg for a missing/deleted org
         self.data_root = Path(self.vault.settings.data_root)
         self.owner = owner or _login_name()
         self._audit = None
@@ -123,9 +122,7 @@ class LocalAccess:
 
     def heads(self):
         """Log heads in the deployment's registry."""
-        from .store import SqliteHeadStore
-
-        return SqliteHeadStore(self.vault.settings.registry_path)
+        return self.vault.heads()
 
     def audit(self):
         """The org's local audit log."""

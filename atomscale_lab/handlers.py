@@ -1,0 +1,300 @@
+"""REST handlers of the server extension (``<base_url>/atomscale/api/v1/...``, docs/rest-api.md).
+
+Thin on purpose: each method authenticates, authorizes against the ``atomscale`` resource, hands the
+request to :class:`atomscale_lab.app.OrgService` on a worker thread (decryption must not block the
+server's event loop) and turns :class:`~atomscale_lab.errors.AtomscaleError` into an HTTP status
+with :func:`~atomscale_lab.errors.http_status`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import partial
+from importlib import resources
+
+import pyarrow as pa
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+from tornado.ioloop import IOLoop
+
+from .catalog import frame_json, rows_to_records
+from .errors import AtomscaleError, http_status
+
+AUTH_RESOURCE = "atomscale"
+API_PREFIX = "/atomscale/api/v1/"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+_CHUNK = 4 << 20
+
+
+class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
+    """Base of every handler: the service, query parameters, errors and frame responses."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def username(self) -> str:
+        """The authenticated user's name (hub user name in JupyterHub mode)."""
+        return self.current_user.username
+
+    def query_params(self) -> dict[str, str]:
+        """Query parameters (the last value of each), without ``token``."""
+        out = {}
+        for k, values in self.request.query_arguments.items():
+            if k == "token" or not values:
+                continue
+            out[k] = self.decode_argument(values[-1], name=k)
+        return out
+
+    async def call(self, method: str, *args):
+        """Run ``OrgService.<method>(user, *args)`` on a worker thread, mapping errors to HTTP."""
+        user = self.username
+        try:
+            service = self.extensionapp.get_service()
+            fn = partial(getattr(service, method), user, *args)
+            return await IOLoop.current().run_in_executor(None, fn)
+        except AtomscaleError as e:
+            raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+
+    def wants_arrow(self, params: dict) -> bool:
+        """``format=arrow`` (or an Accept header asking for an Arrow stream)."""
+        fmt = params.get("format", "")
+        if fmt not in ("", "json", "arrow"):
+            raise web.HTTPError(400, f"format must be json or arrow, not {fmt!r}")
+        if fmt:
+            return fmt == "arrow"
+        return ARROW_STREAM in (self.request.headers.get("Accept") or "")
+
+    async def finish_json(self, doc) -> None:
+        """Send a JSON document."""
+        self.set_header("Content-Type", "application/json")
+        await self.finish(json.dumps(doc, allow_nan=False, default=str))
+
+    async def finish_arrow(self, table: pa.Table, headers: dict | None = None) -> None:
+        """Send ``table`` as an Arrow IPC stream, in chunks."""
+        chunks = await IOLoop.current().run_in_executor(None, _ipc_chunks, table)
+        self.set_header("Content-Type", ARROW_STREAM)
+        self.set_header("Content-Length", str(sum(len(c) for c in chunks)))
+        self.set_header("X-Rows", str(table.num_rows))
+        for k, v in (headers or {}).items():
+            self.set_header(k, str(v))
+        for c in chunks:
+            self.write(c)
+            await self.flush()
+        await self.finish()
+
+    async def finish_frame(self, table: pa.Table, params: dict) -> None:
+        """Send a frame as JSON ``{columns, data}`` or, with ``format=arrow``, an Arrow stream."""
+        if self.wants_arrow(params):
+            await self.finish_arrow(table)
+        else:
+            doc = await IOLoop.current().run_in_executor(None, frame_json, table)
+            await self.finish_json(doc)
+
+
+def _reason(e: AtomscaleError) -> str:
+    return {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+            503: "Service Unavailable"}.get(http_status(e), "Internal Server Error")
+
+
+def _ipc_chunks(table: pa.Table) -> list[bytes]:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=65_536)
+    buf = memoryview(sink.getvalue())
+    return [bytes(buf[i:i + _CHUNK]) for i in range(0, len(buf), _CHUNK)] or [b""]
+
+
+class StatusHandler(AtomscaleHandler):
+    """``GET status``: org, user, role, key version and table sizes."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer the status document."""
+        await self.finish_json(await self.call("status"))
+
+
+class RunsHandler(AtomscaleHandler):
+    """``GET runs``: a filtered, sorted page of the run catalogue."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer ``{total, page, per_page, runs}`` (or the page's rows as Arrow)."""
+        params = self.query_params()
+        arrow = self.wants_arrow(params)
+        page = await self.call("runs_page", params)
+        if arrow:
+            t = pa.Table.from_pylist(page["runs"]) if page["runs"] else pa.table({})
+            await self.finish_arrow(t, {"X-Total-Count": page["total"]})
+        else:
+            await self.finish_json(page)
+
+
+class FacetsHandler(AtomscaleHandler):
+    """``GET facets``: distinct projects, instruments, methods, operators and statuses."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer the distinct values of the filterable run columns."""
+        await self.finish_json(await self.call("facets"))
+
+
+class RunHandler(AtomscaleHandler):
+    """``GET runs/{run_id}``: one run with its channels and metrology items."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id):
+        """Answer the run record."""
+        await self.finish_json(await self.call("run", run_id))
+
+
+class _SeriesHandler(AtomscaleHandler):
+    category = "process"
+
+    async def send_series(self, run_id):
+        params = self.query_params()
+        self.wants_arrow(params)  # reject a bad format before reading anything
+        table = await self.call("series", run_id, self.category, params)
+        await self.finish_frame(table, params)
+
+
+class ProcessHandler(_SeriesHandler):
+    """``GET runs/{run_id}/process``: the run's process time series (long frame)."""
+
+    category = "process"
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id):
+        """Answer the frame as JSON or Arrow."""
+        await self.send_series(run_id)
+
+
+class ToolStateHandler(_SeriesHandler):
+    """``GET runs/{run_id}/tool_state``: the run's tool readback and setpoints (long frame)."""
+
+    category = "tool_state"
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id):
+        """Answer the frame as JSON or Arrow."""
+        await self.send_series(run_id)
+
+
+class MetrologyHandler(AtomscaleHandler):
+    """``GET metrology``: a page of metrology items."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer ``{total, page, per_page, items}`` or the items as Arrow."""
+        params = self.query_params()
+        arrow = self.wants_arrow(params)
+        meta, rows = await self.call("metrology", params)
+        if arrow:
+            await self.finish_arrow(rows, {"X-Total-Count": meta["total"]})
+        else:
+            await self.finish_json({**meta, "items": rows_to_records(rows)})
+
+
+class MetrologyItemHandler(AtomscaleHandler):
+    """``GET metrology/{item_id}``: one item with its spectrum and peaks."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, item_id):
+        """Answer the item as a JSON object or a one-row Arrow stream."""
+        params = self.query_params()
+        if set(params) - {"format"}:
+            raise web.HTTPError(400, f"unknown parameter {sorted(set(params) - {'format'})[0]!r}")
+        arrow = self.wants_arrow(params)
+        table = await self.call("metrology_item", item_id)
+        if arrow:
+            await self.finish_arrow(table)
+        else:
+            await self.finish_json(rows_to_records(table)[0])
+
+
+class TableHandler(AtomscaleHandler):
+    """``GET tables/{category}/{name}``: a whole table (or some runs of it) as an Arrow stream."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, category, name):
+        """Answer the table; ``format=json`` is refused (tables are too large for JSON)."""
+        params = self.query_params()
+        if not self.wants_arrow({"format": params.get("format") or "arrow"}):
+            raise web.HTTPError(400, "tables are served as Arrow only: use format=arrow")
+        table = await self.call("table", f"{category}/{name}", params)
+        await self.finish_arrow(table)
+
+
+class AuditHandler(AtomscaleHandler):
+    """``GET audit``: audit events (all for org admins, own for others)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer ``{events, limit, offset, scope}``."""
+        await self.finish_json(await self.call("audit_events", self.query_params()))
+
+
+class ContextJoinHandler(AtomscaleHandler):
+    """``POST context/join``: materials-system labels of some runs, from the context service."""
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        """Answer ``{labels: [{run_id, <field>: ...}]}``."""
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not valid JSON") from None
+        await self.finish_json(await self.call("context_join", body))
+
+
+class OpenAPIHandler(AtomscaleHandler):
+    """``GET openapi.json``: the checked-in description of this API."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer the OpenAPI document."""
+        await self.finish_json(openapi_spec())
+
+
+def openapi_spec() -> dict:
+    """The checked-in OpenAPI document."""
+    return json.loads(resources.files("atomscale_lab").joinpath("openapi.json").read_text())
+
+
+ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
+    ("status", StatusHandler),
+    ("runs", RunsHandler),
+    ("facets", FacetsHandler),
+    ("runs/{run_id}", RunHandler),
+    ("runs/{run_id}/process", ProcessHandler),
+    ("runs/{run_id}/tool_state", ToolStateHandler),
+    ("metrology", MetrologyHandler),
+    ("metrology/{item_id}", MetrologyItemHandler),
+    ("tables/{category}/{name}", TableHandler),
+    ("audit", AuditHandler),
+    ("context/join", ContextJoinHandler),
+    ("openapi.json", OpenAPIHandler),
+]
+"""(path template relative to the API prefix, handler); the OpenAPI paths must match these."""
+
+
+def _pattern(template: str) -> str:
+    return API_PREFIX + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.replace(".", r"\."))
+
+
+default_handlers = [(_pattern(t), h) for t, h in ROUTES]
+

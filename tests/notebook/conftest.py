@@ -1,0 +1,159 @@
+"""Fixtures of the notebook-experience suite.
+
+- ``lab_data`` (session): an ATOMSCALE_HOME with org ``acme`` (30 runs with series, tool state,
+  metrology and labels from ``labdata``) and org ``beta`` (3 runs), plus its root key.
+- ``lab_env``: exports ``lab_data`` (home and root key) into the environment for one test.
+- ``jp_server_config``: pytest-jupyter's in-process server with the extension on for ``acme`` and
+  unauthenticated access refused.
+- ``live_server`` (module): a real ``jupyter server`` subprocess on 127.0.0.1 with a token, serving
+  ``acme``; stopped by pid. Yields ``{url, token, env, root_dir}``.
+
+pytest-jupyter's fixtures and its coroutine-test hooks are imported here (not registered as a
+plugin for the whole repository) so they apply to this folder only; pytest-asyncio is not needed.
+"""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pytest_jupyter.jupyter_server import *  # noqa: F403
+
+sys.path.insert(0, str(Path(__file__).parent))
+import labdata  # noqa: E402
+
+ORG = "acme"
+
+
+@pytest.fixture(scope="session")
+def lab_data(tmp_path_factory):
+    """A deployment home with demo orgs; returns ``{home, root_key}``."""
+    from atomscale_lab.config import Settings
+    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault import Vault
+
+    home = tmp_path_factory.mktemp("atomscale-home")
+    key = generate_root_key()
+    saved = {k: os.environ.get(k) for k in ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE")}
+    os.environ["ATOMSCALE_ROOT_KEY"] = key
+    os.environ.pop("ATOMSCALE_ROOT_KEY_FILE", None)
+    try:
+        vault = Vault(Settings.load(home))
+        vault.create_org(ORG, "us")
+        labdata.fill_org(vault, ORG, runs=30)
+        vault.create_org("beta", "us")
+        labdata.fill_org(vault, "beta", runs=3, detail_runs=0)
+        vault.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"home": home, "root_key": key}
+
+
+@pytest.fixture
+def lab_env(lab_data, monkeypatch):
+    """The demo home and root key in the environment of this test."""
+    monkeypatch.setenv("ATOMSCALE_HOME", str(lab_data["home"]))
+    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", lab_data["root_key"])
+    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
+                "ATOMSCALE_REGION", "ATOMSCALE_LAB_URL", "ATOMSCALE_ORG"):
+        monkeypatch.delenv(var, raising=False)
+    return lab_data
+
+
+@pytest.fixture
+def jp_server_config(lab_env):
+    """The extension enabled for ``acme``; anonymous requests refused."""
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"atomscale_lab": True},
+            "allow_unauthenticated_access": False,
+        },
+        "AtomscaleLab": {"org": ORG, "scrub_root_key": False, "export_url": False},
+    }
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kernel_env(url: str, token: str) -> dict:
+    """Environment for a kernel that should use the server at ``url`` (no root key in it)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ATOMSCALE_ROOT_KEY", "JUPYTERHUB_"))}
+    env.update({"ATOMSCALE_LAB_URL": url, "ATOMSCALE_LAB_TOKEN": token,
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    return env
+
+
+def start_server(env: dict, root_dir: Path, org: str, log_path: Path, extra=()):
+    """Start ``jupyter server`` for ``org``; returns (process, url, token)."""
+    port = free_port()
+    token = secrets.token_hex(16)
+    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root_dir}",
+           f"--IdentityProvider.token={token}",
+           '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
+           f"--AtomscaleLab.org={org}", *extra]
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller's process teardown
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter server exited: {log_path.read_text()[-3000:]}")
+        try:
+            r = requests.get(url + "atomscale/api/v1/status",
+                             headers={"Authorization": f"token {token}"}, timeout=2)
+            if r.status_code == 200:
+                return proc, url, token
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError(f"jupyter server did not answer: {log_path.read_text()[-3000:]}")
+
+
+def stop_server(proc) -> None:
+    """Stop a server we started, by its pid (and its process group: kernels it started)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def live_server(lab_data, tmp_path_factory):
+    """A real jupyter server subprocess serving ``acme``."""
+    root = tmp_path_factory.mktemp("lab-root")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
+    env.update({"ATOMSCALE_HOME": str(lab_data["home"]),
+                "ATOMSCALE_ROOT_KEY": lab_data["root_key"],
+                "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+                "JUPYTER_CONFIG_DIR": str(root / ".config"),
+                "JUPYTER_DATA_DIR": str(root / ".data")})
+    proc, url, token = start_server(env, root, ORG, root / "server.log")
+    try:
+        yield {"url": url, "token": token, "root_dir": root, "proc": proc,
+               "log": root / "server.log"}
+    finally:
+        stop_server(proc)
+        shutil.rmtree(root / ".runtime", ignore_errors=True)
