@@ -1,0 +1,371 @@
+"""The HTTPS ingest service (Tornado): a thin layer over :class:`~.core.IngestCore`.
+
+Endpoints (``Authorization: Bearer ask_…`` on all but ``health``; the org comes from the key):
+
+- ``POST /streams`` ``{"run_id", "tool", "category", "project"?, "sample"?, "method"?,
+  "operator"?}`` → 201 stream
+- ``POST /streams/{id}/batches`` JSON ``{"batch_id", "rows": [...]}`` or an Arrow IPC stream body
+  (``Content-Type: application/vnd.apache.arrow.stream``) with ``X-Batch-Id`` → 200 ack
+- ``POST /streams/{id}/finalize`` → stream; ``GET /streams/{id}`` → stream; ``GET /health``
+
+Run it with ``atomscale-lab ingest serve`` or ``python -m atomscale_lab.ingest.service``; as a
+JupyterHub-managed service it reads ``JUPYTERHUB_SERVICE_URL``/``JUPYTERHUB_SERVICE_PREFIX``.
+:func:`make_app` is the importable application factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow as pa
+from tornado import httpserver, web
+
+from ..errors import AtomscaleError, ValidationError, http_status
+from .apikeys import ApiKeyStore, Throttled
+from .core import BatchTooLarge, IngestCore
+
+log = logging.getLogger("atomscale_lab.ingest")
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+class _Base(web.RequestHandler):
+    """Turns ``atomscale_lab.errors`` into JSON errors; runs blocking work in the pool."""
+
+    def initialize(self, core: IngestCore, keys: ApiKeyStore, pool: ThreadPoolExecutor,
+                   max_body: int):
+        self.core, self.keys, self.pool, self.max_body = core, keys, pool, max_body
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Strict-Transport-Security", "max-age=31536000")
+
+    async def run(self, fn, *args, **kw):
+        """Run blocking ``fn`` in the worker pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool,
+                                                                lambda: fn(*args, **kw))
+
+    async def key(self, scope: str | None, action: str):
+        """Authenticate the bearer key (audited, throttled)."""
+        auth = self.request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        return await self.run(self.keys.authenticate, token, client=self.request.remote_ip,
+                              scope=scope, action=action)
+
+    def fail(self, exc: AtomscaleError):
+        """Finish with the status the exception stands for."""
+        status = getattr(exc, "http_status", None) or http_status(exc)
+        body = {"message": str(exc), "reason": type(exc).__name__}
+        for attr in ("field", "row"):
+            if getattr(exc, attr, None) is not None:
+                body[attr] = getattr(exc, attr)
+        if isinstance(exc, Throttled) or getattr(exc, "retry_after", None):
+            self.set_header("Retry-After", str(exc.retry_after))
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="atomscale-ingest"')
+        if status >= 500:
+            log.error("ingest request %s %s failed: %s", self.request.method, self.request.path,
+                      exc)
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code, **kwargs):
+        self.finish(json.dumps({"message": self._reason, "reason": "HTTPError"}))
+
+    def json_body(self, body: bytes | None = None) -> dict:
+        """The request body as a JSON object, or a ``ValidationError``."""
+        try:
+            doc = json.loads((self.request.body if body is None else body) or b"{}")
+        except ValueError as e:
+            raise ValidationError(f"the body is not valid JSON: {e}", field="body") from None
+        if not isinstance(doc, dict):
+            raise ValidationError("the body must be a JSON object", field="body")
+        return doc
+
+    def reply(self, doc: dict, status: int = 200):
+        """Finish with a JSON document."""
+        self.set_status(status)
+        self.finish(json.dumps(doc, default=str))
+
+
+class HealthHandler(_Base):
+    """``GET /health``: liveness, without authentication and without information."""
+
+    def get(self):
+        """Answer ``{"status": "ok"}``."""
+        self.reply({"status": "ok"})
+
+
+class StreamsHandler(_Base):
+    """``POST /streams``: open or resume a stream."""
+
+    async def post(self):
+        """Open a stream; the run record becomes ``active``."""
+        try:
+            doc = self.json_body()
+            key = await self.key(None, "stream.open")
+            fields = {k: doc.get(k) for k in ("project", "sample", "method", "operator")}
+            extra = set(doc) - {"run_id", "tool", "category", *fields}
+            if extra:
+                raise ValidationError(f"unknown field {sorted(extra)[0]!r}",
+                                      field=sorted(extra)[0])
+            st = await self.run(self.core.open_stream, key, doc.get("run_id"), doc.get("tool"),
+                                doc.get("category"), **fields)
+            self.reply(st, 201)
+        except AtomscaleError as e:
+            self.fail(e)
+
+
+class StreamHandler(_Base):
+    """``GET /streams/{id}``: the state of a stream."""
+
+    async def get(self, stream_id):
+        """Return the stream (rows accepted, rows flushed, status)."""
+        try:
+            key = await self.key(None, "stream.get")
+            self.reply(await self.run(self.core.stream, key, stream_id))
+        except AtomscaleError as e:
+            self.fail(e)
+
+
+class FinalizeHandler(_Base):
+    """``POST /streams/{id}/finalize``: flush and complete a stream."""
+
+    async def post(self, stream_id):
+        """Flush the stream's rows and mark it (and, if last, its run) complete."""
+        try:
+            key = await self.key(None, "stream.finalize")
+            self.reply(await self.run(self.core.finalize, key, stream_id))
+        except AtomscaleError as e:
+            self.fail(e)
+
+
+@web.stream_request_body
+class BatchesHandler(_Base):
+    """``POST /streams/{id}/batches``: one batch, as JSON or Arrow IPC."""
+
+    def prepare(self):
+        """Start collecting the body; an oversized one is read and dropped, then refused."""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_big = False
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            self._too_big = True
+
+    def data_received(self, chunk):
+        """Accumulate the body up to the limit."""
+        self._size += len(chunk)
+        if self._size > self.max_body:
+            self._too_big = True
+            self._chunks = []
+        elif not self._too_big:
+            self._chunks.append(chunk)
+
+    async def post(self, stream_id):
+        """Validate, write to the WAL (fsynced), acknowledge."""
+        try:
+            if self._too_big:
+                raise BatchTooLarge(f"the batch is larger than {self.max_body} bytes; "
+                                    "send smaller batches", field="body")
+            body = b"".join(self._chunks)
+            key = await self.key(None, "stream.batch")
+            ack = await self.run(self._accept, key, stream_id, body)
+            self.reply(ack)
+        except AtomscaleError as e:
+            self.fail(e)
+
+    def _accept(self, key, stream_id, body: bytes):
+        digest = hashlib.sha256(body).hexdigest()
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype == ARROW_STREAM:
+            batch_id = self.request.headers.get("X-Batch-Id")
+            if not batch_id:
+                raise ValidationError("an Arrow batch needs the X-Batch-Id header",
+                                      field="batch_id")
+            try:
+                data = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+            except (pa.ArrowInvalid, OSError) as e:
+                raise ValidationError(f"the body is not an Arrow IPC stream: {e}",
+                                      field="body") from None
+        else:
+            doc = self.json_body(body)
+            batch_id, data = doc.get("batch_id"), doc.get("rows")
+            extra = set(doc) - {"batch_id", "rows"}
+            if extra:
+                raise ValidationError(f"unknown field {sorted(extra)[0]!r}",
+                                      field=sorted(extra)[0])
+            if not isinstance(data, list):
+                raise ValidationError("'rows' must be a list of objects", field="rows")
+        return self.core.add_batch(key, stream_id, batch_id, data, digest=digest)
+
+
+def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
+             max_body: int = DEFAULT_MAX_BODY, pool: ThreadPoolExecutor | None = None
+             ) -> web.Application:
+    """The Tornado application (importable, e.g. for a JupyterHub-managed service)."""
+    base = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+    pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
+    kw = {"core": core, "keys": keys, "pool": pool, "max_body": max_body}
+    sid = r"(st_[0-9a-f]{16})"
+    return web.Application([
+        (base + "health", HealthHandler, kw),
+        (base + "streams", StreamsHandler, kw),
+        (base + f"streams/{sid}", StreamHandler, kw),
+        (base + f"streams/{sid}/batches", BatchesHandler, kw),
+        (base + f"streams/{sid}/finalize", FinalizeHandler, kw),
+    ], default_handler_class=_NotFound, default_handler_args=kw, xsrf_cookies=False)
+
+
+class _NotFound(_Base):
+    def prepare(self):
+        self.set_status(404)
+        self.finish(json.dumps({"message": "no such endpoint", "reason": "NotFound"}))
+
+
+def ensure_certificate(directory: Path, hosts=("localhost", "127.0.0.1", "::1")
+                       ) -> tuple[Path, Path]:
+    """A self-signed certificate for ``hosts`` in ``directory`` (made once, key file 0600)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = Path(directory)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=7):
+            return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "atomscale-ingest")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of ``ingest serve`` (shared with the CLI)."""
+    p = parser or argparse.ArgumentParser(prog="atomscale-ingest",
+                                          description="The atomscale-lab ingest service.")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8443)")
+    p.add_argument("--certfile", help="TLS certificate (PEM); made at start if omitted")
+    p.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
+    p.add_argument("--plain-http", action="store_true",
+                   help="serve plain HTTP (loopback only, behind a TLS-terminating proxy)")
+    p.add_argument("--base-url", default=None, help="URL prefix (default: hub service prefix)")
+    p.add_argument("--flush-interval", type=float, default=0.5,
+                   help="seconds between WAL flushes into the store (default 0.5)")
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="seconds without a batch before a stream is interrupted (default 120)")
+    p.add_argument("--compact-interval", type=float, default=120.0,
+                   help="seconds between compactions (default 120)")
+    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
+                   help="largest batch body in bytes (default 64 MiB)")
+    p.add_argument("--max-failures", type=int, default=10,
+                   help="failed authentications per client per minute before 429 (default 10)")
+    p.add_argument("--behind-proxy", action="store_true",
+                   help="trust X-Forwarded-For / X-Real-Ip for the client address")
+    return p
+
+
+async def serve(args, vault=None, ready=None) -> None:
+    """Run the service until SIGTERM/SIGINT; flush the WAL on the way out."""
+    from ..vault import Vault
+    from .apikeys import FailureThrottle, for_vault
+
+    vault = vault or Vault()
+    hub_url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+    parsed = urlparse(hub_url) if hub_url else None
+    host = args.host or (parsed.hostname if parsed else None) or "127.0.0.1"
+    port = args.port or (parsed.port if parsed and parsed.port else 8443)
+    base_url = args.base_url or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    core = IngestCore(vault, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,
+                      compact_interval=args.compact_interval)
+    keys = for_vault(vault, throttle=FailureThrottle(max_failures=args.max_failures))
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
+    app = make_app(core, keys, base_url=base_url, max_body=args.max_body, pool=pool)
+    ssl_ctx = None
+    if args.plain_http:
+        if not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
+            raise SystemExit("--plain-http is only allowed on a loopback address")
+        log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
+    else:
+        if args.certfile:
+            certfile, keyfile = Path(args.certfile), Path(args.keyfile or args.certfile)
+        else:
+            certfile, keyfile = ensure_certificate(core.state_dir / "tls")
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_ctx.load_cert_chain(str(certfile), str(keyfile))
+    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=args.behind_proxy,
+                                   max_body_size=max(args.max_body * 4, 1 << 20),
+                                   idle_connection_timeout=300)
+    server.listen(port, address=host)
+    core.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    scheme = "http" if args.plain_http else "https"
+    log.info("atomscale ingest listening on %s://%s:%s%s", scheme, host, port, base_url)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("atomscale ingest stopping: flushing the WAL")
+    server.stop()
+    await server.close_all_connections()
+    pool.shutdown(wait=True)
+    core.close()
+    keys.close()
+
+
+def main(argv=None) -> int:
+    """``python -m atomscale_lab.ingest.service``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except AtomscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
