@@ -194,6 +194,9 @@ class Vault:
         roots' declared region (``ResidencyError``) or an existing name (``OrgExists``)."""
         check_name(name)
         region = check_region(region)
+        # Unwrapping the deployment audit key first proves the root key is the one the registry
+        # uses; otherwise the new org's keys would be wrapped under a different root key.
+        system = self.system_audit()
         row = self._row(name)
         if row is not None:
             if row[3]:
@@ -203,7 +206,7 @@ class Vault:
         try:
             self._check_residency(name, region)
         except ResidencyError as e:
-            self.system_audit().record(actor, "org.create", "denied", org_name=name,
+            system.record(actor, "org.create", "denied", org_name=name,
                                        region=region, reason=str(e))
             raise
         self.keys.create_org(name)
@@ -217,7 +220,7 @@ class Vault:
         for root in (self.settings.data_root, self.settings.context_root):
             (Path(root) / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.audit(name).record(actor, "org.create", region=region)
-        self.system_audit().record(actor, "org.create", org_name=name, region=region)
+        system.record(actor, "org.create", org_name=name, region=region)
         return {"name": name, "region": region, "created": created}
 
     def orgs(self) -> list[dict]:
@@ -328,7 +331,7 @@ class Vault:
                 cb = (lambda done, _t=t.spec.name, _n=total: progress(_t, done, _n)) \
                     if progress else None
                 try:
-                    t.rewrite(progress=cb)
+                    t.rewrite(progress=cb, actor=actor)
                 except Exception as e:
                     audit.record(actor, "key.rewrite", "error", key_version=version,
                                  table=t.spec.name, error=type(e).__name__)
@@ -366,6 +369,7 @@ class Vault:
             for root in (self.settings.data_root, self.settings.context_root):
                 shutil.rmtree(Path(root) / name, ignore_errors=True)
             self._heads.forget(name)
+            self.heads().forget(name)
 
     def close(self) -> None:
         """Close the registry connections."""
