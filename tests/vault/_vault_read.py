@@ -26,7 +26,7 @@ def main() -> int:
             import duckdb
 
             dset = t.dataset()  # noqa: F841 - found by DuckDB's replacement scan
-            rows = duckdb.sql("select count(*) from dset").fetchone()[0]
+            rows = duckdb.sql("select count(*) from dset").fetchall()[0][0]
         else:
             rows = t.read().num_rows
     except AtomscaleError as e:

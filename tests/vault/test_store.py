@@ -1,0 +1,239 @@
+"""Encrypted tables: round trips, pruning, keyed rows, rotation, compaction, gc, isolation."""
+
+import datetime as dt
+import threading
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from _vault_support import make_keys, series, store
+
+from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.errors import KeyUnavailable, ValidationError
+from atomscale_lab.schema import SERIES
+from atomscale_lab.store import N_BUCKETS, SqliteHeadStore, Table, bucket_of
+
+UTC = dt.UTC
+
+
+def _sorted(t: pa.Table) -> pa.Table:
+    return t.sort_by([("run_id", "ascending"), ("channel", "ascending"), ("time", "ascending")])
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return make_keys(tmp_path)
+
+
+def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    data = series(40, 250)
+    c = t.write(data, actor="alice")
+    assert c.seq == 1 and c.rows == data.num_rows and 1 < c.files <= N_BUCKETS
+    assert _sorted(t.read()).equals(_sorted(data))
+    df = t.to_pandas(run_ids=["run-0003"])
+    assert len(df) == 250 and set(df.run_id) == {"run-0003"}
+    dset = t.dataset()
+    got = duckdb.sql("select run_id, count(*) n, sum(value) s from dset "
+                     "where run_id = 'run-0007' group by run_id").fetchall()
+    want = pc.sum(data.filter(pc.equal(data["run_id"], "run-0007"))["value"]).as_py()
+    assert got[0][:2] == ("run-0007", 250) and got[0][2] == pytest.approx(want)
+    n = pl.scan_pyarrow_dataset(dset).filter(pl.col("channel") == "rheed_I").collect().height
+    assert n == data.num_rows // 2
+    assert t.num_rows() == data.num_rows
+    assert t.run_ids() == {f"run-{i:04d}" for i in range(40)}
+    assert t.files()[0]["fp"] and all(f["kv"] == 1 for f in t.files())
+    # files on disk are encrypted and hold no plaintext run ids
+    for f in t.files():
+        raw = (t.path / f["path"]).read_bytes()
+        assert raw[:4] == b"PARE" and b"run-00" not in raw
+
+
+def test_filters_prune_files(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    for k in range(3):  # three commits, each touching every bucket of its runs
+        t.write(series(64, 50, seed=k, t_offset_s=k * 30))
+    total = len(t.files())
+    one = t.read(run_ids=["run-0010"])
+    assert one.num_rows == 150 and set(one["run_id"].to_pylist()) == {"run-0010"}
+    assert len(t.last_read_files) == 3 < total
+    assert all(p.startswith(f"bucket={bucket_of('run-0010'):02d}/") for p in t.last_read_files)
+    assert len(t.select_files(run_ids=["nope"])) <= 3
+    assert t.read(run_ids=["nope"]).num_rows == 0
+    # time range: run i lives in hour i, so hour 5 touches only run-0005's files
+    start = dt.datetime(2026, 3, 1, 5, tzinfo=UTC)
+    win = t.read(start=start, end=start + dt.timedelta(minutes=30))
+    assert set(win["run_id"].to_pylist()) == {"run-0005"} and win.num_rows == 150
+    assert len(t.last_read_files) < total
+    cols = t.read(run_ids=["run-0001"], columns=["time", "value"])
+    assert cols.column_names == ["time", "value"] and cols.num_rows == 150
+    f = t.read(filter=pc.field("value") > 0.5, run_ids=["run-0002"])
+    assert 0 < f.num_rows < 150 and pc.min(f["value"]).as_py() > 0.5
+    with pytest.raises(ValidationError, match="unknown column"):
+        t.read(columns=["nope"])
+
+
+def test_bad_input_loses_nothing(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    t.write(series(2, 10))
+    with pytest.raises(ValidationError, match="unknown field 'bogus'"):
+        t.write([{"run_id": "x", "time": "2026-01-01T00:00:00+00:00", "bogus": 1}])
+    with pytest.raises(ValidationError, match="run_id"):
+        t.write([{"run_id": None, "time": "2026-01-01T00:00:00+00:00", "channel": "c"}])
+    assert t.num_rows() == 20 and t.read().num_rows == 20
+    assert t.write([]).rows == 0
+
+
+def test_keyed_table_returns_latest_row(tmp_path, reg):
+    runs = store(tmp_path, reg).table("runs")
+    t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    runs.write([{"run_id": "r1", "start": t0, "status": "active", "updated_at": t0},
+                {"run_id": "r2", "start": t0, "status": "active", "updated_at": t0}])
+    runs.write([{"run_id": "r1", "start": t0, "status": "complete",
+                 "updated_at": t0 + dt.timedelta(minutes=5)}])
+    # an older update arriving late must not win
+    runs.write([{"run_id": "r1", "start": t0, "status": "error",
+                 "updated_at": t0 + dt.timedelta(minutes=1)}])
+    got = {r["run_id"]: r["status"] for r in runs.read().to_pylist()}
+    assert got == {"r1": "complete", "r2": "active"}
+    active = runs.read(filter=pc.field("status") == "active")
+    assert active["run_id"].to_pylist() == ["r2"]
+    assert runs.read(run_ids=["r1"], columns=["status"]).to_pylist() == [{"status": "complete"}]
+    dset = runs.dataset()  # noqa: F841 - found by DuckDB by name
+    assert duckdb.sql("select count(*) from dset").fetchall()[0][0] == 2
+    assert runs.num_rows() == 4
+    c = runs.compact(min_rows=10)
+    assert c is not None and runs.num_rows() == 2 and len(runs.files()) == 1
+    assert {r["run_id"]: r["status"] for r in runs.read().to_pylist()} == got
+
+
+def test_compaction_keeps_rows_and_reduces_files(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    parts = [series(16, 20, seed=k, prefix=f"b{k}") for k in range(8)]
+    for p in parts:
+        t.write(p)
+    before = len(t.files())
+    want = _sorted(pa.concat_tables(parts))
+    c = t.compact(min_rows=100_000)
+    assert c is not None and c.rows == want.num_rows
+    after = len(t.files())
+    assert after < before and after <= N_BUCKETS
+    assert _sorted(t.read()).equals(want)
+    assert t.compact(min_rows=100_000) is None
+    assert not list(t.path.glob("_tmp/*"))
+    assert len(list(t.path.rglob("part-*.parquet"))) == after  # replaced files were removed
+    t.verify(deep=True)
+
+
+def test_gc_removes_only_unlisted(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    t.write(series(4, 10))
+    listed = {f["path"] for f in t.files()}
+    stray = t.path / "bucket=00" / ("part-" + "0" * 32 + ".parquet")
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(next(iter(t.path.rglob("part-*.parquet"))).read_bytes())
+    (t.path / "_tmp").mkdir(exist_ok=True)
+    (t.path / "_tmp" / "leftover.parquet").write_bytes(b"x")
+    assert t.gc() == 2
+    assert {p.relative_to(t.path).as_posix() for p in t.path.rglob("part-*.parquet")} == listed
+    assert t.read().num_rows == 40
+
+
+def test_other_org_and_missing_key_refused(tmp_path, reg):
+    t = store(tmp_path, reg, "a").table("process/series")
+    t.write(series(3, 10))
+    with pytest.raises(KeyUnavailable, match="org 'b'.*org 'a'"):
+        Table(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("b")))
+    forged = OrgCrypto(OrgKeys("a", reg.org_keys("b").keys))
+    with pytest.raises(KeyUnavailable, match="does not match"):
+        Table(tmp_path / "data", "a", SERIES, forged).read()
+    with pytest.raises(KeyUnavailable, match="no data key"):
+        Table(tmp_path / "data", "a", SERIES, None)
+    with pytest.raises(KeyUnavailable):
+        OrgCrypto(OrgKeys("a", {}))
+    # b's own table is separate and empty
+    assert store(tmp_path, reg, "b").table("process/series").read().num_rows == 0
+
+
+def test_data_key_rotation_keeps_every_row(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    d1 = series(10, 20, prefix="old")
+    t.write(d1)
+    reg.rotate("a")
+    t2 = store(tmp_path, reg).table("process/series")
+    d2 = series(10, 20, prefix="new")
+    t2.write(d2)
+    assert {f["kv"] for f in t2.files()} == {1, 2}
+    want = _sorted(pa.concat_tables([d1, d2]))
+    assert _sorted(t2.read()).equals(want)
+    n_old = len(t2.files())
+    done = []
+    c = t2.rewrite(progress=done.append)
+    assert c is not None and c.rows == want.num_rows
+    assert done == list(range(1, n_old + 1))
+    assert {f["kv"] for f in t2.files()} == {2}
+    assert _sorted(t2.read()).equals(want)
+    # the rewritten files no longer need version 1 to decrypt
+    v2_only = OrgCrypto(OrgKeys("a", {2: reg.org_keys("a").keys[2]}))
+    for f in t2.files():
+        path = t2.path / f["path"]
+        got = pq.read_table(path, decryption_properties=v2_only.file_decryption_properties())
+        assert got.num_rows == f["rows"]
+    assert t2.rewrite(only_older=True) is None
+
+
+def test_root_key_rewrap_keeps_every_row(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    data = series(12, 30)
+    t.write(data)
+    new = LocalKms(generate_root_key())
+    reg.rewrap(new)
+    reg2 = KeyRegistry(tmp_path / "registry.sqlite", new)
+    assert _sorted(store(tmp_path, reg2).table("process/series").read()).equals(_sorted(data))
+
+
+def test_shred_makes_nothing_readable(tmp_path, reg):
+    t = store(tmp_path, reg).table("process/series")
+    t.write(series(5, 10))
+    reg.shred("a")
+    with pytest.raises(KeyUnavailable, match="destroyed"):
+        store(tmp_path, reg)
+    reg.create_org("a")  # same name, fresh keys: the old files stay unreadable
+    with pytest.raises(KeyUnavailable):
+        store(tmp_path, reg, heads=False).table("process/series").read()
+
+
+def test_concurrent_writers_serialize(tmp_path, reg):
+    st = store(tmp_path, reg)
+    errors = []
+
+    def writer(k):
+        try:
+            t = Table(tmp_path / "data", "a", SERIES, st.crypto)  # own instance per thread
+            for j in range(4):
+                t.write(series(4, 10, prefix=f"w{k}-{j}"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    t = st.table("process/series")
+    assert t.head()[0] == 12 and t.read().num_rows == 12 * 40
+
+
+def test_head_store_never_goes_back(tmp_path):
+    hs = SqliteHeadStore(tmp_path / "r.sqlite")
+    assert hs.get("a", "process/series") is None
+    hs.advance("a", "process/series", 5, "d5")
+    hs.advance("a", "process/series", 3, "d3")
+    assert hs.get("a", "process/series") == (5, "d5")
+    hs.advance("a", "process/series", 6, "d6")
+    assert hs.get("a", "process/series") == (6, "d6")
+    assert hs.get("b", "process/series") is None
