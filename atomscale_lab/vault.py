@@ -204,7 +204,14 @@ class Vault:
                                 "reused (choose another name)")
             raise OrgExists(f"org {name!r} already exists")
         try:
-            self._check_residency(name, region)
+            roots = self.roots_region()
+            if region != roots:
+                raise ResidencyError(
+                    f"cannot create org {name!r} in region {region!r}: the storage roots "
+                    f"({self.settings.data_root}, {self.settings.context_root}) are declared "
+                    f"{roots!r}; its data would be stored outside its region (use storage roots "
+                    f"declared {region!r}: ATOMSCALE_DATA_ROOT/ATOMSCALE_CONTEXT_ROOT on "
+                    f"{region!r} storage with ATOMSCALE_REGION={region})")
         except ResidencyError as e:
             system.record(actor, "org.create", "denied", org_name=name,
                                        region=region, reason=str(e))
