@@ -10,8 +10,11 @@ if [ ! -s "$KEYFILE" ]; then
 fi
 export ATOMSCALE_ROOT_KEY_FILE="$KEYFILE"
 A=.venv/bin/atomscale-lab
+seed=0
 for org in acme beta; do
-  $A org show "$org" >/dev/null 2>&1 || { $A org create "$org" --region us && $A demo-data "$org" --runs 40; }
+  seed=$((seed + 1))
+  $A org show "$org" >/dev/null 2>&1 || {
+    $A org create "$org" --region us && $A demo-data "$org" --runs 40 --seed "$seed"; }
 done
 $A org list
 $A org show acme
