@@ -13,9 +13,9 @@ Each record is encrypted with a key HKDF-derived from the org's data key for thi
 as associated data, so a record cannot be moved to another org, segment or position unnoticed.
 The plaintext of a record is ``u32 meta length | meta JSON | Arrow IPC stream of the rows``.
 
-A crash can leave a torn last record (never acknowledged): replay stops there and trims it. A bad
-record followed by more data is corruption: the segment is moved aside to ``quarantine/`` and
-reported, never silently dropped.
+A crash can leave a torn last record (never acknowledged): replay stops there and trims it. A whole
+record that fails authentication is corruption, tampering or the wrong key: the segment is moved
+aside to ``quarantine/`` and reported, never silently dropped.
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ class Wal:
             try:
                 plain = aead.decrypt(nonce, ct, self._aad(seg, recno))
             except InvalidTag:
-                if end == len(data):
-                    break  # torn last record
+                # A crash cuts a write short (handled above); a whole frame that fails
+                # authentication is tampering, corruption or the wrong key.
                 raise self._quarantine(path, f"record {recno} fails authentication") from None
             records.append(WalRecord.decode(plain))
             pos, recno = end, recno + 1
