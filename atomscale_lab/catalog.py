@@ -182,9 +182,9 @@ class RunCatalog:
                 codes, lookup = self._codes[c]
                 ids = [lookup[v] for v in wanted if v in lookup]
                 m &= np.isin(codes, ids) if ids else False
-        # a run matches a time window when its span [start, end or now] overlaps the window
+        # a run matches a window [start, end) when its span [start, end or now] overlaps it
         if q.end is not None:
-            m &= self._start <= _us(q.end)
+            m &= self._start < _us(q.end)
         if q.start is not None:
             end = np.where(self._end == _NULL, np.iinfo(np.int64).max, self._end)
             m &= end >= _us(q.start)
@@ -278,7 +278,7 @@ def frame_json(table: pa.Table) -> dict:
 
 def select_window(table: pa.Table, *, channels: tuple[str, ...] = (), start: datetime | None = None,
                   end: datetime | None = None, time_column: str = "time") -> pa.Table:
-    """Rows of the given channels within ``[start, end]`` (whatever the store already pruned)."""
+    """Rows of the given channels with ``start <= time < end`` (whatever the store pruned)."""
     mask = None
 
     def both(a, b):
@@ -290,7 +290,7 @@ def select_window(table: pa.Table, *, channels: tuple[str, ...] = (), start: dat
         mask = both(mask, pc.greater_equal(table.column(time_column),
                                            pa.scalar(start, pa.timestamp("us", tz="UTC"))))
     if end is not None:
-        mask = both(mask, pc.less_equal(table.column(time_column),
+        mask = both(mask, pc.less(table.column(time_column),
                                         pa.scalar(end, pa.timestamp("us", tz="UTC"))))
     return table if mask is None else table.filter(mask)
 

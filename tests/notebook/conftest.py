@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -147,3 +147,21 @@ def fill_org(vault, org: str, runs: int = 30, points: int = 240, detail_runs: in
         store.table("tool_state/readings").write(tool_table(detail, points), actor=actor)
         store.table("metrology/items").write(metrology_table(detail), actor=actor)
         vault.context(org).put(labels(detail), actor=actor)
+
+
+class RoleAccess:
+    """A ``LocalAccess`` whose users have one role's permissions (``ATOMSCALE_TEST_ROLE``)."""
+
+    def __new__(cls, org, **kw):
+        import os
+
+        from atomscale_lab.sources import ROLE_PERMISSIONS, LocalAccess
+
+        class _Access(LocalAccess):
+            def permissions(self, user):
+                return set(ROLE_PERMISSIONS[os.environ.get("ATOMSCALE_TEST_ROLE", "viewer")])
+
+            def actor(self, user):
+                return f"{os.environ.get('ATOMSCALE_TEST_ROLE', 'viewer')}-user"
+
+        return _Access(org, **kw)
