@@ -1,0 +1,214 @@
+"""Turn a deployment file into JupyterHub configuration.
+
+A deployment file (TOML, see ``deploy/atomscale-hub.toml``) names the URLs, certificates, the
+identity provider and where the vault lives; :func:`configure` applies it to JupyterHub's config
+object. Secrets are never in the file: ``OAUTH_CLIENT_SECRET`` (the hub's OIDC client secret),
+``JUPYTERHUB_CRYPT_KEY`` (encrypts auth state) and the root key (``ATOMSCALE_ROOT_KEY_FILE`` or
+``ATOMSCALE_ROOT_KEY``, passed only to the hub services) come from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+from ..errors import ConfigError
+
+ENV_DEPLOYMENT = "ATOMSCALE_HUB_CONFIG"
+SERVICE_ENV = ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_KMS",
+               "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION")
+
+
+def load_deployment(path: str | Path | None = None) -> dict:
+    """Read the deployment file (``$ATOMSCALE_HUB_CONFIG`` by default); relative paths in it are
+    taken relative to the file's folder."""
+    p = Path(path or os.environ.get(ENV_DEPLOYMENT) or "deploy/atomscale-hub.toml")
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no deployment file {p} (set ${ENV_DEPLOYMENT})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    doc["_dir"] = str(p.resolve().parent)
+    return doc
+
+
+def _path(dep: dict, value: str | None) -> str:
+    if not value:
+        return ""
+    return str((Path(dep["_dir"]) / Path(value).expanduser()).resolve())
+
+
+def _need(section: dict, key: str, where: str):
+    if key not in section or section[key] in ("", None):
+        raise ConfigError(f"the deployment file needs {where}.{key}")
+    return section[key]
+
+
+def proxy_command() -> list[str]:
+    """configurable-http-proxy: the one installed in ``idp/node_modules`` or on PATH."""
+    local = Path(__file__).resolve().parents[2] / "idp" / "node_modules" / ".bin" / \
+        "configurable-http-proxy"
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("configurable-http-proxy")
+    if not found:
+        raise ConfigError("configurable-http-proxy is not installed (run `make setup`)")
+    return [found]
+
+
+def server_config_dir(state_dir: Path) -> Path:
+    """A Jupyter config folder every user server reads: enables the extension in hub mode."""
+    d = state_dir / "jupyter-config"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True}},
+        "AtomscaleLab": {"access_class": "atomscale_lab.hub.access.HubAccess"},
+    }
+    f = d / "jupyter_server_config.json"
+    f.write_text(json.dumps(cfg, indent=1))
+    os.chmod(d, 0o755)  # noqa: S103 - every server's account reads it
+    os.chmod(f, 0o644)
+    return d
+
+
+def configure(c, dep: dict | None = None) -> None:
+    """Apply a deployment (see :func:`load_deployment`) to the JupyterHub config ``c``."""
+    from ..config import Settings
+    from .auth import audit_hook_for
+    from .roles import custom_scopes, load_roles, server_token_scopes
+    from .spawner import AtomscaleSpawner
+
+    dep = dep if dep is not None else load_deployment()
+    hub, tls, oidc = dep.get("hub", {}), dep.get("tls", {}), dep.get("oidc", {})
+    spawn, ats = dep.get("spawner", {}), dep.get("atomscale", {})
+
+    if ats.get("home"):
+        os.environ["ATOMSCALE_HOME"] = _path(dep, ats["home"])
+    if ats.get("root_key_file"):
+        os.environ.setdefault("ATOMSCALE_ROOT_KEY_FILE", _path(dep, ats["root_key_file"]))
+    settings = Settings.load()
+
+    state = Path(_path(dep, _need(hub, "state_dir", "hub")))
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # servers read the jupyter-config folder inside; nothing else
+    os.chmod(state, 0o711)  # noqa: S103
+    public_url = _need(hub, "public_url", "hub").rstrip("/")
+    ca = _path(dep, _need(tls, "ca", "tls"))
+
+    # --- hub, proxy, TLS everywhere
+    c.JupyterHub.bind_url = public_url + "/"
+    c.JupyterHub.public_url = public_url + "/"
+    c.JupyterHub.ssl_cert = _path(dep, _need(tls, "cert", "tls"))
+    c.JupyterHub.ssl_key = _path(dep, _need(tls, "key", "tls"))
+    c.JupyterHub.hub_ip = hub.get("hub_ip", "127.0.0.1")
+    c.JupyterHub.hub_port = int(hub.get("hub_port", 8081))
+    c.JupyterHub.internal_ssl = True
+    c.JupyterHub.internal_certs_location = str(state / "internal-ssl")
+    c.JupyterHub.trusted_alt_names = ["IP:127.0.0.1", "DNS:localhost"]
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.JupyterHub.cleanup_servers = True
+    c.ConfigurableHTTPProxy.command = proxy_command()
+    c.ConfigurableHTTPProxy.api_url = f"https://127.0.0.1:{int(hub.get('proxy_api_port', 8001))}"
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    c.ConfigurableHTTPProxy.debug = False
+
+    # --- identity: OIDC with enforced MFA
+    orgs = sorted(o["name"] for o in _orgs(settings))
+    c.JupyterHub.authenticator_class = "atomscale"
+    a = c.AtomscaleAuthenticator
+    a.issuer = _need(oidc, "issuer", "oidc").rstrip("/")
+    a.client_id = _need(oidc, "client_id", "oidc")
+    a.oauth_callback_url = public_url + "/hub/oauth_callback"
+    for key in ("authorize_url", "token_url", "jwks_url", "login_service", "org_claim",
+                "role_claim", "username_claim"):
+        if oidc.get(key):
+            setattr(a, key, oidc[key])
+    if "scope" in oidc:
+        a.scope = list(oidc["scope"])
+    a.ca_certs = _path(dep, oidc["ca_certs"]) if oidc.get("ca_certs") else ca
+    a.require_mfa = bool(oidc.get("require_mfa", True))
+    if "required_amr" in oidc:
+        a.required_amr = list(oidc["required_amr"])
+    if "accepted_acr" in oidc:
+        a.accepted_acr = list(oidc["accepted_acr"])
+    a.known_orgs = set(orgs)
+    a.auth_refresh_age = int(oidc.get("refresh_seconds", 300))
+    a.refresh_pre_spawn = True
+    a.audit_hook = audit_hook_for(_vault_factory(settings))
+
+    # --- roles: four per org, every scope filtered to the org
+    c.JupyterHub.custom_scopes = custom_scopes()
+    c.JupyterHub.load_roles = load_roles(orgs)
+
+    # --- one server per user, as its own Unix user, grouped by org
+    c.JupyterHub.spawner_class = AtomscaleSpawner
+    s = c.AtomscaleSpawner
+    s.create_unix_users = bool(spawn.get("create_unix_users", False))
+    if spawn.get("home_base"):
+        s.home_base = _path(dep, spawn["home_base"])
+    s.venv = _path(dep, spawn["venv"]) if spawn.get("venv") else str(Path(sys.prefix))
+    s.server_token_scopes = server_token_scopes
+    s.default_url = spawn.get("default_url", "/lab")
+    s.start_timeout = int(spawn.get("start_timeout", 60))
+    s.http_timeout = int(spawn.get("http_timeout", 60))
+    s.atomscale_env = {
+        "ATOMSCALE_HUB_PUBLIC_URL": public_url,
+        "ATOMSCALE_CA_BUNDLE": ca,
+        "ATOMSCALE_DATA_ROOT": str(settings.data_root),
+        "ATOMSCALE_REGION": settings.region,
+        "JUPYTER_CONFIG_PATH": str(server_config_dir(state)),
+    }
+
+    # --- hub-managed services (TLS via internal_ssl; user servers reach them through the proxy)
+    env = {k: os.environ[k] for k in SERVICE_ENV if os.environ.get(k)}
+    env["PYTHONUNBUFFERED"] = "1"
+    py = str(Path(sys.executable))
+    ports = hub.get("service_ports", {})
+    c.JupyterHub.services = [
+        {"name": "atomscale-keys", "url": f"https://127.0.0.1:{int(ports.get('keys', 8091))}",
+         "command": [py, "-m", "atomscale_lab.hub.services.keys"], "environment": env,
+         "display": False},
+        {"name": "atomscale-context",
+         "url": f"https://127.0.0.1:{int(ports.get('context', 8092))}",
+         "command": [py, "-m", "atomscale_lab.hub.services.context"], "environment": env,
+         "display": False},
+    ]
+    if dep.get("ingest", {}).get("enabled"):
+        c.JupyterHub.services.append(_ingest_service(dep, env, py))
+
+
+def _orgs(settings) -> list[dict]:
+    from ..vault import Vault
+
+    v = Vault(settings)
+    try:
+        return v.orgs()
+    finally:
+        v.close()
+
+
+def _vault_factory(settings):
+    cache = {}
+
+    def get():
+        if "v" not in cache:
+            from ..vault import Vault
+
+            cache["v"] = Vault(settings)
+        return cache["v"]
+
+    return get
+
+
+def _ingest_service(dep: dict, env: dict, py: str) -> dict:
+    ing = dep["ingest"]
+    port = int(ing.get("port", 8093))
+    return {"name": "atomscale-ingest", "url": f"https://127.0.0.1:{port}",
+            "command": [py, "-m", "atomscale_lab.ingest", *ing.get("args", [])],
+            "environment": env, "display": False}

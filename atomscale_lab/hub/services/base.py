@@ -1,0 +1,184 @@
+"""What the hub-managed services share: token checks against the hub, JSON errors, TLS, shutdown.
+
+A request carries a hub API token (``Authorization: token …``, normally a user server's own
+``JUPYTERHUB_API_TOKEN``). The service asks the hub whom the token belongs to and which scopes it
+carries (:class:`jupyterhub.services.auth.HubAuth`). Services cannot resolve ``!group=`` filters
+themselves, so a permission is the presence of the exact filtered scope string, e.g.
+``custom:atomscale:data:read!group=org:acme`` (see :func:`atomscale_lab.hub.roles.org_scope`).
+
+Every decision, allowed or denied, is an event in the org's audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+from functools import cached_property
+
+from jupyterhub.services.auth import HubAuth
+from jupyterhub.utils import make_ssl_context
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.log import enable_pretty_logging
+
+from ...errors import AtomscaleError, UnknownOrg, http_status
+from ..roles import permissions_from_scopes
+
+log = logging.getLogger("atomscale.hub.service")
+
+
+class ServiceHandler(web.RequestHandler):
+    """Base handler: JSON in and out, token → hub user model, audited decisions."""
+
+    @property
+    def hub_auth(self) -> HubAuth:
+        """The service's HubAuth (token resolution with a short cache)."""
+        return self.settings["hub_auth"]
+
+    @property
+    def vault(self):
+        """The deployment's :class:`~atomscale_lab.vault.Vault` (root key from the environment)."""
+        return self.settings["vault"]
+
+    def check_xsrf_cookie(self):
+        """Token-authenticated API: no cookies are accepted, so no XSRF check applies."""
+
+    def set_default_headers(self):
+        """JSON answers that no cache keeps."""
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_error(self, status_code, **kwargs):
+        """``{"message", "reason"}`` bodies, like the server extension's REST API."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        if isinstance(exc, AtomscaleError):
+            message = str(exc)
+        self.finish(json.dumps({"message": message, "reason": self._reason}))
+
+    def json_body(self) -> dict:
+        """The request body as a JSON object (400 if it is not one)."""
+        try:
+            doc = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return doc
+
+    async def token_user(self) -> dict:
+        """The hub model of the token's owner (with the token's ``scopes``); 401 without one."""
+        header = self.request.headers.get("Authorization", "")
+        match = self.hub_auth.auth_header_pat.match(header)
+        if not match:
+            raise web.HTTPError(401, "a hub API token is required (Authorization: token …)")
+        model = await self.hub_auth.user_for_token(match.group(1), sync=False)
+        if not model or model.get("kind", "user") != "user":
+            raise web.HTTPError(401, "the token is not a valid user token")
+        return model
+
+    def known_org(self, org: str) -> None:
+        """404 for an org the vault does not have (checked before any key is touched)."""
+        names = {o["name"] for o in self.vault.orgs()}
+        if org not in names:
+            raise UnknownOrg(f"no org {org!r}")
+
+    def permissions(self, model: dict, org: str) -> set[str]:
+        """The token's atomscale permissions in ``org``."""
+        return permissions_from_scopes(model.get("scopes", []), org)
+
+    def audit(self, org: str, actor: str, action: str, outcome: str, **detail) -> None:
+        """Record a decision in the org's audit log (the service's own errors are logged)."""
+        try:
+            self.vault.audit(org).record(actor, action, outcome, service=self.settings["name"],
+                                         **detail)
+        except Exception:
+            log.exception("could not audit %s %s for %s in %s", action, outcome, actor, org)
+            raise
+
+    def deny(self, org: str, actor: str, action: str, reason: str, **detail):
+        """Audit a refusal and raise 403 with ``reason``."""
+        self.audit(org, actor, action, "denied", reason=reason, **detail)
+        raise web.HTTPError(403, reason)
+
+    def log_exception(self, typ, value, tb):
+        """Expected errors are one line; unexpected ones keep their traceback."""
+        if isinstance(value, web.HTTPError | AtomscaleError):
+            log.info("%s %s -> %s: %s", self.request.method, self.request.path,
+                     getattr(value, "status_code", http_status(value)), value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def send_error(self, status_code=500, **kwargs):
+        """Map atomscale errors to their HTTP status."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, AtomscaleError):
+            status_code = http_status(exc)
+        super().send_error(status_code, **kwargs)
+
+
+class HealthHandler(web.RequestHandler):
+    """``GET health``: 200 when the service runs (no auth, no data)."""
+
+    def get(self):
+        """Answer ``{"status": "ok"}``."""
+        self.finish({"status": "ok"})
+
+
+class ServiceApp:
+    """Runs one service: prefix and port from the hub's environment, TLS when the hub asks."""
+
+    def __init__(self, name: str, routes: list):
+        self.name = name
+        self.routes = routes
+
+    @cached_property
+    def prefix(self) -> str:
+        """URL prefix the proxy forwards (``/services/<name>/``)."""
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.name}/")
+
+    def make_app(self, vault=None, hub_auth: HubAuth | None = None) -> web.Application:
+        """The Tornado application (routes under the prefix)."""
+        from ...vault import Vault
+
+        hub_auth = hub_auth or HubAuth(cache_max_age=int(os.environ.get(
+            "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
+        handlers = [(self.prefix + "health", HealthHandler)]
+        handlers += [(self.prefix + pattern, cls) for pattern, cls in self.routes]
+        return web.Application(handlers, hub_auth=hub_auth, vault=vault or Vault(),
+                               name=self.name)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on."""
+        return make_ssl_context(os.environ.get("JUPYTERHUB_SSL_KEYFILE"),
+                                os.environ.get("JUPYTERHUB_SSL_CERTFILE"),
+                                cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"),
+                                purpose=ssl.Purpose.CLIENT_AUTH)
+
+    def run(self) -> None:
+        """Listen on ``JUPYTERHUB_SERVICE_URL`` until SIGTERM/SIGINT."""
+        from urllib.parse import urlparse
+
+        enable_pretty_logging()
+        logging.getLogger().setLevel(logging.INFO)
+        url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+
+        async def main():
+            server = HTTPServer(self.make_app(), ssl_options=self.ssl_context(), xheaders=True)
+            server.listen(url.port, address=url.hostname or "127.0.0.1")
+            log.info("%s listening on %s (TLS %s)", self.name, url.geturl(),
+                     "on" if url.scheme == "https" else "off")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("%s stopping", self.name)
+            server.stop()
+            await asyncio.wait_for(server.close_all_connections(), 5)
+
+        asyncio.run(main())

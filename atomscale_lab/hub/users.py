@@ -1,0 +1,215 @@
+"""Accounts: the local identity provider's users file, TOTP codes, and the per-user Unix accounts.
+
+The identity provider in ``idp/`` reads a JSON users file written here: a scrypt password hash, a
+TOTP secret (base32), the org and the role of each user. The file is 0600 and holds secrets; nothing
+here prints a password hash or a TOTP secret.
+
+Every hub user's server runs as its own Unix user (``as-<hub name>``), in the Unix group of its org
+(``as-org-<org>``): servers of different orgs cannot read each other's process environment or files.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import subprocess
+from pathlib import Path
+
+import pyotp
+
+from ..errors import ConfigError, NotFound, ValidationError
+
+ROLES = ("org-admin", "scientist", "viewer", "support")
+"""The org roles a user can hold (see ``atomscale_lab.hub.roles``)."""
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+ENV_IDP_USERS = "ATOMSCALE_IDP_USERS"
+SCRYPT = {"N": 16384, "r": 8, "p": 1}
+
+
+def default_users_file() -> Path:
+    """``$ATOMSCALE_IDP_USERS`` or ``$ATOMSCALE_HOME/idp/users.json``."""
+    from ..config import default_home
+
+    return Path(os.environ.get(ENV_IDP_USERS) or default_home() / "idp" / "users.json")
+
+
+def hash_password(password: str) -> dict:
+    """A scrypt hash record the identity provider verifies (``{"scrypt": {...}}``)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT["N"], r=SCRYPT["r"],
+                            p=SCRYPT["p"], dklen=32)
+    return {"scrypt": {"salt": base64.b64encode(salt).decode(), "hash":
+                       base64.b64encode(digest).decode(), **SCRYPT}}
+
+
+def check_name(name: str, what: str = "user name") -> str:
+    """Return ``name`` if it is a valid user/org name, else raise ``ValidationError``."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(f"invalid {what} {name!r}: use 2-32 of a-z, 0-9 and '-', "
+                              "starting with a letter", field=what)
+    return name
+
+
+class IdpUsers:
+    """The identity provider's users file (JSON, mode 0600)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_users_file()
+
+    def load(self) -> dict:
+        """``{username: record}``; an absent file is an empty one."""
+        if not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text()).get("users", {})
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.path} is not valid JSON: {e}") from None
+
+    def save(self, users: dict) -> None:
+        """Write atomically with mode 0600."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"users": users}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def add(self, username: str, org: str, role: str, *, password: str | None = None,
+            mfa: bool = True, email: str | None = None, replace: bool = False) -> str:
+        """Create (or with ``replace`` reset) a user; returns the password (generated if None).
+
+        The TOTP secret is generated here; read codes with :meth:`totp_now`.
+        """
+        check_name(username)
+        check_name(org, "org")
+        if role not in ROLES:
+            raise ValidationError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}",
+                                  field="role")
+        users = self.load()
+        if username in users and not replace:
+            raise ValidationError(f"user {username!r} already exists", field="username")
+        password = password or secrets.token_urlsafe(12)
+        users[username] = {
+            "org": org, "role": role, "mfa": bool(mfa),
+            "email": email or f"{username}@{org}.example",
+            "password": hash_password(password),
+            "totp": pyotp.random_base32(),
+        }
+        self.save(users)
+        return password
+
+    def remove(self, username: str) -> None:
+        """Delete a user (NotFound if absent)."""
+        users = self.load()
+        if users.pop(username, None) is None:
+            raise NotFound(f"no identity-provider user {username!r}")
+        self.save(users)
+
+    def get(self, username: str) -> dict:
+        """One user's public attributes (org, role, mfa, email) — never secrets."""
+        users = self.load()
+        if username not in users:
+            raise NotFound(f"no identity-provider user {username!r} in {self.path}")
+        u = users[username]
+        return {"username": username, "org": u["org"], "role": u["role"], "mfa": u["mfa"],
+                "email": u.get("email")}
+
+    def list(self, org: str | None = None) -> list[dict]:
+        """Public attributes of every user (of ``org``)."""
+        return [self.get(n) for n in sorted(self.load()) if org is None
+                or self.load()[n]["org"] == org]
+
+    def totp(self, username: str) -> pyotp.TOTP:
+        """The user's TOTP generator (for the demo's ``atomscale-lab totp`` and the tests)."""
+        users = self.load()
+        if username not in users:
+            raise NotFound(f"no identity-provider user {username!r} in {self.path}")
+        return pyotp.TOTP(users[username]["totp"])
+
+    def totp_now(self, username: str) -> str:
+        """The current 6-digit code of ``username``."""
+        return self.totp(username).now()
+
+
+# ---------------------------------------------------------------- Unix accounts
+
+
+def unix_name(hub_user: str) -> str:
+    """The Unix account a hub user's server runs as."""
+    return f"as-{hub_user}"[:32]
+
+
+def org_group(org: str) -> str:
+    """The Unix group of an org's users (owns ``data_root/<org>``)."""
+    return f"as-org-{org}"[:32]
+
+
+def ensure_org_group(org: str) -> int:
+    """Create the org's Unix group if missing; returns its gid."""
+    name = org_group(check_name(org, "org"))
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+        return grp.getgrnam(name).gr_gid
+
+
+def ensure_unix_user(hub_user: str, org: str, home_base: str | Path = "/home/atomscale") -> str:
+    """Create the Unix user of ``hub_user`` in its org's group, home ``home_base/<org>/<name>``
+    (mode 0700). Needs root. Returns the Unix name."""
+    check_name(hub_user)
+    ensure_org_group(org)
+    name = unix_name(hub_user)
+    base = Path(home_base) / org
+    base.mkdir(parents=True, exist_ok=True, mode=0o755)
+    os.chmod(Path(home_base), 0o755)  # noqa: S103 - homes below are 0700
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--create-home", "--home-dir", str(base / name),
+                        "--gid", org_group(org), "--shell", "/usr/sbin/nologin", "--comment",
+                        f"atomscale-lab {hub_user}", name], check=True, capture_output=True)
+    home = Path(pwd.getpwnam(name).pw_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, pwd.getpwnam(name).pw_uid, grp.getgrnam(org_group(org)).gr_gid)
+    os.chmod(home, 0o700)
+    return name
+
+
+def remove_unix_user(hub_user: str) -> None:
+    """Delete the Unix user of ``hub_user`` and its home (no error when absent)."""
+    name = unix_name(hub_user)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+def share_org_data(data_root: str | Path, org: str) -> None:
+    """Give the org's Unix group (and nobody else) access to ``data_root/<org>``.
+
+    Directories become ``2770`` (new files inherit the group), files ``0660``; ``data_root`` itself
+    is traversable (``0711``) but not listable, so one org's users cannot see other orgs' names.
+    """
+    gid = ensure_org_group(org)
+    root = Path(data_root)
+    org_dir = root / org
+    org_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
+    for dirpath, _dirnames, filenames in os.walk(org_dir):
+        os.chown(dirpath, 0, gid)
+        os.chmod(dirpath, 0o2770)  # noqa: S103 - the org's group only
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            os.chown(p, 0, gid)
+            os.chmod(p, 0o660)
