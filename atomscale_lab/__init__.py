@@ -11,6 +11,11 @@ def _jupyter_server_extension_points():
     return [{"module": "atomscale_lab.app", "app": _app()}]
 
 
+def _jupyter_labextension_paths():
+    """The JupyterLab extension shipped in this package (built into ``labextension/``)."""
+    return [{"src": "labextension", "dest": "atomscale-lab"}]
+
+
 def _app():
     from .app import AtomscaleLab
 
