@@ -17,6 +17,7 @@ Exactly-once, across ``kill -9``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -148,6 +149,18 @@ class IngestCore:
     def _sql(self, query: str, args=()) -> list:
         with self._db_lock:
             return self._db.execute(query, args).fetchall()
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """One SQLite transaction (the connection is in autocommit mode otherwise)."""
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _org_lock(self, org: str) -> threading.RLock:
         with self._locks_lock:
@@ -302,16 +315,18 @@ class IngestCore:
                                                  CATEGORY_TABLE[stream["category"]], table,
                                                  digest)])
             now = time.time()
-            with self._db_lock:
-                self._sql("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                          (stream_id, batch_id, table.num_rows, digest, _iso(_now())))
-                self._sql(
-                    "UPDATE streams SET rows=rows+?, batches=batches+1, last_batch=?, updated=?, "
+            with self._tx() as db:
+                new = db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
+                                 (stream_id, batch_id, table.num_rows, digest,
+                                  _iso(_now()))).rowcount
+                n = table.num_rows if new else 0  # else the flusher has counted it already
+                db.execute(
+                    "UPDATE streams SET rows=rows+?, batches=batches+?, last_batch=?, updated=?, "
                     "status=CASE WHEN status='interrupted' THEN 'active' ELSE status END, "
                     "min_time=CASE WHEN min_time IS NULL OR min_time>? THEN ? ELSE min_time END,"
                     " max_time=CASE WHEN max_time IS NULL OR max_time<? THEN ? ELSE max_time END"
                     " WHERE id=?",
-                    (table.num_rows, now, _iso(_now()), _iso(tmin), _iso(tmin), _iso(tmax),
+                    (n, 1 if new else 0, now, _iso(_now()), _iso(tmin), _iso(tmin), _iso(tmax),
                      _iso(tmax), stream_id))
         finally:
             with self._db_lock:
@@ -398,12 +413,14 @@ class IngestCore:
                 readable.append(p)
             except IntegrityError:
                 self.flush_errors += 1  # quarantined and logged by the WAL
-        with self._db_lock:
-            with self._db:
-                self._db.executemany(
+        with self._tx():
+            for r in records:
+                cur = self._db.execute(
                     "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                    [(r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now()))
-                     for r in records])
+                    (r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now())))
+                if cur.rowcount == 1:  # acknowledged (or not) but never counted: a crash
+                    self._db.execute("UPDATE streams SET rows=rows+?, batches=batches+1 "
+                                     "WHERE id=?", (r.rows.num_rows, r.stream_id))
         groups: dict[str, list[pa.Table]] = defaultdict(list)
         for r in records:
             groups[r.table].append(r.rows)
@@ -434,13 +451,12 @@ class IngestCore:
             per_stream[r.stream_id] += r.rows.num_rows
         # One transaction marks the whole set done and counts its rows; only then are the
         # segments deleted, and only after that the intents (a crash in between is harmless).
-        with self._db_lock:
-            with self._db:
-                for sid, n in per_stream.items():
-                    self._db.execute("UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?",
-                                     (n, sid))
-                self._db.execute("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
-                                 (org, seg_key, "*", len(records), "done", _iso(_now())))
+        with self._tx():
+            for sid, n in per_stream.items():
+                self._db.execute("UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?",
+                                 (n, sid))
+            self._db.execute("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
+                             (org, seg_key, "*", len(records), "done", _iso(_now())))
         self._finish(org, wal, seg_key, segs)
         return committed
 
