@@ -145,14 +145,14 @@ class OrgService:
             doc["categories"] = cats
         return doc
 
-    def runs_page(self, user: str, params: dict) -> dict:
-        """A page of the run catalogue."""
+    def runs_page(self, user: str, params: dict) -> tuple[dict, pa.Table]:
+        """A page of the run catalogue: ``({total, page, per_page}, rows)``."""
         self.require(user, "data:read", "data.read", table=RUNS.name)
         q = RunQuery.from_params(params)
-        page = self.runs.get().query(q)
-        self.audited_read(user, RUNS.name, [r["run_id"] for r in page["runs"]],
-                          len(page["runs"]), query="runs")
-        return page
+        total, rows = self.runs.get().page_table(q)
+        self.audited_read(user, RUNS.name, rows.column("run_id").to_pylist(), rows.num_rows,
+                          query="runs")
+        return {"total": total, "page": q.page, "per_page": q.per_page}, rows
 
     def facets(self, user: str) -> dict:
         """Distinct values of the categorical run columns, for filter pickers."""

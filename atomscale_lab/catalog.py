@@ -217,15 +217,20 @@ class RunCatalog:
             self._orders[key] = idx
         return idx
 
-    def query(self, q: RunQuery) -> dict:
-        """A page of runs: ``{total, page, per_page, runs}`` (JSON-ready)."""
+    def page_table(self, q: RunQuery) -> tuple[int, pa.Table]:
+        """``(total matches, the page's rows as an Arrow table)``."""
         m = self.mask(q)
         order = self.order(q.sort, q.order == "desc")
         hits = order[m[order]]
         lo = (q.page - 1) * q.per_page
         page = hits[lo:lo + q.per_page]
-        runs = rows_to_records(self.table.take(pa.array(page, pa.int64()))) if len(page) else []
-        return {"total": int(len(hits)), "page": q.page, "per_page": q.per_page, "runs": runs}
+        return int(len(hits)), self.table.take(pa.array(page, pa.int64()))
+
+    def query(self, q: RunQuery) -> dict:
+        """A page of runs: ``{total, page, per_page, runs}`` (JSON-ready)."""
+        total, rows = self.page_table(q)
+        return {"total": total, "page": q.page, "per_page": q.per_page,
+                "runs": rows_to_records(rows) if rows.num_rows else []}
 
 
 _NULL = np.iinfo(np.int64).min

@@ -126,12 +126,11 @@ class RunsHandler(AtomscaleHandler):
         """Answer ``{total, page, per_page, runs}`` (or the page's rows as Arrow)."""
         params = self.query_params()
         arrow = self.wants_arrow(params)
-        page = await self.call("runs_page", params)
+        meta, rows = await self.call("runs_page", params)
         if arrow:
-            t = pa.Table.from_pylist(page["runs"]) if page["runs"] else pa.table({})
-            await self.finish_arrow(t, {"X-Total-Count": page["total"]})
+            await self.finish_arrow(rows, {"X-Total-Count": meta["total"]})
         else:
-            await self.finish_json(page)
+            await self.finish_json({**meta, "runs": rows_to_records(rows)})
 
 
 class FacetsHandler(AtomscaleHandler):

@@ -108,6 +108,8 @@ def start_server(env: dict, root_dir: Path, org: str, log_path: Path, extra=()):
            f"--IdentityProvider.token={token}",
            '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
            f"--AtomscaleLab.org={org}", *extra]
+    if os.geteuid() == 0:  # CI runs as root; jupyter refuses that without this flag
+        cmd.append("--allow-root")
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller's process teardown
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
