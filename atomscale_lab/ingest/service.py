@@ -278,30 +278,12 @@ def ensure_certificate(directory: Path, hosts=("localhost", "127.0.0.1", "::1")
     return cert_path, key_path
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Options of ``ingest serve`` (shared with the CLI)."""
-    p = parser or argparse.ArgumentParser(prog="atomscale-ingest",
-                                          description="The atomscale-lab ingest service.")
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8443)")
-    p.add_argument("--certfile", help="TLS certificate (PEM); made at start if omitted")
-    p.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
-    p.add_argument("--plain-http", action="store_true",
-                   help="serve plain HTTP (loopback only, behind a TLS-terminating proxy)")
-    p.add_argument("--base-url", default=None, help="URL prefix (default: hub service prefix)")
-    p.add_argument("--flush-interval", type=float, default=0.5,
-                   help="seconds between WAL flushes into the store (default 0.5)")
-    p.add_argument("--idle-timeout", type=float, default=120.0,
-                   help="seconds without a batch before a stream is interrupted (default 120)")
-    p.add_argument("--compact-interval", type=float, default=120.0,
-                   help="seconds between compactions (default 120)")
-    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
-                   help="largest batch body in bytes (default 64 MiB)")
-    p.add_argument("--max-failures", type=int, default=10,
-                   help="failed authentications per client per minute before 429 (default 10)")
-    p.add_argument("--behind-proxy", action="store_true",
-                   help="trust X-Forwarded-For / X-Real-Ip for the client address")
-    return p
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m atomscale_lab.ingest.service`` (same options as the CLI)."""
+    from .cli import add_serve_arguments
+
+    return add_serve_arguments(argparse.ArgumentParser(
+        prog="atomscale-ingest", description="The atomscale-lab ingest service."))
 
 
 async def serve(args, vault=None, ready=None) -> None:

@@ -1,0 +1,160 @@
+"""Commands ``atomscale-lab apikey …`` and ``atomscale-lab ingest …`` (a plug-in of the CLI)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers, org_subparsers=None):
+    """Add ``apikey create|list|revoke`` and ``ingest serve|import`` to the admin command."""
+    ak = subparsers.add_parser(
+        "apikey", help="issue, list and revoke org API keys for instruments",
+        description="API keys let instrument PCs stream into one org. A key is shown once, "
+                    "when it is created; only a peppered hash of it is stored.")
+    aks = ak.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    c = aks.add_parser("create", help="issue a key (printed once)")
+    c.add_argument("org")
+    c.add_argument("--scope", required=True,
+                   help="comma-separated: ingest:process, ingest:tool_state, ingest:metrology")
+    c.add_argument("--expires", required=True, help="lifetime, e.g. 90d, 12h (at most 730d)")
+    c.add_argument("--name", default="", help="a label, e.g. the instrument")
+    c.set_defaults(func=cmd_apikey_create)
+    ls = aks.add_parser("list", help="list an org's keys (never the keys themselves)")
+    ls.add_argument("org")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_apikey_list)
+    rv = aks.add_parser("revoke", help="revoke a key by its prefix")
+    rv.add_argument("org")
+    rv.add_argument("prefix")
+    rv.set_defaults(func=cmd_apikey_revoke)
+    ak.set_defaults(func=lambda args: (ak.print_help(sys.stderr), 2)[1])
+
+    ing = subparsers.add_parser("ingest", help="run the ingest service or import tool logs")
+    ings = ing.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    sv = ings.add_parser("serve", help="run the HTTPS ingest service",
+                         description="Serve the ingest API over HTTPS until SIGTERM. A "
+                                     "self-signed certificate is made in $ATOMSCALE_HOME/ingest/"
+                                     "tls when --certfile is not given.")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=cmd_ingest_serve)
+    im = ings.add_parser("import", help="import a CSV or Parquet tool log (all or nothing)",
+                         description="Validate every row of FILE, then store it in one commit. "
+                                     "A malformed value is reported with its line and column "
+                                     "and nothing is stored.")
+    im.add_argument("file")
+    im.add_argument("--org", required=True)
+    im.add_argument("--category", required=True, choices=["process", "tool_state", "metrology"])
+    im.add_argument("--run", required=True, help="the run id the rows belong to")
+    im.add_argument("--tool", help="the tool (instrument) name, for tool_state logs")
+    im.add_argument("--timezone", default="UTC",
+                    help="timezone of times written without an offset (default UTC)")
+    im.set_defaults(func=cmd_ingest_import)
+    ing.set_defaults(func=lambda args: (ing.print_help(sys.stderr), 2)[1])
+
+
+def add_serve_arguments(p):
+    """Options of ``ingest serve`` (also of ``python -m atomscale_lab.ingest.service``)."""
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8443)")
+    p.add_argument("--certfile", help="TLS certificate (PEM); made at start if omitted")
+    p.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
+    p.add_argument("--plain-http", action="store_true",
+                   help="serve plain HTTP (loopback only, behind a TLS-terminating proxy)")
+    p.add_argument("--base-url", default=None, help="URL prefix (default: hub service prefix)")
+    p.add_argument("--flush-interval", type=float, default=0.5,
+                   help="seconds between WAL flushes into the store (default 0.5)")
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="seconds without a batch before a stream is interrupted (default 120)")
+    p.add_argument("--compact-interval", type=float, default=120.0,
+                   help="seconds between compactions (default 120)")
+    p.add_argument("--max-body", type=int, default=64 * 1024 * 1024,
+                   help="largest batch body in bytes (default 64 MiB)")
+    p.add_argument("--max-failures", type=int, default=10,
+                   help="failed authentications per client per minute before 429 (default 10)")
+    p.add_argument("--behind-proxy", action="store_true",
+                   help="trust X-Forwarded-For / X-Real-Ip for the client address")
+    return p
+
+
+def _keys(args):
+    from .. import cli
+    from .apikeys import for_vault
+
+    return for_vault(cli.open_vault(args))
+
+
+def cmd_apikey_create(args) -> int:
+    """Print a new key once (stdout); what to do with it goes to stderr."""
+    from .. import cli
+    from .apikeys import parse_duration
+
+    keys = _keys(args)
+    key, rec = keys.create(args.org, args.scope, parse_duration(args.expires), name=args.name,
+                           actor=cli.actor(args))
+    sys.stdout.write(key + "\n")
+    sys.stderr.write(f"API key {rec['prefix']} for org {rec['org']} ({', '.join(rec['scopes'])}),"
+                     f" expires {rec['expires']}. It is shown only now: store it on the "
+                     "instrument PC (e.g. a file readable only by the logger).\n")
+    return 0
+
+
+def cmd_apikey_list(args) -> int:
+    """List keys: prefix, name, scopes, created, expires, last used, state."""
+    from .. import cli
+
+    rows = _keys(args).list(args.org)
+    if args.json:
+        cli._print_json(rows)
+        return 0
+    head = ("PREFIX", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATE")
+    table = [head] + [(r["prefix"], r["name"] or "-", ",".join(r["scopes"]), r["created"][:16],
+                       r["expires"][:16], (r["last_used"] or "never")[:16],
+                       r["state"] + (f" {r['revoked'][:10]}" if r["revoked"] else ""))
+                      for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        sys.stdout.write("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True))
+                         .rstrip() + "\n")
+    return 0
+
+
+def cmd_apikey_revoke(args) -> int:
+    """Revoke a key by prefix."""
+    from .. import cli
+
+    rec = _keys(args).revoke(args.org, args.prefix, actor=cli.actor(args))
+    sys.stdout.write(f"revoked API key {rec['prefix']} of org {rec['org']}\n")
+    return 0
+
+
+def cmd_ingest_serve(args) -> int:
+    """Run the service until SIGTERM."""
+    import asyncio
+    import logging
+
+    from .. import cli
+    from .service import serve
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(args, vault=cli.open_vault(args)))
+    return 0
+
+
+def cmd_ingest_import(args) -> int:
+    """Import a file through the vault (needs the root key)."""
+    from .. import cli
+    from .importer import import_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file", str(path))
+    vault = cli.open_vault(args)
+    with cli.progress(args, unit=" rows", desc=f"import {path.name}") as bar:
+        summary = import_file(vault, path, args.org, args.category, args.run, tool=args.tool,
+                              tz=args.timezone, actor=cli.actor(args), progress=bar.update)
+    sys.stdout.write(f"imported {summary['rows']} rows into {args.org}/{summary['table']} "
+                     f"for run {summary['run_id']}"
+                     + (" (new run record)" if summary["new_run"] else "") + "\n")
+    return 0
