@@ -44,8 +44,17 @@ _SECRET_NAME = re.compile(
     r"|^key$|_key$|^apikey$|^api_key|root_key|data_key|(^|_)t?otp($|_))",
     re.IGNORECASE,
 )
-# Text that looks like a root key (``ask1:`` prefix) or a bare 256-bit base64url key.
-_SECRET_VALUE = re.compile(r"(ask1:|^[A-Za-z0-9_-]{43}=?$)")
+# Text that looks like a root key (``ask1:`` prefix) or a bare 256-bit base64url key (43 random
+# characters almost always mix upper case, lower case and digits; names and ids rarely do).
+_ROOT_KEY_TEXT = re.compile(r"ask1:")
+_B64_KEY = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
+
+
+def _looks_like_key(text: str) -> bool:
+    if _ROOT_KEY_TEXT.search(text):
+        return True
+    return bool(_B64_KEY.match(text)) and all(
+        any(test(c) for c in text) for test in (str.isupper, str.islower, str.isdigit))
 MAX_DETAIL_BYTES = 16_384
 
 
@@ -81,7 +90,7 @@ def _clean(name: str, value, depth: int = 0):
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else str(value)
     if isinstance(value, str):
-        if _SECRET_VALUE.search(value):
+        if _looks_like_key(value):
             raise ValidationError(f"audit detail {name!r} looks like key material", field=name)
         return value
     if isinstance(value, bytes | bytearray | memoryview):

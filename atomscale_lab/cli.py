@@ -173,8 +173,9 @@ def cmd_org_create(args) -> int:
 
 
 def cmd_org_list(args) -> int:
-    """List live orgs."""
-    orgs = open_vault(args).orgs()
+    """List live orgs (with --all, deleted ones too)."""
+    vault = open_vault(args)
+    orgs = vault.orgs(include_deleted=True) if args.all else vault.orgs()
     if args.json:
         _print_json(orgs)
         return 0
@@ -182,9 +183,11 @@ def cmd_org_list(args) -> int:
         print("no orgs yet (create one with `atomscale-lab org create NAME --region REGION`)")
         return 0
     width = max(len(o["name"]) for o in orgs)
-    print(f"{'NAME':<{width}}  REGION  CREATED")
+    extra = f"{'':<18}  DELETED" if args.all else ""
+    print(f"{'NAME':<{width}}  REGION  CREATED{extra}")
     for o in orgs:
-        print(f"{o['name']:<{width}}  {o['region']:<6}  {o['created']}")
+        tail = f"  {o.get('deleted') or '-'}" if args.all else ""
+        print(f"{o['name']:<{width}}  {o['region']:<6}  {o['created']}{tail}")
     return 0
 
 
@@ -275,6 +278,10 @@ def cmd_demo_data(args) -> int:
     if args.points < 60 or args.points > 1_000_000:
         raise ValidationError("--points must be between 60 and 1000000", field="points")
     vault = open_vault(args)
+    existing = vault.store(args.name).table("process/runs").num_rows()
+    if existing:
+        raise CliError(f"org {args.name!r} already has {existing} run records; demo data goes "
+                       "into an empty org (create a new org for it)")
     quiet = getattr(args, "quiet", False)
     written = demo.generate(vault, args.name, runs=args.runs, seed=args.seed,
                             points_per_run=args.points,
@@ -310,6 +317,18 @@ def _frame_for_text(table):
     return df
 
 
+def _nan_to_null(table):
+    """Float NaN becomes null (JSON has no NaN)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type):
+            col = table.column(i)
+            table = table.set_column(i, f, pc.if_else(pc.is_nan(col), None, col))
+    return table
+
+
 def _write_export(table, fmt: str, out, args) -> None:
     import pyarrow.parquet as pq
 
@@ -328,11 +347,13 @@ def _write_export(table, fmt: str, out, args) -> None:
                 header = False
                 bar.update(min(batch, n - start))
             return
+        table = _nan_to_null(table)
         out.write("[")
         first = True
         for start in range(0, n, batch):
             for row in table.slice(start, batch).to_pylist():
-                out.write(("\n" if first else ",\n") + json.dumps(row, default=_json_default))
+                out.write(("\n" if first else ",\n")
+                          + json.dumps(row, default=_json_default, allow_nan=False))
                 first = False
             bar.update(min(batch, n - start))
         out.write("\n]\n")
@@ -500,6 +521,7 @@ def build_parser():
     c.set_defaults(func=cmd_org_create)
     ls = orgs.add_parser("list", help="list orgs", description="List live orgs.")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--all", action="store_true", help="include deleted orgs")
     ls.set_defaults(func=cmd_org_list)
     s = orgs.add_parser("show", help="region, key fingerprints and table sizes of an org",
                         description="Show an org's region, key versions with fingerprints (never "

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,11 +116,17 @@ class Vault:
         self._kms = kms
         self._keys = None
         self._db = connect_registry(self.settings.registry_path)
-        self._db.execute(_ORGS_SCHEMA)
+        self._db_lock = threading.RLock()
+        self._sql(_ORGS_SCHEMA)
         self._heads = AuditHeads(self.settings.registry_path)
 
     def __repr__(self) -> str:
         return f"Vault(home={str(self.settings.home)!r})"
+
+    def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
+        # One connection shared by the threads of a hub service: serialise its use.
+        with self._db_lock:
+            return self._db.execute(sql, params).fetchall()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -178,8 +185,8 @@ class Vault:
     # -- org registry ---------------------------------------------------------------------------
 
     def _row(self, name: str):
-        return self._db.execute("SELECT name, region, created, deleted FROM orgs WHERE name=?",
-                                (name,)).fetchone()
+        rows = self._sql("SELECT name, region, created, deleted FROM orgs WHERE name=?", (name,))
+        return rows[0] if rows else None
 
     def _live(self, name: str) -> dict:
         row = self._row(name) if isinstance(name, str) else None
@@ -219,7 +226,7 @@ class Vault:
         self.keys.create_org(name)
         created = _now()
         try:
-            self._db.execute("INSERT INTO orgs (name, region, created) VALUES (?, ?, ?)",
+            self._sql("INSERT INTO orgs (name, region, created) VALUES (?, ?, ?)",
                              (name, region, created))
         except Exception:
             self.keys.shred(name)
@@ -230,10 +237,13 @@ class Vault:
         system.record(actor, "org.create", org_name=name, region=region)
         return {"name": name, "region": region, "created": created}
 
-    def orgs(self) -> list[dict]:
-        """Every live org: name, region, created."""
-        rows = self._db.execute("SELECT name, region, created FROM orgs WHERE deleted IS NULL "
-                                "ORDER BY name").fetchall()
+    def orgs(self, *, include_deleted: bool = False) -> list[dict]:
+        """Every live org: name, region, created (and ``deleted`` ones on request)."""
+        if include_deleted:
+            rows = self._sql("SELECT name, region, created, deleted FROM orgs ORDER BY name")
+            return [{"name": n, "region": r, "created": c, "deleted": d} for n, r, c, d in rows]
+        rows = self._sql("SELECT name, region, created FROM orgs WHERE deleted IS NULL "
+                         "ORDER BY name")
         return [{"name": n, "region": r, "created": c} for n, r, c in rows]
 
     def org_region(self, name: str) -> str:
@@ -370,7 +380,7 @@ class Vault:
         self.audit(name).record(actor, "org.delete", shred=bool(shred))
         if shred:
             self.keys.shred(name)
-        self._db.execute("UPDATE orgs SET deleted=? WHERE name=?", (_now(), name))
+        self._sql("UPDATE orgs SET deleted=? WHERE name=?", (_now(), name))
         self.system_audit().record(actor, "org.delete", org_name=name, shred=bool(shred))
         if shred:
             for root in (self.settings.data_root, self.settings.context_root):

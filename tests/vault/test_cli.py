@@ -177,6 +177,7 @@ def test_user_errors_are_one_line(run):
         (("org", "create", "Beta!", "--region", "us"), {}, 1, "invalid org name"),
         (("org", "create", "beta"), {}, 2, "--region"),
         (("demo-data", "acme", "--runs", "zero"), {}, 2, "invalid int"),
+        (("demo-data", "acme", "--runs", "2"), {}, 1, "already has"),
         (("audit", "verify", "nope"), {}, 3, "unknown org"),
     ]
     for args, env, code, text in cases:
@@ -194,6 +195,7 @@ def test_user_errors_are_one_line(run):
     assert rc == 2 and "does not match" in one_line_error(err)
     _, out, _ = run("org", "list")
     assert "beta" not in out
+    assert run.vault().store("acme").table("process/runs").num_rows() == RUNS
 
 
 def test_tampered_audit_fails_verify(run, tmp_path):
@@ -254,6 +256,10 @@ def test_delete_needs_shred_and_confirmation(run):
     assert rc == 3 and "was deleted" in one_line_error(err)
     _, out, _ = run("audit", "show", "--deployment", "--json", "--action", "org.delete")
     assert json.loads(out)[0]["detail"]["org_name"] == "gone"
+    _, out, _ = run("org", "list", "--all")
+    assert "gone" in out
+    _, out, _ = run("org", "list")
+    assert "gone" not in out
 
 
 def test_plugins_register(monkeypatch, tmp_path, capsys):
