@@ -1,0 +1,83 @@
+"""`atomscale-lab lab ORG`: JupyterLab for one org, token auth, root key kept from kernels."""
+
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import free_port, stop_server
+
+from atomscale_lab.singleuser import lab_command
+
+
+def test_lab_command_line():
+    cmd = lab_command("acme", port=9999, no_browser=True, extra=["--allow-root"])
+    assert cmd[1:3] == ["-m", "jupyterlab"]
+    assert "--AtomscaleLab.org=acme" in cmd and "--no-browser" in cmd
+    assert "--ServerApp.jpserver_extensions={'atomscale_lab': True}" in cmd
+    assert cmd[-1] == "--allow-root"
+    assert lab_command("acme", app="server")[2] == "jupyter_server"
+
+
+def test_lab_refuses_unknown_org_and_missing_root_key(lab_data, venv_bin, tmp_path):
+    env = {**os.environ, "ATOMSCALE_HOME": str(lab_data["home"])}
+    env.pop("ATOMSCALE_ROOT_KEY", None)
+    env.pop("ATOMSCALE_ROOT_KEY_FILE", None)
+    r = subprocess.run([str(venv_bin / "atomscale-lab"), "lab", "nope", "--dry-run"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "unknown org 'nope'" in r.stderr
+    r = subprocess.run([str(venv_bin / "atomscale-lab"), "lab", "acme", "--dry-run"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "ATOMSCALE_ROOT_KEY" in r.stderr
+    r = subprocess.run([str(venv_bin / "atomscale-lab"), "lab", "acme", "--port", "0",
+                        "--dry-run"], env={**env, "ATOMSCALE_ROOT_KEY": lab_data["root_key"]},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--port" in r.stderr
+
+
+def test_lab_serves_the_org_with_token_auth(lab_data, venv_bin, tmp_path):
+    port, token = free_port(), "t" + os.urandom(12).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
+    env.update({"ATOMSCALE_HOME": str(lab_data["home"]), "ATOMSCALE_ROOT_KEY":
+                lab_data["root_key"], "JUPYTER_TOKEN": token,
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+                "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")})
+    extra = ["--allow-root"] if os.geteuid() == 0 else []
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen([str(venv_bin / "atomscale-lab"), "lab", "acme", "--port", str(port),
+                             "--no-browser", "--root-dir", str(tmp_path), *extra], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline, r = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = requests.get(base + "atomscale/api/v1/status",
+                                 headers={"Authorization": f"token {token}"}, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        assert r is not None and r.status_code == 200, (tmp_path / "lab.log").read_text()[-2000:]
+        assert r.json()["org"] == "acme" and r.json()["role"] == "org-admin"
+        anon = requests.get(base + "atomscale/api/v1/runs", timeout=5)
+        assert anon.status_code == 403
+        lab = requests.get(base + "lab", params={"token": token}, timeout=10)
+        assert lab.status_code == 200 and "JupyterLab" in lab.text
+    finally:
+        stop_server(proc)
+        log.close()
+
+
+@pytest.fixture
+def jp_server_config(lab_env):
+    return {"ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
+                          "allow_unauthenticated_access": False},
+            "AtomscaleLab": {"org": "acme"}}
+
+
+async def test_root_key_is_removed_from_the_environment_kernels_inherit(jp_fetch):
+    r = await jp_fetch("atomscale", "api", "v1", "status")
+    assert r.code == 200
+    assert "ATOMSCALE_ROOT_KEY" not in os.environ
+    assert os.environ["ATOMSCALE_LAB_URL"].startswith("http://")
