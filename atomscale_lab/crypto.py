@@ -505,7 +505,7 @@ class OrgCrypto:
         self._kms_conf = pe.KmsConnectionConfig(
             kms_instance_id=f"atomscale-{self.org}", key_access_token=token,
             custom_kms_conf={"org": self.org})
-        self._dec_conf = pe.DecryptionConfiguration(cache_lifetime=timedelta(minutes=10))
+        self._dec_conf = pe.DecryptionConfiguration(cache_lifetime=timedelta(hours=12))
 
     @property
     def keys(self) -> OrgKeys:

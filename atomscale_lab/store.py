@@ -34,6 +34,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
@@ -63,6 +64,8 @@ _MAGIC = b"PARE"
 _FP_MIN_TAIL = 64 * 1024
 _GENESIS = "0" * 64
 _PATH_RE = re.compile(r"^(bucket=[0-9]{2}/)?part-[0-9a-f]{32}\.parquet$")
+_WARM_TTL = 3600.0
+"""Seconds a file's footer counts as opened (pyarrow's read-key cache lives 12 hours)."""
 _LOG = "_log"
 _TMP = "_tmp"
 
@@ -284,6 +287,7 @@ class Table:
         self._hw_key = str(self.path.resolve())
         self._state_cache: _State | None = None
         self._verified: dict[str, tuple] = {}
+        self._warmed: dict[str, float] = {}
         self._mutex = threading.RLock()
         self.last_read_files: list[str] = []
         """Relative paths of the files the last read opened (for tests and diagnostics)."""
@@ -452,13 +456,13 @@ class Table:
         sig = (st.st_size, st.st_mtime_ns, st.st_ino, entry["fp"])
         if cached and self._verified.get(rel) == sig:
             return path
-        if st.st_size != entry["size"]:
-            raise self._fail(f"file {rel} has {st.st_size} bytes, the commit log says "
-                             f"{entry['size']} (truncated or replaced)")
         try:
             size, fp = file_fingerprint(path)
         except _BadFile as e:
             raise self._fail(f"file {rel} {e}") from None
+        if size != entry["size"]:
+            raise self._fail(f"file {rel} has {size} bytes, the commit log says "
+                             f"{entry['size']} (truncated or replaced)")
         if size != entry["size"] or fp != entry["fp"]:
             raise self._fail(f"file {rel} does not match its fingerprint in the commit log "
                              "(swapped, replaced or modified)")
@@ -667,8 +671,34 @@ class Table:
 
     def _open_dataset(self, entries: list[dict]) -> ds.Dataset:
         paths = [str(self._check_file(e)) for e in entries]
+        self._warm(entries)
         self.last_read_files = [e["path"] for e in entries]
         return ds.dataset(paths, schema=self.spec.schema, format=self._format())
+
+    def _warm(self, entries: list[dict]) -> None:
+        """Open each file's footer here, so pyarrow's key cache holds every key it needs.
+
+        Unwrapping a key calls back into Python; when a scan is driven from another engine's
+        threads (DuckDB) that callback can deadlock on the GIL. With warm caches a scan never
+        calls back. Also authenticates each footer (AES-GCM) before any data is read.
+        """
+        now = time.monotonic()
+        cold = [e for e in entries if now - self._warmed.get(e["path"], -_WARM_TTL) >= _WARM_TTL]
+        if not cold:
+            return
+        fdp = self.crypto.file_decryption_properties()
+        for e in cold:
+            try:
+                pq.ParquetFile(str(self.path / e["path"]), decryption_properties=fdp).close()
+            except KeyUnavailable:
+                raise
+            except (OSError, pa.ArrowException):
+                kerr = self.crypto.key_error()
+                if kerr is not None:
+                    raise kerr from None
+                raise self._fail(f"file {e['path']} has a footer that fails authentication "
+                                 "(tampered)") from None
+            self._warmed[e["path"]] = now
 
     def _scan(self, entries: list[dict], fn):
         """Run ``fn(dataset)``; turn pyarrow's errors into KeyUnavailable / IntegrityError."""
@@ -779,7 +809,8 @@ class Table:
 
         Usable from DuckDB (``duckdb.sql("select ... from ds")``) and Polars
         (``pl.scan_pyarrow_dataset(ds)``) with filter push-down. For tables with a ``key`` it is an
-        in-memory dataset of the latest row versions.
+        in-memory dataset of the latest row versions. Get a fresh one rather than keeping it for
+        hours: it covers the files listed when it was made, with their keys cached.
         """
         if self.spec.key:
             return ds.dataset(self.read())
@@ -846,18 +877,8 @@ class Table:
             for e in entries:
                 self._scan([e], lambda d: d.to_table())
         elif entries:
-            fdp = self.crypto.file_decryption_properties()
-            for e in entries:
-                try:
-                    pq.ParquetFile(str(self.path / e["path"]), decryption_properties=fdp)
-                except KeyUnavailable:
-                    raise
-                except (OSError, pa.ArrowException):
-                    kerr = self.crypto.key_error()
-                    if kerr is not None:
-                        raise kerr from None
-                    raise self._fail(f"file {e['path']} has a footer that fails "
-                                     "authentication (tampered)") from None
+            self._warmed.clear()
+            self._warm(entries)
 
 
 class OrgStore:

@@ -2,6 +2,8 @@
 
 Usage: ``_vault_read.py DATA_ROOT ORG TABLE MODE HEAD_DB|-`` with the org keys as JSON on stdin.
 MODE is ``read`` (whole table), ``verify`` (deep verification) or ``dataset`` (through DuckDB).
+Exit codes: 0 ok, the AtomscaleError's ``exit_code``, 9 another clean exception; a crash shows as
+a negative code (signal).
 """
 
 import json
@@ -26,12 +28,17 @@ def main() -> int:
             import duckdb
 
             dset = t.dataset()  # noqa: F841 - found by DuckDB's replacement scan
-            rows = duckdb.sql("select count(*) from dset").fetchall()[0][0]
+            # touch every column so every page is decrypted (count(*) alone reads only footers)
+            cols = " + ".join(f"count({c})" for c in t.spec.schema.names)
+            rows = duckdb.sql(f"select count(*), {cols} from dset").fetchall()[0][0]
         else:
             rows = t.read().num_rows
     except AtomscaleError as e:
         print(f"{type(e).__name__}: {e}")
         return e.exit_code
+    except Exception as e:  # a clean failure of another library (e.g. inside a DuckDB scan)
+        print(f"other error {type(e).__name__}: {e}")
+        return 9
     print(f"rows: {rows}")
     return 0
 
