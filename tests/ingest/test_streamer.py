@@ -1,0 +1,92 @@
+"""The Streamer: non-blocking push, encrypted spool while the service is down, ordered replay."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from atomscale_lab.errors import NotFound
+from atomscale_lab.ingest import Streamer
+from atomscale_lab.ingest.service import ensure_certificate
+
+
+def _rows(start, n):
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    return [{"time": t0 + timedelta(seconds=start + i), "channel": "GROWTH_RATE_SECRET_NAME",
+             "value": float(start + i), "unit": "nm/s"} for i in range(n)]
+
+
+def test_spool_while_down_then_replay_in_order(deployment, root_key):
+    from conftest import Service
+
+    svc = Service(deployment.home, root_key)
+    ensure_certificate(svc.cert.parent)  # the service will use this certificate
+    key = deployment.key()
+    spool = deployment.home.parent / "spool"
+    kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.2,
+              max_retries=1, batch_rows=100, flush_interval=0.1, timeout=5)
+    s1 = Streamer(svc.url, key, "run-down", "mbe1", "process", **kw)
+    t0 = time.perf_counter()
+    for i in range(5):
+        s1.push(_rows(i * 60, 60))
+    s1.push(time=datetime(2026, 2, 1, 1, tzinfo=UTC), channel="x", value=1.0)
+    assert time.perf_counter() - t0 < 0.5  # push never waits for the network
+    assert s1.flush(timeout=8.0) is False  # (the first batch converts slowly: imports)
+    assert s1.pending >= 3
+    assert s1.close(timeout=1.0) is False  # the service is down: batches stay spooled
+    files = sorted((spool).rglob("*.batch"))
+    assert files
+    for f in files:
+        assert b"GROWTH_RATE_SECRET_NAME" not in f.read_bytes()  # spool is encrypted
+    svc.start()
+    try:
+        s2 = Streamer(svc.url, key, "run-down", "mbe1", "process", **kw)
+        s2.push(_rows(1000, 50))
+        assert s2.close(timeout=30) is True, s2.last_error
+        assert s2.pending == 0 and s2.rejected == 0
+        values = deployment.rows("acme", "process/series", "run-down").column("value")
+        expected = [float(i) for i in range(300)] + [1.0] + [float(1000 + i) for i in range(50)]
+        assert sorted(values.to_pylist()) == sorted(expected)
+        run = deployment.rows("acme", "process/runs", "run-down").to_pylist()[0]
+        assert run["status"] == "complete"
+        # Replay kept the order: batch ids were accepted in spool order.
+        import sqlite3
+
+        db = sqlite3.connect(deployment.home / "ingest" / "state.sqlite")
+        ids = [r[0] for r in db.execute("SELECT batch_id FROM batches ORDER BY rowid")]
+        db.close()
+        assert ids == sorted(ids, key=lambda b: int(b.split("-")[1]))
+    finally:
+        svc.stop()
+
+
+def test_refused_batch_is_kept_aside_and_the_rest_goes_through(deployment, service):
+    key = deployment.key()
+    s = Streamer(service.url, key, "run-bad", "mbe1", "process",
+                 spool_dir=deployment.home.parent / "sp", verify=str(service.cert),
+                 batch_rows=10, flush_interval=0.05)
+    s.push([{"time": "2026-02-01T00:00:00Z", "channel": "T", "value": 1.0}])
+    s.flush(10)
+    s.push([{"time": "2026-02-01T00:00:01Z", "channel": None, "value": 2.0}])  # no channel
+    s.flush(10)
+    s.push([{"time": "2026-02-01T00:00:02Z", "channel": "T", "value": 3.0}])
+    assert s.close(timeout=20) is True
+    assert s.rejected == 1 and "channel" in s.last_error
+    assert len(list((deployment.home.parent / "sp").rglob("rejected/*.batch"))) == 1
+    values = deployment.rows("acme", "process/series", "run-bad").column("value").to_pylist()
+    assert sorted(values) == [1.0, 3.0]
+
+
+def test_a_revoked_key_keeps_the_spool(deployment, service):
+    key = deployment.key()
+    deployment.keys.revoke("acme", key.split("_")[1])
+    s = Streamer(service.url, key, "run-rev", "mbe1", "process",
+                 spool_dir=deployment.home.parent / "sp", verify=str(service.cert),
+                 flush_interval=0.05)
+    s.push(time="2026-02-01T00:00:00Z", channel="T", value=1.0)
+    assert s.close(timeout=5) is False
+    assert s.fatal and "revoked" in s.fatal
+    assert s.pending == 1
+    try:
+        n = deployment.rows("acme", "process/series").num_rows
+    except NotFound:
+        n = 0
+    assert n == 0
