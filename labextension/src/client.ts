@@ -211,7 +211,9 @@ export class AtomscaleClient {
     const url = apiUrl(this.baseUrl, segments, params);
     let response: Response;
     try {
-      response = await this._request(url, { method: 'GET', signal });
+      // 'no-cache' revalidates every time (the server sends ETags) and, unlike JupyterLab's
+      // default 'no-store', adds no cache-busting parameter the API would refuse as unknown.
+      response = await this._request(url, { method: 'GET', cache: 'no-cache', signal });
     } catch (e) {
       if ((e as Error)?.name === 'AbortError') {
         throw e;

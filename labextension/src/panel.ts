@@ -26,7 +26,7 @@ export const DEFAULT_SETTINGS: IPanelSettings = {
   pageSize: 50,
   defaultSort: 'start',
   sortOrder: 'desc',
-  plottedChannel: '',
+  plottedChannel: 'rheed_specular_intensity',
   maxPoints: 200,
   searchDelay: 300
 };
@@ -172,6 +172,7 @@ export class DataBrowserPanel extends Widget {
       this._renderRuns(page.runs);
       this._clearError();
       this.node.dataset.listState = 'ready';
+      this.node.dataset.loads = String(Number(this.node.dataset.loads ?? 0) + 1);
     } catch (err) {
       if (isAbort(err) || !this._listReq.isCurrent(ticket)) {
         return;
@@ -275,7 +276,12 @@ export class DataBrowserPanel extends Widget {
       void this.loadRuns();
     });
     this._syncSortControls();
-    tools.append(this._searchInput, this._sortSelect, this._orderButton);
+    tools.append(
+      this._searchInput,
+      el('span', 'jp-AtomscalePanel-sortLabel', 'Sort'),
+      this._sortSelect,
+      this._orderButton
+    );
 
     this._listNode.setAttribute('role', 'listbox');
     this._listNode.setAttribute('aria-label', 'Runs');
@@ -335,12 +341,13 @@ export class DataBrowserPanel extends Widget {
         'key'
       ]
     ];
-    if (status.user) {
-      rows.push(['Signed in', status.role ? `${status.user} (${status.role})` : status.user, 'user']);
+    if (status.role) {
+      rows.push(['Role', status.role, 'role']);
     }
     this._orgNode.replaceChildren();
     for (const [label, value, name] of rows) {
       const dd = el('dd', `jp-AtomscalePanel-${name}`, value);
+      dd.title = value;
       this._orgNode.append(el('dt', '', label), dd);
     }
     this._categoriesNode.replaceChildren();

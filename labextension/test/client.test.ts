@@ -11,10 +11,16 @@ import {
 } from '../src/client';
 
 /** A requester that records calls and answers from a queue. */
-function fake(...answers: Array<Response | Error>): { calls: string[]; request: Requester } {
+function fake(...answers: Array<Response | Error>): {
+  calls: string[];
+  inits: RequestInit[];
+  request: Requester;
+} {
   const calls: string[] = [];
-  const request: Requester = async url => {
+  const inits: RequestInit[] = [];
+  const request: Requester = async (url, init) => {
     calls.push(url);
+    inits.push(init);
     const a = answers.shift();
     if (!a) {
       throw new Error('no answer queued');
@@ -24,7 +30,7 @@ function fake(...answers: Array<Response | Error>): { calls: string[]; request: 
     }
     return a;
   };
-  return { calls, request };
+  return { calls, inits, request };
 }
 
 const json = (body: unknown, status = 200) =>
@@ -125,6 +131,13 @@ describe('AtomscaleClient', () => {
       sort: 'start',
       order: 'desc'
     });
+  });
+
+  it('revalidates instead of adding a cache-busting parameter', async () => {
+    const { inits, request } = fake(json({ org: 'acme' }));
+    await new AtomscaleClient('/', request).status();
+    expect(inits[0].method).toBe('GET');
+    expect(inits[0].cache).toBe('no-cache');
   });
 
   it('never asks for more than the server limit per page', async () => {

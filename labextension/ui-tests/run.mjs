@@ -1,0 +1,312 @@
+// Drives a running JupyterLab with the data browser in headless Chromium and reports what it saw.
+//
+// Environment:
+//   LAB_URL        the server's base URL, e.g. http://127.0.0.1:8899/
+//   LAB_TOKEN      its token
+//   SEARCH_Q       a search text that matches some runs but not all
+//   ARTIFACTS      folder for screenshots (created if missing)
+//   CHROMIUM       browser executable (default /usr/bin/chromium)
+//   OUT            file to write the observations to (JSON)
+//
+// The script performs the steps a person would (open the panel, search, page, select a run, open
+// it in a notebook, switch to the dark theme) and records observations; the pytest that starts it
+// compares them with the REST API. It exits non-zero naming the step that did not complete.
+
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+const env = name => {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`${name} is not set`);
+    process.exit(2);
+  }
+  return v;
+};
+
+const LAB_URL = env('LAB_URL').replace(/\/?$/, '/');
+const TOKEN = env('LAB_TOKEN');
+const SEARCH_Q = env('SEARCH_Q');
+const ARTIFACTS = env('ARTIFACTS');
+const OUT = env('OUT');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const STEP_TIMEOUT = 30_000;
+
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic'
+];
+
+const PANEL = '#atomscale-lab-browser';
+const obs = { steps: [], consoleErrors: [], runsRequests: [] };
+let step = 'start';
+let currentPage = null;
+
+function begin(name) {
+  step = name;
+  obs.steps.push(name);
+  console.log(`step: ${name}`);
+}
+
+async function shot(page, name) {
+  const path = join(ARTIFACTS, name);
+  await page.screenshot({ path });
+  (obs.screenshots ??= []).push(name);
+}
+
+/** Wait until the run list has been (re)loaded after `action`. */
+async function listReloaded(page, action) {
+  const before = await page.$eval(PANEL, n => n.dataset.loads || '0');
+  await action();
+  await page.waitForFunction(
+    ([sel, b]) => {
+      const n = document.querySelector(sel);
+      return n && n.dataset.listState === 'ready' && (n.dataset.loads || '0') !== b;
+    },
+    [PANEL, before],
+    { timeout: STEP_TIMEOUT }
+  );
+}
+
+/** Show the panel without toggling it closed (a click on an open tab collapses the sidebar). */
+async function showPanel(page) {
+  await page.evaluate(() => window.jupyterapp.shell.activateById('atomscale-lab-browser'));
+  await page.waitForSelector(PANEL, { state: 'visible' });
+}
+
+const runIds = page =>
+  page.$$eval(`${PANEL} .jp-AtomscalePanel-run`, lis => lis.map(li => li.dataset.runId));
+
+const activeSource = page =>
+  page.evaluate(() => {
+    const w = window.jupyterapp.shell.currentWidget;
+    const nb = w && w.context && w.content;
+    if (!nb || !nb.model || !nb.model.cells) {
+      return null;
+    }
+    const cells = [];
+    for (let i = 0; i < nb.model.cells.length; i++) {
+      cells.push(nb.model.cells.get(i).sharedModel.getSource());
+    }
+    return { id: w.id, path: w.context.path, cells };
+  });
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const profile = mkdtempSync(join(tmpdir(), 'atomscale-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1400, height: 900 }
+  });
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    currentPage = page;
+    page.setDefaultTimeout(STEP_TIMEOUT);
+    page.on('console', msg => {
+      if (msg.type() === 'error') {
+        obs.consoleErrors.push(msg.text());
+      }
+    });
+    page.on('request', req => {
+      const url = req.url();
+      if (/\/atomscale\/api\/v1\/runs(\?|$)/.test(url)) {
+        obs.runsRequests.push({ url, t: Date.now() });
+      }
+    });
+
+    begin('open lab');
+    await page.goto(`${LAB_URL}lab?token=${encodeURIComponent(TOKEN)}`);
+    await page.waitForFunction(() => window.jupyterapp && window.jupyterapp.shell, null, {
+      timeout: 90_000
+    });
+    await page.evaluate(() => window.jupyterapp.restored);
+
+    begin('open panel');
+    await page.waitForSelector(`.jp-SideBar [data-id="atomscale-lab-browser"]`);
+    await showPanel(page);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-run`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-org dd`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-category`);
+    obs.org = await page.$eval(`${PANEL} .jp-AtomscalePanel-org`, n =>
+      Object.fromEntries(Array.from(n.querySelectorAll('dd')).map(dd => [dd.className, dd.textContent]))
+    );
+    obs.categories = await page.$$eval(`${PANEL} .jp-AtomscalePanel-category`, lis =>
+      lis.map(li => ({ name: li.dataset.category, text: li.textContent }))
+    );
+    obs.firstPage = await runIds(page);
+    obs.total = Number(await page.$eval(PANEL, n => n.dataset.total));
+    obs.range = await page.textContent(`${PANEL} .jp-AtomscalePanel-range`);
+    await shot(page, 'panel-light.png');
+
+    begin('next page');
+    await listReloaded(page, () => page.click(`${PANEL} .jp-AtomscalePanel-next`));
+    obs.secondPage = await runIds(page);
+    obs.secondRange = await page.textContent(`${PANEL} .jp-AtomscalePanel-range`);
+
+    begin('search');
+    const typingStart = Date.now();
+    await listReloaded(page, async () => {
+      await page.click(`${PANEL} .jp-AtomscalePanel-search`);
+      await page.keyboard.type(SEARCH_Q, { delay: 40 });
+    });
+    obs.typingStart = typingStart;
+    obs.searchRuns = await runIds(page);
+    obs.searchTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
+    obs.searchRange = await page.textContent(`${PANEL} .jp-AtomscalePanel-range`);
+    await shot(page, 'panel-search.png');
+
+    begin('select run');
+    const target = obs.searchRuns[0];
+    await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${target}"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-detail[data-state="ready"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-sparkline path`);
+    obs.detail = await page.$eval(`${PANEL} .jp-AtomscalePanel-detail`, n => {
+      const dts = Array.from(n.querySelectorAll('.jp-AtomscalePanel-fields dt'));
+      const plot = n.querySelector('.jp-AtomscalePanel-plot');
+      return {
+        runId: n.dataset.runId,
+        title: n.querySelector('.jp-AtomscalePanel-detailTitle')?.textContent,
+        fields: Object.fromEntries(dts.map(dt => [dt.textContent, dt.nextElementSibling?.textContent])),
+        process: Array.from(
+          n.querySelectorAll('[data-category="process"] .jp-AtomscalePanel-chip')
+        ).map(c => c.textContent),
+        toolState: Array.from(
+          n.querySelectorAll('[data-category="tool_state"] .jp-AtomscalePanel-chip')
+        ).map(c => c.textContent),
+        metrology: Array.from(n.querySelectorAll('.jp-AtomscalePanel-metrologyList li[data-item-id]')).map(
+          li => li.dataset.itemId
+        ),
+        plotChannel: plot?.dataset.channel,
+        plotPoints: Number(plot?.dataset.points),
+        path: n.querySelector('.jp-AtomscalePanel-sparkline path')?.getAttribute('d'),
+        selected: Array.from(document.querySelectorAll('.jp-AtomscalePanel-run.jp-mod-selected')).map(
+          li => li.dataset.runId
+        )
+      };
+    });
+    await shot(page, 'run-summary.png');
+
+    begin('open in new notebook');
+    obs.notebookBefore = await activeSource(page);
+    await page.click(`${PANEL} .jp-AtomscalePanel-open`);
+    await page.waitForFunction(
+      () => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const nb = w && w.context && w.content.model;
+        if (!nb || !nb.cells) {
+          return false;
+        }
+        for (let i = 0; i < nb.cells.length; i++) {
+          if (nb.cells.get(i).sharedModel.getSource().includes('ws.process(')) {
+            return true;
+          }
+        }
+        return false;
+      },
+      null,
+      { timeout: 60_000 }
+    );
+    obs.newNotebook = await activeSource(page);
+    await page.waitForSelector('.jp-NotebookPanel .jp-Cell .cm-content');
+    await shot(page, 'open-in-notebook.png');
+
+    begin('insert into active notebook');
+    const second = obs.searchRuns[1] ?? obs.firstPage[1];
+    await showPanel(page);
+    await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${second}"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-detail[data-state="ready"][data-run-id="${second}"]`);
+    await page.click(`${PANEL} .jp-AtomscalePanel-open`);
+    await page.waitForFunction(
+      ([id, rid]) => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const nb = w && w.id === id && w.content.model;
+        if (!nb || !nb.cells) {
+          return false;
+        }
+        for (let i = 0; i < nb.cells.length; i++) {
+          if (nb.cells.get(i).sharedModel.getSource().includes(JSON.stringify(rid))) {
+            return true;
+          }
+        }
+        return false;
+      },
+      [obs.newNotebook.id, second],
+      { timeout: STEP_TIMEOUT }
+    );
+    obs.secondRun = second;
+    obs.activeNotebook = await activeSource(page);
+
+    begin('api error is shown');
+    await page.route('**/atomscale/api/v1/runs/*', route =>
+      route.fulfill({
+        status: 503,
+        contentType: 'application/json',
+        body: JSON.stringify({ message: 'the key service did not answer', reason: 'Service Unavailable' })
+      })
+    );
+    await showPanel(page);
+    await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${target}"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-detail[data-state="error"]`);
+    obs.errorText = await page.textContent(`${PANEL} .jp-AtomscalePanel-detail .jp-AtomscalePanel-error`);
+    await page.unroute('**/atomscale/api/v1/runs/*');
+    await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${target}"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-sparkline path`);
+
+    begin('dark theme');
+    const lightBg = await page.$eval(PANEL, n => getComputedStyle(n).backgroundColor);
+    await page.evaluate(() =>
+      window.jupyterapp.commands.execute('apputils:change-theme', { theme: 'JupyterLab Dark' })
+    );
+    await page.waitForFunction(() => document.body.dataset.jpThemeLight === 'false', null, {
+      timeout: STEP_TIMEOUT
+    });
+    await page.waitForTimeout(500); // let the theme's stylesheet apply before the screenshot
+    obs.theme = {
+      lightBg,
+      darkBg: await page.$eval(PANEL, n => getComputedStyle(n).backgroundColor),
+      darkText: await page.$eval(
+        `${PANEL} .jp-AtomscalePanel-run:not(.jp-mod-selected) .jp-AtomscalePanel-runId`,
+        n => getComputedStyle(n).color
+      ),
+      darkLayout1: await page.evaluate(() =>
+        getComputedStyle(document.body).getPropertyValue('--jp-layout-color1').trim()
+      )
+    };
+    await shot(page, 'panel-dark.png');
+    // Leave the theme as it was for whoever opens this server next.
+    await page.evaluate(() =>
+      window.jupyterapp.commands.execute('apputils:change-theme', { theme: 'JupyterLab Light' })
+    );
+    begin('done');
+  } catch (err) {
+    // What the page looked like when a step failed is the most useful clue.
+    await currentPage?.screenshot({ path: join(ARTIFACTS, 'failure.png') }).catch(() => undefined);
+    throw err;
+  } finally {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main()
+  .then(() => {
+    writeFileSync(OUT, JSON.stringify(obs, null, 2));
+  })
+  .catch(err => {
+    obs.failedStep = step;
+    obs.error = String(err && err.stack ? err.stack : err);
+    writeFileSync(OUT, JSON.stringify(obs, null, 2));
+    console.error(`failed at step "${step}": ${err}`);
+    process.exit(1);
+  });
