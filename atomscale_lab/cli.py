@@ -22,7 +22,7 @@ the deployment with :func:`open_vault`, the audit actor with :func:`actor`, and 
 
     def register(subparsers, org_subparsers):
         p = org_subparsers.add_parser("add-support", help="...")
-        p.add_argument("name")
+        p.add_argument("name", help="org name")
         p.set_defaults(func=lambda args: cli.open_vault(args).add_support(args.name))
 """
 
@@ -485,7 +485,10 @@ def build_parser():
         "context labels and audit trails."),
         epilog=("Environment: ATOMSCALE_HOME (deployment folder), ATOMSCALE_ROOT_KEY or "
                 "ATOMSCALE_ROOT_KEY_FILE (root key), ATOMSCALE_DATA_ROOT / "
-                "ATOMSCALE_CONTEXT_ROOT / ATOMSCALE_REGION (storage roots and their region)."))
+                "ATOMSCALE_CONTEXT_ROOT / ATOMSCALE_REGION (storage roots and their region). "
+                "Exit codes: 0 success, 1 refused or invalid input, 2 configuration or root "
+                "key problem (or bad usage), 3 unknown org/run, 4 key unavailable, "
+                "5 integrity failure, 6 permission denied."))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--home", metavar="PATH",
                    help="deployment folder (default: $ATOMSCALE_HOME or ~/.atomscale)")
@@ -526,14 +529,14 @@ def build_parser():
     s = orgs.add_parser("show", help="region, key fingerprints and table sizes of an org",
                         description="Show an org's region, key versions with fingerprints (never "
                                     "key material) and per-table rows, files and bytes.")
-    s.add_argument("name")
+    s.add_argument("name", help="org name")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_org_show)
     rot = orgs.add_parser("rotate-key", help="new data-key version for an org",
                           description="Add a data-key version used for new writes; old versions "
                                       "stay readable. --rewrite re-encrypts every file under the "
                                       "new version.")
-    rot.add_argument("name")
+    rot.add_argument("name", help="org name")
     rot.add_argument("--rewrite", action="store_true",
                      help="re-encrypt all existing files under the new key")
     rot.set_defaults(func=cmd_org_rotate_key)
@@ -543,7 +546,7 @@ def build_parser():
                                     "its folders are removed. Asks for the org name unless "
                                     "--yes is given. The deletion is recorded in the deployment "
                                     "audit log.")
-    d.add_argument("name")
+    d.add_argument("name", help="org name")
     d.add_argument("--shred", action="store_true",
                    help="required: confirms that the org's keys are to be destroyed")
     d.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -552,7 +555,7 @@ def build_parser():
     dd = sub.add_parser("demo-data", help="write demo growth runs into an org",
                         description="Write deterministic demo runs (MBE, PLD, sputtering: RHEED, "
                                     "tool state, XRD/XPS/AFM, context labels) into an org.")
-    dd.add_argument("name")
+    dd.add_argument("name", help="org name")
     dd.add_argument("--runs", type=int, default=40, help="number of runs (default 40)")
     dd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     dd.add_argument("--points", type=int, default=600,
@@ -564,10 +567,11 @@ def build_parser():
                                     "output is NOT encrypted. Categories: "
                                     + ", ".join(f"{k} ({v})" for k, v in EXPORT_TABLES.items())
                                     + ".")
-    ex.add_argument("name")
+    ex.add_argument("name", help="org name")
     ex.add_argument("--category", required=True, help="runs, process, tool_state or metrology")
     ex.add_argument("--run", metavar="RUN_ID", help="only this run")
-    ex.add_argument("--format", required=True, choices=("csv", "parquet", "json"))
+    ex.add_argument("--format", required=True, choices=("csv", "parquet", "json"),
+                    help="csv (list columns as JSON text), parquet, or json (an array of rows)")
     ex.add_argument("--output", "-o", metavar="PATH", help="file to write (default: stdout)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing output file")
     ex.set_defaults(func=cmd_export)
@@ -579,9 +583,10 @@ def build_parser():
     cs = cxs.add_parser("show", help="show the labels of one run (audited)",
                         description="Show the context labels of one run; recorded in the org's "
                                     "audit log as context.read with the purpose.")
-    cs.add_argument("name")
-    cs.add_argument("--run", required=True, metavar="RUN_ID")
-    cs.add_argument("--format", choices=("text", "json"), default="text")
+    cs.add_argument("name", help="org name")
+    cs.add_argument("--run", required=True, metavar="RUN_ID", help="the run's id")
+    cs.add_argument("--format", choices=("text", "json"), default="text",
+                    help="output format (default text)")
     cs.add_argument("--purpose", help="why the labels are needed (recorded in the audit log)")
     cs.set_defaults(func=cmd_context_show)
 
@@ -593,12 +598,12 @@ def build_parser():
     av = aus.add_parser("verify", help="check an audit log's chain, MACs and head",
                         description="Exit 0 if every line is intact; exit 5 naming the first "
                                     "edited, deleted, reordered or missing line.")
-    av.add_argument("name", nargs="?")
+    av.add_argument("name", nargs="?", help="org name")
     av.add_argument("--deployment", action="store_true", help="the deployment log")
     av.set_defaults(func=cmd_audit_verify)
     ash = aus.add_parser("show", help="recent audit events, newest first",
                          description="Print recent audit events, newest first.")
-    ash.add_argument("name", nargs="?")
+    ash.add_argument("name", nargs="?", help="org name")
     ash.add_argument("--deployment", action="store_true", help="the deployment log")
     ash.add_argument("--limit", type=int, default=50, help="number of events (default 50)")
     ash.add_argument("--action", help="only this action (e.g. context.join, data.*)")

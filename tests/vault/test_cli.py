@@ -281,3 +281,25 @@ def test_plugins_register(monkeypatch, tmp_path, capsys):
     assert cli.main(["solo"]) == 0
     assert "hello from org" in capsys.readouterr().out
     del sys.modules["plugmod_cli_test"]
+
+
+def test_no_key_material_in_logs_or_output(run):
+    import base64
+
+    v = run.vault()
+    secrets_ = [run.key_file.read_text().strip()]
+    for org in [o["name"] for o in v.orgs()]:
+        for purpose, versions in v.keys.versions(org).items():
+            for ver in versions:
+                key = v.keys.key(org, purpose, ver)[1]
+                secrets_ += [key.hex(), base64.b64encode(key).decode().rstrip("="),
+                             base64.urlsafe_b64encode(key).decode().rstrip("=")]
+    assert len(secrets_) > 6
+    texts = [p.read_text() for p in (run.home / "audit").glob("*.jsonl")]
+    for args in (("org", "show", "acme", "--json"), ("audit", "show", "acme", "--json"),
+                 ("org", "list", "--json")):
+        _, out, err = run(*args)
+        texts += [out, err]
+    for text in texts:
+        for s in secrets_:
+            assert s not in text
