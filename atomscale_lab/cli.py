@@ -244,6 +244,20 @@ def cmd_org_rotate_key(args) -> int:
     return 0
 
 
+def cmd_org_verify(args) -> int:
+    """Verify an org's audit chain, commit logs and files."""
+    vault = open_vault(args)
+    with progress(args, desc="verifying", unit="table") as bar:
+        def step(table):
+            bar.set_postfix_str(table)
+            bar.update(1)
+        result = vault.verify_org(args.name, deep=args.deep, actor=actor(args), progress=step)
+    print(f"org {args.name}: audit log {result['audit']} events verified")
+    for table, files in result["tables"].items():
+        print(f"  {table}: {files} files verified" + (" (decrypted in full)" if args.deep else ""))
+    return 0
+
+
 def cmd_org_delete(args) -> int:
     """Crypto-shred an org: destroy its keys, then remove its files."""
     if not args.shred:
@@ -446,6 +460,8 @@ def cmd_context_show(args) -> int:
 
 def _audit_of(args):
     vault = open_vault(args)
+    if getattr(args, "all", False):
+        raise CliError("--all only works with `audit verify`")
     if args.deployment:
         return vault.system_audit(), "the deployment"
     if not args.name:
@@ -454,7 +470,20 @@ def _audit_of(args):
 
 
 def cmd_audit_verify(args) -> int:
-    """Verify an audit log's hash chain, MACs and recorded head."""
+    """Verify an audit log's hash chain, MACs and recorded head (``--all``: every log)."""
+    if args.all:
+        vault = open_vault(args)
+        logs = [(vault.system_audit(), "the deployment")]
+        logs += [(vault.audit(o["name"]), f"org {o['name']}") for o in vault.orgs()]
+        failed = 0
+        for log, what in logs:
+            try:
+                n = log.verify()
+                print(f"audit log of {what}: {n} events, hash chain and MACs verified")
+            except AtomscaleError as e:
+                failed = failed or e.exit_code
+                sys.stderr.write(f"{PROG}: error: {' '.join(str(e).split())}\n")
+        return failed
     log, what = _audit_of(args)
     n = log.verify()
     print(f"audit log of {what}: {n} events, hash chain and MACs verified")
@@ -540,6 +569,14 @@ def build_parser():
     rot.add_argument("--rewrite", action="store_true",
                      help="re-encrypt all existing files under the new key")
     rot.set_defaults(func=cmd_org_rotate_key)
+    ver = orgs.add_parser("verify", help="verify an org's audit log, commit logs and files",
+                          description="Check the org's audit chain, every table's MACed commit "
+                                      "log and each listed file's size and fingerprint, and "
+                                      "refuse unlisted plaintext files; exit 5 on the first "
+                                      "fault. --deep decrypts every file in full.")
+    ver.add_argument("name", help="org name")
+    ver.add_argument("--deep", action="store_true", help="decrypt and authenticate every page")
+    ver.set_defaults(func=cmd_org_verify)
     d = orgs.add_parser("delete", help="crypto-shred an org",
                         description="Delete an org by destroying its keys (crypto-shredding): "
                                     "its data, labels and audit trail become unreadable, then "
@@ -600,6 +637,8 @@ def build_parser():
                                     "edited, deleted, reordered or missing line.")
     av.add_argument("name", nargs="?", help="org name")
     av.add_argument("--deployment", action="store_true", help="the deployment log")
+    av.add_argument("--all", action="store_true",
+                    help="the deployment log and every org's (one line each)")
     av.set_defaults(func=cmd_audit_verify)
     ash = aus.add_parser("show", help="recent audit events, newest first",
                          description="Print recent audit events, newest first.")

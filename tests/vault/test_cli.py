@@ -303,3 +303,22 @@ def test_no_key_material_in_logs_or_output(run):
     for text in texts:
         for s in secrets_:
             assert s not in text
+
+
+def test_org_verify_detects_a_modified_file(run):
+    run("org", "create", "verif", "--region", "us")
+    run("demo-data", "verif", "--runs", "3", "--points", "60")
+    _, out, _ = run("org", "verify", "verif")
+    assert "process/series" in out and "verified" in out
+    f = sorted((run.home / "data" / "verif" / "process" / "series").rglob("*.parquet"))[0]
+    raw = f.read_bytes()
+    f.write_bytes(raw + b"x")
+    rc, _, err = run("org", "verify", "verif", ok=False)
+    assert rc == 5 and f.name in one_line_error(err)
+    f.write_bytes(raw)
+    _, out, _ = run("org", "verify", "verif", "--deep")
+    assert "decrypted in full" in out
+    _, out, _ = run("audit", "verify", "--all")
+    assert "org verif" in out and "the deployment" in out
+    ev = [e["outcome"] for e in run.vault().audit("verif").events(action="org.verify")]
+    assert ev == ["allowed", "error", "allowed"]
