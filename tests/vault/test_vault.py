@@ -149,3 +149,12 @@ def test_delete_without_shred_keeps_keys(v):
     with pytest.raises(UnknownOrg):
         v.store("acme")
     assert v.keys.versions("acme")["data"] == [1]
+
+
+def test_interrupted_shred_can_be_completed(v):
+    v.keys.shred("acme")  # as if a deletion stopped right after destroying the keys
+    with pytest.raises(KeyUnavailable):
+        v.store("acme")
+    v.delete_org("acme", shred=True)
+    assert v.orgs() == []
+    assert not (v.settings.data_root / "acme").exists()
