@@ -1,0 +1,93 @@
+"""The ingest core without HTTP: run states, idle interruption, restart, compaction."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from atomscale_lab.errors import NotFound, ValidationError
+from atomscale_lab.ingest.core import IngestCore, StreamClosed
+
+
+def _rows(start, n):
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    return [{"time": t0 + timedelta(seconds=start + i), "channel": "T", "value": float(i)}
+            for i in range(n)]
+
+
+def _status(deployment, run_id):
+    return deployment.rows("acme", "process/runs", run_id).to_pylist()[0]["status"]
+
+
+def test_states_idle_restart_and_finalize(deployment):
+    key = deployment.keys.authenticate(deployment.key(), client="t")
+    core = IngestCore(deployment.vault, idle_timeout=0.2)
+    st = core.open_stream(key, "run-s", "mbe1", "process")
+    assert st["status"] == "active" and _status(deployment, "run-s") == "active"
+    core.add_batch(key, st["id"], "1", _rows(0, 10))
+    time.sleep(0.3)
+    assert core.check_idle() == [st["id"]]
+    assert core.stream(key, st["id"])["status"] == "interrupted"
+    assert _status(deployment, "run-s") == "interrupted"
+    core.add_batch(key, st["id"], "2", _rows(10, 10))  # a batch resumes the stream
+    assert core.stream(key, st["id"])["status"] == "active"
+    assert _status(deployment, "run-s") == "active"
+    core.close()
+    # A restart while the stream was live: interrupted, and the WAL is replayed.
+    core = IngestCore(deployment.vault, idle_timeout=60)
+    assert core.stream(key, st["id"])["status"] == "interrupted"
+    assert _status(deployment, "run-s") == "interrupted"
+    assert deployment.rows("acme", "process/series", "run-s").num_rows == 20
+    # Opening the same run/tool/category again resumes the same stream.
+    assert core.open_stream(key, "run-s", "mbe1", "process")["id"] == st["id"]
+    done = core.finalize(key, st["id"])
+    assert done["status"] == "complete" and _status(deployment, "run-s") == "complete"
+    with pytest.raises(StreamClosed):
+        core.add_batch(key, st["id"], "3", _rows(20, 1))
+    core.close()
+
+
+def test_run_stays_active_while_another_stream_of_it_is_open(deployment):
+    key = deployment.keys.authenticate(deployment.key(), client="t")
+    core = IngestCore(deployment.vault)
+    a = core.open_stream(key, "run-2", "mbe1", "process")
+    b = core.open_stream(key, "run-2", "mbe1", "tool_state")
+    core.add_batch(key, a["id"], "1", _rows(0, 5))
+    core.add_batch(key, b["id"], "1", _rows(0, 5))
+    core.finalize(key, a["id"])
+    assert _status(deployment, "run-2") == "active"
+    core.finalize(key, b["id"])
+    assert _status(deployment, "run-2") == "complete"
+    assert deployment.rows("acme", "tool_state/readings", "run-2").column(
+        "tool").to_pylist() == ["mbe1"] * 5
+    core.close()
+
+
+def test_small_flushes_are_compacted(deployment):
+    key = deployment.keys.authenticate(deployment.key(), client="t")
+    core = IngestCore(deployment.vault)
+    st = core.open_stream(key, "run-c", "mbe1", "process")
+    for b in range(6):
+        core.add_batch(key, st["id"], str(b), _rows(b * 10, 10))
+        core.flush()
+    table = deployment.vault.store("acme").table("process/series")
+    assert len(table.files()) == 6
+    assert core.compact() >= 1
+    assert len(table.files()) == 1 and table.num_rows() == 60
+    core.close()
+
+
+def test_other_orgs_streams_and_bad_ids(deployment):
+    acme = deployment.keys.authenticate(deployment.key("acme"), client="t")
+    beta = deployment.keys.authenticate(deployment.key("beta"), client="t")
+    core = IngestCore(deployment.vault)
+    st = core.open_stream(acme, "run-x", "mbe1", "process")
+    with pytest.raises(NotFound):
+        core.add_batch(beta, st["id"], "1", _rows(0, 1))
+    with pytest.raises(NotFound):
+        core.finalize(beta, st["id"])
+    with pytest.raises(ValidationError, match="batch_id"):
+        core.add_batch(acme, st["id"], "../../etc", _rows(0, 1))
+    with pytest.raises(ValidationError, match="run_id"):
+        core.open_stream(acme, "", "mbe1", "process")
+    core.close()
