@@ -31,7 +31,8 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
             for ch, g in df.groupby("channel", sort=True):
                 panels.append((kind, ch, g.sort_values("time")))
     n = max(len(panels), 1)
-    fig = Figure(figsize=(9, 1.6 * n + 0.8), dpi=DPI, layout="constrained")
+    height = 1.6 if n <= 5 else 1.1
+    fig = Figure(figsize=(9, height * n + 0.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     if not panels:
         axes[0].text(0.5, 0.5, "no process data or tool state for this run", ha="center",
@@ -40,8 +41,11 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
     for ax, (kind, ch, g) in zip(axes, panels, strict=False):
         t = pd.to_datetime(g["time"], utc=True).dt.tz_convert(None)
         color = "C0" if kind == "process" else "C1"
-        ax.plot(t, g["value"], lw=1.0, color=color, label="value")
-        if kind == "tool" and "setpoint" in g and g["setpoint"].notna().any():
+        step = "unit" in g and (g["unit"] == "state").all()  # shutters: open/closed steps
+        draw = ax.step if step else ax.plot
+        kw = {"where": "post"} if step else {}
+        draw(t, g["value"], lw=1.0, color=color, label="value", **kw)
+        if kind == "tool" and not step and "setpoint" in g and g["setpoint"].notna().any():
             ax.plot(t, g["setpoint"], lw=1.0, ls="--", color="0.4", label="setpoint")
             ax.legend(loc="upper right", fontsize="x-small", frameon=False)
         unit = g["unit"].dropna().iloc[0] if "unit" in g and g["unit"].notna().any() else ""
@@ -66,7 +70,11 @@ def spectra_figure(items: pd.DataFrame, log_y: bool = False, title: str = "") ->
                 transform=ax.transAxes)
         ax.set_axis_off()
         return fig
+    drawn = 0
     for k, row in enumerate(items.itertuples(index=False)):
+        if row.x is None or row.y is None or len(row.x) == 0:
+            continue  # a scalar-only item (e.g. an AFM roughness) has no spectrum
+        drawn += 1
         x, y = np.asarray(row.x, float), np.asarray(row.y, float)
         color = f"C{k % 10}"
         ax.plot(x, y, lw=1.0, color=color, label=f"{row.run_id} ({row.technique})")
@@ -78,6 +86,11 @@ def spectra_figure(items: pd.DataFrame, log_y: bool = False, title: str = "") ->
             for p, v in zip(peaks, py, strict=True):
                 ax.annotate(f"{p:.2f}", (p, v), textcoords="offset points", xytext=(0, 8 + 10 * k),
                             ha="center", fontsize="x-small", color=color)
+    if not drawn:
+        ax.text(0.5, 0.5, "these items have no spectra (scalar results only)", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     first = items.iloc[0]
     ax.set_xlabel(first.get("x_unit") or "x")
     ax.set_ylabel(first.get("y_unit") or "y")
