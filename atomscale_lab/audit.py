@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from typing import Protocol
@@ -122,23 +123,33 @@ def _line_hash(line: bytes) -> str:
 
 
 class AuditHeads:
-    """``(count, last line hash)`` of each org's log in SQLite, never going backwards."""
+    """``(count, last line hash)`` of each org's log in SQLite, never going backwards.
+
+    The connection is kept open (WAL, ``synchronous=NORMAL``): the log line is fsynced before its
+    head is written, so a head lost in a crash only leaves the log ahead of it, which verifies.
+    """
 
     def __init__(self, db_path: Path):
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = None
+        self._pid = None
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS audit_heads (org TEXT PRIMARY KEY, "
                        "count INTEGER NOT NULL, last_hash TEXT NOT NULL, updated TEXT NOT NULL)")
 
     @contextlib.contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        with self._lock:
+            if self._db is None or self._pid != os.getpid():
+                # A connection must not cross a fork: a child opens its own.
+                db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                self._db, self._pid = db, os.getpid()
+            with self._db:
+                yield self._db
 
     def get(self, org: str) -> tuple[int, str] | None:
         """The last recorded head of ``org``'s log, or None."""
