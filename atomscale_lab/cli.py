@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# -- helpers for commands (also used by plug-ins) ------------------------------------------------
+# -- utilities for commands (also used by plug-ins) ------------------------------------------------
 
 
 def open_vault(args=None):
