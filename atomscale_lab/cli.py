@@ -118,8 +118,12 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def _print_json(doc) -> None:
+def print_json(doc) -> None:
+    """Print ``doc`` as indented JSON on stdout (times and paths as strings)."""
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+_print_json = print_json
 
 
 # -- root-key --------------------------------------------------------------------------------------
@@ -292,9 +296,10 @@ def cmd_demo_data(args) -> int:
     if args.points < 60 or args.points > 1_000_000:
         raise ValidationError("--points must be between 60 and 1000000", field="points")
     vault = open_vault(args)
-    existing = vault.store(args.name).table("process/runs").num_rows()
+    tables = [*vault.store(args.name).tables(), vault.context(args.name).table]
+    existing = sum(t.num_rows() for t in tables)
     if existing:
-        raise CliError(f"org {args.name!r} already has {existing} run records; demo data goes "
+        raise CliError(f"org {args.name!r} already has data ({existing:,} rows); demo data goes "
                        "into an empty org (create a new org for it)")
     quiet = getattr(args, "quiet", False)
     written = demo.generate(vault, args.name, runs=args.runs, seed=args.seed,

@@ -177,7 +177,7 @@ def test_user_errors_are_one_line(run):
         (("org", "create", "Beta!", "--region", "us"), {}, 1, "invalid org name"),
         (("org", "create", "beta"), {}, 2, "--region"),
         (("demo-data", "acme", "--runs", "zero"), {}, 2, "invalid int"),
-        (("demo-data", "acme", "--runs", "2"), {}, 1, "already has"),
+        (("demo-data", "acme", "--runs", "2"), {}, 1, "already has data"),
         (("audit", "verify", "nope"), {}, 3, "unknown org"),
     ]
     for args, env, code, text in cases:
