@@ -183,7 +183,8 @@ class ApiKeyStore:
     def __init__(self, db_path: Path, pepper_for: Callable[[str, int | None], tuple[int, bytes]],
                  audit_for: Callable[[str], object] | None = None,
                  throttle: FailureThrottle | None = None,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 org_alive: Callable[[str], bool] | None = None):
         from ..crypto import connect_registry
 
         self._conn = connect_registry(Path(db_path))
@@ -194,6 +195,7 @@ class ApiKeyStore:
         self._audit_for = audit_for
         self.throttle = throttle or FailureThrottle()
         self._now = now
+        self._org_alive = org_alive
         self._last_used_written: dict[str, float] = {}
 
     # -- admin side ---------------------------------------------------------------------------
@@ -268,6 +270,10 @@ class ApiKeyStore:
         if row is None:
             self._fail(client, None, prefix, "unknown API key")
         org, name, scopes, digest, version, expires, revoked = row
+        if self._org_alive is not None and not self._org_alive(org):
+            # A deleted (crypto-shredded) org: its keys die with it, even if a pepper is cached.
+            self.forget_org(org)
+            self._fail(client, None, prefix, "the org was deleted")
         try:
             _, pepper = self._pepper(org, version)
         except AtomscaleError:
@@ -353,6 +359,15 @@ class ApiKeyStore:
 
 def for_vault(vault, **kw) -> ApiKeyStore:
     """An ``ApiKeyStore`` on a ``Vault``'s registry, peppers and audit logs."""
+    from ..errors import UnknownOrg
+
+    def alive(org: str) -> bool:
+        try:
+            vault.org_region(org)
+            return True
+        except UnknownOrg:
+            return False
+
     return ApiKeyStore(vault.settings.registry_path,
                        lambda org, v: pepper_from_org_keys(vault.org_keys(org), v),
-                       audit_for=vault.audit, **kw)
+                       audit_for=vault.audit, org_alive=alive, **kw)

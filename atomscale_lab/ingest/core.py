@@ -22,6 +22,7 @@ import hashlib
 import logging
 import re
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..errors import AtomscaleError, IntegrityError, NotFound, ValidationError
+from ..errors import AtomscaleError, IntegrityError, NotFound, UnknownOrg, ValidationError
 from .wal import Wal, WalRecord, wal_key
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class IngestCore:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.flush_errors = 0
+        self.max_flush_failures = 5
+        self._failures: dict[str, int] = {}
         self.recover()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -389,13 +392,57 @@ class IngestCore:
     def flush(self) -> int:
         """Commit every sealed WAL segment of every org into the store; returns rows committed."""
         with self._flush_lock:
-            total = 0
+            total, errors = 0, []
             for org in self._wal_orgs():
-                wal = self._wal(org)
-                segs = wal.rotate()
-                if segs:
-                    total += self._flush_segments(org, wal, segs)
+                try:
+                    self._check_org(org)
+                    wal = self._wal(org)
+                    segs = wal.rotate()
+                    if segs:
+                        total += self._flush_segments(org, wal, segs)
+                    self._failures.pop(org, None)
+                except Exception as e:  # one org's trouble must not stop the others
+                    errors.append(e)
+                    self._flush_failed(org, e)
+            if errors:
+                raise errors[0]
             return total
+
+    def _check_org(self, org: str) -> None:
+        """Raise ``UnknownOrg`` for a deleted org, after dropping its keys, store and WAL.
+
+        The org's keys were destroyed (crypto-shred), so its WAL could not be decrypted by a
+        later process anyway: it goes with the org, and its live streams end in ``error``.
+        """
+        try:
+            self.vault.org_region(org)
+        except UnknownOrg as e:
+            self._org_keys.pop(org, None)
+            self._stores.pop(org, None)
+            with self._locks_lock:
+                wal = self._wals.pop(org, None)
+            if wal is not None:
+                wal.close()
+            shutil.rmtree(self.state_dir / "wal" / org, ignore_errors=True)
+            for (sid,) in self._sql("SELECT id FROM streams WHERE org=? AND status IN "
+                                    "('active', 'interrupted', 'finalizing')", (org,)):
+                self._set_status(sid, "error", "the org was deleted")
+            self._sql("DELETE FROM flushes WHERE org=?", (org,))
+            log.warning("ingest: org %s was deleted; its unflushed batches were dropped", org)
+            raise e
+
+    def _flush_failed(self, org: str, exc: Exception) -> None:
+        n = self._failures[org] = self._failures.get(org, 0) + 1
+        log.error("ingest: flushing org %s failed (%s in a row): %s; the WAL keeps the batches",
+                  org, n, exc)
+        if n == self.max_flush_failures:
+            reason = f"rows cannot be stored: {type(exc).__name__}: {exc}"[:300]
+            for (sid, run_id) in self._sql(
+                    "SELECT id, run_id FROM streams WHERE org=? AND status IN "
+                    "('active', 'interrupted', 'finalizing')", (org,)):
+                self._set_status(sid, "error", reason)
+                with contextlib.suppress(Exception):
+                    self._update_run(org, run_id, "error", actor="ingest")
 
     def _wal_orgs(self) -> list[str]:
         root = self.state_dir / "wal"
@@ -506,19 +553,26 @@ class IngestCore:
                 log.exception("ingest: could not mark run %s of org %s interrupted", run_id, org)
         with self._flush_lock:
             for org in self._wal_orgs():
-                wal = self._wal(org)
-                for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?",
-                                            (org,)):
-                    segs = [wal.dir / f"{s}.wal" for s in seg_key.split(",")]
-                    finished = self._sql("SELECT 1 FROM flushes WHERE org=? AND segments=? AND "
-                                         "tbl='*'", (org, seg_key))
-                    if finished:
-                        self._finish(org, wal, seg_key, segs)
-                    else:
-                        self._flush_segments(org, wal, [p for p in segs if p.exists()], seg_key)
-                segs = wal.rotate()
-                if segs:
-                    self._flush_segments(org, wal, segs)
+                try:
+                    self._recover_org(org)
+                except Exception as e:  # the service must start for the other orgs
+                    self._flush_failed(org, e)
+
+    def _recover_org(self, org: str) -> None:
+        self._check_org(org)
+        wal = self._wal(org)
+        for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?",
+                                    (org,)):
+            segs = [wal.dir / f"{s}.wal" for s in seg_key.split(",")]
+            finished = self._sql("SELECT 1 FROM flushes WHERE org=? AND segments=? AND "
+                                 "tbl='*'", (org, seg_key))
+            if finished:
+                self._finish(org, wal, seg_key, segs)
+            else:
+                self._flush_segments(org, wal, [p for p in segs if p.exists()], seg_key)
+        segs = wal.rotate()
+        if segs:
+            self._flush_segments(org, wal, segs)
 
     def check_idle(self) -> list[str]:
         """Mark active streams without a batch for ``idle_timeout`` seconds as interrupted."""
@@ -549,7 +603,6 @@ class IngestCore:
                     self.compact()
             except Exception:  # keep flushing: the WAL holds the data until a flush succeeds
                 self.flush_errors += 1
-                log.exception("ingest: flush failed; the WAL keeps the batches")
                 self._stop.wait(min(5.0, self.flush_interval * 4))
 
     def close(self) -> None:
@@ -560,6 +613,8 @@ class IngestCore:
             self._thread.join(timeout=30)
         try:
             self.flush()
+        except Exception:  # noqa: S110 - logged by _flush_failed; the WAL keeps the rows
+            pass
         finally:
             for wal in self._wals.values():
                 wal.close()

@@ -91,3 +91,31 @@ def test_other_orgs_streams_and_bad_ids(deployment):
     with pytest.raises(ValidationError, match="run_id"):
         core.open_stream(acme, "", "mbe1", "process")
     core.close()
+
+
+def test_a_deleted_org_stops_ingest_and_its_keys(deployment):
+    from atomscale_lab.ingest.apikeys import InvalidApiKey
+
+    plain = deployment.key("beta")
+    key = deployment.keys.authenticate(plain, client="t")
+    core = IngestCore(deployment.vault)
+    st = core.open_stream(key, "run-d", "mbe1", "process")
+    core.add_batch(key, st["id"], "1", _rows(0, 3))
+    core.flush()
+    core.add_batch(key, st["id"], "2", _rows(3, 3))
+    deployment.vault.delete_org("beta", shred=True)
+    with pytest.raises(InvalidApiKey):
+        deployment.keys.authenticate(plain, client="t")
+    with pytest.raises(Exception, match="beta"):
+        core.flush()
+    assert core.stream(key, st["id"])["status"] == "error"
+    assert not (core.state_dir / "wal" / "beta").exists()
+    assert core.flush() == 0  # the deleted org is gone from the flusher's work
+    with pytest.raises(StreamClosed):
+        core.add_batch(key, st["id"], "3", _rows(6, 1))
+    core.close()
+    # A restart with the WAL of a deleted org still starts (and serves the other orgs).
+    core = IngestCore(deployment.vault)
+    acme = deployment.keys.authenticate(deployment.key("acme"), client="t")
+    assert core.open_stream(acme, "run-a", "mbe1", "process")["status"] == "active"
+    core.close()
