@@ -270,6 +270,8 @@ class AuditLog:
                limit: int = 100, offset: int = 0) -> list[dict]:
         """Most recent events first, optionally filtered (``action`` may end with ``.*``)."""
         out, skipped = [], 0
+        if limit <= 0:
+            return out
         for raw in reversed(self._lines()):
             try:
                 ev = json.loads(raw)

@@ -497,6 +497,8 @@ def cmd_audit_verify(args) -> int:
 
 def cmd_audit_show(args) -> int:
     """Print recent audit events, most recent first."""
+    if args.limit < 1:
+        raise ValidationError("--limit must be at least 1", field="limit")
     log, _ = _audit_of(args)
     events = log.events(limit=args.limit, action=args.action, actor=args.actor)
     if args.json:
