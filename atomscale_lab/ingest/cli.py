@@ -105,7 +105,7 @@ def cmd_apikey_list(args) -> int:
 
     rows = _keys(args).list(args.org)
     if args.json:
-        cli._print_json(rows)
+        cli.print_json(rows)
         return 0
     head = ("PREFIX", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATE")
     table = [head] + [(r["prefix"], r["name"] or "-", ",".join(r["scopes"]), r["created"][:16],
