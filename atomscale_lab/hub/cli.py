@@ -67,8 +67,14 @@ def _unix(args, username: str, org: str) -> None:
 
 
 def cmd_totp(args) -> int:
-    """Print the current TOTP code of a user."""
-    sys.stdout.write(_users(args).totp_now(args.user) + "\n")
+    """Print the current TOTP code of a user (or, with --uri, the authenticator-app URI)."""
+    users = _users(args)
+    if args.uri:
+        sys.stdout.write(users.totp(args.user).provisioning_uri(args.user,
+                                                                 issuer_name="atomscale-lab")
+                         + "\n")
+    else:
+        sys.stdout.write(users.totp_now(args.user) + "\n")
     return 0
 
 
@@ -108,7 +114,7 @@ def cmd_users_remove(args) -> int:
 def cmd_users_sync(args) -> int:
     """Create the Unix accounts of an org's users and give its group the org's data folder."""
     from ..cli import open_vault
-    from .users import ensure_unix_user, share_org_data
+    from .users import ensure_unix_user, lock_home, share_org_data
 
     _org_exists(args, args.org)
     for u in _users(args).list(args.org):
@@ -116,6 +122,7 @@ def cmd_users_sync(args) -> int:
     v = open_vault(args)
     try:
         share_org_data(v.settings.data_root, args.org)
+        lock_home(v.settings)
     finally:
         v.close()
     return 0
@@ -183,6 +190,9 @@ def register(subparsers, org_subparsers) -> None:
                                           "bundled identity provider (demo deployments; real "
                                           "users use their authenticator app).")
     t.add_argument("user")
+    t.add_argument("--uri", action="store_true",
+                   help="print the otpauth:// URI to add the user to an authenticator app "
+                        "(it contains the user's TOTP secret)")
     _add_users_file(t)
     t.set_defaults(func=cmd_totp)
 

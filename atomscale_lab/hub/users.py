@@ -195,13 +195,24 @@ def remove_unix_user(hub_user: str) -> None:
     subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
 
 
-def share_org_data(data_root: str | Path, org: str) -> None:
+def lock_home(settings) -> None:
+    """Make the deployment home traversable by the servers' accounts but nothing else in it
+    readable: home ``0711``; registry, audit logs, context root and IdP files private."""
+    home = Path(settings.home)
+    os.chmod(home, 0o711)  # noqa: S103 - traverse only, to reach the data root
+    for p, mode in ((settings.registry_path, 0o600), (settings.audit_root, 0o700),
+                    (settings.context_root, 0o700), (home / "idp", 0o700)):
+        if Path(p).exists():
+            os.chmod(p, mode)
+
+
+def share_org_data(data_root: str | Path, org: str, gid: int | None = None) -> None:
     """Give the org's Unix group (and nobody else) access to ``data_root/<org>``.
 
     Directories become ``2770`` (new files inherit the group), files ``0660``; ``data_root`` itself
     is traversable (``0711``) but not listable, so one org's users cannot see other orgs' names.
     """
-    gid = ensure_org_group(org)
+    gid = ensure_org_group(org) if gid is None else gid
     root = Path(data_root)
     org_dir = root / org
     org_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ import helpers  # noqa: E402
 
 from atomscale_lab.hub.roles import ROLES  # noqa: E402
 from atomscale_lab.hub.stack import REPO, hub_process, idp_process, init_stack  # noqa: E402
-from atomscale_lab.hub.users import IdpUsers, unix_name  # noqa: E402
+from atomscale_lab.hub.users import IdpUsers, lock_home, share_org_data, unix_name  # noqa: E402
 
 ORGS = ("acme", "beta")
 ROLE_USER = {"org-admin": "admin", "scientist": "scientist", "viewer": "viewer",
@@ -121,8 +121,13 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]
     """passwd/group copies with one account per hub user and one group per org."""
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
     accounts = {}
-    passwd = Path("/etc/passwd").read_text().rstrip("\n").splitlines()
-    group = Path("/etc/group").read_text().rstrip("\n").splitlines()
+    names = {unix_name(u) for u in users}
+    gnames = {f"as-org-{org}" for org in groups}
+    # Accounts of the same names on the host (e.g. from `make demo`) are hidden, not reused.
+    passwd = [ln for ln in Path("/etc/passwd").read_text().splitlines()
+              if ln and ln.split(":")[0] not in names]
+    group = [ln for ln in Path("/etc/group").read_text().splitlines()
+             if ln and ln.split(":")[0] not in gnames]
     homes = base / "homes"
     homes.mkdir(mode=0o755)
     for i, (user, org) in enumerate(sorted(users.items())):
@@ -141,16 +146,6 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]
     os.chmod(base / "passwd", 0o644)
     os.chmod(base / "group", 0o644)
     return base / "passwd", base / "group", accounts, groups
-
-
-def _share(data_root: Path, org: str, gid: int) -> None:
-    os.chmod(data_root, 0o711)
-    for dirpath, _dirs, files in os.walk(data_root / org):
-        os.chown(dirpath, 0, gid)
-        os.chmod(dirpath, 0o2770)
-        for f in files:
-            os.chown(os.path.join(dirpath, f), 0, gid)
-            os.chmod(os.path.join(dirpath, f), 0o660)
 
 
 def _wait_http(url, ca, timeout, proc, what, logs):
@@ -222,8 +217,11 @@ def stack():
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"
     passwd, group, accounts, groups = _overlay(base, owners)
+    from atomscale_lab.config import Settings
+
     for org in ORGS:
-        _share(home / "data", org, groups[org])
+        share_org_data(home / "data", org, gid=groups[org])
+    lock_home(Settings.load(home))
 
     st = init_stack(base / "stack", home)
     old = dict(os.environ)
@@ -259,10 +257,16 @@ def stack():
         _stop(idp_proc.pid, 5)
         idp_log.close()
         hub_log.close()
-        # servers are stopped by the hub; anything of our accounts still alive is a bug: end it
-        for acc in accounts.values():
-            for pid in _pids_of_uid(acc.uid):
+        # The hub stops its proxy, services and servers; if it could not (killed), end what is
+        # left of this deployment: processes of our accounts, or whose command line or
+        # environment names this deployment's folder.
+        leftovers = {pid for acc in accounts.values() for pid in _pids_of_uid(acc.uid)}
+        leftovers |= _pids_mentioning(str(base))
+        for pid in leftovers - {os.getpid()}:
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -276,6 +280,20 @@ def _pids_of_uid(uid: int) -> list[int]:
             except FileNotFoundError:
                 continue
     return pids
+
+
+def _pids_mentioning(text: str) -> set[int]:
+    needle = text.encode()
+    found = set()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if needle in (p / "cmdline").read_bytes() or needle in (p / "environ").read_bytes():
+                found.add(int(p.name))
+        except OSError:
+            continue
+    return found
 
 
 def server_pid(stack, user) -> int:

@@ -196,6 +196,10 @@ def test_servers_of_different_orgs_cannot_read_each_other(stack, running):
     assert r.returncode != 0 and "Permission denied" in r.stderr
     r = as_a("ls", str(stack.accounts["beta-scientist"].home))
     assert r.returncode != 0 and "Permission denied" in r.stderr
+    for private in (stack.home / "registry.sqlite", stack.home / "audit",
+                    stack.home / "context", stack.home / "idp" / "users.json"):
+        r = as_a("cat" if private.suffix else "ls", str(private))
+        assert r.returncode != 0 and "Permission denied" in r.stderr, private
     # A's own server's environment is readable by A (control: the check above can succeed)
     r = as_a("cat", f"/proc/{pid_a}/environ")
     assert r.returncode == 0 and "ATOMSCALE_ORG=acme" in r.stdout
