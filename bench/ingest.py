@@ -5,6 +5,7 @@ Starts the ingest service as a subprocess on 127.0.0.1 in a throw-away deploymen
 - one stream: Arrow IPC batches of ``--batch-rows`` rows sent back to back (acknowledged = fsynced
   in the encrypted WAL), and the rate until every row is committed to the encrypted store;
 - ``--streams`` concurrent streams doing the same;
+- the ``Streamer`` (push Arrow tables, spool, send, finalize) for one stream;
 - push → visible latency: a small batch is sent and a reader polls the table's commit log until
   the rows are there (p50/p99 over ``--samples`` batches).
 
@@ -118,6 +119,27 @@ def run_streams(url, key, cert, n_streams, rows, batch_rows, tag):
     return total / acked, total / committed
 
 
+def streamer_rate(url, key, cert, rows, batch_rows, spool):
+    """Rows/s through ``Streamer`` (Arrow tables pushed, spooled, sent, finalized)."""
+    from atomscale_lab.ingest import Streamer
+
+    n = max(1, rows // batch_rows)
+    tables = [pa.ipc.open_stream(body("streamer", b * batch_rows, batch_rows)).read_all()
+              for b in range(n)]
+    s = Streamer(url, key, "streamer", "bench", "process", verify=cert, spool_dir=spool,
+                 batch_rows=batch_rows, flush_interval=0.2)
+    t0 = time.perf_counter()
+    push_times = []
+    for t in tables:
+        p0 = time.perf_counter()
+        s.push(t)
+        push_times.append(time.perf_counter() - p0)
+    ok = s.close(timeout=600)
+    if not ok:
+        raise RuntimeError(f"streamer did not finish: {s.last_error}")
+    return n * batch_rows / (time.perf_counter() - t0), max(push_times)
+
+
 def latency(url, key, cert, home, samples):
     """Seconds from sending a batch to its rows being readable from the store."""
     os.environ["ATOMSCALE_HOME"] = str(home)
@@ -191,6 +213,10 @@ def main() -> int:
         print(f"streams: {args.streams}")
         print(f"multi_stream_acked_rows_per_s: {acked:,.0f}")
         print(f"multi_stream_committed_rows_per_s: {committed:,.0f}")
+        rate, worst_push = streamer_rate(url, key, cert, args.rows, args.batch_rows,
+                                         tmp / "spool")
+        print(f"streamer_rows_per_s: {rate:,.0f}")
+        print(f"streamer_push_max_ms: {worst_push * 1000:.2f}")
         lat = sorted(latency(url, key, cert, home, args.samples))
         print(f"push_to_visible_p50_s: {statistics.median(lat):.3f}")
         print(f"push_to_visible_p99_s: {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.3f}")
