@@ -15,3 +15,4 @@ lint:
 
 bench:
 	.venv/bin/python bench/vault.py
+	.venv/bin/python bench/ingest.py
