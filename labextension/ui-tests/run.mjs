@@ -219,6 +219,21 @@ async function main() {
     );
     obs.newNotebook = await activeSource(page);
     await page.waitForSelector('.jp-NotebookPanel .jp-Cell .cm-content');
+
+    begin('run inserted cell');
+    // The cell is meant to be ready to run: run it in the new notebook's kernel.
+    await page.evaluate(() => window.jupyterapp.commands.execute('notebook:run-cell'));
+    await page.waitForFunction(
+      rid =>
+        Array.from(document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output')).some(
+          n => n.textContent.includes(rid) || /Error|Traceback/.test(n.textContent)
+        ),
+      target,
+      { timeout: 120_000 }
+    );
+    obs.cellOutput = await page.$$eval('.jp-NotebookPanel .jp-OutputArea-output', ns =>
+      ns.map(n => n.textContent).join('\n').slice(0, 4000)
+    );
     await shot(page, 'open-in-notebook.png');
 
     begin('insert into active notebook');

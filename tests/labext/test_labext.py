@@ -165,6 +165,11 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     nb = obs["newNotebook"]
     assert nb["path"].endswith(".ipynb")
     assert snippet(target) in nb["cells"]
+    # the inserted cell runs as it is: the kernel loads the run's process data
+    out = obs["cellOutput"]
+    assert "Traceback" not in out and "Error" not in out, out[:2000]
+    assert target in out, out[:2000]
+    assert any(ch in out for ch in detail["channels"]["process"]), out[:2000]
     # ... and with one active it inserts the next run's cell into that same notebook
     act = obs["activeNotebook"]
     assert act["id"] == nb["id"]
