@@ -308,14 +308,25 @@ async def serve(args, vault=None, ready=None) -> None:
             raise SystemExit("--plain-http is only allowed on a loopback address")
         log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
     else:
+        hub_cert = os.environ.get("JUPYTERHUB_SSL_CERTFILE")
+        hub_key = os.environ.get("JUPYTERHUB_SSL_KEYFILE")
+        client_ca = None
         if args.certfile:
             certfile, keyfile = Path(args.certfile), Path(args.keyfile or args.certfile)
+        elif hub_cert and hub_key:
+            # JupyterHub internal_ssl: the hub's internal certificate, and only clients with a
+            # certificate of the hub's internal CA (the proxy) may connect.
+            certfile, keyfile = Path(hub_cert), Path(hub_key)
+            client_ca = os.environ.get("JUPYTERHUB_SSL_CLIENT_CA")
         else:
             certfile, keyfile = ensure_certificate(core.state_dir / "tls")
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
         ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ssl_ctx.load_cert_chain(str(certfile), str(keyfile))
-    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=args.behind_proxy,
+        if client_ca:
+            ssl_ctx.verify_mode = ssl.CERT_REQUIRED
+    behind_proxy = args.behind_proxy or bool(hub_url)  # the hub's proxy sets X-Forwarded-For
+    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=behind_proxy,
                                    max_body_size=max(args.max_body * 4, 1 << 20),
                                    idle_connection_timeout=300)
     server.listen(port, address=host)
