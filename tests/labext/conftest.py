@@ -2,9 +2,10 @@
 
 - ``labext``: the ``labextension/`` folder; fails with a hint when its Node packages are missing.
 - ``artifacts``: ``artifacts/labext/`` at the top of the repository (screenshots, reports).
-- ``lab`` (module): a real ``jupyter lab`` on 127.0.0.1 (free port, random token) in local
-  single-user mode for org ``acme`` with demo data in a temporary ATOMSCALE_HOME, with user
-  settings that set the panel's page size to ``PAGE_SIZE``; stopped by pid (its process group).
+- ``lab`` (module): a real JupyterLab started by ``atomscale-lab lab acme`` on 127.0.0.1 (free
+  port, random token) in local single-user mode, with demo data in a temporary ATOMSCALE_HOME
+  and user settings that set the panel's page size to ``PAGE_SIZE``; stopped by pid (its
+  process group).
   Yields ``{url, token, home, log, settings_dir, page_size, max_points, runs}``.
 """
 
@@ -93,7 +94,6 @@ def lab(tmp_path_factory):
     env.update({
         "ATOMSCALE_HOME": str(home),
         "ATOMSCALE_ROOT_KEY": generate_root_key(),
-        "ATOMSCALE_ORG": ORG,
         "HOME": str(base),
         "JUPYTER_CONFIG_DIR": str(base / "jupyter-config"),
         "JUPYTER_DATA_DIR": str(base / "jupyter-data"),
@@ -117,15 +117,15 @@ def lab(tmp_path_factory):
     token = secrets.token_hex(24)
     log_path = base / "lab.log"
     with open(log_path, "wb") as logf:
+        # `atomscale-lab lab ORG` replaces itself with jupyter lab: the pid stays the server's.
+        extra = ["--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+                 "--LabApp.expose_app_in_browser=True",
+                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                 "--LabApp.extension_manager=readonly"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={notebooks}",
-             "--LabApp.expose_app_in_browser=True",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             "--LabApp.extension_manager=readonly",
-             "--ServerApp.open_browser=False"],
+            [cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
+             "--allow-root", "--root-dir", str(notebooks)]
+            + [f"--jupyter-option={opt}" for opt in extra],
             env=env, cwd=notebooks, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
