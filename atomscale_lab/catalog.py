@@ -130,6 +130,7 @@ class RunCatalog:
 
     table: pa.Table
     _orders: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _nulls: dict[str, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
@@ -194,28 +195,40 @@ class RunCatalog:
         return m
 
     def order(self, column: str, descending: bool) -> np.ndarray:
-        """Row indices sorted by ``column`` (ties by run id; nulls last in both directions)."""
-        key = f"{column}:{'d' if descending else 'a'}"
+        """Row indices sorted by ``column`` (ties by run id; nulls last in both directions).
+
+        Ascending orders are computed once per column (on first use, or all at once by
+        :meth:`warm`); the descending one is the reversed non-null part followed by the nulls.
+        """
         with self._lock:
-            cached = self._orders.get(key)
-        if cached is not None:
-            return cached
-        col = self.table.column(column)
-        nulls = col.is_null().to_numpy(zero_copy_only=False)
-        if column in ("start", "end"):
-            primary = self._start if column == "start" else self._end
-        else:
-            primary = pc.rank(pc.fill_null(col, ""), sort_keys="ascending",
-                              tiebreaker="dense").to_numpy()
-        tie = pc.rank(self.table.column("run_id"), sort_keys="ascending",
-                      tiebreaker="first").to_numpy()
-        idx = np.lexsort((tie, primary))
-        if descending:
-            idx = idx[::-1]
-        idx = np.concatenate([idx[~nulls[idx]], idx[nulls[idx]]])
+            asc = self._orders.get(column)
+        if asc is None:
+            if column not in SORTABLE:
+                raise ValidationError(f"cannot sort by {column!r}", field="sort")
+            asc = pc.sort_indices(self.table, sort_keys=[
+                (column, "ascending", "at_end"), ("run_id", "ascending", "at_end")]).to_numpy()
+            nulls = int(self.table.column(column).null_count)
+            with self._lock:
+                self._orders[column] = asc
+                self._nulls[column] = nulls
+        if not descending:
+            return asc
+        key = column + ":desc"
         with self._lock:
-            self._orders[key] = idx
-        return idx
+            desc = self._orders.get(key)
+        if desc is None:
+            k = self.n - self._nulls[column]
+            desc = np.concatenate([asc[:k][::-1], asc[k:]])
+            with self._lock:
+                self._orders[key] = desc
+        return desc
+
+    def warm(self) -> RunCatalog:
+        """Compute every sort order now (so that no request pays for one)."""
+        for c in SORTABLE:
+            self.order(c, False)
+            self.order(c, True)
+        return self
 
     def page_table(self, q: RunQuery) -> tuple[int, pa.Table]:
         """``(total matches, the page's rows as an Arrow table)``."""

@@ -151,13 +151,13 @@ class Workspace:
     # --- HTTP ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, params: dict | None = None, json=None,
-                 arrow: bool = False) -> requests.Response:
+                 arrow: bool = False, stream: bool = False) -> requests.Response:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if arrow:
             params["format"] = "arrow"
         try:
             r = self._session.request(method, self.url + API + path, params=params, json=json,
-                                      timeout=self.timeout)
+                                      timeout=self.timeout, stream=stream)
         except requests.ConnectionError as e:
             raise ConfigError(f"cannot reach the Jupyter server at {self.url}: {e}") from None
         if r.status_code >= 400:
@@ -174,11 +174,24 @@ class Workspace:
         return self._request("GET", path, params).json()
 
     def _arrow(self, path: str, **params) -> tuple[pa.Table, requests.Response]:
-        r = self._request("GET", path, params, arrow=True)
-        if r.headers.get("Content-Type") != ARROW_STREAM:
-            raise AtomscaleError(f"expected an Arrow stream from {path}, got "
-                                 f"{r.headers.get('Content-Type')}")
-        return pa.ipc.open_stream(io.BytesIO(r.content)).read_all(), r
+        r = self._request("GET", path, params, arrow=True, stream=True)
+        with r:
+            if r.headers.get("Content-Type") != ARROW_STREAM:
+                raise AtomscaleError(f"expected an Arrow stream from {path}, got "
+                                     f"{r.headers.get('Content-Type')}")
+            try:
+                if r.headers.get("Content-Length"):
+                    # a sized answer (one run, a page): read it whole, parse without a copy
+                    table = pa.ipc.open_stream(pa.py_buffer(r.content)).read_all()
+                else:
+                    # a streamed table: parse batches as they arrive, in large reads
+                    r.raw.decode_content = True
+                    source = io.BufferedReader(r.raw, buffer_size=4 << 20)
+                    table = pa.ipc.open_stream(source).read_all()
+            except (pa.ArrowInvalid, OSError) as e:
+                raise AtomscaleError(f"the Arrow stream from {path} was cut short or is "
+                                     f"malformed: {e}") from None
+        return table, r
 
     # --- catalogue ----------------------------------------------------------------------------
 

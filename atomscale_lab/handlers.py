@@ -227,12 +227,71 @@ class TableHandler(AtomscaleHandler):
     @web.authenticated
     @authorized
     async def get(self, category, name):
-        """Answer the table; ``format=json`` is refused (tables are too large for JSON)."""
+        """Stream the table batch by batch; ``format=json`` is refused (too large for JSON)."""
         params = self.query_params()
         if not self.wants_arrow({"format": params.get("format") or "arrow"}):
             raise web.HTTPError(400, "tables are served as Arrow only: use format=arrow")
-        table = await self.call("table", f"{category}/{name}", params)
-        await self.finish_arrow(table)
+        schema, batches, failed = await self.call("table", f"{category}/{name}", params)
+        await self.stream_arrow(schema, batches, failed)
+
+    async def stream_arrow(self, schema, batches, failed) -> None:
+        """Send batches as they are decrypted: reading the next overlaps sending this one."""
+        loop = IOLoop.current()
+        sink = _Chunks()
+        writer = pa.ipc.new_stream(sink, schema)
+        rows, started = 0, False
+        try:
+            while True:
+                try:
+                    batch = await loop.run_in_executor(None, next, batches, None)
+                except (OSError, pa.ArrowException, ValueError) as e:
+                    if not started:  # nothing sent yet: a clean error status is still possible
+                        raise web.HTTPError(500, "a data file failed decryption or decoding "
+                                                 "(tampered or corrupt)") from e
+                    raise
+                if batch is None:
+                    break
+                await loop.run_in_executor(None, writer.write_batch, batch)
+                rows += batch.num_rows
+                if not started:
+                    self.set_header("Content-Type", ARROW_STREAM)
+                    started = True
+                for chunk in sink.take():
+                    self.write(chunk)
+                await self.flush()
+            writer.close()
+            if not started:
+                self.set_header("Content-Type", ARROW_STREAM)
+            for chunk in sink.take():
+                self.write(chunk)
+        except BaseException as e:
+            await loop.run_in_executor(None, failed, rows, e)
+            raise
+        await self.finish()
+
+
+class _Chunks:
+    """A write-only file object collecting what the Arrow IPC writer produces."""
+
+    closed = False
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: chunks are taken by the handler."""
+
+    def close(self) -> None:
+        """Closing the IPC writer does not close the HTTP response."""
+
+    def take(self) -> list[bytes]:
+        """The chunks written since the last call."""
+        parts, self._parts = self._parts, []
+        return parts
 
 
 class AuditHandler(AtomscaleHandler):

@@ -1,0 +1,239 @@
+"""Benchmark of the notebook experience: REST transfer vs direct store reads, catalogue latency,
+RunBrowser first render.
+
+Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), starts a real
+``jupyter server`` with the extension on 127.0.0.1, and prints ``name: value`` lines:
+
+- ``arrow_one_run_*``: one run's process series through ``runs/{id}/process?format=arrow``
+  (Workspace) vs ``Table.read(run_ids=[id])`` in this process; ratio = direct / REST (goal ≥ 0.5);
+- ``arrow_1m_*``: the whole 1M-row series table through ``tables/process/series`` vs ``read()``;
+- ``catalog_page_p50_ms`` / ``_p99_ms``: ``runs`` pages (mixed filters, sorts, pages) over 100k
+  runs, measured at the client (goal p99 < 100 ms);
+- ``runbrowser_first_render_s``: building a ``RunBrowser`` (facets + first page) (goal < 1 s).
+
+Usage: ``python bench/notebook.py [--runs 100000] [--rows 1000000] [--requests 400]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+
+import labdata  # noqa: E402
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+def series_rows(n_rows: int, n_runs: int) -> pa.Table:
+    """``n_rows`` process points spread over ``n_runs`` runs, 4 channels, 1 s apart."""
+    per_run = n_rows // n_runs
+    per_ch = per_run // 4
+    run_idx = np.repeat(np.arange(n_runs), per_ch * 4)
+    ch_idx = np.tile(np.repeat(np.arange(4), per_ch), n_runs)
+    k = np.tile(np.arange(per_ch), 4 * n_runs)
+    t0 = int(labdata.T0.timestamp() * 1e6)
+    times = t0 + run_idx * 6 * 3600 * 1_000_000 + k * 1_000_000
+    names = np.array(["rheed_intensity", "substrate_temp", "growth_rate", "pressure"])
+    units = np.array(["a.u.", "degC", "nm/min", "Torr"])
+    values = np.sin(k / 50.0) * 100 + ch_idx * 10 + run_idx
+    return pa.table({
+        "run_id": pa.array([labdata.run_id(i) for i in range(n_runs)]).take(pa.array(run_idx)),
+        "time": pa.array(times, pa.int64()).cast(TS),
+        "channel": pa.array(names[ch_idx]),
+        "value": pa.array(values, pa.float64()),
+        "unit": pa.array(units[ch_idx]),
+    })
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(fn, repeat: int = 3) -> tuple[float, object]:
+    """Best wall time of ``repeat`` calls, and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    """Build the deployment, start the server, measure, print."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=100_000)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--requests", type=int, default=400)
+    args = ap.parse_args()
+
+    from atomscale_lab.client import Workspace
+    from atomscale_lab.config import Settings
+    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault import Vault
+    from atomscale_lab.widgets import RunBrowser
+
+    tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-"))
+    home = tmp / "home"
+    home.mkdir()
+    os.environ["ATOMSCALE_HOME"] = str(home)
+    os.environ["ATOMSCALE_ROOT_KEY"] = generate_root_key()
+    for v in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT"):
+        os.environ.pop(v, None)
+
+    t0 = time.perf_counter()
+    vault = Vault(Settings.load(home))
+    vault.create_org("bench", "us")
+    store = vault.store("bench")
+    store.table("process/runs").write(labdata.runs_table(args.runs), actor="bench")
+    n_series_runs = 50
+    store.table("process/series").write(series_rows(args.rows, n_series_runs), actor="bench")
+    print(f"setup_s: {time.perf_counter() - t0:.1f}")
+    series = store.table("process/series")
+    total_rows = series.num_rows()
+    print(f"series_rows: {total_rows}")
+
+    port, token = free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
+    env.update({"JUPYTER_RUNTIME_DIR": str(tmp / "rt"), "JUPYTER_CONFIG_DIR": str(tmp / "cfg")})
+    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={tmp}",
+           f"--IdentityProvider.token={token}",
+           "--ServerApp.jpserver_extensions={'atomscale_lab': True}", "--AtomscaleLab.org=bench",
+           "--ServerApp.log_level=WARN"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                r = requests.get(url + "atomscale/api/v1/status", timeout=5,
+                                 headers={"Authorization": f"token {token}"})
+                if r.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("server did not start:\n" + (tmp / "server.log").read_text())
+            time.sleep(0.2)
+        ws = Workspace(url=url, token=token)
+
+        # catalogue: the first request builds it (read + index 100k runs)
+        t_build = time.perf_counter()
+        ws.runs_page(per_page=50)
+        print(f"catalog_first_request_s: {time.perf_counter() - t_build:.2f}")
+
+        # one run: REST vs direct
+        rid = labdata.run_id(7)
+        direct_s, t_direct = timed(lambda: series.read(run_ids=[rid]))
+        rest_s, t_rest = timed(lambda: ws.process(rid))
+        assert len(t_rest) == t_direct.num_rows, (len(t_rest), t_direct.num_rows)
+        print(f"arrow_one_run_rows: {t_direct.num_rows}")
+        print(f"arrow_one_run_direct_ms: {direct_s * 1000:.1f}")
+        print(f"arrow_one_run_rest_ms: {rest_s * 1000:.1f}")
+        print(f"arrow_one_run_ratio: {direct_s / rest_s:.2f}")
+
+        # the 1M-row frame: REST (Arrow table stream) vs direct
+        direct_s, t_direct = timed(lambda: series.read())
+        rest_s, t_rest = timed(lambda: ws.table("process/series"))
+        assert t_rest.num_rows == t_direct.num_rows == total_rows
+        mb = sum(b.size for c in t_rest.columns for ch in c.chunks for b in ch.buffers() if b)
+        print(f"arrow_1m_rows: {t_rest.num_rows}")
+        print(f"arrow_1m_mb: {mb / 1e6:.1f}")
+        print(f"arrow_1m_direct_s: {direct_s:.3f}")
+        print(f"arrow_1m_rest_s: {rest_s:.3f}")
+        print(f"arrow_1m_rest_mb_per_s: {mb / 1e6 / rest_s:.0f}")
+        print(f"arrow_1m_ratio: {direct_s / rest_s:.2f}")
+
+        # catalogue page latency: a mix of what a browser asks for
+        rng = np.random.default_rng(1)
+        sess = requests.Session()
+        sess.trust_env = False
+        sess.headers["Authorization"] = f"token {token}"
+        sorts = ["start", "run_id", "sample", "project", "status", "end"]
+        t_start = labdata.T0
+        lat = []
+        for i in range(args.requests):
+            p = {"per_page": "50", "sort": sorts[i % len(sorts)],
+                 "order": "asc" if i % 2 else "desc",
+                 "page": str(int(rng.integers(1, 200)))}
+            kind = i % 5
+            if kind == 1:
+                p["project"] = labdata.PROJECTS[i % 3]
+            elif kind == 2:
+                p["q"] = f"s-{int(rng.integers(0, 99999)):05d}"[:6]
+            elif kind == 3:
+                a = t_start + timedelta(days=int(rng.integers(0, 20000)))
+                p["start"] = a.isoformat()
+                p["end"] = (a + timedelta(days=90)).isoformat()
+            elif kind == 4:
+                p.update(instrument="pld-2", status="complete,error")
+            t0 = time.perf_counter()
+            r = sess.get(url + "atomscale/api/v1/runs", params=p, timeout=30)
+            lat.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200, r.text
+        lat.sort()
+        base = []
+        for _ in range(100):  # the floor: authentication, routing, JSON, no data
+            t0 = time.perf_counter()
+            sess.get(url + "atomscale/api/v1/openapi.json", timeout=30)
+            base.append((time.perf_counter() - t0) * 1000)
+        print(f"request_floor_p50_ms: {statistics.median(base):.1f}")
+        print(f"catalog_runs: {args.runs}")
+        print(f"catalog_page_requests: {len(lat)}")
+        print(f"catalog_page_p50_ms: {statistics.median(lat):.1f}")
+        print(f"catalog_page_p99_ms: {lat[int(len(lat) * 0.99) - 1]:.1f}")
+        print(f"catalog_page_max_ms: {lat[-1]:.1f}")
+
+        # RunBrowser first render (facets + first page) with 100k runs
+        renders = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            b = RunBrowser(ws, per_page=25)
+            renders.append(time.perf_counter() - t0)
+        assert b.total == args.runs and len(b.table.options) == 25
+        print(f"runbrowser_first_render_s: {min(renders):.3f}")
+        t0 = time.perf_counter()
+        b.go(b.pages // 2)
+        print(f"runbrowser_page_change_s: {time.perf_counter() - t0:.3f}")
+        print(f"load_average_1m: {os.getloadavg()[0]:.1f}")
+        print(f"measured_at: {datetime.now(UTC).isoformat(timespec='seconds')}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
