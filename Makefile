@@ -16,3 +16,4 @@ lint:
 bench:
 	.venv/bin/python bench/vault.py
 	.venv/bin/python bench/ingest.py
+	.venv/bin/python bench/notebook.py
