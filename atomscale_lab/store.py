@@ -142,16 +142,20 @@ def prepare(spec: TableSpec, data) -> list[tuple[int | None, pa.Table]]:
     table = conform(spec, data)
     if table.num_rows == 0:
         return []
-    table = table.sort_by([(c, "ascending") for c in spec.sort_by])
     if not spec.bucketed:
-        return [(None, table)]
+        return [(None, table.sort_by([(c, "ascending") for c in spec.sort_by]))]
     runs = table.column("run_id")
     uniq = pc.unique(runs)
     ub = pa.array([bucket_of(r) for r in uniq.to_pylist()], pa.int8())
-    rows_bucket = pc.take(ub, pc.index_in(runs, value_set=uniq))
-    parts = []
-    for b in sorted(set(ub.to_pylist())):
-        parts.append((b, table.filter(pc.equal(rows_bucket, b))))
+    table = table.append_column("__bucket", pc.take(ub, pc.index_in(runs, value_set=uniq)))
+    # One sort by (bucket, sort key) makes every bucket a contiguous slice.
+    table = table.sort_by([("__bucket", "ascending")] + [(c, "ascending") for c in spec.sort_by])
+    counts = pc.value_counts(table.column("__bucket"))
+    table = table.drop_columns(["__bucket"])
+    parts, off = [], 0
+    for item in sorted(counts.to_pylist(), key=lambda d: d["values"]):
+        parts.append((item["values"], table.slice(off, item["counts"])))
+        off += item["counts"]
     return parts
 
 

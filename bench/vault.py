@@ -1,0 +1,217 @@
+"""Cost of the encrypted vault against plaintext Parquet with the same layout.
+
+Writes the same synthetic process data (default 10M rows × 16 columns, 1,000 runs) twice: once as
+plaintext Parquet and once through ``store.Table`` (Parquet modular encryption + commit log), with
+the same conforming, sorting, bucketing, row groups and zstd. Then times, median of several reps:
+
+- ``scan``: every row and column; ``projection``: every row of two columns;
+- ``one_run``: every column of one run (different runs per rep, same runs on both sides).
+
+The plaintext reads open the same files the vault picks (bucket of the run), so the ratios isolate
+encryption plus the commit-log checks (log parse/MAC, head checks, file size/fingerprint checks,
+which are all included in the vault's timings). Prints ``name: value`` lines.
+
+Usage: ``python bench/vault.py [--rows N] [--runs R] [--reps K] [--write-reps W]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.schema import TS, TableSpec
+from atomscale_lab.store import SqliteHeadStore, Table, bucket_of, prepare, write_parquet
+
+BENCH = TableSpec(
+    "process/bench_wide",
+    pa.schema([
+        ("run_id", pa.string()), ("time", TS), ("channel", pa.string()), ("unit", pa.string()),
+        ("substrate_t", pa.float64()), ("cell_t_ga", pa.float64()), ("cell_t_as", pa.float64()),
+        ("pressure", pa.float64()), ("rheed_i", pa.float64()), ("rheed_period", pa.float64()),
+        ("growth_rate", pa.float64()), ("setpoint", pa.float64()), ("shutter", pa.bool_()),
+        ("step", pa.int32()), ("layer", pa.int16()), ("quality", pa.float32()),
+    ]),
+    time_column="time", sort_by=("run_id", "channel", "time"),
+)
+
+
+def make_data(rows: int, runs: int, seed: int = 7) -> pa.Table:
+    """Synthetic growth runs: smooth temperatures, noisy RHEED, stepwise setpoints."""
+    rng = np.random.default_rng(seed)
+    per = rows // runs
+    rows = per * runs
+    run = np.repeat(np.arange(runs, dtype=np.int32), per)
+    k = np.tile(np.arange(per, dtype=np.int64), runs)
+    t0 = np.datetime64("2026-01-01T00:00:00", "us") + run.astype("timedelta64[h]") * 6
+    times = t0 + (k * 100_000).astype("timedelta64[us]")
+    run_names = pa.array([f"run-{i:05d}" for i in range(runs)])
+    channels = pa.array(["rheed", "thermo", "gauge", "cell"])
+    units = pa.array(["a.u.", "K", "Torr", "K"])
+    ch = (k % 4).astype(np.int32)
+    phase = k / 50.0
+    cols = {
+        "run_id": pa.DictionaryArray.from_arrays(pa.array(run), run_names).cast(pa.string()),
+        "time": pa.array(times).cast(TS),
+        "channel": pa.DictionaryArray.from_arrays(pa.array(ch), channels).cast(pa.string()),
+        "unit": pa.DictionaryArray.from_arrays(pa.array(ch), units).cast(pa.string()),
+        "substrate_t": np.round(850 + 0.001 * k + rng.normal(0, 0.05, rows), 2),
+        "cell_t_ga": np.round(np.full(rows, 950.0) + (run % 7), 1),
+        "cell_t_as": np.round(np.full(rows, 330.0) + (run % 3), 1),
+        "pressure": np.round(1e-7 * (1 + 0.1 * np.sin(phase)), 12),
+        "rheed_i": rng.random(rows),  # incompressible: the worst case for the ratio
+        "rheed_period": np.round(2.0 + 0.01 * np.sin(phase / 10), 4),
+        "growth_rate": np.round(0.5 + rng.normal(0, 0.01, rows), 3),
+        "setpoint": np.floor(k / 1000) * 5.0 + 500,
+        "shutter": (k // 500) % 2 == 0,
+        "step": (k // 1000).astype(np.int32),
+        "layer": (k // 5000).astype(np.int16),
+        "quality": rng.random(rows).astype(np.float32),
+    }
+    return pa.table(cols, schema=BENCH.schema)
+
+
+def write_plain(root: Path, data: pa.Table) -> list[Path]:
+    """The same conform/sort/bucket/row-group/zstd layout as the vault, without encryption."""
+    paths = []
+    for bucket, part in prepare(BENCH, data):
+        d = root / f"bucket={bucket:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "part-0.parquet"
+        write_parquet(path, part, None)
+        paths.append(path)
+    return paths
+
+
+def ab(plain, vault, reps: int) -> tuple[float, float]:
+    """Median seconds of ``plain()`` and ``vault()``, interleaved (order alternating per rep)
+    after one warm-up call each, so that load from other processes hits both sides alike."""
+    plain(), vault()
+    tp, tv = [], []
+    for i in range(reps):
+        pair = ((plain, tp), (vault, tv)) if i % 2 == 0 else ((vault, tv), (plain, tp))
+        for fn, acc in pair:
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(tp), statistics.median(tv)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--write-reps", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="vault-bench-", dir=args.dir))
+    try:
+        data = make_data(args.rows, args.runs)
+        reg = KeyRegistry(work / "registry.sqlite", LocalKms(generate_root_key()))
+        reg.create_org("bench")
+        crypto = OrgCrypto(reg.org_keys("bench"))
+
+        # Writes alternate too; every rep writes into fresh folders, the last ones are read.
+        wp, wv = [], []
+        for i in range(args.write_reps):
+            plain_root = work / f"plain{i}"
+            heads = SqliteHeadStore(work / f"heads{i}.sqlite")
+            table = Table(work / f"data{i}", "bench", BENCH, crypto, heads)
+
+            def plain(plain_root=plain_root, data=data):
+                return write_plain(plain_root, data)
+
+            def vault(table=table, data=data):
+                return table.write(data, actor="bench")
+
+            order = ((plain, wp), (vault, wv))
+            for fn, acc in (order if i % 2 == 0 else order[::-1]):
+                t = time.perf_counter()
+                out = fn()
+                acc.append(time.perf_counter() - t)
+                if fn is plain:
+                    plain_paths = out
+                else:
+                    commit = out
+            if i:
+                shutil.rmtree(work / f"plain{i - 1}")
+                shutil.rmtree(work / f"data{i - 1}")
+        write_plain_s, write_enc_s = statistics.median(wp), statistics.median(wv)
+        assert commit.rows == data.num_rows
+        del data
+
+        fmt = ds.ParquetFileFormat()
+        plain_ds = ds.dataset([str(p) for p in plain_paths], schema=BENCH.schema, format=fmt)
+        plain_by_bucket = {int(p.parent.name.split("=")[1]): str(p) for p in plain_paths}
+
+        assert plain_ds.count_rows() == table.read(columns=["step"]).num_rows
+        scan_plain, scan_enc = ab(plain_ds.to_table, table.read, args.reps)
+        cols = ["time", "rheed_i"]
+        proj_plain, proj_enc = ab(lambda: plain_ds.to_table(columns=cols),
+                                  lambda: table.read(columns=cols), args.reps)
+
+        rng = np.random.default_rng(1)
+        picks = [f"run-{i:05d}" for i in rng.choice(args.runs, size=max(args.reps * 4, 20),
+                                                      replace=False)]
+        one_plain, one_enc, files_opened = [], [], []
+        for i, r in enumerate(picks):
+            def plain(r=r):
+                d = ds.dataset(plain_by_bucket[bucket_of(r)], schema=BENCH.schema, format=fmt)
+                return d.to_table(filter=ds.field("run_id").isin([r]))
+
+            def vault(r=r):
+                return table.read(run_ids=[r])
+
+            order = ((plain, one_plain), (vault, one_enc))
+            for fn, acc in (order if i % 2 == 0 else order[::-1]):
+                t = time.perf_counter()
+                out = fn()
+                acc.append(time.perf_counter() - t)
+                assert out.num_rows > 0
+            files_opened.append(len(table.last_read_files))
+        one_plain_s, one_enc_s = statistics.median(one_plain), statistics.median(one_enc)
+
+        # A fresh reader (new process state): full log parse + MAC + every fingerprint checked.
+        t = time.perf_counter()
+        Table(table.root, "bench", BENCH, OrgCrypto(reg.org_keys("bench")),
+              heads).read(run_ids=[picks[0]])
+        cold_one_ms = (time.perf_counter() - t) * 1000
+
+        enc_bytes = sum(f["size"] for f in table.files())
+        plain_bytes = sum(p.stat().st_size for p in plain_paths)
+        lines = {
+            "rows": commit.rows,
+            "columns": len(BENCH.schema),
+            "files": commit.files,
+            "write_plain_s": f"{write_plain_s:.2f}",
+            "write_vault_s": f"{write_enc_s:.2f}",
+            "write_ratio": f"{write_enc_s / write_plain_s:.3f}",
+            "scan_plain_s": f"{scan_plain:.3f}",
+            "scan_vault_s": f"{scan_enc:.3f}",
+            "scan_ratio": f"{scan_enc / scan_plain:.3f}",
+            "projection_ratio": f"{proj_enc / proj_plain:.3f}",
+            "one_run_plain_ms": f"{one_plain_s * 1000:.1f}",
+            "one_run_ms": f"{one_enc_s * 1000:.1f}",
+            "one_run_ratio": f"{one_enc_s / one_plain_s:.3f}",
+            "one_run_files_opened": max(files_opened),
+            "one_run_cold_ms": f"{cold_one_ms:.1f}",
+            "size_ratio": f"{enc_bytes / plain_bytes:.4f}",
+        }
+        for k, v in lines.items():
+            print(f"{k}: {v}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
