@@ -52,14 +52,12 @@ def discover(url: str | None = None, token: str | None = None) -> tuple[str, str
                              ("JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_TOKEN"),
                              ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN")):
             if env.get(u_var):
-                url = env[u_var]
-                token = token or env.get(t_var) or env.get("JUPYTERHUB_API_TOKEN") \
-                    or env.get("JUPYTER_TOKEN")
+                url, token = env[u_var], token or env.get(t_var)
                 break
     if url is None:
         info = _running_server()
         url, token = info["url"], token or info.get("token") or None
-    elif token is None:
+    if token is None:
         token = env.get("ATOMSCALE_LAB_TOKEN") or env.get("JUPYTERHUB_API_TOKEN") \
             or env.get("JUPYTER_TOKEN") or _token_for(url)
     return (url if url.endswith("/") else url + "/"), token

@@ -24,6 +24,18 @@ def test_discovery_from_the_environment(live_server, monkeypatch):
         Workspace(org="beta")
 
 
+def test_discovery_of_the_token_from_the_server_runtime_file(live_server, monkeypatch):
+    # what a kernel started by the server sees: the URL the extension exported, no token
+    for var in ("ATOMSCALE_LAB_TOKEN", "JUPYTERHUB_API_TOKEN", "JUPYTER_TOKEN",
+                "JUPYTERHUB_SERVICE_URL", "JUPYTER_SERVER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ATOMSCALE_LAB_URL", live_server["url"])
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(live_server["root_dir"] / ".runtime"))
+    assert discover() == (live_server["url"], live_server["token"])
+    monkeypatch.delenv("ATOMSCALE_LAB_URL")
+    assert discover() == (live_server["url"], live_server["token"])  # the only running server
+
+
 def test_wrong_token_is_refused(live_server):
     with pytest.raises(PermissionDenied, match="not authenticated"):
         Workspace(url=live_server["url"], token="wrong")
