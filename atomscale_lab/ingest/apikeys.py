@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -32,6 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import AtomscaleError, NotFound, PermissionDenied, ValidationError
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("ingest:process", "ingest:tool_state", "ingest:metrology")
 """Scopes an API key may carry: the right to stream into one category."""
@@ -184,7 +187,8 @@ class ApiKeyStore:
                  audit_for: Callable[[str], object] | None = None,
                  throttle: FailureThrottle | None = None,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 org_alive: Callable[[str], bool] | None = None):
+                 org_alive: Callable[[str], bool] | None = None,
+                 system_audit: Callable[[], object] | None = None):
         from ..crypto import connect_registry
 
         self._conn = connect_registry(Path(db_path))
@@ -196,6 +200,7 @@ class ApiKeyStore:
         self.throttle = throttle or FailureThrottle()
         self._now = now
         self._org_alive = org_alive
+        self._system_audit = system_audit
         self._last_used_written: dict[str, float] = {}
 
     # -- admin side ---------------------------------------------------------------------------
@@ -298,9 +303,17 @@ class ApiKeyStore:
     # -- internals ----------------------------------------------------------------------------
     def _fail(self, client: str, org: str | None, prefix: str | None, reason: str):
         self.throttle.failure(client)
+        log.warning("API key refused for client %s: %s (prefix %s)", client, reason, prefix)
         if org is not None:
             self._audit(org, f"apikey:{prefix}", "apikey.use", "denied", prefix=prefix,
                         client=client, reason=reason)
+        elif self._system_audit is not None:
+            # No org to charge it to: the deployment's own audit log keeps the attempt.
+            try:
+                self._system_audit().record(f"client:{client}", "apikey.use", "denied",
+                                            prefix=prefix, client=client, reason=reason)
+            except AtomscaleError:
+                log.exception("could not audit a refused API key")
         # The client learns "expired"/"revoked" only after proving the secret; otherwise the
         # message does not tell an unknown prefix from a wrong secret.
         shown = reason if reason in ("API key revoked", "API key expired") else "invalid API key"
@@ -370,4 +383,5 @@ def for_vault(vault, **kw) -> ApiKeyStore:
 
     return ApiKeyStore(vault.settings.registry_path,
                        lambda org, v: pepper_from_org_keys(vault.org_keys(org), v),
-                       audit_for=vault.audit, org_alive=alive, **kw)
+                       audit_for=vault.audit, org_alive=alive,
+                       system_audit=vault.system_audit, **kw)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -130,6 +131,8 @@ class IngestCore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        with contextlib.suppress(OSError):
+            os.chmod(self.state_dir / "state.sqlite", 0o600)
         self._db_lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._locks_lock = threading.Lock()

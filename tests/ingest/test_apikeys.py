@@ -48,6 +48,10 @@ def test_wrong_secret_unknown_and_malformed_are_refused(deployment):
             deployment.keys.authenticate(bad, client=f"c-{bad}")
     denied = deployment.vault.audit("acme").events(action="apikey.use")
     assert [e["detail"]["reason"] for e in denied] == ["wrong API key"]
+    system = deployment.vault.system_audit().events(action="apikey.use", limit=10)
+    assert sorted(e["detail"]["reason"] for e in system) == [
+        "malformed or missing API key"] * 3 + ["unknown API key"]
+    assert all(e["outcome"] == "denied" for e in system)
 
 
 def test_expired_and_revoked_keys_are_refused(deployment):
