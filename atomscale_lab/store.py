@@ -288,7 +288,12 @@ class Table:
         self.path = self.root / org / spec.name
         self._log_path = self.path / _LOG / "commits.jsonl"
         self._lock_path = self.path / _LOG / "lock"
-        self._hw_key = str(self.path.resolve())
+        # Heads are bound to the org's first key: an org deleted and created again under the same
+        # name (fresh keys, empty folders) starts a new history instead of looking rolled back.
+        self._epoch = crypto.fingerprint(min(crypto.keys.keys))[:8]
+        self._head_name = f"{spec.name}@{self._epoch}"
+        self._hw_key = f"{self.path.resolve()}@{self._epoch}"
+        self._advanced = 0
         self._state_cache: _State | None = None
         self._verified: dict[str, tuple] = {}
         self._warmed: dict[str, float] = {}
@@ -382,7 +387,7 @@ class Table:
         if hw:
             seen.append(hw)
         if self.heads is not None:
-            h = self.heads.get(self.org, self.spec.name)
+            h = self.heads.get(self.org, self._head_name)
             if h:
                 seen.append(tuple(h))
         for seq, digest in seen:
@@ -397,6 +402,14 @@ class Table:
             old = _HIGH_WATER.get(self._hw_key)
             if not old or old[0] < state.seq:
                 _HIGH_WATER[self._hw_key] = (state.seq, state.digest)
+        if self.heads is not None and state.seq > self._advanced:
+            # Readers advance the head too: a verified newer log is a head worth remembering.
+            try:
+                self.heads.advance(self.org, self._head_name, state.seq, state.digest)
+                self._advanced = state.seq
+            except sqlite3.Error as e:
+                log.warning("cannot record the commit-log head of %s/%s: %s",
+                            self.org, self.spec.name, e)
 
     def _append(self, state: _State, op: str, actor: str, added: list[dict],
                 removed: list[str]) -> _State:
@@ -425,8 +438,6 @@ class Table:
         new = self._load(strict_heads=False)
         if new.seq != body["seq"]:
             raise self._fail("commit log changed during a commit (concurrent writer?)")
-        if self.heads is not None:
-            self.heads.advance(self.org, self.spec.name, new.seq, new.digest)
         return new
 
     class _Locked:

@@ -206,6 +206,32 @@ def test_shred_makes_nothing_readable(tmp_path, reg):
         store(tmp_path, reg, heads=False).table("process/series").read()
 
 
+def test_org_recreated_under_same_name_starts_fresh(tmp_path, reg):
+    import shutil
+
+    t = store(tmp_path, reg).table("process/series")
+    t.write(series(3, 10))
+    t.write(series(3, 10, prefix="more"))
+    reg.shred("a")
+    shutil.rmtree(tmp_path / "data" / "a")
+    reg.create_org("a")
+    t2 = store(tmp_path, reg).table("process/series")  # same process, same head store
+    assert t2.read().num_rows == 0
+    assert t2.write(series(2, 5)).seq == 1
+    assert t2.read().num_rows == 10
+
+
+def test_readers_advance_the_head_store(tmp_path, reg):
+    t = store(tmp_path, reg, heads=False).table("process/series")
+    t.write(series(2, 5))
+    t.write(series(2, 5, prefix="x"))
+    reader = store(tmp_path, reg).table("process/series")
+    reader.read()
+    hs = SqliteHeadStore(tmp_path / "registry.sqlite")
+    (name,) = [n for (n,) in hs._db.execute("SELECT tbl FROM log_heads WHERE org='a'")]
+    assert name.startswith("process/series@") and hs.get("a", name)[0] == 2
+
+
 def test_concurrent_writers_serialize(tmp_path, reg):
     st = store(tmp_path, reg)
     errors = []
