@@ -66,7 +66,8 @@ def server_config_dir(state_dir: Path) -> Path:
     d = state_dir / "jupyter-config"
     d.mkdir(parents=True, exist_ok=True)
     cfg = {
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True}},
+        # jupyter_lsp scans for language servers at every start; the workspace does not use it
+        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True, "jupyter_lsp": False}},
         "AtomscaleLab": {"access_class": "atomscale_lab.hub.access.HubAccess"},
     }
     f = d / "jupyter_server_config.json"

@@ -18,6 +18,7 @@ Needs root (the hub setuids to the accounts) and Node with ``idp/node_modules`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,6 +189,16 @@ def stack():
         pytest.fail("the hub suite needs root: the hub runs servers as per-user Unix accounts")
     if not (REPO / "idp" / "node_modules" / "oidc-provider").exists():
         pytest.fail("idp/node_modules is missing: run `make setup` (scripts/setup.d/40-idp.sh)")
+    with deployment() as s:
+        yield s
+
+
+@contextlib.contextmanager
+def deployment(runs: int = 4, extra_users: dict | None = None):
+    """The deployment of the ``stack`` fixture as a context manager (also for bench/hub.py).
+
+    ``extra_users`` adds identity-provider users ``{name: (org, role)}``.
+    """
     base = Path(tempfile.mkdtemp(prefix="atomscale-hub-"))
     os.chmod(base, 0o755)
     home = base / "home"
@@ -204,7 +215,7 @@ def stack():
     env["ATOMSCALE_ROOT_KEY_FILE"] = str(base / "root.key")
     for org in ORGS:
         _cli("org", "create", org, "--region", "us", env=env)
-        _cli("demo-data", org, "--runs", "4", "--points", "120", env=env)
+        _cli("demo-data", org, "--runs", str(runs), "--points", "120", env=env)
 
     idp = IdpUsers(home / "idp" / "users.json")
     passwords, owners = {}, {}
@@ -213,6 +224,9 @@ def stack():
             name = f"{org}-{ROLE_USER[role]}"
             passwords[name] = idp.add(name, org, role)
             owners[name] = org
+    for name, (org, role) in (extra_users or {}).items():
+        passwords[name] = idp.add(name, org, role)
+        owners[name] = org
     passwords["acme-nomfa"] = idp.add("acme-nomfa", "acme", "scientist", mfa=False)
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"
