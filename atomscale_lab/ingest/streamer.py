@@ -85,6 +85,8 @@ class Streamer:
         self.spool = Path(spool_dir or default_spool_dir()) / _safe(
             f"{run_id}__{tool}__{category}")
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.spool / "stream.json").write_text(json.dumps(
+            {"run_id": run_id, "tool": tool, "category": category, **self.meta}))
         self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                                  info=b"atomscale-lab/streamer-spool/v1").derive(api_key.encode()))
         self._http = requests.Session()
@@ -145,6 +147,7 @@ class Streamer:
         """
         done = self.flush(timeout) if self._thread.is_alive() else False
         self._stop.set()
+        self._flush_req.clear()  # a sender still retrying gives up now
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=max(1.0, timeout))
@@ -167,6 +170,25 @@ class Streamer:
 
     def __exit__(self, *exc):
         self.close()
+
+    @classmethod
+    def drain(cls, url: str, api_key: str, spool_dir: str | Path | None = None,
+              timeout: float = 60.0, **kw) -> dict[str, int]:
+        """Send every run's leftover spool in ``spool_dir`` (e.g. after a crash of the logger).
+
+        Streams are finalized only when their spool empties. Returns ``{run_id: batches left}``.
+        """
+        root = Path(spool_dir or default_spool_dir())
+        left = {}
+        for meta_path in sorted(root.glob("*/stream.json")):
+            if not any(meta_path.parent.glob("*.batch")):
+                continue
+            meta = json.loads(meta_path.read_text())
+            s = cls(url, api_key, meta.pop("run_id"), meta.pop("tool"), meta.pop("category"),
+                    spool_dir=root, **meta, **kw)
+            s.close(timeout=timeout)
+            left[s.run_id] = s.pending
+        return left
 
     @property
     def pending(self) -> int:
@@ -252,7 +274,8 @@ class Streamer:
                         self._open()
                     ack = self._request("POST", f"/streams/{self.stream_id}/batches", data=body,
                                         headers={"Content-Type": ARROW_STREAM,
-                                                 "X-Batch-Id": batch_id})
+                                                 "X-Batch-Id": batch_id},
+                                        give_up=self._giving_up)
                 except Refused as e:
                     if e.status in (401, 403):
                         self.fatal = self.last_error = str(e)
@@ -288,12 +311,16 @@ class Streamer:
         log.error("streamer for run %s: batch %s refused (%s); kept in %s", self.run_id,
                   path.name, err, rej)
 
+    def _giving_up(self) -> bool:
+        return self._stop.is_set() and not self._flush_req.is_set()
+
     def _open(self) -> None:
         doc = self._request("POST", "/streams", json={"run_id": self.run_id, "tool": self.tool,
-                                                      "category": self.category, **self.meta})
+                                                      "category": self.category, **self.meta},
+                            give_up=self._giving_up)
         self.stream_id = doc["id"]
 
-    def _request(self, method: str, path: str, **kw) -> dict:
+    def _request(self, method: str, path: str, *, give_up=None, **kw) -> dict:
         """One request with retries (backoff with jitter) on network errors, 5xx, 408 and 429."""
         delay = self.backoff
         last = "no attempt"
@@ -320,7 +347,7 @@ class Streamer:
             if attempt < self.max_retries:
                 time.sleep(min(self.max_backoff, wait) * random.uniform(0.5, 1.5))
                 delay = min(self.max_backoff, delay * 2)
-            if self._stop.is_set() and not self._flush_req.is_set():
+            if give_up is not None and give_up():
                 break
         raise Unreachable(last)
 
