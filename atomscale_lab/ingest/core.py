@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -81,6 +82,13 @@ class BatchTooLarge(ValidationError):
     http_status = 413
 
 
+class NotYetStored(AtomscaleError):
+    """Finalize found rows still waiting for the store (HTTP 503, retry)."""
+
+    http_status = 503
+    retry_after = 1
+
+
 class Busy(AtomscaleError):
     """The same batch is being stored by another request right now (HTTP 503, retry)."""
 
@@ -103,6 +111,19 @@ def check_id(value, field: str) -> str:
             f"{field} must be 1-128 characters of letters, digits and ._:@+- "
             f"(got {value!r})", field=field)
     return value
+
+
+def _digest(data) -> str:
+    """A digest of a batch given as rows or an Arrow table (to tell a retry from a reused id)."""
+    h = hashlib.sha256()
+    if isinstance(data, list):
+        h.update(json.dumps(data, sort_keys=True, default=str).encode())
+    else:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as w:
+            w.write_table(data)
+        h.update(sink.getvalue())
+    return h.hexdigest()
 
 
 def _row_keys(table: pa.Table):
@@ -297,10 +318,10 @@ class IngestCore:
         stream = self.stream(key, stream_id)
         key.require(f"ingest:{stream['category']}")
         check_id(batch_id, "batch_id")
-        if stream["status"] in ("complete", "error"):
+        if stream["status"] in ("complete", "error", "finalizing"):
             raise StreamClosed(f"stream {stream_id} is {stream['status']}; open a new one")
         if digest is None:
-            digest = hashlib.sha256(repr(data).encode()).hexdigest()
+            digest = _digest(data)
         ident = (stream_id, batch_id)
         with self._db_lock:
             old = self._sql("SELECT digest, rows FROM batches WHERE stream_id=? AND batch_id=?",
@@ -350,13 +371,17 @@ class IngestCore:
         if stream["status"] == "error":
             raise StreamClosed(f"stream {stream_id} failed: {stream['error']}")
         self._set_status(stream_id, "finalizing")
-        self._update_run(key.org, stream["run_id"], "finalizing", actor=key.actor)
-        self.flush()
+        try:
+            self._update_run(key.org, stream["run_id"], "finalizing", actor=key.actor)
+            self.flush()
+        except Exception:
+            self._set_status(stream_id, "interrupted")
+            raise
         stream = self.stream(key, stream_id)
         if stream["flushed_rows"] < stream["rows"]:
             self._set_status(stream_id, "interrupted")
-            raise IntegrityError(f"stream {stream_id}: not every row could be stored yet; "
-                                 "retry the finalize")
+            raise NotYetStored(f"stream {stream_id}: not every row is stored yet; retry the "
+                               "finalize")
         self._set_status(stream_id, "complete")
         others = self._sql("SELECT count(*) FROM streams WHERE org=? AND run_id=? AND id<>? AND "
                            "status IN ('active', 'interrupted', 'finalizing')",
