@@ -110,9 +110,9 @@ def start_server(env: dict, root_dir: Path, org: str, log_path: Path, extra=()):
            f"--AtomscaleLab.org={org}", *extra]
     if os.geteuid() == 0:  # CI runs as root; jupyter refuses that without this flag
         cmd.append("--allow-root")
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller's process teardown
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

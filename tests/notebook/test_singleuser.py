@@ -44,10 +44,11 @@ def test_lab_serves_the_org_with_token_auth(lab_data, venv_bin, tmp_path):
                 "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
                 "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")})
     extra = ["--allow-root"] if os.geteuid() == 0 else []
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen([str(venv_bin / "atomscale-lab"), "lab", "acme", "--port", str(port),
-                             "--no-browser", "--root-dir", str(tmp_path), *extra], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [str(venv_bin / "atomscale-lab"), "lab", "acme", "--port", str(port), "--no-browser",
+           "--root-dir", str(tmp_path), *extra]
+    with open(tmp_path / "lab.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}/"
     try:
         deadline, r = time.monotonic() + 60, None
@@ -66,7 +67,6 @@ def test_lab_serves_the_org_with_token_auth(lab_data, venv_bin, tmp_path):
         assert lab.status_code == 200 and "JupyterLab" in lab.text
     finally:
         stop_server(proc)
-        log.close()
 
 
 @pytest.fixture
