@@ -39,10 +39,11 @@ import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -237,6 +238,10 @@ def _to_us(value) -> int | None:
             value = datetime.fromisoformat(value)
         except ValueError:
             raise ValidationError(f"{value!r} is not an ISO date-time", field="time") from None
+    if isinstance(value, np.datetime64):
+        value = value.astype("datetime64[us]").astype(datetime)
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
     if not isinstance(value, datetime):
         raise ValidationError(f"{value!r} is not a date-time", field="time")
     if value.tzinfo is None:
@@ -295,6 +300,7 @@ class Table:
         self._hw_key = f"{self.path.resolve()}@{self._epoch}"
         self._advanced = 0
         self._state_cache: _State | None = None
+        self._log_sig: tuple | None = None
         self._verified: dict[str, tuple] = {}
         self._warmed: dict[str, float] = {}
         self._mutex = threading.RLock()
@@ -318,9 +324,15 @@ class Table:
         with self._mutex:
             try:
                 with open(self._log_path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    # ctime cannot be set back by a user, unlike mtime: unchanged means unchanged.
+                    sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    if self._state_cache is not None and sig == self._log_sig:
+                        self._check_heads(self._state_cache, None)
+                        return self._state_cache
                     data = f.read()
             except FileNotFoundError:
-                data = b""
+                data, sig = b"", None
             end = data.rfind(b"\n") + 1  # a last line without newline is not committed
             cached = self._state_cache
             if (cached is not None and end >= cached.size
@@ -335,6 +347,7 @@ class Table:
                 state.prefix_sha = hashlib.sha256(data[:end]).hexdigest()
             self._check_heads(state, data[:end] if strict_heads else None)
             self._state_cache = state
+            self._log_sig = sig
             return state
 
     def _apply(self, state: _State, data: bytes, start: int, end: int) -> None:
@@ -468,7 +481,7 @@ class Table:
             st = os.stat(path)
         except FileNotFoundError:
             raise self._fail(f"listed file {rel} is missing") from None
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, entry["fp"])
+        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry["fp"])
         if cached and self._verified.get(rel) == sig:
             return path
         try:
@@ -873,6 +886,7 @@ class Table:
         """
         with self._mutex:
             self._state_cache = None
+            self._log_sig = None
             self._verified.clear()
         state = self._load()
         entries = sorted(state.files.values(), key=lambda e: e["path"])
