@@ -453,8 +453,8 @@ class _OrgKmsClient(pe.KmsClient):
         owner = self._owner
         m = _MKID.match(mkid or "")
         if not m or m["org"] != owner.org or m["purpose"] != owner.purpose:
-            owner._fail(f"the file was encrypted for another org or purpose ({mkid!r}), "
-                        f"not {owner.org!r}")
+            owner._fail(f"the file was encrypted for another org or purpose "
+                        f"({str(mkid)[:80]!r}), not {owner.org!r}")
         v = int(m["version"])
         if v not in owner._keys.keys:
             owner._fail(f"data key version {v} of org {owner.org!r} is not available")
