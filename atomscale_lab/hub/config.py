@@ -211,5 +211,5 @@ def _ingest_service(dep: dict, env: dict, py: str) -> dict:
     ing = dep["ingest"]
     port = int(ing.get("port", 8093))
     return {"name": "atomscale-ingest", "url": f"https://127.0.0.1:{port}",
-            "command": [py, "-m", "atomscale_lab.ingest", *ing.get("args", [])],
+            "command": [py, "-m", "atomscale_lab.ingest", *map(str, ing.get("args", []))],
             "environment": env, "display": False}

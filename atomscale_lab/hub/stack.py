@@ -42,6 +42,7 @@ class Stack:
     proxy_api_port: int
     keys_port: int
     context_port: int
+    ingest_port: int
 
     @property
     def public_url(self) -> str:
@@ -101,7 +102,8 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
     """Write certificates, the identity provider's clients file, the hub's deployment file and
     the secrets for a deployment under ``root`` serving the vault in ``home``.
 
-    ``ports`` may give ``public``, ``idp``, ``hub``, ``proxy_api``, ``keys``, ``context``;
+    ``ports`` may give ``public``, ``idp``, ``hub``, ``proxy_api``, ``keys``, ``context``,
+    ``ingest``;
     missing ones are picked free. Existing secrets are kept.
     """
     root = Path(root).resolve()
@@ -110,7 +112,7 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
     ports = dict(ports or {})
     st = Stack(root=root, home=Path(home).resolve(),
                **{f"{k}_port": int(ports.get(k) or free_port())
-                  for k in ("public", "idp", "hub", "proxy_api", "keys", "context")})
+                  for k in ("public", "idp", "hub", "proxy_api", "keys", "context", "ingest")})
     ensure_certs(st.certs, ["127.0.0.1", "localhost"])
     os.chmod(st.certs, 0o755)  # noqa: S103 - public certificates only
 
@@ -146,6 +148,9 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
         f"create_unix_users = {'true' if create_unix_users else 'false'}",
         f'venv = "{Path(venv or sys.prefix).resolve()}"',
         "start_timeout = 60",
+        "[ingest]",
+        "enabled = true",
+        f"port = {st.ingest_port}",
         "[atomscale]",
         f'home = "{st.home}"',
     ]
@@ -155,7 +160,7 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
     st.deployment_file.write_text("\n".join(lines) + "\n")
     (st.root / "stack.json").write_text(json.dumps(
         {k: getattr(st, k) for k in ("public_port", "idp_port", "hub_port", "proxy_api_port",
-                                     "keys_port", "context_port")}))
+                                     "keys_port", "context_port", "ingest_port")}))
     return st
 
 

@@ -233,3 +233,44 @@ def test_audit_logs_still_verify(stack):
             assert v.audit(org).verify() > 0
     finally:
         v.close()
+
+
+def test_ingest_runs_as_hub_service_and_feeds_the_org_server(stack, running):
+    """An instrument streams through the hub's proxy into acme; acme's server sees the run."""
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    env = {**os.environ, "ATOMSCALE_HOME": str(stack.home),
+           "ATOMSCALE_ROOT_KEY_FILE": str(stack.base / "root.key")}
+    r = subprocess.run([sys.executable, "-m", "atomscale_lab.cli", "apikey", "create", "acme",
+                        "--scope", "ingest:process", "--expires", "1d", "--name", "mbe1"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    s = helpers.session(stack.ca)
+    base = f"{stack.url}/services/atomscale-ingest"
+    assert s.get(f"{base}/health", timeout=30).status_code == 200
+    bad = s.post(f"{base}/streams", headers={"Authorization": "Bearer ask_not-a-key"},
+                 json={"run_id": "x", "tool": "mbe1", "category": "process"}, timeout=30)
+    assert bad.status_code == 401
+    h = {"Authorization": f"Bearer {key}"}
+    r = s.post(f"{base}/streams", headers=h, timeout=30,
+               json={"run_id": "run-ingest-1", "tool": "mbe1", "category": "process"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"time": (t0 + timedelta(seconds=i)).isoformat(), "channel": "T", "value": float(i),
+             "unit": "C"} for i in range(20)]
+    r = s.post(f"{base}/streams/{sid}/batches", headers=h, timeout=30,
+               json={"batch_id": "b1", "rows": rows})
+    assert r.status_code == 200, r.text
+    r = s.post(f"{base}/streams/{sid}/finalize", headers=h, timeout=60)
+    assert r.status_code == 200, r.text
+    token = running("acme-scientist")
+    deadline = time.monotonic() + 20
+    while True:
+        r = api(stack, token, "GET", "/user/acme-scientist/atomscale/api/v1/runs/run-ingest-1")
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, r.text
