@@ -241,8 +241,8 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
 
     def org_and_role(self, claims: dict) -> tuple[str, str]:
         """The user's org and role from the claims; :class:`AuthRefused` if unknown."""
-        org = claims.get(self.org_claim)
-        role = claims.get(self.role_claim)
+        org = _single(claims.get(self.org_claim), self.known_orgs)
+        role = _single(claims.get(self.role_claim), set(ROLES))
         if not isinstance(org, str) or not org:
             raise AuthRefused("Your account has no organization. Ask your administrator to "
                               "assign you to one.")
@@ -340,6 +340,17 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             self.log.info("Refreshing %s failed (%s): a new login is required", user.name,
                           type(e).__name__)
             return False
+
+
+def _single(value, known: set[str]):
+    """A claim as one string: lists (Entra ID ``roles``, Keycloak groups) must hold exactly one
+    known value; anything else is returned as is and refused by the caller."""
+    if isinstance(value, list):
+        hits = [v for v in value if isinstance(v, str) and v in known]
+        if len(hits) == 1:
+            return hits[0]
+        return value[0] if len(value) == 1 else None
+    return value
 
 
 def audit_hook_for(vault_factory: Callable) -> Callable:

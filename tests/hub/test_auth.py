@@ -179,6 +179,16 @@ def test_unknown_org_or_role_gets_a_clear_403(idp_key, over, msg):
     assert isinstance(e.value, web.HTTPError) and e.value.status_code == 403
 
 
+def test_list_claims_need_exactly_one_known_value(idp_key):
+    key, a, _ = idp_key
+    model = _model(a, _token(key, org=["acme"], role=["Default", "viewer"]))
+    assert model["groups"] == ["acme:viewer", "org:acme"]
+    with pytest.raises(AuthRefused):
+        _model(a, _token(key, role=["viewer", "org-admin"]))
+    with pytest.raises(AuthRefused):
+        _model(a, _token(key, org=["acme", "beta"]))
+
+
 class _User:
     name = "acme-scientist"
 
