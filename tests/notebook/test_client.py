@@ -46,6 +46,10 @@ def test_runs_all_pages_and_limits(ws):
     assert len(df) == 30 and df.run_id.is_unique
     assert str(df.start.dt.tz) == "UTC"
     assert df.start.is_monotonic_decreasing
+    for sort, order in (("start", "desc"), ("project", "asc"), ("status", "desc")):
+        whole = ws.runs(sort=sort, order=order)  # one stream of the runs table
+        paged = ws.runs(sort=sort, order=order, limit=10_000)  # server pages
+        assert list(whole.run_id) == list(paged.run_id), (sort, order)
     assert list(ws.runs(limit=7, sort="run_id", order="asc").run_id) == \
         [f"R-{i:05d}" for i in range(7)]
     mbe = ws.runs(instrument=["mbe-1"], status="complete")
