@@ -178,8 +178,7 @@ def cmd_start(args) -> int:
         os.environ["ATOMSCALE_HUB_CONFIG"] = str(Path(args.config).resolve())
     from .app import AtomscaleHub
 
-    repo_cfg = Path(__file__).resolve().parents[2] / "jupyterhub_config.py"
-    AtomscaleHub.launch_instance(["-f", str(repo_cfg)])
+    AtomscaleHub.launch_instance(["-f", str(Path(__file__).with_name("default_config.py"))])
     return 0
 
 

@@ -1,0 +1,65 @@
+"""The deployment file → JupyterHub configuration wiring (no processes started)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from atomscale_lab.errors import ConfigError
+from atomscale_lab.hub.certs import ensure_certs
+from atomscale_lab.hub.config import configure, load_deployment
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "atomscale-hub.toml"
+
+
+@pytest.fixture
+def deployment(tmp_path, vault):
+    vault.create_org("acme", "us")
+    vault.create_org("beta", "us")
+    certs = ensure_certs(tmp_path / "certs")
+    dep = tomllib.loads(EXAMPLE.read_text())
+    dep["_dir"] = str(tmp_path)
+    dep["hub"]["state_dir"] = str(tmp_path / "state")
+    dep["tls"] = {"cert": str(certs.cert), "key": str(certs.key), "ca": str(certs.ca)}
+    dep["atomscale"]["home"] = str(vault.settings.home)
+    dep["spawner"]["venv"] = str(tmp_path / "venv")
+    return dep
+
+
+def test_example_deployment_configures_tls_everywhere_and_org_roles(deployment, monkeypatch):
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET", "s3cret-value")
+    c = Config()
+    configure(c, deployment)
+    assert c.JupyterHub.bind_url.startswith("https://")
+    assert c.JupyterHub.internal_ssl is True
+    assert c.ConfigurableHTTPProxy.api_url.startswith("https://")
+    assert {s["name"] for s in c.JupyterHub.services} == {"atomscale-keys", "atomscale-context",
+                                                          "atomscale-ingest"}
+    assert all(s["url"].startswith("https://") for s in c.JupyterHub.services)
+    assert {r["name"] for r in c.JupyterHub.load_roles} == {
+        f"{o}-{r}" for o in ("acme", "beta") for r in ("org-admin", "scientist", "viewer",
+                                                       "support")}
+    a = c.AtomscaleAuthenticator
+    assert a.require_mfa is True and a.known_orgs == {"acme", "beta"}
+    assert a.issuer == "https://idp.lab.example"
+    env = c.AtomscaleSpawner.atomscale_env
+    assert env["ATOMSCALE_HUB_PUBLIC_URL"] == "https://hub.lab.example"
+    assert not [k for k in env if "ROOT_KEY" in k or "SECRET" in k]
+    # the root key reaches the services' environment, the client secret does not
+    svc_env = c.JupyterHub.services[0]["environment"]
+    assert "ATOMSCALE_ROOT_KEY" in svc_env or "ATOMSCALE_ROOT_KEY_FILE" in svc_env
+    assert "s3cret-value" not in str(c.JupyterHub.services)
+
+
+def test_missing_settings_are_named(deployment):
+    del deployment["oidc"]["issuer"]
+    with pytest.raises(ConfigError, match="oidc.issuer"):
+        configure(Config(), deployment)
+
+
+def test_missing_deployment_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no deployment file"):
+        load_deployment(tmp_path / "nope.toml")
