@@ -67,7 +67,8 @@ def server_config_dir(state_dir: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     cfg = {
         # jupyter_lsp scans for language servers at every start; the workspace does not use it
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True, "jupyter_lsp": False}},
+        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True, "jupyter_lsp": False,
+                                              "atomscale_lab.hub.server_audit": True}},
         "AtomscaleLab": {"access_class": "atomscale_lab.hub.access.HubAccess"},
     }
     f = d / "jupyter_server_config.json"

@@ -128,6 +128,12 @@ def test_role_of_org_a_is_refused_everything_of_org_b(stack, logged_in, running,
     actions = {(e["action"], e["outcome"]) for e in after[: len(after) - before]}
     assert ("key.release", "denied") in actions, events_json(after)
     assert ("context.join", "denied") in actions, events_json(after)
+    # the refusals at B's server (its REST API included) are in B's log too, naming the caller
+    server_denials = [e for e in stack.audit_events("beta", actor=victim, action="auth.server")
+                      if e["detail"].get("reported_actor") == attacker]
+    paths = {e["detail"]["path"] for e in server_denials}
+    assert f"/user/{victim}/atomscale/api/v1/runs" in paths, events_json(server_denials)
+    assert all(e["outcome"] == "denied" for e in server_denials)
 
 
 def test_role_cannot_start_or_read_other_org_users(stack, logged_in):
