@@ -9,7 +9,7 @@ from pathlib import Path
 import labdata
 import pytest
 import requests
-from conftest import start_server, stop_server
+from _nbserver import start_server, stop_server
 
 
 @pytest.fixture

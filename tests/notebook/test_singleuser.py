@@ -6,7 +6,7 @@ import time
 
 import pytest
 import requests
-from conftest import free_port, stop_server
+from _nbserver import free_port, stop_server
 
 from atomscale_lab.singleuser import lab_command
 
