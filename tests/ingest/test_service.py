@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from conftest import Service
 
 from atomscale_lab.errors import NotFound
 
@@ -121,8 +122,6 @@ def test_bad_payloads_are_refused_naming_the_field(deployment, service, body, fi
 
 
 def test_malformed_bodies_and_oversized_batches(deployment, root_key):
-    from conftest import Service
-
     svc = Service(deployment.home, root_key, ["--max-body", "200000"])
     svc.start()
     try:

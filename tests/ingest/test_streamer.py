@@ -3,6 +3,8 @@
 import time
 from datetime import UTC, datetime, timedelta
 
+from conftest import Service
+
 from atomscale_lab.errors import NotFound
 from atomscale_lab.ingest import Streamer
 from atomscale_lab.ingest.service import ensure_certificate
@@ -15,8 +17,6 @@ def _rows(start, n):
 
 
 def test_spool_while_down_then_replay_in_order(deployment, root_key):
-    from conftest import Service
-
     svc = Service(deployment.home, root_key)
     ensure_certificate(svc.cert.parent)  # the service will use this certificate
     key = deployment.key()
@@ -96,8 +96,6 @@ def test_a_revoked_key_keeps_the_spool(deployment, service):
 
 
 def test_drain_sends_the_spools_of_every_run(deployment, root_key):
-    from conftest import Service
-
     svc = Service(deployment.home, root_key)
     ensure_certificate(svc.cert.parent)
     key = deployment.key()
