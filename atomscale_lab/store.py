@@ -57,7 +57,9 @@ from .schema import spec as lookup_spec
 log = logging.getLogger(__name__)
 
 N_BUCKETS = 32
-ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_ROWS = 32 * 1024
+"""Rows per row group. Measured on 16 columns: a one-run read (10k rows) decodes 1-2 groups,
+~14 ms CPU at 32k against ~19 ms at 64k, with no measurable cost to full scans."""
 MAX_LISTED_RUN_IDS = 10_000
 """Files with more distinct runs store only their min/max run id in the log."""
 COMPRESSION = "zstd"

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from atomscale_lab import store
 from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.schema import TS, TableSpec
 from atomscale_lab.store import SqliteHeadStore, Table, bucket_of, prepare, write_parquet
@@ -91,17 +92,24 @@ def write_plain(root: Path, data: pa.Table) -> list[Path]:
     return paths
 
 
-def ab(plain, vault, reps: int) -> tuple[float, float]:
+CPU = {}
+"""Median CPU seconds (all threads) per measured pair name: robust when other jobs share the CPU."""
+
+
+def ab(plain, vault, reps: int, name: str) -> tuple[float, float]:
     """Median seconds of ``plain()`` and ``vault()``, interleaved (order alternating per rep)
     after one warm-up call each, so that load from other processes hits both sides alike."""
     plain(), vault()
-    tp, tv = [], []
+    tp, tv, cp, cv = [], [], [], []
     for i in range(reps):
-        pair = ((plain, tp), (vault, tv)) if i % 2 == 0 else ((vault, tv), (plain, tp))
-        for fn, acc in pair:
+        pair = ((plain, tp, cp), (vault, tv, cv))
+        for fn, acc, cpu in (pair if i % 2 == 0 else pair[::-1]):
+            c = time.process_time()
             t = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    CPU[name] = statistics.median(cv) / statistics.median(cp)
     return statistics.median(tp), statistics.median(tv)
 
 
@@ -111,9 +119,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--write-reps", type=int, default=3)
+    ap.add_argument("--row-group", type=int, default=None,
+                    help="rows per row group on both sides (default: the store's)")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args()
 
+    if args.row_group:
+        store.ROW_GROUP_ROWS = args.row_group
     work = Path(tempfile.mkdtemp(prefix="vault-bench-", dir=args.dir))
     try:
         data = make_data(args.rows, args.runs)
@@ -155,15 +167,15 @@ def main() -> None:
         plain_by_bucket = {int(p.parent.name.split("=")[1]): str(p) for p in plain_paths}
 
         assert plain_ds.count_rows() == table.read(columns=["step"]).num_rows
-        scan_plain, scan_enc = ab(plain_ds.to_table, table.read, args.reps)
+        scan_plain, scan_enc = ab(plain_ds.to_table, table.read, args.reps, "scan")
         cols = ["time", "rheed_i"]
         proj_plain, proj_enc = ab(lambda: plain_ds.to_table(columns=cols),
-                                  lambda: table.read(columns=cols), args.reps)
+                                  lambda: table.read(columns=cols), args.reps, "projection")
 
         rng = np.random.default_rng(1)
         picks = [f"run-{i:05d}" for i in rng.choice(args.runs, size=max(args.reps * 4, 20),
                                                       replace=False)]
-        one_plain, one_enc, files_opened = [], [], []
+        one_plain, one_enc, files_opened, cpu_plain, cpu_enc = [], [], [], [], []
         for i, r in enumerate(picks):
             def plain(r=r):
                 d = ds.dataset(plain_by_bucket[bucket_of(r)], schema=BENCH.schema, format=fmt)
@@ -172,13 +184,16 @@ def main() -> None:
             def vault(r=r):
                 return table.read(run_ids=[r])
 
-            order = ((plain, one_plain), (vault, one_enc))
-            for fn, acc in (order if i % 2 == 0 else order[::-1]):
+            order = ((plain, one_plain, cpu_plain), (vault, one_enc, cpu_enc))
+            for fn, acc, cpu in (order if i % 2 == 0 else order[::-1]):
+                c = time.process_time()
                 t = time.perf_counter()
                 out = fn()
                 acc.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
                 assert out.num_rows > 0
             files_opened.append(len(table.last_read_files))
+        CPU["one_run"] = statistics.median(cpu_enc) / statistics.median(cpu_plain)
         one_plain_s, one_enc_s = statistics.median(one_plain), statistics.median(one_enc)
 
         # A fresh reader (new process state): full log parse + MAC + every fingerprint checked.
@@ -206,7 +221,9 @@ def main() -> None:
             "one_run_files_opened": max(files_opened),
             "one_run_cold_ms": f"{cold_one_ms:.1f}",
             "size_ratio": f"{enc_bytes / plain_bytes:.4f}",
+            "row_group_rows": store.ROW_GROUP_ROWS,
         }
+        lines.update({f"{k}_cpu_ratio": f"{v:.3f}" for k, v in CPU.items()})
         for k, v in lines.items():
             print(f"{k}: {v}")
     finally:
