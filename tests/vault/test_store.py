@@ -263,3 +263,24 @@ def test_head_store_never_goes_back(tmp_path):
     hs.advance("a", "process/series", 6, "d6")
     assert hs.get("a", "process/series") == (6, "d6")
     assert hs.get("b", "process/series") is None
+
+
+def test_metrology_spectra_round_trip(tmp_path, reg):
+    t = store(tmp_path, reg).table("metrology/items")
+    rows = [{"item_id": f"xrd-{i}", "run_id": f"run-{i % 3}", "technique": "XRD",
+             "time": dt.datetime(2026, 3, 2, i, tzinfo=UTC), "x": [20.0 + j for j in range(50)],
+             "y": [float(j * i) for j in range(50)], "peaks": [30.1], "result_name": "fwhm",
+             "result_value": 0.1 * i} for i in range(12)]
+    t.write(rows)
+    got = t.read(run_ids=["run-1"]).to_pylist()
+    assert sorted(r["item_id"] for r in got) == ["xrd-1", "xrd-10", "xrd-4", "xrd-7"]
+    assert next(r for r in got if r["item_id"] == "xrd-4")["y"][2] == 8.0
+
+
+def test_row_groups_shrink_for_wide_rows():
+    from atomscale_lab.store import ROW_GROUP_ROWS, row_group_rows
+
+    narrow = pa.table({"v": pa.array(range(100_000), pa.float64())})
+    wide = pa.table({"y": pa.array([[0.0] * 4000] * 10)})
+    assert row_group_rows(narrow) == ROW_GROUP_ROWS
+    assert 256 <= row_group_rows(wide) < 2000
