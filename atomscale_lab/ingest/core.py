@@ -141,12 +141,13 @@ class IngestCore:
 
     def __init__(self, vault, state_dir: Path | None = None, *, flush_interval: float = 0.5,
                  idle_timeout: float = 120.0, compact_interval: float = 120.0,
-                 max_batch_rows: int = 500_000):
+                 max_batch_rows: int = 500_000, max_wal_bytes: int = 2 << 30):
         self.vault = vault
         self.state_dir = Path(state_dir or Path(vault.settings.home) / "ingest")
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.flush_interval, self.idle_timeout = flush_interval, idle_timeout
         self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
+        self.max_wal_bytes = max_wal_bytes
         self._db = sqlite3.connect(str(self.state_dir / "state.sqlite"), timeout=30,
                                    isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -323,6 +324,9 @@ class IngestCore:
         if digest is None:
             digest = _digest(data)
         ident = (stream_id, batch_id)
+        if self._wal(key.org).pending_bytes > self.max_wal_bytes:
+            # The store is not keeping up: push back rather than let the WAL fill the disk.
+            raise Busy("ingest is behind; retry this batch shortly")
         with self._db_lock:
             old = self._sql("SELECT digest, rows FROM batches WHERE stream_id=? AND batch_id=?",
                             ident)

@@ -110,6 +110,8 @@ class Wal:
         self._aead: AESGCM | None = None
         existing = self.segments()
         self._next = (int(existing[-1].stem) + 1) if existing else 1
+        self.pending_bytes = sum(p.stat().st_size for p in existing)
+        """Bytes in segments not yet flushed (for back-pressure)."""
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, records: list[WalRecord]) -> str:
@@ -130,6 +132,7 @@ class Wal:
                 n = os.write(self._fd, view)
                 view = view[n:]
             os.fsync(self._fd)
+            self.pending_bytes += len(data)
             return f"{self._seg:012d}"
 
     def _open_segment(self) -> None:
@@ -223,7 +226,10 @@ class Wal:
         """Delete flushed segments."""
         for p in paths:
             try:
+                size = os.stat(p).st_size
                 os.unlink(p)
+                with self._lock:
+                    self.pending_bytes = max(0, self.pending_bytes - size)
             except FileNotFoundError:
                 pass
         _fsync_dir(self.dir)

@@ -119,3 +119,17 @@ def test_a_deleted_org_stops_ingest_and_its_keys(deployment):
     acme = deployment.keys.authenticate(deployment.key("acme"), client="t")
     assert core.open_stream(acme, "run-a", "mbe1", "process")["status"] == "active"
     core.close()
+
+
+def test_back_pressure_when_the_wal_is_behind(deployment):
+    from atomscale_lab.ingest.core import Busy
+
+    key = deployment.keys.authenticate(deployment.key(), client="t")
+    core = IngestCore(deployment.vault, max_wal_bytes=1)
+    st = core.open_stream(key, "run-bp", "mbe1", "process")
+    core.add_batch(key, st["id"], "1", _rows(0, 10))  # accepted: the WAL was empty
+    with pytest.raises(Busy, match="behind"):
+        core.add_batch(key, st["id"], "2", _rows(10, 10))
+    core.flush()
+    assert core.add_batch(key, st["id"], "2", _rows(10, 10))["rows"] == 10
+    core.close()
