@@ -138,7 +138,7 @@ class Streamer:
         self._idle.clear()
         self._flush_req.set()
         self._wake.set()
-        return self._idle.wait(timeout)
+        return self._idle.wait(timeout) and not self.fatal and not self._spooled()
 
     def close(self, finalize: bool = True, timeout: float = 30.0) -> bool:
         """Send what is left and finalize the stream; unsent batches stay in the spool.
