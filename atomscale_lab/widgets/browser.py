@@ -18,19 +18,30 @@ ALL = "(all)"
 SORTS = [("newest first", ("start", "desc")), ("oldest first", ("start", "asc")),
          ("run id", ("run_id", "asc")), ("sample", ("sample", "asc")),
          ("project", ("project", "asc")), ("status", ("status", "asc"))]
-_COLS = [("run_id", 10), ("project", 12), ("sample", 10), ("instrument", 10), ("start", 16),
-         ("status", 10)]
+_COLS = [("run_id", 8), ("project", 8), ("sample", 8), ("instrument", 10), ("start", 16),
+         ("status", 8)]
+"""Columns of the run table and their minimum widths (a page widens them to fit, up to 28)."""
 
 
-def _row_label(run: dict) -> str:
-    cells = []
-    for name, width in _COLS:
-        v = run.get(name) or ""
-        if name == "start" and v:
-            v = v[:16].replace("T", " ")
-        v = str(v)
-        cells.append(v[:width].ljust(width))
-    return "  ".join(cells)
+def _cell(run: dict, name: str) -> str:
+    v = run.get(name) or ""
+    if name == "start" and v:
+        v = v[:16].replace("T", " ")
+    return str(v)
+
+
+def _widths(runs: list[dict]) -> list[int]:
+    return [min(28, max([w, len(n)] + [len(_cell(r, n)) for r in runs])) for n, w in _COLS]
+
+
+def _row_label(run: dict, widths: list[int]) -> str:
+    return "  ".join(_cell(run, n)[:w].ljust(w) for (n, _), w in zip(_COLS, widths, strict=True))
+
+
+def _header(widths: list[int]) -> str:
+    names = "  ".join(n.ljust(w) for (n, _), w in zip(_COLS, widths, strict=True))
+    # the select list pads its options by a few pixels; the header follows
+    return f"<pre style='margin:0 0 0 4px;font-size:12px'>{names}</pre>"
 
 
 class RunBrowser(W.VBox):
@@ -68,8 +79,7 @@ class RunBrowser(W.VBox):
         self.page_label = W.HTML()
         self.progress = W.IntProgress(value=0, min=0, max=1, bar_style="info",
                                       layout=W.Layout(width="160px", visibility="hidden"))
-        header = "  ".join(n.ljust(w) for n, w in _COLS)
-        self.header = W.HTML(f"<pre style='margin:0;font-size:12px'>{header}</pre>")
+        self.header = W.HTML(_header([w for _, w in _COLS]))
         self.table = W.Select(options=[], rows=per_page,
                               layout=W.Layout(width="100%"))
         self.table.add_class("atomscale-run-table")
@@ -140,7 +150,9 @@ class RunBrowser(W.VBox):
         self.runs = doc["runs"]
         self._quiet = True
         try:
-            self.table.options = [(_row_label(r), r["run_id"]) for r in self.runs]
+            widths = _widths(self.runs)
+            self.header.value = _header(widths)
+            self.table.options = [(_row_label(r, widths), r["run_id"]) for r in self.runs]
             self.table.value = None
         finally:
             self._quiet = False

@@ -49,8 +49,11 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
             ax.plot(t, g["setpoint"], lw=1.0, ls="--", color="0.4", label="setpoint")
             ax.legend(loc="upper right", fontsize="x-small", frameon=False)
         unit = g["unit"].dropna().iloc[0] if "unit" in g and g["unit"].notna().any() else ""
-        ax.set_ylabel(f"{ch}\n[{unit}]" if unit else ch, fontsize="small")
-        ax.tick_params(labelsize="x-small")
+        # the channel name inside the panel: long names would collide as y labels
+        ax.text(0.005, 0.96, f"{ch} [{unit}]" if unit else ch, transform=ax.transAxes,
+                va="top", ha="left", fontsize="small",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        ax.tick_params(which="both", labelsize="x-small")
         ax.grid(alpha=0.3)
         if ch == "chamber_pressure" or (g["value"] > 0).all() and g["value"].max() / max(
                 g["value"].min(), 1e-300) > 1e3:
