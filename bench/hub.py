@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hub"))
 
-import helpers  # noqa: E402
-from conftest import api, deployment  # noqa: E402
+import hub_helpers as helpers  # noqa: E402
+from hubstack import api, deployment  # noqa: E402
 
 USERS = {f"bench-{i}": ("acme", "scientist") for i in range(5)}
 

@@ -71,12 +71,15 @@ class AuditHandler(ServiceHandler):
         detail = doc.get("detail") or {}
         if not SERVER_ACTIONS.match(action):
             self.deny(org, user, "audit.write", "a user server may not record this action",
-                      action=action[:64])
+                      attempted=action[:64])
         if outcome not in ("allowed", "denied", "error"):
             raise web.HTTPError(400, "outcome must be allowed, denied or error")
         if not isinstance(detail, dict):
             raise web.HTTPError(400, "detail must be a JSON object")
-        detail = {str(k)[:64]: v for k, v in detail.items() if k not in ("actor", "org")}
+        # the service sets these itself; a server cannot override them through the detail
+        reserved = {"actor", "org", "action", "outcome", "service", "via", "seq", "ts", "prev",
+                    "mac"}
+        detail = {str(k)[:64]: v for k, v in detail.items() if k not in reserved}
         self.audit(org, user, action, outcome, via="server", **detail)
         self.set_status(201)
         self.finish({"recorded": True})

@@ -8,9 +8,9 @@ import os
 import subprocess
 import time
 
-import helpers
+import hub_helpers as helpers
 import pytest
-from conftest import ORGS, api, events_json, server_pid
+from hubstack import ORGS, api, events_json, server_pid
 
 from atomscale_lab.hub.roles import ROLES
 

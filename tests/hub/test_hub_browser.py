@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import helpers
+import hub_helpers as helpers
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat

@@ -1,0 +1,173 @@
+"""The key and context services' decisions, in process, with the hub's token lookup stubbed:
+exact filtered-scope comparison, refusals audited in the right org, no key in a refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from atomscale_lab.hub.roles import org_scope
+from atomscale_lab.hub.services import context as context_service
+from atomscale_lab.hub.services import keys as keys_service
+
+
+class StubHubAuth:
+    """Resolves tokens from a dict, like HubAuth.user_for_token."""
+
+    auth_header_pat = re.compile(r"(?:token|bearer)\s+(.+)", re.IGNORECASE)
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    async def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
+        return self.tokens.get(token)
+
+
+TOKENS = {
+    "sci-acme": {"kind": "user", "name": "ann", "scopes": [
+        org_scope("data:read", "acme"), org_scope("context:join", "acme"),
+        org_scope("audit:read", "acme")]},
+    "view-acme": {"kind": "user", "name": "vic", "scopes": [org_scope("data:read", "acme")]},
+    "support-acme": {"kind": "user", "name": "sup", "scopes": [org_scope("config", "acme")]},
+    "sci-beta": {"kind": "user", "name": "bob", "scopes": [
+        org_scope("data:read", "beta"), org_scope("context:join", "beta")]},
+    "lookalike": {"kind": "user", "name": "eve", "scopes": [
+        "custom:atomscale:data:read!group=org:acme-evil", "custom:atomscale:data:read",
+        "custom:atomscale:data:read!user=eve"]},
+    "service": {"kind": "service", "name": "svc", "scopes": [org_scope("data:read", "acme")]},
+}
+
+
+@pytest.fixture
+def services(vault):
+    """Both services on free loopback ports (plain HTTP in process; TLS is the hub's job)."""
+
+    vault.create_org("acme", "us")
+    vault.create_org("beta", "us")
+    vault.context("acme").put([{"run_id": "r1", "film": "GaN", "substrate": "sapphire"}],
+                              actor="test")
+    servers, urls = [], {}
+    for mod in (keys_service, context_service):
+        app = mod.app.make_app(vault=vault, hub_auth=StubHubAuth(TOKENS))
+        sock, port = bind_unused_port()
+        srv = HTTPServer(app)
+        srv.add_sockets([sock])
+        servers.append(srv)
+        urls[mod.NAME] = f"http://127.0.0.1:{port}/services/{mod.NAME}"
+    yield urls
+    for s in servers:
+        s.stop()
+
+
+def _call(url, token, method="GET", body=None):
+    async def go():
+        try:
+            r = await AsyncHTTPClient().fetch(
+                url, method=method, raise_error=True,
+                headers={"Authorization": f"token {token}"} if token else {},
+                body=json.dumps(body) if body is not None else None)
+            return r.code, json.loads(r.body)
+        except HTTPClientError as e:
+            return e.code, json.loads(e.response.body) if e.response else None
+
+    return asyncio.get_event_loop().run_until_complete(go())
+
+
+@pytest.fixture
+def call(services):
+    def run(service, path, token, method="GET", body=None):
+        return _call(f"{services[service]}/{path}", token, method, body)
+    return run
+
+
+def test_keys_released_only_with_the_exact_org_scope(call, vault):
+    code, doc = call("atomscale-keys", "orgs/acme/keys", "sci-acme")
+    assert code == 200 and doc["org"] == "acme" and doc["keys"]
+    assert call("atomscale-keys", "orgs/acme/keys", "view-acme")[0] == 200
+    for token in ("support-acme", "sci-beta", "lookalike", "service", "nope", None):
+        code, doc = call("atomscale-keys", "orgs/acme/keys", token)
+        assert code in (401, 403), token
+        assert "keys" not in (doc or {})
+    events = vault.audit("acme").events(action="key.release", limit=50)
+    outcomes = {(e["actor"], e["outcome"]) for e in events}
+    assert {("ann", "allowed"), ("vic", "allowed"), ("sup", "denied"), ("bob", "denied"),
+            ("eve", "denied")} <= outcomes
+
+
+def test_unknown_org_reveals_nothing(call):
+    code, doc = call("atomscale-keys", "orgs/gamma/keys", "sci-acme")
+    assert code == 403
+
+
+def test_context_join_needs_the_context_scope(call, vault):
+    code, doc = call("atomscale-context", "orgs/acme/join", "sci-acme", "POST",
+                     {"run_ids": ["r1", "r9"], "fields": ["film"], "purpose": "test"})
+    assert code == 200
+    assert {row["run_id"]: row["film"] for row in doc["labels"]} == {"r1": "GaN", "r9": None}
+    for token in ("view-acme", "support-acme", "sci-beta", "lookalike"):
+        code, _ = call("atomscale-context", "orgs/acme/join", token, "POST",
+                       {"run_ids": ["r1"], "fields": ["film"], "purpose": "probe"})
+        assert code == 403, token
+    code, doc = call("atomscale-context", "orgs/acme/join", "sci-acme", "POST",
+                     {"run_ids": ["r1"], "fields": ["film"], "purpose": ""})
+    assert code == 400 and "purpose" in doc["message"]
+    events = vault.audit("acme").events(action="context.join", limit=50)
+    assert {("vic", "denied"), ("sup", "denied"), ("bob", "denied"), ("ann", "allowed")} <= \
+        {(e["actor"], e["outcome"]) for e in events}
+
+
+def test_servers_post_audit_events_as_their_owner_only(call, vault):
+    code, _ = call("atomscale-keys", "orgs/acme/audit", "sci-acme", "POST",
+                   {"action": "data.read", "detail": {"table": "process/runs", "actor": "mallory",
+                                                      "outcome": "x", "service": "y"}})
+    assert code == 201
+    ev = vault.audit("acme").events(action="data.read", limit=1)[0]
+    assert ev["actor"] == "ann" and "mallory" not in json.dumps(ev)
+    code, _ = call("atomscale-keys", "orgs/acme/audit", "sci-acme", "POST",
+                   {"action": "key.release", "outcome": "allowed"})
+    assert code == 403  # servers cannot forge key releases
+    code, _ = call("atomscale-keys", "orgs/acme/audit", "sci-beta", "POST",
+                   {"action": "data.read"})
+    assert code == 403
+    code, doc = call("atomscale-keys", "orgs/acme/audit", "sci-acme")
+    assert code == 200 and {e["actor"] for e in doc["events"]} == {"ann"}
+
+
+def test_service_stops_on_sigterm(tmp_path, vault):
+    port = bind_unused_port()
+    port[0].close()
+    env = {"PATH": "/usr/bin:/bin", "ATOMSCALE_HOME": str(vault.settings.home),
+           "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port[1]}",
+           "JUPYTERHUB_SERVICE_PREFIX": "/services/atomscale-keys/",
+           "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api", "JUPYTERHUB_API_TOKEN": "x"}
+    p = subprocess.Popen([sys.executable, "-m", "atomscale_lab.hub.services.keys"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port[1]}/services/atomscale-keys/health"
+        for _ in range(100):
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("service did not start")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
