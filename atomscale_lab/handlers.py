@@ -34,6 +34,11 @@ class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
 
     auth_resource = AUTH_RESOURCE
 
+    def set_default_headers(self) -> None:
+        """Decrypted data must not be kept in browser or proxy caches."""
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+
     @property
     def username(self) -> str:
         """The authenticated user's name (hub user name in JupyterHub mode)."""

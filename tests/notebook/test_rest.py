@@ -73,6 +73,7 @@ async def test_runs_filters(jp_fetch):
     assert doc["total"] == 0 and doc["runs"] == []
     t, r = await get_arrow(jp_fetch, "runs", project="ito-films", per_page="3")
     assert t.num_rows == 3 and r.headers["X-Total-Count"] == "10"
+    assert r.headers["Cache-Control"] == "no-store"  # decrypted data stays out of caches
 
 
 @pytest.mark.parametrize("params, field", [
