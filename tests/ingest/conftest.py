@@ -2,7 +2,7 @@
 
 - ``deployment``: a vault on a temporary home with orgs ``acme`` and ``beta`` and an
   ``ApiKeyStore``; ``deployment.key(org, scopes)`` issues a key and remembers its plaintext so that
-  ``test_zz_secrets.py`` can check that no key appears anywhere on disk after the suite.
+  ``test_zz_ingest_secrets.py`` can check that no key appears anywhere on disk after the suite.
 - ``service``: starts the ingest service as a subprocess on 127.0.0.1 (a free port) for that
   deployment; ``service.kill()`` sends SIGKILL, ``service.start()`` starts it again. Always stopped
   by pid.
