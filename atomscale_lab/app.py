@@ -167,9 +167,8 @@ class OrgService:
 
     def _known_run(self, run_id: str) -> dict:
         rec = self.runs.get().get(run_id)
-        if rec is None:
-            self.runs.invalidate()  # a run committed a moment ago is not an error
-            rec = self.runs.get().get(run_id)
+        if rec is None:  # a run committed a moment ago is not an error
+            rec = self.runs.get(wait=True).get(run_id)
         if rec is None:
             raise NotFound(f"no run {run_id!r} in org {self.org!r}")
         return rec
@@ -256,8 +255,7 @@ class OrgService:
         idx = self.metrology_index.get()
         hit = idx.filter(pc.equal(idx.column("item_id"), item_id))
         if hit.num_rows == 0:
-            self.metrology_index.invalidate()
-            idx = self.metrology_index.get()
+            idx = self.metrology_index.get(wait=True)
             hit = idx.filter(pc.equal(idx.column("item_id"), item_id))
         if hit.num_rows == 0:
             raise NotFound(f"no metrology item {item_id!r} in org {self.org!r}")
@@ -467,6 +465,8 @@ class AtomscaleLab(ExtensionApp):
             self.service_error = None
             self.log.info("atomscale_lab: serving org %s (%s, key v%s)", self.org,
                           type(access).__name__, self.service.key_version)
+            threading.Thread(target=self._warm, args=(self.service,), daemon=True,
+                             name="atomscale-warm").start()
         except (AtomscaleError, ImportError, ValueError, TypeError) as e:
             self.service_error = f"org {self.org!r} is not available: {e}"
             self._error_exc = e
@@ -477,6 +477,14 @@ class AtomscaleLab(ExtensionApp):
             if self.scrub_root_key:
                 for var in ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE"):
                     os.environ.pop(var, None)
+
+    def _warm(self, service: OrgService) -> None:
+        # build the run catalogue before the first request needs it
+        try:
+            service.runs.get()
+            service.metrology_index.get()
+        except Exception as e:  # noqa: BLE001 - requests will raise it properly
+            self.log.warning("atomscale_lab: could not index org %s yet: %s", self.org, e)
 
     def get_service(self) -> OrgService:
         """The running service; raises ``KeyUnavailable`` (503) with the start-up error."""

@@ -360,30 +360,70 @@ T = TypeVar("T")
 
 class Refreshing(Generic[T]):
     """A value rebuilt by ``build()`` whenever ``version()`` changes (checked at most every
-    ``min_interval`` seconds); concurrent callers share one rebuild."""
+    ``min_interval`` seconds).
+
+    Once a value exists, a change is rebuilt on a background thread while callers keep getting
+    the previous value (a large catalogue takes a second to rebuild; no request should wait for
+    it), unless they ask to ``wait``. Concurrent callers share one rebuild.
+    """
 
     def __init__(self, build: Callable[[], T], version: Callable[[], Hashable],
-                 min_interval: float = 1.0):
+                 min_interval: float = 1.0, background: bool = True):
         self._build, self._version, self.min_interval = build, version, min_interval
+        self.background = background
         self._value: T | None = None
         self._seen: Hashable = object()
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._rebuilding: threading.Thread | None = None
         self.builds = 0
+        self.error: BaseException | None = None
 
-    def get(self) -> T:
-        """The current value, rebuilt first if the source changed."""
+    def _rebuild(self, v: Hashable) -> None:
+        value = self._build()
+        with self._lock:
+            self._value, self._seen = value, v
+            self.builds += 1
+
+    def _background(self, v: Hashable) -> None:
+        try:
+            self._rebuild(v)
+            self.error = None
+        except Exception as e:  # noqa: BLE001 - kept for the next synchronous get to raise
+            self.error = e
+            with self._lock:
+                self._checked = 0.0
+
+    def get(self, wait: bool = False) -> T:
+        """The current value; a changed source is rebuilt (in the background unless ``wait``
+        or nothing was built yet)."""
+        if self.error is not None:
+            wait = True  # the last background rebuild failed: let this caller see why
         now = time.monotonic()
-        if self._value is not None and now - self._checked < self.min_interval:
+        if (self._value is not None and not wait and now - self._checked < self.min_interval):
             return self._value
         with self._lock:
             v = self._version()
             self._checked = time.monotonic()
-            if self._value is None or v != self._seen:
-                self._value = self._build()
-                self._seen = v
-                self.builds += 1
-            return self._value
+            fresh = self._value is not None and v == self._seen
+            if fresh:
+                return self._value
+            running = self._rebuilding is not None and self._rebuilding.is_alive()
+            if self._value is not None and self.background and not wait:
+                if not running:
+                    self._rebuilding = threading.Thread(target=self._background, args=(v,),
+                                                        name="atomscale-catalogue",
+                                                        daemon=True)
+                    self._rebuilding.start()
+                return self._value
+        if running:
+            self._rebuilding.join()
+            with self._lock:
+                if self._value is not None and self._seen == v:
+                    return self._value
+        self._rebuild(v)
+        self.error = None
+        return self._value
 
     def invalidate(self) -> None:
         """Force a rebuild on the next ``get``."""

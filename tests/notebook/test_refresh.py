@@ -1,6 +1,9 @@
 """The in-memory run catalogue follows the runs table: new runs and status changes show up."""
 
+import asyncio
 import json
+import threading
+import time
 from datetime import timedelta
 
 import labdata
@@ -21,6 +24,16 @@ async def runs(jp_fetch, **params):
     return json.loads(r.body)
 
 
+async def eventually(jp_fetch, check, **params):
+    """Pages served while the catalogue is rebuilt in the background are the previous ones."""
+    deadline = time.monotonic() + 10
+    while True:
+        doc = await runs(jp_fetch, **params)
+        if check(doc) or time.monotonic() > deadline:
+            return doc
+        await asyncio.sleep(0.05)
+
+
 async def test_new_runs_and_status_changes_appear(jp_fetch, lab_env):
     from atomscale_lab.config import Settings
     from atomscale_lab.vault import Vault
@@ -31,7 +44,7 @@ async def test_new_runs_and_status_changes_appear(jp_fetch, lab_env):
     t = labdata.runs_table(before["total"] + 1).slice(before["total"])  # one more run
     table.write(t, actor="test")
     new_id = t.column("run_id")[0].as_py()
-    after = await runs(jp_fetch)
+    after = await eventually(jp_fetch, lambda d: d["total"] > before["total"])
     assert after["total"] == before["total"] + 1
     assert new_id in {r["run_id"] for r in after["runs"]}
 
@@ -40,8 +53,38 @@ async def test_new_runs_and_status_changes_appear(jp_fetch, lab_env):
     row.update(status="error", end=row["start"] + timedelta(hours=1),
                updated_at=row["start"] + timedelta(hours=1))
     table.write(pa.Table.from_pylist([row], schema=t.schema), actor="test")
-    errored = await runs(jp_fetch, status="error")
+    errored = await eventually(jp_fetch, lambda d: new_id in {r["run_id"] for r in d["runs"]},
+                               status="error")
     assert new_id in {r["run_id"] for r in errored["runs"]}
     detail = json.loads((await jp_fetch("atomscale", "api", "v1", "runs", new_id)).body)
     assert detail["status"] == "error"
     vault.close()
+
+
+def test_stale_while_rebuilding_and_failures_surface():
+    from atomscale_lab.catalog import Refreshing
+
+    state = {"v": 1, "fail": False}
+    gate = threading.Event()
+
+    def build():
+        if state["v"] > 1:
+            gate.wait(5)
+        if state["fail"]:
+            raise RuntimeError("log chain broken")
+        return state["v"]
+
+    r = Refreshing(build, lambda: state["v"], min_interval=0)
+    assert r.get() == 1
+    state["v"] = 2
+    assert r.get() == 1  # the rebuild runs in the background; callers get the old value
+    gate.set()
+    r._rebuilding.join(5)
+    assert r.get() == 2 and r.builds == 2
+    state.update(v=3, fail=True)
+    assert r.get() == 2
+    r._rebuilding.join(5)
+    with pytest.raises(RuntimeError, match="log chain broken"):
+        r.get()  # a failed rebuild is not hidden behind the stale value
+    state["fail"] = False
+    assert r.get() == 3
