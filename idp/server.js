@@ -37,7 +37,9 @@ const HOST = env.IDP_HOST || '127.0.0.1';
 const PORT = Number(env.IDP_PORT || issuerUrl.port || 443);
 const USERS_FILE = required('IDP_USERS');
 const CLIENTS_FILE = required('IDP_CLIENTS');
-const MAX_ATTEMPTS = 5;
+const MAX_ATTEMPTS = 5; // per sign-in
+const LOCK_AFTER = Number(env.IDP_LOCK_AFTER || 10); // failed steps per user …
+const LOCK_SECONDS = Number(env.IDP_LOCK_SECONDS || 900); // … lock the user this long
 
 // ---------------------------------------------------------------- users and their secrets
 
@@ -91,6 +93,23 @@ function hotp(secret, counter) {
   const offset = mac[mac.length - 1] & 0x0f;
   const code = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
   return String(code).padStart(6, '0');
+}
+
+// Failed password/code steps per user across sign-ins (online guessing): after LOCK_AFTER
+// failures the user is locked for LOCK_SECONDS, even with the right password.
+const failures = new Map();
+
+function locked(username) {
+  const f = failures.get(username);
+  return Boolean(f && f.until && f.until > Date.now());
+}
+
+function failed(username) {
+  const f = failures.get(username) || { count: 0, until: 0 };
+  if (f.until && f.until <= Date.now()) Object.assign(f, { count: 0, until: 0 });
+  f.count += 1;
+  if (f.count >= LOCK_AFTER) f.until = Date.now() + LOCK_SECONDS * 1000;
+  failures.set(username, f);
 }
 
 // Last accepted time step per user: a code is accepted once (no replay within its window).
@@ -294,7 +313,13 @@ async function handleInteraction(req, res, uid, action) {
   if (action === 'password') {
     const username = String(body.username || '').trim();
     const user = findUser(username);
+    if (locked(username)) {
+      state.attempts += 1;
+      log('login', { user: username, outcome: 'denied', reason: 'locked' });
+      return send(res, 429, passwordForm(uid, 'Too many failed attempts: try again later.'));
+    }
     if (!checkPassword(user, String(body.password || ''))) {
+      failed(username);
       state.attempts += 1;
       log('login', { user: username, outcome: 'denied', reason: 'bad password', attempt: state.attempts });
       if (state.attempts >= MAX_ATTEMPTS) return deny(req, res, uid, username, 'too many failed attempts');
@@ -314,13 +339,18 @@ async function handleInteraction(req, res, uid, action) {
   if (action === 'otp') {
     if (!state.username) return send(res, 400, passwordForm(uid, 'Enter your password first.'));
     const user = findUser(state.username);
+    if (locked(state.username)) {
+      return deny(req, res, uid, state.username, 'too many failed attempts');
+    }
     if (!user || !checkTotp(state.username, user, String(body.otp || ''))) {
+      failed(state.username);
       state.attempts += 1;
       log('login', { user: state.username, outcome: 'denied', reason: 'bad otp', attempt: state.attempts });
       if (state.attempts >= MAX_ATTEMPTS) return deny(req, res, uid, state.username, 'too many failed attempts');
       return send(res, 401, totpForm(uid, state.username, 'That code is not valid. Try the current one.'));
     }
     pending.delete(uid);
+    failures.delete(state.username);
     log('login', { user: state.username, outcome: 'allowed', amr: ['pwd', 'otp', 'mfa'] });
     return provider.interactionFinished(req, res, {
       login: {

@@ -212,6 +212,7 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     for name, (org, role) in (extra_users or {}).items():
         passwords[name] = idp.add(name, org, role)
         owners[name] = org
+    passwords["beta-lockme"] = idp.add("beta-lockme", "beta", "viewer")
     passwords["acme-nomfa"] = idp.add("acme-nomfa", "acme", "scientist", mfa=False)
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"

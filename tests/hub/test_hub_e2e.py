@@ -91,6 +91,18 @@ def test_wrong_password_is_refused(stack):
     assert "Wrong user name or password" in r.text
 
 
+def test_repeated_failures_lock_the_account_at_the_identity_provider(stack):
+    user = "beta-lockme"
+    for _ in range(10):
+        r = helpers.login(helpers.session(stack.ca), stack.url, user, "wrong-password")
+        assert r.status_code == 401
+    s = helpers.session(stack.ca)
+    r = helpers.login(s, stack.url, user, stack.passwords[user],
+                      helpers.fresh_totp(stack.idp, user))
+    assert r.status_code == 429 and "Too many failed attempts" in r.text
+    assert s.get(f"{stack.url}/hub/api/user", timeout=30).status_code == 403
+
+
 def test_unknown_org_is_refused_with_a_clear_page(stack):
     s = helpers.session(stack.ca)
     r = helpers.login(s, stack.url, "gamma-user", stack.passwords["gamma-user"],
