@@ -375,24 +375,28 @@ class Refreshing(Generic[T]):
         self._seen: Hashable = object()
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._rebuilding: threading.Thread | None = None
         self.builds = 0
         self.error: BaseException | None = None
 
-    def _rebuild(self, v: Hashable) -> None:
-        value = self._build()
-        with self._lock:
-            self._value, self._seen = value, v
-            self.builds += 1
+    def _rebuild(self, v: Hashable) -> T:
+        with self._build_lock:
+            with self._lock:
+                if self._value is not None and self._seen == v:
+                    return self._value  # another caller built this version meanwhile
+            value = self._build()
+            with self._lock:
+                self._value, self._seen = value, v
+                self.builds += 1
+            return value
 
     def _background(self, v: Hashable) -> None:
         try:
             self._rebuild(v)
             self.error = None
-        except Exception as e:  # noqa: BLE001 - kept for the next synchronous get to raise
+        except Exception as e:  # noqa: BLE001 - kept for the next get to raise
             self.error = e
-            with self._lock:
-                self._checked = 0.0
 
     def get(self, wait: bool = False) -> T:
         """The current value; a changed source is rebuilt (in the background unless ``wait``
@@ -400,30 +404,27 @@ class Refreshing(Generic[T]):
         if self.error is not None:
             wait = True  # the last background rebuild failed: let this caller see why
         now = time.monotonic()
-        if (self._value is not None and not wait and now - self._checked < self.min_interval):
+        if self._value is not None and not wait and now - self._checked < self.min_interval:
             return self._value
         with self._lock:
             v = self._version()
             self._checked = time.monotonic()
-            fresh = self._value is not None and v == self._seen
-            if fresh:
+            if self._value is not None and v == self._seen:
                 return self._value
-            running = self._rebuilding is not None and self._rebuilding.is_alive()
+            running = self._rebuilding if (self._rebuilding is not None
+                                            and self._rebuilding.is_alive()) else None
             if self._value is not None and self.background and not wait:
-                if not running:
+                if running is None:
                     self._rebuilding = threading.Thread(target=self._background, args=(v,),
                                                         name="atomscale-catalogue",
                                                         daemon=True)
                     self._rebuilding.start()
                 return self._value
-        if running:
-            self._rebuilding.join()
-            with self._lock:
-                if self._value is not None and self._seen == v:
-                    return self._value
-        self._rebuild(v)
+        if running is not None:
+            running.join()
+        value = self._rebuild(v)
         self.error = None
-        return self._value
+        return value
 
     def invalidate(self) -> None:
         """Force a rebuild on the next ``get``."""

@@ -88,3 +88,23 @@ def test_stale_while_rebuilding_and_failures_surface():
         r.get()  # a failed rebuild is not hidden behind the stale value
     state["fail"] = False
     assert r.get() == 3
+
+
+def test_concurrent_first_gets_share_one_build():
+    from atomscale_lab.catalog import Refreshing
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        time.sleep(0.2)
+        return len(calls)
+
+    r = Refreshing(build, lambda: "v1", min_interval=0)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(r.get())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert out == [1, 1, 1, 1] and len(calls) == 1
