@@ -93,12 +93,15 @@ export const MAX_PER_PAGE = 500;
 export class ApiError extends Error {
   readonly status: number;
   readonly reason: string;
+  /** Whether the message is the API's own (false: written here from the status). */
+  readonly fromServer: boolean;
 
-  constructor(status: number, message: string, reason = '') {
+  constructor(status: number, message: string, reason = '', fromServer = false) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.reason = reason;
+    this.fromServer = fromServer;
   }
 }
 
@@ -178,10 +181,11 @@ export function errorMessage(status: number, bodyText: string): ApiError {
     // Not JSON (a proxy's HTML page, for instance): the status hint is more useful than the body.
   }
   const hint = STATUS_HINTS[status] ?? (status >= 500 ? 'The server failed' : 'The request failed');
+  const fromServer = message !== '';
   if (!message) {
     message = reason && reason.toLowerCase() !== hint.toLowerCase() ? `${hint}: ${reason}` : hint;
   }
-  return new ApiError(status, `${message} (HTTP ${status})`, reason);
+  return new ApiError(status, `${message} (HTTP ${status})`, reason, fromServer);
 }
 
 /** Clamp a page size to what the server accepts. */

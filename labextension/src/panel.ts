@@ -63,6 +63,8 @@ function describe(err: unknown): string {
 
 const isAbort = (err: unknown) => (err as Error)?.name === 'AbortError';
 
+type ErrorSource = 'status' | 'list' | 'notebook';
+
 /** The data browser shown in JupyterLab's left sidebar. */
 export class DataBrowserPanel extends Widget {
   /** Called with a run id when "Open in notebook" is pressed. */
@@ -75,6 +77,7 @@ export class DataBrowserPanel extends Widget {
   private _detailReq = new LatestOnly();
   private _selected: string | null = null;
   private _loaded = false;
+  private _errors = new Map<ErrorSource, string>();
   private _search: ReturnType<typeof debounce<[string]>>;
 
   private _orgNode = el('dl', 'jp-AtomscalePanel-org');
@@ -151,10 +154,20 @@ export class DataBrowserPanel extends Widget {
   async loadStatus(): Promise<void> {
     try {
       this._renderStatus(await this._client.status());
+      this._clearError('status');
     } catch (err) {
       this._orgNode.replaceChildren();
       this._categoriesNode.replaceChildren();
-      this._showError(describe(err));
+      if (err instanceof ApiError && err.status === 404 && !err.fromServer) {
+        // Jupyter's own 404 page, not the API's: the server extension is not there at all.
+        this._showError(
+          'status',
+          'This Jupyter server does not run the atomscale_lab server extension (HTTP 404); ' +
+            'start it with `atomscale-lab lab ORG` or enable the extension.'
+        );
+      } else {
+        this._showError('status', describe(err));
+      }
     }
   }
 
@@ -170,7 +183,7 @@ export class DataBrowserPanel extends Widget {
       }
       this._paging.setTotal(page.total);
       this._renderRuns(page.runs);
-      this._clearError();
+      this._clearError('list');
       this.node.dataset.listState = 'ready';
       this.node.dataset.loads = String(Number(this.node.dataset.loads ?? 0) + 1);
     } catch (err) {
@@ -178,7 +191,7 @@ export class DataBrowserPanel extends Widget {
         return;
       }
       this._renderRuns([]);
-      this._showError(describe(err));
+      this._showError('list', describe(err));
       this.node.dataset.listState = 'error';
     } finally {
       if (this._listReq.isCurrent(ticket)) {
@@ -321,14 +334,25 @@ export class DataBrowserPanel extends Widget {
     this._orderButton.setAttribute('aria-label', this._orderButton.title);
   }
 
-  private _showError(message: string): void {
-    this._errorNode.textContent = message;
-    this._errorNode.hidden = false;
+  /** Show an error of one source (status, list, notebook) until that source succeeds again. */
+  private _showError(source: ErrorSource, message: string): void {
+    this._errors.set(source, message);
+    this._renderErrors();
   }
 
-  private _clearError(): void {
-    this._errorNode.textContent = '';
-    this._errorNode.hidden = true;
+  private _clearError(source?: ErrorSource): void {
+    if (source) {
+      this._errors.delete(source);
+    } else {
+      this._errors.clear();
+    }
+    this._renderErrors();
+  }
+
+  private _renderErrors(): void {
+    const messages = Array.from(new Set(this._errors.values()));
+    this._errorNode.textContent = messages.join('\n');
+    this._errorNode.hidden = messages.length === 0;
   }
 
   private _renderStatus(status: IStatus): void {
@@ -377,6 +401,10 @@ export class DataBrowserPanel extends Widget {
         if (ev.key === 'Enter' || ev.key === ' ') {
           ev.preventDefault();
           void this.select(run.run_id);
+        } else if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+          ev.preventDefault();
+          const next = ev.key === 'ArrowDown' ? li.nextElementSibling : li.previousElementSibling;
+          (next as HTMLElement | null)?.focus();
         }
       });
       const on = run.run_id === this._selected;
@@ -475,8 +503,9 @@ export class DataBrowserPanel extends Widget {
       open.disabled = true;
       try {
         await this.onOpenInNotebook(d.run_id);
+        this._clearError('notebook');
       } catch (err) {
-        this._showError(`Could not open a notebook: ${describe(err)}`);
+        this._showError('notebook', `Could not open a notebook: ${describe(err)}`);
       } finally {
         open.disabled = false;
       }

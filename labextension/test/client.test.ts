@@ -94,6 +94,13 @@ describe('error mapping', () => {
     expect(e.status).toBe(404);
     expect(e.reason).toBe('Not Found');
     expect(e.message).toBe('no run named r9 (HTTP 404)');
+    expect(e.fromServer).toBe(true);
+  });
+
+  it('tells a page of the server from an answer of the API', () => {
+    const e = errorMessage(404, '<html><title>404 : Not Found</title></html>');
+    expect(e.fromServer).toBe(false);
+    expect(e.message).toBe('Not found (HTTP 404)');
   });
 
   it('explains a status without a body', () => {

@@ -164,6 +164,7 @@ async function main() {
     obs.searchRuns = await runIds(page);
     obs.searchTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
     obs.searchRange = await page.textContent(`${PANEL} .jp-AtomscalePanel-range`);
+    obs.requestsUntilSearch = obs.runsRequests.length;
     await shot(page, 'panel-search.png');
 
     begin('select run');
@@ -221,7 +222,17 @@ async function main() {
     await page.waitForSelector('.jp-NotebookPanel .jp-Cell .cm-content');
 
     begin('run inserted cell');
-    // The cell is meant to be ready to run: run it in the new notebook's kernel.
+    // The cell is meant to be ready to run: run it in the new notebook's kernel once that is up
+    // (a cell run before the kernel exists is not queued).
+    await page.waitForFunction(
+      () => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+        return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
+      },
+      null,
+      { timeout: 120_000 }
+    );
     await page.evaluate(() => window.jupyterapp.commands.execute('notebook:run-cell'));
     await page.waitForFunction(
       rid =>
@@ -277,6 +288,18 @@ async function main() {
     await page.unroute('**/atomscale/api/v1/runs/*');
     await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${target}"]`);
     await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-sparkline path`);
+
+    begin('missing server extension is explained');
+    await page.route('**/atomscale/api/v1/status*', route =>
+      route.fulfill({ status: 404, contentType: 'text/html', body: '<html><h1>404: Not Found</h1></html>' })
+    );
+    await page.click(`${PANEL} .jp-AtomscalePanel-refresh`);
+    await page.waitForSelector(`${PANEL} > .jp-AtomscalePanel-error:not([hidden])`);
+    obs.statusErrorText = await page.textContent(`${PANEL} > .jp-AtomscalePanel-error`);
+    await page.unroute('**/atomscale/api/v1/status*');
+    await page.click(`${PANEL} .jp-AtomscalePanel-refresh`);
+    await page.waitForSelector(`${PANEL} > .jp-AtomscalePanel-error`, { state: 'hidden' });
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-org dd`);
 
     begin('dark theme');
     const lightBg = await page.$eval(PANEL, n => getComputedStyle(n).backgroundColor);

@@ -138,7 +138,7 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     # search narrows the list; typing sends one debounced request, not one per key
     assert obs["searchRuns"] == [x["run_id"] for x in found["runs"]]
     assert obs["searchTotal"] == found["total"] < RUNS
-    searches = [q["q"][0] for q in sent if "q" in q]
+    searches = [q["q"][0] for q in sent[:obs["requestsUntilSearch"]] if "q" in q]
     assert searches == [query], searches
     assert all(q.get("page") == ["1"] for q in sent if "q" in q)
 
@@ -179,6 +179,8 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
 
     # an API error is shown as a readable message
     assert obs["errorText"] == "the key service did not answer (HTTP 503)"
+    assert "does not run the atomscale_lab server extension (HTTP 404)" in obs["statusErrorText"]
+    assert "<" not in obs["statusErrorText"]
 
     # dark theme: the panel follows the theme variables
     theme = obs["theme"]
