@@ -5,7 +5,8 @@ Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), 
 ``jupyter server`` with the extension on 127.0.0.1, and prints ``name: value`` lines:
 
 - ``arrow_one_run_*``: one run's process series through ``runs/{id}/process?format=arrow``
-  (Workspace) vs ``Table.read(run_ids=[id])`` in this process; ratio = direct / REST (goal ≥ 0.5);
+  (Workspace) vs ``Table.read(run_ids=[id])`` in this process, medians of 7; ratio = direct /
+  REST (goal ≥ 0.5);
 - ``arrow_1m_*``: the whole 1M-row series table through ``tables/process/series`` vs ``read()``;
 - ``catalog_page_p50_ms`` / ``_p99_ms``: ``runs`` pages (mixed filters, sorts, pages) over 100k
   runs, measured at the client (goal p99 < 100 ms);
@@ -69,14 +70,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timed(fn, repeat: int = 3) -> tuple[float, object]:
-    """Best wall time of ``repeat`` calls, and the last result."""
-    best, out = float("inf"), None
+def timed(fn, repeat: int = 7) -> tuple[float, object]:
+    """Median wall time of ``repeat`` calls (after one warm-up), and the last result."""
+    out = fn()
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
 
 
 def main() -> None:
