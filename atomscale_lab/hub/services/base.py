@@ -7,6 +7,11 @@ themselves, so a permission is the presence of the exact filtered scope string, 
 ``custom:atomscale:data:read!group=org:acme`` (see :func:`atomscale_lab.hub.roles.org_scope`).
 
 Every decision, allowed or denied, is an event in the org's audit log.
+
+Start-up: the service listens (and answers ``health``) at once; the heavy imports (JupyterHub's
+auth module pulls in its database layer, the vault pulls in pyarrow) load in a thread meanwhile,
+and requests wait for them. The hub's readiness check backs off exponentially, so a service that
+answers within a second is seen a few seconds earlier.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import signal
 import ssl
 from functools import cached_property
 
-from jupyterhub.services.auth import HubAuth
-from jupyterhub.utils import make_ssl_context
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.log import enable_pretty_logging
@@ -31,18 +34,50 @@ from ..roles import permissions_from_scopes
 log = logging.getLogger("atomscale.hub.service")
 
 
+class Deps:
+    """The service's HubAuth and Vault, given or loaded once in a thread."""
+
+    def __init__(self, vault=None, hub_auth=None):
+        self.vault = vault
+        self.hub_auth = hub_auth
+        self._loading: asyncio.Future | None = None
+
+    def _load(self) -> None:
+        if self.hub_auth is None:
+            from jupyterhub.services.auth import HubAuth
+
+            self.hub_auth = HubAuth(cache_max_age=int(os.environ.get(
+                "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
+        if self.vault is None:
+            from ...vault import Vault
+
+            self.vault = Vault()
+
+    async def ready(self) -> None:
+        """Wait until both are available (loads them on first call)."""
+        if self.vault is not None and self.hub_auth is not None:
+            return
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
+        await asyncio.shield(self._loading)
+
+
 class ServiceHandler(web.RequestHandler):
     """Base handler: JSON in and out, token → hub user model, audited decisions."""
 
+    async def prepare(self):
+        """Wait for the HubAuth and Vault of this service."""
+        await self.settings["deps"].ready()
+
     @property
-    def hub_auth(self) -> HubAuth:
-        """The service's HubAuth (token resolution with a short cache)."""
-        return self.settings["hub_auth"]
+    def hub_auth(self):
+        """The service's ``HubAuth`` (token resolution with a short cache)."""
+        return self.settings["deps"].hub_auth
 
     @property
     def vault(self):
         """The deployment's :class:`~atomscale_lab.vault.Vault` (root key from the environment)."""
-        return self.settings["vault"]
+        return self.settings["deps"].vault
 
     def check_xsrf_cookie(self):
         """Token-authenticated API: no cookies are accepted, so no XSRF check applies."""
@@ -141,23 +176,26 @@ class ServiceApp:
         """URL prefix the proxy forwards (``/services/<name>/``)."""
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.name}/")
 
-    def make_app(self, vault=None, hub_auth: HubAuth | None = None) -> web.Application:
-        """The Tornado application (routes under the prefix)."""
-        from ...vault import Vault
-
-        hub_auth = hub_auth or HubAuth(cache_max_age=int(os.environ.get(
-            "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
+    def make_app(self, vault=None, hub_auth=None) -> web.Application:
+        """The Tornado application (routes under the prefix); ``vault`` and ``hub_auth`` are
+        loaded on first use unless given."""
         handlers = [(self.prefix + "health", HealthHandler)]
         handlers += [(self.prefix + pattern, cls) for pattern, cls in self.routes]
-        return web.Application(handlers, hub_auth=hub_auth, vault=vault or Vault(),
-                               name=self.name)
+        return web.Application(handlers, deps=Deps(vault, hub_auth), name=self.name)
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on."""
-        return make_ssl_context(os.environ.get("JUPYTERHUB_SSL_KEYFILE"),
-                                os.environ.get("JUPYTERHUB_SSL_CERTFILE"),
-                                cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"),
-                                purpose=ssl.Purpose.CLIENT_AUTH)
+        """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on: only
+        clients holding a certificate of the hub's internal CA (the proxy, the hub) connect."""
+        keyfile = os.environ.get("JUPYTERHUB_SSL_KEYFILE")
+        certfile = os.environ.get("JUPYTERHUB_SSL_CERTFILE")
+        if not keyfile or not certfile:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                         cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(certfile, keyfile)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     def run(self) -> None:
         """Listen on ``JUPYTERHUB_SERVICE_URL`` until SIGTERM/SIGINT."""
@@ -168,8 +206,10 @@ class ServiceApp:
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
 
         async def main():
-            server = HTTPServer(self.make_app(), ssl_options=self.ssl_context(), xheaders=True)
+            app = self.make_app()
+            server = HTTPServer(app, ssl_options=self.ssl_context(), xheaders=True)
             server.listen(url.port, address=url.hostname or "127.0.0.1")
+            asyncio.ensure_future(app.settings["deps"].ready())
             log.info("%s listening on %s (TLS %s)", self.name, url.geturl(),
                      "on" if url.scheme == "https" else "off")
             stop = asyncio.Event()
