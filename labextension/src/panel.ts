@@ -265,7 +265,8 @@ export class DataBrowserPanel extends Widget {
     const runs = el('section', 'jp-AtomscalePanel-section jp-AtomscalePanel-runsSection');
     const tools = el('div', 'jp-AtomscalePanel-tools');
     this._searchInput.type = 'search';
-    this._searchInput.placeholder = 'Search runs (id, sample, project, operator…)';
+    this._searchInput.placeholder = 'Search runs';
+    this._searchInput.title = 'Matches run id, project, sample, instrument, method and operator';
     this._searchInput.setAttribute('aria-label', 'Search runs');
     this._searchInput.addEventListener('input', () => this._search(this._searchInput.value));
     this._searchInput.addEventListener('keydown', ev => {
