@@ -70,7 +70,7 @@ def cmd_totp(args) -> int:
     """Print the current TOTP code of a user (or, with --uri, the authenticator-app URI)."""
     users = _users(args)
     if args.uri:
-        sys.stdout.write(users.totp(args.user).provisioning_uri(args.user,
+        sys.stdout.write(users.totp(args.user).provisioning_uri(name=args.user,
                                                                  issuer_name="atomscale-lab")
                          + "\n")
     else:
