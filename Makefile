@@ -17,3 +17,4 @@ bench:
 	.venv/bin/python bench/vault.py
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/notebook.py
+	.venv/bin/python bench/labext.py
