@@ -49,7 +49,7 @@ METROLOGY_SCALARS = ("item_id", "run_id", "sample", "technique", "time", "result
 """The metrology columns listed in pages (spectra are fetched per item or on request)."""
 
 MAX_POINTS = 1_000_000
-STREAM_BATCH = 65_536
+STREAM_BATCH = 131_072
 MAX_JOIN_RUNS = 10_000
 
 

@@ -240,37 +240,48 @@ class TableHandler(AtomscaleHandler):
         await self.stream_arrow(schema, batches, failed)
 
     async def stream_arrow(self, schema, batches, failed) -> None:
-        """Send batches as they are decrypted: reading the next overlaps sending this one."""
+        """Send batches as they are decrypted: the next batch is read and encoded on a worker
+        thread while the previous one is being written to the socket."""
         loop = IOLoop.current()
         sink = _Chunks()
         writer = pa.ipc.new_stream(sink, schema)
-        rows, started = 0, False
+        state = {"rows": 0}
+
+        def produce() -> list[bytes] | None:
+            batch = next(batches, None)
+            if batch is None:
+                writer.close()
+                return None
+            writer.write_batch(batch)
+            state["rows"] += batch.num_rows
+            return sink.take()
+
+        started = False
         try:
+            pending = loop.run_in_executor(None, produce)
             while True:
                 try:
-                    batch = await loop.run_in_executor(None, next, batches, None)
+                    chunks = await pending
                 except (OSError, pa.ArrowException, ValueError) as e:
                     if not started:  # nothing sent yet: a clean error status is still possible
                         raise web.HTTPError(500, "a data file failed decryption or decoding "
                                                  "(tampered or corrupt)") from e
                     raise
-                if batch is None:
+                if chunks is None:
                     break
-                await loop.run_in_executor(None, writer.write_batch, batch)
-                rows += batch.num_rows
+                pending = loop.run_in_executor(None, produce)
                 if not started:
                     self.set_header("Content-Type", ARROW_STREAM)
                     started = True
-                for chunk in sink.take():
+                for chunk in chunks:
                     self.write(chunk)
                 await self.flush()
-            writer.close()
             if not started:
                 self.set_header("Content-Type", ARROW_STREAM)
-            for chunk in sink.take():
+            for chunk in sink.take():  # the end-of-stream marker
                 self.write(chunk)
         except BaseException as e:
-            await loop.run_in_executor(None, failed, rows, e)
+            await loop.run_in_executor(None, failed, state["rows"], e)
             raise
         await self.finish()
 
