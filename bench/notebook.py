@@ -205,6 +205,14 @@ def main() -> None:
             sess.get(url + "atomscale/api/v1/openapi.json", timeout=30)
             base.append((time.perf_counter() - t0) * 1000)
         print(f"request_floor_p50_ms: {statistics.median(base):.1f}")
+        audit, alat = vault.audit("bench"), []
+        for _ in range(100):  # each data request writes one event before answering
+            t0 = time.perf_counter()
+            audit.record("bench", "data.read", table="process/runs", rows=0)
+            alat.append((time.perf_counter() - t0) * 1000)
+        alat.sort()
+        print(f"audit_event_p50_ms: {statistics.median(alat):.1f}")
+        print(f"audit_event_p99_ms: {alat[98]:.1f}")
         print(f"catalog_runs: {args.runs}")
         print(f"catalog_page_requests: {len(lat)}")
         print(f"catalog_page_p50_ms: {statistics.median(lat):.1f}")
