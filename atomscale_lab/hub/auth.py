@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 
 import jwt
@@ -120,7 +121,7 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
     leeway = Int(30, config=True, help="Seconds of clock skew allowed on ``exp``/``iat``.")
 
     jwks_cooldown = Int(
-        5,
+        2,
         config=True,
         help="Minimum seconds between two JWKS refetches triggered by an unknown ``kid``.",
     )
@@ -217,7 +218,13 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         if not id_token:
             raise AuthRefused("The identity provider returned no id_token.")
         try:
-            key = self.jwks_client.get_signing_key_from_jwt(id_token)
+            try:
+                key = self.jwks_client.get_signing_key_from_jwt(id_token)
+            except jwt.PyJWKClientError:
+                # An unknown kid right after a fetch (the provider restarted with a new key):
+                # the client refuses to refetch within its cooldown; wait it out once.
+                time.sleep(self.jwks_cooldown + 0.1)
+                key = self.jwks_client.get_signing_key_from_jwt(id_token)
             return jwt.decode(
                 id_token, key.key,
                 algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],

@@ -66,6 +66,12 @@ class Stack:
     idp_pid: int
     logs: Path
     sessions: dict = field(default_factory=dict)
+    idp_restart: object = None
+
+    def restart_idp(self) -> tuple[str, str]:
+        """Stop the identity provider by pid and start it again (new signing key and kid);
+        returns the kids before and after."""
+        return self.idp_restart()
 
     @property
     def url(self):
@@ -246,6 +252,22 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
                                 stderr=subprocess.STDOUT)
     s = Stack(st=st, base=base, home=home, idp=idp, passwords=passwords, accounts=accounts,
               groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs)
+    procs = {"idp": idp_proc}
+
+    def kid():
+        jwks = helpers.session(st.ca).get(f"{st.issuer}/jwks", timeout=10).json()
+        return jwks["keys"][0]["kid"]
+
+    def restart():
+        before = kid()
+        _stop(procs["idp"].pid, 5)
+        procs["idp"] = subprocess.Popen(iargv, env=ienv, stdout=idp_log, stderr=subprocess.STDOUT)
+        s.idp_pid = procs["idp"].pid
+        _wait_http(f"{st.issuer}/.well-known/openid-configuration", st.ca, 30, procs["idp"],
+                   "IdP", s.log_tail)
+        return before, kid()
+
+    s.idp_restart = restart
     try:
         _wait_http(f"{st.issuer}/.well-known/openid-configuration", st.ca, 30, idp_proc, "IdP",
                    s.log_tail)
@@ -254,7 +276,7 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
         yield s
     finally:
         _stop(hub_proc.pid)
-        _stop(idp_proc.pid, 5)
+        _stop(procs["idp"].pid, 5)
         idp_log.close()
         hub_log.close()
         # The hub stops its proxy, services and servers; if it could not (killed), end what is

@@ -70,6 +70,17 @@ def test_login_without_mfa_is_refused(stack):
     assert denied and denied[0]["outcome"] == "denied", events_json(denied)
 
 
+def test_identity_provider_restart_with_a_new_key_is_followed(stack, logged_in):
+    logged_in("acme-viewer")  # the hub has fetched and cached the current JWKS
+    before, after = stack.restart_idp()
+    assert before != after, "a restarted provider must sign with a new key id"
+    user = "beta-support"
+    s = helpers.session(stack.ca)
+    r = helpers.login(s, stack.url, user, stack.passwords[user],
+                      helpers.fresh_totp(stack.idp, user))
+    assert helpers.on_hub(r, stack.url), (r.status_code, r.text[-300:])
+
+
 def test_wrong_totp_is_refused(stack):
     user = "beta-viewer"
     real = stack.idp.totp(user)
