@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .crypto import OrgCrypto
@@ -68,6 +69,7 @@ _MAGIC = b"PARE"
 _FP_MIN_TAIL = 64 * 1024
 _GENESIS = "0" * 64
 _PATH_RE = re.compile(r"^(bucket=[0-9]{2}/)?part-[0-9a-f]{32}\.parquet$")
+_LOCAL_FS = pafs.LocalFileSystem()
 _WARM_TTL = 3600.0
 """Seconds a file's footer counts as opened (pyarrow's read-key cache lives 12 hours)."""
 _LOG = "_log"
@@ -314,7 +316,8 @@ class Table:
         self._state_cache: _State | None = None
         self._log_sig: tuple | None = None
         self._verified: dict[str, tuple] = {}
-        self._warmed: dict[str, float] = {}
+        self._frags: dict[str, tuple] = {}
+        self._fmt: ds.ParquetFileFormat | None = None
         self._mutex = threading.RLock()
         self.last_read_files: list[str] = []
         """Relative paths of the files the last read opened (for tests and diagnostics)."""
@@ -657,9 +660,11 @@ class Table:
     # -- reading ----------------------------------------------------------------------------
 
     def _format(self) -> ds.ParquetFileFormat:
-        opts = ds.ParquetFragmentScanOptions(
-            decryption_config=self.crypto.dataset_decryption_config())
-        return ds.ParquetFileFormat(default_fragment_scan_options=opts)
+        if self._fmt is None:
+            opts = ds.ParquetFragmentScanOptions(
+                decryption_config=self.crypto.dataset_decryption_config())
+            self._fmt = ds.ParquetFileFormat(default_fragment_scan_options=opts)
+        return self._fmt
 
     def select_files(self, *, run_ids: Sequence[str] | None = None, start=None,
                      end=None) -> list[dict]:
@@ -710,35 +715,38 @@ class Table:
         return expr
 
     def _open_dataset(self, entries: list[dict]) -> ds.Dataset:
-        paths = [str(self._check_file(e)) for e in entries]
-        self._warm(entries)
+        frags = [self._fragment(e) for e in entries]
         self.last_read_files = [e["path"] for e in entries]
-        return ds.dataset(paths, schema=self.spec.schema, format=self._format())
+        return ds.FileSystemDataset(frags, self.spec.schema, self._format(), _LOCAL_FS)
 
-    def _warm(self, entries: list[dict]) -> None:
-        """Open each file's footer here, so pyarrow's key cache holds every key it needs.
+    def _fragment(self, entry: dict):
+        """The checked file as a dataset fragment whose footer was opened here, cached.
 
-        Unwrapping a key calls back into Python; when a scan is driven from another engine's
-        threads (DuckDB) that callback can deadlock on the GIL. With warm caches a scan never
-        calls back. Also authenticates each footer (AES-GCM) before any data is read.
+        Opening the footer here (not in a scan thread) authenticates it and puts its key into
+        pyarrow's key cache: unwrapping a key calls back into Python, and when a scan is driven
+        from another engine's threads (DuckDB) that callback can deadlock on the GIL. Cached
+        fragments keep their parsed footer, so a one-run read does not decrypt it again.
         """
+        rel = entry["path"]
+        path = self._check_file(entry)
+        sig = self._verified[rel]
         now = time.monotonic()
-        cold = [e for e in entries if now - self._warmed.get(e["path"], -_WARM_TTL) >= _WARM_TTL]
-        if not cold:
-            return
-        fdp = self.crypto.file_decryption_properties()
-        for e in cold:
-            try:
-                pq.ParquetFile(str(self.path / e["path"]), decryption_properties=fdp).close()
-            except KeyUnavailable:
-                raise
-            except (OSError, pa.ArrowException):
-                kerr = self.crypto.key_error()
-                if kerr is not None:
-                    raise kerr from None
-                raise self._fail(f"file {e['path']} has a footer that fails authentication "
-                                 "(tampered)") from None
-            self._warmed[e["path"]] = now
+        hit = self._frags.get(rel)
+        if hit is not None and hit[0] == sig and now - hit[2] < _WARM_TTL:
+            return hit[1]
+        frag = self._format().make_fragment(str(path), filesystem=_LOCAL_FS)
+        try:
+            frag.ensure_complete_metadata()
+        except KeyUnavailable:
+            raise
+        except (OSError, pa.ArrowException):
+            kerr = self.crypto.key_error()
+            if kerr is not None:
+                raise kerr from None
+            raise self._fail(f"file {rel} has a footer that fails authentication "
+                             "(tampered)") from None
+        self._frags[rel] = (sig, frag, now)
+        return frag
 
     def _scan(self, entries: list[dict], fn):
         """Run ``fn(dataset)``; turn pyarrow's errors into KeyUnavailable / IntegrityError."""
@@ -918,8 +926,9 @@ class Table:
             for e in entries:
                 self._scan([e], lambda d: d.to_table())
         elif entries:
-            self._warmed.clear()
-            self._warm(entries)
+            self._frags.clear()
+            for e in entries:
+                self._fragment(e)
 
 
 class OrgStore:
