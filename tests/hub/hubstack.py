@@ -9,8 +9,8 @@
 
 Per-user Unix accounts without touching the host: the hub runs inside ``unshare -m`` with
 ``/etc/passwd`` and ``/etc/group`` bind-mounted from copies that add one account per hub user
-(uids from 61000) and one group per org; homes and the org data folders are owned by those
-numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
+(uids from 200000, distinct per run) and one group per org; homes and the org data folders are
+owned by those numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
 Needs root (the hub setuids to the accounts) and Node with ``idp/node_modules`` installed.
 """
 
@@ -38,7 +38,9 @@ from atomscale_lab.hub.users import IdpUsers, lock_home, share_org_data, unix_na
 ORGS = ("acme", "beta")
 ROLE_USER = {"org-admin": "admin", "scientist": "scientist", "viewer": "viewer",
              "support": "support"}
-UID_BASE = 61000
+# Numeric ids of the test accounts: distinct per run (several runs may share a machine, and
+# teardown ends leftover processes by uid).
+UID_BASE = 200_000 + (os.getpid() % 20_000) * 50
 
 
 @dataclass
@@ -123,6 +125,7 @@ def _cli(*args, env):
 def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]:
     """passwd/group copies with one account per hub user and one group per org."""
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
+    assert len(groups) < 10 and len(users) < 40
     accounts = {}
     names = {unix_name(u) for u in users}
     gnames = {f"as-org-{org}" for org in groups}
@@ -135,7 +138,7 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]
     homes.mkdir(mode=0o755)
     for i, (user, org) in enumerate(sorted(users.items())):
         name = unix_name(user)
-        uid = UID_BASE + 100 + i
+        uid = UID_BASE + 10 + i
         home = homes / org / name
         home.mkdir(parents=True, mode=0o700)
         os.chmod(home.parent, 0o755)
