@@ -343,7 +343,9 @@ class Table:
                     # ctime cannot be set back by a user, unlike mtime: unchanged means unchanged.
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                     if self._state_cache is not None and sig == self._log_sig:
-                        self._check_heads(self._state_cache, None)
+                        # Checked against the head store when loaded; an unchanged file cannot
+                        # have fallen behind a head recorded since (that needs a new ctime).
+                        self._check_heads(self._state_cache, None, use_store=False)
                         return self._state_cache
                     data = f.read()
             except FileNotFoundError:
@@ -408,13 +410,13 @@ class Table:
             return None
         return hashlib.sha256(lines[seq - 1]).hexdigest()
 
-    def _check_heads(self, state: _State, data: bytes | None) -> None:
+    def _check_heads(self, state: _State, data: bytes | None, use_store: bool = True) -> None:
         seen = []
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
         if hw:
             seen.append(hw)
-        if self.heads is not None:
+        if self.heads is not None and use_store:
             h = self.heads.get(self.org, self._head_name)
             if h:
                 seen.append(tuple(h))
