@@ -134,6 +134,11 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         in the org's audit log (set by ``atomscale_lab.hub.configure``).""",
     )
 
+    @default("any_allow_config")
+    def _any_allow_config_default(self):
+        # known_orgs is the allow list: only users of a served org get in
+        return True
+
     @default("scope")
     def _scope_default(self):
         return ["openid", "profile", "email", "atomscale"]
