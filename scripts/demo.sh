@@ -96,7 +96,7 @@ cat <<TXT
  atomscale-lab demo is running:   $URL
  (certificate from the demo's own CA: $STACK/certs/ca.crt — import it or accept the warning)
 
- Users (password; then a TOTP code):
+ Users (password, new at every start; then a TOTP code):
 $(sed 's/^/   /' "$PASSWORDS")
 
  TOTP code of a user (changes every 30 s; each code works once):
