@@ -34,8 +34,8 @@ def default_home() -> Path:
 class Settings:
     """Paths and the declared region of one deployment.
 
-    ``home`` holds ``registry.sqlite`` (keys, orgs, API keys, log heads) and ``audit/``; the data and
-    context roots default to ``home/data`` and ``home/context`` and must never overlap.
+    ``home`` holds ``registry.sqlite`` (keys, orgs, API keys, log heads) and ``audit/``; the data
+    and context roots default to ``home/data`` and ``home/context`` and must never overlap.
     """
 
     home: Path
@@ -95,7 +95,7 @@ class Settings:
 
 
 def load_root_key_text(explicit: str | None = None) -> str:
-    """Return the root key text from an argument, ``ATOMSCALE_ROOT_KEY`` or ``ATOMSCALE_ROOT_KEY_FILE``.
+    """Return the root key text from an argument, ``ATOMSCALE_ROOT_KEY`` or its ``_FILE`` variant.
 
     Raises :class:`RootKeyError` with a one-line hint when none is set.
     """

@@ -54,6 +54,6 @@ def venv_bin():
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_proxy_env():
-    # requests honours REQUESTS_CA_BUNDLE / proxies from the environment; tests talk to loopback only.
+    # requests honours proxies from the environment; tests talk to loopback only.
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     os.environ["no_proxy"] = os.environ["NO_PROXY"]
