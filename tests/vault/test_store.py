@@ -284,3 +284,14 @@ def test_row_groups_shrink_for_wide_rows():
     wide = pa.table({"y": pa.array([[0.0] * 4000] * 10)})
     assert row_group_rows(narrow) == ROW_GROUP_ROWS
     assert 256 <= row_group_rows(wide) < 2000
+
+
+def test_keyed_table_tie_goes_to_the_later_write(tmp_path, reg):
+    runs = store(tmp_path, reg).table("runs")
+    t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    for i in range(12):
+        runs.write([{"run_id": f"r{j}", "start": t0, "status": f"s{i}", "updated_at": t0}
+                    for j in range(20)])
+    assert {r["status"] for r in runs.read().to_pylist()} == {"s11"}
+    runs.compact(min_rows=1000)
+    assert {r["status"] for r in runs.read().to_pylist()} == {"s11"} and runs.num_rows() == 20
