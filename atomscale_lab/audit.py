@@ -33,6 +33,7 @@ from pathlib import Path, PurePath
 from typing import Protocol
 
 from .errors import IntegrityError, ValidationError
+from .fsutil import fsync_dir as _fsync_dir
 
 OUTCOMES = ("allowed", "denied", "error")
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+$")
@@ -353,15 +354,3 @@ class MemoryAudit:
         """Keep the event (detail cleaned like the real log)."""
         self.events.append({"actor": actor, "action": action, "outcome": outcome,
                             "detail": clean_detail(detail)})
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -83,7 +83,13 @@ HTTP_STATUS = {
 
 
 def http_status(exc):
-    """Return the HTTP status code that best represents ``exc``."""
+    """Return the HTTP status code that best represents ``exc``.
+
+    A subclass may set a class attribute ``http_status`` to name its own code (e.g. 413, 429).
+    """
+    own = getattr(type(exc), "http_status", None)
+    if isinstance(own, int):
+        return own
     for cls in type(exc).__mro__:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]

@@ -52,6 +52,8 @@ import pyarrow.parquet as pq
 
 from .crypto import OrgCrypto
 from .errors import IntegrityError, KeyUnavailable, ValidationError
+from .fsutil import fsync_dir as _fsync_dir
+from .fsutil import mkdirs as _mkdirs
 from .schema import TABLES, TableSpec, conform
 from .schema import spec as lookup_spec
 
@@ -163,29 +165,6 @@ def prepare(spec: TableSpec, data) -> list[tuple[int | None, pa.Table]]:
         parts.append((item["values"], table.slice(off, item["counts"])))
         off += item["counts"]
     return parts
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _mkdirs(path: Path) -> None:
-    """Create folders and fsync each new one's parent so the entries survive a crash."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
 
 
 def row_group_rows(table: pa.Table) -> int:
@@ -966,4 +945,3 @@ class OrgStore:
     def tables(self) -> Iterable[Table]:
         """Every raw-data table."""
         return [self.table(n) for n in TABLES]
-

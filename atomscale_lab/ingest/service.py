@@ -69,7 +69,7 @@ class _Base(web.RequestHandler):
 
     def fail(self, exc: AtomscaleError):
         """Finish with the status the exception stands for."""
-        status = getattr(exc, "http_status", None) or http_status(exc)
+        status = http_status(exc)
         body = {"message": str(exc), "reason": type(exc).__name__}
         for attr in ("field", "row"):
             if getattr(exc, attr, None) is not None:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import IntegrityError
+from ..fsutil import fsync_dir as _fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,6 @@ class WalRecord:
         meta = json.loads(data[4:4 + n])
         rows = pa.ipc.open_stream(pa.py_buffer(data[4 + n:])).read_all()
         return cls(meta["stream_id"], meta["batch_id"], meta["table"], rows, meta.get("digest", ""))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Wal:
