@@ -1,0 +1,51 @@
+"""Series answers come back ordered by channel then time, whether or not the store had to merge."""
+
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+
+from atomscale_lab.catalog import sorted_by_channel_time
+from atomscale_lab.schema import TS
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def frame(pairs):
+    return pa.table({"channel": pa.array([c for c, _ in pairs]),
+                     "time": pa.array([T0 + timedelta(seconds=s) for _, s in pairs], TS)})
+
+
+def test_sorted_frames_are_recognised():
+    assert sorted_by_channel_time(frame([]))
+    assert sorted_by_channel_time(frame([("a", 5)]))
+    assert sorted_by_channel_time(frame([("a", 1), ("a", 1), ("a", 2), ("b", 0), ("b", 9)]))
+
+
+def test_unsorted_frames_are_recognised():
+    assert not sorted_by_channel_time(frame([("b", 0), ("a", 1)]))
+    assert not sorted_by_channel_time(frame([("a", 2), ("a", 1)]))
+    assert not sorted_by_channel_time(frame([("a", 1), ("b", 5), ("b", 4)]))
+
+
+def test_series_of_a_run_written_in_two_commits_is_ordered(tmp_path, monkeypatch):
+    from atomscale_lab.app import OrgService
+    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.sources import LocalAccess
+    from atomscale_lab.vault import Vault
+
+    monkeypatch.setenv("ATOMSCALE_HOME", str(tmp_path))
+    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", generate_root_key())
+    v = Vault()
+    v.create_org("acme", "us")
+    store = v.store("acme")
+    store.table("process/runs").write([{"run_id": "r1", "start": T0, "status": "complete"}])
+    series = store.table("process/series")
+    # later times first, in a separate commit (file): the merged read is out of order
+    for secs in ((10, 11, 12), (0, 1, 2)):
+        series.write([{"run_id": "r1", "time": T0 + timedelta(seconds=s), "channel": ch,
+                       "value": float(s)} for s in secs for ch in ("temp", "rheed")])
+    svc = OrgService(LocalAccess("acme", vault=v, owner="me"))
+    t = svc.series("me", "r1", "process", {})
+    assert t.num_rows == 12
+    assert sorted_by_channel_time(t)
+    assert t.column("channel").to_pylist() == ["rheed"] * 6 + ["temp"] * 6
