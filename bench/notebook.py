@@ -4,9 +4,11 @@ RunBrowser first render.
 Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), starts a real
 ``jupyter server`` with the extension on 127.0.0.1, and prints ``name: value`` lines:
 
-- ``arrow_one_run_*``: one run's process series through ``runs/{id}/process?format=arrow``
-  (Workspace) vs ``Table.read(run_ids=[id])`` in this process, medians of 7; ratio = direct /
-  REST (goal ≥ 0.5);
+- ``arrow_one_run_*``: one run's process series as an Arrow table through
+  ``runs/{id}/process?format=arrow`` vs ``Table.read(run_ids=[id])`` in this process, medians of 7;
+  ratio = direct / REST (goal ≥ 0.5);
+- ``frame_one_run_*``: the same as pandas DataFrames (``Workspace.process`` vs
+  ``read().to_pandas()``);
 - ``arrow_1m_*``: the whole 1M-row series table through ``tables/process/series`` vs ``read()``;
 - ``catalog_page_p50_ms`` / ``_p99_ms``: ``runs`` pages (mixed filters, sorts, pages) over 100k
   runs, measured at the client (goal p99 < 100 ms);
@@ -152,12 +154,18 @@ def main() -> None:
         # one run: REST vs direct
         rid = labdata.run_id(7)
         direct_s, t_direct = timed(lambda: series.read(run_ids=[rid]))
-        rest_s, t_rest = timed(lambda: ws.process(rid))
-        assert len(t_rest) == t_direct.num_rows, (len(t_rest), t_direct.num_rows)
+        rest_s, t_rest = timed(lambda: ws._arrow(f"runs/{rid}/process")[0])
+        assert t_rest.num_rows == t_direct.num_rows, (t_rest.num_rows, t_direct.num_rows)
         print(f"arrow_one_run_rows: {t_direct.num_rows}")
         print(f"arrow_one_run_direct_ms: {direct_s * 1000:.1f}")
         print(f"arrow_one_run_rest_ms: {rest_s * 1000:.1f}")
         print(f"arrow_one_run_ratio: {direct_s / rest_s:.2f}")
+        direct_s, f_direct = timed(lambda: series.read(run_ids=[rid]).to_pandas())
+        rest_s, f_rest = timed(lambda: ws.process(rid))
+        assert len(f_rest) == len(f_direct)
+        print(f"frame_one_run_direct_ms: {direct_s * 1000:.1f}")
+        print(f"frame_one_run_rest_ms: {rest_s * 1000:.1f}")
+        print(f"frame_one_run_ratio: {direct_s / rest_s:.2f}")
 
         # the 1M-row frame: REST (Arrow table stream) vs direct
         direct_s, t_direct = timed(lambda: series.read())
