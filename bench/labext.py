@@ -14,27 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "notebook"))
 
 import labdata  # noqa: E402
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _nbserver import free_port, stop_server, wait_ready  # noqa: E402
 
 
 def main() -> None:
@@ -75,36 +65,19 @@ def main() -> None:
            "--jupyter-option=--ServerApp.port_retries=0"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(tmp / "server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                r = requests.get(url + "atomscale/api/v1/status", timeout=5,
-                                 headers={"Authorization": f"token {token}"})
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("server did not start:\n" + (tmp / "server.log").read_text())
-            time.sleep(0.3)
+        wait_ready(proc, url, token, tmp / "server.log", timeout=120)
         # a search that matches about one run in ten thousand
         node_env = {"LAB_URL": url, "LAB_TOKEN": token, "SEARCH_Q": "0999",
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)}
         subprocess.run(["node", "ui-tests/bench.mjs"], cwd=ROOT / "labextension", env=node_env,
                        check=True, timeout=600)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_server(proc)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "notebook"))
 
 import labdata  # noqa: E402
+from _nbserver import start_server, stop_server  # noqa: E402
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -63,13 +60,6 @@ def series_rows(n_rows: int, n_runs: int) -> pa.Table:
         "value": pa.array(values, pa.float64()),
         "unit": pa.array(units[ch_idx]),
     })
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(fn, repeat: int = 7) -> tuple[float, object]:
@@ -117,33 +107,11 @@ def main() -> None:
     total_rows = series.num_rows()
     print(f"series_rows: {total_rows}")
 
-    port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
     env.update({"JUPYTER_RUNTIME_DIR": str(tmp / "rt"), "JUPYTER_CONFIG_DIR": str(tmp / "cfg")})
-    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
-           f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={tmp}",
-           f"--IdentityProvider.token={token}",
-           "--ServerApp.jpserver_extensions={'atomscale_lab': True}", "--AtomscaleLab.org=bench",
-           "--ServerApp.log_level=WARN"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-root")
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url, token = start_server(env, tmp, "bench", tmp / "server.log",
+                                    extra=["--ServerApp.log_level=WARN"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                r = requests.get(url + "atomscale/api/v1/status", timeout=5,
-                                 headers={"Authorization": f"token {token}"})
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("server did not start:\n" + (tmp / "server.log").read_text())
-            time.sleep(0.2)
         ws = Workspace(url=url, token=token)
 
         # catalogue: the first request builds it (read + index 100k runs)
@@ -241,13 +209,7 @@ def main() -> None:
         print(f"load_average_1m: {os.getloadavg()[0]:.1f}")
         print(f"measured_at: {datetime.now(UTC).isoformat(timespec='seconds')}")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_server(proc)
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,7 +43,13 @@ def start_server(env: dict, root_dir: Path, org: str, log_path: Path, extra=()):
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
+    wait_ready(proc, url, token, log_path)
+    return proc, url, token
+
+
+def wait_ready(proc, url: str, token: str, log_path: Path, timeout: float = 60) -> None:
+    """Wait until the extension's status endpoint answers; stop the server and raise if not."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"jupyter server exited: {log_path.read_text()[-3000:]}")
@@ -51,7 +57,7 @@ def start_server(env: dict, root_dir: Path, org: str, log_path: Path, extra=()):
             r = requests.get(url + "atomscale/api/v1/status",
                              headers={"Authorization": f"token {token}"}, timeout=2)
             if r.status_code == 200:
-                return proc, url, token
+                return
         except requests.ConnectionError:
             pass
         time.sleep(0.2)
