@@ -42,6 +42,7 @@ from .catalog import (
 from .errors import AtomscaleError, KeyUnavailable, NotFound, PermissionDenied, ValidationError
 from .schema import METROLOGY, RUNS, SERIES, TABLES, TOOL_STATE
 from .sources import OrgAccess, role_of
+from .store import READ_POOL
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,8 @@ class OrgService:
             # a whole append-only table: decrypt batch by batch while earlier ones are sent
             dataset = table.dataset()
             rows = sum(int(e["rows"]) for e in table.files())
-            batches = dataset.to_batches(columns=names, batch_size=STREAM_BATCH)
+            batches = dataset.to_batches(columns=names, batch_size=STREAM_BATCH,
+                                         memory_pool=READ_POOL)
         self.audited_read(user, spec.name, run_ids, rows, query="table")
 
         def failed(sent: int, error: BaseException) -> None:
