@@ -272,16 +272,21 @@ class _State:
         return s
 
 
+def _check_crypto(org: str, crypto: OrgCrypto | None) -> None:
+    """Refuse a missing key, or the key of another org, before touching any file."""
+    if crypto is None:
+        raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
+    if crypto.org != org:
+        raise KeyUnavailable(
+            f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+
+
 class Table:
     """One table of one org. All reads and writes go through here."""
 
     def __init__(self, root: Path, org: str, spec: TableSpec, crypto: OrgCrypto,
                  heads: HeadStore | None = None):
-        if crypto is None:
-            raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
-        if crypto.org != org:
-            raise KeyUnavailable(
-                f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+        _check_crypto(org, crypto)
         self.root = Path(root)
         self.org = org
         self.spec = spec
@@ -922,11 +927,7 @@ class OrgStore:
 
     def __init__(self, data_root: Path, org: str, crypto: OrgCrypto,
                  heads: HeadStore | None = None):
-        if crypto is None:
-            raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
-        if crypto.org != org:
-            raise KeyUnavailable(
-                f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+        _check_crypto(org, crypto)
         self.data_root = Path(data_root)
         self.org = org
         self.crypto = crypto
