@@ -44,6 +44,7 @@ from .errors import AtomscaleError, NotFound, RootKeyError, ValidationError
 
 PROG = "atomscale-lab"
 PLUGINS = ["atomscale_lab.singleuser", "atomscale_lab.ingest.cli", "atomscale_lab.hub.cli"]
+PLUGINS += ["atomscale_lab.kms.cli", "atomscale_lab.k8s.cli"]
 """Modules that may add commands through ``register(subparsers, org_subparsers)``."""
 ENV_NEW_ROOT_KEY = "ATOMSCALE_NEW_ROOT_KEY"
 
@@ -157,6 +158,9 @@ def cmd_root_key_rotate(args) -> int:
                            "(make one with `atomscale-lab root-key generate`)")
     new_kms = LocalKms(text)
     vault = open_vault(args)
+    if not isinstance(vault.kms, LocalKms):
+        raise RootKeyError("the root key is kept by an external KMS (ATOMSCALE_KMS); rotate it "
+                           "with `atomscale-lab kms rotate`")
     if getattr(vault.kms, "key_id", None) == new_kms.key_id:
         raise ValidationError("the new root key is the one in use; generate a new one")
     n = vault.rotate_root_key(new_kms, actor=actor(args))

@@ -162,9 +162,12 @@ class LocalKms:
         return f"LocalKms(key_id={self.key_id!r}, keys={len(self._keys)})"
 
 
-def load_kms() -> Kms:
-    """The deployment's KMS: ``ATOMSCALE_KMS=module:Class`` if set, else :class:`LocalKms`."""
-    spec = os.environ.get(ENV_KMS, "").strip()
+def load_kms(spec: str | None = None) -> Kms:
+    """The deployment's KMS: ``ATOMSCALE_KMS=module:Class`` if set, else :class:`LocalKms`.
+
+    ``spec`` (same form) names another plug-in instead of the one in the environment.
+    """
+    spec = (os.environ.get(ENV_KMS, "") if spec is None else spec).strip()
     if not spec:
         return LocalKms.from_env()
     mod_name, sep, cls_name = spec.partition(":")
@@ -416,6 +419,42 @@ class KeyRegistry:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             log.info("re-wrapped %s keys under %s", len(rows), new_kms.key_id)
             return len(rows)
+
+    def rewrap_in_kms(self) -> int:
+        """Re-wrap every stored key under the KMS's newest wrapping-key version. Returns count.
+
+        An external KMS with a ``rewrap(blob, aad)`` member re-encrypts inside the KMS (the org
+        key never comes out); otherwise each key is unwrapped and wrapped again.
+        """
+        kms_rewrap = getattr(self.kms, "rewrap", None)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
+                for org, purpose, version, blob in rows:
+                    aad = _aad(org, purpose, version)
+                    if kms_rewrap is not None:
+                        new_blob = kms_rewrap(blob, aad)
+                    else:
+                        new_blob = self.kms.wrap(self._unwrap(org, purpose, version, blob), aad)
+                    self._db.execute(
+                        "UPDATE org_keys SET wrapped=?, kms_key_id=? "
+                        "WHERE org=? AND purpose=? AND version=?",
+                        (new_blob, self.kms.key_id, org, purpose, version))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("re-wrapped %s keys in place under %s", len(rows), self.kms.key_id)
+            return len(rows)
+
+    def kms_key_ids(self) -> dict[str, int]:
+        """How many stored keys each wrapping-key id made (no material)."""
+        with self._lock:
+            return dict(self._db.execute(
+                "SELECT kms_key_id, COUNT(*) FROM org_keys GROUP BY kms_key_id").fetchall())
 
     def shred(self, org: str) -> None:
         """Destroy every key of ``org`` (overwrite, delete, VACUUM). Its data is then unreadable."""

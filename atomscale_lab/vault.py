@@ -399,6 +399,28 @@ class Vault:
                                    keys=count, orgs=len(live))
         return count
 
+    def rotate_kms_key(self, *, rotate: bool = True, actor: str = "admin") -> int:
+        """Rotate the wrapping key inside an external KMS, then re-wrap every stored key under
+        its newest version (inside the KMS where it can). Returns the number of keys re-wrapped.
+
+        With ``rotate=False`` only the re-wrap runs (e.g. after a rotation made in the KMS).
+        """
+        kms = self.kms
+        if rotate:
+            if not hasattr(kms, "rotate"):
+                raise ConfigError(f"the KMS in use ({type(kms).__name__}) cannot rotate its own "
+                                  "key; use `atomscale-lab root-key rotate`")
+            kms.rotate()
+        live = [o["name"] for o in self.orgs()]
+        self.system_audit()  # its keys are re-wrapped too
+        count = self.keys.rewrap_in_kms()
+        action = "key.rotate_root" if rotate else "key.rewrap"
+        for name in live:
+            self._audit_log(name).record(actor, action, kms_key_id=kms.key_id, keys=count)
+        self.system_audit().record(actor, action, kms_key_id=kms.key_id, keys=count,
+                                   orgs=len(live))
+        return count
+
     def delete_org(self, name: str, *, shred: bool, actor: str = "admin") -> None:
         """Delete an org; with ``shred`` destroy its keys first (its files become unreadable).
 
