@@ -58,8 +58,9 @@ class AwsKms:
             raise ConfigError(f"{ENV_KEY_ID} is not set (the KMS key that wraps org keys)")
         previous = tuple(k.strip() for k in os.environ.get(ENV_PREVIOUS, "").split(",")
                          if k.strip())
-        # boto3 reads AWS_REGION / AWS_ENDPOINT_URL / credentials from the environment itself.
-        return cls(boto3.client("kms"), key_id, previous)
+        # boto3 reads AWS_ENDPOINT_URL, credentials and AWS_DEFAULT_REGION itself; not AWS_REGION.
+        region = os.environ.get("AWS_REGION", "").strip() or None
+        return cls(boto3.client("kms", region_name=region), key_id, previous)
 
     def _call(self, what: str, fn, **kw):
         from botocore.exceptions import BotoCoreError, ClientError
