@@ -33,6 +33,8 @@ from .roles import org_roles_of
 from .spawner import SECRET_PREFIXES
 
 _DEFAULTS = K8sOptions()
+SECRETS = (*SECRET_PREFIXES, "VAULT_", "BAO_", "AWS_")
+"""Variables never passed to a user pod (the hub's KMS and cloud credentials among them)."""
 TMP = "/tmp"  # noqa: S108 - an emptyDir of the pod, not the host's /tmp
 
 
@@ -85,7 +87,7 @@ class AtomscaleKubeSpawner(KubeSpawner):
         """The hub's variables minus anything secret, plus the org and its data server."""
         env = super().get_env()
         for k in list(env):
-            if k.startswith(SECRET_PREFIXES):
+            if k.startswith(SECRETS):
                 del env[k]
         org = self.org
         env["ATOMSCALE_ORG"] = org

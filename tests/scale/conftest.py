@@ -153,5 +153,10 @@ def kubeconfig(tmp_path_factory):
         "users:\n- name: offline\n  user: {token: offline}\n"
         "contexts:\n- name: offline\n  context: {cluster: offline, user: offline}\n"
         "current-context: offline\n")
-    os.environ["KUBECONFIG"] = str(path)
-    return path
+    from kubernetes_asyncio.config import kube_config
+
+    # The client reads $KUBECONFIG once, at import: point its default at the file.
+    saved = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
+    yield path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved
