@@ -169,6 +169,9 @@ def configure(c, dep: dict | None = None) -> None:
 
     # --- hub-managed services (TLS via internal_ssl; user servers reach them through the proxy)
     env = {k: os.environ[k] for k in SERVICE_ENV if os.environ.get(k)}
+    from ..kms import service_env as kms_env  # an external KMS's settings (Vault, AWS)
+
+    env.update(kms_env())
     env["PYTHONUNBUFFERED"] = "1"
     py = str(Path(sys.executable))
     ports = hub.get("service_ports", {})

@@ -36,3 +36,21 @@ def aad_fields(aad: bytes) -> dict[str, str]:
     if m:
         out.update(org=m["org"], purpose=m["purpose"], version=m["version"])
     return out
+
+
+KMS_ENV_PREFIXES = ("VAULT_", "ATOMSCALE_TRANSIT_", "ATOMSCALE_AWS_KMS_", "AWS_")
+"""Settings of the KMS plug-ins, passed to the hub services (which hold keys) and never to user
+servers."""
+
+
+def service_env(environ=None) -> dict[str, str]:
+    """The KMS plug-in's settings from ``environ`` (default ``os.environ``) for a hub service.
+
+    Empty without ``ATOMSCALE_KMS``: the local root key needs none of them.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    if not env.get("ATOMSCALE_KMS", "").strip():
+        return {}
+    return {k: v for k, v in env.items() if k.startswith(KMS_ENV_PREFIXES) and v}

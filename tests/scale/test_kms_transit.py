@@ -164,10 +164,13 @@ def test_migrate_from_local_root_key_to_transit(home, vault_env, monkeypatch):
 
 
 def test_vault_down_is_a_clear_error(home, vault_env, monkeypatch):
-    from tests.scale.conftest import free_port
+    import socket
 
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     assert main(["kms", "init"]) == 0
     assert main(["org", "create", "acme", "--region", "us"]) == 0
-    monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{port}")
     with pytest.raises(RootKeyError, match="unavailable"):
         Vault(Settings.load(home)).org_keys("acme")
