@@ -424,30 +424,36 @@ class KeyRegistry:
         """Re-wrap every stored key under the KMS's newest wrapping-key version. Returns count.
 
         An external KMS with a ``rewrap(blob, aad)`` member re-encrypts inside the KMS (the org
-        key never comes out); otherwise each key is unwrapped and wrapped again.
+        key never comes out), in batches if it has ``rewrap_many(pairs)``; otherwise each key is
+        unwrapped and wrapped again.
         """
-        kms_rewrap = getattr(self.kms, "rewrap", None)
+        kms = self.kms
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
                     "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
-                for org, purpose, version, blob in rows:
-                    aad = _aad(org, purpose, version)
-                    if kms_rewrap is not None:
-                        new_blob = kms_rewrap(blob, aad)
-                    else:
-                        new_blob = self.kms.wrap(self._unwrap(org, purpose, version, blob), aad)
+                pairs = [(b, _aad(o, p, v)) for o, p, v, b in rows]
+                if hasattr(kms, "rewrap_many"):
+                    new_blobs = kms.rewrap_many(pairs)
+                elif hasattr(kms, "rewrap"):
+                    new_blobs = [kms.rewrap(blob, aad) for blob, aad in pairs]
+                else:
+                    new_blobs = [kms.wrap(self._unwrap(o, p, v, b), _aad(o, p, v))
+                                 for o, p, v, b in rows]
+                if len(new_blobs) != len(rows):
+                    raise RootKeyError("the KMS did not re-wrap every stored key")
+                for (org, purpose, version, _), new_blob in zip(rows, new_blobs, strict=True):
                     self._db.execute(
                         "UPDATE org_keys SET wrapped=?, kms_key_id=? "
                         "WHERE org=? AND purpose=? AND version=?",
-                        (new_blob, self.kms.key_id, org, purpose, version))
+                        (new_blob, kms.key_id, org, purpose, version))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("re-wrapped %s keys in place under %s", len(rows), self.kms.key_id)
+            log.info("re-wrapped %s keys in place under %s", len(rows), kms.key_id)
             return len(rows)
 
     def kms_key_ids(self) -> dict[str, int]:

@@ -157,6 +157,22 @@ class VaultTransitKms:
                           mount_point=self.mount)
         return _MAGIC + resp["data"]["ciphertext"].encode("ascii")
 
+    def rewrap_many(self, items: list[tuple[bytes, bytes]], chunk: int = 250) -> list[bytes]:
+        """:meth:`rewrap` of many ``(blob, aad)`` pairs, in batches (one request per ``chunk``)."""
+        out: list[bytes] = []
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            batch = [{"ciphertext": self._ciphertext(b), "context": _b64(a)} for b, a in part]
+            resp = self._call("re-wrap", self._client.secrets.transit.rewrap_data,
+                              name=self.key, ciphertext=None, batch_input=batch,
+                              mount_point=self.mount)
+            results = resp["data"]["batch_results"]
+            if len(results) != len(part) or any("error" in r and r["error"] for r in results):
+                raise RootKeyError("Vault could not re-wrap every stored key: a stored key is "
+                                   "not bound to its org and purpose, or was made by another key")
+            out += [_MAGIC + r["ciphertext"].encode("ascii") for r in results]
+        return out
+
     def version_of(self, blob: bytes) -> int:
         """The transit key version a blob was made with."""
         return int(self._ciphertext(blob).split(":", 2)[1][1:])

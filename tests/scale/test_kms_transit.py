@@ -90,6 +90,13 @@ def test_wrong_org_or_purpose_context_is_refused(tmp_path, vault_env):
     with pytest.raises(RootKeyError):
         reg.org_keys("beta")
     assert len(reg.org_keys("acme").keys[1]) == 32
+    # A batch re-wrap that meets the planted row changes nothing (all or nothing).
+    before = reg._db.execute("SELECT wrapped FROM org_keys ORDER BY org, purpose").fetchall()
+    kms.rotate()
+    with pytest.raises(RootKeyError, match="re-wrap every stored key"):
+        reg.rewrap_in_kms()
+    assert reg._db.execute("SELECT wrapped FROM org_keys ORDER BY org, purpose").fetchall() \
+        == before
     # A re-wrap binds through the same context: it refuses the wrong one as well.
     with pytest.raises(RootKeyError):
         kms.rewrap(acme_data, b"atomscale-lab/org-key/beta/data/v1")
