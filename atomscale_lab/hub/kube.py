@@ -57,6 +57,11 @@ class AtomscaleKubeSpawner(KubeSpawner):
         # account needs list/watch on pods cluster-wide, deploy/k8s/hub-rbac.yaml).
         return True
 
+    @default("service_account")
+    def _org_user_account(self):
+        # Made in each org namespace by `k8s render`, itself without a token.
+        return "atomscale-user"
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         try:

@@ -155,6 +155,8 @@ def test_deploy_files_are_valid(monkeypatch):
     monkeypatch.setenv("ATOMSCALE_ORGS", values["hub"]["extraEnv"]["ATOMSCALE_ORGS"])
     exec(values["hub"]["extraConfig"]["atomscale-lab"], {"c": c})
     assert {r["name"] for r in c.JupyterHub.load_roles} >= {"acme-scientist", "beta-viewer"}
+    assert c.AtomscaleAuthenticator.known_orgs == {"acme", "beta"}
+    assert values["hub"]["config"]["AtomscaleAuthenticator"]["require_mfa"] is True
 
 
 class _Group:
@@ -228,6 +230,7 @@ def test_user_pods_of_two_orgs(kubeconfig, config):
         assert pod["metadata"]["labels"]["component"] == "singleuser-server"
         spec = pod["spec"]
         assert spec["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] == "atomscale-user"
         assert_restricted(spec, org)
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["ATOMSCALE_ORG"] == org

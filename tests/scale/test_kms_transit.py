@@ -1,6 +1,7 @@
 """The root key in OpenBao transit (``VaultTransitKms``) against a real ``bao server -dev``."""
 
 import base64
+import json
 import sqlite3
 
 import hvac
@@ -38,7 +39,7 @@ def forms(key: bytes):
             base64.urlsafe_b64encode(key).rstrip(b"=")]
 
 
-def test_org_lifecycle_rotate_rewrap_and_retire(home, vault_env):
+def test_org_lifecycle_rotate_rewrap_and_retire(home, vault_env, capsys):
     assert main(["kms", "init"]) == 0
     assert main(["org", "create", "acme", "--region", "us"]) == 0
     v = Vault(Settings.load(home))
@@ -52,6 +53,11 @@ def test_org_lifecycle_rotate_rewrap_and_retire(home, vault_env):
     blobs = stored(home)
     assert {r[4] for r in blobs} == {v.kms.key_id.replace(":v1", ":v2")}
     assert all(r[3].startswith(b"VT1:vault:v2:") for r in blobs)
+    capsys.readouterr()
+    assert main(["kms", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["key_id"].endswith(":v2")
+    assert status["stored_keys"] == {status["key_id"]: len(blobs)}
 
     # Old versions can no longer decrypt: only a complete re-wrap keeps every key readable.
     assert main(["kms", "rotate", "--retire"]) == 0
