@@ -46,7 +46,10 @@ def test_org_lifecycle_rotate_and_rewrap(home, aws_env, monkeypatch):
 
     alias = f"alias/atomscale-{secrets.token_hex(3)}"
     arn = new_key(alias)
+    monkeypatch.setenv("ATOMSCALE_AWS_KMS_KEY_ID", "alias/missing")
+    assert main(["kms", "init"]) == 2  # a key that does not exist: a configuration error
     monkeypatch.setenv("ATOMSCALE_AWS_KMS_KEY_ID", alias)
+    assert main(["kms", "init"]) == 0
     assert main(["org", "create", "acme", "--region", "us"]) == 0
     v = Vault(Settings.load(home))
     assert v.kms.key_id == f"aws-kms:{arn}"
