@@ -352,7 +352,7 @@ class OrgService:
         elif wanted is None or wanted == own:
             actor = own
         else:
-            self.require(user, "audit:all", "audit.read", actor=wanted)
+            self.require(user, "audit:all", "audit.read", requested_actor=wanted)
         events = self.access.audit_events(actor=actor, action=params.get("action") or None,
                                           limit=limit, offset=offset)
         scope = "all" if "audit:all" in perms else "own"
@@ -388,7 +388,7 @@ class OrgService:
         if not self.permissions(user):
             self.access.audit().record(self.actor(user), action, "denied",
                                        permission="any", **detail)
-            raise PermissionDenied(f"you have no role in org {self.org!r}")
+            raise PermissionDenied(f"no permission in org {self.org!r}: you have no role there")
 
     def describe(self, user: str) -> None:
         """Allow members only to read the API description (a non-member learns nothing)."""
@@ -421,9 +421,10 @@ class OrgService:
             idx = self.metrology_index.get(wait=True)
             taken = pc.is_in(idx.column("item_id"), value_set=pa.array(item_ids, pa.string()))
             if pc.any(taken).as_py():
-                first = idx.filter(taken).column("item_id")[0].as_py()
-                raise Conflict(f"metrology item {first!r} already exists in org {self.org!r}; "
-                               "choose new item ids")
+                existing = set(idx.filter(taken).column("item_id").to_pylist())
+                first = next(i for i in item_ids if i in existing)
+                raise Conflict(f"metrology item {first!r} already exists in org {self.org!r} "
+                               f"({len(existing)} of the frame's item ids do); choose new ids")
             actor = self.actor(user)
             self.access.audit().record(actor, "data.write", table=METROLOGY.name,
                                        run_ids=run_ids[:100], rows=rows.num_rows)
