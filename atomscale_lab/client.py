@@ -1,4 +1,4 @@
-"""``Workspace``: what a notebook kernel uses to read its org's data.
+"""``Workspace``: what a notebook kernel uses to read its org's data and save derived results.
 
 A kernel never holds an org key. It talks to the REST API of the Jupyter server it belongs to
 (the server extension holds the key, checks permissions and audits every read), and frames travel
@@ -8,6 +8,8 @@ as Arrow IPC streams. ::
     ws = Workspace()
     runs = ws.runs(project="gaas-qw", status="complete")
     series = ws.process(runs.run_id[0], channels=["rheed_intensity"], wide=True)
+    ws.write_metrology(fits, run=runs.run_id[0])   # needs data:write; audited as data.write
+    ws.config()["instrument_names"]                # the org's settings, as support set them up
 
 Finding the server (first match wins): the ``url``/``token`` arguments; ``ATOMSCALE_LAB_URL`` and
 ``ATOMSCALE_LAB_TOKEN``; in JupyterHub ``JUPYTERHUB_SERVICE_URL`` with ``JUPYTERHUB_API_TOKEN``;
@@ -126,6 +128,11 @@ def _time(value) -> str | None:
 
 class Workspace:
     """The org's data as seen from a kernel, through its server's REST API.
+
+    What a call may do is the caller's role in the org: reading needs ``data:read``,
+    :meth:`write_metrology` ``data:write``, :meth:`labels` ``context:join``, :meth:`set_config`
+    ``config``, :meth:`audit` ``audit:read`` (own events) or ``audit:all``; a refusal raises
+    ``PermissionDenied`` and is audited.
 
     ``org`` (optional) is checked against the org the server serves, so a notebook written for one
     org fails clearly on another org's server.
