@@ -413,9 +413,12 @@ class OrgService:
         for rid in run_ids:
             self._check_run(rid)
         item_ids = rows.column("item_id").to_pylist()
-        if len(set(item_ids)) != len(item_ids):
-            dup = next(i for i in item_ids if item_ids.count(i) > 1)
-            raise ValidationError(f"item_id {dup!r} appears twice in the frame", field="item_id")
+        seen: set[str] = set()
+        for i in item_ids:
+            if i in seen:
+                raise ValidationError(f"item_id {i!r} appears twice in the frame",
+                                      field="item_id")
+            seen.add(i)
         rows = self._fill_sample(rows)
         with self._write_lock:
             idx = self.metrology_index.get(wait=True)
@@ -426,8 +429,9 @@ class OrgService:
                 raise Conflict(f"metrology item {first!r} already exists in org {self.org!r} "
                                f"({len(existing)} of the frame's item ids do); choose new ids")
             actor = self.actor(user)
+            extra = {"run_count": len(run_ids)} if len(run_ids) > 100 else {}
             self.access.audit().record(actor, "data.write", table=METROLOGY.name,
-                                       run_ids=run_ids[:100], rows=rows.num_rows)
+                                       run_ids=run_ids[:100], rows=rows.num_rows, **extra)
             try:
                 commit = self.store.table(METROLOGY.name).write(rows, actor=actor)
             except Exception as e:
