@@ -447,9 +447,11 @@ class OrgService:
         if not col.null_count:
             return rows
         cat = self.runs.get()
-        samples = [s if s is not None else (cat.get(r) or {}).get("sample")
-                   for s, r in zip(col.to_pylist(), rows.column("run_id").to_pylist(),
-                                   strict=True)]
+        ids = rows.column("run_id")
+        # one catalogue lookup per run: building a run record is the expensive part
+        of_run = {r: (cat.get(r) or {}).get("sample") for r in pc.unique(ids).to_pylist()}
+        samples = [s if s is not None else of_run[r]
+                   for s, r in zip(col.to_pylist(), ids.to_pylist(), strict=True)]
         i = rows.schema.get_field_index("sample")
         return rows.set_column(i, "sample", pa.array(samples, pa.string()))
 
