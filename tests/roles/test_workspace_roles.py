@@ -91,6 +91,13 @@ def test_a_scientist_writes_a_derived_result_from_a_notebook(server):
         ws.write_metrology(frame, run="R-77777")
     with pytest.raises(ValidationError, match="technique"):
         ws.write_metrology(frame.drop(columns=["technique"]), run="R-00003")
+    # a measured time without a zone is UTC
+    timed = frame.assign(time=pd.to_datetime(["2025-01-07 10:00:00", "2025-01-07 10:05:00.5"],
+                                             format="ISO8601"))
+    done = ws.write_metrology(timed, run="R-00004")
+    got = ws.metrology(run_id="R-00004", technique="RHEED-fit").set_index("item_id")
+    assert got.loc[done["item_ids"], "time"].tolist() == [
+        pd.Timestamp("2025-01-07 10:00", tz="UTC"), pd.Timestamp("2025-01-07 10:05:00.5", tz="UTC")]
 
 
 @pytest.mark.parametrize("role", ["viewer", "support"])
