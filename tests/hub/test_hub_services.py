@@ -142,6 +142,11 @@ def test_servers_post_audit_events_as_their_owner_only(call, vault):
     assert code == 403
     code, doc = call("atomscale-keys", "orgs/acme/audit", "sci-acme")
     assert code == 200 and {e["actor"] for e in doc["events"]} == {"ann"}
+    # audit:read alone cannot ask for someone else's events; the attempt is on record
+    code, _ = call("atomscale-keys", "orgs/acme/audit?actor=vic", "sci-acme")
+    assert code == 403
+    ev = vault.audit("acme").events(action="audit.read", limit=1)[0]
+    assert (ev["actor"], ev["outcome"], ev["detail"]["requested_actor"]) == ("ann", "denied", "vic")
 
 
 def test_service_stops_on_sigterm(tmp_path, vault):

@@ -98,6 +98,9 @@ class AuditHandler(ServiceHandler):
             raise web.HTTPError(403, "no audit scope for this org")
         actor = self.get_argument("actor", None)
         if "audit:all" not in perms:
+            if actor not in (None, user):
+                self.deny(org, user, "audit.read", "reading others' events needs audit:all",
+                          requested_actor=actor[:64])
             actor = user
         try:
             limit = min(int(self.get_argument("limit", "100")), 1000)
