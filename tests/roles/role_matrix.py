@@ -37,6 +37,13 @@ _SERVED, _OTHER = "org-a", "org-b"
 """Stand-in org names: only whether the user's org is the served one matters."""
 
 
+AUDITED_WHEN_ALLOWED = frozenset({"data.read", "data.write", "context.join", "config.change",
+                                  "audit.read"})
+"""Actions recorded when allowed too (the architecture: every data read, context join, config
+change and audit read is an event, allowed or denied); reading status, the API description or the
+configuration is not."""
+
+
 @dataclass(frozen=True)
 class Case:
     """One cell of the matrix: a request of ``role`` (of the served org or another) on a route."""

@@ -54,6 +54,12 @@ async def test_role_matrix(call, audit_lines, role, same_org):
             wrong.append(f"{case}: {code} (expected {case.expected}) {body[:200]!r}")
         if case.allowed and denied:
             wrong.append(f"{case}: allowed, yet refusals were audited: {denied}")
+        allowed = [(e["actor"], e["action"]) for e in new if e["outcome"] == "allowed"]
+        if case.allowed and case.audit_action in role_matrix.AUDITED_WHEN_ALLOWED \
+                and (user, case.audit_action) not in allowed:
+            wrong.append(f"{case}: allowed but no {case.audit_action} event of {user}: {allowed}")
+        if any(actor != user for actor, _ in allowed + denied):
+            wrong.append(f"{case}: an event names someone else: {allowed + denied}")
         if not case.allowed and denied != [(user, case.audit_action)]:
             wrong.append(f"{case}: expected one {case.audit_action} refusal of {user} in acme's "
                          f"log, got {denied}")
