@@ -15,9 +15,12 @@ Use from any suite (the hub suite runs it against the real hub)::
     sys.path.insert(0, str(Path(__file__).parents[1] / "roles"))
     from role_matrix import cases, expected_status, user_scopes
 
-``cases()`` yields :class:`Case` rows; ``expected_status(template, method, role, same_org)`` is
-the status a request must get; ``user_scopes(org, role)`` is the scope list a hub token of that
-role carries.
+``cases(role=None, same_org=None)`` lists :class:`Case` rows (template, method, role, same_org,
+permissions, audit_action, expected); ``expected_status(template, method, role, same_org)`` is the
+status a request must get (200/201 or 403); ``audit_action(template, method)`` the action a
+refusal is recorded under (``AUDITED_WHEN_ALLOWED`` says which are recorded when allowed too);
+``user_scopes(org, role)`` is the scope list a hub token of that role carries. A valid request
+per operation on the ``labdata`` runs is ``role_support.sample_request(template, method)``.
 """
 
 from __future__ import annotations
