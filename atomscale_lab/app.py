@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Float, Unicode, default
 
-from . import CATEGORIES, __version__
+from . import CATEGORIES, __version__, orgconfig
 from .catalog import (
     MAX_PER_PAGE,
     Refreshing,
@@ -39,8 +39,16 @@ from .catalog import (
     select_window,
     sorted_by_channel_time,
 )
-from .errors import AtomscaleError, KeyUnavailable, NotFound, PermissionDenied, ValidationError
-from .schema import METROLOGY, RUNS, SERIES, TABLES, TOOL_STATE
+from .errors import (
+    AtomscaleError,
+    Conflict,
+    KeyUnavailable,
+    NotFound,
+    PermissionDenied,
+    TooLarge,
+    ValidationError,
+)
+from .schema import METROLOGY, RUNS, SERIES, TABLES, TOOL_STATE, conform
 from .sources import OrgAccess, role_of
 from .store import READ_POOL
 
@@ -53,6 +61,10 @@ METROLOGY_SCALARS = ("item_id", "run_id", "sample", "technique", "time", "result
 MAX_POINTS = 1_000_000
 STREAM_BATCH = 131_072
 MAX_JOIN_RUNS = 10_000
+MAX_WRITE_BYTES = 32 << 20
+"""Largest Arrow body ``POST metrology`` accepts."""
+MAX_WRITE_ROWS = 100_000
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 class OrgService:
@@ -73,6 +85,7 @@ class OrgService:
         self.key_fingerprint = keys.fingerprint()
         self.store = OrgStore(Path(access.data_root), access.org, OrgCrypto(keys), access.heads())
         del keys  # the CryptoFactory holds what it needs; drop our own reference
+        self._write_lock = threading.Lock()
         self.runs = Refreshing(self._build_catalog, lambda: self._log_version(RUNS.name),
                                refresh_interval)
         self.metrology_index = Refreshing(self._build_metrology_index,
@@ -132,8 +145,13 @@ class OrgService:
     # --- answers --------------------------------------------------------------------------
 
     def status(self, user: str) -> dict:
-        """Org, user, role, key version/fingerprint and (with data:read) row counts per table."""
+        """Org, user, role, key version/fingerprint and (with data:read) row counts per table.
+
+        Members only: someone without a role in the org learns nothing about it here.
+        """
         perms = self.permissions(user)
+        if not perms:
+            self.require_member(user, "status.read")
         doc = {"org": self.org, "region": self.access.region, "user": user,
                "actor": self.actor(user), "role": role_of(perms), "permissions": sorted(perms),
                "version": __version__,
@@ -316,18 +334,31 @@ class OrgService:
         return schema, batches, failed
 
     def audit_events(self, user: str, params: dict) -> dict:
-        """Audit events: all of them with ``audit:all``, the user's own with ``audit:read``."""
-        _check_params(params, {"limit", "offset", "action"})
+        """Audit events: all of them with ``audit:all``, the user's own with ``audit:read``.
+
+        ``actor=`` narrows the events to one actor; asking for someone else's without
+        ``audit:all`` is refused (and audited). Reading the log is itself an ``audit.read`` event.
+        """
         perms = self.permissions(user)
         if "audit:read" not in perms and "audit:all" not in perms:
             self.require(user, "audit:read", "audit.read")
+        _check_params(params, {"limit", "offset", "action", "actor"})
         limit = parse_int(params.get("limit"), "limit", 100, 1, 1000)
         offset = parse_int(params.get("offset"), "offset", 0, 0)
-        actor = None if "audit:all" in perms else self.actor(user)
+        own = self.actor(user)
+        wanted = params.get("actor") or None
+        if "audit:all" in perms:
+            actor = wanted
+        elif wanted is None or wanted == own:
+            actor = own
+        else:
+            self.require(user, "audit:all", "audit.read", requested_actor=wanted)
         events = self.access.audit_events(actor=actor, action=params.get("action") or None,
                                           limit=limit, offset=offset)
-        return {"events": events, "limit": limit, "offset": offset,
-                "scope": "all" if actor is None else "own"}
+        scope = "all" if "audit:all" in perms else "own"
+        self.access.audit().record(own, "audit.read", scope=scope, actor_filter=actor,
+                                   events=len(events))
+        return {"events": events, "limit": limit, "offset": offset, "scope": scope}
 
     def context_join(self, user: str, body) -> dict:
         """Labels of some runs from the context service (audited there as ``context.join``)."""
@@ -349,6 +380,136 @@ class OrgService:
                                   field="purpose")
         frame = self.access.context_join(run_ids, fields, purpose.strip(), self.actor(user))
         return {"labels": _frame_records(frame)}
+
+    # --- membership, writes, configuration ------------------------------------------------
+
+    def require_member(self, user: str, action: str, **detail) -> None:
+        """Raise ``PermissionDenied`` (audited) unless ``user`` has some permission here."""
+        if not self.permissions(user):
+            self.access.audit().record(self.actor(user), action, "denied",
+                                       permission="any", **detail)
+            raise PermissionDenied(f"no permission in org {self.org!r}: you have no role there")
+
+    def describe(self, user: str) -> None:
+        """Allow members only to read the API description (a non-member learns nothing)."""
+        self.require_member(user, "openapi.read")
+
+    def write_metrology(self, user: str, params: dict, body: bytes,
+                        content_type: str | None) -> dict:
+        """Store derived metrology rows sent as an Arrow IPC stream (``data:write``).
+
+        Every row must name a run of this org (``run_id`` fills rows that have none) and a new
+        ``item_id``; ``sample`` defaults to the run's. Audited as ``data.write`` with the run
+        ids and row count before the commit; nothing is written unless every row is valid.
+        """
+        self.require(user, "data:write", "data.write", table=METROLOGY.name)
+        _check_params(params, {"run_id"})
+        frame = _read_ipc(body, content_type)
+        run = params.get("run_id") or None
+        if run is not None:
+            frame = _with_run(frame, run)
+        rows = conform(METROLOGY, frame)
+        run_ids = sorted(set(rows.column("run_id").to_pylist()))
+        for rid in run_ids:
+            self._check_run(rid)
+        item_ids = rows.column("item_id").to_pylist()
+        seen: set[str] = set()
+        for i in item_ids:
+            if i in seen:
+                raise ValidationError(f"item_id {i!r} appears twice in the frame",
+                                      field="item_id")
+            seen.add(i)
+        rows = self._fill_sample(rows)
+        with self._write_lock:
+            idx = self.metrology_index.get(wait=True)
+            taken = pc.is_in(idx.column("item_id"), value_set=pa.array(item_ids, pa.string()))
+            if pc.any(taken).as_py():
+                existing = set(idx.filter(taken).column("item_id").to_pylist())
+                first = next(i for i in item_ids if i in existing)
+                raise Conflict(f"metrology item {first!r} already exists in org {self.org!r} "
+                               f"({len(existing)} of the frame's item ids do); choose new ids")
+            actor = self.actor(user)
+            extra = {"run_count": len(run_ids)} if len(run_ids) > 100 else {}
+            self.access.audit().record(actor, "data.write", table=METROLOGY.name,
+                                       run_ids=run_ids[:100], rows=rows.num_rows, **extra)
+            try:
+                commit = self.store.table(METROLOGY.name).write(rows, actor=actor)
+            except Exception as e:
+                self.access.audit().record(actor, "data.write", "error", table=METROLOGY.name,
+                                           rows=0, error=type(e).__name__)
+                raise
+            self.metrology_index.get(wait=True)  # the writer's next read sees its rows
+        return {"table": METROLOGY.name, "rows": commit.rows, "commit": commit.seq,
+                "run_ids": run_ids, "item_ids": item_ids}
+
+    def _fill_sample(self, rows: pa.Table) -> pa.Table:
+        col = rows.column("sample")
+        if not col.null_count:
+            return rows
+        cat = self.runs.get()
+        ids = rows.column("run_id")
+        # one catalogue lookup per run: building a run record is the expensive part
+        of_run = {r: (cat.get(r) or {}).get("sample") for r in pc.unique(ids).to_pylist()}
+        samples = [s if s is not None else of_run[r]
+                   for s, r in zip(col.to_pylist(), ids.to_pylist(), strict=True)]
+        i = rows.schema.get_field_index("sample")
+        return rows.set_column(i, "sample", pa.array(samples, pa.string()))
+
+    def config(self, user: str) -> dict:
+        """The org's workspace configuration (any role in the org may read it)."""
+        self.require_member(user, "config.read")
+        return self.access.org_config()
+
+    def set_config(self, user: str, body, replace: bool = False) -> dict:
+        """Change the org's configuration (``config``): all of it, or the settings given.
+
+        Audited as ``config.change`` with the names of the changed settings (before storing).
+        """
+        self.require(user, "config", "config.change")
+        if not isinstance(body, dict):
+            raise ValidationError("the body must be a JSON object of settings")
+        old = self.access.org_config()["config"]
+        new = orgconfig.validate(body) if replace else orgconfig.merge(old, body)
+        changed = orgconfig.changed_keys(old, new)
+        self.access.audit().record(self.actor(user), "config.change", keys=changed,
+                                   replace=replace)
+        doc = self.access.set_org_config(new)
+        return {**doc, "changed": changed}
+
+
+def _read_ipc(body: bytes, content_type: str | None) -> pa.Table:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != ARROW_STREAM:
+        raise ValidationError(f"send the frame as an Arrow IPC stream (Content-Type: "
+                              f"{ARROW_STREAM}), not {media or 'no content type'}")
+    if len(body) > MAX_WRITE_BYTES:
+        raise TooLarge(f"the frame is {len(body)} bytes; at most {MAX_WRITE_BYTES} per request")
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError):
+        raise ValidationError("the body is not a readable Arrow IPC stream") from None
+    if table.num_rows == 0:
+        raise ValidationError("the frame has no rows")
+    if table.num_rows > MAX_WRITE_ROWS:
+        raise TooLarge(f"the frame has {table.num_rows} rows; at most {MAX_WRITE_ROWS} per "
+                       "request")
+    return table
+
+
+def _with_run(frame: pa.Table, run: str) -> pa.Table:
+    # rows without a run id belong to ``run``; a row naming another run is a mistake
+    if "run_id" not in frame.column_names:
+        return frame.append_column("run_id", pa.array([run] * frame.num_rows, pa.string()))
+    ids = frame.column("run_id")
+    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type) \
+            and not pa.types.is_null(ids.type):
+        raise ValidationError("field 'run_id' must be a string", field="run_id")
+    other = {r for r in ids.to_pylist() if r is not None and r != run}
+    if other:
+        raise ValidationError(f"the frame has rows of run {sorted(other)[0]!r}, not {run!r}",
+                              field="run_id")
+    filled = pa.array([r if r is not None else run for r in ids.to_pylist()], pa.string())
+    return frame.set_column(frame.schema.get_field_index("run_id"), "run_id", filled)
 
 
 def _frame_records(frame) -> list[dict]:

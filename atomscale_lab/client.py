@@ -1,4 +1,4 @@
-"""``Workspace``: what a notebook kernel uses to read its org's data.
+"""``Workspace``: what a notebook kernel uses to read its org's data and save derived results.
 
 A kernel never holds an org key. It talks to the REST API of the Jupyter server it belongs to
 (the server extension holds the key, checks permissions and audits every read), and frames travel
@@ -8,6 +8,8 @@ as Arrow IPC streams. ::
     ws = Workspace()
     runs = ws.runs(project="gaas-qw", status="complete")
     series = ws.process(runs.run_id[0], channels=["rheed_intensity"], wide=True)
+    ws.write_metrology(fits, run=runs.run_id[0])   # needs data:write; audited as data.write
+    ws.config()["instrument_names"]                # the org's settings, as support set them up
 
 Finding the server (first match wins): the ``url``/``token`` arguments; ``ATOMSCALE_LAB_URL`` and
 ``ATOMSCALE_LAB_TOKEN``; in JupyterHub ``JUPYTERHUB_SERVICE_URL`` with ``JUPYTERHUB_API_TOKEN``;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -27,7 +30,14 @@ import pandas as pd
 import pyarrow as pa
 import requests
 
-from .errors import AtomscaleError, ConfigError, KeyUnavailable, NotFound, PermissionDenied
+from .errors import (
+    AtomscaleError,
+    ConfigError,
+    Conflict,
+    KeyUnavailable,
+    NotFound,
+    PermissionDenied,
+)
 from .errors import ValidationError as _ValidationError
 
 API = "atomscale/api/v1/"
@@ -41,7 +51,7 @@ TABLE_ALIASES = {
 """Short names accepted by :meth:`Workspace.dataset` and :meth:`Workspace.table`."""
 
 _ERRORS = {400: _ValidationError, 401: PermissionDenied, 403: PermissionDenied, 404: NotFound,
-           503: KeyUnavailable}
+           409: Conflict, 413: _ValidationError, 503: KeyUnavailable}
 
 
 def discover(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
@@ -119,6 +129,11 @@ def _time(value) -> str | None:
 class Workspace:
     """The org's data as seen from a kernel, through its server's REST API.
 
+    What a call may do is the caller's role in the org: reading needs ``data:read``,
+    :meth:`write_metrology` ``data:write``, :meth:`labels` ``context:join``, :meth:`set_config`
+    ``config``, :meth:`audit` ``audit:read`` (own events) or ``audit:all``; a refusal raises
+    ``PermissionDenied`` and is audited.
+
     ``org`` (optional) is checked against the org the server serves, so a notebook written for one
     org fails clearly on another org's server.
     """
@@ -149,13 +164,15 @@ class Workspace:
     # --- HTTP ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, params: dict | None = None, json=None,
-                 arrow: bool = False, stream: bool = False) -> requests.Response:
+                 arrow: bool = False, stream: bool = False, data: bytes | None = None,
+                 headers: dict | None = None) -> requests.Response:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if arrow:
             params["format"] = "arrow"
         try:
             r = self._session.request(method, self.url + API + path, params=params, json=json,
-                                      timeout=self.timeout, stream=stream)
+                                      data=data, headers=headers, timeout=self.timeout,
+                                      stream=stream)
         except requests.ConnectionError as e:
             raise ConfigError(f"cannot reach the Jupyter server at {self.url}: {e}") from None
         if r.status_code >= 400:
@@ -355,10 +372,65 @@ class Workspace:
         out.index = df.index
         return out
 
-    def audit(self, limit: int = 100, action: str | None = None, offset: int = 0) -> pd.DataFrame:
-        """Recent audit events (all for org admins, your own otherwise)."""
-        doc = self._json("audit", limit=limit, offset=offset, action=action)
+    def audit(self, limit: int = 100, action: str | None = None, offset: int = 0,
+              actor: str | None = None) -> pd.DataFrame:
+        """Recent audit events, newest first: every event with ``audit:all`` (org admins), your own
+        with ``audit:read`` (scientists); ``actor`` narrows to one person (others' events need
+        ``audit:all``). Viewers and support get ``PermissionDenied``."""
+        doc = self._json("audit", limit=limit, offset=offset, action=action, actor=actor)
         return pd.DataFrame(doc["events"])
+
+    # --- writing and configuration ------------------------------------------------------------
+
+    def write_metrology(self, frame: pd.DataFrame | pa.Table, run: str | None = None) -> dict:
+        """Save derived results (e.g. a fitted period or a film thickness) as metrology items.
+
+        ``frame`` has the metrology columns (``item_id, run_id, sample, technique, time, x, y,
+        x_unit, y_unit, peaks, result_name, result_value, result_unit``); ``technique`` is
+        required. ``run`` is the run the rows belong to (rows without ``run_id`` get it); a
+        missing ``item_id`` column gets new ids, a missing ``time`` column the current UTC time,
+        and ``sample`` defaults to the run's sample. Naive times are taken as UTC.
+
+        Needs the ``data:write`` permission (org admins and scientists); the server checks every
+        row against the schema and the org's runs and writes nothing if one is wrong
+        (``ValidationError``, ``NotFound`` for an unknown run, ``Conflict`` for an existing
+        item id). The write is audited as ``data.write`` with your name, the runs and the row
+        count. Returns ``{table, rows, commit, run_ids, item_ids}``.
+        """
+        t = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(
+            frame, preserve_index=False)
+        n = t.num_rows
+        if "item_id" not in t.column_names:
+            t = t.append_column("item_id", pa.array([f"D-{uuid.uuid4().hex[:20]}"
+                                                     for _ in range(n)], pa.string()))
+        if "time" not in t.column_names:
+            now = pd.Timestamp.now(tz="UTC").floor("us")
+            t = t.append_column("time", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+        i = t.schema.get_field_index("time")
+        if pa.types.is_timestamp(t.schema.field(i).type):
+            # the store keeps microseconds in UTC; sub-microsecond digits are dropped
+            t = t.set_column(i, "time", t.column(i).cast(
+                pa.timestamp("us", tz=t.schema.field(i).type.tz or "UTC"), safe=False))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as writer:
+            writer.write_table(t)
+        r = self._request("POST", "metrology", params={"run_id": run},
+                          data=sink.getvalue().to_pybytes(),
+                          headers={"Content-Type": ARROW_STREAM})
+        return r.json()
+
+    def config(self) -> dict:
+        """The org's workspace configuration (instrument display names, default project, unit
+        preferences, sidebar page size), as set up by support or an org admin."""
+        return self._json("config")["config"]
+
+    def set_config(self, **settings) -> dict:
+        """Change some settings of the org's configuration (``None`` restores a default).
+
+        Needs the ``config`` permission (support and org admins); audited as ``config.change``
+        with the names of the changed settings. Returns the whole new configuration.
+        """
+        return self._request("PATCH", "config", json=settings).json()["config"]
 
     # --- an Atomscale-style façade ------------------------------------------------------------
 

@@ -69,6 +69,18 @@ class PermissionDenied(AtomscaleError):
     exit_code = 6
 
 
+class Conflict(AtomscaleError):
+    """The request collides with what exists (e.g. an item id that is already stored)."""
+
+    http_status = 409
+
+
+class TooLarge(ValidationError):
+    """A request body or frame exceeds the size a route accepts."""
+
+    http_status = 413
+
+
 HTTP_STATUS = {
     ValidationError: 400,
     PermissionDenied: 403,

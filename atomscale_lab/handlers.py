@@ -101,7 +101,8 @@ class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
 
 def _reason(e: AtomscaleError) -> str:
     return {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-            503: "Service Unavailable"}.get(http_status(e), "Internal Server Error")
+            413: "Payload Too Large", 503: "Service Unavailable"}.get(http_status(e),
+                                                                      "Internal Server Error")
 
 
 def _ipc_chunks(table: pa.Table) -> list[bytes]:
@@ -206,6 +207,15 @@ class MetrologyHandler(AtomscaleHandler):
             await self.finish_arrow(rows, {"X-Total-Count": meta["total"]})
         else:
             await self.finish_json({**meta, "items": rows_to_records(rows)})
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        """Store derived metrology rows (an Arrow IPC body); answer 201 with what was written."""
+        doc = await self.call("write_metrology", self.query_params(), self.request.body,
+                              self.request.headers.get("Content-Type"))
+        self.set_status(201)
+        await self.finish_json(doc)
 
 
 class MetrologyItemHandler(AtomscaleHandler):
@@ -340,8 +350,38 @@ class OpenAPIHandler(AtomscaleHandler):
     @web.authenticated
     @authorized
     async def get(self):
-        """Answer the OpenAPI document."""
+        """Answer the OpenAPI document (to members of the org)."""
+        await self.call("describe")
         await self.finish_json(openapi_spec())
+
+
+class ConfigHandler(AtomscaleHandler):
+    """``GET``/``PUT``/``PATCH config``: the org's workspace configuration."""
+
+    def json_body(self):
+        """The request body as JSON (400 if it is not)."""
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not valid JSON") from None
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer ``{config, updated}``."""
+        await self.finish_json(await self.call("config"))
+
+    @web.authenticated
+    @authorized
+    async def put(self):
+        """Replace the configuration (settings left out return to their defaults)."""
+        await self.finish_json(await self.call("set_config", self.json_body(), True))
+
+    @web.authenticated
+    @authorized
+    async def patch(self):
+        """Change only the settings in the body (``null`` restores a default)."""
+        await self.finish_json(await self.call("set_config", self.json_body(), False))
 
 
 def openapi_spec() -> dict:
@@ -362,6 +402,7 @@ ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
     ("audit", AuditHandler),
     ("context/join", ContextJoinHandler),
     ("openapi.json", OpenAPIHandler),
+    ("config", ConfigHandler),
 ]
 """(path template relative to the API prefix, handler); the OpenAPI paths must match these."""
 

@@ -91,6 +91,12 @@ class OrgAccess(Protocol):
                      limit: int = 100, offset: int = 0) -> list[dict]:
         """Recent audit events of the org (most recent first), optionally only ``actor``'s."""
 
+    def org_config(self) -> dict:
+        """The org's workspace configuration, ``{config, updated}`` (see ``orgconfig``)."""
+
+    def set_org_config(self, config: dict) -> dict:
+        """Store the org's complete, validated configuration; returns ``{config, updated}``."""
+
 
 class LocalAccess:
     """:class:`OrgAccess` for single-user mode, on top of a :class:`~atomscale_lab.vault.Vault`.
@@ -145,6 +151,14 @@ class LocalAccess:
     def audit_events(self, *, actor=None, action=None, limit=100, offset=0):
         """Events of the local audit log."""
         return self.audit().events(actor=actor, action=action, limit=limit, offset=offset)
+
+    def org_config(self):
+        """The org's configuration from the vault registry."""
+        return self.vault.org_config(self.org)
+
+    def set_org_config(self, config):
+        """Store the org's configuration in the vault registry."""
+        return self.vault.set_org_config(self.org, config)
 
     def __repr__(self) -> str:
         return f"LocalAccess(org={self.org!r}, owner={self.owner!r})"

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS orgs (
     name TEXT PRIMARY KEY, region TEXT NOT NULL, created TEXT NOT NULL, deleted TEXT)
 """
 
+_CONFIG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS org_config (
+    name TEXT PRIMARY KEY, doc TEXT NOT NULL, updated TEXT NOT NULL)
+"""
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -443,6 +448,38 @@ class Vault:
                 shutil.rmtree(Path(root) / name, ignore_errors=True)
             self._heads.forget(name)
             self.heads().forget(name)
+
+    # -- org configuration ------------------------------------------------------------------
+
+    def org_config(self, name: str) -> dict:
+        """The org's workspace configuration: ``{config, updated}`` (defaults if never set)."""
+        from . import orgconfig
+
+        self._live(name)
+        self._sql(_CONFIG_SCHEMA)
+        rows = self._sql("SELECT doc, updated FROM org_config WHERE name=?", (name,))
+        if not rows:
+            return {"config": orgconfig.defaults(), "updated": None}
+        stored = json.loads(rows[0][0])
+        # a setting a newer or older version no longer knows is dropped, not an error
+        known = {k: v for k, v in stored.items() if k in orgconfig.DEFAULTS}
+        return {"config": orgconfig.validate(known), "updated": rows[0][1]}
+
+    def set_org_config(self, name: str, config: dict) -> dict:
+        """Validate and store the org's complete configuration; returns ``{config, updated}``.
+
+        Auditing is the caller's (the server audits ``config.change`` with the changed keys).
+        """
+        from . import orgconfig
+
+        self._live(name)
+        doc = orgconfig.validate(config)
+        updated = _now()
+        self._sql(_CONFIG_SCHEMA)
+        self._sql("INSERT INTO org_config (name, doc, updated) VALUES (?, ?, ?) "
+                  "ON CONFLICT(name) DO UPDATE SET doc=excluded.doc, updated=excluded.updated",
+                  (name, json.dumps(doc), updated))
+        return {"config": doc, "updated": updated}
 
     def close(self) -> None:
         """Close the registry connections."""

@@ -186,3 +186,11 @@ class HubAccess:
         if action:
             params["action"] = action
         return self._call("GET", KEYS_SERVICE, f"orgs/{self.org}/audit", params=params)["events"]
+
+    def org_config(self) -> dict:
+        """The org's configuration, kept by the key service in the deployment registry."""
+        return self._call("GET", KEYS_SERVICE, f"orgs/{self.org}/config")
+
+    def set_org_config(self, config: dict) -> dict:
+        """Store the org's configuration through the key service (which checks ``config``)."""
+        return self._call("PUT", KEYS_SERVICE, f"orgs/{self.org}/config", json=config)

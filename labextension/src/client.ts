@@ -6,6 +6,8 @@
  * the unit tests pass a fake.
  */
 
+import type { IOrgConfigDoc } from './orgconfig';
+
 /** The path below the server's base URL where the API lives. */
 export const API_PREFIX = 'atomscale/api/v1/';
 
@@ -238,6 +240,11 @@ export class AtomscaleClient {
   /** The org, its residency, key and row counts. */
   status(signal?: AbortSignal): Promise<IStatus> {
     return this.get<IStatus>(['status'], {}, signal);
+  }
+
+  /** The org's workspace configuration (any member may read it). */
+  config(signal?: AbortSignal): Promise<IOrgConfigDoc> {
+    return this.get<IOrgConfigDoc>(['config'], {}, signal);
   }
 
   /** One page of runs (server-side search, sort and paging). */

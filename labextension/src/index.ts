@@ -15,6 +15,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { AtomscaleClient } from './client';
+import { IOrgConfig, withOrgDefaults } from './orgconfig';
 import { DataBrowserPanel, DEFAULT_SETTINGS, IPanelSettings } from './panel';
 import { runSnippet } from './snippet';
 
@@ -111,9 +112,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (registry) {
       registry
         .load(PLUGIN_ID)
-        .then(settings => {
-          panel.applySettings(readSettings(settings));
-          settings.changed.connect(() => panel.applySettings(readSettings(settings)));
+        .then(async settings => {
+          let org: IOrgConfig | null = null;
+          const apply = () =>
+            panel.applySettings(
+              withOrgDefaults(
+                readSettings(settings),
+                settings.user as Partial<IPanelSettings>,
+                org
+              )
+            );
+          apply();
+          settings.changed.connect(apply);
+          try {
+            // what support or an org admin set up for everyone (the user's own settings win)
+            org = (await client.config()).config;
+            apply();
+          } catch (reason) {
+            console.warn('atomscale-lab: no org configuration', reason);
+          }
         })
         .catch(reason => {
           console.error('atomscale-lab: could not load settings', reason);

@@ -142,6 +142,11 @@ def test_servers_post_audit_events_as_their_owner_only(call, vault):
     assert code == 403
     code, doc = call("atomscale-keys", "orgs/acme/audit", "sci-acme")
     assert code == 200 and {e["actor"] for e in doc["events"]} == {"ann"}
+    # audit:read alone cannot ask for someone else's events; the attempt is on record
+    code, _ = call("atomscale-keys", "orgs/acme/audit?actor=vic", "sci-acme")
+    assert code == 403
+    ev = vault.audit("acme").events(action="audit.read", limit=1)[0]
+    assert (ev["actor"], ev["outcome"], ev["detail"]["requested_actor"]) == ("ann", "denied", "vic")
 
 
 def test_service_stops_on_sigterm(tmp_path, vault):
@@ -171,3 +176,27 @@ def test_service_stops_on_sigterm(tmp_path, vault):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_org_configuration_read_by_members_changed_with_the_config_scope(call, vault):
+    code, doc = call("atomscale-keys", "orgs/acme/config", "support-acme", "PUT",
+                     {"sidebar_page_size": 30, "default_project": "gan-hemt"})
+    assert code == 200 and doc["config"]["sidebar_page_size"] == 30
+    code, doc = call("atomscale-keys", "orgs/acme/config", "view-acme")
+    assert code == 200 and doc["config"]["default_project"] == "gan-hemt"
+    assert vault.org_config("acme")["config"]["sidebar_page_size"] == 30
+    for token in ("sci-acme", "view-acme", "sci-beta", "lookalike"):
+        code, _ = call("atomscale-keys", "orgs/acme/config", token, "PUT",
+                       {"sidebar_page_size": 10})
+        assert code == 403, token
+    for token in ("sci-beta", "lookalike", None):
+        assert call("atomscale-keys", "orgs/acme/config", token)[0] in (401, 403), token
+    code, doc = call("atomscale-keys", "orgs/acme/config", "support-acme", "PUT",
+                     {"sidebar_page_size": 10_000})
+    assert code == 400 and "sidebar_page_size" in doc["message"]
+    assert vault.org_config("acme")["config"]["sidebar_page_size"] == 30
+    events = vault.audit("acme").events(action="config.change", limit=50)
+    assert {(e["actor"], e["outcome"]) for e in events} == {("sup", "allowed"), ("ann", "denied"),
+                                                            ("vic", "denied")}
+    allowed = [e for e in events if e["outcome"] == "allowed"]
+    assert allowed[0]["detail"]["keys"] == ["default_project", "sidebar_page_size"]

@@ -8,6 +8,8 @@ Routes (under ``/services/atomscale-keys/``):
   the org's log; the actor is always the token's owner. Any atomscale scope of the org is needed.
 - ``GET orgs/<org>/audit?actor=&action=&limit=&offset=`` → events: ``audit:all`` sees every event,
   ``audit:read`` only the caller's own.
+- ``GET orgs/<org>/config`` (any scope of the org) / ``PUT`` (``config``) → the org's workspace
+  configuration (``atomscale_lab.orgconfig``), kept in the deployment registry.
 
 The root key is in this service's environment (never in a user server's); the data key is sent
 only in the answer body over TLS and never logged.
@@ -28,8 +30,9 @@ NAME = "atomscale-keys"
 ORG = r"(?P<org>[a-z][a-z0-9-]{1,31})"
 # Actions a user server may record on its own behalf (key releases and context joins are recorded
 # by the services that perform them; org and key administration by the admin CLI).
-SERVER_ACTIONS = re.compile(r"^(data\.(read|write|query|export)|config\.change|apikey\.(create|"
-                            r"use|revoke)|auth\.server|widget\.[a-z_]+)$")
+SERVER_ACTIONS = re.compile(r"^(data\.(read|write|query|export)|config\.(change|read)|apikey\.("
+                            r"create|use|revoke)|auth\.server|widget\.[a-z_]+|audit\.read|"
+                            r"context\.join|status\.read|openapi\.read)$")
 
 
 class KeysHandler(ServiceHandler):
@@ -95,6 +98,9 @@ class AuditHandler(ServiceHandler):
             raise web.HTTPError(403, "no audit scope for this org")
         actor = self.get_argument("actor", None)
         if "audit:all" not in perms:
+            if actor not in (None, user):
+                self.deny(org, user, "audit.read", "reading others' events needs audit:all",
+                          requested_actor=actor[:64])
             actor = user
         try:
             limit = min(int(self.get_argument("limit", "100")), 1000)
@@ -106,9 +112,39 @@ class AuditHandler(ServiceHandler):
         self.finish({"events": events})
 
 
+class ConfigHandler(ServiceHandler):
+    """``GET`` / ``PUT orgs/<org>/config``: the org's workspace configuration."""
+
+    async def get(self, org):
+        """The configuration, for any member of the org."""
+        model = await self.token_user()
+        if not self.permissions(model, org):
+            raise web.HTTPError(403, "the token has no scope in this org")
+        self.known_org(org)
+        self.finish(self.vault.org_config(org))
+
+    async def put(self, org):
+        """Store a complete configuration (``config`` scope); audited as ``config.change``."""
+        from ...orgconfig import changed_keys, validate
+
+        model = await self.token_user()
+        user = model["name"]
+        perms = self.permissions(model, org)
+        if "config" not in perms:
+            if perms:
+                self.deny(org, user, "config.change", "no config scope for this org")
+            raise web.HTTPError(403, "no config scope for this org")
+        self.known_org(org)
+        new = validate(self.json_body())
+        changed = changed_keys(self.vault.org_config(org)["config"], new)
+        self.audit(org, user, "config.change", "allowed", keys=changed)
+        self.finish(self.vault.set_org_config(org, new))
+
+
 ROUTES = [
     (rf"orgs/{ORG}/keys", KeysHandler),
     (rf"orgs/{ORG}/audit", AuditHandler),
+    (rf"orgs/{ORG}/config", ConfigHandler),
 ]
 
 app = ServiceApp(NAME, ROUTES)
