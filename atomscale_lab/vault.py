@@ -278,9 +278,35 @@ class Vault:
     # -- per-org handles ------------------------------------------------------------------------
 
     def org_keys(self, name: str):
-        """The org's ``OrgKeys`` (data key versions)."""
+        """The org's ``OrgKeys``: data key versions, verify keys and the signing key (writer).
+
+        An org created before commit-log signing is migrated on first use (see
+        :meth:`migrate_org`).
+        """
         self._live(name)
-        return self.keys.org_keys(name)
+        keys = self.keys.org_keys(name)
+        if not keys.verify:
+            self.migrate_org(name, actor="system")
+            keys = self.keys.org_keys(name)
+        return keys
+
+    def migrate_org(self, name: str, *, actor: str = "admin") -> dict:
+        """Give an org made before commit-log signing its signing key and seal every table.
+
+        Each table's HMAC-verified history is checked, then sealed by one signed line and
+        restarted from a signed checkpoint (the lines with plaintext statistics are dropped);
+        from then on an unsigned line is refused. Idempotent. Returns
+        ``{"created_key": bool, "sealed": [table, ...]}``; audited as ``org.migrate``.
+        """
+        self._live(name)
+        created = self.keys.ensure_signing_key(name)
+        sealed = []
+        for t in [*self.store(name).tables(), self.context(name).table]:
+            if t.seal(actor=actor):
+                sealed.append(t.spec.name)
+        if created or sealed:
+            self.audit(name).record(actor, "org.migrate", created=created, tables=sealed)
+        return {"created_key": created, "sealed": sealed}
 
     def heads(self):
         """The commit-log head store (in the registry, outside the data root)."""
@@ -309,7 +335,8 @@ class Vault:
         info = self._live(name)
         self._check_residency(name, info["region"])
         versions = self.keys.versions(name).get("context", [])
-        keys = dict(self.keys.key(name, "context", v) for v in versions)
+        keys = self.org_keys(name).with_keys(
+            dict(self.keys.key(name, "context", v) for v in versions))
         return ContextStore(Path(self.settings.context_root), name, keys, self.audit(name),
                             heads=self.heads())
 
@@ -365,8 +392,15 @@ class Vault:
         """
         self._live(name)
         audit = self.audit(name)
+        self.org_keys(name)  # an org from before commit-log signing is migrated first
         version = self.keys.rotate(name, "data")
+        sign_version = self.keys.rotate(name, "sign")
         audit.record(actor, "key.rotate", purpose="data", key_version=version)
+        audit.record(actor, "key.rotate", purpose="sign", key_version=sign_version)
+        # One line signed with the new key per table: lines signed with the retired key are
+        # refused from now on, even by someone who kept it.
+        for t in [*self.store(name).tables(), self.context(name).table]:
+            t.seal(actor=actor, scrub=False)
         if rewrite:
             store = self.store(name)
             rewritten = {}
