@@ -1,26 +1,54 @@
-"""Org datasets: encrypted Parquet files listed by an append-only, MACed commit log.
+"""Org datasets: encrypted Parquet files listed by an append-only, signed commit log.
 
 CONTRACT (filled in by the vault work):
 
 Layout: ``data_root/<org>/<category>/<table>/`` holds ``bucket=<NN>/part-<uuid>.parquet`` files
-(unbucketed tables: ``part-<uuid>.parquet``), ``_log/commits.jsonl`` and ``_tmp/``. Each log line
-lists added/removed files with path, rows, size, partition values, time range, run ids and a
-fingerprint binding the file's bytes. Readers open only what the log lists, and refuse a listed
-file whose size, trailer or fingerprint differs, an unlisted or plaintext file in its place, a log
-whose MAC chain breaks, and a log older than the last head they (or the ``HeadStore``) saw.
+(unbucketed tables: ``part-<uuid>.parquet``; NN is the CRC-32 bucket of the run id, never the run
+id), ``_log/commits.jsonl``, ``_log/checkpoint.json`` and ``_tmp/``. Each log line lists added and
+removed files; readers open only what the log lists, and refuse a listed file whose size, trailer
+or fingerprint differs, an unlisted or plaintext file in its place, a line whose chain or
+signature breaks, an unsigned line once the org has a signing key, and a log older than the last
+head they (or the ``HeadStore``) saw.
 
 Log line (one JSON object per line, keys sorted)::
 
-    {"seq": 7, "prev": "<sha256 of line 6>", "ts": "...", "actor": "...", "op": "add"|"replace",
-     "added": [{"path": "bucket=03/part-<hex>.parquet", "rows": n, "size": bytes, "bucket": 3,
-                "tmin": µs, "tmax": µs, "run_ids": [...] | null, "run_min": .., "run_max": ..,
-                "fp": "<sha256 of size + file tail incl. the encrypted footer>", "kv": 2}],
+    {"seq": 7, "prev": "<sha256 of line 6>", "ts": "...", "op": "add"|"replace"|"seal",
+     "added": [{"path": "bucket=03/part-<hex>.parquet", "size": bytes, "bucket": 3, "kv": 2,
+                "fp": "<sha256 of size + file tail incl. the encrypted footer>"}],
      "removed": ["bucket=03/part-<hex>.parquet"], "key_version": 2, "kfp": "<key fingerprint>",
-     "mac": "<HMAC-SHA256 of the rest, key derived from data key version key_version>"}
+     "ck": <seq of the newest checkpoint when written>, "sv": <signing-key version>,
+     "stats": "<base64 nonce + AES-256-GCM of {"actor": ..., "files": {path: {"rows", "tmin",
+               "tmax" (µs), "run_ids" | null, "run_min", "run_max"}}}>",
+     "sig": "<base64 Ed25519 signature>"}
+
+``stats`` is sealed under an HKDF key of data-key version ``key_version`` (label
+``seal/commit-log-stats/<table>``, AAD ``<org>/<table>/line/<seq>``): nothing in a log names a run,
+a time range or a row count in plaintext. ``sig`` is the org's signing key (version ``sv``) over
+``"atomscale-lab/commit-log/v2\0<org>\0<table>\0line\0" + canonical JSON of the rest``; only
+writers hold it (``OrgKeys.signing``), readers hold the verify keys. Neither ``key_version`` nor
+``sv`` ever decreases along the log, so a retired key cannot be used to forge new lines.
+
+Checkpoint (``_log/checkpoint.json``, replaced atomically by the writer every
+``CHECKPOINT_EVERY`` commits and after a signing-key rotation)::
+
+    {"v": 1, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
+     "key_version": 2, "kfp": "...", "sv": 1,
+     "files": "<base64 sealed list of the live file entries>", "sig": "<Ed25519 over the rest>"}
+
+A reader starts from the newest checkpoint and verifies only the lines after ``offset`` (the
+first must continue ``digest``); a line's ``ck`` names the checkpoint it saw, so a removed or
+older checkpoint is refused; ``verify()`` also replays the whole log (when it starts at commit 1)
+and compares. A long-running reader reads only the bytes appended since its last read.
+
+Lines written before commit-log signing carry ``actor`` and the statistics in plaintext and a
+``mac`` (HMAC-SHA256, key derived from the data key) instead of ``stats``/``sig``. A reader
+accepts them only before a signed line (which seals them) or, holding no verify key, in a log with
+no signed line at all;
+``Table.seal`` (``atomscale-lab org migrate``) seals them with a signed line, writes a checkpoint
+and restarts the log from it, dropping the plaintext lines.
 
 A final line without a newline is an unfinished (uncommitted) write and is ignored; writers cut it
-off before appending. ``key_version`` never decreases along the log, so a key version retired by
-rotation cannot be used to forge new lines. Time ranges in reads are ``start <= t < end``.
+off before appending. Time ranges in reads are ``start <= t < end``.
 """
 
 from __future__ import annotations
@@ -81,7 +109,7 @@ _LOCAL_FS = pafs.LocalFileSystem()
 _WARM_TTL = 3600.0
 """Seconds a file's footer counts as opened (pyarrow's read-key cache lives 12 hours)."""
 _LOG = "_log"
-CHECKPOINT_EVERY = 256
+CHECKPOINT_EVERY = 64
 """A writer signs a checkpoint of the table's state every this many commits (0: never), so that
 a fresh reader verifies at most this many lines. Also written when the signing key rotated."""
 _KEEP_DIGESTS = 4096
