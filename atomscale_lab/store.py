@@ -379,6 +379,7 @@ class Table:
         self._log_path = self.path / _LOG / "commits.jsonl"
         self._lock_path = self.path / _LOG / "lock"
         self._ckpt_path = self.path / _LOG / "checkpoint.json"
+        self._kfps: dict[int, str] = {}
         # Heads are bound to the org's first key: an org deleted and created again under the same
         # name (fresh keys, empty folders) starts a new history instead of looking rolled back.
         self._epoch = crypto.fingerprint(min(crypto.keys.keys))[:8]
@@ -585,7 +586,10 @@ class Table:
         return doc["added"]
 
     def _check_kfp(self, doc: dict, kv: int) -> None:
-        if doc.get("kfp") != self.crypto.fingerprint(kv):
+        kfp = self._kfps.get(kv)
+        if kfp is None:
+            kfp = self._kfps[kv] = self.crypto.fingerprint(kv)
+        if doc.get("kfp") != kfp:
             raise KeyUnavailable(
                 f"the data key given for org {self.org!r} does not match "
                 f"{self.spec.name}'s files (wrong key or another org's data)")
@@ -741,10 +745,23 @@ class Table:
             if not state.signed or state.sign_version < self.crypto.sign_version:
                 state = self._append(state, "seal", actor, [], [])
                 changed = True
-            if scrub and state.legacy:
+            if scrub and (state.legacy or self._legacy_prefix()):
                 self._scrub(state)
                 changed = True
             return changed
+
+    def _legacy_prefix(self) -> bool:
+        """True when the log file still starts with a line from before signing (a scrub that
+        stopped after its first checkpoint)."""
+        try:
+            with open(self._log_path, "rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return False
+        try:
+            return first.endswith(b"\n") and "mac" in json.loads(first)
+        except (ValueError, TypeError):
+            return False
 
     def _scrub(self, state: _State) -> None:
         """Drop a sealed log's lines from before signing: checkpoint, empty log, checkpoint."""

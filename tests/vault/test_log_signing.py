@@ -17,7 +17,7 @@ from _legacy_log import data_key_only, last_line, legacy_line, legacy_write
 from _vault_support import make_keys, run_reader, series, store
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atomscale_lab import demo
+from atomscale_lab import cli, demo
 from atomscale_lab.config import Settings
 from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
 from atomscale_lab.errors import IntegrityError, KeyUnavailable, PermissionDenied
@@ -28,10 +28,10 @@ from atomscale_lab.vault import Vault
 INTEGRITY = 5
 
 
-def _vault(tmp_path) -> Vault:
+def _vault(tmp_path, key_text: str | None = None) -> Vault:
     home = tmp_path / "home"
     return Vault(Settings(home=home, data_root=home / "data", context_root=home / "context"),
-                 kms=LocalKms(generate_root_key()))
+                 kms=LocalKms(key_text or generate_root_key()))
 
 
 def _planted_file(table: Table, crypto: OrgCrypto) -> dict:
@@ -213,9 +213,9 @@ def test_registry_keys_are_rewrapped_and_shredded(tmp_path):
 # -- migration from HMAC-only logs --------------------------------------------------------------
 
 
-def _legacy_deployment(tmp_path):
+def _legacy_deployment(tmp_path, key_text: str | None = None):
     """A deployment as it was before signing: no ``sign`` keys, HMAC-only logs, plaintext stats."""
-    v = _vault(tmp_path)
+    v = _vault(tmp_path, key_text)
     v.create_org("acme", "us")
     db = sqlite3.connect(str(v.settings.registry_path))
     db.execute("DELETE FROM org_keys WHERE purpose='sign'")
@@ -307,3 +307,41 @@ def test_hash_of_log_head_is_line_hash(tmp_path):
     seq, digest = t.head()
     assert (seq, digest) == last_line(t)[:2]
     assert digest == hashlib.sha256(t._log_path.read_bytes().splitlines()[-1]).hexdigest()
+
+
+def test_org_migrate_command(tmp_path, monkeypatch):
+    key = generate_root_key()
+    v, data, run_ids = _legacy_deployment(tmp_path, key)
+    monkeypatch.setenv("ATOMSCALE_HOME", str(v.settings.home))
+    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", key)
+    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
+                "ATOMSCALE_REGION", "ATOMSCALE_KMS"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main(["org", "migrate", "acme"]) == 0
+    assert v.keys.org_keys("acme").writer
+    assert cli.main(["org", "migrate", "acme"]) == 0  # nothing left to do
+    assert len(v.audit("acme").events(action="org.migrate")) == 1
+    assert cli.main(["org", "verify", "acme", "--deep"]) == 0
+    st = v.store("acme")
+    assert {n: st.table(n).num_rows() for n in TABLES} == _expected(data)
+
+
+def test_interrupted_scrub_is_finished_by_the_next_migration(tmp_path, monkeypatch):
+    v, data, run_ids = _legacy_deployment(tmp_path)
+    v.keys.ensure_signing_key("acme")
+    t = Table(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
+
+    def stop_after_checkpoint(self, state):
+        self._write_checkpoint(state)
+        raise OSError("killed")
+
+    monkeypatch.setattr(Table, "_scrub", stop_after_checkpoint)
+    with pytest.raises(OSError):
+        t.seal()
+    monkeypatch.undo()
+    assert run_ids[0].encode() in t._log_path.read_bytes()
+    fresh = Table(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
+    assert fresh.seal() is True
+    assert not any(r.encode() in t._log_path.read_bytes() for r in run_ids)
+    assert fresh.num_rows() == _expected(data)["process/series"]
+    fresh.verify(deep=True)
