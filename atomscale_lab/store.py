@@ -452,7 +452,7 @@ class Table:
             if use_checkpoint and state.ck_said > state.ck_file:
                 # A line names a newer checkpoint than the one read: another writer made it
                 # since, or it was removed or replaced by an older one.
-                newer = self._read_checkpoint() if use_checkpoint else None
+                newer = self._read_checkpoint(allow_retired=True)
                 if newer is None or newer.seq < state.ck_said:
                     raise self._fail(f"the checkpoint at commit {state.ck_said} named by the log "
                                      "is missing or was replaced by an older one")
@@ -485,11 +485,12 @@ class Table:
             return ck, True
         return ck, False
 
-    def _read_checkpoint(self) -> _State | None:
+    def _read_checkpoint(self, *, allow_retired: bool = False) -> _State | None:
         """The verified newest checkpoint as a state, or None when there is none.
 
-        A checkpoint signed with a retired signing key is ignored (a leaked old key cannot
-        forge one); any other fault is refused.
+        A checkpoint signed with a retired signing key is not started from (a leaked old key
+        cannot forge one; the log is replayed instead) unless ``allow_retired``; any other
+        fault is refused.
         """
         try:
             raw = self._ckpt_path.read_bytes()
@@ -507,7 +508,7 @@ class Table:
                                                               "checkpoint", doc), sig):
             raise self._fail("the commit-log checkpoint failed its signature check "
                              "(edited or forged)")
-        if sv < max(self.crypto.keys.verify):
+        if sv < max(self.crypto.keys.verify) and not allow_retired:
             return None
         if kv not in self.crypto.keys.keys:
             raise KeyUnavailable(f"data key version {kv} of org {self.org!r} is not available "
