@@ -29,6 +29,7 @@ from pathlib import Path
 from .audit import AuditHeads, AuditLog
 from .config import REGIONS, Settings
 from .errors import (
+    AtomscaleError,
     ConfigError,
     KeyUnavailable,
     OrgExists,
@@ -286,27 +287,41 @@ class Vault:
         self._live(name)
         keys = self.keys.org_keys(name)
         if not keys.verify:
-            self.migrate_org(name, actor="system")
+            self.migrate_org(name, actor="system", strict=False)
             keys = self.keys.org_keys(name)
         return keys
 
-    def migrate_org(self, name: str, *, actor: str = "admin") -> dict:
+    def migrate_org(self, name: str, *, actor: str = "admin", strict: bool = True) -> dict:
         """Give an org made before commit-log signing its signing key and seal every table.
 
         Each table's HMAC-verified history is checked, then sealed by one signed line and
         restarted from a signed checkpoint (the lines with plaintext statistics are dropped);
         from then on an unsigned line is refused. Idempotent. Returns
-        ``{"created_key": bool, "sealed": [table, ...]}``; audited as ``org.migrate``.
+        ``{"created_key": bool, "sealed": [table, ...], "failed": {table: reason}}``; audited as
+        ``org.migrate``. Without ``strict`` (the automatic migration on first use) a table that
+        cannot be sealed here (its log fails verification, or this process may not write under
+        the data root) is left for ``atomscale-lab org migrate`` and readers refuse it until then.
         """
         self._live(name)
         created = self.keys.ensure_signing_key(name)
-        sealed = []
+        sealed, failed = [], {}
         for t in [*self.store(name).tables(), self.context(name).table]:
-            if t.seal(actor=actor):
-                sealed.append(t.spec.name)
-        if created or sealed:
-            self.audit(name).record(actor, "org.migrate", created=created, tables=sealed)
-        return {"created_key": created, "sealed": sealed}
+            try:
+                if t.seal(actor=actor):
+                    sealed.append(t.spec.name)
+            except (AtomscaleError, OSError) as e:
+                if strict:
+                    self.audit(name).record(actor, "org.migrate", "error", created=created,
+                                            tables=sealed, table=t.spec.name,
+                                            error=str(e)[:300])
+                    raise
+                failed[t.spec.name] = str(e)[:300]
+                log.warning("org %s: cannot seal %s now (%s); run `atomscale-lab org migrate`",
+                            name, t.spec.name, type(e).__name__)
+        if created or sealed or failed:
+            self.audit(name).record(actor, "org.migrate", "error" if failed else "allowed",
+                                    created=created, tables=sealed, failed=sorted(failed))
+        return {"created_key": created, "sealed": sealed, "failed": failed}
 
     def heads(self):
         """The commit-log head store (in the registry, outside the data root)."""

@@ -254,7 +254,7 @@ def test_migration_keeps_every_row_and_then_refuses_unsigned_lines(tmp_path):
     assert result["created_key"] is True
     assert set(result["sealed"]) >= {n for n, tb in data.tables().items() if tb.num_rows}
     assert CONTEXT.name in result["sealed"]
-    assert v.migrate_org("acme") == {"created_key": False, "sealed": []}  # idempotent
+    assert v.migrate_org("acme") == {"created_key": False, "sealed": [], "failed": {}}
     keys = v.org_keys("acme")
     assert keys.writer
     st = v.store("acme")
@@ -345,3 +345,21 @@ def test_interrupted_scrub_is_finished_by_the_next_migration(tmp_path, monkeypat
     assert not any(r.encode() in t._log_path.read_bytes() for r in run_ids)
     assert fresh.num_rows() == _expected(data)["process/series"]
     fresh.verify(deep=True)
+
+
+def test_automatic_migration_leaves_a_bad_table_for_the_admin(tmp_path):
+    """A table whose old log fails verification is not sealed on first use; the others are,
+    reads of it are refused, and ``org migrate`` names it."""
+    v, data, run_ids = _legacy_deployment(tmp_path)
+    bad = v.settings.data_root / "acme" / "process" / "runs" / "_log" / "commits.jsonl"
+    lines = bad.read_bytes().splitlines(keepends=True)
+    bad.write_bytes(lines[0].replace(b'"op":"add"', b'"op":"adx"') + lines[1])
+    st = v.store("acme")  # first use: migrates what it can
+    assert st.table("process/series").num_rows() == _expected(data)["process/series"]
+    with pytest.raises(IntegrityError, match="MAC"):
+        st.table("process/runs").read()
+    with pytest.raises(IntegrityError, match="MAC"):
+        v.migrate_org("acme")
+    events = v.audit("acme").events(action="org.migrate")
+    assert [e["outcome"] for e in events] == ["error", "error"]
+    assert events[1]["detail"]["failed"] == ["process/runs"]
