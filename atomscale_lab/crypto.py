@@ -566,7 +566,9 @@ class OrgCrypto:
     """One pyarrow ``CryptoFactory`` per org, plus the org's KMS connection config.
 
     AES_GCM_V1, uniform encryption, encrypted footer, double wrapping; master-key ids are
-    ``<org>/data/v<N>``; the key access token is org-specific. Also derives the commit-log MAC key.
+    ``<org>/data/v<N>``; the key access token is org-specific. Also derives the keys that MAC
+    old commit-log lines and seal commit-log statistics, and signs (writers) and verifies
+    commit-log lines with the org's Ed25519 keys.
 
     When the KMS client refuses a key, pyarrow wraps the refusal in its own exception; callers
     (the store) turn that into :class:`KeyUnavailable` with :meth:`key_error`, whose message is
@@ -695,8 +697,9 @@ class OrgCrypto:
             if raw is None:
                 raise KeyUnavailable(
                     f"commit-log verify key version {version} of org {self.org!r} is not "
-                    "available (keys from before commit-log signing? run `atomscale-lab org "
-                    f"migrate {self.org}`)")
+                    "available (the keys were loaded before a rotation, or come from before "
+                    f"commit-log signing: reload them, or run `atomscale-lab org migrate "
+                    f"{self.org}`)")
             pub = self._verifiers[version] = Ed25519PublicKey.from_public_bytes(raw)
         try:
             pub.verify(signature, message)
