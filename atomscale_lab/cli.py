@@ -266,6 +266,19 @@ def cmd_org_verify(args) -> int:
     return 0
 
 
+def cmd_org_migrate(args) -> int:
+    """Give an org from before commit-log signing its signing key and seal its tables."""
+    vault = open_vault(args)
+    result = vault.migrate_org(args.name, actor=actor(args))
+    if result["created_key"]:
+        print(f"org {args.name}: commit-log signing key created")
+    for table in result["sealed"]:
+        print(f"  {table}: history verified and sealed by a signed checkpoint")
+    if not result["created_key"] and not result["sealed"]:
+        print(f"org {args.name}: already migrated (every commit log is signed)")
+    return 0
+
+
 def cmd_org_delete(args) -> int:
     """Crypto-shred an org: destroy its keys, then remove its files."""
     if not args.shred:
@@ -573,21 +586,32 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_org_show)
     rot = orgs.add_parser("rotate-key", help="new data-key version for an org",
-                          description="Add a data-key version used for new writes; old versions "
-                                      "stay readable. --rewrite re-encrypts every file under the "
-                                      "new version.")
+                          description="Add a data-key and a signing-key version used for new "
+                                      "writes (each commit log gets a line signed with the new "
+                                      "key); old versions stay readable. --rewrite "
+                                      "re-encrypts every file under the new version.")
     rot.add_argument("name", help="org name")
     rot.add_argument("--rewrite", action="store_true",
                      help="re-encrypt all existing files under the new key")
     rot.set_defaults(func=cmd_org_rotate_key)
     ver = orgs.add_parser("verify", help="verify an org's audit log, commit logs and files",
-                          description="Check the org's audit chain, every table's MACed commit "
-                                      "log and each listed file's size and fingerprint, and "
-                                      "refuse unlisted plaintext files; exit 5 on the first "
-                                      "fault. --deep decrypts every file in full.")
+                          description="Check the org's audit chain, every table's signed "
+                                      "commit log and checkpoint and each listed file's size "
+                                      "and fingerprint, and refuse unlisted plaintext files; "
+                                      "exit 5 on the first fault. --deep decrypts every "
+                                      "file in full.")
     ver.add_argument("name", help="org name")
     ver.add_argument("--deep", action="store_true", help="decrypt and authenticate every page")
     ver.set_defaults(func=cmd_org_verify)
+    mig = orgs.add_parser("migrate", help="sign the commit logs of an org made before signing",
+                          description="Create the org's commit-log signing key if it has none, "
+                                      "verify each table's HMAC-chained history, seal it with "
+                                      "a signed line and restart the log from a signed "
+                                      "checkpoint (dropping the lines whose statistics were in "
+                                      "plaintext). Idempotent; also done on the org's first use "
+                                      "by a writer.")
+    mig.add_argument("name", help="org name")
+    mig.set_defaults(func=cmd_org_migrate)
     d = orgs.add_parser("delete", help="crypto-shred an org",
                         description="Delete an org by destroying its keys (crypto-shredding): "
                                     "its data, labels and audit trail become unreadable, then "

@@ -7,11 +7,13 @@ CONTRACT (filled in by the vault work; other modules code against these names):
   first wraps, all unwrap (so rotation is: prepend a new key, run ``rewrap``, drop the old one).
 - ``Kms`` is the plug-in interface (``wrap``/``unwrap``/``key_id``); ``LocalKms`` implements it
   with the root key; an external KMS (Vault transit, AWS KMS) implements the same three members.
-- ``KeyRegistry`` stores per-org keys (purposes ``data``, ``context``, ``audit``), versioned,
-  wrapped by the ``Kms`` in ``registry.sqlite``.
-- ``OrgKeys`` is what a process holds for one org: ``{version: bytes}`` of the *data* key. It is
-  what the key service releases to a user server. ``OrgCrypto`` builds the pyarrow CryptoFactory
-  from it.
+- ``KeyRegistry`` stores per-org keys (purposes ``data``, ``context``, ``audit``, ``sign``),
+  versioned, wrapped by the ``Kms`` in ``registry.sqlite``. A ``sign`` key is the 32-byte seed of
+  the org's Ed25519 commit-log signing key.
+- ``OrgKeys`` is what a process holds for one org: ``{version: bytes}`` of the *data* key, the
+  Ed25519 verify (public) keys of every ``sign`` version, and, for writers only, the newest signing
+  key. It is what the key service releases to service identities. ``OrgCrypto`` builds the pyarrow
+  CryptoFactory from it, signs and verifies commit-log lines and seals their statistics.
 """
 
 from __future__ import annotations
@@ -27,23 +29,31 @@ import re
 import secrets
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow.parquet.encryption as pe
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import load_root_key_text
-from .errors import ConfigError, KeyUnavailable, OrgExists, RootKeyError, UnknownOrg
+from .errors import (
+    ConfigError,
+    KeyUnavailable,
+    OrgExists,
+    PermissionDenied,
+    RootKeyError,
+    UnknownOrg,
+)
 
 log = logging.getLogger(__name__)
 
-PURPOSES = ("data", "context", "audit")
+PURPOSES = ("data", "context", "audit", "sign")
 ROOT_KEY_PREFIX = "ask1:"
 ENV_KMS = "ATOMSCALE_KMS"
 _KEY_LEN = 32
@@ -184,12 +194,24 @@ def load_kms(spec: str | None = None) -> Kms:
     return kms
 
 
+def verify_key_of(seed: bytes) -> bytes:
+    """The raw Ed25519 public key of a 32-byte signing-key seed."""
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+
+
 @dataclass(frozen=True)
 class OrgKeys:
-    """The data-key versions of one org held in memory: ``{version: key bytes}``, newest writes."""
+    """The keys of one org held in memory.
+
+    ``keys``: data-key versions ``{version: key bytes}`` (newest writes); ``verify``: the raw
+    Ed25519 public keys of every signing-key version ``{version: 32 bytes}`` (all readers);
+    ``signing``: ``(version, seed)`` of the newest signing key, held by writers only.
+    """
 
     org: str
     keys: dict[int, bytes]
+    verify: dict[int, bytes] = field(default_factory=dict)
+    signing: tuple[int, bytes] | None = None
 
     @property
     def current(self) -> int:
@@ -198,6 +220,11 @@ class OrgKeys:
             raise KeyUnavailable(f"no data key is available for org {self.org!r}")
         return max(self.keys)
 
+    @property
+    def writer(self) -> bool:
+        """True when these keys can sign commit-log lines."""
+        return self.signing is not None
+
     def fingerprint(self, version: int | None = None) -> str:
         """A short non-secret fingerprint (HMAC of a fixed label) of a key version."""
         v = self.current if version is None else version
@@ -205,24 +232,48 @@ class OrgKeys:
             raise KeyUnavailable(f"data key version {v} of org {self.org!r} is not available")
         return _key_fp(self.keys[v])
 
+    def reader(self) -> OrgKeys:
+        """The same keys without the signing key (for a process that only reads)."""
+        return OrgKeys(self.org, dict(self.keys), dict(self.verify), None)
+
+    def with_keys(self, keys: dict[int, bytes]) -> OrgKeys:
+        """Other symmetric key versions (e.g. the context key) with the same signing keys."""
+        return OrgKeys(self.org, dict(keys), dict(self.verify), self.signing)
+
     def to_json(self) -> dict:
-        """Serialize for the key service's release (base64 keys); never log the result."""
-        return {"org": self.org, "keys": {str(v): _b64e(k) for v, k in self.keys.items()}}
+        """Serialize for the key service's release (base64 keys); never log the result.
+
+        ``{"org", "keys": {"<v>": b64}, "verify": {"<v>": b64}, "sign": {"version": v,
+        "key": b64}}``; ``sign`` is absent for a reader.
+        """
+        doc = {"org": self.org, "keys": {str(v): _b64e(k) for v, k in self.keys.items()},
+               "verify": {str(v): _b64e(k) for v, k in self.verify.items()}}
+        if self.signing is not None:
+            doc["sign"] = {"version": self.signing[0], "key": _b64e(self.signing[1])}
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> OrgKeys:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json` (documents without ``verify``/``sign`` are readers of an
+        org that has no signing key yet)."""
         try:
             keys = {int(v): _b64d(k) for v, k in doc["keys"].items()}
+            verify = {int(v): _b64d(k) for v, k in (doc.get("verify") or {}).items()}
             org = str(doc["org"])
+            sign = doc.get("sign")
+            signing = None if sign is None else (int(sign["version"]), _b64d(sign["key"]))
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
             raise KeyUnavailable("the released org keys are malformed") from None
-        if any(len(k) != _KEY_LEN for k in keys.values()):
+        if any(len(k) != _KEY_LEN for k in [*keys.values(), *verify.values()]) or (
+                signing is not None and len(signing[1]) != _KEY_LEN):
             raise KeyUnavailable("the released org keys are malformed")
-        return cls(org, keys)
+        if signing is not None and verify.get(signing[0]) != verify_key_of(signing[1]):
+            raise KeyUnavailable("the released signing key does not match its verify key")
+        return cls(org, keys, verify, signing)
 
     def __repr__(self) -> str:  # never show key bytes
-        return f"OrgKeys(org={self.org!r}, versions={sorted(self.keys)})"
+        return (f"OrgKeys(org={self.org!r}, versions={sorted(self.keys)}, "
+                f"verify={sorted(self.verify)}, writer={self.writer})")
 
     __str__ = __repr__
 
@@ -317,15 +368,47 @@ class KeyRegistry:
             log.warning("KMS unwrap failed for org %s %s v%s", org, purpose, version)
             raise RootKeyError("the root key does not match the stored keys") from None
 
-    def org_keys(self, org: str) -> OrgKeys:
-        """All data-key versions of ``org`` (unwrapped). Raises ``KeyUnavailable`` if shredded."""
+    def org_keys(self, org: str, *, signing: bool = True) -> OrgKeys:
+        """All data-key versions of ``org`` (unwrapped), the verify keys of every signing-key
+        version and (``signing``) the newest signing key. Raises ``KeyUnavailable`` if shredded.
+
+        An org created before commit-log signing has no ``sign`` rows: its ``OrgKeys`` then has
+        no verify or signing key until :meth:`ensure_signing_key` makes one.
+        """
         with self._lock:
             rows = self._db.execute(
                 "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='data'",
                 (org,)).fetchall()
             if not rows:
                 raise self._missing(org)
-            return OrgKeys(org, {v: self._unwrap(org, "data", v, b) for v, b in rows})
+            keys = {v: self._unwrap(org, "data", v, b) for v, b in rows}
+            seeds = {v: self._unwrap(org, "sign", v, b) for v, b in self._db.execute(
+                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='sign'",
+                (org,)).fetchall()}
+        verify = {v: verify_key_of(k) for v, k in seeds.items()}
+        top = max(seeds) if seeds and signing else None
+        return OrgKeys(org, keys, verify, None if top is None else (top, seeds[top]))
+
+    def ensure_signing_key(self, org: str) -> bool:
+        """Create version 1 of the org's signing key if it has none (orgs made before commit-log
+        signing). Returns True when this call created it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if not self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='data'",
+                                        (org,)).fetchone():
+                    raise self._missing(org)
+                if self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='sign'",
+                                    (org,)).fetchone():
+                    self._db.execute("COMMIT")
+                    return False
+                self._insert(org, "sign", 1)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            log.info("created the commit-log signing key of org %s", org)
+            return True
 
     def key(self, org: str, purpose: str, version: int | None = None) -> tuple[int, bytes]:
         """One key (``purpose`` in PURPOSES), latest version by default."""
@@ -528,7 +611,9 @@ class OrgCrypto:
     """One pyarrow ``CryptoFactory`` per org, plus the org's KMS connection config.
 
     AES_GCM_V1, uniform encryption, encrypted footer, double wrapping; master-key ids are
-    ``<org>/data/v<N>``; the key access token is org-specific. Also derives the commit-log MAC key.
+    ``<org>/data/v<N>``; the key access token is org-specific. Also derives the keys that MAC
+    old commit-log lines and seal commit-log statistics, and signs (writers) and verifies
+    commit-log lines with the org's Ed25519 keys.
 
     When the KMS client refuses a key, pyarrow wraps the refusal in its own exception; callers
     (the store) turn that into :class:`KeyUnavailable` with :meth:`key_error`, whose message is
@@ -551,6 +636,10 @@ class OrgCrypto:
             kms_instance_id=f"atomscale-{self.org}", key_access_token=token,
             custom_kms_conf={"org": self.org})
         self._dec_conf = pe.DecryptionConfiguration(cache_lifetime=timedelta(hours=12))
+        self._derived: dict[tuple[str, int], bytes] = {}
+        self._aeads: dict[tuple[str, int], AESGCM] = {}
+        self._verifiers: dict[int, Ed25519PublicKey] = {}
+        self._signer: tuple[int, Ed25519PrivateKey] | None = None
 
     @property
     def keys(self) -> OrgKeys:
@@ -606,13 +695,81 @@ class OrgCrypto:
         v = self.version if version is None else version
         if v not in self._keys.keys:
             raise KeyUnavailable(f"data key version {v} of org {self.org!r} is not available")
-        info = f"atomscale-lab/mac/{self.org}/{self.purpose}/v{v}/{purpose}".encode()
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                    info=info).derive(self._keys.keys[v])
+        hit = self._derived.get((purpose, v))
+        if hit is None:
+            info = f"atomscale-lab/mac/{self.org}/{self.purpose}/v{v}/{purpose}".encode()
+            hit = self._derived[(purpose, v)] = HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None,
+                info=info).derive(self._keys.keys[v])
+        return hit
 
     def fingerprint(self, version: int | None = None) -> str:
         """Non-secret fingerprint of a key version (see :meth:`OrgKeys.fingerprint`)."""
         return self._keys.fingerprint(self.version if version is None else version)
+
+    # -- commit-log signatures and sealed statistics ------------------------------------------
+
+    @property
+    def can_verify(self) -> bool:
+        """True when the org has a signing key whose public half this process holds."""
+        return bool(self._keys.verify)
+
+    @property
+    def sign_version(self) -> int | None:
+        """Version of the signing key this process holds (None: a reader)."""
+        return None if self._keys.signing is None else self._keys.signing[0]
+
+    def sign(self, message: bytes) -> tuple[int, bytes]:
+        """``(version, Ed25519 signature)`` of ``message``; ``PermissionDenied`` for a reader."""
+        if self._keys.signing is None:
+            raise PermissionDenied(
+                f"this process holds no commit-log signing key of org {self.org!r}: only "
+                "writers (ingest, the org's data server, the admin CLI) can change its data")
+        version, seed = self._keys.signing
+        signer = self._signer
+        if signer is None or signer[0] != version:
+            signer = self._signer = (version, Ed25519PrivateKey.from_private_bytes(seed))
+        return version, signer[1].sign(message)
+
+    def verify_signature(self, version: int, message: bytes, signature: bytes) -> bool:
+        """True when ``signature`` is version ``version``'s signature of ``message``.
+
+        Raises ``KeyUnavailable`` when that verify key is not held.
+        """
+        pub = self._verifiers.get(version)
+        if pub is None:
+            raw = self._keys.verify.get(version)
+            if raw is None:
+                raise KeyUnavailable(
+                    f"commit-log verify key version {version} of org {self.org!r} is not "
+                    "available (the keys were loaded before a rotation, or come from before "
+                    f"commit-log signing: reload them, or run `atomscale-lab org migrate "
+                    f"{self.org}`)")
+            pub = self._verifiers[version] = Ed25519PublicKey.from_public_bytes(raw)
+        try:
+            pub.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def _aead(self, label: str, version: int) -> AESGCM:
+        key = (label, version)
+        aead = self._aeads.get(key)
+        if aead is None:
+            aead = self._aeads[key] = AESGCM(self.mac_key(f"seal/{label}", version))
+        return aead
+
+    def seal(self, label: str, version: int, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM under an HKDF key of data-key ``version`` for ``label``: nonce + ct."""
+        nonce = secrets.token_bytes(_NONCE_LEN)
+        return nonce + self._aead(label, version).encrypt(nonce, plaintext, aad)
+
+    def unseal(self, label: str, version: int, blob: bytes, aad: bytes) -> bytes | None:
+        """Inverse of :meth:`seal`; None when the blob does not authenticate."""
+        try:
+            return self._aead(label, version).decrypt(blob[:_NONCE_LEN], blob[_NONCE_LEN:], aad)
+        except (InvalidTag, ValueError):
+            return None
 
     def __repr__(self) -> str:
         return f"OrgCrypto(org={self.org!r}, purpose={self.purpose!r}, version={self.version})"

@@ -1,30 +1,60 @@
-"""Org datasets: encrypted Parquet files listed by an append-only, MACed commit log.
+"""Org datasets: encrypted Parquet files listed by an append-only, signed commit log.
 
 CONTRACT (filled in by the vault work):
 
 Layout: ``data_root/<org>/<category>/<table>/`` holds ``bucket=<NN>/part-<uuid>.parquet`` files
-(unbucketed tables: ``part-<uuid>.parquet``), ``_log/commits.jsonl`` and ``_tmp/``. Each log line
-lists added/removed files with path, rows, size, partition values, time range, run ids and a
-fingerprint binding the file's bytes. Readers open only what the log lists, and refuse a listed
-file whose size, trailer or fingerprint differs, an unlisted or plaintext file in its place, a log
-whose MAC chain breaks, and a log older than the last head they (or the ``HeadStore``) saw.
+(unbucketed tables: ``part-<uuid>.parquet``; NN is the CRC-32 bucket of the run id, never the run
+id), ``_log/commits.jsonl``, ``_log/checkpoint.json`` and ``_tmp/``. Each log line lists added and
+removed files; readers open only what the log lists, and refuse a listed file whose size, trailer
+or fingerprint differs, an unlisted or plaintext file in its place, a line whose chain or
+signature breaks, an unsigned line once the org has a signing key, and a log older than the last
+head they (or the ``HeadStore``) saw.
 
 Log line (one JSON object per line, keys sorted)::
 
-    {"seq": 7, "prev": "<sha256 of line 6>", "ts": "...", "actor": "...", "op": "add"|"replace",
-     "added": [{"path": "bucket=03/part-<hex>.parquet", "rows": n, "size": bytes, "bucket": 3,
-                "tmin": µs, "tmax": µs, "run_ids": [...] | null, "run_min": .., "run_max": ..,
-                "fp": "<sha256 of size + file tail incl. the encrypted footer>", "kv": 2}],
+    {"seq": 7, "prev": "<sha256 of line 6>", "ts": "...", "op": "add"|"replace"|"seal",
+     "added": [{"path": "bucket=03/part-<hex>.parquet", "size": bytes, "bucket": 3, "kv": 2,
+                "fp": "<sha256 of size + file tail incl. the encrypted footer>"}],
      "removed": ["bucket=03/part-<hex>.parquet"], "key_version": 2, "kfp": "<key fingerprint>",
-     "mac": "<HMAC-SHA256 of the rest, key derived from data key version key_version>"}
+     "ck": <seq of the newest checkpoint when written>, "sv": <signing-key version>,
+     "stats": "<base64 nonce + AES-256-GCM of {"actor": ..., "files": {path: {"rows", "tmin",
+               "tmax" (µs), "run_ids" | null, "run_min", "run_max"}}}>",
+     "sig": "<base64 Ed25519 signature>"}
+
+``stats`` is sealed under an HKDF key of data-key version ``key_version`` (label
+``seal/commit-log-stats/<table>``, AAD ``<org>/<table>/line/<seq>``): nothing in a log names a run,
+a time range or a row count in plaintext. ``sig`` is the org's signing key (version ``sv``) over
+``"atomscale-lab/commit-log/v2\0<org>\0<table>\0line\0" + canonical JSON of the rest``; only
+writers hold it (``OrgKeys.signing``), readers hold the verify keys. Neither ``key_version`` nor
+``sv`` ever decreases along the log, so a retired key cannot be used to forge new lines.
+
+Checkpoint (``_log/checkpoint.json``, replaced atomically by the writer every
+``CHECKPOINT_EVERY`` commits and after a signing-key rotation)::
+
+    {"v": 1, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
+     "key_version": 2, "kfp": "...", "sv": 1,
+     "files": "<base64 sealed list of the live file entries>", "sig": "<Ed25519 over the rest>"}
+
+A reader starts from the newest checkpoint and verifies only the lines after ``offset`` (the
+first must continue ``digest``); a line's ``ck`` names the checkpoint it saw, so a removed or
+older checkpoint is refused; ``verify()`` also replays the whole log (when it starts at commit 1)
+and compares. A long-running reader reads only the bytes appended since its last read.
+
+Lines written before commit-log signing carry ``actor`` and the statistics in plaintext and a
+``mac`` (HMAC-SHA256, key derived from the data key) instead of ``stats``/``sig``. A reader
+accepts them only before a signed line (which seals them) or, holding no verify key, in a log with
+no signed line at all;
+``Table.seal`` (``atomscale-lab org migrate``) seals them with a signed line, writes a checkpoint
+and restarts the log from it, dropping the plaintext lines.
 
 A final line without a newline is an unfinished (uncommitted) write and is ignored; writers cut it
-off before appending. ``key_version`` never decreases along the log, so a key version retired by
-rotation cannot be used to forge new lines. Time ranges in reads are ``start <= t < end``.
+off before appending. Time ranges in reads are ``start <= t < end``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fcntl
 import hashlib
 import hmac
@@ -79,6 +109,10 @@ _LOCAL_FS = pafs.LocalFileSystem()
 _WARM_TTL = 3600.0
 """Seconds a file's footer counts as opened (pyarrow's read-key cache lives 12 hours)."""
 _LOG = "_log"
+CHECKPOINT_EVERY = 64
+"""A writer signs a checkpoint of the table's state every this many commits (0: never), so that
+a fresh reader verifies at most this many lines. Also written when the signing key rotated."""
+_KEEP_DIGESTS = 4096
 _TMP = "_tmp"
 
 _HIGH_WATER: dict[str, tuple[int, str]] = {}
@@ -252,24 +286,73 @@ def _canon(doc: dict) -> bytes:
 
 
 class _State:
-    """The verified log of one table: listed files (path → entry) and the head."""
+    """The verified log of one table: listed files (path → entry) and the head.
 
-    __slots__ = ("files", "seq", "digest", "key_version", "size", "prefix_sha")
+    ``size`` is the byte offset in ``commits.jsonl`` up to which lines were applied; ``signed``
+    says whether the newest applied element (line or checkpoint) was signed and ``sealed``
+    whether any was (after which an unsigned line is refused); ``ck_file`` is the newest
+    checkpoint known to exist and ``ck_said`` the newest one a line announced.
+    """
+
+    __slots__ = ("files", "seq", "digest", "key_version", "sign_version", "size", "ino",
+                 "signed", "sealed", "ck_file", "ck_sv", "ck_said", "digests", "legacy",
+                 "_sorted")
 
     def __init__(self):
         self.files: dict[str, dict] = {}
         self.seq = 0
         self.digest = _GENESIS
         self.key_version = 0
+        self.sign_version = 0
         self.size = 0
-        self.prefix_sha = hashlib.sha256().hexdigest()
+        self.ino = None
+        self.signed = False
+        self.sealed = False
+        self.ck_file = 0
+        self.ck_sv = 0
+        self.ck_said = 0
+        self.digests: dict[int, str] = {}
+        self.legacy = 0
+        self._sorted: list[dict] | None = None
 
     def copy(self) -> _State:
         s = _State()
+        for name in self.__slots__:
+            setattr(s, name, getattr(self, name))
         s.files = dict(self.files)
-        s.seq, s.digest, s.key_version = self.seq, self.digest, self.key_version
-        s.size, s.prefix_sha = self.size, self.prefix_sha
+        s.digests = dict(self.digests)
+        s._sorted = None
         return s
+
+    def ordered(self) -> list[dict]:
+        """Entries by (commit, path), computed once per state."""
+        if self._sorted is None:
+            self._sorted = sorted(self.files.values(), key=lambda e: (e["seq"], e["path"]))
+        return self._sorted
+
+    def remember(self, seq: int, digest: str) -> None:
+        """Keep the digests of recent lines for the head checks (bounded)."""
+        self.digests[seq] = digest
+        if len(self.digests) > 2 * _KEEP_DIGESTS:
+            for s in sorted(self.digests)[:-_KEEP_DIGESTS]:
+                del self.digests[s]
+
+
+def _sign_message(org: str, table: str, kind: str, body: dict) -> bytes:
+    """What a commit-log line or checkpoint signature covers: org, table, kind and the body."""
+    return b"atomscale-lab/commit-log/v2\0" + f"{org}\0{table}\0{kind}\0".encode() + _canon(body)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text) -> bytes:
+    return base64.b64decode(str(text), validate=True)
+
+
+_STAT_KEYS = ("rows", "tmin", "tmax", "run_ids", "run_min", "run_max")
+_PUBLIC_KEYS = ("path", "size", "fp", "kv", "bucket")
 
 
 def _check_crypto(org: str, crypto: OrgCrypto | None) -> None:
@@ -295,6 +378,8 @@ class Table:
         self.path = self.root / org / spec.name
         self._log_path = self.path / _LOG / "commits.jsonl"
         self._lock_path = self.path / _LOG / "lock"
+        self._ckpt_path = self.path / _LOG / "checkpoint.json"
+        self._kfps: dict[int, str] = {}
         # Heads are bound to the org's first key: an org deleted and created again under the same
         # name (fresh keys, empty folders) starts a new history instead of looking rolled back.
         self._epoch = crypto.fingerprint(min(crypto.keys.keys))[:8]
@@ -322,47 +407,144 @@ class Table:
     def _fail(self, msg: str) -> IntegrityError:
         return IntegrityError(f"{self.org}/{self.spec.name}: {msg}")
 
-    def _load(self, *, strict_heads: bool = True) -> _State:
-        """Parse and verify the log (incrementally when only appended to); check the heads."""
+    def _aad(self, kind: str, seq: int) -> bytes:
+        return f"{self.org}/{self.spec.name}/{kind}/{seq}".encode()
+
+    def _load(self, *, strict_heads: bool = True, allow_unsealed: bool = False,
+              use_checkpoint: bool = True) -> _State:
+        """Verify the log from the newest checkpoint (or incrementally, when only appended to
+        since the last load); check the heads. Never re-reads lines it has verified."""
         with self._mutex:
+            cached = self._state_cache if use_checkpoint else None
             try:
                 with open(self._log_path, "rb") as f:
                     st = os.fstat(f.fileno())
                     # ctime cannot be set back by a user, unlike mtime: unchanged means unchanged.
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    if self._state_cache is not None and sig == self._log_sig:
+                    if cached is not None and sig == self._log_sig:
                         # Checked against the head store when loaded; an unchanged file cannot
                         # have fallen behind a head recorded since (that needs a new ctime).
-                        self._check_heads(self._state_cache, None, use_store=False)
-                        return self._state_cache
+                        self._check_signed_head(cached, allow_unsealed)
+                        self._check_heads(cached, strict=False, use_store=False)
+                        return cached
+                    if (cached is not None and cached.ino == st.st_ino
+                            and st.st_size > cached.size):
+                        state, skip = cached.copy(), False
+                    else:
+                        state, skip = self._start(st.st_size, use_checkpoint)
+                        if state.size:
+                            f.seek(state.size - 1)
+                            if f.read(1) != b"\n":  # the checkpoint's offset is not a line end
+                                state.size, skip = 0, True
+                    f.seek(state.size)
                     data = f.read()
+                    state.ino = st.st_ino
             except FileNotFoundError:
                 data, sig = b"", None
+                state, skip = self._start(0, use_checkpoint)
+                state.size = 0
             end = data.rfind(b"\n") + 1  # a last line without newline is not committed
-            cached = self._state_cache
-            if (cached is not None and end >= cached.size
-                    and hashlib.sha256(data[:cached.size]).hexdigest() == cached.prefix_sha):
-                state = cached.copy() if end > cached.size else cached
-                start = cached.size
-            else:
-                state, start = _State(), 0
-            if end > start:
-                self._apply(state, data, start, end)
-                state.size = end
-                state.prefix_sha = hashlib.sha256(data[:end]).hexdigest()
-            self._check_heads(state, data[:end] if strict_heads else None)
-            self._state_cache = state
-            self._log_sig = sig
+            if end:
+                self._apply(state, data, end, skip)
+                state.size += end
+            elif skip:
+                state.size = 0
+            if use_checkpoint and state.ck_said > state.ck_file:
+                # A line names a newer checkpoint than the one read: another writer made it
+                # since, or it was removed or replaced by an older one.
+                newer = self._read_checkpoint(allow_retired=True)
+                if newer is None or newer.seq < state.ck_said:
+                    raise self._fail(f"the checkpoint at commit {state.ck_said} named by the log "
+                                     "is missing or was replaced by an older one")
+                state.ck_file, state.ck_sv = newer.seq, newer.sign_version
+            self._check_signed_head(state, allow_unsealed)
+            self._check_heads(state, strict=strict_heads)
+            if use_checkpoint:
+                self._state_cache = state
+                self._log_sig = sig
             return state
 
-    def _apply(self, state: _State, data: bytes, start: int, end: int) -> None:
+    def _check_signed_head(self, state: _State, allow_unsealed: bool) -> None:
+        """Once the org has a signing key, the newest line must be signed: a line appended
+        with the data key alone (or a new log made with it) is refused."""
+        if state.seq and not state.signed and self.crypto.can_verify and not allow_unsealed:
+            raise self._fail(
+                f"commit log line {state.seq} is not signed (forged with the data key alone, "
+                f"or the table predates commit-log signing: run `atomscale-lab org migrate "
+                f"{self.org}`)")
+
+    def _start(self, log_size: int, use_checkpoint: bool) -> tuple[_State, bool]:
+        """The state to read the log from: the newest valid checkpoint, or the empty log."""
+        ck = self._read_checkpoint() if use_checkpoint else None
+        if ck is None:
+            return _State(), False
+        if ck.size > log_size:
+            # The log was cut back to start after the checkpoint (migration drops the plaintext
+            # history): read it from the start, skipping lines the checkpoint covers.
+            ck.size = 0
+            return ck, True
+        return ck, False
+
+    def _read_checkpoint(self, *, allow_retired: bool = False) -> _State | None:
+        """The verified newest checkpoint as a state, or None when there is none.
+
+        A checkpoint signed with a retired signing key is not started from (a leaked old key
+        cannot forge one; the log is replayed instead) unless ``allow_retired``; any other
+        fault is refused.
+        """
+        try:
+            raw = self._ckpt_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            sig = _unb64(doc.pop("sig"))
+            seq, digest, offset = int(doc["seq"]), str(doc["digest"]), int(doc["offset"])
+            kv, sv = int(doc["key_version"]), int(doc["sv"])
+            blob = _unb64(doc["files"])
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            raise self._fail("the commit-log checkpoint is corrupt") from None
+        if not self.crypto.verify_signature(sv, _sign_message(self.org, self.spec.name,
+                                                              "checkpoint", doc), sig):
+            raise self._fail("the commit-log checkpoint failed its signature check "
+                             "(edited or forged)")
+        if sv < max(self.crypto.keys.verify) and not allow_retired:
+            return None
+        if kv not in self.crypto.keys.keys:
+            raise KeyUnavailable(f"data key version {kv} of org {self.org!r} is not available "
+                                 f"({self.spec.name} was written with it)")
+        plain = self.crypto.unseal(f"commit-log-checkpoint/{self.spec.name}", kv, blob,
+                                   self._aad("checkpoint", seq))
+        if plain is None:
+            if doc.get("kfp") != self.crypto.fingerprint(kv):
+                raise KeyUnavailable(
+                    f"the data key given for org {self.org!r} does not match "
+                    f"{self.spec.name}'s files (wrong key or another org's data)")
+            raise self._fail("the commit-log checkpoint's file list fails authentication")
+        state = _State()
+        for e in json.loads(plain):
+            state.files[e["path"]] = e
+        state.seq, state.digest, state.size = seq, digest, offset
+        state.key_version, state.sign_version = kv, sv
+        state.signed = state.sealed = True
+        state.ck_file, state.ck_sv = seq, sv
+        state.remember(seq, digest)
+        return state
+
+    def _apply(self, state: _State, data: bytes, end: int, skip: bool = False) -> None:
         lineno = state.seq
-        for raw in data[start:end].split(b"\n")[:-1]:
+        for raw in data[:end].split(b"\n")[:-1]:
             lineno += 1
             try:
                 doc = json.loads(raw)
-                mac = doc.pop("mac")
-                seq, prev, kv = doc["seq"], doc["prev"], int(doc["key_version"])
+                seq = doc["seq"]
+                if skip and isinstance(seq, int) and seq <= state.seq:
+                    lineno -= 1
+                    continue  # covered by the checkpoint the state started from
+                skip = False
+                sig = doc.pop("sig", None)
+                mac = doc.pop("mac") if sig is None else None
+                prev, kv = doc["prev"], int(doc["key_version"])
                 added, removed = doc["added"], doc["removed"]
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise self._fail(f"commit log line {lineno} is corrupt") from None
@@ -375,12 +557,10 @@ class Table:
                 raise KeyUnavailable(
                     f"data key version {kv} of org {self.org!r} is not available "
                     f"({self.spec.name} was written with it)")
-            if not hmac.compare_digest(str(mac), self._mac(doc, kv)):
-                if doc.get("kfp") != self.crypto.fingerprint(kv):
-                    raise KeyUnavailable(
-                        f"the data key given for org {self.org!r} does not match "
-                        f"{self.spec.name}'s files (wrong key or another org's data)")
-                raise self._fail(f"commit log line {lineno} failed its MAC check (edited)")
+            if sig is None:
+                added = self._check_legacy(state, doc, mac, kv, lineno)
+            else:
+                added = self._check_signed(state, doc, sig, kv, lineno)
             for p in removed:
                 if state.files.pop(p, None) is None:
                     raise self._fail(f"commit log line {lineno} removes unlisted file {p}")
@@ -391,14 +571,61 @@ class Table:
                 state.files[p] = dict(e, seq=seq)
             state.seq, state.key_version = seq, kv
             state.digest = hashlib.sha256(raw).hexdigest()
+            state.remember(seq, state.digest)
+            state._sorted = None
 
-    def _line_digest(self, data: bytes, seq: int) -> str | None:
-        lines = data.split(b"\n")
-        if seq < 1 or seq > len(lines) - 1:
-            return None
-        return hashlib.sha256(lines[seq - 1]).hexdigest()
+    def _check_legacy(self, state: _State, doc: dict, mac, kv: int, lineno: int) -> list:
+        """A line from before commit-log signing: HMAC only, statistics in plaintext."""
+        if state.sealed:
+            raise self._fail(f"commit log line {lineno} is not signed, but the log was sealed "
+                             "by signed lines before it (forged with the data key alone?)")
+        if not hmac.compare_digest(str(mac), self._mac(doc, kv)):
+            self._check_kfp(doc, kv)
+            raise self._fail(f"commit log line {lineno} failed its MAC check (edited)")
+        state.signed = False
+        state.legacy += 1
+        return doc["added"]
 
-    def _check_heads(self, state: _State, data: bytes | None, use_store: bool = True) -> None:
+    def _check_kfp(self, doc: dict, kv: int) -> None:
+        kfp = self._kfps.get(kv)
+        if kfp is None:
+            kfp = self._kfps[kv] = self.crypto.fingerprint(kv)
+        if doc.get("kfp") != kfp:
+            raise KeyUnavailable(
+                f"the data key given for org {self.org!r} does not match "
+                f"{self.spec.name}'s files (wrong key or another org's data)")
+
+    def _check_signed(self, state: _State, doc: dict, sig, kv: int, lineno: int) -> list:
+        """A signed line: Ed25519 signature over the body, statistics sealed with the data key."""
+        try:
+            sv, blob, signature = int(doc["sv"]), _unb64(doc["stats"]), _unb64(sig)
+            ck = int(doc.get("ck", 0))
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise self._fail(f"commit log line {lineno} is corrupt") from None
+        self._check_kfp(doc, kv)  # the wrong data key is named as such, not as tampering
+        if sv < state.sign_version:
+            raise self._fail(f"commit log line {lineno} is signed with a retired signing key")
+        if not self.crypto.verify_signature(
+                sv, _sign_message(self.org, self.spec.name, "line", doc), signature):
+            raise self._fail(f"commit log line {lineno} failed its signature check "
+                             "(edited, or forged without the org's signing key)")
+        plain = self.crypto.unseal(f"commit-log-stats/{self.spec.name}", kv, blob,
+                                   self._aad("line", doc["seq"]))
+        if plain is None:
+            raise self._fail(f"commit log line {lineno} has statistics that fail "
+                             "authentication")
+        try:
+            stats = json.loads(plain)["files"]
+            added = [dict(e, **stats[e["path"]]) for e in doc["added"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise self._fail(f"commit log line {lineno} is corrupt") from None
+        state.sign_version = sv
+        state.signed = state.sealed = True
+        state.ck_said = max(state.ck_said, ck)
+        return added
+
+    def _check_heads(self, state: _State, *, strict: bool = True,
+                     use_store: bool = True) -> None:
         seen = []
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
@@ -412,10 +639,11 @@ class Table:
             if state.seq < seq:
                 raise self._fail(f"commit log was rolled back (it ends at commit {state.seq}, "
                                  f"but commit {seq} was seen before)")
-            if data is not None and seq >= 1:
-                if (self._line_digest(data, seq) if seq != state.seq else state.digest) != digest:
-                    raise self._fail(f"commit log was rewritten (commit {seq} differs from "
-                                     "the one seen before)")
+            # Lines before the retained ones are covered by signatures and checkpoints.
+            mine = state.digests.get(seq)
+            if strict and seq >= 1 and mine is not None and mine != digest:
+                raise self._fail(f"commit log was rewritten (commit {seq} differs from "
+                                 "the one seen before)")
         with _HW_LOCK:
             old = _HIGH_WATER.get(self._hw_key)
             if not old or old[0] < state.seq:
@@ -429,17 +657,36 @@ class Table:
                 log.warning("cannot record the commit-log head of %s/%s: %s",
                             self.org, self.spec.name, e)
 
+    def _require_writer(self) -> None:
+        """Refuse a write before any file is made when this process cannot sign."""
+        if self.crypto.sign_version is None:
+            self.crypto.sign(b"")  # raises PermissionDenied with the reason
+
     def _append(self, state: _State, op: str, actor: str, added: list[dict],
                 removed: list[str]) -> _State:
-        """Append one MACed line (caller holds the table lock) and advance the heads."""
+        """Append one signed line (caller holds the table lock) and advance the heads;
+        write a checkpoint when one is due."""
         kv = self.crypto.version
+        sv = self.crypto.sign_version
+        if sv is None:
+            self._require_writer()
+        if sv < state.sign_version:
+            raise KeyUnavailable(f"the signing key this process holds for org {self.org!r} "
+                                 "was rotated; reload the org's keys")
+        seq = state.seq + 1
+        stats = {"actor": str(actor),
+                 "files": {e["path"]: {k: e.get(k) for k in _STAT_KEYS} for e in added}}
         body = {
-            "seq": state.seq + 1, "prev": state.digest,
-            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "actor": str(actor), "op": op, "added": added, "removed": removed,
-            "key_version": kv, "kfp": self.crypto.fingerprint(kv),
+            "seq": seq, "prev": state.digest,
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds"), "op": op,
+            "added": [{k: e.get(k) for k in _PUBLIC_KEYS} for e in added], "removed": removed,
+            "key_version": kv, "kfp": self.crypto.fingerprint(kv), "sv": sv,
+            "ck": state.ck_file,
+            "stats": _b64(self.crypto.seal(f"commit-log-stats/{self.spec.name}", kv,
+                                           _canon(stats), self._aad("line", seq))),
         }
-        line = _canon(dict(body, mac=self._mac(body, kv)))
+        _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "line", body))
+        line = _canon(dict(body, sig=_b64(signature)))
         _mkdirs(self._log_path.parent)
         new_file = not self._log_path.exists()
         fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -454,9 +701,85 @@ class Table:
         if new_file:
             _fsync_dir(self._log_path.parent)
         new = self._load(strict_heads=False)
-        if new.seq != body["seq"]:
+        if new.seq != seq:
             raise self._fail("commit log changed during a commit (concurrent writer?)")
+        if CHECKPOINT_EVERY and (new.seq - new.ck_file >= CHECKPOINT_EVERY
+                                 or (new.ck_file and new.ck_sv < sv)):
+            self._write_checkpoint(new)
         return new
+
+    def _write_checkpoint(self, state: _State, offset: int | None = None) -> None:
+        """Sign the verified state at its head into ``_log/checkpoint.json`` (atomic replace)."""
+        kv = self.crypto.version
+        files = [state.files[p] for p in sorted(state.files)]
+        doc = {
+            "v": 1, "seq": state.seq, "digest": state.digest,
+            "offset": state.size if offset is None else offset,
+            "key_version": kv, "kfp": self.crypto.fingerprint(kv), "sv": self.crypto.sign_version,
+            "files": _b64(self.crypto.seal(f"commit-log-checkpoint/{self.spec.name}", kv,
+                                           _canon(files), self._aad("checkpoint", state.seq))),
+        }
+        _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "checkpoint",
+                                                      doc))
+        tmp = self._ckpt_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, _canon(dict(doc, sig=_b64(signature))))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._ckpt_path)
+        _fsync_dir(self._ckpt_path.parent)
+        state.ck_file, state.ck_sv = state.seq, doc["sv"]
+
+    def seal(self, *, actor: str = "system", scrub: bool = True) -> bool:
+        """Sign the log's head so that unsigned lines are refused from now on (migration from
+        HMAC-only logs, and after a signing-key rotation). With ``scrub``, a log that still
+        holds lines with plaintext statistics is restarted from a signed checkpoint and those
+        lines are dropped. Returns True when something was written."""
+        self._require_writer()
+        with self._locked():
+            state = self._load(allow_unsealed=True)
+            if state.seq == 0:
+                return False
+            changed = False
+            if not state.signed or state.sign_version < self.crypto.sign_version:
+                state = self._append(state, "seal", actor, [], [])
+                changed = True
+            if scrub and (state.legacy or self._legacy_prefix()):
+                self._scrub(state)
+                changed = True
+            return changed
+
+    def _legacy_prefix(self) -> bool:
+        """True when the log file still starts with a line from before signing (a scrub that
+        stopped after its first checkpoint)."""
+        try:
+            with open(self._log_path, "rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return False
+        try:
+            return first.endswith(b"\n") and "mac" in json.loads(first)
+        except (ValueError, TypeError):
+            return False
+
+    def _scrub(self, state: _State) -> None:
+        """Drop a sealed log's lines from before signing: checkpoint, empty log, checkpoint."""
+        self._write_checkpoint(state)
+        tmp = self._log_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._log_path)
+        _fsync_dir(self._log_path.parent)
+        # Readers between the two steps see an offset past the end and read from the start.
+        self._write_checkpoint(state, offset=0)
+        with self._mutex:
+            self._state_cache, self._log_sig = None, None
+        self._load()
 
     class _Locked:
         def __init__(self, table: Table):
@@ -540,6 +863,7 @@ class Table:
 
     def write(self, data, *, actor: str = "system") -> Commit:
         """Conform ``data`` to the schema, write encrypted files atomically, commit them."""
+        self._require_writer()
         parts = prepare(self.spec, data)
         with self._locked():
             state = self._load()
@@ -588,10 +912,11 @@ class Table:
     def compact(self, *, target_rows: int = 1_000_000, min_rows: int = 100_000,
                 actor: str = "system") -> Commit | None:
         """Merge files smaller than ``min_rows`` per partition; returns None when nothing to do."""
+        self._require_writer()
         with self._locked():
             state = self._load()
             by_bucket: dict[int | None, list[dict]] = {}
-            for e in sorted(state.files.values(), key=lambda e: (e["seq"], e["path"])):
+            for e in state.ordered():
                 if e["rows"] < min_rows:
                     by_bucket.setdefault(e.get("bucket"), []).append(e)
             groups = [(b, es) for b, es in sorted(by_bucket.items(), key=lambda kv: str(kv[0]))
@@ -609,6 +934,7 @@ class Table:
         With ``only_older`` files already under the current version are kept as they are.
         Older key versions stay needed to verify the older commit-log lines.
         """
+        self._require_writer()
         with self._locked():
             state = self._load()
             groups = [(e.get("bucket"), [e])
@@ -667,7 +993,7 @@ class Table:
             want = set(run_ids)
             buckets = {bucket_of(r) for r in want} if self.spec.bucketed else None
         out = []
-        for e in sorted(state.files.values(), key=lambda e: (e["seq"], e["path"])):
+        for e in state.ordered():
             if want is not None:
                 if buckets is not None and e.get("bucket") not in buckets:
                     continue
@@ -861,9 +1187,7 @@ class Table:
 
     def files(self) -> list[dict]:
         """Current file entries from the verified log."""
-        state = self._load()
-        return [dict(e) for e in sorted(state.files.values(),
-                                        key=lambda e: (e["seq"], e["path"]))]
+        return [dict(e) for e in self._load().ordered()]
 
     def run_ids(self) -> set[str]:
         """Run ids present (from the log, without opening data files)."""
@@ -900,6 +1224,7 @@ class Table:
             self._log_sig = None
             self._verified.clear()
         state = self._load()
+        self._check_replay(state)
         entries = sorted(state.files.values(), key=lambda e: e["path"])
         for e in entries:
             self._check_file(e, cached=False)
@@ -920,6 +1245,34 @@ class Table:
             self._frags.clear()
             for e in entries:
                 self._fragment(e)
+
+
+    def _check_replay(self, state: _State) -> None:
+        """Replay a log that starts at its first commit and compare with the checkpointed state:
+        a checkpoint that disagrees with the lines it summarises is refused."""
+        if not self._ckpt_path.exists():
+            return
+        try:
+            with open(self._log_path, "rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return
+        try:
+            starts = bool(first.strip()) and json.loads(first).get("seq") == 1
+        except (ValueError, AttributeError):
+            raise self._fail("commit log line 1 is corrupt") from None
+        if not starts:
+            return  # the history before the checkpoint was dropped (migration scrub)
+        full = self._load(use_checkpoint=False)
+        pick = ("path", "size", "fp", *_STAT_KEYS)
+
+        def same(a: dict, b: dict) -> bool:
+            return all(a.get(k) == b.get(k) for k in pick)
+
+        if (full.seq, full.digest) != (state.seq, state.digest) or full.files.keys() != \
+                state.files.keys() or not all(same(full.files[p], e)
+                                              for p, e in state.files.items()):
+            raise self._fail("the commit-log checkpoint does not match the log's lines")
 
 
 class OrgStore:

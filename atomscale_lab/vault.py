@@ -29,6 +29,7 @@ from pathlib import Path
 from .audit import AuditHeads, AuditLog
 from .config import REGIONS, Settings
 from .errors import (
+    AtomscaleError,
     ConfigError,
     KeyUnavailable,
     OrgExists,
@@ -283,9 +284,49 @@ class Vault:
     # -- per-org handles ------------------------------------------------------------------------
 
     def org_keys(self, name: str):
-        """The org's ``OrgKeys`` (data key versions)."""
+        """The org's ``OrgKeys``: data key versions, verify keys and the signing key (writer).
+
+        An org created before commit-log signing is migrated on first use (see
+        :meth:`migrate_org`).
+        """
         self._live(name)
-        return self.keys.org_keys(name)
+        keys = self.keys.org_keys(name)
+        if not keys.verify:
+            self.migrate_org(name, actor="system", strict=False)
+            keys = self.keys.org_keys(name)
+        return keys
+
+    def migrate_org(self, name: str, *, actor: str = "admin", strict: bool = True) -> dict:
+        """Give an org made before commit-log signing its signing key and seal every table.
+
+        Each table's HMAC-verified history is checked, then sealed by one signed line and
+        restarted from a signed checkpoint (the lines with plaintext statistics are dropped);
+        from then on an unsigned line is refused. Idempotent. Returns
+        ``{"created_key": bool, "sealed": [table, ...], "failed": {table: reason}}``; audited as
+        ``org.migrate``. Without ``strict`` (the automatic migration on first use) a table that
+        cannot be sealed here (its log fails verification, or this process may not write under
+        the data root) is left for ``atomscale-lab org migrate`` and readers refuse it until then.
+        """
+        self._live(name)
+        created = self.keys.ensure_signing_key(name)
+        sealed, failed = [], {}
+        for t in [*self.store(name).tables(), self.context(name).table]:
+            try:
+                if t.seal(actor=actor):
+                    sealed.append(t.spec.name)
+            except (AtomscaleError, OSError) as e:
+                if strict:
+                    self.audit(name).record(actor, "org.migrate", "error", created=created,
+                                            tables=sealed, table=t.spec.name,
+                                            error=str(e)[:300])
+                    raise
+                failed[t.spec.name] = str(e)[:300]
+                log.warning("org %s: cannot seal %s now (%s); run `atomscale-lab org migrate`",
+                            name, t.spec.name, type(e).__name__)
+        if created or sealed or failed:
+            self.audit(name).record(actor, "org.migrate", "error" if failed else "allowed",
+                                    created=created, tables=sealed, failed=sorted(failed))
+        return {"created_key": created, "sealed": sealed, "failed": failed}
 
     def heads(self):
         """The commit-log head store (in the registry, outside the data root)."""
@@ -314,7 +355,8 @@ class Vault:
         info = self._live(name)
         self._check_residency(name, info["region"])
         versions = self.keys.versions(name).get("context", [])
-        keys = dict(self.keys.key(name, "context", v) for v in versions)
+        keys = self.org_keys(name).with_keys(
+            dict(self.keys.key(name, "context", v) for v in versions))
         return ContextStore(Path(self.settings.context_root), name, keys, self.audit(name),
                             heads=self.heads())
 
@@ -370,8 +412,15 @@ class Vault:
         """
         self._live(name)
         audit = self.audit(name)
+        self.org_keys(name)  # an org from before commit-log signing is migrated first
         version = self.keys.rotate(name, "data")
+        sign_version = self.keys.rotate(name, "sign")
         audit.record(actor, "key.rotate", purpose="data", key_version=version)
+        audit.record(actor, "key.rotate", purpose="sign", key_version=sign_version)
+        # One line signed with the new key per table: lines signed with the retired key are
+        # refused from now on, even by someone who kept it.
+        for t in [*self.store(name).tables(), self.context(name).table]:
+            t.seal(actor=actor, scrub=False)
         if rewrite:
             store = self.store(name)
             rewritten = {}

@@ -145,11 +145,11 @@ def test_rewrap_under_new_root_key_and_plugin(tmp_path):
     reg.rotate("a")
     before = {o: reg.org_keys(o) for o in ("a", "b")}
     ctx = reg.key("a", "context")
-    assert reg.rewrap(ReversingKms()) == 7
+    assert reg.rewrap(ReversingKms()) == 9  # 2 orgs x 4 purposes + data v2 of a
     plug = KeyRegistry(db, ReversingKms())
     assert {o: plug.org_keys(o) for o in ("a", "b")} == before
     new = LocalKms(generate_root_key())
-    assert plug.rewrap(new) == 7
+    assert plug.rewrap(new) == 9
     assert KeyRegistry(db, new).key("a", "context") == ctx
     with pytest.raises(RootKeyError):
         KeyRegistry(db, old).org_keys("a")
