@@ -1,0 +1,298 @@
+"""The hosted platform's own Python SDK (``atomscale`` from PyPI) against the ingest service.
+
+The SDK lives in its own virtual environment (``.venv-sdk``, made by ``scripts/setup.d``) and runs
+in a subprocess (``_sdk_driver.py``); the service runs in plain-HTTP mode on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import requests
+from conftest import Service
+
+from atomscale_lab.ingest.sdkapi import entity_id
+
+ROOT = Path(__file__).resolve().parents[2]
+SDK_PYTHON = ROOT / ".venv-sdk" / "bin" / "python"
+DRIVER = Path(__file__).with_name("_sdk_driver.py")
+TS = pa.timestamp("us", tz="UTC")
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+class HttpService(Service):
+    """The ingest service in ``--http`` mode (loopback only)."""
+
+    def __init__(self, home, root_key):
+        super().__init__(home, root_key, extra_args=["--http", "--ip", "127.0.0.1"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sdk_url = self.url + "/sdk/"
+
+    def wait_ready(self, timeout=30.0):
+        """Poll /health over plain HTTP until it answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("service exited: " + (self.home / "service-0.log").read_text())
+            try:
+                self.http.get(self.url + "/health", timeout=1)
+                return
+            except requests.RequestException:
+                time.sleep(0.05)
+        raise RuntimeError("the ingest service did not become ready")
+
+
+@pytest.fixture
+def http_service(deployment, root_key):
+    """The service over plain HTTP on 127.0.0.1, stopped by pid afterwards."""
+    svc = HttpService(deployment.home, root_key)
+    svc.start()
+    yield svc
+    svc.stop()
+    svc.http.close()
+
+
+def sdk(service, key, doc, clock_sync=False):
+    """Run one SDK operation in the SDK's virtual environment; returns its JSON answer."""
+    assert SDK_PYTHON.exists(), "the SDK's virtual environment is missing: run `make setup`"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMSCALE_")}
+    env.update(AS_API_KEY=key, AS_API_ENDPOINT=service.sdk_url, MPLBACKEND="Agg")
+    if not clock_sync:
+        env["ATOMSCALE_SKIP_CLOCK_SYNC"] = "1"
+    proc = subprocess.run([str(SDK_PYTHON), str(DRIVER), json.dumps(doc)], env=env,
+                          capture_output=True, timeout=120, cwd=str(service.home))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return json.loads(proc.stdout)
+
+
+def seed(vault, org, run_id, *, sample, project, points=5, base=20.0):
+    """One run with two process channels, one tool-state channel, an XRD and an XPS item."""
+    store = vault.store(org)
+    store.table("process/runs").write(pa.table({
+        "run_id": [run_id], "project": [project], "sample": [sample], "instrument": ["mbe-1"],
+        "method": ["MBE"], "operator": ["ana"], "start": pa.array([T0], TS),
+        "end": pa.array([T0 + timedelta(hours=1)], TS), "status": ["complete"],
+        "updated_at": pa.array([T0], TS)}))
+    times = [T0 + timedelta(seconds=10 * i) for i in range(points)]
+    store.table("process/series").write(pa.table({
+        "run_id": [run_id] * 2 * points,
+        "time": pa.array(times + times, TS),
+        "channel": ["substrate_temp"] * points + ["growth_rate"] * points,
+        "value": [base + i for i in range(points)] + [0.5 * i for i in range(points)],
+        "unit": ["degC"] * points + ["nm/min"] * points}))
+    store.table("tool_state/readings").write(pa.table({
+        "run_id": [run_id] * points, "tool": ["mbe-1"] * points,
+        "time": pa.array([t + timedelta(milliseconds=250) for t in times], TS),
+        "channel": ["cell_temp"] * points, "value": [800.0 + i for i in range(points)],
+        "setpoint": [800.0] * points, "unit": ["degC"] * points}))
+    spectra = {"XRD": ([30.0, 30.5, 31.0], [10.0, 900.0, 12.0], "deg 2theta"),
+               "XPS": ([285.0, 284.0, 283.0], [5.0, 50.0, 7.0], "eV binding energy")}
+    store.table("metrology/items").write(pa.table({
+        "item_id": [f"{run_id}-xrd", f"{run_id}-xps"], "run_id": [run_id] * 2,
+        "sample": [sample] * 2, "technique": ["XRD", "XPS"],
+        "time": pa.array([T0 + timedelta(hours=2)] * 2, TS),
+        "x": [spectra["XRD"][0], spectra["XPS"][0]], "y": [spectra["XRD"][1], spectra["XPS"][1]],
+        "x_unit": [spectra["XRD"][2], spectra["XPS"][2]], "y_unit": ["counts", "counts/s"],
+        "peaks": [[30.5], [284.0]], "result_name": [None, None], "result_value": [None, None],
+        "result_unit": [None, None]}))
+
+
+def events(deployment, org, action=None):
+    """The org's audit events (optionally of one action)."""
+    return deployment.vault.audit(org).events(action=action, limit=1000)
+
+
+READ = "read:process,read:tool_state,read:metrology"
+
+
+def test_search_and_get_return_own_org_only(deployment, http_service):
+    seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
+    seed(deployment.vault, "beta", "B-1", sample="STO-9", project="buffer", base=99.0)
+    key = deployment.key("acme", READ, name="notebook")
+    rows = sdk(http_service, key, {"op": "search"})["rows"]
+    ids = {r["Data ID"] for r in rows}
+    assert ids == {"ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"}
+    by_id = {r["Data ID"]: r for r in rows}
+    assert by_id["ts~A-1"]["Type"] == "tool_state" and by_id["ts~A-1"]["Status"] == "success"
+    assert by_id["ts~A-1"]["Physical Sample Name"] == "GaAs-001"
+    assert by_id["ts~A-1"]["Project Name"] == "qw"
+    assert by_id["mt~A-1-xrd"]["Type"] == "xrd"
+    # keywords and data_type narrow; another org's sample name finds nothing
+    rows = sdk(http_service, key, {"op": "search",
+                                   "kwargs": {"keywords": "gaas", "data_type": "xrd"}})["rows"]
+    assert [r["Data ID"] for r in rows] == ["mt~A-1-xrd"]
+    assert sdk(http_service, key, {"op": "search", "kwargs": {"keywords": "STO-9"}})["rows"] == []
+    rows = sdk(http_service, key, {"op": "search", "kwargs": {"data_ids": ["mt~A-1-xps"]}})
+    assert [r["Data ID"] for r in rows["rows"]] == ["mt~A-1-xps"]
+
+    res = sdk(http_service, key, {"op": "get", "ids": ["ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"]})
+    ts, xrd, xps = res["results"]
+    assert ts["type"] == "ToolStateResult" and ts["data_id"] == "ts~A-1"
+    frame = ts["frame"]["data"]
+    assert set(ts["frame"]["columns"]) == {"UNIX Timestamp", "Time", "substrate_temp",
+                                           "growth_rate", "cell_temp"}
+    t0_ms = int(T0.timestamp() * 1000)
+    stamps = frame["UNIX Timestamp"]
+    # process points every 10 s, tool-state readings 250 ms later: the SDK's outer join
+    expected = sorted([t0_ms + 10_000 * i for i in range(5)]
+                      + [t0_ms + 10_000 * i + 250 for i in range(5)])
+    assert stamps == expected
+    at = {t: i for i, t in enumerate(stamps)}
+    for i in range(5):
+        assert frame["substrate_temp"][at[t0_ms + 10_000 * i]] == 20.0 + i
+        assert frame["growth_rate"][at[t0_ms + 10_000 * i]] == 0.5 * i
+        assert frame["cell_temp"][at[t0_ms + 10_000 * i + 250]] == 800.0 + i
+    assert xrd["type"] == "XRDResult" and xrd["x"] == [30.0, 30.5, 31.0]
+    assert xrd["y"] == [10.0, 900.0, 12.0]
+    assert xps["type"] == "XPSResult" and xps["x"] == [285.0, 284.0, 283.0]
+    assert xps["y"] == [5.0, 50.0, 7.0]
+    # the reads are in acme's audit log as the key; beta's log has none of them
+    reads = events(deployment, "acme", "sdk.timeseries")
+    assert any(e["actor"].startswith("apikey:") and e["outcome"] == "allowed" for e in reads)
+    assert events(deployment, "acme", "sdk.search")
+    assert not events(deployment, "beta", "sdk.timeseries")
+
+
+def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, http_service):
+    seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
+    beta = deployment.key("beta", READ)
+    # beta's key sees only beta (empty), and acme's items do not exist for it
+    assert sdk(http_service, beta, {"op": "search"})["rows"] == []
+    res = sdk(http_service, beta, {"op": "get", "ids": ["ts~A-1"]})
+    assert res.get("results", []) == []
+    r = requests.get(http_service.sdk_url + "tool-state/ts~A-1/timeseries/",
+                     headers={"X-API-KEY": beta}, timeout=10)
+    assert r.status_code == 404 and "detail" in r.json()
+    denied = events(deployment, "beta", "sdk.timeseries")
+    assert denied and denied[0]["outcome"] == "denied"
+    assert not events(deployment, "acme", "sdk.timeseries")
+
+    revoked = deployment.key("acme", READ)
+    deployment.keys.revoke("acme", revoked.split("_")[1])
+    r = requests.get(http_service.sdk_url + "data_entries/", headers={"X-API-KEY": revoked},
+                     timeout=10)
+    assert r.status_code == 401
+    res = sdk(http_service, revoked, {"op": "search"})
+    assert res["error"] == "ClientError" and "401" in res["message"]
+    uses = [e for e in events(deployment, "acme", "apikey.use") if e["outcome"] == "denied"]
+    assert any(e["detail"].get("reason") == "API key revoked" for e in uses)
+
+    ingest_only = deployment.key("acme", "ingest:tool_state")
+    r = requests.get(http_service.sdk_url + "data_entries/",
+                     headers={"X-API-KEY": ingest_only}, timeout=10)
+    assert r.status_code == 403
+    no_met = deployment.key("acme", "read:process")
+    r = requests.get(http_service.sdk_url + "xrd/mt~A-1-xrd", headers={"X-API-KEY": no_met},
+                     timeout=10)
+    assert r.status_code == 403
+    rows = sdk(http_service, no_met, {"op": "search"})["rows"]
+    assert {r["Data ID"] for r in rows} == {"ts~A-1"}
+    denied = [e for e in events(deployment, "acme") if e["outcome"] == "denied"
+              and e["action"] in ("sdk.search", "apikey.use")]
+    prefixes = {e["detail"].get("prefix") or e["actor"].split(":")[-1] for e in denied}
+    assert ingest_only.split("_")[1] in prefixes and no_met.split("_")[1] in prefixes
+
+
+def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service):
+    key = deployment.key("acme", "ingest:tool_state," + READ, name="tool-pc")
+    t0 = T0.timestamp()
+    chunk0 = {"channel_name": "pressure", "timestamps": [t0 + 0.1 * i for i in range(10)],
+              "values": [1e-7 * (i + 1) for i in range(10)], "units": "Torr"}
+    steps = [
+        {"do": "push", "chunk_index": 0, **chunk0},
+        {"do": "push", "chunk_index": 0, **chunk0},  # a retried chunk
+        {"do": "push_multi", "chunk_index": 1, "channels": {
+            "pressure": {"timestamps": [t0 + 1.0 + 0.1 * i for i in range(10)],
+                         "values": [2e-7] * 10, "units": "Torr"},
+            "cell_temp": {"timestamps": [t0 + 1.0 + 0.1 * i for i in range(10)],
+                          "values": [900.0 + i for i in range(10)], "units": "degC"}}},
+        {"do": "run", "channel_name": "shutter", "units": "open",
+         "chunks": [[[t0 + 2.0 + k + 0.5 * i for i in range(2)], [float(k), float(k)]]
+                    for k in range(3)]},
+    ]
+    out = sdk(http_service, key, {"op": "stream", "init": {"stream_name": "Growth Run 7"},
+                                  "steps": steps})
+    assert "error" not in out, out
+    data_id = out["data_id"]
+    assert data_id == "ts~Growth-Run-7"
+    # a retry of the same chunk over HTTP is acknowledged, not stored; other points are refused
+    body = {"data_id": data_id, "chunk_index": 0, **chunk0}
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk", json=body,
+                      headers={"X-API-KEY": key}, timeout=10)
+    assert r.status_code == 200 and r.json()["duplicate"] is True
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk",
+                      json={**body, "values": [0.0] * 10}, headers={"X-API-KEY": key},
+                      timeout=10)
+    assert r.status_code == 409
+
+    # through the store (what Workspace reads): every point exactly once, in the WAL's table
+    table = deployment.rows("acme", "tool_state/readings", "Growth-Run-7")
+    counts = {c: table.column("channel").to_pylist().count(c)
+              for c in ("pressure", "cell_temp", "shutter")}
+    assert counts == {"pressure": 20, "cell_temp": 10, "shutter": 6}
+    run = deployment.rows("acme", "process/runs", "Growth-Run-7").to_pylist()[-1]
+    assert run["status"] == "complete"
+
+    # through the SDK
+    res = sdk(http_service, key, {"op": "get", "ids": [data_id]})["results"][0]
+    frame = res["frame"]["data"]
+    t0_ms = round(t0 * 1000)
+    p_idx = [i for i, v in enumerate(frame["pressure"]) if v is not None]
+    stamps = frame["UNIX Timestamp"]
+    assert len(stamps) == len(set(stamps)) == 20 + 6
+    assert stamps[:10] == [t0_ms + 100 * i for i in range(10)]
+    assert frame["pressure"][:10] == pytest.approx([1e-7 * (i + 1) for i in range(10)])
+    assert len(p_idx) == len(stamps)
+    assert frame["cell_temp"][10:20] == [900.0 + i for i in range(10)]
+    rows = sdk(http_service, key, {"op": "search",
+                                   "kwargs": {"keywords": "Growth-Run-7"}})["rows"]
+    assert [(r["Data ID"], r["Status"]) for r in rows] == [(data_id, "success")]
+    assert events(deployment, "acme", "sdk.stream_finalize")
+
+
+def test_stream_links_sample_project_tags_and_clock(deployment, http_service):
+    seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
+    key = deployment.key("acme", "ingest:tool_state," + READ)
+    project = entity_id("acme", "project", "qw")
+    t0 = time.time()
+    out = sdk(http_service, key, {
+        "op": "stream", "init": {"stream_name": "run with links", "physical_sample": "GaN-17",
+                                 "project_id": project, "tags": ["calibration"]},
+        "steps": [{"do": "push", "chunk_index": 0, "channel_name": "T",
+                   "timestamps": [t0], "values": [1.0]}]}, clock_sync=True)
+    assert "error" not in out, out
+    assert abs(out["clock"]["offset_ms"]) < 1000
+    row = sdk(http_service, key, {"op": "search", "kwargs": {"keywords": "calibration"}})["rows"]
+    assert [r["Data ID"] for r in row] == [out["data_id"]]
+    assert row[0]["Physical Sample Name"] == "GaN-17" and row[0]["Project Name"] == "qw"
+    names = {r["Physical Sample Name"] for r in sdk(http_service, key, {"op": "samples"})["rows"]}
+    assert {"GaAs-001", "GaN-17"} <= names
+    assert events(deployment, "acme", "sdk.tag_attach")
+
+
+def test_unavailable_endpoints_answer_404_json(deployment, http_service):
+    key = deployment.key("acme", READ)
+    for path in ("rheed/abc/timeseries/", "similarity/rheed/abc/matches/", "changepoints/",
+                 "summary/abc"):
+        r = requests.get(http_service.sdk_url + path, headers={"X-API-KEY": key}, timeout=10)
+        assert r.status_code == 404 and r.json()["detail"]
+    res = sdk(http_service, key, {"op": "raw", "path": "changepoints/"})
+    assert res == {"value": None}
+    r = requests.get(http_service.sdk_url + "gateway/time", timeout=10)
+    doc = r.json()
+    assert r.status_code == 200 and abs(doc["receivedAtUnixMs"] / 1000 - time.time()) < 60
+
+
+def test_http_mode_refuses_non_loopback(deployment, root_key):
+    env = dict(os.environ, ATOMSCALE_HOME=str(deployment.home), ATOMSCALE_ROOT_KEY=root_key)
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "atomscale-lab"), "ingest", "serve", "--http", "--ip",
+         "0.0.0.0", "--port", "1"], env=env, capture_output=True, timeout=60)
+    assert proc.returncode != 0
