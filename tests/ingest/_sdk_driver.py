@@ -1,8 +1,9 @@
 """Drives the hosted platform's ``atomscale`` SDK (run with the SDK's own virtual environment).
 
-``python _sdk_driver.py '<json>'`` with ``{"op": ..., ...}``; the key and the URL come from
-``AS_API_KEY`` / ``AS_API_ENDPOINT``. Prints one JSON document: what the SDK returned, reduced to
-plain values (NaN as null), or ``{"error": type, "message": …}``.
+``python _sdk_driver.py '<json>'`` with ``{"op": ..., ...}`` or a list of them (one process); the
+key and the URL come from ``AS_API_KEY`` / ``AS_API_ENDPOINT`` (an op's ``"key"`` replaces the key).
+Prints one JSON document per op: what the SDK returned, reduced to plain values (NaN as null), or
+``{"error": type, "message": …}``.
 """
 
 import json
@@ -110,9 +111,17 @@ def main(doc):
     raise SystemExit(f"unknown op {op!r}")
 
 
-if __name__ == "__main__":
+def _one(doc):
+    if "key" in doc:  # one process, several keys
+        os.environ["AS_API_KEY"] = doc["key"]
     try:
-        res = main(json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read()))
+        return main(doc)
     except Exception as e:  # reported to the test as data
-        res = {"error": type(e).__name__, "message": str(e)}
+        return {"error": type(e).__name__, "message": str(e)}
+
+
+if __name__ == "__main__":
+    docs = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())
+    # A list runs in one process: importing the SDK takes seconds.
+    res = [_one(d) for d in docs] if isinstance(docs, list) else _one(docs)
     sys.stdout.write(json.dumps(res))

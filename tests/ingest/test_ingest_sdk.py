@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,9 @@ from conftest import Service
 from atomscale_lab.ingest.sdkapi import entity_id
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+from _nbserver import start_server, stop_server  # noqa: E402
+
 SDK_PYTHON = ROOT / ".venv-sdk" / "bin" / "python"
 DRIVER = Path(__file__).with_name("_sdk_driver.py")
 TS = pa.timestamp("us", tz="UTC")
@@ -116,24 +120,23 @@ def test_search_and_get_return_own_org_only(deployment, http_service):
     seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
     seed(deployment.vault, "beta", "B-1", sample="STO-9", project="buffer", base=99.0)
     key = deployment.key("acme", READ, name="notebook")
-    rows = sdk(http_service, key, {"op": "search"})["rows"]
-    ids = {r["Data ID"] for r in rows}
-    assert ids == {"ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"}
+    everything, narrowed, other, exact, got = sdk(http_service, key, [
+        {"op": "search"},
+        {"op": "search", "kwargs": {"keywords": "gaas", "data_type": "xrd"}},
+        {"op": "search", "kwargs": {"keywords": "STO-9"}},  # another org's sample
+        {"op": "search", "kwargs": {"data_ids": ["mt~A-1-xps"]}},
+        {"op": "get", "ids": ["ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"]}])
+    rows = everything["rows"]
+    assert {r["Data ID"] for r in rows} == {"ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"}
     by_id = {r["Data ID"]: r for r in rows}
     assert by_id["ts~A-1"]["Type"] == "tool_state" and by_id["ts~A-1"]["Status"] == "success"
     assert by_id["ts~A-1"]["Physical Sample Name"] == "GaAs-001"
     assert by_id["ts~A-1"]["Project Name"] == "qw"
     assert by_id["mt~A-1-xrd"]["Type"] == "xrd"
-    # keywords and data_type narrow; another org's sample name finds nothing
-    rows = sdk(http_service, key, {"op": "search",
-                                   "kwargs": {"keywords": "gaas", "data_type": "xrd"}})["rows"]
-    assert [r["Data ID"] for r in rows] == ["mt~A-1-xrd"]
-    assert sdk(http_service, key, {"op": "search", "kwargs": {"keywords": "STO-9"}})["rows"] == []
-    rows = sdk(http_service, key, {"op": "search", "kwargs": {"data_ids": ["mt~A-1-xps"]}})
-    assert [r["Data ID"] for r in rows["rows"]] == ["mt~A-1-xps"]
-
-    res = sdk(http_service, key, {"op": "get", "ids": ["ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"]})
-    ts, xrd, xps = res["results"]
+    assert [r["Data ID"] for r in narrowed["rows"]] == ["mt~A-1-xrd"]
+    assert other["rows"] == []
+    assert [r["Data ID"] for r in exact["rows"]] == ["mt~A-1-xps"]
+    ts, xrd, xps = got["results"]
     assert ts["type"] == "ToolStateResult" and ts["data_id"] == "ts~A-1"
     frame = ts["frame"]["data"]
     assert set(ts["frame"]["columns"]) == {"UNIX Timestamp", "Time", "substrate_temp",
@@ -163,10 +166,14 @@ def test_search_and_get_return_own_org_only(deployment, http_service):
 def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, http_service):
     seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
     beta = deployment.key("beta", READ)
-    # beta's key sees only beta (empty), and acme's items do not exist for it
-    assert sdk(http_service, beta, {"op": "search"})["rows"] == []
-    res = sdk(http_service, beta, {"op": "get", "ids": ["ts~A-1"]})
-    assert res.get("results", []) == []
+    revoked = deployment.key("acme", READ)
+    deployment.keys.revoke("acme", revoked.split("_")[1])
+    no_met = deployment.key("acme", "read:process")
+    # beta's key sees only beta (empty): acme's items do not exist for it
+    b_search, b_get, r_search, m_search = sdk(http_service, beta, [
+        {"op": "search"}, {"op": "get", "ids": ["ts~A-1"]},
+        {"op": "search", "key": revoked}, {"op": "search", "key": no_met}])
+    assert b_search["rows"] == [] and b_get.get("results", []) == []
     r = requests.get(http_service.sdk_url + "tool-state/ts~A-1/timeseries/",
                      headers={"X-API-KEY": beta}, timeout=10)
     assert r.status_code == 404 and "detail" in r.json()
@@ -174,33 +181,56 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
     assert denied and denied[0]["outcome"] == "denied"
     assert not events(deployment, "acme", "sdk.timeseries")
 
-    revoked = deployment.key("acme", READ)
-    deployment.keys.revoke("acme", revoked.split("_")[1])
     r = requests.get(http_service.sdk_url + "data_entries/", headers={"X-API-KEY": revoked},
                      timeout=10)
     assert r.status_code == 401
-    res = sdk(http_service, revoked, {"op": "search"})
-    assert res["error"] == "ClientError" and "401" in res["message"]
+    assert r_search["error"] == "ClientError" and "401" in r_search["message"]
     uses = [e for e in events(deployment, "acme", "apikey.use") if e["outcome"] == "denied"]
     assert any(e["detail"].get("reason") == "API key revoked" for e in uses)
-
+    # read:process alone: runs yes, metrology no
+    assert {r["Data ID"] for r in m_search["rows"]} == {"ts~A-1"}
     ingest_only = deployment.key("acme", "ingest:tool_state")
     r = requests.get(http_service.sdk_url + "data_entries/",
                      headers={"X-API-KEY": ingest_only}, timeout=10)
     assert r.status_code == 403
-    no_met = deployment.key("acme", "read:process")
     r = requests.get(http_service.sdk_url + "xrd/mt~A-1-xrd", headers={"X-API-KEY": no_met},
                      timeout=10)
     assert r.status_code == 403
-    rows = sdk(http_service, no_met, {"op": "search"})["rows"]
-    assert {r["Data ID"] for r in rows} == {"ts~A-1"}
     denied = [e for e in events(deployment, "acme") if e["outcome"] == "denied"
               and e["action"] in ("sdk.search", "apikey.use")]
     prefixes = {e["detail"].get("prefix") or e["actor"].split(":")[-1] for e in denied}
     assert ingest_only.split("_")[1] in prefixes and no_met.split("_")[1] in prefixes
 
 
-def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service):
+@pytest.fixture
+def lab_server(deployment, root_key, http_service, tmp_path):
+    """A single-user ``jupyter server`` for acme on the same deployment (a ``Workspace``)."""
+    from atomscale_lab.client import Workspace
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
+    env.update(ATOMSCALE_HOME=str(deployment.home), ATOMSCALE_ROOT_KEY=root_key,
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
+    proc, url, token = start_server(env, tmp_path, "acme", tmp_path / "server.log",
+                                    extra=["--ServerApp.log_level=WARN"])
+    yield Workspace(url=url, token=token)
+    stop_server(proc)
+
+
+def wait_for(fn, timeout=20.0):
+    """Poll ``fn`` until it returns something other than None/False (or fail at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = fn()
+        if out is not None and out is not False:
+            return out
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service, lab_server):
+    from atomscale_lab.widgets import LiveRun
+
+    ws = lab_server
     key = deployment.key("acme", "ingest:tool_state," + READ, name="tool-pc")
     t0 = T0.timestamp()
     chunk0 = {"channel_name": "pressure", "timestamps": [t0 + 0.1 * i for i in range(10)],
@@ -218,10 +248,25 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service)
                     for k in range(3)]},
     ]
     out = sdk(http_service, key, {"op": "stream", "init": {"stream_name": "Growth Run 7"},
-                                  "steps": steps})
+                                  "steps": steps, "finalize": False})
     assert "error" not in out, out
     data_id = out["data_id"]
     assert data_id == "ts~Growth-Run-7"
+    run_id = "Growth-Run-7"
+
+    # live: the run is active in the catalogue the sidebar pages, and LiveRun follows it
+    frame = wait_for(lambda: (lambda f: f if len(f) == 36 else None)(ws.tool_state(run_id)))
+    assert set(ws.runs(status="active")["run_id"]) == {run_id}
+    live = LiveRun(ws, run_id, category="tool_state", autostart=False)
+    assert live.poll() == 36 and live.status == "active"
+    # through Workspace: every point exactly once
+    counts = frame.groupby("channel").size().to_dict()
+    assert counts == {"pressure": 20, "cell_temp": 10, "shutter": 6}
+    p = frame[frame["channel"] == "pressure"].sort_values("time")
+    assert [int(t.timestamp() * 1000) for t in p["time"][:10]] == \
+        [round(t0 * 1000) + 100 * i for i in range(10)]
+    assert p["value"].tolist()[:10] == pytest.approx([1e-7 * (i + 1) for i in range(10)])
+
     # a retry of the same chunk over HTTP is acknowledged, not stored; other points are refused
     body = {"data_id": data_id, "chunk_index": 0, **chunk0}
     r = requests.post(http_service.sdk_url + "tool-state/stream/chunk", json=body,
@@ -231,29 +276,24 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service)
                       json={**body, "values": [0.0] * 10}, headers={"X-API-KEY": key},
                       timeout=10)
     assert r.status_code == 409
+    r = requests.post(http_service.sdk_url + f"tool-state/stream/{data_id}/finalize",
+                      headers={"X-API-KEY": key}, timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "success"
+    # the data server refreshes its catalogue from the runs table's log in the background
+    assert wait_for(lambda: live.poll() == 0 and live.status == "complete" or None)
 
-    # through the store (what Workspace reads): every point exactly once, in the WAL's table
-    table = deployment.rows("acme", "tool_state/readings", "Growth-Run-7")
-    counts = {c: table.column("channel").to_pylist().count(c)
-              for c in ("pressure", "cell_temp", "shutter")}
-    assert counts == {"pressure": 20, "cell_temp": 10, "shutter": 6}
-    run = deployment.rows("acme", "process/runs", "Growth-Run-7").to_pylist()[-1]
-    assert run["status"] == "complete"
-
-    # through the SDK
-    res = sdk(http_service, key, {"op": "get", "ids": [data_id]})["results"][0]
-    frame = res["frame"]["data"]
-    t0_ms = round(t0 * 1000)
-    p_idx = [i for i, v in enumerate(frame["pressure"]) if v is not None]
+    table = deployment.rows("acme", "tool_state/readings", run_id)
+    assert table.num_rows == 36
+    got, found = sdk(http_service, key, [
+        {"op": "get", "ids": [data_id]},
+        {"op": "search", "kwargs": {"keywords": "Growth-Run-7"}}])
+    frame = got["results"][0]["frame"]["data"]
     stamps = frame["UNIX Timestamp"]
     assert len(stamps) == len(set(stamps)) == 20 + 6
-    assert stamps[:10] == [t0_ms + 100 * i for i in range(10)]
+    assert stamps[:10] == [round(t0 * 1000) + 100 * i for i in range(10)]
     assert frame["pressure"][:10] == pytest.approx([1e-7 * (i + 1) for i in range(10)])
-    assert len(p_idx) == len(stamps)
     assert frame["cell_temp"][10:20] == [900.0 + i for i in range(10)]
-    rows = sdk(http_service, key, {"op": "search",
-                                   "kwargs": {"keywords": "Growth-Run-7"}})["rows"]
-    assert [(r["Data ID"], r["Status"]) for r in rows] == [(data_id, "success")]
+    assert [(r["Data ID"], r["Status"]) for r in found["rows"]] == [(data_id, "success")]
     assert events(deployment, "acme", "sdk.stream_finalize")
 
 
@@ -269,10 +309,12 @@ def test_stream_links_sample_project_tags_and_clock(deployment, http_service):
                    "timestamps": [t0], "values": [1.0]}]}, clock_sync=True)
     assert "error" not in out, out
     assert abs(out["clock"]["offset_ms"]) < 1000
-    row = sdk(http_service, key, {"op": "search", "kwargs": {"keywords": "calibration"}})["rows"]
+    found, samples = sdk(http_service, key, [
+        {"op": "search", "kwargs": {"keywords": "calibration"}}, {"op": "samples"}])
+    row = found["rows"]
     assert [r["Data ID"] for r in row] == [out["data_id"]]
     assert row[0]["Physical Sample Name"] == "GaN-17" and row[0]["Project Name"] == "qw"
-    names = {r["Physical Sample Name"] for r in sdk(http_service, key, {"op": "samples"})["rows"]}
+    names = {r["Physical Sample Name"] for r in samples["rows"]}
     assert {"GaAs-001", "GaN-17"} <= names
     assert events(deployment, "acme", "sdk.tag_attach")
 
