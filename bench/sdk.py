@@ -12,8 +12,9 @@ single-user ``jupyter server`` with the extension, and prints ``name: value`` li
   until ``finalize`` returns;
 - ``sdk_get_1m_s``: ``Client.get([id])`` of a run with ``--get-points`` points (4 channels),
   JSON over HTTP into the SDK's wide DataFrame, vs ``workspace_process_1m_s`` (long Arrow frame)
-  and ``workspace_process_wide_1m_s`` (``wide=True``) through the data server; medians of
-  ``--repeat``.
+  and ``workspace_process_wide_1m_s`` (``wide=True``) through the data server;
+  ``sdk_endpoint_json_1m_s`` is the same endpoint fetched and parsed with ``requests`` (the server's
+  share of ``get()``); medians of ``--repeat``.
 
 The SDK runs in its own virtual environment (``.venv-sdk``, made by ``make setup``).
 Usage: ``python bench/sdk.py [--points 200000] [--get-points 1000000]``.
@@ -193,6 +194,14 @@ def main() -> None:
                 for _ in range(args.repeat)]
         print(f"sdk_get_1m_s: {statistics.median(g['seconds'] for g in gets):.2f} "
               f"({gets[0]['rows']} rows x {gets[0]['columns']} columns)")
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            doc = requests.get(sdk_url + "tool-state/ts~big/timeseries/",
+                               headers={"X-API-KEY": key}, timeout=600).json()
+            times.append(time.perf_counter() - t)
+        points = sum(len(p["values"]) for p in doc["properties"].values())
+        print(f"sdk_endpoint_json_1m_s: {statistics.median(times):.2f} ({points} points)")
         for name, kw in (("workspace_process_1m_s", {}),
                          ("workspace_process_wide_1m_s", {"wide": True})):
             times = []

@@ -203,6 +203,7 @@ class ChunkHandler(_SdkBase):
     """``POST tool-state/stream/chunk`` and ``…/chunk/multi``: one chunk of points."""
 
     def initialize(self, multi: bool = False, **kw):
+        """``multi``: the route of multi-channel chunks."""
         super().initialize(**kw)
         self.multi = multi
 
