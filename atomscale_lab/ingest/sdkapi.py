@@ -150,6 +150,18 @@ class SdkState:
         with self._lock:
             return self._db.execute(query, args).fetchall()
 
+    @contextlib.contextmanager
+    def tx(self):
+        """One transaction (holding the connection's lock throughout)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
@@ -693,15 +705,10 @@ class SdkApi:
         })
         tag = hashlib.sha256("\x00".join(pending).encode()).hexdigest()[:16]
         ack = self.core.add_batch(key, stream_id, f"sdk.{idx}.{tag}", table)
-        self.state.sql("BEGIN")
-        try:
-            for n in pending:
-                self.state.sql("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?)",
-                               (key.org, data_id, n, idx, parsed[n][3], len(parsed[n][0])))
-            self.state.sql("COMMIT")
-        except BaseException:
-            self.state.sql("ROLLBACK")
-            raise
+        with self.state.tx() as db:
+            db.executemany("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?)",
+                           [(key.org, data_id, n, idx, parsed[n][3], len(parsed[n][0]))
+                            for n in pending])
         return {"data_id": data_id, "chunk_index": idx, "points": table.num_rows,
                 "duplicate": ack["duplicate"]}
 
