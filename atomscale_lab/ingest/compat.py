@@ -9,6 +9,7 @@ platform this deployment has no counterpart for answer 404 with a JSON body. See
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 
@@ -207,12 +208,20 @@ class ChunkHandler(_SdkBase):
         super().initialize(**kw)
         self.multi = multi
 
-    def prepare(self):
-        """Collect the body up to the service's batch limit (larger than other JSON bodies)."""
-        self.request.connection.set_max_body_size(self.max_body * 2)
+    async def prepare(self):
+        """Authenticate before any of the body is read, then collect it up to the batch limit."""
+        res = super().prepare()
+        if inspect.isawaitable(res):
+            await res
+        if self._finished:
+            return
         self._parts: list[bytes] = []
         self._size = 0
-        return super().prepare()
+        try:
+            self._key = await self.key("ingest:tool_state", "sdk.chunk")
+        except AtomscaleError as e:
+            return self.fail(e)
+        self.request.connection.set_max_body_size(self.max_body * 2)
 
     def data_received(self, chunk):
         """Accumulate the body; past the limit, drop it (answered with 413)."""
@@ -229,10 +238,9 @@ class ChunkHandler(_SdkBase):
                 raise BatchTooLarge(f"the chunk is larger than {self.max_body} bytes; send "
                                     "smaller chunks", field="body")
             body = self.json_body(b"".join(self._parts))
+            self.reply(await self.run(self.api.chunk, self._key, body, multi=self.multi))
         except AtomscaleError as e:
-            return self.fail(e)
-        await self.call("ingest:tool_state", "sdk.chunk", self.api.chunk, body,
-                        multi=self.multi)
+            self.fail(e)
 
 
 class FinalizeHandler(_SdkBase):

@@ -185,6 +185,12 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
                      timeout=10)
     assert r.status_code == 401
     assert r_search["error"] == "ClientError" and "401" in r_search["message"]
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk",
+                      json={"data_id": "ts~A-1", "chunk_index": 0, "channel_name": "T",
+                            "timestamps": [1.0], "values": [1.0]},
+                      headers={"X-API-KEY": revoked}, timeout=10)
+    assert r.status_code == 401
+    assert deployment.rows("acme", "process/runs").num_rows == 1
     uses = [e for e in events(deployment, "acme", "apikey.use") if e["outcome"] == "denied"]
     assert any(e["detail"].get("reason") == "API key revoked" for e in uses)
     # read:process alone: runs yes, metrology no
