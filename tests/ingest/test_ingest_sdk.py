@@ -344,3 +344,38 @@ def test_http_mode_refuses_non_loopback(deployment, root_key):
         [str(ROOT / ".venv" / "bin" / "atomscale-lab"), "ingest", "serve", "--http", "--ip",
          "0.0.0.0", "--port", "1"], env=env, capture_output=True, timeout=60)
     assert proc.returncode != 0
+
+
+def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_path):
+    from atomscale_lab.errors import PermissionDenied
+    from atomscale_lab.ingest.apikeys import ApiKeyInfo
+    from atomscale_lab.ingest.core import IngestCore
+    from atomscale_lab.ingest.sdkapi import SdkApi
+
+    seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
+    store = deployment.vault.store("acme")
+    store.table("tool_state/readings").write(pa.table({  # a second tool with the same channel
+        "run_id": ["A-1"], "tool": ["pyro-2"], "time": pa.array([T0], TS),
+        "channel": ["cell_temp"], "value": [42.0], "setpoint": [None], "unit": ["degC"]}))
+    core = IngestCore(deployment.vault, tmp_path / "ingest")
+    api = SdkApi(core)
+    try:
+        both = ApiKeyInfo("0123456789", "acme", "", ("read:process", "read:tool_state"))
+        props = api.timeseries(both, "ts~A-1")["properties"]
+        assert set(props) == {"substrate_temp", "growth_rate", "mbe-1:cell_temp",
+                              "pyro-2:cell_temp"}
+        assert props["pyro-2:cell_temp"]["values"] == [42.0]
+        assert props["mbe-1:cell_temp"]["values"] == [800.0 + i for i in range(5)]
+        assert props["substrate_temp"]["units"] == "degC"
+        assert props["growth_rate"]["relative_time_seconds"] == [10.0 * i for i in range(5)]
+        process_only = ApiKeyInfo("0123456789", "acme", "", ("read:process",))
+        assert set(api.timeseries(process_only, "ts~A-1")["properties"]) == {
+            "substrate_temp", "growth_rate"}
+        metrology_only = ApiKeyInfo("0123456789", "acme", "", ("read:metrology",))
+        with pytest.raises(PermissionDenied):
+            api.timeseries(metrology_only, "ts~A-1")
+        assert [r["data_id"] for r in api.search(metrology_only, {"data_type": ["xps"]})] == \
+            ["mt~A-1-xps"]
+    finally:
+        api.close()
+        core.close()
