@@ -176,13 +176,13 @@ def main() -> None:
         res = sdk(sdk_url, key, {"op": "stream_generated", "name": "multi", "mode": "multi",
                                  "points": args.points, "points_per_chunk": per,
                                  "channels": chans})
-        stored = len(ws.tool_state(res["data_id"][3:]))
+        stored = len(ws.tool_state(res["data_id"]))
         print(f"sdk_stream_multi_rows_per_s: {res['points'] / res['seconds']:.0f} "
               f"(stored {stored} of {res['points']})")
         res = sdk(sdk_url, key, {"op": "stream_generated", "name": "one", "mode": "run",
                                  "points": args.points // chans, "points_per_chunk": per,
                                  "channels": 1})
-        stored = len(ws.tool_state(res["data_id"][3:]))
+        stored = len(ws.tool_state(res["data_id"]))
         print(f"sdk_stream_run_rows_per_s: {res['points'] / res['seconds']:.0f} "
               f"(stored {stored} of {res['points']})")
         print(f"native_json_rows_per_s: "
@@ -190,14 +190,14 @@ def main() -> None:
         print(f"native_arrow_rows_per_s: "
               f"{native(url, key, 'nat-arrow', args.points, per, chans, True):.0f}")
 
-        gets = [sdk(sdk_url, key, {"op": "get_timed", "ids": ["ts~big"]})
+        gets = [sdk(sdk_url, key, {"op": "get_timed", "ids": ["big"]})
                 for _ in range(args.repeat)]
         print(f"sdk_get_1m_s: {statistics.median(g['seconds'] for g in gets):.2f} "
               f"({gets[0]['rows']} rows x {gets[0]['columns']} columns)")
         times = []
         for _ in range(args.repeat):
             t = time.perf_counter()
-            doc = requests.get(sdk_url + "tool-state/ts~big/timeseries/",
+            doc = requests.get(sdk_url + "tool-state/big/timeseries/",
                                headers={"X-API-KEY": key}, timeout=600).json()
             times.append(time.perf_counter() - t)
         points = sum(len(p["values"]) for p in doc["properties"].values())

@@ -2,8 +2,8 @@
 
 ``compat.py`` is the thin Tornado layer; the mapping is described in ``docs/atomscale-sdk.md``:
 
-- a run is one ``tool_state`` data item (``ts~<run_id>``): its process series and tool-state
-  readings, one property per channel;
+- a run is one ``tool_state`` data item (its data id is the run id): its process series and
+  tool-state readings, one property per channel;
 - a metrology item is one data item (``mt~<item_id>``) whose type is its technique (``xrd``,
   ``xps``, ``raman``, ``photoluminescence``, else the technique's name in lower case);
 - a run's ``sample`` is a physical sample (id: a UUID derived from org and name), its ``project``
@@ -41,10 +41,9 @@ from .core import BatchConflict, NotYetStored
 
 log = logging.getLogger(__name__)
 
-TOOL_STATE_PREFIX = "ts~"
-"""Data id prefix of a run's channels (``~`` never occurs in a run id)."""
 METROLOGY_PREFIX = "mt~"
-"""Data id prefix of a metrology item."""
+"""Data id prefix of a metrology item; a run's data id is its run id (which never has ``~``), the
+same id ``Workspace.search`` shows."""
 STATUS = {"complete": "success", "active": "stream_active", "interrupted": "stream_interrupted",
           "finalizing": "stream_finalizing", "error": "stream_error"}
 """Run status → the hosted platform's ``pipeline_status``."""
@@ -247,7 +246,7 @@ class SdkApi:
         }
 
     def _run_row(self, org: str, r: dict, tags) -> dict:
-        data_id = TOOL_STATE_PREFIX + r["run_id"]
+        data_id = r["run_id"]
         length = ((r["end"] - r["start"]).total_seconds()
                   if r.get("end") and r.get("start") else None)
         return {
@@ -340,8 +339,7 @@ class SdkApi:
     def timeseries(self, key, data_id: str) -> dict:
         """``GET tool-state/{id}/timeseries/``: a run's channels as properties (audited)."""
         held = self.require_any(key, ("read:process", "read:tool_state"), "sdk.timeseries")
-        run_id = data_id[len(TOOL_STATE_PREFIX):] if data_id.startswith(TOOL_STATE_PREFIX) \
-            else None
+        run_id = None if data_id.startswith(METROLOGY_PREFIX) else data_id
         if not run_id or not self._read(key.org, "process/runs", run_ids=[run_id]).num_rows:
             self.audit(key, "sdk.timeseries", "denied", data_id=data_id, reason="not found")
             raise NotFound(f"no tool_state data item {data_id!r}")
@@ -489,12 +487,11 @@ class SdkApi:
         name = self._sample_name(key, body.get("physical_sample_id"))
         runs = {r["run_id"]: r for r in self._runs(key.org)}
         for data_id in ids:
-            run_id = data_id[len(TOOL_STATE_PREFIX):]
-            if not data_id.startswith(TOOL_STATE_PREFIX) or run_id not in runs:
+            if data_id not in runs:
                 raise NotFound(f"no tool_state data item {data_id!r} (a metrology item takes "
                                "the sample of its run)")
         for data_id in ids:
-            run = runs[data_id[len(TOOL_STATE_PREFIX):]]
+            run = runs[data_id]
             self.core._update_run(key.org, run["run_id"], run["status"], actor=key.actor,
                                   sample=name)
         self.audit(key, "sdk.link_sample", data_ids=ids, sample_id=body.get("physical_sample_id"))
@@ -613,7 +610,7 @@ class SdkApi:
                 n += 1
                 run_id = f"{base}-{n}"
             st = self.core.open_stream(key, run_id, tool, "tool_state", project=project)
-            data_id = TOOL_STATE_PREFIX + run_id
+            data_id = run_id
             self.state.sql("INSERT INTO items VALUES (?,?,?,?,?,?)",
                            (key.org, data_id, run_id, st["id"], _now(), key.actor))
         self.audit(key, "sdk.stream_initialize", data_id=data_id, run_id=run_id,

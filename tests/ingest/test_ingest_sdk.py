@@ -125,19 +125,19 @@ def test_search_and_get_return_own_org_only(deployment, http_service):
         {"op": "search", "kwargs": {"keywords": "gaas", "data_type": "xrd"}},
         {"op": "search", "kwargs": {"keywords": "STO-9"}},  # another org's sample
         {"op": "search", "kwargs": {"data_ids": ["mt~A-1-xps"]}},
-        {"op": "get", "ids": ["ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"]}])
+        {"op": "get", "ids": ["A-1", "mt~A-1-xrd", "mt~A-1-xps"]}])
     rows = everything["rows"]
-    assert {r["Data ID"] for r in rows} == {"ts~A-1", "mt~A-1-xrd", "mt~A-1-xps"}
+    assert {r["Data ID"] for r in rows} == {"A-1", "mt~A-1-xrd", "mt~A-1-xps"}
     by_id = {r["Data ID"]: r for r in rows}
-    assert by_id["ts~A-1"]["Type"] == "tool_state" and by_id["ts~A-1"]["Status"] == "success"
-    assert by_id["ts~A-1"]["Physical Sample Name"] == "GaAs-001"
-    assert by_id["ts~A-1"]["Project Name"] == "qw"
+    assert by_id["A-1"]["Type"] == "tool_state" and by_id["A-1"]["Status"] == "success"
+    assert by_id["A-1"]["Physical Sample Name"] == "GaAs-001"
+    assert by_id["A-1"]["Project Name"] == "qw"
     assert by_id["mt~A-1-xrd"]["Type"] == "xrd"
     assert [r["Data ID"] for r in narrowed["rows"]] == ["mt~A-1-xrd"]
     assert other["rows"] == []
     assert [r["Data ID"] for r in exact["rows"]] == ["mt~A-1-xps"]
     ts, xrd, xps = got["results"]
-    assert ts["type"] == "ToolStateResult" and ts["data_id"] == "ts~A-1"
+    assert ts["type"] == "ToolStateResult" and ts["data_id"] == "A-1"
     frame = ts["frame"]["data"]
     assert set(ts["frame"]["columns"]) == {"UNIX Timestamp", "Time", "substrate_temp",
                                            "growth_rate", "cell_temp"}
@@ -171,10 +171,10 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
     no_met = deployment.key("acme", "read:process")
     # beta's key sees only beta (empty): acme's items do not exist for it
     b_search, b_get, r_search, m_search = sdk(http_service, beta, [
-        {"op": "search"}, {"op": "get", "ids": ["ts~A-1"]},
+        {"op": "search"}, {"op": "get", "ids": ["A-1"]},
         {"op": "search", "key": revoked}, {"op": "search", "key": no_met}])
     assert b_search["rows"] == [] and b_get.get("results", []) == []
-    r = requests.get(http_service.sdk_url + "tool-state/ts~A-1/timeseries/",
+    r = requests.get(http_service.sdk_url + "tool-state/A-1/timeseries/",
                      headers={"X-API-KEY": beta}, timeout=10)
     assert r.status_code == 404 and "detail" in r.json()
     denied = events(deployment, "beta", "sdk.timeseries")
@@ -186,7 +186,7 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
     assert r.status_code == 401
     assert r_search["error"] == "ClientError" and "401" in r_search["message"]
     r = requests.post(http_service.sdk_url + "tool-state/stream/chunk",
-                      json={"data_id": "ts~A-1", "chunk_index": 0, "channel_name": "T",
+                      json={"data_id": "A-1", "chunk_index": 0, "channel_name": "T",
                             "timestamps": [1.0], "values": [1.0]},
                       headers={"X-API-KEY": revoked}, timeout=10)
     assert r.status_code == 401
@@ -194,7 +194,7 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
     uses = [e for e in events(deployment, "acme", "apikey.use") if e["outcome"] == "denied"]
     assert any(e["detail"].get("reason") == "API key revoked" for e in uses)
     # read:process alone: runs yes, metrology no
-    assert {r["Data ID"] for r in m_search["rows"]} == {"ts~A-1"}
+    assert {r["Data ID"] for r in m_search["rows"]} == {"A-1"}
     ingest_only = deployment.key("acme", "ingest:tool_state")
     r = requests.get(http_service.sdk_url + "data_entries/",
                      headers={"X-API-KEY": ingest_only}, timeout=10)
@@ -257,7 +257,7 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service,
                                   "steps": steps, "finalize": False})
     assert "error" not in out, out
     data_id = out["data_id"]
-    assert data_id == "ts~Growth-Run-7"
+    assert data_id == "Growth-Run-7"
     run_id = "Growth-Run-7"
 
     # live: the run is active in the catalogue the sidebar pages, and LiveRun follows it
@@ -325,7 +325,7 @@ def test_stream_links_sample_project_tags_and_clock(deployment, http_service):
     assert events(deployment, "acme", "sdk.tag_attach")
 
 
-def test_unavailable_endpoints_answer_404_json(deployment, http_service):
+def test_unavailable_endpoints_answer_404_json_and_http_serves_both_apis(deployment, http_service):
     key = deployment.key("acme", READ)
     for path in ("rheed/abc/timeseries/", "similarity/rheed/abc/matches/", "changepoints/",
                  "summary/abc"):
@@ -336,6 +336,12 @@ def test_unavailable_endpoints_answer_404_json(deployment, http_service):
     r = requests.get(http_service.sdk_url + "gateway/time", timeout=10)
     doc = r.json()
     assert r.status_code == 200 and abs(doc["receivedAtUnixMs"] / 1000 - time.time()) < 60
+    # --http serves the native ingest API too (with its bearer key)
+    native = deployment.key("acme", "ingest:process")
+    r = requests.post(http_service.url + "/streams", json={"run_id": "N-1", "tool": "mbe1",
+                                                           "category": "process"},
+                      headers={"Authorization": f"Bearer {native}"}, timeout=10)
+    assert r.status_code == 201 and r.json()["status"] == "active"
 
 
 def test_http_mode_refuses_non_loopback(deployment, root_key):
@@ -361,7 +367,7 @@ def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_pa
     api = SdkApi(core)
     try:
         both = ApiKeyInfo("0123456789", "acme", "", ("read:process", "read:tool_state"))
-        props = api.timeseries(both, "ts~A-1")["properties"]
+        props = api.timeseries(both, "A-1")["properties"]
         assert set(props) == {"substrate_temp", "growth_rate", "mbe-1:cell_temp",
                               "pyro-2:cell_temp"}
         assert props["pyro-2:cell_temp"]["values"] == [42.0]
@@ -369,11 +375,11 @@ def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_pa
         assert props["substrate_temp"]["units"] == "degC"
         assert props["growth_rate"]["relative_time_seconds"] == [10.0 * i for i in range(5)]
         process_only = ApiKeyInfo("0123456789", "acme", "", ("read:process",))
-        assert set(api.timeseries(process_only, "ts~A-1")["properties"]) == {
+        assert set(api.timeseries(process_only, "A-1")["properties"]) == {
             "substrate_temp", "growth_rate"}
         metrology_only = ApiKeyInfo("0123456789", "acme", "", ("read:metrology",))
         with pytest.raises(PermissionDenied):
-            api.timeseries(metrology_only, "ts~A-1")
+            api.timeseries(metrology_only, "A-1")
         assert [r["data_id"] for r in api.search(metrology_only, {"data_type": ["xps"]})] == \
             ["mt~A-1-xps"]
     finally:
