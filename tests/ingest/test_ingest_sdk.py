@@ -285,6 +285,13 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service,
     r = requests.post(http_service.sdk_url + f"tool-state/stream/{data_id}/finalize",
                       headers={"X-API-KEY": key}, timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "success"
+    # after finalize: a retry is still acknowledged, a new chunk is refused
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk", json=body,
+                      headers={"X-API-KEY": key}, timeout=10)
+    assert r.status_code == 200 and r.json()["duplicate"] is True
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk",
+                      json={**body, "chunk_index": 99}, headers={"X-API-KEY": key}, timeout=10)
+    assert r.status_code == 409
     # the data server refreshes its catalogue from the runs table's log in the background
     assert wait_for(lambda: live.poll() == 0 and live.status == "complete" or None)
 
