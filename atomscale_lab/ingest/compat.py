@@ -13,6 +13,7 @@ import inspect
 import json
 import time
 
+import orjson
 from tornado import web
 
 from ..errors import AtomscaleError
@@ -66,9 +67,9 @@ class _SdkBase(_Base):
             self.fail(e)
 
     def reply(self, doc, status: int = 200):
-        """Finish with a JSON document (a list too)."""
+        """Finish with a JSON document (a list too; numpy arrays as JSON arrays, NaN as null)."""
         self.set_status(status)
-        self.finish(json.dumps(doc, default=str))
+        self.finish(orjson.dumps(doc, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 class GatewayTimeHandler(_SdkBase):

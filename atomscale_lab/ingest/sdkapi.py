@@ -371,6 +371,7 @@ class SdkApi:
 
     @staticmethod
     def _properties(data: pa.Table) -> dict:
+        """One property per channel, as numpy arrays (encoded by the handler without copies)."""
         data = data.sort_by([("channel", "ascending"), ("time", "ascending")])
         us = data.column("time").cast(pa.int64()).to_numpy()
         t0 = int(us.min())
@@ -382,15 +383,11 @@ class SdkApi:
         props = {}
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             seg = us[a:b]
-            ms = (seg // 1000).tolist() if whole_ms else (seg / 1000.0).tolist()
-            vals = values[a:b]
-            vlist = vals.tolist()
-            if np.isnan(vals).any():
-                vlist = [None if v != v else v for v in vlist]
             unit = pc.drop_null(units.slice(a, b - a))
             props[str(chan[a])] = {
-                "unix_timestamp_ms": ms, "values": vlist,
-                "relative_time_seconds": ((seg - t0) / 1e6).tolist(),
+                "unix_timestamp_ms": seg // 1000 if whole_ms else seg / 1000.0,
+                "values": values[a:b],  # NaN (a missing value) is sent as null
+                "relative_time_seconds": (seg - t0) / 1e6,
                 "units": unit[0].as_py() if len(unit) else None,
             }
         return props

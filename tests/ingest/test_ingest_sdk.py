@@ -377,10 +377,11 @@ def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_pa
         props = api.timeseries(both, "A-1")["properties"]
         assert set(props) == {"substrate_temp", "growth_rate", "mbe-1:cell_temp",
                               "pyro-2:cell_temp"}
-        assert props["pyro-2:cell_temp"]["values"] == [42.0]
-        assert props["mbe-1:cell_temp"]["values"] == [800.0 + i for i in range(5)]
+        assert props["pyro-2:cell_temp"]["values"].tolist() == [42.0]
+        assert props["mbe-1:cell_temp"]["values"].tolist() == [800.0 + i for i in range(5)]
         assert props["substrate_temp"]["units"] == "degC"
-        assert props["growth_rate"]["relative_time_seconds"] == [10.0 * i for i in range(5)]
+        assert props["growth_rate"]["relative_time_seconds"].tolist() == \
+            [10.0 * i for i in range(5)]
         process_only = ApiKeyInfo("0123456789", "acme", "", ("read:process",))
         assert set(api.timeseries(process_only, "A-1")["properties"]) == {
             "substrate_temp", "growth_rate"}
