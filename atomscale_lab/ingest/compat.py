@@ -58,10 +58,13 @@ class _SdkBase(_Base):
         return {k: [v.decode("utf-8", "replace") for v in vs]
                 for k, vs in self.request.query_arguments.items()}
 
-    async def call(self, scope, action, fn, *args, status=200, **kw):
-        """Authenticate (``scope`` or any, audited), run ``fn(key, …)`` in the pool, reply."""
+    async def call(self, scope, action, fn, *args, status=200, body=False, **kw):
+        """Authenticate (``scope`` or any, audited), then read the JSON body if ``body`` (it
+        becomes the last argument), run ``fn(key, …)`` in the pool, reply."""
         try:
             key = await self.key(scope, action)
+            if body:
+                args = (*args, self.json_body())
             self.reply(await self.run(fn, key, *args, **kw), status)
         except AtomscaleError as e:
             self.fail(e)
@@ -116,8 +119,8 @@ class SamplesHandler(_SdkBase):
     async def post(self):
         """Create a sample; a taken name answers 409 with the existing sample's id."""
         try:
-            body = self.json_body()
             key = await self.key(None, "sdk.sample_create")
+            body = self.json_body()
             created, doc = await self.run(self.api.create_sample, key, body)
             if not created:
                 self.reply({"message": "a physical sample of that name exists",
@@ -133,11 +136,7 @@ class LinkSampleHandler(_SdkBase):
 
     async def post(self):
         """Give runs a physical sample."""
-        try:
-            body = self.json_body()
-        except AtomscaleError as e:
-            return self.fail(e)
-        await self.call(None, "sdk.link_sample", self.api.link_sample, body)
+        await self.call(None, "sdk.link_sample", self.api.link_sample, body=True)
 
 
 class ProjectsHandler(_SdkBase):
@@ -153,11 +152,7 @@ class TrackingHandler(_SdkBase):
 
     async def post(self, project_id):
         """Record the project's tracked sample."""
-        try:
-            body = self.json_body()
-        except AtomscaleError as e:
-            return self.fail(e)
-        await self.call(None, "sdk.tracking", self.api.track_sample, project_id, body)
+        await self.call(None, "sdk.tracking", self.api.track_sample, project_id, body=True)
 
 
 class TagsHandler(_SdkBase):
@@ -169,11 +164,7 @@ class TagsHandler(_SdkBase):
 
     async def post(self):
         """Create a tag (or return the one of that name)."""
-        try:
-            body = self.json_body()
-        except AtomscaleError as e:
-            return self.fail(e)
-        await self.call(None, "sdk.tag_create", self.api.create_tag, body, status=201)
+        await self.call(None, "sdk.tag_create", self.api.create_tag, status=201, body=True)
 
 
 class TagItemsHandler(_SdkBase):
@@ -181,11 +172,7 @@ class TagItemsHandler(_SdkBase):
 
     async def post(self):
         """Attach tags to data items."""
-        try:
-            body = self.json_body()
-        except AtomscaleError as e:
-            return self.fail(e)
-        await self.call(None, "sdk.tag_attach", self.api.attach_tags, body)
+        await self.call(None, "sdk.tag_attach", self.api.attach_tags, body=True)
 
 
 class InitializeHandler(_SdkBase):
@@ -193,11 +180,8 @@ class InitializeHandler(_SdkBase):
 
     async def post(self):
         """Open a stream of a new run; ``{data_id, processed_data_id}``."""
-        try:
-            body = self.json_body()
-        except AtomscaleError as e:
-            return self.fail(e)
-        await self.call("ingest:tool_state", "sdk.stream_initialize", self.api.initialize, body)
+        await self.call("ingest:tool_state", "sdk.stream_initialize", self.api.initialize,
+                        body=True)
 
 
 @web.stream_request_body

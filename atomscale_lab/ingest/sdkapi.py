@@ -193,8 +193,10 @@ class SdkApi:
                 schema.spec(table).schema.empty_table().select(kw["columns"])
 
     def audit(self, key, action: str, outcome: str = "allowed", **detail) -> None:
-        """One event in the key's org's audit log, as the key."""
-        self.core._audit(key.org, key.actor, action, outcome, api="atomscale", **detail)
+        """One event in the key's org's audit log, as the key (a read that cannot be audited
+        fails)."""
+        self.core.vault.audit(key.org).record(key.actor, action, outcome, api="atomscale",
+                                              **detail)
 
     def require_any(self, key, scopes, action: str) -> list[str]:
         """The subset of ``scopes`` the key holds; ``PermissionDenied`` (audited) if none."""

@@ -282,6 +282,14 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service,
                       json={**body, "values": [0.0] * 10}, headers={"X-API-KEY": key},
                       timeout=10)
     assert r.status_code == 409
+    # bad input: a clear 400 naming the field, and nothing stored
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk",
+                      json={**body, "chunk_index": 5, "values": [1.0]},
+                      headers={"X-API-KEY": key}, timeout=10)
+    assert r.status_code == 400 and r.json()["field"] == "values"
+    r = requests.post(http_service.sdk_url + "tool-state/stream/chunk/multi", data=b"{nope",
+                      headers={"X-API-KEY": key}, timeout=10)
+    assert r.status_code == 400 and r.json()["field"] == "body"
     r = requests.post(http_service.sdk_url + f"tool-state/stream/{data_id}/finalize",
                       headers={"X-API-KEY": key}, timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "success"
