@@ -401,3 +401,38 @@ def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_pa
     finally:
         api.close()
         core.close()
+
+
+def test_sdk_chunks_survive_kill_and_retries_after_restart_store_once(deployment, root_key):
+    svc = HttpService(deployment.home, root_key)
+    svc.extra += ["--flush-interval", "60"]  # acknowledged chunks sit in the WAL when killed
+    svc.start()
+    try:
+        key = deployment.key("acme", "ingest:tool_state,read:tool_state")
+        url, h = svc.sdk_url, {"X-API-KEY": key}
+        r = requests.post(url + "tool-state/stream/initialize", json={
+            "stream_name": "crash", "points_per_chunk": 3, "project_id": None}, headers=h,
+            timeout=10)
+        assert r.status_code == 200, r.text
+        data_id = r.json()["data_id"]
+        t0 = T0.timestamp()
+        chunks = [{"data_id": data_id, "chunk_index": k, "channel_name": "T",
+                   "timestamps": [t0 + 3 * k + i for i in range(3)],
+                   "values": [float(3 * k + i) for i in range(3)], "units": "degC"}
+                  for k in range(4)]
+        for c in chunks:
+            r = requests.post(url + "tool-state/stream/chunk", json=c, headers=h, timeout=10)
+            assert r.status_code == 200 and r.json()["duplicate"] is False
+        svc.kill()
+        svc.start()
+        # the client never saw the last acknowledgement: it sends that chunk again
+        r = requests.post(url + "tool-state/stream/chunk", json=chunks[-1], headers=h,
+                          timeout=10)
+        assert r.status_code == 200 and r.json()["duplicate"] is True
+        r = requests.post(url + f"tool-state/stream/{data_id}/finalize", headers=h, timeout=30)
+        assert r.status_code == 200 and r.json()["points"] == 12
+        table = deployment.rows("acme", "tool_state/readings", data_id)
+        assert sorted(table.column("value").to_pylist()) == [float(i) for i in range(12)]
+    finally:
+        svc.stop()
+        svc.http.close()
