@@ -16,5 +16,6 @@ lint:
 bench:
 	.venv/bin/python bench/vault.py
 	.venv/bin/python bench/ingest.py
+	.venv/bin/python bench/sdk.py
 	.venv/bin/python bench/notebook.py
 	.venv/bin/python bench/labext.py

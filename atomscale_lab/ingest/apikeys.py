@@ -36,8 +36,10 @@ from ..errors import AtomscaleError, NotFound, PermissionDenied, ValidationError
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("ingest:process", "ingest:tool_state", "ingest:metrology")
-"""Scopes an API key may carry: the right to stream into one category."""
+SCOPES = ("ingest:process", "ingest:tool_state", "ingest:metrology",
+          "read:process", "read:tool_state", "read:metrology")
+"""Scopes an API key may carry: ``ingest:<category>`` streams into one category,
+``read:<category>`` reads it through the Atomscale-compatible API (``compat.py``)."""
 KEY_RE = re.compile(r"^ask_([0-9a-f]{10})_([A-Za-z0-9_-]{43})$")
 MAX_LIFETIME = timedelta(days=730)
 

@@ -16,7 +16,8 @@ def register(subparsers, org_subparsers=None):
     c = aks.add_parser("create", help="issue a key (printed once)")
     c.add_argument("org")
     c.add_argument("--scope", required=True,
-                   help="comma-separated: ingest:process, ingest:tool_state, ingest:metrology")
+                   help="comma-separated: ingest:process, ingest:tool_state, ingest:metrology, "
+                        "read:process, read:tool_state, read:metrology")
     c.add_argument("--expires", required=True, help="lifetime, e.g. 90d, 12h (at most 730d)")
     c.add_argument("--name", default="", help="a label, e.g. the instrument")
     c.set_defaults(func=cmd_apikey_create)
@@ -55,11 +56,12 @@ def register(subparsers, org_subparsers=None):
 
 def add_serve_arguments(p):
     """Options of ``ingest serve`` (also of ``python -m atomscale_lab.ingest.service``)."""
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--host", "--ip", dest="host", default=None,
+                   help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8443)")
     p.add_argument("--certfile", help="TLS certificate (PEM); made at start if omitted")
     p.add_argument("--keyfile", help="TLS private key (PEM) of --certfile")
-    p.add_argument("--plain-http", action="store_true",
+    p.add_argument("--plain-http", "--http", dest="plain_http", action="store_true",
                    help="serve plain HTTP (loopback only, behind a TLS-terminating proxy)")
     p.add_argument("--base-url", default=None, help="URL prefix (default: hub service prefix)")
     p.add_argument("--flush-interval", type=float, default=0.5,

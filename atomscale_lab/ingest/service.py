@@ -226,7 +226,10 @@ def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
     pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
     kw = {"core": core, "keys": keys, "pool": pool, "max_body": max_body}
     sid = r"(st_[0-9a-f]{16})"
+    from .compat import routes as sdk_routes  # the Atomscale-compatible API (docs/atomscale-sdk.md)
+
     return web.Application([
+        *sdk_routes(base, kw),
         (base + "health", HealthHandler, kw),
         (base + "streams", StreamsHandler, kw),
         (base + f"streams/{sid}", StreamHandler, kw),
@@ -281,6 +284,15 @@ def ensure_certificate(directory: Path, hosts=("localhost", "127.0.0.1", "::1")
     return cert_path, key_path
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m atomscale_lab.ingest.service`` (same options as the CLI)."""
     from .cli import add_serve_arguments
@@ -307,8 +319,10 @@ async def serve(args, vault=None, ready=None) -> None:
     app = make_app(core, keys, base_url=base_url, max_body=args.max_body, pool=pool)
     ssl_ctx = None
     if args.plain_http:
-        if not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
-            raise SystemExit("--plain-http is only allowed on a loopback address")
+        if not _is_loopback(host):
+            raise SystemExit(f"--http/--plain-http serves plain HTTP on loopback addresses only "
+                             f"(127.0.0.1, ::1, localhost), not {host!r}: put a TLS-terminating "
+                             "proxy in front, or serve HTTPS")
         log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
     else:
         hub_cert = os.environ.get("JUPYTERHUB_SSL_CERTFILE")
