@@ -24,11 +24,10 @@ def test_spool_while_down_then_replay_in_order(deployment, root_key):
     kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.2,
               max_retries=1, batch_rows=100, flush_interval=0.1, timeout=5)
     s1 = Streamer(svc.url, key, "run-down", "mbe1", "process", **kw)
-    t0 = time.perf_counter()
+    # push queues and returns (it never waits for the network; its cost: bench/ingest.py)
     for i in range(5):
         s1.push(_rows(i * 60, 60))
     s1.push(time=datetime(2026, 2, 1, 1, tzinfo=UTC), channel="x", value=1.0)
-    assert time.perf_counter() - t0 < 0.5  # push never waits for the network
     assert s1.flush(timeout=2.0) is False
     deadline = time.monotonic() + 60  # the first batch converts slowly (lazy imports)
     while s1.pending < 3 and time.monotonic() < deadline:
