@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from atomscale_lab import store
 from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
@@ -128,6 +129,7 @@ def drop_page_cache() -> bool:
 COLD_CHILD = r"""
 import json, sys, time
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from atomscale_lab.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.store import READ_POOL, SqliteHeadStore, Table
 sys.path.insert(0, sys.argv[1])
@@ -135,8 +137,11 @@ from vault import BENCH
 side, root, heads, run, path = sys.argv[2:7]
 keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
 t = time.perf_counter()
-if side == "plain":
-    d = ds.dataset(path, schema=BENCH.schema, format=ds.ParquetFileFormat())
+if side == "plain":  # the calls the store makes, without decryption and log checks
+    fmt, fs = ds.ParquetFileFormat(), pafs.LocalFileSystem()
+    frag = fmt.make_fragment(path, filesystem=fs)
+    frag.ensure_complete_metadata()
+    d = ds.FileSystemDataset([frag], BENCH.schema, fmt, fs)
     n = d.to_table(filter=ds.field("run_id").isin([run]), memory_pool=READ_POOL).num_rows
 else:
     n = Table(root, "bench", BENCH, OrgCrypto(keys), SqliteHeadStore(heads)).read(
@@ -158,10 +163,10 @@ def cold_read(side: str, table: Table, heads_db: Path, run: str, path: str, keys
 
 def plain_fragments(paths: list[Path]) -> dict[str, ds.Fragment]:
     """Plaintext fragments with their footers opened once and kept (as the store keeps its)."""
-    fmt = ds.ParquetFileFormat()
+    fmt, fs = ds.ParquetFileFormat(), pafs.LocalFileSystem()
     frags = {}
     for p in paths:
-        frag = fmt.make_fragment(str(p))
+        frag = fmt.make_fragment(str(p), filesystem=fs)
         frag.ensure_complete_metadata()
         frags[str(p)] = frag
     return frags
@@ -241,7 +246,8 @@ def main() -> None:
 
         fmt = ds.ParquetFileFormat()
         frags = plain_fragments(plain_paths)
-        plain_ds = ds.FileSystemDataset(list(frags.values()), BENCH.schema, fmt)
+        plain_ds = ds.FileSystemDataset(list(frags.values()), BENCH.schema, fmt,
+                                        pafs.LocalFileSystem())
         plain_by_bucket = {int(p.parent.name.split("=")[1]): str(p) for p in plain_paths}
 
         print("held_equal: data, layout, row groups, zstd; memory pool (READ_POOL, "
@@ -261,7 +267,7 @@ def main() -> None:
         for i, r in enumerate(picks):
             def plain(r=r):
                 d = ds.FileSystemDataset([frags[plain_by_bucket[bucket_of(r)]]], BENCH.schema,
-                                         fmt)
+                                         fmt, pafs.LocalFileSystem())
                 return d.to_table(filter=ds.field("run_id").isin([r]), memory_pool=READ_POOL)
 
             def vault(r=r):
