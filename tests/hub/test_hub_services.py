@@ -69,7 +69,18 @@ def _serve(vault, hub_auth):
 
 
 @pytest.fixture
-def services(vault):
+def loop():
+    """A fresh event loop for the in-process services and their client: a loop left current
+    (or closed) by another test must not matter."""
+    lp = asyncio.new_event_loop()
+    asyncio.set_event_loop(lp)
+    yield lp
+    asyncio.set_event_loop(None)
+    lp.close()
+
+
+@pytest.fixture
+def services(vault, loop):
     """Both services resolving tokens from ``TOKENS``."""
 
     vault.create_org("acme", "us")
@@ -83,7 +94,7 @@ def services(vault):
 
 
 @pytest.fixture
-def real_services(stack, tmp_path):
+def real_services(stack, tmp_path, loop):
     """Both services with the deployment's vault and a real ``HubAuth`` asking the running hub
     (through its public URL, verified with the deployment's CA) who a token belongs to."""
     from jupyterhub.services.auth import HubAuth
@@ -115,7 +126,7 @@ def _call(url, token, method="GET", body=None):
         except HTTPClientError as e:
             return e.code, json.loads(e.response.body) if e.response else None
 
-    return asyncio.get_event_loop().run_until_complete(go())
+    return asyncio.get_event_loop_policy().get_event_loop().run_until_complete(go())
 
 
 @pytest.fixture
