@@ -7,7 +7,8 @@ Starts the ingest service as a subprocess on 127.0.0.1 in a throw-away deploymen
 - ``--streams`` concurrent streams doing the same;
 - the ``Streamer`` (push Arrow tables, spool, send, finalize) for one stream;
 - push → visible latency: a small batch is sent and a reader polls the table's commit log until
-  the rows are there (p50/p99 over ``--samples`` batches).
+  the rows are there (p50/p99 over ``--samples`` batches);
+- SIGTERM → exit of the service (it flushes its WAL on the way out).
 
 Prints ``name: value`` lines. Usage: ``python bench/ingest.py [--rows 1000000]``.
 """
@@ -221,6 +222,10 @@ def main() -> int:
         print(f"push_to_visible_p50_s: {statistics.median(lat):.3f}")
         print(f"push_to_visible_p99_s: {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.3f}")
         print(f"push_to_visible_max_s: {lat[-1]:.3f}")
+        t0 = time.perf_counter()
+        os.kill(proc.pid, signal.SIGTERM)  # the service flushes its WAL and exits
+        proc.wait(60)
+        print(f"sigterm_to_exit_s: {time.perf_counter() - t0:.2f}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

@@ -2,23 +2,37 @@
 
 Writes the same synthetic process data (default 10M rows × 16 columns, 1,000 runs) twice: once as
 plaintext Parquet and once through ``store.Table`` (Parquet modular encryption + commit log), with
-the same conforming, sorting, bucketing, row groups and zstd. Then times, median of several reps:
+the same conforming, sorting, bucketing, row groups and zstd. Then times, median of several reps
+with the two sides interleaved:
 
-- ``scan``: every row and column; ``projection``: every row of two columns;
-- ``one_run``: every column of one run (different runs per rep, same runs on both sides).
+- warm, in this process: ``scan`` (every row and column), ``projection`` (every row of two
+  columns), ``one_run`` (every column of one run; different runs per rep, same runs on both
+  sides). Both sides read from the same memory pool (the store's ``READ_POOL``) through dataset
+  fragments whose footers were opened once and kept (the store caches its fragments; the
+  plaintext side keeps its own). What the vault still does per read: a stat of its commit log,
+  a stat of each file it reads (compared with the signature recorded when the file's
+  fingerprint was checked), decryption of pages. Fingerprints and footers are not checked again.
+- cold, ``one_run_cold_*``: each read in a fresh process (imports excluded from the time), after
+  dropping the page cache (``/proc/sys/vm/drop_caches``, root only; the output says whether it
+  was dropped). The vault's figure includes parsing and MAC-checking the whole commit log, the
+  head check, the fingerprint of every file it reads, footer decryption and the key unwrap; the
+  plaintext figure opens the same bucket's file.
 
-The plaintext reads open the same files the vault picks (bucket of the run), so the ratios isolate
-encryption plus the commit-log checks (log parse/MAC, head checks, file size/fingerprint checks,
-which are all included in the vault's timings). Prints ``name: value`` lines.
+The plaintext reads open the same files the vault picks (bucket of the run). Prints
+``name: value`` lines, first what was held equal.
 
-Usage: ``python bench/vault.py [--rows N] [--runs R] [--reps K] [--write-reps W]``
+Usage: ``python bench/vault.py [--rows N] [--runs R] [--reps K] [--write-reps W] [--cold-reps C]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +40,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from atomscale_lab import store
 from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.schema import TS, TableSpec
-from atomscale_lab.store import SqliteHeadStore, Table, bucket_of, prepare, write_parquet
+from atomscale_lab.store import (
+    READ_POOL,
+    SqliteHeadStore,
+    Table,
+    bucket_of,
+    prepare,
+    write_parquet,
+)
 
 BENCH = TableSpec(
     "process/bench_wide",
@@ -92,6 +114,64 @@ def write_plain(root: Path, data: pa.Table) -> list[Path]:
     return paths
 
 
+def drop_page_cache() -> bool:
+    """Write back and drop the kernel's page cache (root only); False if not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# Run in a fresh interpreter per cold read: imports happen before the clock starts.
+COLD_CHILD = r"""
+import json, sys, time
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from atomscale_lab.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.store import READ_POOL, SqliteHeadStore, Table
+sys.path.insert(0, sys.argv[1])
+from vault import BENCH
+side, root, heads, run, path = sys.argv[2:7]
+keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
+t = time.perf_counter()
+if side == "plain":  # the calls the store makes, without decryption and log checks
+    fmt, fs = ds.ParquetFileFormat(), pafs.LocalFileSystem()
+    frag = fmt.make_fragment(path, filesystem=fs)
+    frag.ensure_complete_metadata()
+    d = ds.FileSystemDataset([frag], BENCH.schema, fmt, fs)
+    n = d.to_table(filter=ds.field("run_id").isin([run]), memory_pool=READ_POOL).num_rows
+else:
+    n = Table(root, "bench", BENCH, OrgCrypto(keys), SqliteHeadStore(heads)).read(
+        run_ids=[run]).num_rows
+print(json.dumps({"s": time.perf_counter() - t, "rows": n}))
+"""
+
+
+def cold_read(side: str, table: Table, heads_db: Path, run: str, path: str, keys) -> float:
+    """Seconds of one read of ``run`` in a fresh process (see ``COLD_CHILD``)."""
+    p = subprocess.run([sys.executable, "-c", COLD_CHILD, str(Path(__file__).parent), side,
+                        str(table.root), str(heads_db), run, path],
+                       input=json.dumps(keys.to_json()), capture_output=True, text=True,
+                       check=True)
+    doc = json.loads(p.stdout)
+    assert doc["rows"] > 0
+    return doc["s"]
+
+
+def plain_fragments(paths: list[Path]) -> dict[str, ds.Fragment]:
+    """Plaintext fragments with their footers opened once and kept (as the store keeps its)."""
+    fmt, fs = ds.ParquetFileFormat(), pafs.LocalFileSystem()
+    frags = {}
+    for p in paths:
+        frag = fmt.make_fragment(str(p), filesystem=fs)
+        frag.ensure_complete_metadata()
+        frags[str(p)] = frag
+    return frags
+
+
 CPU = {}
 """Median CPU seconds (all threads) per measured pair name: robust when other jobs share the CPU."""
 
@@ -121,6 +201,8 @@ def main() -> None:
     ap.add_argument("--write-reps", type=int, default=3)
     ap.add_argument("--row-group", type=int, default=None,
                     help="rows per row group on both sides (default: the store's)")
+    ap.add_argument("--cold-reps", type=int, default=5,
+                    help="fresh-process reads per side for the cold one-run figure")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args()
 
@@ -163,13 +245,19 @@ def main() -> None:
         del data
 
         fmt = ds.ParquetFileFormat()
-        plain_ds = ds.dataset([str(p) for p in plain_paths], schema=BENCH.schema, format=fmt)
+        frags = plain_fragments(plain_paths)
+        plain_ds = ds.FileSystemDataset(list(frags.values()), BENCH.schema, fmt,
+                                        pafs.LocalFileSystem())
         plain_by_bucket = {int(p.parent.name.split("=")[1]): str(p) for p in plain_paths}
 
+        print("held_equal: data, layout, row groups, zstd; memory pool (READ_POOL, "
+              f"{READ_POOL.backend_name}) both sides; footers opened once and kept both sides "
+              "(warm); fresh process + page cache dropped both sides (cold); sides interleaved")
         assert plain_ds.count_rows() == table.read(columns=["step"]).num_rows
-        scan_plain, scan_enc = ab(plain_ds.to_table, table.read, args.reps, "scan")
+        scan_plain, scan_enc = ab(lambda: plain_ds.to_table(memory_pool=READ_POOL), table.read,
+                                  args.reps, "scan")
         cols = ["time", "rheed_i"]
-        proj_plain, proj_enc = ab(lambda: plain_ds.to_table(columns=cols),
+        proj_plain, proj_enc = ab(lambda: plain_ds.to_table(columns=cols, memory_pool=READ_POOL),
                                   lambda: table.read(columns=cols), args.reps, "projection")
 
         rng = np.random.default_rng(1)
@@ -178,8 +266,9 @@ def main() -> None:
         one_plain, one_enc, files_opened, cpu_plain, cpu_enc = [], [], [], [], []
         for i, r in enumerate(picks):
             def plain(r=r):
-                d = ds.dataset(plain_by_bucket[bucket_of(r)], schema=BENCH.schema, format=fmt)
-                return d.to_table(filter=ds.field("run_id").isin([r]))
+                d = ds.FileSystemDataset([frags[plain_by_bucket[bucket_of(r)]]], BENCH.schema,
+                                         fmt, pafs.LocalFileSystem())
+                return d.to_table(filter=ds.field("run_id").isin([r]), memory_pool=READ_POOL)
 
             def vault(r=r):
                 return table.read(run_ids=[r])
@@ -196,11 +285,18 @@ def main() -> None:
         CPU["one_run"] = statistics.median(cpu_enc) / statistics.median(cpu_plain)
         one_plain_s, one_enc_s = statistics.median(one_plain), statistics.median(one_enc)
 
-        # A fresh reader (new process state): full log parse + MAC + every fingerprint checked.
-        t = time.perf_counter()
-        Table(table.root, "bench", BENCH, OrgCrypto(reg.org_keys("bench")),
-              heads).read(run_ids=[picks[0]])
-        cold_one_ms = (time.perf_counter() - t) * 1000
+        # Cold: a fresh process per read and the page cache dropped before each, interleaved.
+        cold_plain, cold_enc, dropped = [], [], True
+        cold_picks = picks[-max(args.cold_reps, 1):]
+        heads_db = work / f"heads{args.write_reps - 1}.sqlite"
+        for i, r in enumerate(cold_picks):
+            order = (("plain", cold_plain), ("vault", cold_enc))
+            for side, acc in (order if i % 2 == 0 else order[::-1]):
+                dropped &= drop_page_cache()
+                acc.append(cold_read(side, table, heads_db, r, plain_by_bucket[bucket_of(r)],
+                                     reg.org_keys("bench")))
+        cold_one_ms = statistics.median(cold_enc) * 1000
+        cold_plain_ms = statistics.median(cold_plain) * 1000
 
         enc_bytes = sum(f["size"] for f in table.files())
         plain_bytes = sum(p.stat().st_size for p in plain_paths)
@@ -219,7 +315,11 @@ def main() -> None:
             "one_run_ms": f"{one_enc_s * 1000:.1f}",
             "one_run_ratio": f"{one_enc_s / one_plain_s:.3f}",
             "one_run_files_opened": max(files_opened),
+            "one_run_cold_plain_ms": f"{cold_plain_ms:.1f}",
             "one_run_cold_ms": f"{cold_one_ms:.1f}",
+            "one_run_cold_ratio": f"{cold_one_ms / cold_plain_ms:.3f}",
+            "one_run_cold_reps": len(cold_enc),
+            "page_cache_dropped": "yes" if dropped else "no (not root)",
             "size_ratio": f"{enc_bytes / plain_bytes:.4f}",
             "row_group_rows": store.ROW_GROUP_ROWS,
         }

@@ -55,5 +55,8 @@ def venv_bin():
 @pytest.fixture(scope="session", autouse=True)
 def _no_proxy_env():
     # requests honours proxies from the environment; tests talk to loopback only.
-    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    os.environ["no_proxy"] = os.environ["NO_PROXY"]
+    with pytest.MonkeyPatch.context() as mp:
+        no_proxy = os.environ.get("NO_PROXY", "127.0.0.1,localhost")
+        mp.setenv("NO_PROXY", no_proxy)
+        mp.setenv("no_proxy", no_proxy)
+        yield

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 import hub_helpers as helpers  # noqa: E402
 
@@ -233,15 +235,11 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     lock_home(Settings.load(home))
 
     st = init_stack(base / "stack", home)
-    old = dict(os.environ)
-    os.environ.update({"ATOMSCALE_HOME": str(home),
-                       "ATOMSCALE_ROOT_KEY_FILE": str(base / "root.key")})
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATOMSCALE_HOME", str(home))
+        mp.setenv("ATOMSCALE_ROOT_KEY_FILE", str(base / "root.key"))
         iargv, ienv = idp_process(st)
         hargv, henv = hub_process(st)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
     idp_log = open(logs / "idp.log", "w")  # noqa: SIM115 - closed at teardown
     hub_log = open(logs / "hub.log", "w")  # noqa: SIM115
     idp_proc = subprocess.Popen(iargv, env=ienv, stdout=idp_log, stderr=subprocess.STDOUT)

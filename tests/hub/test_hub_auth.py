@@ -222,13 +222,16 @@ def test_audit_hook_records_denials(idp_key):
     assert seen == [("acme", "acme-scientist", "auth.login", "denied")]
 
 
-def test_jwks_over_untrusted_tls_is_refused(jwks_server):
-    srv, _ = jwks_server
-    key = _key()
-    a = AtomscaleAuthenticator(issuer=ISS, client_id=AUD, client_secret="unused",
-                               jwks_url=srv.url, known_orgs={"acme"})
-    with pytest.raises(AuthRefused):
-        _model(a, _token(key))
+def test_jwks_over_untrusted_tls_is_refused(idp_key):
+    # The token is signed with the key the JWKS serves: only the certificate check can refuse it.
+    key, trusting, srv = idp_key
+    token = _token(key)
+    assert _model(trusting, token)["groups"] == ["acme:scientist", "org:acme"]
+    untrusting = AtomscaleAuthenticator(issuer=ISS, client_id=AUD, client_secret="unused",
+                                        jwks_url=srv.url, known_orgs={"acme"}, jwks_cooldown=0)
+    with pytest.raises(AuthRefused, match="could not be verified") as e:
+        _model(untrusting, token)
+    assert e.value.status_code == 403
 
 
 def test_auth_state_cannot_be_disabled():

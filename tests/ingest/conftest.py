@@ -1,8 +1,12 @@
 """Fixtures of the ingest suite.
 
+- ``key_recorder`` (session): every API key plaintext issued through ``deployment.key`` and every
+  deployment home of the session; ``scan()`` looks for the plaintexts in every file under those
+  homes' test folders. ``test_ingest_secrets.py`` scans what was recorded so far, and the
+  fixture scans everything again at the end of the session (a hit fails the session's teardown),
+  so the check holds whatever order the tests run in.
 - ``deployment``: a vault on a temporary home with orgs ``acme`` and ``beta`` and an
-  ``ApiKeyStore``; ``deployment.key(org, scopes)`` issues a key and remembers its plaintext so that
-  ``test_zz_ingest_secrets.py`` can check that no key appears anywhere on disk after the suite.
+  ``ApiKeyStore``; ``deployment.key(org, scopes)`` issues a key and records its plaintext.
 - ``service``: starts the ingest service as a subprocess on 127.0.0.1 (a free port) for that
   deployment; ``service.kill()`` sends SIGKILL, ``service.start()`` starts it again. Always stopped
   by pid.
@@ -22,26 +26,56 @@ from pathlib import Path
 import pytest
 import requests
 
-CREATED_KEYS: list[str] = []
-"""Every API key plaintext issued in this test session."""
-HOMES: list[Path] = []
-"""Every deployment home used in this test session (scanned for key plaintext at the end)."""
+
+class KeyRecorder:
+    """API key plaintexts issued and deployment homes used in this session."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self.homes: list[Path] = []
+
+    def scan(self) -> tuple[list[Path], list[str]]:
+        """Files scanned and files holding a key plaintext (whole or its secret part), under
+        the folders of the recorded homes (each home lies beside its test's spool folders)."""
+        needles = set()
+        for k in self.keys:
+            needles.add(k.encode())
+            needles.add(k.split("_", 2)[2].encode())
+        scanned, hits = [], set()
+        for root in {h.parent for h in self.homes}:
+            for path in root.rglob("*"):
+                if not path.is_file() or path.is_symlink():
+                    continue
+                data = path.read_bytes()
+                scanned.append(path)
+                if any(n in data for n in needles):
+                    hits.add(str(path))
+        return scanned, sorted(hits)
+
+
+@pytest.fixture(scope="session")
+def key_recorder():
+    """The session's :class:`KeyRecorder`; at the end, no recorded key may be on disk."""
+    rec = KeyRecorder()
+    yield rec
+    _, hits = rec.scan()
+    assert not hits, f"API key plaintext found in: {hits}"
 
 
 class Deployment:
     """A vault, its home and its API key store."""
 
-    def __init__(self, home: Path, vault):
+    def __init__(self, home: Path, vault, recorder: KeyRecorder):
         from atomscale_lab.ingest import apikeys
 
-        self.home, self.vault = home, vault
+        self.home, self.vault, self.recorder = home, vault, recorder
         self.keys = apikeys.for_vault(vault)
 
     def key(self, org="acme", scopes="ingest:process,ingest:tool_state", expires=timedelta(days=1),
             name=""):
         """Issue a key and remember its plaintext."""
         key, _ = self.keys.create(org, scopes, expires, name=name)
-        CREATED_KEYS.append(key)
+        self.recorder.keys.append(key)
         return key
 
     def rows(self, org, table, run_id=None):
@@ -51,7 +85,7 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(home, root_key):
+def deployment(home, root_key, key_recorder):
     """A deployment with orgs acme and beta."""
     from atomscale_lab.config import Settings
     from atomscale_lab.vault import Vault
@@ -59,8 +93,8 @@ def deployment(home, root_key):
     v = Vault(Settings.load(home))
     v.create_org("acme", "us")
     v.create_org("beta", "us")
-    HOMES.append(home)
-    d = Deployment(home, v)
+    key_recorder.homes.append(home)
+    d = Deployment(home, v, key_recorder)
     yield d
     d.keys.close()
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import requests
-from conftest import CREATED_KEYS, free_port
+from conftest import free_port
 
 
 def _cli(venv_bin, *args, env=None):
@@ -20,7 +20,7 @@ def test_apikey_commands_and_serve(deployment, venv_bin):
                "--expires", "30d", "--name", "pld-2")
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip()
-    CREATED_KEYS.append(key)
+    deployment.recorder.keys.append(key)
     assert key.startswith("ask_") and len(out.stdout.splitlines()) == 1
     assert "shown only now" in out.stderr and key not in out.stderr
     prefix = key.split("_")[1]

@@ -1,5 +1,9 @@
-"""kill -9 the service at random moments while a client streams: no acknowledged row is lost and
-no row is stored twice."""
+"""kill -9 the service while a client streams: no acknowledged row is lost and no row is stored
+twice.
+
+Each kill comes after a chosen number of acknowledged batches since the last restart and while a
+batch request is in flight, so the test's strength does not depend on how much work fits between
+kills on a busy machine; it counts how many kills cut a request off."""
 
 import random
 import threading
@@ -35,14 +39,24 @@ def test_kill_9_loses_no_acknowledged_row_and_stores_none_twice(deployment, serv
     rng = random.Random(20261129)
     acked: set[int] = set()
     stop = threading.Event()
-    state = {"sid": None, "batch": 0, "errors": 0}
+    state = {"sid": None, "batch": 0, "errors": 0, "request": 0, "inflight": None}
+    failed: set[int] = set()  # request numbers that ended without an answer
+    crashed: list[BaseException] = []
+    lock = threading.Lock()
 
     def send(method, path, **kw):
+        with lock:
+            state["request"] += 1
+            n = state["inflight"] = state["request"]
         try:
             return service.request(method, path, key, **kw)
         except requests.RequestException:
             state["errors"] += 1
+            failed.add(n)
             return None
+        finally:
+            with lock:
+                state["inflight"] = None
 
     def client():
         while not stop.is_set():
@@ -66,20 +80,44 @@ def test_kill_9_loses_no_acknowledged_row_and_stores_none_twice(deployment, serv
             else:
                 raise AssertionError(f"unexpected {r.status_code}: {r.text}")
 
-    th = threading.Thread(target=client, daemon=True)
+    def run_client():
+        try:
+            client()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test below
+            crashed.append(e)
+
+    def wait_for(cond, what, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if crashed:
+                raise crashed[0]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.005)
+
+    th = threading.Thread(target=run_client, daemon=True)
     th.start()
+    mid_request = []  # per kill: the request in flight when the kill came, if any
     for _ in range(KILLS):
-        time.sleep(rng.uniform(0.05, 0.8))
-        service.kill()
-        time.sleep(rng.uniform(0.0, 0.2))
+        # Kill after a chosen number of acknowledged batches since the restart (not after a
+        # random time), while a batch request is in flight.
+        target = len(acked) + rng.randint(1, 6)
+        wait_for(lambda t=target: len(acked) >= t, f"{target} acks")
+        wait_for(lambda: state["inflight"] is not None, "a request in flight")
+        with lock:
+            mid_request.append(state["inflight"])
+            service.kill()
         service.start()
-    time.sleep(0.5)
+    n_acked = len(acked)
+    wait_for(lambda: len(acked) > n_acked, "an ack after the last restart")
     stop.set()
     th.join(60)
     assert not th.is_alive()
+    if crashed:
+        raise crashed[0]
     assert service.starts == KILLS + 1
-    assert len(acked) >= KILLS, f"the client got too few acks to mean anything: {len(acked)}"
-    assert state["errors"] > 0  # the kills did hit requests in flight
+    # Every kill came while a request was in flight; count those the kill cut off.
+    cut = [n for n in mid_request if n in failed]
+    assert len(cut) >= KILLS * 3 // 4, f"only {len(cut)} of {KILLS} kills cut a request off"
     r = service.request("POST", f"/streams/{state['sid']}/finalize", key)
     assert r.status_code == 200, r.text
     values = deployment.rows("acme", "process/series", "crash-run").column("value").to_pylist()

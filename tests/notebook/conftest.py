@@ -36,22 +36,15 @@ def lab_data(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("atomscale-home")
     key = generate_root_key()
-    saved = {k: os.environ.get(k) for k in ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE")}
-    os.environ["ATOMSCALE_ROOT_KEY"] = key
-    os.environ.pop("ATOMSCALE_ROOT_KEY_FILE", None)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATOMSCALE_ROOT_KEY", key)
+        mp.delenv("ATOMSCALE_ROOT_KEY_FILE", raising=False)
         vault = Vault(Settings.load(home))
         vault.create_org(ORG, "us")
         labdata.fill_org(vault, ORG, runs=30)
         vault.create_org("beta", "us")
         labdata.fill_org(vault, "beta", runs=3, detail_runs=0)
         vault.close()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {"home": home, "root_key": key}
 
 

@@ -1,4 +1,9 @@
-"""Roles in the REST API: what viewers, scientists and support may do, and denials are audited."""
+"""Roles in the REST API: what viewers, scientists and support may do, and denials are audited.
+
+These tests check how the REST handlers enforce a role's permission set; the permission set comes
+from ``labdata.RoleAccess`` (the role table, no identity). That the real hub resolves each role's
+token to that set, and that real servers enforce it, is tested in ``tests/hub/test_hub_access.py``.
+"""
 
 import json
 
@@ -48,7 +53,7 @@ async def test_viewer_reads_data_but_not_context_or_audit(jp_fetch, monkeypatch,
     assert {e["action"] for e in denied} >= {"context.join", "audit.read"}
 
 
-async def test_support_configures_but_reads_no_data(jp_fetch, monkeypatch, lab_env):
+async def test_support_reads_no_data(jp_fetch, monkeypatch, lab_env):
     monkeypatch.setenv("ATOMSCALE_TEST_ROLE", "support")
     code, doc = await code_of(jp_fetch, "status")
     assert code == 200 and doc["role"] == "support" and "categories" not in doc

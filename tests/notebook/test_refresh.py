@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from datetime import timedelta
@@ -12,7 +13,16 @@ import pytest
 
 
 @pytest.fixture
-def jp_server_config(lab_env):
+def own_home(lab_env, tmp_path, monkeypatch):
+    """A copy of the session's demo home for this test (which writes runs)."""
+    home = tmp_path / "home"
+    shutil.copytree(lab_env["home"], home)
+    monkeypatch.setenv("ATOMSCALE_HOME", str(home))
+    return {**lab_env, "home": home}
+
+
+@pytest.fixture
+def jp_server_config(own_home):
     return {"ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
                           "allow_unauthenticated_access": False},
             "AtomscaleLab": {"org": "beta", "scrub_root_key": False, "export_url": False,
@@ -34,12 +44,12 @@ async def eventually(jp_fetch, check, **params):
         await asyncio.sleep(0.05)
 
 
-async def test_new_runs_and_status_changes_appear(jp_fetch, lab_env):
+async def test_new_runs_and_status_changes_appear(jp_fetch, own_home):
     from atomscale_lab.config import Settings
     from atomscale_lab.vault import Vault
 
     before = await runs(jp_fetch)
-    vault = Vault(Settings.load(lab_env["home"]))
+    vault = Vault(Settings.load(own_home["home"]))
     table = vault.store("beta").table("process/runs")
     t = labdata.runs_table(before["total"] + 1).slice(before["total"])  # one more run
     table.write(t, actor="test")
@@ -93,18 +103,28 @@ def test_stale_while_rebuilding_and_failures_surface():
 def test_concurrent_first_gets_share_one_build():
     from atomscale_lab.catalog import Refreshing
 
-    calls = []
+    calls, asked = [], []
+    all_asked = threading.Event()
+
+    def version():
+        # Called by every get() before it builds or waits: the build below holds until all
+        # four callers are inside get(), so they provably overlap with it.
+        asked.append(1)
+        if len(asked) >= 4:
+            all_asked.set()
+        return "v1"
 
     def build():
         calls.append(1)
-        time.sleep(0.2)
-        return len(calls)
+        calls.append(all_asked.wait(30))
+        return 1
 
-    r = Refreshing(build, lambda: "v1", min_interval=0)
+    r = Refreshing(build, version, min_interval=0)
     out = []
     threads = [threading.Thread(target=lambda: out.append(r.get())) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(5)
-    assert out == [1, 1, 1, 1] and len(calls) == 1
+        t.join(60)
+    assert calls == [1, True], "the callers did not overlap with one shared build"
+    assert out == [1, 1, 1, 1] and len(asked) == 4

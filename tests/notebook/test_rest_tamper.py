@@ -13,7 +13,7 @@ from _nbserver import start_server, stop_server
 
 
 @pytest.fixture
-def tamper_server(tmp_path):
+def tamper_server(tmp_path, monkeypatch):
     from atomscale_lab.config import Settings
     from atomscale_lab.crypto import generate_root_key
     from atomscale_lab.vault import Vault
@@ -21,14 +21,12 @@ def tamper_server(tmp_path):
     key = generate_root_key()
     home = tmp_path / "home"
     home.mkdir()
-    os.environ["ATOMSCALE_ROOT_KEY"] = key
-    try:
+    with monkeypatch.context() as mp:
+        mp.setenv("ATOMSCALE_ROOT_KEY", key)
         vault = Vault(Settings.load(home))
         vault.create_org("acme", "us")
         labdata.fill_org(vault, "acme", runs=6, points=60)
         vault.close()
-    finally:
-        os.environ.pop("ATOMSCALE_ROOT_KEY", None)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
     env.update({"ATOMSCALE_HOME": str(home), "ATOMSCALE_ROOT_KEY": key,
                 "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),

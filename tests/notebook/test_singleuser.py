@@ -1,8 +1,10 @@
 """`atomscale-lab lab ORG`: JupyterLab for one org, token auth, root key kept from kernels."""
 
+import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -76,8 +78,26 @@ def jp_server_config(lab_env):
             "AtomscaleLab": {"org": "acme"}}
 
 
-async def test_root_key_is_removed_from_the_environment_kernels_inherit(jp_fetch):
+def _environ_of(pid: int) -> dict[str, str]:
+    """The environment a process was started with (as the kernel sees it)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+async def test_root_key_is_removed_from_the_environment_kernels_inherit(jp_fetch, jp_serverapp,
+                                                                          lab_env):
     r = await jp_fetch("atomscale", "api", "v1", "status")
     assert r.code == 200
-    assert "ATOMSCALE_ROOT_KEY" not in os.environ
-    assert os.environ["ATOMSCALE_LAB_URL"].startswith("http://")
+    # A real kernel started by the server, its environment read from /proc.
+    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kid = json.loads(r.body)["id"]
+    try:
+        km = jp_serverapp.kernel_manager.get_kernel(kid)
+        env = _environ_of(km.provisioner.pid)
+        # Only variable names in the assertions: a failure must not print the key.
+        assert not {"ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE"} & set(env)
+        assert [k for k, v in env.items() if lab_env["root_key"] in v] == []
+        assert env["ATOMSCALE_LAB_URL"].startswith("http://")
+        assert env["ATOMSCALE_HOME"] == str(lab_env["home"])  # it did inherit the server's env
+    finally:
+        await jp_fetch("api", "kernels", kid, method="DELETE")

@@ -1,34 +1,85 @@
-"""Child process for the crash test: commit batches forever until killed.
+"""Child process for the crash test: commit batches until stopped at a chosen point.
 
-Usage: ``_vault_writer.py DATA_ROOT HEAD_DB FIRST_BATCH`` with org ``a``'s keys as JSON on stdin.
-Prints ``ready`` once set up, then ``committed K`` after each batch K is committed. Each batch is
-8 runs × 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds several files;
-every fifth batch a compaction replaces small files.
+Usage: ``_vault_writer.py DATA_ROOT HEAD_DB FIRST_BATCH POINT N`` with org ``a``'s keys as JSON on
+stdin. Prints ``ready`` once set up, then ``committed K`` after each batch K is committed. Each
+batch is 8 runs × 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds several
+files; after every fifth batch a compaction replaces small files.
+
+When the writer reaches the N-th occurrence of POINT it prints ``at POINT K`` and stops itself
+(SIGSTOP), so that the parent's SIGKILL lands exactly there. Points (``write.*`` during a batch's
+commit, ``compact.*`` during a compaction):
+
+- ``committed``: right after a batch was committed and reported;
+- ``<op>.tmp``: an encrypted file is complete in ``_tmp/`` but not yet renamed into place;
+- ``<op>.placed``: all new files are in place, the commit-log line is not written;
+- ``<op>.logged``: the commit-log line is written and synced, the head store not yet advanced.
 """
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 from _vault_support import series
 
+import atomscale_lab.store as store_mod
 from atomscale_lab.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.store import OrgStore, SqliteHeadStore
+from atomscale_lab.store import OrgStore, SqliteHeadStore, Table
 
 RUNS, ROWS = 8, 300
 
 
 def main() -> None:
     data_root, head_db, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    stop_point, stop_n = sys.argv[4], int(sys.argv[5])
     keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
+    seen: dict[str, int] = {}
+    now = {"op": "write", "k": first, "appending": False}
+
+    def at(point: str) -> None:
+        name = point if point == "committed" else f"{now['op']}.{point}"
+        seen[name] = seen.get(name, 0) + 1
+        if name == stop_point and seen[name] == stop_n:
+            print(f"at {name} {now['k']}", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    # Wrap the store's steps in this child only (the parent reads with the unmodified code).
+    write_parquet, append, advance = (store_mod.write_parquet, Table._append,
+                                      SqliteHeadStore.advance)
+
+    def write_parquet_at(*a, **kw):
+        write_parquet(*a, **kw)
+        at("tmp")
+
+    def append_at(self, *a, **kw):
+        at("placed")
+        now["appending"] = True
+        try:
+            return append(self, *a, **kw)
+        finally:
+            now["appending"] = False
+
+    def advance_at(self, *a, **kw):
+        if now["appending"]:
+            at("logged")
+        return advance(self, *a, **kw)
+
+    store_mod.write_parquet = write_parquet_at
+    Table._append = append_at
+    SqliteHeadStore.advance = advance_at
+
     t = OrgStore(Path(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))) \
         .table("process/series")
     print("ready", flush=True)
     k = first
     while True:
+        now.update(op="write", k=k)
         t.write(series(RUNS, ROWS, prefix=f"b{k:06d}", seed=k), actor="crash-test")
         print(f"committed {k}", flush=True)
+        at("committed")
         if k % 5 == 4:
+            now["op"] = "compact"
             t.compact(min_rows=5_000, target_rows=50_000)
         k += 1
 

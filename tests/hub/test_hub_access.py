@@ -1,0 +1,115 @@
+"""Identity and roles resolved by the real hub: ``HubAccess`` (what a user server uses) and the
+REST API of real user servers, with a real token of each role.
+
+The role tests of ``tests/notebook/test_permissions.py`` check how the REST handlers enforce a
+given permission set; here the permission set comes from the hub itself (login through the
+identity provider with MFA, the user's API token, ``GET /hub/api/user``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hubstack import api, events_json
+
+from atomscale_lab.errors import PermissionDenied
+from atomscale_lab.hub.access import HubAccess
+from atomscale_lab.hub.roles import ROLES
+from atomscale_lab.sources import ROLE_PERMISSIONS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def access(stack, logged_in, tmp_path, monkeypatch):
+    """``access(user, org="acme")``: a HubAccess holding ``user``'s real API token."""
+    for var in ("ATOMSCALE_ORG", "ATOMSCALE_HUB_PUBLIC_URL", "JUPYTERHUB_API_TOKEN",
+                "JUPYTERHUB_USER", "ATOMSCALE_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+
+    def make(user, org="acme"):
+        _, token = logged_in(user)
+        return HubAccess(org, hub_url=stack.url, token=token, ca_bundle=stack.ca,
+                         data_root=str(tmp_path), owner=user)
+
+    return make
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_hub_access_resolves_each_roles_permissions(stack, access, role):
+    user = stack.user("acme", role)
+    a = access(user)
+    assert a.permissions(user) == set(ROLE_PERMISSIONS[role])
+    # nobody else gets this server's permissions, and another org's token gives none in acme
+    assert a.permissions(stack.user("acme", "org-admin" if role != "org-admin" else "viewer")) \
+        == set()
+    other = stack.user("beta", role)
+    assert access(other, org="beta").permissions(other) == set(ROLE_PERMISSIONS[role])
+    assert access(other, org="acme").permissions(other) == set()
+
+
+def test_hub_access_refuses_another_org_than_the_servers(monkeypatch, stack, tmp_path):
+    monkeypatch.setenv("ATOMSCALE_ORG", "beta")
+    with pytest.raises(PermissionDenied, match="serves org 'beta'"):
+        HubAccess("acme", hub_url=stack.url, token="unused", ca_bundle=stack.ca,
+                  data_root=str(tmp_path), owner="x")
+
+
+def test_hub_access_keys_context_and_audit_follow_the_role(stack, access):
+    sci, viewer, support = (stack.user("acme", r) for r in ("scientist", "viewer", "support"))
+    a = access(sci)
+    # The key service releases the org's keys to a data reader's token (as of this version),
+    # never to support or to another org.
+    assert a.org_keys().org == "acme"
+    with pytest.raises(PermissionDenied):
+        access(support).org_keys()
+    with pytest.raises(PermissionDenied):
+        access(stack.user("beta", "scientist"), org="acme").org_keys()
+    # Context labels: scientists only, and only for the server's owner.
+    frame = a.context_join(["R-none"], ["film"], "identity test", actor=sci)
+    assert list(frame.columns) == ["run_id", "film"]
+    with pytest.raises(PermissionDenied):
+        access(viewer).context_join(["R-none"], ["film"], "probe", actor=viewer)
+    with pytest.raises(PermissionDenied, match="owner"):
+        a.context_join(["R-none"], ["film"], "probe", actor=viewer)
+    denied = stack.audit_events("acme", actor=viewer, action="context.join")
+    assert any(e["outcome"] == "denied" for e in denied), events_json(denied)
+    # Audit events posted by a server carry the token's owner, whatever actor it reports.
+    a.audit().record(sci, "data.read", table="process/runs", rows=1, marker="identity-own")
+    a.audit().record("mallory", "data.read", table="process/runs", rows=1,
+                     marker="identity-claimed")
+    mine = [e for e in stack.audit_events("acme", action="data.read")
+            if e.get("detail", {}).get("marker", "").startswith("identity-")]
+    assert {e["actor"] for e in mine} == {sci}, events_json(mine)
+    claimed = [e for e in mine if e["detail"]["marker"] == "identity-claimed"]
+    assert claimed and claimed[0]["detail"]["reported_actor"] == "mallory"
+    # audit:read alone: own events only
+    assert {e["actor"] for e in a.audit_events(limit=50)} == {sci}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_rest_api_of_a_real_server_follows_the_role(stack, running, role):
+    user = stack.user("acme", role)
+    token = running(user)
+    perms = ROLE_PERMISSIONS[role]
+    base = f"/user/{user}/atomscale/api/v1"
+    r = api(stack, token, "GET", f"{base}/status")
+    if "data:read" not in perms:
+        # A server whose owner may not read data gets no data key: its extension serves
+        # nothing, and says why.
+        for method, path in (("GET", "status"), ("GET", "runs"), ("GET", "audit")):
+            r = api(stack, token, method, f"{base}/{path}")
+            assert r.status_code == 403 and "data-read scope" in r.json()["message"], r.text
+        return
+    assert r.status_code == 200, r.text
+    assert r.json()["role"] == role and set(r.json()["permissions"]) == set(perms)
+    r = api(stack, token, "GET", f"{base}/runs")
+    assert r.status_code == 200 and r.json()["total"] > 0, r.text
+    r = api(stack, token, "POST", f"{base}/context/join",
+            json={"run_ids": ["R-none"], "fields": ["film"], "purpose": "role check"})
+    assert r.status_code == (200 if "context:join" in perms else 403), r.text
+    r = api(stack, token, "GET", f"{base}/audit")
+    if perms & {"audit:read", "audit:all"}:
+        assert r.status_code == 200, r.text
+        assert r.json()["scope"] == ("all" if "audit:all" in perms else "own")
+    else:
+        assert r.status_code == 403, r.text
