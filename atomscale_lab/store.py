@@ -442,7 +442,8 @@ class Table:
         line = _canon(dict(body, mac=self._mac(body, kv)))
         _mkdirs(self._log_path.parent)
         new_file = not self._log_path.exists()
-        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # group-readable: in hub mode the folder's group is the org's data-server account
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             if os.fstat(fd).st_size != state.size:
                 # An unfinished line of a crashed writer: cut it off before appending.

@@ -1,15 +1,54 @@
-"""The hub process: JupyterHub with one fix for hub-managed services under ``internal_ssl``.
+"""The hub process: JupyterHub with two fixes for hub-managed services under ``internal_ssl``.
 
-JupyterHub 6.1.1 waits for a managed service with a URL using the TLS context of its own
-*listening* socket, so the check never connects ("Cannot create a client socket with a
-PROTOCOL_TLS_SERVER context") and the hub gives up on the service. :class:`AtomscaleHub` lets the
-hub build the client-side context instead. Run it as ``python -m atomscale_lab.hub.app -f
-jupyterhub_config.py`` (or ``atomscale-lab hub start``).
+- JupyterHub 6.1.1 waits for a managed service with a URL using the TLS context of its own
+  *listening* socket, so the check never connects ("Cannot create a client socket with a
+  PROTOCOL_TLS_SERVER context") and the hub gives up on the service. :class:`AtomscaleHub` lets
+  the hub build the client-side context instead.
+- A managed service with a ``user`` (the per-org data servers run as their org's service
+  account) gets internal TLS files only the hub's account can read. :class:`ServiceSpawner`
+  hands the key and certificate to that account (in a folder of its own, ``0700``).
+
+Run it as ``python -m atomscale_lab.hub.app -f jupyterhub_config.py`` (or ``atomscale-lab hub
+start``).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+from pathlib import Path
+
 from jupyterhub.app import JupyterHub
+from jupyterhub.services import service as _service
+
+
+class ServiceSpawner(_service._ServiceSpawner):
+    """The spawner of managed services, staging internal TLS files for a service's own user."""
+
+    async def create_certs(self):
+        """Create the certificates; for a service with a user, copy them where only it reads."""
+        paths = await super().create_certs()
+        if not self.user.name:
+            return paths
+        pw = pwd.getpwnam(self.user.name)
+        out = Path(self.internal_certs_location).parent / "service-certs" / self.user.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(out.parent, 0o711)  # noqa: S103 - traverse only
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(mode=0o700)
+        staged = {}
+        for kind in ("keyfile", "certfile", "cafile"):
+            dst = out / Path(paths[kind]).name
+            shutil.copyfile(paths[kind], dst)
+            os.chown(dst, pw.pw_uid, pw.pw_gid)
+            os.chmod(dst, 0o600)
+            staged[kind] = str(dst)
+        os.chown(out, pw.pw_uid, pw.pw_gid)
+        return staged
+
+
+_service._ServiceSpawner = ServiceSpawner
 
 
 class AtomscaleHub(JupyterHub):

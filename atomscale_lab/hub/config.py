@@ -162,7 +162,6 @@ def configure(c, dep: dict | None = None) -> None:
     s.atomscale_env = {
         "ATOMSCALE_HUB_PUBLIC_URL": public_url,
         "ATOMSCALE_CA_BUNDLE": ca,
-        "ATOMSCALE_DATA_ROOT": str(settings.data_root),
         "ATOMSCALE_REGION": settings.region,
         "JUPYTER_CONFIG_PATH": str(server_config_dir(state)),
     }
@@ -183,6 +182,13 @@ def configure(c, dep: dict | None = None) -> None:
     ]
     if dep.get("ingest", {}).get("enabled"):
         c.JupyterHub.services.append(_ingest_service(dep, env, py))
+    # one data server per org, as the org's service account, from the servers' Python
+    data_ports = hub.get("data_ports", {})
+    run_as = bool(spawn.get("service_accounts", os.geteuid() == 0))
+    for info in _orgs(settings):
+        c.JupyterHub.services.append(_data_service(
+            info["name"], info.get("region") or settings.region, settings, public_url, ca,
+            str(Path(s.venv) / "bin" / "python"), data_ports.get(info["name"]), run_as))
 
 
 def _orgs(settings) -> list[dict]:
@@ -206,6 +212,41 @@ def _vault_factory(settings):
         return cache["v"]
 
     return get
+
+
+def _data_service(org: str, region: str, settings, public_url: str, ca: str, py: str,
+                  port: int | None, run_as: bool) -> dict:
+    """The hub service ``atomscale-data-<org>`` (see :mod:`atomscale_lab.hub.services.data`).
+
+    Its environment holds no secret: it gets the org's keys from ``atomscale-keys`` with the
+    service token the hub gives it.
+    """
+    import pwd
+
+    from .roles import data_service_name
+    from .stack import free_port
+    from .users import service_account
+
+    service = {
+        "name": data_service_name(org),
+        "url": f"https://127.0.0.1:{int(port or free_port())}",
+        "command": [py, "-m", "atomscale_lab.hub.services.data"],
+        "environment": {
+            "ATOMSCALE_ORG": org, "ATOMSCALE_DATA_ROOT": str(settings.data_root),
+            "ATOMSCALE_REGION": region, "ATOMSCALE_HUB_PUBLIC_URL": public_url,
+            "ATOMSCALE_CA_BUNDLE": ca, "PYTHONUNBUFFERED": "1",
+        },
+        "display": False,
+    }
+    if run_as:
+        account = service_account(org)
+        try:
+            pwd.getpwnam(account)
+        except KeyError:
+            raise ConfigError(f"no Unix account {account} for the data server of org {org!r}: "
+                              f"run `atomscale-lab hub users sync {org}`") from None
+        service["user"] = account
+    return service
 
 
 def _ingest_service(dep: dict, env: dict, py: str) -> dict:

@@ -33,7 +33,14 @@ import hub_helpers as helpers  # noqa: E402
 
 from atomscale_lab.hub.roles import ROLES  # noqa: E402
 from atomscale_lab.hub.stack import REPO, hub_process, idp_process, init_stack  # noqa: E402
-from atomscale_lab.hub.users import IdpUsers, lock_home, share_org_data, unix_name  # noqa: E402
+from atomscale_lab.hub.users import (  # noqa: E402
+    IdpUsers,
+    lock_home,
+    org_group,
+    service_account,
+    share_org_data,
+    unix_name,
+)
 
 ORGS = ("acme", "beta")
 ROLE_USER = {"org-admin": "admin", "scientist": "scientist", "viewer": "viewer",
@@ -69,6 +76,8 @@ class Stack:
     logs: Path
     sessions: dict = field(default_factory=dict)
     idp_restart: object = None
+    services: dict = field(default_factory=dict)
+    """``{org: Account}`` of the orgs' data-server service accounts."""
 
     def restart_idp(self) -> tuple[str, str]:
         """Stop the identity provider by pid and start it again (new signing key and kid);
@@ -122,13 +131,17 @@ def _cli(*args, env):
     return r.stdout
 
 
-def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]:
-    """passwd/group copies with one account per hub user and one group per org."""
+def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict, dict]:
+    """passwd/group copies with one account per hub user, one group per org and one service
+    account (user and group) per org."""
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
     assert len(groups) < 10 and len(users) < 40
     accounts = {}
-    names = {unix_name(u) for u in users}
-    gnames = {f"as-org-{org}" for org in groups}
+    services = {org: Account(service_account(org), UID_BASE + 40 + i, UID_BASE + 40 + i,
+                             Path("/nonexistent"))
+                for i, org in enumerate(sorted(groups))}
+    names = {unix_name(u) for u in users} | {a.name for a in services.values()}
+    gnames = {org_group(org) for org in groups} | {a.name for a in services.values()}
     # Accounts of the same names on the host (e.g. from `make demo`) are hidden, not reused.
     passwd = [ln for ln in Path("/etc/passwd").read_text().splitlines()
               if ln and ln.split(":")[0] not in names]
@@ -146,12 +159,16 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]
         accounts[user] = Account(name, uid, groups[org], home)
         passwd.append(f"{name}:x:{uid}:{groups[org]}:atomscale-lab {user}:{home}:/usr/sbin/nologin")
     for org, gid in groups.items():
-        group.append(f"as-org-{org}:x:{gid}:")
+        group.append(f"{org_group(org)}:x:{gid}:")
+    for org, acc in services.items():
+        passwd.append(f"{acc.name}:x:{acc.uid}:{acc.gid}:atomscale-lab data server of {org}:"
+                      f"{acc.home}:/usr/sbin/nologin")
+        group.append(f"{acc.name}:x:{acc.gid}:")
     (base / "passwd").write_text("\n".join(passwd) + "\n")
     (base / "group").write_text("\n".join(group) + "\n")
     os.chmod(base / "passwd", 0o644)
     os.chmod(base / "group", 0o644)
-    return base / "passwd", base / "group", accounts, groups
+    return base / "passwd", base / "group", accounts, groups, services
 
 
 def _wait_http(url, ca, timeout, proc, what, logs):
@@ -225,11 +242,11 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     passwords["acme-nomfa"] = idp.add("acme-nomfa", "acme", "scientist", mfa=False)
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"
-    passwd, group, accounts, groups = _overlay(base, owners)
+    passwd, group, accounts, groups, services = _overlay(base, owners)
     from atomscale_lab.config import Settings
 
     for org in ORGS:
-        share_org_data(home / "data", org, gid=groups[org])
+        share_org_data(home / "data", org, uid=services[org].uid, gid=services[org].gid)
     lock_home(Settings.load(home))
 
     st = init_stack(base / "stack", home)
@@ -254,7 +271,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     hub_proc = subprocess.Popen(wrapped, env=henv, cwd=state, stdout=hub_log,
                                 stderr=subprocess.STDOUT)
     s = Stack(st=st, base=base, home=home, idp=idp, passwords=passwords, accounts=accounts,
-              groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs)
+              groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs,
+              services=services)
     procs = {"idp": idp_proc}
 
     def kid():
@@ -276,6 +294,9 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
                    s.log_tail)
         _wait_http(f"{st.public_url}/services/atomscale-context/health", st.ca, 120, hub_proc,
                    "hub", s.log_tail)
+        for org in ORGS:
+            _wait_http(f"{st.public_url}/services/atomscale-data-{org}/health", st.ca, 60,
+                       hub_proc, f"data server of {org}", s.log_tail)
         yield s
     finally:
         _stop(hub_proc.pid)
@@ -285,7 +306,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
         # The hub stops its proxy, services and servers; if it could not (killed), end what is
         # left of this deployment: processes of our accounts, or whose command line or
         # environment names this deployment's folder.
-        leftovers = {pid for acc in accounts.values() for pid in _pids_of_uid(acc.uid)}
+        leftovers = {pid for acc in [*accounts.values(), *services.values()]
+                     for pid in _pids_of_uid(acc.uid)}
         leftovers |= _pids_mentioning(str(base))
         for pid in leftovers - {os.getpid()}:
             try:

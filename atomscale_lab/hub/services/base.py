@@ -37,9 +37,10 @@ log = logging.getLogger("atomscale.hub.service")
 class Deps:
     """The service's HubAuth and Vault, given or loaded once in a thread."""
 
-    def __init__(self, vault=None, hub_auth=None):
+    def __init__(self, vault=None, hub_auth=None, need_vault: bool = True):
         self.vault = vault
         self.hub_auth = hub_auth
+        self.need_vault = need_vault
         self._loading: asyncio.Future | None = None
 
     def _load(self) -> None:
@@ -48,14 +49,14 @@ class Deps:
 
             self.hub_auth = HubAuth(cache_max_age=int(os.environ.get(
                 "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
-        if self.vault is None:
+        if self.vault is None and self.need_vault:
             from ...vault import Vault
 
             self.vault = Vault()
 
     async def ready(self) -> None:
         """Wait until both are available (loads them on first call)."""
-        if self.vault is not None and self.hub_auth is not None:
+        if (self.vault is not None or not self.need_vault) and self.hub_auth is not None:
             return
         if self._loading is None:
             self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
@@ -105,14 +106,22 @@ class ServiceHandler(web.RequestHandler):
             raise web.HTTPError(400, "the request body must be a JSON object")
         return doc
 
-    async def token_user(self) -> dict:
-        """The hub model of the token's owner (with the token's ``scopes``); 401 without one."""
+    async def token_owner(self) -> dict:
+        """The hub model of the token's owner, user or service (``kind``, ``name``, the token's
+        ``scopes``); 401 without a valid token."""
         header = self.request.headers.get("Authorization", "")
         match = self.hub_auth.auth_header_pat.match(header)
         if not match:
             raise web.HTTPError(401, "a hub API token is required (Authorization: token …)")
         model = await self.hub_auth.user_for_token(match.group(1), sync=False)
-        if not model or model.get("kind", "user") != "user":
+        if not model:
+            raise web.HTTPError(401, "the token is not valid")
+        return model
+
+    async def token_user(self) -> dict:
+        """The hub model of the token's owner (with the token's ``scopes``); 401 without one."""
+        model = await self.token_owner()
+        if model.get("kind", "user") != "user":
             raise web.HTTPError(401, "the token is not a valid user token")
         return model
 
@@ -176,12 +185,12 @@ class ServiceApp:
         """URL prefix the proxy forwards (``/services/<name>/``)."""
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.name}/")
 
-    def make_app(self, vault=None, hub_auth=None) -> web.Application:
+    def make_app(self, vault=None, hub_auth=None, need_vault: bool = True) -> web.Application:
         """The Tornado application (routes under the prefix); ``vault`` and ``hub_auth`` are
-        loaded on first use unless given."""
+        loaded on first use unless given (the vault only if ``need_vault``)."""
         handlers = [(self.prefix + "health", HealthHandler)]
         handlers += [(self.prefix + pattern, cls) for pattern, cls in self.routes]
-        return web.Application(handlers, deps=Deps(vault, hub_auth), name=self.name)
+        return web.Application(handlers, deps=Deps(vault, hub_auth, need_vault), name=self.name)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on: only
