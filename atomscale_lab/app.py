@@ -432,7 +432,8 @@ class AtomscaleLab(ExtensionApp):
         True,
         config=True,
         help="""Set ATOMSCALE_LAB_URL in this process's environment so that kernels started by
-        this server find its REST API (the token is not exported).""",
+        this server find its REST API (the token is not exported). On JupyterHub it names the
+        org's data server, which kernels reach with their own hub token.""",
     )
 
     refresh_interval = Float(
@@ -455,7 +456,12 @@ class AtomscaleLab(ExtensionApp):
         else:
             self._start_service()
         self.settings["atomscale_lab"] = self
-        if self.export_url and self.serverapp is not None:
+        if self.export_url and self._access is not None and \
+                getattr(self._access, "forwards_to_data_server", False):
+            # hub mode: kernels talk to the org's data server directly (one proxy hop less)
+            os.environ["ATOMSCALE_LAB_URL"] = self._access.data_url.removesuffix(
+                "atomscale/api/v1/")
+        elif self.export_url and self.serverapp is not None:
             try:
                 os.environ["ATOMSCALE_LAB_URL"] = self.serverapp.connection_url
             except Exception as e:  # noqa: BLE001 - only a convenience for kernels
