@@ -205,10 +205,11 @@ def _stop(pid: int, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def deployment(runs: int = 4, extra_users: dict | None = None):
-    """The deployment of the ``stack`` fixture as a context manager (also for bench/hub.py).
+def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
+    """The deployment of the ``stack`` fixture as a context manager (also for the benches).
 
-    ``extra_users`` adds identity-provider users ``{name: (org, role)}``.
+    ``extra_users`` adds identity-provider users ``{name: (org, role)}``; ``populate(vault)``, if
+    given, may create more orgs and data before the hub starts (a vault opened with the root key).
     """
     base = Path(tempfile.mkdtemp(prefix="atomscale-hub-"))
     os.chmod(base, 0o755)
@@ -227,6 +228,16 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     for org in ORGS:
         _cli("org", "create", org, "--region", "us", env=env)
         _cli("demo-data", org, "--runs", str(runs), "--points", "120", env=env)
+    if populate is not None:
+        from atomscale_lab.config import Settings
+        from atomscale_lab.crypto import LocalKms
+        from atomscale_lab.vault import Vault
+
+        v = Vault(Settings.load(home), kms=LocalKms(key))
+        try:
+            populate(v)
+        finally:
+            v.close()
 
     idp = IdpUsers(home / "idp" / "users.json")
     passwords, owners = {}, {}
@@ -245,8 +256,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     passwd, group, accounts, groups, services = _overlay(base, owners)
     from atomscale_lab.config import Settings
 
-    for org in ORGS:
-        share_org_data(home / "data", org, uid=services[org].uid, gid=services[org].gid)
+    for org, acc in services.items():
+        share_org_data(home / "data", org, uid=acc.uid, gid=acc.gid)
     lock_home(Settings.load(home))
 
     st = init_stack(base / "stack", home)
@@ -294,7 +305,7 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
                    s.log_tail)
         _wait_http(f"{st.public_url}/services/atomscale-context/health", st.ca, 120, hub_proc,
                    "hub", s.log_tail)
-        for org in ORGS:
+        for org in services:
             _wait_http(f"{st.public_url}/services/atomscale-data-{org}/health", st.ca, 60,
                        hub_proc, f"data server of {org}", s.log_tail)
         yield s
