@@ -432,8 +432,7 @@ class AtomscaleLab(ExtensionApp):
         True,
         config=True,
         help="""Set ATOMSCALE_LAB_URL in this process's environment so that kernels started by
-        this server find its REST API (the token is not exported). On JupyterHub it names the
-        org's data server, which kernels reach with their own hub token.""",
+        this server find its REST API (the token is not exported).""",
     )
 
     refresh_interval = Float(
@@ -456,33 +455,11 @@ class AtomscaleLab(ExtensionApp):
         else:
             self._start_service()
         self.settings["atomscale_lab"] = self
-        if self.export_url and self._access is not None and \
-                getattr(self._access, "forwards_to_data_server", False):
-            # hub mode: kernels talk to the org's data server directly (one proxy hop less)
-            os.environ["ATOMSCALE_LAB_URL"] = self._access.data_url.removesuffix(
-                "atomscale/api/v1/")
-        elif self.export_url and self.serverapp is not None:
+        if self.export_url and self.serverapp is not None:
             try:
                 os.environ["ATOMSCALE_LAB_URL"] = self.serverapp.connection_url
             except Exception as e:  # noqa: BLE001 - only a convenience for kernels
                 self.log.debug("atomscale_lab: no server URL to export: %s", e)
-
-    def forwards(self) -> bool:
-        """True if the access class is a pass-through to a data server (hub mode): this server
-        then holds no key and forwards the REST API (``access_class.forwards_to_data_server``)."""
-        try:
-            return bool(getattr(import_string(self.access_class), "forwards_to_data_server",
-                                False))
-        except (ImportError, ValueError, AttributeError):
-            return False
-
-    def get_forwarder(self):
-        """The pass-through access (hub mode); raises ``KeyUnavailable`` (503) if unavailable."""
-        if self._access is None:
-            self._start_service()
-        if self._access is None:
-            raise KeyUnavailable(self.service_error or "the org's data server is not configured")
-        return self._access
 
     def _start_service(self) -> None:
         try:
@@ -490,12 +467,6 @@ class AtomscaleLab(ExtensionApp):
                 cls = import_string(self.access_class)
                 self._access = cls(self.org, **self.access_kwargs)
             access = self._access
-            if getattr(access, "forwards_to_data_server", False):
-                # hub mode: no key, no store here; the org's data server answers
-                self.service_error = None
-                self.log.info("atomscale_lab: org %s is served by %s", self.org,
-                              access.data_url)
-                return
             self.service = OrgService(access, refresh_interval=self.refresh_interval)
             self.service_error = None
             self.log.info("atomscale_lab: serving org %s (%s, key v%s)", self.org,
@@ -536,9 +507,6 @@ class AtomscaleLab(ExtensionApp):
 
     def initialize_handlers(self):
         """Register the REST handlers under ``/atomscale/api/v1``."""
-        from . import handlers
+        from .handlers import default_handlers
 
-        if self.forwards():
-            self.handlers.append((handlers.API_PREFIX + "(?P<path>.*)", handlers.ForwardHandler))
-        else:
-            self.handlers.extend(handlers.default_handlers)
+        self.handlers.extend(default_handlers)

@@ -14,7 +14,8 @@ host base that provides ``username``, ``call(method, *args)``, ``query_params()`
   the identity is the caller's hub token and permissions come from its filtered scopes.
 
 :func:`host_handlers` combines each route with a host base. In hub mode a user's server holds no
-key and serves :class:`ForwardHandler` instead: a pass-through to its org's data server.
+key and does not load this extension: ``atomscale_lab.hub.forward`` passes the same URLs through
+to the org's data server.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pyarrow as pa
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
-from tornado import httputil, web
+from tornado import web
 from tornado.ioloop import IOLoop
 
 from .catalog import frame_json, rows_to_records
@@ -423,105 +424,3 @@ def __getattr__(name: str):
             _HOSTED[name] = host_handlers(JupyterApiHandler)
         return _HOSTED[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------- hub mode: the pass-through
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-               "proxy-authorization", "proxy-authenticate", "content-length", "server", "date"}
-
-
-class ForwardHandler(JupyterApiHandler):
-    """``* /atomscale/api/v1/<path>`` of a hub user's server: forwarded to the org's data server
-    with the owner's identity (the server's own hub token, which carries the owner's org scopes).
-
-    The user's server holds no key: the data server checks the scopes, decrypts and audits as the
-    owner. Only the owner's requests are forwarded (anyone else would act with the owner's
-    scopes). Responses stream through chunk by chunk.
-    """
-
-    auth_resource = AUTH_RESOURCE
-
-    @web.authenticated
-    @authorized
-    async def get(self, path):
-        """Forward a GET."""
-        await self.forward(path)
-
-    @web.authenticated
-    @authorized
-    async def post(self, path):
-        """Forward a POST (with its body)."""
-        await self.forward(path)
-
-    @web.authenticated
-    @authorized
-    async def put(self, path):
-        """Forward a PUT (with its body)."""
-        await self.forward(path)
-
-    @web.authenticated
-    @authorized
-    async def patch(self, path):
-        """Forward a PATCH (with its body)."""
-        await self.forward(path)
-
-    @web.authenticated
-    @authorized
-    async def delete(self, path):
-        """Forward a DELETE."""
-        await self.forward(path)
-
-    async def forward(self, path: str) -> None:
-        """Send the request on to the data server and stream its answer back."""
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-        access = self.extensionapp.get_forwarder()
-        if self.username != access.owner:
-            raise web.HTTPError(403, "only this server's owner can use its data API")
-        url = access.data_url + path
-        # the query is passed on as sent, minus a ``token`` parameter (never forwarded)
-        query = "&".join(p for p in self.request.query.split("&")
-                         if p and p.split("=", 1)[0] != "token")
-        if query:
-            url += "?" + query
-        headers = {"Authorization": f"token {access.token}"}
-        for h in ("Accept", "Content-Type"):
-            if self.request.headers.get(h):
-                headers[h] = self.request.headers[h]
-        state = {"started": False}
-
-        def on_header(line: str) -> None:
-            line = line.rstrip("\r\n")
-            if not line:
-                return
-            if line.startswith("HTTP/"):
-                start = httputil.parse_response_start_line(line)
-                if start.code != 100:
-                    self.set_status(start.code, start.reason)
-                    # the data server's answer replaces this server's defaults
-                    self.clear_header("Content-Type")
-                return
-            name, _, value = line.partition(":")
-            if name.strip().lower() not in _HOP_BY_HOP:
-                self.set_header(name.strip(), value.strip())
-
-        def on_chunk(chunk: bytes) -> None:
-            state["started"] = True
-            self.write(chunk)
-            self.flush()
-
-        method = self.request.method.upper()
-        body = self.request.body if method in ("POST", "PUT", "PATCH") else None
-        req = HTTPRequest(url, method=method, headers=headers, body=body,
-                          ca_certs=access.ca_file, validate_cert=True,
-                          header_callback=on_header, streaming_callback=on_chunk,
-                          request_timeout=access.timeout, connect_timeout=10,
-                          allow_nonstandard_methods=True, follow_redirects=False,
-                          decompress_response=False)
-        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
-        if resp.code == 599 and not state["started"]:
-            self.clear()
-            raise web.HTTPError(503, "the org's data server is unreachable: "
-                                     f"{type(resp.error).__name__}")
-        await self.finish()

@@ -4,8 +4,9 @@ In hub mode the org's data is decrypted only by the org's data server (the hub s
 ``atomscale-data-<org>``, :mod:`atomscale_lab.hub.services.data`). A user's server is a thin
 pass-through: the extension forwards ``/user/<name>/atomscale/api/v1/*`` to the data server with
 the server's own ``JUPYTERHUB_API_TOKEN`` (whose scopes the hub derived from its owner's roles),
-so permission checks and audit events there name the owner. :class:`HubAccess` gives the
-forwarder its target (:attr:`HubAccess.data_url`), token and CA bundle, and
+so permission checks and audit events there name the owner (:mod:`atomscale_lab.hub.forward`).
+:class:`HubAccess` gives the forwarder its target (:attr:`HubAccess.data_url`), token and CA
+bundle, and
 
 - posts the server's own audit events (refused access) to the ``atomscale-keys`` service, which
   records them with the token's owner as actor;
@@ -74,9 +75,6 @@ class HubAuditSink:
 class HubAccess:
     """:class:`~atomscale_lab.sources.OrgAccess` of a hub user's server: a pass-through to the
     org's data server (see the module docstring); it holds no key."""
-
-    forwards_to_data_server = True
-    """The server extension forwards the REST API instead of serving it (no ``OrgService``)."""
 
     def __init__(self, org: str, *, hub_url: str | None = None, token: str | None = None,
                  ca_bundle: str | None = None, data_root: str | None = None,

@@ -67,10 +67,12 @@ def server_config_dir(state_dir: Path) -> Path:
     d = state_dir / "jupyter-config"
     d.mkdir(parents=True, exist_ok=True)
     cfg = {
-        # jupyter_lsp scans for language servers at every start; the workspace does not use it
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True, "jupyter_lsp": False,
+        # jupyter_lsp scans for language servers at every start; the workspace does not use it.
+        # User servers hold no key: instead of the in-process extension (atomscale_lab), the
+        # pass-through to the org's data server serves the same URLs.
+        "ServerApp": {"jpserver_extensions": {"atomscale_lab": False, "jupyter_lsp": False,
+                                              "atomscale_lab.hub.forward": True,
                                               "atomscale_lab.hub.server_audit": True}},
-        "AtomscaleLab": {"access_class": "atomscale_lab.hub.access.HubAccess"},
     }
     f = d / "jupyter_server_config.json"
     f.write_text(json.dumps(cfg, indent=1))

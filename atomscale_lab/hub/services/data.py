@@ -107,8 +107,6 @@ class DataServerAccess(HubAccess):
     """:class:`~atomscale_lab.sources.OrgAccess` of the data server: keys and heads from
     ``atomscale-keys`` (service identity), permissions from each caller's token."""
 
-    forwards_to_data_server = False
-
     def __init__(self, org: str | None = None, **kw):
         org = org or _env("ATOMSCALE_ORG")
         kw.setdefault("owner", os.environ.get("JUPYTERHUB_SERVICE_NAME") or
