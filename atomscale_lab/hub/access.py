@@ -113,6 +113,11 @@ class HubAccess:
         return self._token
 
     @property
+    def session(self):
+        """The keep-alive ``requests`` session to the hub's public URL (thread-safe pool)."""
+        return self._session
+
+    @property
     def ca_file(self) -> str | None:
         """The CA bundle file verifying the hub's public URL (None: the system's)."""
         return self.ca_bundle if isinstance(self.ca_bundle, str) else None

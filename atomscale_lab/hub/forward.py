@@ -9,7 +9,8 @@ the hub's public URL:
 - the method, the query (without a ``token`` parameter), ``Accept``, ``Content-Type`` and the
   body as sent; ``Authorization: token <this server's JUPYTERHUB_API_TOKEN>``, which carries the
   owner's org scopes — so the data server checks and audits the owner;
-- the answer's status, headers (hop-by-hop ones dropped) and body, streamed chunk by chunk.
+- the answer's status, headers (hop-by-hop ones dropped) and body, streamed chunk by chunk, over
+  a keep-alive connection pool.
 
 Requests of anyone but the owner get 403 (they would act with the owner's scopes). Kernels get
 ``ATOMSCALE_LAB_URL`` naming the data server, which ``Workspace`` calls directly with the kernel's
@@ -18,17 +19,20 @@ own token. This module imports neither pyarrow nor pandas: the server starts as 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
-from tornado import httputil, web
+from tornado import web
 
 AUTH_RESOURCE = "atomscale"
 API_PREFIX = "/atomscale/api/v1/"
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-               "proxy-authorization", "proxy-authenticate", "content-length", "server", "date"}
+               "proxy-authorization", "proxy-authenticate", "server", "date"}
+_CHUNK = 1 << 20
 
 
 def _jupyter_server_extension_points():
@@ -76,9 +80,12 @@ class ForwardHandler(APIHandler):
         await self.forward(path)
 
     async def forward(self, path: str) -> None:
-        """Send the request on to the data server and stream its answer back."""
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+        """Send the request on to the data server and stream its answer back.
 
+        The request runs in a worker thread on the access's keep-alive session (one TLS
+        handshake per connection, not per request); chunks come back through a small queue, so a
+        slow client slows the transfer instead of filling memory.
+        """
         access = self.access
         if self.current_user.username != access.owner:
             raise web.HTTPError(403, "only this server's owner can use its data API")
@@ -91,39 +98,63 @@ class ForwardHandler(APIHandler):
         for h in ("Accept", "Content-Type"):
             if self.request.headers.get(h):
                 headers[h] = self.request.headers[h]
-        state = {"started": False}
-
-        def on_header(line: str) -> None:
-            line = line.rstrip("\r\n")
-            if not line:
-                return
-            if line.startswith("HTTP/"):
-                start = httputil.parse_response_start_line(line)
-                if start.code != 100:
-                    self.set_status(start.code, start.reason)
-                return
-            name, _, value = line.partition(":")
-            if name.strip().lower() not in _HOP_BY_HOP:
-                self.set_header(name.strip(), value.strip())
-
-        def on_chunk(chunk: bytes) -> None:
-            state["started"] = True
-            self.write(chunk)
-            self.flush()
-
         method = self.request.method.upper()
-        req = HTTPRequest(url, method=method, headers=headers,
-                          body=self.request.body if method in ("POST", "PUT", "PATCH") else None,
-                          ca_certs=access.ca_file, validate_cert=True,
-                          header_callback=on_header, streaming_callback=on_chunk,
-                          request_timeout=access.timeout, connect_timeout=10,
-                          allow_nonstandard_methods=True, follow_redirects=False,
-                          decompress_response=False)
-        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
-        if resp.code == 599 and not state["started"]:
-            self.clear()
-            raise web.HTTPError(503, "the org's data server is unreachable: "
-                                     f"{type(resp.error).__name__}")
+        body = self.request.body if method in ("POST", "PUT", "PATCH") else None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+        gone = threading.Event()
+
+        def put(item) -> None:
+            if not gone.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=120)
+
+        def fetch() -> None:
+            import requests
+
+            try:
+                with access.session.request(method, url, headers=headers, data=body,
+                                            stream=True, verify=access.ca_bundle,
+                                            timeout=access.timeout,
+                                            allow_redirects=False) as r:
+                    put(("head", r.status_code, r.reason, list(r.raw.headers.items())))
+                    for chunk in r.raw.stream(_CHUNK, decode_content=False):
+                        if gone.is_set():
+                            return
+                        put(("chunk", chunk))
+                put(("end",))
+            except requests.RequestException as e:
+                put(("error", e))
+            except Exception as e:  # noqa: BLE001 - the handler turns it into an answer
+                put(("error", e))
+
+        worker = loop.run_in_executor(None, fetch)
+        started = False
+        try:
+            while True:
+                item = await queue.get()
+                if item[0] == "head":
+                    _, code, reason, hdrs = item
+                    self.set_status(code, reason)
+                    for name, value in hdrs:
+                        if name.lower() not in _HOP_BY_HOP:
+                            self.set_header(name, value)
+                elif item[0] == "chunk":
+                    started = True
+                    self.write(item[1])
+                    await self.flush()
+                elif item[0] == "error":
+                    if started:
+                        raise item[1]
+                    self.clear()
+                    raise web.HTTPError(503, "the org's data server is unreachable: "
+                                             f"{type(item[1]).__name__}")
+                else:
+                    break
+        finally:
+            gone.set()
+            while not queue.empty():  # let a blocked worker finish
+                queue.get_nowait()
+        await worker
         await self.finish()
 
 
