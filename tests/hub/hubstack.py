@@ -9,8 +9,9 @@
 
 Per-user Unix accounts without touching the host: the hub runs inside ``unshare -m`` with
 ``/etc/passwd`` and ``/etc/group`` bind-mounted from copies that add one account per hub user
-(uids from 200000, distinct per run) and one group per org; homes and the org data folders are
-owned by those numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
+(uids from 200000, distinct per run), one group per org and one service account per org (its
+data server's, which owns the org's data folder); homes and data folders are owned by those
+numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
 Needs root (the hub setuids to the accounts) and Node with ``idp/node_modules`` installed.
 """
 

@@ -1,5 +1,6 @@
-"""End-to-end: OIDC + MFA login, spawn as per-user Unix accounts, data through the server
-extension, and every cross-org and least-privilege refusal, audited."""
+"""End-to-end: OIDC + MFA login, spawn as per-user Unix accounts, data through the per-org data
+server (directly and through the user server's pass-through), and every cross-org and
+least-privilege refusal — from browsers, tokens, a kernel and the Unix accounts — audited."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ def test_mfa_login_spawns_server_and_reads_data(stack, running):
     assert {e["detail"].get("via") for e in reads} == {"atomscale-data-acme"}, events_json(reads)
     logins = stack.audit_events("acme", actor=user, action="auth.login")
     assert any(e["outcome"] == "allowed" for e in logins)
+    # the audit route: a scientist sees its own events only (through the data server)
+    r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/audit", params={"limit": 50})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["scope"] == "own" and doc["events"]
+    assert {e["actor"] for e in doc["events"]} == {user}
 
 
 def test_context_join_through_service(stack, running):
