@@ -442,8 +442,9 @@ class Table:
         line = _canon(dict(body, mac=self._mac(body, kv)))
         _mkdirs(self._log_path.parent)
         new_file = not self._log_path.exists()
-        # group-readable: in hub mode the folder's group is the org's data-server account
-        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        # group-writable within the umask: in hub mode the folder's group is the org's
+        # data-server account, which reads (and for data:write appends to) logs others created
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
         try:
             if os.fstat(fd).st_size != state.size:
                 # An unfinished line of a crashed writer: cut it off before appending.
@@ -466,7 +467,7 @@ class Table:
 
         def __enter__(self):
             _mkdirs(self.table._lock_path.parent)
-            self.fd = os.open(self.table._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = os.open(self.table._lock_path, os.O_RDWR | os.O_CREAT, 0o660)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
             return self
 

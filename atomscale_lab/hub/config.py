@@ -255,6 +255,9 @@ def _data_service(org: str, region: str, settings, public_url: str, ca: str, py:
 def _ingest_service(dep: dict, env: dict, py: str) -> dict:
     ing = dep["ingest"]
     port = int(ing.get("port", 8093))
+    # umask 007: what ingest writes into data_root/<org> stays writable by the org's data server
+    # (group of the setgid folders), which appends for data:write
     return {"name": "atomscale-ingest", "url": f"https://127.0.0.1:{port}",
-            "command": [py, "-m", "atomscale_lab.ingest", *map(str, ing.get("args", []))],
+            "command": ["/bin/sh", "-c", 'umask 007 && exec "$0" "$@"', py, "-m",
+                        "atomscale_lab.ingest", *map(str, ing.get("args", []))],
             "environment": env, "display": False}

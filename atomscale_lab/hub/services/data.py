@@ -68,6 +68,11 @@ class Caller(str):
     def __repr__(self) -> str:
         return f"Caller({str(self)!r})"
 
+    @property
+    def username(self) -> str:
+        """The name (as ``current_user.username`` on a jupyter-server host)."""
+        return str(self)
+
 
 class ServiceHeadStore:
     """:class:`~atomscale_lab.store.HeadStore` kept centrally: the deployment registry's heads,
@@ -261,6 +266,15 @@ class DataApiHandler(web.RequestHandler):
     def query_params(self) -> dict[str, str]:
         """Query parameters (the last value of each), without ``token``."""
         return request_params(self)
+
+    def get_json_body(self):
+        """The request body as JSON (None when empty), as jupyter-server's ``APIHandler``."""
+        if not self.request.body:
+            return None
+        try:
+            return json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the body is not valid JSON") from None
 
     async def call(self, method: str, *args):
         """Run ``OrgService.<method>(caller, *args)`` on a worker thread, mapping errors."""
