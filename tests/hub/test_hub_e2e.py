@@ -594,3 +594,31 @@ def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, runn
         log.write_bytes(new_log)  # the log the central heads name, for the tests that follow
     r = api(stack, token, "GET", url, params={"format": "arrow"})
     assert r.status_code == 200, r.text[:300]
+
+
+def _service_token(stack, org):
+    for pid in _data_server_pids(stack, org):
+        for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+            if kv.startswith(b"JUPYTERHUB_API_TOKEN="):
+                return kv.split(b"=", 1)[1].decode()
+    raise AssertionError(f"no data server of {org}")
+
+
+def test_data_server_serves_users_only_and_its_token_opens_only_its_orgs_keys(stack, running):
+    acme, beta = _service_token(stack, "acme"), _service_token(stack, "beta")
+    # a service token is no user: the data API refuses it
+    r = api(stack, acme, "GET", "/services/atomscale-data-acme/atomscale/api/v1/runs")
+    assert r.status_code == 403, r.text
+    # each data server's identity opens its own org's keys, never another org's (audited there)
+    r = api(stack, acme, "GET", "/services/atomscale-keys/orgs/acme/keys")
+    assert r.status_code == 200 and r.json()["org"] == "acme"
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/keys")
+    assert r.status_code == 403 and "keys" not in r.json()
+    denied = stack.audit_events("acme", actor="service:atomscale-data-beta", action="key.release")
+    assert denied and denied[0]["outcome"] == "denied", events_json(denied)
+    # nor another org's heads or audit log
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/heads",
+            params={"table": "process/runs@00000000"})
+    assert r.status_code == 403
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/audit")
+    assert r.status_code == 403
