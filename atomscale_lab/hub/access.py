@@ -58,6 +58,25 @@ def _env(name: str, default: str | None = None) -> str:
     return value
 
 
+def answer(status: int, reason: str, body: bytes, service: str | None):
+    """A service's JSON answer, or the matching atomscale error for a refusal or failure."""
+    import json
+
+    if status < 300:
+        return json.loads(body) if body else None
+    try:
+        message = json.loads(body).get("message") or reason
+    except (ValueError, AttributeError):
+        message = reason
+    if status in (401, 403):
+        raise PermissionDenied(f"{service or 'hub'}: {message}")
+    if status == 404:
+        raise NotFound(f"{service or 'hub'}: {message}")
+    if status == 400:
+        raise ValidationError(f"{service or 'hub'}: {message}")
+    raise KeyUnavailable(f"{service or 'hub'} answered {status}: {message}")
+
+
 class HubAuditSink:
     """An ``AuditSink`` posting events to the ``atomscale-keys`` service (fails closed)."""
 
@@ -139,19 +158,7 @@ class HubAccess:
         except requests.RequestException as e:
             raise KeyUnavailable(f"the hub service {service or 'api'} is unreachable: "
                                  f"{type(e).__name__}") from None
-        if r.status_code < 300:
-            return r.json() if r.content else None
-        try:
-            message = r.json().get("message") or r.reason
-        except ValueError:
-            message = r.reason
-        if r.status_code in (401, 403):
-            raise PermissionDenied(f"{service or 'hub'}: {message}")
-        if r.status_code == 404:
-            raise NotFound(f"{service or 'hub'}: {message}")
-        if r.status_code == 400:
-            raise ValidationError(f"{service or 'hub'}: {message}")
-        raise KeyUnavailable(f"{service or 'hub'} answered {r.status_code}: {message}")
+        return answer(r.status_code, r.reason, r.content, service)
 
     # ------------------------------------------------------------------ OrgAccess
 

@@ -172,12 +172,13 @@ def configure(c, dep: dict | None = None) -> None:
     # --- hub-managed services (TLS via internal_ssl; user servers reach them through the proxy)
     env = {k: os.environ[k] for k in SERVICE_ENV if os.environ.get(k)}
     env["PYTHONUNBUFFERED"] = "1"
+    keys_socket = str(state / "keys.sock")
     py = str(Path(sys.executable))
     ports = hub.get("service_ports", {})
     c.JupyterHub.services = [
         {"name": "atomscale-keys", "url": f"https://127.0.0.1:{int(ports.get('keys', 8091))}",
-         "command": [py, "-m", "atomscale_lab.hub.services.keys"], "environment": env,
-         "display": False},
+         "command": [py, "-m", "atomscale_lab.hub.services.keys"],
+         "environment": {**env, "ATOMSCALE_KEYS_SOCKET": keys_socket}, "display": False},
         {"name": "atomscale-context",
          "url": f"https://127.0.0.1:{int(ports.get('context', 8092))}",
          "command": [py, "-m", "atomscale_lab.hub.services.context"], "environment": env,
@@ -191,7 +192,8 @@ def configure(c, dep: dict | None = None) -> None:
     for info in _orgs(settings):
         c.JupyterHub.services.append(_data_service(
             info["name"], info.get("region") or settings.region, settings, public_url, ca,
-            str(Path(s.venv) / "bin" / "python"), data_ports.get(info["name"]), run_as))
+            str(Path(s.venv) / "bin" / "python"), data_ports.get(info["name"]), run_as,
+            keys_socket))
 
 
 def _orgs(settings) -> list[dict]:
@@ -218,7 +220,7 @@ def _vault_factory(settings):
 
 
 def _data_service(org: str, region: str, settings, public_url: str, ca: str, py: str,
-                  port: int | None, run_as: bool) -> dict:
+                  port: int | None, run_as: bool, keys_socket: str | None = None) -> dict:
     """The hub service ``atomscale-data-<org>`` (see :mod:`atomscale_lab.hub.services.data`).
 
     Its environment holds no secret: it gets the org's keys from ``atomscale-keys`` with the
@@ -238,6 +240,9 @@ def _data_service(org: str, region: str, settings, public_url: str, ca: str, py:
             "ATOMSCALE_ORG": org, "ATOMSCALE_DATA_ROOT": str(settings.data_root),
             "ATOMSCALE_REGION": region, "ATOMSCALE_HUB_PUBLIC_URL": public_url,
             "ATOMSCALE_CA_BUNDLE": ca, "PYTHONUNBUFFERED": "1",
+            # keys, heads and audit through the key service's Unix socket (identity: the
+            # service account); only when it runs as one
+            **({"ATOMSCALE_KEYS_SOCKET": keys_socket} if run_as and keys_socket else {}),
         },
         "display": False,
     }

@@ -426,9 +426,18 @@ for path, is_dir in PATHS:
             files[path + ":" + op] = "ok"
         except OSError as e:
             files[path + ":" + op] = type(e).__name__
+import http.client, socket
+class UnixConn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(SOCKET)
+conn = UnixConn("localhost", timeout=30)
+conn.request("GET", "/services/atomscale-keys/orgs/acme/keys")
+r = conn.getresponse()
+via_socket = [r.status, b'"keys"' in r.read()]
 from atomscale_lab.client import Workspace
 ws = Workspace("acme")
-print(json.dumps({"tried": tried, "files": files, "runs": len(ws.runs()),
+print(json.dumps({"tried": tried, "files": files, "runs": len(ws.runs()), "socket": via_socket,
                   "env": sorted(k for k in os.environ if k.startswith("ATOMSCALE_"))}))
 """
 
@@ -442,8 +451,11 @@ def test_scientists_kernel_gets_no_key_and_no_file_but_reads_through_the_api(sta
                                              log, home / "context", home / "registry.sqlite")]
     assert [d for _, d in paths] == [True, True, True, False, True, False]
     before = len(stack.audit_events("acme", actor=user, action="key.release"))
+    sock = stack.st.root / "hub" / "state" / "keys.sock"
+    assert sock.is_socket()
     out = helpers.run_in_kernel(stack.url, user, token, stack.ca,
-                                f"PATHS = {paths!r}\n" + KERNEL_ATTACK, timeout=180)
+                                f"PATHS = {paths!r}\nSOCKET = {str(sock)!r}\n" + KERNEL_ATTACK,
+                                timeout=180)
     doc = json.loads(out.strip().splitlines()[-1])
     # the attack found the server's own token (in the kernel's environment and in /proc) ...
     pid = server_pid(stack, user)
@@ -457,6 +469,8 @@ def test_scientists_kernel_gets_no_key_and_no_file_but_reads_through_the_api(sta
     assert any(code == 403 for _src, code, _got in tried.values()), tried
     denied = stack.audit_events("acme", actor=user, action="key.release")
     assert len(denied) > before and all(e["outcome"] == "denied" for e in denied)
+    # the key service's Unix socket identifies the kernel by its account: refused
+    assert doc["socket"] == [401, False], doc["socket"]
     # the files are out of reach: every listing, read and creation is refused
     assert doc["files"] and set(doc["files"].values()) == {"PermissionError"}, doc["files"]
     assert not (home / "data" / "acme" / "planted").exists()

@@ -28,18 +28,22 @@ Environment (set by :func:`atomscale_lab.hub.configure`): ``ATOMSCALE_ORG``,
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import json as _json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
+from urllib.parse import urlencode
 
 from tornado import web
 
 from ...errors import AtomscaleError, KeyUnavailable, PermissionDenied, http_status
 from ...handlers import API_PREFIX, _reason, host_handlers, request_params, run_service_call
-from ..access import CONTEXT_SERVICE, KEYS_SERVICE, HubAccess, _env
+from ..access import CONTEXT_SERVICE, KEYS_SERVICE, HubAccess, _env, answer
 from ..roles import data_service_name, permissions_from_scopes
 from .base import ServiceApp
 
@@ -108,17 +112,70 @@ class ServiceAuditSink:
                                 "detail": detail})
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection over a Unix socket."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        """Connect to the socket file."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
 class DataServerAccess(HubAccess):
     """:class:`~atomscale_lab.sources.OrgAccess` of the data server: keys and heads from
-    ``atomscale-keys`` (service identity), permissions from each caller's token."""
+    ``atomscale-keys`` (service identity), permissions from each caller's token.
 
-    def __init__(self, org: str | None = None, **kw):
+    With ``$ATOMSCALE_KEYS_SOCKET`` set, ``atomscale-keys`` is reached on its Unix socket, where
+    this process's Unix account identifies it (one keep-alive connection per thread); otherwise
+    through the hub's public URL with the service token.
+    """
+
+    def __init__(self, org: str | None = None, *, keys_socket: str | None = None, **kw):
         org = org or _env("ATOMSCALE_ORG")
         kw.setdefault("owner", os.environ.get("JUPYTERHUB_SERVICE_NAME") or
                       data_service_name(org))
         kw.setdefault("data_root", _env("ATOMSCALE_DATA_ROOT"))
         super().__init__(org, **kw)
+        self.keys_socket = keys_socket or os.environ.get("ATOMSCALE_KEYS_SOCKET") or None
+        self._local = threading.local()
         self._audit = ServiceAuditSink(self)
+
+    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None,
+              **kw):
+        if service == KEYS_SERVICE and token is None and self.keys_socket:
+            return self._socket_call(method, path, **kw)
+        return super()._call(method, service, path, token=token, **kw)
+
+    def _socket_call(self, method: str, path: str, *, params: dict | None = None,
+                     json: dict | None = None):
+        url = f"/services/{KEYS_SERVICE}/{path}"
+        if params:
+            url += "?" + urlencode(params)
+        body = None if json is None else _json.dumps(json).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        for attempt in (1, 2):  # a kept-alive connection the service closed is retried once
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _UnixHTTPConnection(self.keys_socket, self.timeout)
+            try:
+                conn.request(method, url, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise KeyUnavailable(f"the hub service {KEYS_SERVICE} is unreachable on its "
+                                         f"socket: {type(e).__name__}") from None
+                continue
+            return answer(r.status, r.reason, data, KEYS_SERVICE)
+        return None
 
     def org_keys(self):
         """The org's keys, released by ``atomscale-keys`` to this service's identity."""

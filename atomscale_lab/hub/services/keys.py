@@ -18,6 +18,11 @@ Routes (under ``/services/atomscale-keys/``):
   ``audit:read`` only the caller's own; the org's data server (which checked its caller's scope)
   gets what it asks for.
 
+The same routes are served on a Unix socket (``$ATOMSCALE_KEYS_SOCKET``), where the caller is
+identified by its Unix account (``SO_PEERCRED``): an org's service account is that org's data
+server; anyone else gets 401. Data servers use it for keys, heads and audit events (no proxy hop,
+no token to steal).
+
 The root key is in this service's environment (never in a user server's); the data key is sent
 only in the answer body over TLS and never logged.
 """
@@ -53,11 +58,36 @@ def _identity(model: dict) -> str:
     return name if model.get("kind", "user") == "user" else f"service:{name}"
 
 
+SOCKET_ENV = "ATOMSCALE_KEYS_SOCKET"
+"""A Unix socket this service also serves (for the data servers: no proxy hop, no token)."""
+
+
 def _is_data_server(model: dict, org: str) -> bool:
     return model.get("kind") == "service" and model.get("name") == data_service_name(org)
 
 
-class KeysHandler(ServiceHandler):
+class KeysServiceHandler(ServiceHandler):
+    """Base of this service's handlers: on the Unix socket, an org's service account is that
+    org's data server (its identity checked by the kernel, not by a token)."""
+
+    def peer_model(self, uid: int) -> dict | None:
+        """``{kind: service, name: atomscale-data-<org>}`` for an org's service account."""
+        import pwd
+
+        from ..users import service_account
+
+        try:
+            account = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return None
+        for o in self.vault.orgs():
+            if service_account(o["name"]) == account:
+                return {"kind": "service", "name": data_service_name(o["name"]), "scopes": [],
+                        "via": "unix-socket"}
+        return None
+
+
+class KeysHandler(KeysServiceHandler):
     """``GET orgs/<org>/keys``."""
 
     async def get(self, org):
@@ -79,7 +109,7 @@ class KeysHandler(ServiceHandler):
         self.finish(keys.to_json())
 
 
-class HeadsHandler(ServiceHandler):
+class HeadsHandler(KeysServiceHandler):
     """``GET`` / ``POST orgs/<org>/heads``: the central commit-log heads."""
 
     async def _holder(self, org) -> dict:
@@ -125,7 +155,7 @@ class HeadsHandler(ServiceHandler):
         return store
 
 
-class AuditHandler(ServiceHandler):
+class AuditHandler(KeysServiceHandler):
     """``POST`` / ``GET orgs/<org>/audit``."""
 
     async def post(self, org):
@@ -193,7 +223,7 @@ ROUTES = [
     (rf"orgs/{ORG}/audit", AuditHandler),
 ]
 
-app = ServiceApp(NAME, ROUTES)
+app = ServiceApp(NAME, ROUTES, socket_env=SOCKET_ENV)
 
 
 def main() -> None:
