@@ -147,7 +147,11 @@ class Workspace:
         if token:
             self._session.headers["Authorization"] = f"token {token}"
         ca = os.environ.get("JUPYTERHUB_SSL_CLIENT_CA")
-        if self.url.startswith("https:") and ca:
+        hub = (os.environ.get("ATOMSCALE_HUB_PUBLIC_URL") or "").rstrip("/")
+        if hub and self.url.startswith(hub + "/") and os.environ.get("ATOMSCALE_CA_BUNDLE"):
+            # the org's data server behind the hub's public URL (hub mode)
+            self._session.verify = os.environ["ATOMSCALE_CA_BUNDLE"]
+        elif self.url.startswith("https:") and ca:
             self._session.verify = ca
             cert, key = os.environ.get("JUPYTERHUB_SSL_CERTFILE"), \
                 os.environ.get("JUPYTERHUB_SSL_KEYFILE")

@@ -1,9 +1,21 @@
-"""REST handlers of the server extension (``<base_url>/atomscale/api/v1/...``, docs/rest-api.md).
+"""REST handlers of the data API (``<base_url>/atomscale/api/v1/...``, docs/rest-api.md).
 
-Thin on purpose: each method authenticates, authorizes against the ``atomscale`` resource, hands the
+Thin on purpose: each route authenticates, authorizes against the ``atomscale`` resource, hands the
 request to :class:`atomscale_lab.app.OrgService` on a worker thread (decryption must not block the
-server's event loop) and turns :class:`~atomscale_lab.errors.AtomscaleError` into an HTTP status
-with :func:`~atomscale_lab.errors.http_status`.
+event loop) and turns :class:`~atomscale_lab.errors.AtomscaleError` into an HTTP status with
+:func:`~atomscale_lab.errors.http_status`.
+
+The route classes (:data:`ROUTES`) hold only the request logic and are host-agnostic: they need a
+host base that provides ``username``, ``call(method, *args)``, ``query_params()``,
+``current_user`` and ``authorizer`` (besides Tornado's request/response API). Two hosts exist:
+
+- :class:`JupyterApiHandler`: the jupyter-server extension (single-user ``atomscale-lab lab ORG``);
+- ``atomscale_lab.hub.services.data.DataApiHandler``: the per-org data server on JupyterHub, where
+  the identity is the caller's hub token and permissions come from its filtered scopes.
+
+:func:`host_handlers` combines each route with a host base. In hub mode a user's server holds no
+key and does not load this extension: ``atomscale_lab.hub.forward`` passes the same URLs through
+to the org's data server.
 """
 
 from __future__ import annotations
@@ -29,8 +41,12 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _CHUNK = 4 << 20
 
 
-class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
-    """Base of every handler: the service, query parameters, errors and frame responses."""
+class AtomscaleHandler:
+    """Base of every route: query formats and frame responses, on any host base.
+
+    The host base (listed after the route class) provides ``username``, ``call``,
+    ``query_params``, ``current_user``, ``authorizer`` and Tornado's ``RequestHandler``.
+    """
 
     auth_resource = AUTH_RESOURCE
 
@@ -38,30 +54,6 @@ class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
         """Decrypted data must not be kept in browser or proxy caches."""
         super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
-
-    @property
-    def username(self) -> str:
-        """The authenticated user's name (hub user name in JupyterHub mode)."""
-        return self.current_user.username
-
-    def query_params(self) -> dict[str, str]:
-        """Query parameters (the last value of each), without ``token``."""
-        out = {}
-        for k, values in self.request.query_arguments.items():
-            if k == "token" or not values:
-                continue
-            out[k] = self.decode_argument(values[-1], name=k)
-        return out
-
-    async def call(self, method: str, *args):
-        """Run ``OrgService.<method>(user, *args)`` on a worker thread, mapping errors to HTTP."""
-        user = self.username
-        try:
-            service = self.extensionapp.get_service()
-            fn = partial(getattr(service, method), user, *args)
-            return await IOLoop.current().run_in_executor(None, fn)
-        except AtomscaleError as e:
-            raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
 
     def wants_arrow(self, params: dict) -> bool:
         """``format=arrow`` (or an Accept header asking for an Arrow stream)."""
@@ -97,6 +89,47 @@ class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
         else:
             doc = await IOLoop.current().run_in_executor(None, frame_json, table)
             await self.finish_json(doc)
+
+
+async def run_service_call(service, user, method: str, *args):
+    """Run ``service.<method>(user, *args)`` on a worker thread, mapping errors to HTTP."""
+    try:
+        fn = partial(getattr(service, method), user, *args)
+        return await IOLoop.current().run_in_executor(None, fn)
+    except AtomscaleError as e:
+        raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+
+
+def request_params(handler: web.RequestHandler) -> dict[str, str]:
+    """Query parameters (the last value of each), without ``token``."""
+    out = {}
+    for k, values in handler.request.query_arguments.items():
+        if k == "token" or not values:
+            continue
+        out[k] = handler.decode_argument(values[-1], name=k)
+    return out
+
+
+class JupyterApiHandler(ExtensionHandlerMixin, APIHandler):
+    """Host base of the routes in the jupyter-server extension (single-user mode)."""
+
+    @property
+    def username(self) -> str:
+        """The authenticated user's name."""
+        return self.current_user.username
+
+    def query_params(self) -> dict[str, str]:
+        """Query parameters (the last value of each), without ``token``."""
+        return request_params(self)
+
+    async def call(self, method: str, *args):
+        """Run ``OrgService.<method>(user, *args)`` on a worker thread, mapping errors to HTTP."""
+        user = self.username
+        try:
+            service = self.extensionapp.get_service()
+        except AtomscaleError as e:
+            raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+        return await run_service_call(service, user, method, *args)
 
 
 def _reason(e: AtomscaleError) -> str:
@@ -407,9 +440,28 @@ ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
 """(path template relative to the API prefix, handler); the OpenAPI paths must match these."""
 
 
-def _pattern(template: str) -> str:
-    return API_PREFIX + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.replace(".", r"\."))
+def _pattern(template: str, prefix: str = API_PREFIX) -> str:
+    return prefix + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.replace(".", r"\."))
 
 
-default_handlers = [(_pattern(t), h) for t, h in ROUTES]
+def host_handlers(base: type, prefix: str = API_PREFIX) -> list[tuple[str, type]]:
+    """``(URL pattern, handler class)`` of every route in :data:`ROUTES`, each route class
+    combined with the host ``base`` (routes first, so their methods win)."""
+    out = []
+    for template, route in ROUTES:
+        cls = type(route.__name__, (route, base), {"__doc__": route.__doc__,
+                                                     "__module__": route.__module__})
+        out.append((_pattern(template, prefix), cls))
+    return out
 
+
+_HOSTED: dict[str, list] = {}
+
+
+def __getattr__(name: str):
+    # ``default_handlers`` is built on first use, after every route of this module is defined.
+    if name == "default_handlers":
+        if name not in _HOSTED:
+            _HOSTED[name] = host_handlers(JupyterApiHandler)
+        return _HOSTED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,9 +6,11 @@ The extension never talks to the key registry or the context store itself: it as
 - :class:`LocalAccess` (single-user mode, ``atomscale-lab lab ORG``): the person running the server
   holds the root key and owns the vault, so every authenticated user of that server gets every
   permission.
-- ``atomscale_lab.hub.access.HubAccess`` (JupyterHub mode): the key comes from the hub key service
-  with the server's own token, context joins go through the hub context service, audit events to the
-  hub, permissions from the user's hub scopes.
+- ``atomscale_lab.hub.services.data.DataServerAccess`` (JupyterHub mode, in the org's data server
+  ``atomscale-data-<org>``): the key comes from the hub key service with the data server's service
+  token, heads from the deployment registry through it, context joins go through the hub context
+  service with the caller's token, audit events to the hub naming the caller, permissions from the
+  caller's hub scopes. Users' servers hold no key (``atomscale_lab.hub.forward``).
 
 The extension picks the class with ``c.AtomscaleLab.access_class`` (an import string) and builds it
 as ``cls(org, **c.AtomscaleLab.access_kwargs)``.

@@ -689,7 +689,9 @@ class Table:
         line = _canon(dict(body, sig=_b64(signature)))
         _mkdirs(self._log_path.parent)
         new_file = not self._log_path.exists()
-        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # group-writable within the umask: in hub mode the folder's group is the org's
+        # data-server account, which reads (and for data:write appends to) logs others created
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
         try:
             if os.fstat(fd).st_size != state.size:
                 # An unfinished line of a crashed writer: cut it off before appending.
@@ -788,7 +790,7 @@ class Table:
 
         def __enter__(self):
             _mkdirs(self.table._lock_path.parent)
-            self.fd = os.open(self.table._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = os.open(self.table._lock_path, os.O_RDWR | os.O_CREAT, 0o660)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
             return self
 

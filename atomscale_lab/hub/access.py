@@ -1,18 +1,23 @@
-"""HubAccess: the server extension's :class:`~atomscale_lab.sources.OrgAccess` on JupyterHub.
+"""HubAccess: what a hub-spawned user server knows of its org — and it holds no key.
 
-A hub-spawned user server holds no root key and no key registry. With its own
-``JUPYTERHUB_API_TOKEN`` (whose scopes the hub derived from its owner's roles) it
+In hub mode the org's data is decrypted only by the org's data server (the hub service
+``atomscale-data-<org>``, :mod:`atomscale_lab.hub.services.data`). A user's server is a thin
+pass-through: the extension forwards ``/user/<name>/atomscale/api/v1/*`` to the data server with
+the server's own ``JUPYTERHUB_API_TOKEN`` (whose scopes the hub derived from its owner's roles),
+so permission checks and audit events there name the owner (:mod:`atomscale_lab.hub.forward`).
+:class:`HubAccess` gives the forwarder its target (:attr:`HubAccess.data_url`), token and CA
+bundle, and
 
-- fetches the org's data keys from the ``atomscale-keys`` service (audited there as
-  ``key.release``), once, into memory;
+- posts the server's own audit events (refused access) to the ``atomscale-keys`` service, which
+  records them with the token's owner as actor;
 - asks the ``atomscale-context`` service for context labels (the context key stays there);
-- posts its audit events to the ``atomscale-keys`` service, which records them in the org's log
-  with the token's owner as actor;
 - derives its owner's permissions from the token's ``custom:atomscale:*!group=org:<org>`` scopes.
+
+It never fetches keys: ``atomscale-keys`` releases them to service identities only.
 
 Services are reached through the hub's public (proxy) URL over https, verified with the
 deployment's CA bundle. The environment the spawner sets: ``ATOMSCALE_ORG``,
-``ATOMSCALE_HUB_PUBLIC_URL``, ``ATOMSCALE_CA_BUNDLE``, ``ATOMSCALE_DATA_ROOT``,
+``ATOMSCALE_HUB_PUBLIC_URL``, ``ATOMSCALE_CA_BUNDLE``, ``ATOMSCALE_DATA_URL``,
 ``ATOMSCALE_REGION``; the hub sets ``JUPYTERHUB_API_TOKEN`` and ``JUPYTERHUB_USER``.
 """
 
@@ -24,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -34,7 +40,10 @@ from ..errors import (
     PermissionDenied,
     ValidationError,
 )
-from .roles import permissions_from_scopes
+from .roles import data_service_name, permissions_from_scopes
+
+if TYPE_CHECKING:
+    from ..store import HeadStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,25 @@ def _env(name: str, default: str | None = None) -> str:
     if not value:
         raise ConfigError(f"${name} is not set: this server was not started by the atomscale hub")
     return value
+
+
+def answer(status: int, reason: str, body: bytes, service: str | None):
+    """A service's JSON answer, or the matching atomscale error for a refusal or failure."""
+    import json
+
+    if status < 300:
+        return json.loads(body) if body else None
+    try:
+        message = json.loads(body).get("message") or reason
+    except (ValueError, AttributeError):
+        message = reason
+    if status in (401, 403):
+        raise PermissionDenied(f"{service or 'hub'}: {message}")
+    if status == 404:
+        raise NotFound(f"{service or 'hub'}: {message}")
+    if status == 400:
+        raise ValidationError(f"{service or 'hub'}: {message}")
+    raise KeyUnavailable(f"{service or 'hub'} answered {status}: {message}")
 
 
 class HubAuditSink:
@@ -64,12 +92,13 @@ class HubAuditSink:
 
 
 class HubAccess:
-    """:class:`~atomscale_lab.sources.OrgAccess` backed by the hub and its services."""
+    """:class:`~atomscale_lab.sources.OrgAccess` of a hub user's server: a pass-through to the
+    org's data server (see the module docstring); it holds no key."""
 
     def __init__(self, org: str, *, hub_url: str | None = None, token: str | None = None,
                  ca_bundle: str | None = None, data_root: str | None = None,
                  region: str | None = None, owner: str | None = None, timeout: float = 30,
-                 permissions_ttl: float = 60):
+                 permissions_ttl: float = 60, data_url: str | None = None):
         server_org = os.environ.get("ATOMSCALE_ORG")
         if server_org and org != server_org:
             raise PermissionDenied(f"this server serves org {server_org!r}, not {org!r}")
@@ -77,11 +106,15 @@ class HubAccess:
         self.hub_url = (hub_url or _env("ATOMSCALE_HUB_PUBLIC_URL")).rstrip("/")
         self._token = token or _env("JUPYTERHUB_API_TOKEN")
         self.ca_bundle = ca_bundle or os.environ.get("ATOMSCALE_CA_BUNDLE") or True
-        self.data_root = Path(data_root or _env("ATOMSCALE_DATA_ROOT"))
+        root = data_root or os.environ.get("ATOMSCALE_DATA_ROOT")
+        self.data_root = Path(root) if root else None
         self.region = region or os.environ.get("ATOMSCALE_REGION", "us")
         self.owner = owner or _env("JUPYTERHUB_USER")
         self.timeout = timeout
         self.permissions_ttl = permissions_ttl
+        url = data_url or os.environ.get("ATOMSCALE_DATA_URL") or \
+            f"{self.hub_url}/services/{data_service_name(org)}/atomscale/api/v1/"
+        self.data_url = url if url.endswith("/") else url + "/"
         self._perm_cache: tuple[float, set[str]] | None = None
         self._lock = threading.Lock()
         self._session = requests.Session()
@@ -91,7 +124,22 @@ class HubAccess:
         self._audit = HubAuditSink(self)
 
     def __repr__(self) -> str:
-        return f"HubAccess(org={self.org!r}, hub={self.hub_url!r})"
+        return f"{type(self).__name__}(org={self.org!r}, hub={self.hub_url!r})"
+
+    @property
+    def token(self) -> str:
+        """This process's hub token (sent only to the hub's own services, over https)."""
+        return self._token
+
+    @property
+    def session(self):
+        """The keep-alive ``requests`` session to the hub's public URL (thread-safe pool)."""
+        return self._session
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA bundle file verifying the hub's public URL (None: the system's)."""
+        return self.ca_bundle if isinstance(self.ca_bundle, str) else None
 
     # ------------------------------------------------------------------ HTTP
 
@@ -100,47 +148,28 @@ class HubAccess:
             return f"{self.hub_url}/hub/api/{path}"
         return f"{self.hub_url}/services/{service}/{path}"
 
-    def _call(self, method: str, service: str | None, path: str, **kw):
+    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None,
+              **kw):
         try:
             r = self._session.request(method, self._url(service, path), timeout=self.timeout,
                                       verify=self.ca_bundle,
-                                      headers={"Authorization": f"token {self._token}"}, **kw)
+                                      headers={"Authorization": f"token {token or self._token}"},
+                                      **kw)
         except requests.RequestException as e:
             raise KeyUnavailable(f"the hub service {service or 'api'} is unreachable: "
                                  f"{type(e).__name__}") from None
-        if r.status_code < 300:
-            return r.json() if r.content else None
-        try:
-            message = r.json().get("message") or r.reason
-        except ValueError:
-            message = r.reason
-        if r.status_code in (401, 403):
-            raise PermissionDenied(f"{service or 'hub'}: {message}")
-        if r.status_code == 404:
-            raise NotFound(f"{service or 'hub'}: {message}")
-        if r.status_code == 400:
-            raise ValidationError(f"{service or 'hub'}: {message}")
-        raise KeyUnavailable(f"{service or 'hub'} answered {r.status_code}: {message}")
+        return answer(r.status_code, r.reason, r.content, service)
 
     # ------------------------------------------------------------------ OrgAccess
 
     def org_keys(self):
-        """The org's data keys from the key service (which audits the release)."""
-        from ..crypto import OrgKeys
+        """Never: a user's server holds no key (``atomscale-keys`` would refuse it anyway)."""
+        raise PermissionDenied("a user's server holds no key: the org's data server "
+                               f"{data_service_name(self.org)} serves its data")
 
-        doc = self._call("GET", KEYS_SERVICE, f"orgs/{self.org}/keys")
-        keys = OrgKeys.from_json(doc)
-        if keys.org != self.org:
-            raise KeyUnavailable("the key service released keys of another org")
-        return keys
-
-    def heads(self):
-        """Commit-log heads this server's account has seen (rollback defence across restarts)."""
-        from ..store import SqliteHeadStore
-
-        path = Path(os.environ.get("HOME", "~")).expanduser() / ".atomscale" / "heads.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return SqliteHeadStore(path)
+    def heads(self) -> HeadStore | None:
+        """None: commit-log heads are checked by the data server, against the central store."""
+        return None
 
     def audit(self):
         """The sink posting to the hub's key service."""

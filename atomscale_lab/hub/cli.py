@@ -112,7 +112,8 @@ def cmd_users_remove(args) -> int:
 
 
 def cmd_users_sync(args) -> int:
-    """Create the Unix accounts of an org's users and give its group the org's data folder."""
+    """Create the Unix accounts of an org's users and its data server's service account, and
+    give that account (only) the org's data folder."""
     from ..cli import open_vault
     from .users import ensure_unix_user, lock_home, share_org_data
 
@@ -241,7 +242,8 @@ def register(subparsers, org_subparsers) -> None:
     unix_opts(rm)
     _add_users_file(rm)
     rm.set_defaults(func=cmd_users_remove)
-    sy = us.add_parser("sync", help="create an org's Unix accounts and share its data folder")
+    sy = us.add_parser("sync", help="create an org's Unix accounts (users and its data "
+                                    "server's service account); hand it the org's data folder")
     sy.add_argument("org")
     sy.add_argument("--home-base", default="/home/atomscale")
     _add_users_file(sy)

@@ -20,7 +20,8 @@ from ..errors import ConfigError
 
 ENV_DEPLOYMENT = "ATOMSCALE_HUB_CONFIG"
 SERVICE_ENV = ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_KMS",
-               "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION")
+               "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION",
+               "ATOMSCALE_TOKEN_CACHE_SECONDS")
 
 
 def load_deployment(path: str | Path | None = None) -> dict:
@@ -66,10 +67,12 @@ def server_config_dir(state_dir: Path) -> Path:
     d = state_dir / "jupyter-config"
     d.mkdir(parents=True, exist_ok=True)
     cfg = {
-        # jupyter_lsp scans for language servers at every start; the workspace does not use it
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True, "jupyter_lsp": False,
+        # jupyter_lsp scans for language servers at every start; the workspace does not use it.
+        # User servers hold no key: instead of the in-process extension (atomscale_lab), the
+        # pass-through to the org's data server serves the same URLs.
+        "ServerApp": {"jpserver_extensions": {"atomscale_lab": False, "jupyter_lsp": False,
+                                              "atomscale_lab.hub.forward": True,
                                               "atomscale_lab.hub.server_audit": True}},
-        "AtomscaleLab": {"access_class": "atomscale_lab.hub.access.HubAccess"},
     }
     f = d / "jupyter_server_config.json"
     f.write_text(json.dumps(cfg, indent=1))
@@ -162,7 +165,6 @@ def configure(c, dep: dict | None = None) -> None:
     s.atomscale_env = {
         "ATOMSCALE_HUB_PUBLIC_URL": public_url,
         "ATOMSCALE_CA_BUNDLE": ca,
-        "ATOMSCALE_DATA_ROOT": str(settings.data_root),
         "ATOMSCALE_REGION": settings.region,
         "JUPYTER_CONFIG_PATH": str(server_config_dir(state)),
     }
@@ -173,12 +175,13 @@ def configure(c, dep: dict | None = None) -> None:
 
     env.update(kms_env())
     env["PYTHONUNBUFFERED"] = "1"
+    keys_socket = str(state / "keys.sock")
     py = str(Path(sys.executable))
     ports = hub.get("service_ports", {})
     c.JupyterHub.services = [
         {"name": "atomscale-keys", "url": f"https://127.0.0.1:{int(ports.get('keys', 8091))}",
-         "command": [py, "-m", "atomscale_lab.hub.services.keys"], "environment": env,
-         "display": False},
+         "command": [py, "-m", "atomscale_lab.hub.services.keys"],
+         "environment": {**env, "ATOMSCALE_KEYS_SOCKET": keys_socket}, "display": False},
         {"name": "atomscale-context",
          "url": f"https://127.0.0.1:{int(ports.get('context', 8092))}",
          "command": [py, "-m", "atomscale_lab.hub.services.context"], "environment": env,
@@ -186,6 +189,14 @@ def configure(c, dep: dict | None = None) -> None:
     ]
     if dep.get("ingest", {}).get("enabled"):
         c.JupyterHub.services.append(_ingest_service(dep, env, py))
+    # one data server per org, as the org's service account, from the servers' Python
+    data_ports = hub.get("data_ports", {})
+    run_as = bool(spawn.get("service_accounts", os.geteuid() == 0))
+    for info in _orgs(settings):
+        c.JupyterHub.services.append(_data_service(
+            info["name"], info.get("region") or settings.region, settings, public_url, ca,
+            str(Path(s.venv) / "bin" / "python"), data_ports.get(info["name"]), run_as,
+            keys_socket))
 
 
 def _orgs(settings) -> list[dict]:
@@ -211,9 +222,50 @@ def _vault_factory(settings):
     return get
 
 
+def _data_service(org: str, region: str, settings, public_url: str, ca: str, py: str,
+                  port: int | None, run_as: bool, keys_socket: str | None = None) -> dict:
+    """The hub service ``atomscale-data-<org>`` (see :mod:`atomscale_lab.hub.services.data`).
+
+    Its environment holds no secret: it gets the org's keys from ``atomscale-keys`` with the
+    service token the hub gives it.
+    """
+    import pwd
+
+    from .roles import data_service_name
+    from .stack import free_port
+    from .users import service_account
+
+    service = {
+        "name": data_service_name(org),
+        "url": f"https://127.0.0.1:{int(port or free_port())}",
+        "command": [py, "-m", "atomscale_lab.hub.services.data"],
+        "environment": {
+            "ATOMSCALE_ORG": org, "ATOMSCALE_DATA_ROOT": str(settings.data_root),
+            "ATOMSCALE_REGION": region, "ATOMSCALE_HUB_PUBLIC_URL": public_url,
+            "ATOMSCALE_CA_BUNDLE": ca, "PYTHONUNBUFFERED": "1",
+            # keys, heads and audit through the key service's Unix socket (identity: the
+            # service account); only when it runs as one
+            **({"ATOMSCALE_KEYS_SOCKET": keys_socket} if run_as and keys_socket else {}),
+        },
+        "display": False,
+    }
+    if run_as:
+        account = service_account(org)
+        try:
+            pwd.getpwnam(account)
+        except KeyError:
+            raise ConfigError(f"no Unix account {account} for the data server of org {org!r}: "
+                              f"run `atomscale-lab hub users sync {org}`") from None
+        service["user"] = account
+    return service
+
+
 def _ingest_service(dep: dict, env: dict, py: str) -> dict:
     ing = dep["ingest"]
     port = int(ing.get("port", 8093))
+    # umask 007: what ingest writes into data_root/<org> stays writable by the org's data server
+    # (group of the setgid folders), which appends for data:write
     return {"name": "atomscale-ingest", "url": f"https://127.0.0.1:{port}",
-            "command": [py, "-m", "atomscale_lab.ingest", *map(str, ing.get("args", []))],
+            "command": ["/bin/sh", "-c", 'umask 007 && exec "$0" "$@"', py, "-m",
+                        "atomscale_lab.ingest", *map(str, ing.get("args", []))],
             "environment": env, "display": False}

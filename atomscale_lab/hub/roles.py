@@ -86,6 +86,20 @@ def load_roles(orgs: list[str]) -> list[dict]:
     return roles
 
 
+DATA_SERVICE_PREFIX = "atomscale-data-"
+INGEST_SERVICE = "atomscale-ingest"
+
+
+def data_service_name(org: str) -> str:
+    """The hub service that serves ``org``'s data (``atomscale-data-<org>``)."""
+    return f"{DATA_SERVICE_PREFIX}{org}"
+
+
+def key_holders(org: str) -> frozenset[str]:
+    """The hub service identities that may receive ``org``'s keys: its data server and ingest."""
+    return frozenset({data_service_name(org), INGEST_SERVICE})
+
+
 def org_roles_of(groups) -> dict[str, set[str]]:
     """``{org: {role, ...}}`` from hub group names (``<org>:<role>``)."""
     out: dict[str, set[str]] = {}

@@ -5,9 +5,10 @@
 - The org comes from the user's ``org:<org>`` hub group (exactly one).
 - The server's environment is built from scratch: the project's virtual environment (made from a
   Python every Unix user can execute), the org, the hub's public URL and CA bundle. The root key,
-  the org's data key and every other ``ATOMSCALE_*`` secret are never passed: the server fetches
-  its org's data key from the ``atomscale-keys`` service with its own token.
-- New files are created with umask 007 (group = the org, via the setgid data folders).
+  any data key, the data root and every other ``ATOMSCALE_*`` secret are never passed: the server
+  holds no key and forwards its REST API to the org's data server (``atomscale-data-<org>``).
+- The account has no access to the data or context roots (they belong to service accounts).
+- New files are created with umask 007.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ here prints a password hash or a TOTP secret.
 
 Every hub user's server runs as its own Unix user (``as-<hub name>``), in the Unix group of its org
 (``as-org-<org>``): servers of different orgs cannot read each other's process environment or files.
+Each org's data server runs as the org's service account (:func:`service_account`, its own user and
+group), which owns ``data_root/<org>``; no user account has any access there.
 """
 
 from __future__ import annotations
@@ -153,6 +155,32 @@ def org_group(org: str) -> str:
     return f"as-org-{org}"[:32]
 
 
+def service_account(org: str) -> str:
+    """The Unix account (and group) of ``org``'s data server; owns ``data_root/<org>``.
+
+    Derived from :func:`org_group` (same length, different prefix), so it is as unique per org.
+    """
+    return "as-svc-" + org_group(org)[len("as-org-"):]
+
+
+def ensure_service_account(org: str) -> tuple[int, int]:
+    """Create the org's service account and its group if missing (no login, no home); returns
+    ``(uid, gid)``. Needs root."""
+    name = service_account(check_name(org, "org"))
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--gid", name, "--shell", "/usr/sbin/nologin", "--comment",
+                        f"atomscale-lab data server of {org}", name],
+                       check=True, capture_output=True)
+    return pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
+
+
 def ensure_org_group(org: str) -> int:
     """Create the org's Unix group if missing; returns its gid."""
     name = org_group(check_name(org, "org"))
@@ -196,31 +224,37 @@ def remove_unix_user(hub_user: str) -> None:
 
 
 def lock_home(settings) -> None:
-    """Make the deployment home traversable by the servers' accounts but nothing else in it
-    readable: home ``0711``; registry, audit logs, context root and IdP files private."""
+    """Make the deployment home traversable by the data servers' accounts but nothing else in it
+    readable: home and data root ``0711``; registry, audit logs, context root and IdP files
+    private to the hub's account."""
     home = Path(settings.home)
     os.chmod(home, 0o711)  # noqa: S103 - traverse only, to reach the data root
     for p, mode in ((settings.registry_path, 0o600), (settings.audit_root, 0o700),
-                    (settings.context_root, 0o700), (home / "idp", 0o700)):
+                    (settings.context_root, 0o700), (home / "idp", 0o700),
+                    (settings.data_root, 0o711)):
         if Path(p).exists():
             os.chmod(p, mode)
 
 
-def share_org_data(data_root: str | Path, org: str, gid: int | None = None) -> None:
-    """Give the org's Unix group (and nobody else) access to ``data_root/<org>``.
+def share_org_data(data_root: str | Path, org: str, uid: int | None = None,
+                   gid: int | None = None) -> None:
+    """Give ``data_root/<org>`` to the org's service account (and nobody else).
 
-    Directories become ``2770`` (new files inherit the group), files ``0660``; ``data_root`` itself
-    is traversable (``0711``) but not listable, so one org's users cannot see other orgs' names.
+    Owner: the service account; group: its own group (no user account is a member), so files the
+    hub's writers (ingest, admin CLI) create there are readable by the data server. Directories
+    become ``2770`` (new files inherit the group), files ``0660``; ``data_root`` itself is
+    traversable (``0711``) but not listable. Without ``uid``/``gid`` the account is created.
     """
-    gid = ensure_org_group(org) if gid is None else gid
+    if uid is None or gid is None:
+        uid, gid = ensure_service_account(org)
     root = Path(data_root)
     org_dir = root / org
     org_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711)  # noqa: S103 - traversable, not listable
     for dirpath, _dirnames, filenames in os.walk(org_dir):
-        os.chown(dirpath, 0, gid)
-        os.chmod(dirpath, 0o2770)  # noqa: S103 - the org's group only
+        os.chown(dirpath, uid, gid)
+        os.chmod(dirpath, 0o2770)  # noqa: S103 - the service account and its group only
         for f in filenames:
             p = os.path.join(dirpath, f)
-            os.chown(p, 0, gid)
+            os.chown(p, uid, gid)
             os.chmod(p, 0o660)

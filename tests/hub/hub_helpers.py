@@ -110,3 +110,74 @@ def fresh_totp(idp_users, username):
         return totp.at(step * 30)
 
     return code
+
+
+def final_status(s, url, token=None) -> tuple[int, str]:
+    """GET ``url`` following every redirect (the hub's OAuth hand-offs included) with session
+    ``s`` (its cookies) and optionally a token; returns ``(final status, final URL)``."""
+    headers = {"Authorization": f"token {token}"} if token else {}
+    r = s.get(url, headers=headers, allow_redirects=True, timeout=60)
+    return r.status_code, r.url
+
+
+async def _execute(ws_url, token, ca, code, timeout) -> tuple[str, str]:
+    import asyncio
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    req = HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}, ca_certs=ca,
+                      request_timeout=timeout)
+    ws = await websocket_connect(req)
+    msg_id = uuid.uuid4().hex
+    await ws.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "",
+                   "session": uuid.uuid4().hex, "version": "5.3",
+                   "date": datetime.now(UTC).isoformat()},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+    }))
+    out, err = [], []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), max(deadline - time.monotonic(), 0.1))
+            if raw is None:
+                raise AssertionError("the kernel's websocket closed")
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                (out if content["name"] == "stdout" else err).append(content["text"])
+            elif kind == "error":
+                raise AssertionError("code failed in the kernel:\n"
+                                     + "\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(out), "".join(err)
+    finally:
+        ws.close()
+
+
+def run_in_kernel(hub_url, user, token, ca, code, timeout=120) -> str:
+    """Start a real kernel in ``user``'s running server (kernels REST API), run ``code`` there
+    (kernel websocket), stop the kernel; returns what the code printed on stdout."""
+    import asyncio
+
+    s = session(ca)
+    h = {"Authorization": f"token {token}"}
+    r = s.post(f"{hub_url}/user/{user}/api/kernels", headers=h, json={"name": "python3"},
+               timeout=60)
+    assert r.status_code == 201, (r.status_code, r.text[:300])
+    kid = r.json()["id"]
+    try:
+        ws_url = hub_url.replace("https://", "wss://", 1) + \
+            f"/user/{user}/api/kernels/{kid}/channels"
+        out, _err = asyncio.run(_execute(ws_url, token, ca, code, timeout))
+        return out
+    finally:
+        s.delete(f"{hub_url}/user/{user}/api/kernels/{kid}", headers=h, timeout=60)

@@ -9,8 +9,9 @@
 
 Per-user Unix accounts without touching the host: the hub runs inside ``unshare -m`` with
 ``/etc/passwd`` and ``/etc/group`` bind-mounted from copies that add one account per hub user
-(uids from 200000, distinct per run) and one group per org; homes and the org data folders are
-owned by those numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
+(uids from 200000, distinct per run), one group per org and one service account per org (its
+data server's, which owns the org's data folder); homes and data folders are owned by those
+numeric ids. Outside the namespace the tests use the numeric ids (``setpriv``).
 Needs root (the hub setuids to the accounts) and Node with ``idp/node_modules`` installed.
 """
 
@@ -35,7 +36,14 @@ import hub_helpers as helpers  # noqa: E402
 
 from atomscale_lab.hub.roles import ROLES  # noqa: E402
 from atomscale_lab.hub.stack import REPO, hub_process, idp_process, init_stack  # noqa: E402
-from atomscale_lab.hub.users import IdpUsers, lock_home, share_org_data, unix_name  # noqa: E402
+from atomscale_lab.hub.users import (  # noqa: E402
+    IdpUsers,
+    lock_home,
+    org_group,
+    service_account,
+    share_org_data,
+    unix_name,
+)
 
 ORGS = ("acme", "beta")
 ROLE_USER = {"org-admin": "admin", "scientist": "scientist", "viewer": "viewer",
@@ -71,6 +79,8 @@ class Stack:
     logs: Path
     sessions: dict = field(default_factory=dict)
     idp_restart: object = None
+    services: dict = field(default_factory=dict)
+    """``{org: Account}`` of the orgs' data-server service accounts."""
 
     def restart_idp(self) -> tuple[str, str]:
         """Stop the identity provider by pid and start it again (new signing key and kid);
@@ -124,13 +134,17 @@ def _cli(*args, env):
     return r.stdout
 
 
-def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]:
-    """passwd/group copies with one account per hub user and one group per org."""
+def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict, dict]:
+    """passwd/group copies with one account per hub user, one group per org and one service
+    account (user and group) per org."""
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
     assert len(groups) < 10 and len(users) < 40
     accounts = {}
-    names = {unix_name(u) for u in users}
-    gnames = {f"as-org-{org}" for org in groups}
+    services = {org: Account(service_account(org), UID_BASE + 40 + i, UID_BASE + 40 + i,
+                             Path("/nonexistent"))
+                for i, org in enumerate(sorted(groups))}
+    names = {unix_name(u) for u in users} | {a.name for a in services.values()}
+    gnames = {org_group(org) for org in groups} | {a.name for a in services.values()}
     # Accounts of the same names on the host (e.g. from `make demo`) are hidden, not reused.
     passwd = [ln for ln in Path("/etc/passwd").read_text().splitlines()
               if ln and ln.split(":")[0] not in names]
@@ -148,12 +162,16 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict]
         accounts[user] = Account(name, uid, groups[org], home)
         passwd.append(f"{name}:x:{uid}:{groups[org]}:atomscale-lab {user}:{home}:/usr/sbin/nologin")
     for org, gid in groups.items():
-        group.append(f"as-org-{org}:x:{gid}:")
+        group.append(f"{org_group(org)}:x:{gid}:")
+    for org, acc in services.items():
+        passwd.append(f"{acc.name}:x:{acc.uid}:{acc.gid}:atomscale-lab data server of {org}:"
+                      f"{acc.home}:/usr/sbin/nologin")
+        group.append(f"{acc.name}:x:{acc.gid}:")
     (base / "passwd").write_text("\n".join(passwd) + "\n")
     (base / "group").write_text("\n".join(group) + "\n")
     os.chmod(base / "passwd", 0o644)
     os.chmod(base / "group", 0o644)
-    return base / "passwd", base / "group", accounts, groups
+    return base / "passwd", base / "group", accounts, groups, services
 
 
 def _wait_http(url, ca, timeout, proc, what, logs):
@@ -190,10 +208,11 @@ def _stop(pid: int, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def deployment(runs: int = 4, extra_users: dict | None = None):
-    """The deployment of the ``stack`` fixture as a context manager (also for bench/hub.py).
+def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
+    """The deployment of the ``stack`` fixture as a context manager (also for the benches).
 
-    ``extra_users`` adds identity-provider users ``{name: (org, role)}``.
+    ``extra_users`` adds identity-provider users ``{name: (org, role)}``; ``populate(vault)``, if
+    given, may create more orgs and data before the hub starts (a vault opened with the root key).
     """
     base = Path(tempfile.mkdtemp(prefix="atomscale-hub-"))
     os.chmod(base, 0o755)
@@ -212,6 +231,16 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     for org in ORGS:
         _cli("org", "create", org, "--region", "us", env=env)
         _cli("demo-data", org, "--runs", str(runs), "--points", "120", env=env)
+    if populate is not None:
+        from atomscale_lab.config import Settings
+        from atomscale_lab.crypto import LocalKms
+        from atomscale_lab.vault import Vault
+
+        v = Vault(Settings.load(home), kms=LocalKms(key))
+        try:
+            populate(v)
+        finally:
+            v.close()
 
     idp = IdpUsers(home / "idp" / "users.json")
     passwords, owners = {}, {}
@@ -227,11 +256,11 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     passwords["acme-nomfa"] = idp.add("acme-nomfa", "acme", "scientist", mfa=False)
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"
-    passwd, group, accounts, groups = _overlay(base, owners)
+    passwd, group, accounts, groups, services = _overlay(base, owners)
     from atomscale_lab.config import Settings
 
-    for org in ORGS:
-        share_org_data(home / "data", org, gid=groups[org])
+    for org, acc in services.items():
+        share_org_data(home / "data", org, uid=acc.uid, gid=acc.gid)
     lock_home(Settings.load(home))
 
     st = init_stack(base / "stack", home)
@@ -252,7 +281,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
     hub_proc = subprocess.Popen(wrapped, env=henv, cwd=state, stdout=hub_log,
                                 stderr=subprocess.STDOUT)
     s = Stack(st=st, base=base, home=home, idp=idp, passwords=passwords, accounts=accounts,
-              groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs)
+              groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs,
+              services=services)
     procs = {"idp": idp_proc}
 
     def kid():
@@ -274,6 +304,9 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
                    s.log_tail)
         _wait_http(f"{st.public_url}/services/atomscale-context/health", st.ca, 120, hub_proc,
                    "hub", s.log_tail)
+        for org in services:
+            _wait_http(f"{st.public_url}/services/atomscale-data-{org}/health", st.ca, 60,
+                       hub_proc, f"data server of {org}", s.log_tail)
         yield s
     finally:
         _stop(hub_proc.pid)
@@ -283,7 +316,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None):
         # The hub stops its proxy, services and servers; if it could not (killed), end what is
         # left of this deployment: processes of our accounts, or whose command line or
         # environment names this deployment's folder.
-        leftovers = {pid for acc in accounts.values() for pid in _pids_of_uid(acc.uid)}
+        leftovers = {pid for acc in [*accounts.values(), *services.values()]
+                     for pid in _pids_of_uid(acc.uid)}
         leftovers |= _pids_mentioning(str(base))
         for pid in leftovers - {os.getpid()}:
             try:

@@ -26,6 +26,7 @@ def deployment(tmp_path, vault):
     dep["tls"] = {"cert": str(certs.cert), "key": str(certs.key), "ca": str(certs.ca)}
     dep["atomscale"]["home"] = str(vault.settings.home)
     dep["spawner"]["venv"] = str(tmp_path / "venv")
+    dep["spawner"]["service_accounts"] = False  # no Unix accounts in this test
     return dep
 
 
@@ -36,8 +37,18 @@ def test_example_deployment_configures_tls_everywhere_and_org_roles(deployment, 
     assert c.JupyterHub.bind_url.startswith("https://")
     assert c.JupyterHub.internal_ssl is True
     assert c.ConfigurableHTTPProxy.api_url.startswith("https://")
-    assert {s["name"] for s in c.JupyterHub.services} == {"atomscale-keys", "atomscale-context",
-                                                          "atomscale-ingest"}
+    assert {s["name"] for s in c.JupyterHub.services} == {
+        "atomscale-keys", "atomscale-context", "atomscale-ingest", "atomscale-data-acme",
+        "atomscale-data-beta"}
+    # the data servers: no secret in their environment, the servers' Python, one org each
+    data = {s["name"]: s for s in c.JupyterHub.services if s["name"].startswith("atomscale-data")}
+    for org in ("acme", "beta"):
+        svc = data[f"atomscale-data-{org}"]
+        assert svc["environment"]["ATOMSCALE_ORG"] == org
+        assert not [k for k in svc["environment"] if "ROOT_KEY" in k or "KMS" in k]
+        assert svc["command"][0] == str(Path(deployment["spawner"]["venv"]) / "bin" / "python")
+    # user servers are not told where the data root is
+    assert "ATOMSCALE_DATA_ROOT" not in c.AtomscaleSpawner.atomscale_env
     assert all(s["url"].startswith("https://") for s in c.JupyterHub.services)
     assert {r["name"] for r in c.JupyterHub.load_roles} == {
         f"{o}-{r}" for o in ("acme", "beta") for r in ("org-admin", "scientist", "viewer",
@@ -63,3 +74,12 @@ def test_missing_settings_are_named(deployment):
 def test_missing_deployment_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no deployment file"):
         load_deployment(tmp_path / "nope.toml")
+
+
+def test_data_servers_need_their_service_accounts(deployment, monkeypatch):
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET", "s3cret-value")
+    deployment["spawner"]["service_accounts"] = True
+    deployment["hub"]["data_ports"] = {"acme": 18101, "beta": 18102}
+    monkeypatch.setattr("atomscale_lab.hub.users.org_group", lambda org: f"as-org-zz{org}")
+    with pytest.raises(ConfigError, match=r"as-svc-zzacme.*hub users sync acme"):
+        configure(Config(), deployment)

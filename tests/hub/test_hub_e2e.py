@@ -1,11 +1,16 @@
-"""End-to-end: OIDC + MFA login, spawn as per-user Unix accounts, data through the server
-extension, and every cross-org and least-privilege refusal, audited."""
+"""End-to-end: OIDC + MFA login, spawn as per-user Unix accounts, data through the per-org data
+server (directly and through the user server's pass-through), and every cross-org and
+least-privilege refusal — from browsers, tokens, a kernel and the Unix accounts — audited."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import hub_helpers as helpers
@@ -36,13 +41,22 @@ def test_mfa_login_spawns_server_and_reads_data(stack, running):
             params={"max_points": 50})
     assert r.status_code == 200, r.text
     assert r.json()["data"], "no process data came back"
-    # the key came from the key service, released to this user's server and audited
-    released = stack.audit_events("acme", actor=user, action="key.release")
-    assert any(e["outcome"] == "allowed" for e in released), events_json(released)
+    # the user's server holds no key: the org's data server got it, with its service identity
+    released = stack.audit_events("acme", action="key.release")
+    allowed = {e["actor"] for e in released if e["outcome"] == "allowed"}
+    assert allowed == {"service:atomscale-data-acme"}, events_json(released)
+    # the reads were served and audited by the data server, naming the user
     reads = stack.audit_events("acme", actor=user, action="data.read")
     assert reads, "data reads through the server are not audited"
+    assert {e["detail"].get("via") for e in reads} == {"atomscale-data-acme"}, events_json(reads)
     logins = stack.audit_events("acme", actor=user, action="auth.login")
     assert any(e["outcome"] == "allowed" for e in logins)
+    # the audit route: a scientist sees its own events only (through the data server)
+    r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/audit", params={"limit": 50})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["scope"] == "own" and doc["events"]
+    assert {e["actor"] for e in doc["events"]} == {user}
 
 
 def test_context_join_through_service(stack, running):
@@ -129,12 +143,17 @@ def test_role_of_org_a_is_refused_everything_of_org_b(stack, logged_in, running,
     victim = "beta-scientist"
     running(victim)
     before = len(stack.audit_events("beta", actor=attacker))
-    # org B's server and its REST API
+    session, _ = logged_in(attacker)
+    # org B's server and its REST API, with the attacker's token and its logged-in browser
+    # session: every OAuth hand-off is followed to its end, which must be a refusal
     for path in ("/atomscale/api/v1/status", "/atomscale/api/v1/runs", "/api/contents"):
-        r = api(stack, token, "GET", f"/user/{victim}{path}")
-        assert r.status_code in (302, 403), (path, r.status_code, r.text[:200])
-        if r.status_code == 302:  # sent to the hub's OAuth, which will not grant access
-            assert "/hub/api/oauth2/authorize" in r.headers["Location"]
+        for tok in (token, None):
+            code, final = helpers.final_status(session, f"{stack.url}/user/{victim}{path}", tok)
+            assert code == 403, (path, bool(tok), code, final)
+    # org B's data server directly
+    for path in ("status", "runs", "tables/process/runs?format=arrow"):
+        r = api(stack, token, "GET", f"/services/atomscale-data-beta/atomscale/api/v1/{path}")
+        assert r.status_code == 403, (path, r.status_code, r.text[:200])
     # org B's key service
     r = api(stack, token, "GET", "/services/atomscale-keys/orgs/beta/keys")
     assert r.status_code == 403, r.text
@@ -151,6 +170,7 @@ def test_role_of_org_a_is_refused_everything_of_org_b(stack, logged_in, running,
     actions = {(e["action"], e["outcome"]) for e in after[: len(after) - before]}
     assert ("key.release", "denied") in actions, events_json(after)
     assert ("context.join", "denied") in actions, events_json(after)
+    assert ("auth.server", "denied") in actions, events_json(after)  # B's data server
     # the refusals at B's server (its REST API included) are in B's log too, naming the caller
     server_denials = [e for e in stack.audit_events("beta", actor=victim, action="auth.server")
                       if e["detail"].get("reported_actor") == attacker]
@@ -177,31 +197,79 @@ def test_support_account_gets_no_data_key_and_no_context(stack, logged_in, runni
     r = api(stack, token, "POST", "/services/atomscale-context/orgs/acme/join",
             json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"})
     assert r.status_code == 403
-    # its own server started, but holds no key and serves no data
+    # its own server started and forwards, but the data server serves it no data
     r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/runs")
-    assert r.status_code in (403, 503), r.text
+    assert r.status_code == 403, r.text
     events = stack.audit_events("acme", actor=user)
-    assert ("key.release", "denied") in {(e["action"], e["outcome"]) for e in events}
+    pairs = {(e["action"], e["outcome"]) for e in events}
+    assert ("key.release", "denied") in pairs and ("data.read", "denied") in pairs
     # support may list the org's users (user management) but not other orgs'
     r = api(stack, token, "GET", "/hub/api/users")
     assert r.status_code == 200
     assert all(u["name"].startswith("acme-") for u in r.json())
-    # and may not take over a scientist's server or mint tokens for it
-    r = api(stack, token, "GET", "/user/acme-scientist/atomscale/api/v1/status")
-    assert r.status_code in (302, 403)
+    # and may not take over a scientist's server (OAuth hand-off followed) or mint tokens for it
+    running("acme-scientist")
+    session, _ = logged_in(user)
+    code, final = helpers.final_status(
+        session, f"{stack.url}/user/acme-scientist/atomscale/api/v1/status", token)
+    assert code == 403, (code, final)
     r = api(stack, token, "POST", "/hub/api/users/acme-scientist/tokens", json={})
     assert r.status_code in (403, 404)
 
 
-def test_viewer_reads_but_cannot_join_context(stack, logged_in):
+def _concrete(template: str) -> str:
+    return (template.replace("{run_id}", "R-00001").replace("{item_id}", "M-00001-xrd")
+            .replace("{category}", "process").replace("{name}", "runs"))
+
+
+def test_support_reads_no_data_through_any_route(stack, running):
+    from atomscale_lab.handlers import ROUTES
+
+    user = "acme-support"
+    token = running(user)
+    before = len(stack.audit_events("acme", actor=user, action="data.read"))
+    refused = 0
+    for template, handler in ROUTES:
+        for method in ("get", "post", "put", "patch", "delete"):
+            if method not in vars(handler):
+                continue
+            kw = {"json": {"run_ids": ["R-00001"], "fields": ["film"], "purpose": "probe"}} \
+                if method != "get" else {}
+            for base in (f"/user/{user}/atomscale/api/v1/",
+                         "/services/atomscale-data-acme/atomscale/api/v1/"):
+                r = api(stack, token, method.upper(), base + _concrete(template), **kw)
+                if template in ("status", "openapi.json"):
+                    # no data in either: the status names the role and holds no row counts
+                    assert r.status_code == 200, (template, r.text[:200])
+                    assert "categories" not in r.json() and "runs" not in r.json()
+                else:
+                    assert r.status_code == 403, (base, template, method, r.status_code)
+                    assert r.headers["Content-Type"].startswith("application/json")
+                    refused += 1
+    assert refused >= 2 * (len(ROUTES) - 2)
+    denied = stack.audit_events("acme", actor=user, action="data.read")
+    assert len(denied) > before and all(e["outcome"] == "denied" for e in denied)
+
+
+def test_viewer_gets_no_key_and_cannot_join_context(stack, logged_in):
+    # the viewer's personal API token (made at /hub/token): no key, and the refusal is audited
     _, token = logged_in("acme-viewer")
     r = api(stack, token, "GET", "/services/atomscale-keys/orgs/acme/keys")
-    assert r.status_code == 200
+    assert r.status_code == 403, r.text
+    assert "keys" not in r.json()
+    denied = stack.audit_events("acme", actor="acme-viewer", action="key.release")
+    assert denied and denied[0]["outcome"] == "denied", events_json(denied)
+    assert denied[0]["detail"]["kind"] == "user"
     r = api(stack, token, "POST", "/services/atomscale-context/orgs/acme/join",
             json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"})
     assert r.status_code == 403
     denied = stack.audit_events("acme", actor="acme-viewer", action="context.join")
     assert denied and denied[0]["outcome"] == "denied"
+    # but reads through the data server, audited as the viewer
+    r = api(stack, token, "GET", "/services/atomscale-data-acme/atomscale/api/v1/runs")
+    assert r.status_code == 200 and r.json()["total"] >= 4
+    reads = stack.audit_events("acme", actor="acme-viewer", action="data.read")
+    assert reads and reads[0]["outcome"] == "allowed"
 
 
 def test_servers_of_different_orgs_cannot_read_each_other(stack, running):
@@ -303,3 +371,268 @@ def test_ingest_runs_as_hub_service_and_feeds_the_org_server(stack, running):
             break
         time.sleep(0.5)
     assert r.status_code == 200, r.text
+
+
+# --- least privilege inside the org: no key and no file in any user process -----------------
+
+KERNEL_ATTACK = r"""
+import glob, hashlib, json, os, re, ssl, urllib.error, urllib.request
+HEX = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+found = {}
+def harvest(source, text):
+    for m in HEX.finditer(text):
+        found.setdefault(m.group(0), source)
+for k, v in os.environ.items():
+    harvest("env:" + k, v)
+    if any(w in k for w in ("TOKEN", "SECRET", "KEY")) and v:
+        found.setdefault(v, "env:" + k)
+for p in glob.glob("/proc/[0-9]*/environ") + glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+        harvest(p, open(p, "rb").read().decode("latin-1"))
+    except OSError:
+        pass
+for root, dirs, files in os.walk(os.path.expanduser("~")):
+    for f in files:
+        try:
+            harvest(os.path.join(root, f), open(os.path.join(root, f), "rb").read(1 << 20)
+                    .decode("latin-1"))
+        except OSError:
+            pass
+hub, ca = os.environ["ATOMSCALE_HUB_PUBLIC_URL"], os.environ["ATOMSCALE_CA_BUNDLE"]
+ctx = ssl.create_default_context(cafile=ca)
+tried = {}
+for tok, source in found.items():
+    req = urllib.request.Request(hub + "/services/atomscale-keys/orgs/acme/keys",
+                                 headers={"Authorization": "token " + tok})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            code, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        code, body = e.code, e.read()
+    # tokens are never printed: a short hash names each
+    tried[hashlib.sha256(tok.encode()).hexdigest()[:12]] = [source, code, b'"keys"' in body]
+files = {}
+for path, is_dir in PATHS:
+    for op in (("listdir", "create") if is_dir else ("read", "append")):
+        try:
+            if op == "listdir":
+                os.listdir(path)
+            elif op == "read":
+                open(path, "rb").read(1)
+            elif op == "append":
+                open(path, "ab").close()
+            else:
+                open(os.path.join(path, "planted"), "wb").close()
+            files[path + ":" + op] = "ok"
+        except OSError as e:
+            files[path + ":" + op] = type(e).__name__
+import http.client, socket
+class UnixConn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(SOCKET)
+conn = UnixConn("localhost", timeout=30)
+conn.request("GET", "/services/atomscale-keys/orgs/acme/keys")
+r = conn.getresponse()
+via_socket = [r.status, b'"keys"' in r.read()]
+from atomscale_lab.client import Workspace
+ws = Workspace("acme")
+print(json.dumps({"tried": tried, "files": files, "runs": len(ws.runs()), "socket": via_socket,
+                  "env": sorted(k for k in os.environ if k.startswith("ATOMSCALE_"))}))
+"""
+
+
+def test_scientists_kernel_gets_no_key_and_no_file_but_reads_through_the_api(stack, running):
+    user = "acme-scientist"
+    token = running(user)
+    home = stack.home
+    log = home / "data" / "acme" / "process" / "runs" / "_log" / "commits.jsonl"
+    paths = [(str(p), p.is_dir()) for p in (home / "data", home / "data" / "acme", log.parent,
+                                             log, home / "context", home / "registry.sqlite")]
+    assert [d for _, d in paths] == [True, True, True, False, True, False]
+    before = len(stack.audit_events("acme", actor=user, action="key.release"))
+    sock = stack.st.root / "hub" / "state" / "keys.sock"
+    assert sock.is_socket()
+    out = helpers.run_in_kernel(stack.url, user, token, stack.ca,
+                                f"PATHS = {paths!r}\nSOCKET = {str(sock)!r}\n" + KERNEL_ATTACK,
+                                timeout=180)
+    doc = json.loads(out.strip().splitlines()[-1])
+    # the attack found the server's own token (in the kernel's environment and in /proc) ...
+    pid = server_pid(stack, user)
+    server_env = dict(kv.split(b"=", 1) for kv in
+                      open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in kv)
+    server_token = server_env[b"JUPYTERHUB_API_TOKEN"].decode()
+    tried = doc["tried"]
+    assert hashlib.sha256(server_token.encode()).hexdigest()[:12] in tried, tried
+    # ... and every token it found was refused the keys: valid ones with 403, audited
+    assert all(code in (401, 403) and not got for _src, code, got in tried.values()), tried
+    assert any(code == 403 for _src, code, _got in tried.values()), tried
+    denied = stack.audit_events("acme", actor=user, action="key.release")
+    assert len(denied) > before and all(e["outcome"] == "denied" for e in denied)
+    # the key service's Unix socket identifies the kernel by its account: refused
+    assert doc["socket"] == [401, False], doc["socket"]
+    # the files are out of reach: every listing, read and creation is refused
+    assert doc["files"] and set(doc["files"].values()) == {"PermissionError"}, doc["files"]
+    assert not (home / "data" / "acme" / "planted").exists()
+    # the kernel's environment names no data root; reading through the API works, audited
+    assert "ATOMSCALE_DATA_ROOT" not in doc["env"]
+    assert doc["runs"] >= 4
+    reads = stack.audit_events("acme", actor=user, action="data.read")
+    assert reads[0]["outcome"] == "allowed"
+    assert reads[0]["detail"]["via"] == "atomscale-data-acme"
+
+
+UNIX_ATTACK = r"""
+import json, os, sys
+paths = json.loads(sys.argv[1])
+res = {}
+def attempt(name, fn):
+    try:
+        fn()
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = type(e).__name__
+for d in paths["dirs"]:
+    attempt(d + ":list", lambda: os.listdir(d))
+    attempt(d + ":create", lambda: open(os.path.join(d, "planted"), "xb").close())
+    attempt(d + ":mkdir", lambda: os.mkdir(os.path.join(d, "planted-dir")))
+for f in paths["files"]:
+    attempt(f + ":read", lambda: open(f, "rb").read(1))
+    attempt(f + ":append", lambda: open(f, "ab").close())
+    attempt(f + ":truncate", lambda: os.truncate(f, 0))
+    attempt(f + ":chmod", lambda: os.chmod(f, 0o666))
+    attempt(f + ":rename", lambda: os.rename(f, f + ".moved"))
+    attempt(f + ":delete", lambda: os.unlink(f))
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.parametrize("role", ["viewer", "support", "scientist", "org-admin"])
+def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
+    user = stack.user("acme", role)
+    acc = stack.accounts[user]
+    data = stack.home / "data"
+    runs = data / "acme" / "process" / "runs"
+    dirs = [data, data / "acme", runs, runs / "_log", stack.home / "context",
+            data / "beta"]
+    files = [runs / "_log" / "commits.jsonl", *sorted(runs.rglob("*.parquet"))[:1],
+             *sorted((stack.home / "context").rglob("commits.jsonl"))[:1]]
+    assert len(files) == 3
+    snapshot = {f: (f.stat().st_size, f.stat().st_mode) for f in files}
+
+    def become():
+        os.setgroups([])
+        os.setgid(acc.gid)
+        os.setuid(acc.uid)
+
+    r = subprocess.run([sys.executable, "-I", "-c", UNIX_ATTACK,
+                        json.dumps({"dirs": [str(d) for d in dirs],
+                                    "files": [str(f) for f in files]})],
+                       preexec_fn=become, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res) == 3 * len(dirs) + 6 * len(files)
+    assert set(res.values()) == {"PermissionError"}, {k: v for k, v in res.items()
+                                                      if v != "PermissionError"}
+    assert {f: (f.stat().st_size, f.stat().st_mode) for f in files} == snapshot
+    # control: the org's data-server account does reach its own org's files
+    svc = stack.services["acme"]
+
+    def become_service():
+        os.setgroups([])
+        os.setgid(svc.gid)
+        os.setuid(svc.uid)
+
+    r = subprocess.run([sys.executable, "-I", "-c", "import sys; open(sys.argv[1],'rb').read(1)",
+                        str(files[0])], preexec_fn=become_service, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _data_server_pids(stack, org):
+    from hubstack import _pids_of_uid
+
+    out = []
+    for pid in _pids_of_uid(stack.services[org].uid):
+        try:
+            if b"atomscale_lab.hub.services.data" in open(f"/proc/{pid}/cmdline", "rb").read():
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def _restart_data_server(stack, org, timeout=90):
+    """Stop the org's data server by pid; the hub starts a fresh one (its poll is ≤ 30 s)."""
+    (old,) = _data_server_pids(stack, org)
+    os.kill(old, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    s = helpers.session(stack.ca)
+    while time.monotonic() < deadline:
+        pids = _data_server_pids(stack, org)
+        if pids and pids != [old]:
+            try:
+                r = s.get(f"{stack.url}/services/atomscale-data-{org}/health", timeout=5)
+                if r.status_code == 200:
+                    return pids[0]
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"the data server of {org} was not restarted\n{stack.log_tail()}")
+
+
+def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, running):
+    user = "acme-scientist"
+    token = running(user)
+    url = "/services/atomscale-data-acme/atomscale/api/v1/tables/tool_state/readings"
+    r = api(stack, token, "GET", url, params={"format": "arrow"})
+    assert r.status_code == 200
+    log = stack.home / "data" / "acme" / "tool_state" / "readings" / "_log" / "commits.jsonl"
+    old_log = log.read_bytes()
+    v = stack.vault()
+    try:
+        table = v.store("acme").table("tool_state/readings")
+        table.write(table.read().slice(0, 5), actor="e2e")
+    finally:
+        v.close()
+    new_log = log.read_bytes()
+    assert new_log != old_log
+    try:
+        log.write_bytes(old_log)  # the rollback: an older, valid log
+        pid = _restart_data_server(stack, "acme")
+        r = api(stack, token, "GET", url, params={"format": "arrow"})
+        assert r.status_code == 500, (r.status_code, r.text[:300])
+        assert "rolled back" in r.json()["message"]
+        assert _data_server_pids(stack, "acme") == [pid]  # the fresh one answered
+    finally:
+        log.write_bytes(new_log)  # the log the central heads name, for the tests that follow
+    r = api(stack, token, "GET", url, params={"format": "arrow"})
+    assert r.status_code == 200, r.text[:300]
+
+
+def _service_token(stack, org):
+    for pid in _data_server_pids(stack, org):
+        for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+            if kv.startswith(b"JUPYTERHUB_API_TOKEN="):
+                return kv.split(b"=", 1)[1].decode()
+    raise AssertionError(f"no data server of {org}")
+
+
+def test_data_server_serves_users_only_and_its_token_opens_only_its_orgs_keys(stack, running):
+    acme, beta = _service_token(stack, "acme"), _service_token(stack, "beta")
+    # a service token is no user: the data API refuses it
+    r = api(stack, acme, "GET", "/services/atomscale-data-acme/atomscale/api/v1/runs")
+    assert r.status_code == 403, r.text
+    # each data server's identity opens its own org's keys, never another org's (audited there)
+    r = api(stack, acme, "GET", "/services/atomscale-keys/orgs/acme/keys")
+    assert r.status_code == 200 and r.json()["org"] == "acme"
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/keys")
+    assert r.status_code == 403 and "keys" not in r.json()
+    denied = stack.audit_events("acme", actor="service:atomscale-data-beta", action="key.release")
+    assert denied and denied[0]["outcome"] == "denied", events_json(denied)
+    # nor another org's heads or audit log
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/heads",
+            params={"table": "process/runs@00000000"})
+    assert r.status_code == 403
+    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/audit")
+    assert r.status_code == 403

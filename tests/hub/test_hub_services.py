@@ -52,6 +52,11 @@ TOKENS = {
         "custom:atomscale:data:read!group=org:acme-evil", "custom:atomscale:data:read",
         "custom:atomscale:data:read!user=eve"]},
     "service": {"kind": "service", "name": "svc", "scopes": [org_scope("data:read", "acme")]},
+    "data-acme": {"kind": "service", "name": "atomscale-data-acme", "scopes": []},
+    "data-beta": {"kind": "service", "name": "atomscale-data-beta", "scopes": []},
+    "ingest": {"kind": "service", "name": "atomscale-ingest", "scopes": []},
+    "user-named-like-a-service": {"kind": "user", "name": "atomscale-data-acme", "scopes": [
+        org_scope("data:read", "acme")]},
 }
 
 
@@ -136,22 +141,71 @@ def call(services):
     return run
 
 
-def test_keys_released_only_with_the_exact_org_scope(call, vault):
-    code, doc = call("atomscale-keys", "orgs/acme/keys", "sci-acme")
-    assert code == 200 and doc["org"] == "acme" and doc["keys"]
-    assert call("atomscale-keys", "orgs/acme/keys", "view-acme")[0] == 200
-    for token in ("support-acme", "sci-beta", "lookalike", "service", "nope", None):
+def test_keys_released_only_to_the_orgs_service_identities(call, vault):
+    for token in ("data-acme", "ingest"):
+        code, doc = call("atomscale-keys", "orgs/acme/keys", token)
+        assert code == 200 and doc["org"] == "acme" and doc["keys"], token
+    # every user token (server, kernel, personal: all the same kind) and every other service
+    for token in ("sci-acme", "view-acme", "support-acme", "sci-beta", "lookalike", "service",
+                  "data-beta", "user-named-like-a-service", "nope", None):
         code, doc = call("atomscale-keys", "orgs/acme/keys", token)
         assert code in (401, 403), token
         assert "keys" not in (doc or {})
     events = vault.audit("acme").events(action="key.release", limit=50)
     outcomes = {(e["actor"], e["outcome"]) for e in events}
-    assert {("ann", "allowed"), ("vic", "allowed"), ("sup", "denied"), ("bob", "denied"),
-            ("eve", "denied")} <= outcomes
+    assert {("service:atomscale-data-acme", "allowed"), ("service:atomscale-ingest", "allowed"),
+            ("ann", "denied"), ("vic", "denied"), ("sup", "denied"), ("bob", "denied"),
+            ("eve", "denied"), ("service:atomscale-data-beta", "denied"),
+            ("atomscale-data-acme", "denied")} <= outcomes
+    assert not {a for a, o in outcomes if o == "allowed"} - {"service:atomscale-data-acme",
+                                                             "service:atomscale-ingest"}
+
+
+def test_heads_are_central_and_for_the_orgs_services_only(call, vault):
+    head = {"table": "process/runs@0123abcd", "seq": 3, "digest": "a" * 64}
+    assert call("atomscale-keys", "orgs/acme/heads?table=process/runs@0123abcd",
+                "data-acme") == (200, {"head": None})
+    assert call("atomscale-keys", "orgs/acme/heads", "data-acme", "POST", head)[0] == 200
+    older = dict(head, seq=2, digest="b" * 64)
+    assert call("atomscale-keys", "orgs/acme/heads", "data-acme", "POST", older)[0] == 200
+    # never backwards, and the same store the vault's own readers and writers use
+    code, doc = call("atomscale-keys", "orgs/acme/heads?table=process/runs@0123abcd",
+                     "data-acme")
+    assert (code, doc) == (200, {"head": [3, "a" * 64]})
+    assert vault.heads().get("acme", "process/runs@0123abcd") == (3, "a" * 64)
+    for token in ("sci-acme", "data-beta", "view-acme"):
+        assert call("atomscale-keys", "orgs/acme/heads?table=process/runs@0123abcd",
+                    token)[0] == 403, token
+        assert call("atomscale-keys", "orgs/acme/heads", token, "POST",
+                    dict(head, seq=9))[0] == 403, token
+    assert vault.heads().get("acme", "process/runs@0123abcd") == (3, "a" * 64)
+    code, _ = call("atomscale-keys", "orgs/acme/heads", "data-acme", "POST",
+                   dict(head, digest="not-hex"))
+    assert code == 400
+    denied = vault.audit("acme").events(action="heads.access", limit=50)
+    assert {"ann", "service:atomscale-data-beta"} <= {e["actor"] for e in denied}
+
+
+def test_data_server_records_events_of_its_callers(call, vault):
+    code, _ = call("atomscale-keys", "orgs/acme/audit", "data-acme", "POST",
+                   {"actor": "ann", "action": "data.read", "detail": {"rows": 3, "via": "x"}})
+    assert code == 201
+    ev = vault.audit("acme").events(action="data.read", limit=1)[0]
+    assert ev["actor"] == "ann" and ev["detail"]["via"] == "atomscale-data-acme"
+    # another org's data server, or a service that is no data server, cannot
+    assert call("atomscale-keys", "orgs/acme/audit", "data-beta", "POST",
+                {"actor": "ann", "action": "data.read"})[0] == 403
+    code, _ = call("atomscale-keys", "orgs/acme/audit", "data-acme", "POST",
+                   {"actor": "ann", "action": "key.release"})
+    assert code == 403  # nor forge key releases
+    code, doc = call("atomscale-keys", "orgs/acme/audit?actor=ann", "data-acme")
+    assert code == 200 and doc["events"] and {e["actor"] for e in doc["events"]} == {"ann"}
 
 
 def test_unknown_org_reveals_nothing(call):
     code, doc = call("atomscale-keys", "orgs/gamma/keys", "sci-acme")
+    assert code == 403
+    code, doc = call("atomscale-keys", "orgs/gamma/keys", "data-acme")
     assert code == 403
 
 

@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
+import struct
 from functools import cached_property
 
 from tornado import web
@@ -37,9 +39,10 @@ log = logging.getLogger("atomscale.hub.service")
 class Deps:
     """The service's HubAuth and Vault, given or loaded once in a thread."""
 
-    def __init__(self, vault=None, hub_auth=None):
+    def __init__(self, vault=None, hub_auth=None, need_vault: bool = True):
         self.vault = vault
         self.hub_auth = hub_auth
+        self.need_vault = need_vault
         self._loading: asyncio.Future | None = None
 
     def _load(self) -> None:
@@ -48,14 +51,14 @@ class Deps:
 
             self.hub_auth = HubAuth(cache_max_age=int(os.environ.get(
                 "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
-        if self.vault is None:
+        if self.vault is None and self.need_vault:
             from ...vault import Vault
 
             self.vault = Vault()
 
     async def ready(self) -> None:
         """Wait until both are available (loads them on first call)."""
-        if self.vault is not None and self.hub_auth is not None:
+        if (self.vault is not None or not self.need_vault) and self.hub_auth is not None:
             return
         if self._loading is None:
             self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
@@ -105,14 +108,42 @@ class ServiceHandler(web.RequestHandler):
             raise web.HTTPError(400, "the request body must be a JSON object")
         return doc
 
-    async def token_user(self) -> dict:
-        """The hub model of the token's owner (with the token's ``scopes``); 401 without one."""
+    def peer_uid(self) -> int | None:
+        """The uid of the process at the other end of a Unix-socket request (kernel-verified,
+        ``SO_PEERCRED``); None for a TCP request."""
+        sock = getattr(self.request.connection.stream, "socket", None)
+        if sock is None or sock.family != socket.AF_UNIX:
+            return None
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[1]
+
+    def peer_model(self, uid: int) -> dict | None:
+        """The identity of a Unix-socket peer (None: nobody; services override)."""
+        return None
+
+    async def token_owner(self) -> dict:
+        """The hub model of the token's owner, user or service (``kind``, ``name``, the token's
+        ``scopes``); 401 without a valid token. On the Unix socket the identity is the peer's
+        Unix account instead (:meth:`peer_model`); tokens are not looked at there."""
+        uid = self.peer_uid()
+        if uid is not None:
+            model = self.peer_model(uid)
+            if not model:
+                raise web.HTTPError(401, "this socket serves the orgs' data servers only")
+            return model
         header = self.request.headers.get("Authorization", "")
         match = self.hub_auth.auth_header_pat.match(header)
         if not match:
             raise web.HTTPError(401, "a hub API token is required (Authorization: token …)")
         model = await self.hub_auth.user_for_token(match.group(1), sync=False)
-        if not model or model.get("kind", "user") != "user":
+        if not model:
+            raise web.HTTPError(401, "the token is not valid")
+        return model
+
+    async def token_user(self) -> dict:
+        """The hub model of the token's owner (with the token's ``scopes``); 401 without one."""
+        model = await self.token_owner()
+        if model.get("kind", "user") != "user":
             raise web.HTTPError(401, "the token is not a valid user token")
         return model
 
@@ -167,21 +198,23 @@ class HealthHandler(web.RequestHandler):
 class ServiceApp:
     """Runs one service: prefix and port from the hub's environment, TLS when the hub asks."""
 
-    def __init__(self, name: str, routes: list):
+    def __init__(self, name: str, routes: list, socket_env: str | None = None):
         self.name = name
         self.routes = routes
+        self.socket_env = socket_env
+        """Environment variable naming a Unix socket to serve too (identity by peer account)."""
 
     @cached_property
     def prefix(self) -> str:
         """URL prefix the proxy forwards (``/services/<name>/``)."""
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.name}/")
 
-    def make_app(self, vault=None, hub_auth=None) -> web.Application:
+    def make_app(self, vault=None, hub_auth=None, need_vault: bool = True) -> web.Application:
         """The Tornado application (routes under the prefix); ``vault`` and ``hub_auth`` are
-        loaded on first use unless given."""
+        loaded on first use unless given (the vault only if ``need_vault``)."""
         handlers = [(self.prefix + "health", HealthHandler)]
         handlers += [(self.prefix + pattern, cls) for pattern, cls in self.routes]
-        return web.Application(handlers, deps=Deps(vault, hub_auth), name=self.name)
+        return web.Application(handlers, deps=Deps(vault, hub_auth, need_vault), name=self.name)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on: only
@@ -209,6 +242,15 @@ class ServiceApp:
             app = self.make_app()
             server = HTTPServer(app, ssl_options=self.ssl_context(), xheaders=True)
             server.listen(url.port, address=url.hostname or "127.0.0.1")
+            local = None
+            path = os.environ.get(self.socket_env) if self.socket_env else None
+            if path:
+                from tornado.netutil import bind_unix_socket
+
+                # anyone may connect; each request is identified by its peer's Unix account
+                local = HTTPServer(app)
+                local.add_socket(bind_unix_socket(path, mode=0o666))
+                log.info("%s listening on %s too", self.name, path)
             asyncio.ensure_future(app.settings["deps"].ready())
             log.info("%s listening on %s (TLS %s)", self.name, url.geturl(),
                      "on" if url.scheme == "https" else "off")
@@ -219,6 +261,9 @@ class ServiceApp:
             await stop.wait()
             log.info("%s stopping", self.name)
             server.stop()
+            if local is not None:
+                local.stop()
+                await asyncio.wait_for(local.close_all_connections(), 5)
             await asyncio.wait_for(server.close_all_connections(), 5)
 
         asyncio.run(main())
