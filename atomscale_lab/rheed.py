@@ -49,6 +49,9 @@ AMBIENT_SHUTTERS = ("as", "p", "sb", "n", "n_plasma", "n2", "o", "o2", "o_plasma
 """Shutter names (after ``shutter_``) that set the ambient (group V, chalcogen, gas) rather than
 start growth."""
 
+RHEED_CHANNEL = "rheed_specular_intensity"
+"""The process channel holding the specular-spot intensity."""
+
 DRIFT_TOLERANCE = 0.05
 """Default relative deviation of the measured rate from the recipe that flags a run."""
 
@@ -83,6 +86,10 @@ class RheedAnalysis:
     onset: float | None = None
     """Start of growth (s) as refined from the intensity, or None."""
     notes: list[str] = field(default_factory=list)
+    trace: pd.DataFrame | None = None
+    """The analysed trace (long frame) where the caller keeps it (``Workspace.rheed_result``)."""
+    shutters: pd.DataFrame | None = None
+    """The shutter states used, where the caller keeps them."""
 
 
 # --- growth windows ---------------------------------------------------------------------------
@@ -391,7 +398,7 @@ def _log_step(shutters: dict) -> float:
 def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
                    recipe_rate: float | None = None, ml_nm: float | None = None,
                    drift_tolerance: float = DRIFT_TOLERANCE,
-                   channel: str = "rheed_specular_intensity") -> RheedAnalysis:
+                   channel: str = RHEED_CHANNEL) -> RheedAnalysis:
     """:func:`analyze` on a run's long frames (``time, channel, value`` as from ``Workspace``).
 
     Times of the result are UTC timestamps. The recipe rate defaults to the median of the
@@ -401,6 +408,12 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
                           pd.DataFrame(columns=SUMMARY_COLUMNS))
     if process is None or process.empty or channel not in set(process["channel"]):
         empty.notes.append(f"no {channel} channel")
+        row = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
+        row.update(window=0, shutters="", layers_observed=0, drift=False, status="no RHEED",
+                   recipe_rate_ml_s=recipe_rate)
+        empty.windows = pd.DataFrame([row], columns=SUMMARY_COLUMNS)
+        for c in ("start", "end", "rheed_start", "rheed_end"):
+            empty.windows[c] = pd.Series([pd.NaT], dtype="datetime64[us, UTC]")
         return empty
     trace = process[process["channel"] == channel]
     times = pd.to_datetime(trace["time"], utc=True)
