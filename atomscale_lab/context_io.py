@@ -101,12 +101,17 @@ def read_labels(path) -> list[dict]:
     return out
 
 
+def _none_if_missing(v):
+    # a label read back through pandas comes as NaN where it was never set
+    return None if isinstance(v, float) and v != v else v
+
+
 def merge(current: dict | None, updates: dict) -> dict:
     """The label row after ``updates``: fields not named keep their current value; an empty
     string clears a field."""
     rec = {f: None for f in CONTEXT_FIELDS}
     if current:
-        rec.update({f: current.get(f) for f in CONTEXT_FIELDS})
+        rec.update({f: _none_if_missing(current.get(f)) for f in CONTEXT_FIELDS})
         for f in LIST_FIELDS:
             if rec[f] is not None:
                 rec[f] = [str(v) for v in rec[f]]
