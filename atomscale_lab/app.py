@@ -351,6 +351,47 @@ class OrgService:
         return {"labels": _frame_records(frame)}
 
 
+    def rheed(self, user: str, run_id: str, params: dict) -> dict:
+        """RHEED analysis of one run (:mod:`atomscale_lab.rheed`) with its trace for plotting."""
+        from . import rheed as _rheed
+
+        self.require(user, "data:read", "data.read", table=SERIES.name, run_ids=[run_id])
+        _check_params(params, {"max_points", "ml_nm"})
+        max_points = parse_int(params.get("max_points"), "max_points", 2000, 2, MAX_POINTS)
+        ml_nm = _parse_float(params.get("ml_nm"), "ml_nm", 0.01, 10.0)
+        self._check_run(run_id)
+        channels = [_rheed.RHEED_CHANNEL, "growth_rate"]
+        proc = self.store.table(SERIES.name).read(
+            run_ids=[run_id], filter=pc.field("channel").isin(channels))
+        tools = self.store.table(TOOL_STATE.name).read(
+            run_ids=[run_id], filter=pc.starts_with(pc.field("channel"), "shutter_"))
+        result = _rheed.analyze_frames(proc.to_pandas(), tools.to_pandas(), ml_nm=ml_nm)
+        trace = proc.filter(pc.equal(proc.column("channel"), _rheed.RHEED_CHANNEL))
+        trace = trace.sort_by("time")
+        if trace.num_rows > max_points:
+            trace = downsample(trace, max_points)
+        self.audited_read(user, SERIES.name, [run_id], proc.num_rows + tools.num_rows,
+                          query="rheed")
+        return {"run_id": run_id,
+                "windows": _frame_records(result.windows),
+                "layers": _frame_records(result.layers),
+                "onset": None if result.onset is None else result.onset.isoformat(),
+                "trace": {"time": [t.isoformat() for t in trace.column("time").to_pylist()],
+                          "value": trace.column("value").to_pylist()}}
+
+
+def _parse_float(value: str | None, name: str, lo: float, hi: float) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number", field=name) from None
+    if not lo <= v <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
+    return v
+
+
 def _frame_records(frame) -> list[dict]:
     return rows_to_records(pa.Table.from_pandas(frame, preserve_index=False))
 

@@ -344,6 +344,16 @@ class OpenAPIHandler(AtomscaleHandler):
         await self.finish_json(openapi_spec())
 
 
+class RheedHandler(AtomscaleHandler):
+    """``GET runs/{run_id}/rheed``: growth windows, layer periods and rates, and the trace."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id):
+        """Answer the analysis as JSON."""
+        await self.finish_json(await self.call("rheed", run_id, self.query_params()))
+
+
 def openapi_spec() -> dict:
     """The checked-in OpenAPI document."""
     return json.loads(resources.files("atomscale_lab").joinpath("openapi.json").read_text())
@@ -362,6 +372,7 @@ ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
     ("audit", AuditHandler),
     ("context/join", ContextJoinHandler),
     ("openapi.json", OpenAPIHandler),
+    ("runs/{run_id}/rheed", RheedHandler),
 ]
 """(path template relative to the API prefix, handler); the OpenAPI paths must match these."""
 

@@ -435,12 +435,14 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
                      recipe_rate=recipe_rate, ml_nm=ml_nm, drift_tolerance=drift_tolerance)
 
     def stamp(col: pd.Series) -> pd.Series:
-        return origin + pd.to_timedelta(col.astype(float), unit="s")
+        # microseconds, the resolution of the stored times
+        t = origin + pd.to_timedelta(col.astype(float), unit="s")
+        return t.dt.round("us").astype("datetime64[us, UTC]")
 
     for frame, cols in ((result.layers, ("start", "end")),
                         (result.windows, ("start", "end", "rheed_start", "rheed_end"))):
         for c in cols:
             frame[c] = stamp(frame[c]) if len(frame) else pd.Series(dtype="datetime64[us, UTC]")
     if result.onset is not None:
-        result.onset = origin + pd.to_timedelta(result.onset, unit="s")
+        result.onset = (origin + pd.to_timedelta(result.onset, unit="s")).round("us")
     return result

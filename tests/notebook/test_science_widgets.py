@@ -132,3 +132,30 @@ def test_metrology_viewer_escapes_run_ids():
     out = peaks_html(items)
     assert "<img" not in out and "&lt;img src=x onerror=alert(1)&gt;: 31.50" in out
     assert "R-1: 32.00" in out
+
+
+def test_rest_rheed_route(demo_server, mbe_runs):
+    import requests
+
+    s = requests.Session()
+    s.trust_env = False
+    s.headers["Authorization"] = f"token {demo_server['token']}"
+    base = demo_server["url"] + "atomscale/api/v1/runs/"
+    r = s.get(base + mbe_runs[0] + "/rheed", params={"max_points": 100, "ml_nm": 0.28267},
+              timeout=30)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    w = doc["windows"][0]
+    assert w["status"] == "ok" and w["rate_nm_s"] == pytest.approx(w["rate_ml_s"] * 0.28267)
+    assert len(doc["layers"]) == w["layers_observed"]
+    assert 50 <= len(doc["trace"]["time"]) <= 110 and len(doc["trace"]["value"]) == len(
+        doc["trace"]["time"])
+    assert doc["trace"]["time"] == sorted(doc["trace"]["time"])
+    assert s.get(base + "A-0000-toollog/rheed", timeout=30).json()["windows"][0]["status"] == \
+        "no RHEED"
+    assert s.get(base + "nope/rheed", timeout=30).status_code == 404
+    assert s.get(base + mbe_runs[0] + "/rheed", params={"ml_nm": "x"}, timeout=30).status_code \
+        == 400
+    assert s.get(base + mbe_runs[0] + "/rheed", params={"bogus": 1}, timeout=30).status_code \
+        == 400
+    assert requests.get(base + mbe_runs[0] + "/rheed", timeout=30).status_code in (401, 403)
