@@ -12,7 +12,7 @@ from .browser import RunBrowser
 from .figures import Plot
 from .live import LiveRun
 from .metrology import MetrologyViewer
-from .science import RheedExplorer, overlay, plot_metrology, plot_rheed
+from .science import RheedExplorer, overlay, plot_metrology, plot_rheed, plot_run
 
 __all__ = ["LiveRun", "MetrologyViewer", "Plot", "RheedExplorer", "RunBrowser", "overlay",
-           "plot_metrology", "plot_rheed"]
+           "plot_metrology", "plot_rheed", "plot_run"]

@@ -1,6 +1,7 @@
 """Science views over a Workspace: a run's RHEED analysis, runs overlaid, metrology.
 
-``plot_rheed(ws, run)``, ``overlay(ws, runs)``, ``plot_metrology(ws, runs, technique)`` return a
+``plot_run(ws, run)`` is a PNG of all of a run's channels. ``plot_rheed(ws, run)``,
+``overlay(ws, runs)`` and ``plot_metrology(ws, runs, technique)`` return a
 :class:`~atomscale_lab.widgets.figures.Plot` (interactive in JupyterLab, a PNG in exports).
 ``RheedExplorer(ws, run)`` is a widget: zoom the RHEED trace to a time window and the analysis
 below is redone for that window.
@@ -16,6 +17,17 @@ import pandas as pd
 
 from .. import compare, rheed
 from .figures import Plot, metrology_figure, overlay_figure, rheed_figure
+
+
+def plot_run(ws, run_id: str, max_points: int = 2000):
+    """A run's process channels and tool state on one time axis (UTC), as a PNG image."""
+    from IPython.display import Image
+
+    from .plots import png_bytes, series_figure
+
+    fig = series_figure(ws.process(run_id, max_points=max_points),
+                        ws.tool_state(run_id, max_points=max_points), title=run_id)
+    return Image(data=png_bytes(fig), format="png")
 
 
 def plot_rheed(ws, run_id: str, *, ml_nm: float | None = None, material: str | None = None,
