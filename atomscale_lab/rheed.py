@@ -406,7 +406,9 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
     """
     empty = RheedAnalysis(pd.DataFrame(columns=LAYER_COLUMNS),
                           pd.DataFrame(columns=SUMMARY_COLUMNS))
-    if process is None or process.empty or channel not in set(process["channel"]):
+    is_trace = (process["channel"] == channel).to_numpy(bool) if process is not None and len(
+        process) else np.zeros(0, bool)
+    if not is_trace.any():
         empty.notes.append(f"no {channel} channel")
         row = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
         row.update(window=0, shutters="", layers_observed=0, drift=False, status="no RHEED",
@@ -415,12 +417,14 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
         for c in ("start", "end", "rheed_start", "rheed_end"):
             empty.windows[c] = pd.Series([pd.NaT], dtype="datetime64[us, UTC]")
         return empty
-    trace = process[process["channel"] == channel]
+    trace = process[is_trace]
     times = pd.to_datetime(trace["time"], utc=True)
     origin = times.min()
+    origin_us = origin.value // 1000
 
     def secs(ts) -> np.ndarray:
-        return (pd.to_datetime(ts, utc=True) - origin).dt.total_seconds().to_numpy()
+        us = pd.to_datetime(ts, utc=True).to_numpy("datetime64[us]").astype("int64")
+        return (us - origin_us) / 1e6
 
     shutters = {}
     if tools is not None and not tools.empty:
@@ -436,8 +440,8 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
 
     def stamp(col: pd.Series) -> pd.Series:
         # microseconds, the resolution of the stored times
-        t = origin + pd.to_timedelta(col.astype(float), unit="s")
-        return t.dt.round("us").astype("datetime64[us, UTC]")
+        us = pd.Series(origin_us + np.round(col.to_numpy(float) * 1e6), index=col.index)
+        return pd.to_datetime(us, unit="us", utc=True).astype("datetime64[us, UTC]")
 
     for frame, cols in ((result.layers, ("start", "end")),
                         (result.windows, ("start", "end", "rheed_start", "rheed_end"))):

@@ -13,8 +13,15 @@ Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), 
 - ``catalog_page_p50_ms`` / ``_p99_ms``: ``runs`` pages (mixed filters, sorts, pages) over 100k
   runs, measured at the client (goal p99 < 100 ms);
 - ``runbrowser_first_render_s``: building a ``RunBrowser`` (facets + first page) (goal < 1 s).
+- ``rheed_one_run_ms``: RHEED analysis of one run in the kernel (frames in memory), median;
+  ``rheed_one_run_rest_ms``: ``Workspace.rheed`` of one run through the REST API (3 requests);
+  ``rheed_1000_runs_s``: the analysis of ``--rheed-runs`` generated runs, one after the other;
+- ``overlay_10_runs_first_render_s``: ``overlay(ws, 10 runs)`` fetched, analysed, aligned and
+  rendered (plotly widget bundle plus its static PNG) in an org of ``--runs`` runs (goal < 1 s);
+  ``_interactive_only_s`` without the PNG.
 
-Usage: ``python bench/notebook.py [--runs 100000] [--rows 1000000] [--requests 400]``.
+Usage: ``python bench/notebook.py [--runs 100000] [--rows 1000000] [--requests 400]
+[--rheed-runs 1000]``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import labdata  # noqa: E402
 from _nbserver import start_server, stop_server  # noqa: E402
 
 TS = pa.timestamp("us", tz="UTC")
+DEMO_RUNS = 40
 
 
 def series_rows(n_rows: int, n_runs: int) -> pa.Table:
@@ -79,6 +87,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--rheed-runs", type=int, default=1000)
     args = ap.parse_args()
 
     from atomscale_lab.client import Workspace
@@ -102,6 +111,10 @@ def main() -> None:
     store.table("process/runs").write(labdata.runs_table(args.runs), actor="bench")
     n_series_runs = 50
     store.table("process/series").write(series_rows(args.rows, n_series_runs), actor="bench")
+    from atomscale_lab import demo
+
+    # growth runs with RHEED traces for the science figures (beside the catalogue's runs)
+    demo.generate((store, vault.context("bench")), runs=DEMO_RUNS, seed=5, actor="bench")
     print(f"setup_s: {time.perf_counter() - t0:.1f}")
     series = store.table("process/series")
     total_rows = series.num_rows()
@@ -201,11 +214,12 @@ def main() -> None:
             t0 = time.perf_counter()
             b = RunBrowser(ws, per_page=25)
             renders.append(time.perf_counter() - t0)
-        assert b.total == args.runs and len(b.table.options) == 25
+        assert b.total == args.runs + DEMO_RUNS and len(b.table.options) == 25
         print(f"runbrowser_first_render_s: {min(renders):.3f}")
         t0 = time.perf_counter()
         b.go(b.pages // 2)
         print(f"runbrowser_page_change_s: {time.perf_counter() - t0:.3f}")
+        science(ws, args)
         print(f"load_average_1m: {os.getloadavg()[0]:.1f}")
         print(f"measured_at: {datetime.now(UTC).isoformat(timespec='seconds')}")
     finally:
@@ -213,6 +227,43 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def science(ws, args) -> None:
+    """RHEED analysis (one run, many runs) and the first render of a 10-run overlay."""
+    from atomscale_lab import demo, rheed
+    from atomscale_lab.widgets import overlay
+
+    mbe = [r for r in ws.runs(instrument="MBE-1", status="complete").run_id]
+    rid = mbe[0]
+    proc, tools = ws.process(rid), ws.tool_state(rid)
+    one_s, _ = timed(lambda: rheed.analyze_frames(proc, tools), repeat=15)
+    print(f"rheed_one_run_ms: {one_s * 1000:.1f}")
+    rest_s, df = timed(lambda: ws.rheed(rid))
+    assert df.status.iloc[0] == "ok"
+    print(f"rheed_one_run_rest_ms: {rest_s * 1000:.1f}")
+
+    data = demo.build(args.rheed_runs, seed=9, points_per_run=600)
+    series = dict(iter(data.series.to_pandas().groupby("run_id")))
+    states = dict(iter(data.tool_state.to_pandas().groupby("run_id")))
+    t0, ok = time.perf_counter(), 0
+    for run_id in data.truth:
+        if run_id in series:
+            r = rheed.analyze_frames(series[run_id], states.get(run_id))
+            ok += int((r.windows["status"] == "ok").any())
+    print(f"rheed_runs_analysed: {len(data.truth)} ({ok} with oscillations)")
+    print(f"rheed_1000_runs_s: {time.perf_counter() - t0:.2f}")
+
+    ten = (mbe + [r for r in ws.runs(instrument="PLD-2").run_id])[:10]
+    t0 = time.perf_counter()
+    plot = overlay(ws, ten, at="growth_start")
+    bundle = plot._repr_mimebundle_()
+    first = time.perf_counter() - t0
+    assert "image/png" in bundle and len(plot.figure.data) >= 10
+    print(f"overlay_10_runs_first_render_s: {first:.3f}")
+    t0 = time.perf_counter()
+    overlay(ws, ten, at="growth_start", static=False)._repr_mimebundle_()
+    print(f"overlay_10_runs_interactive_only_s: {time.perf_counter() - t0:.3f}")
 
 
 if __name__ == "__main__":
