@@ -357,6 +357,13 @@ class Workspace:
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
+    def rheed_server(self, run_id: str, max_points: int = 2000,
+                     ml_nm: float | None = None) -> dict:
+        """The server's RHEED analysis of a run (``GET runs/{run_id}/rheed``): ``windows``,
+        ``layers``, ``onset`` and the ``trace`` decimated to ``max_points`` — one request."""
+        return self._json(f"runs/{quote(run_id, safe='')}/rheed", max_points=max_points,
+                          ml_nm=ml_nm)
+
     def rheed_result(self, run_id: str, *, ml_nm: float | None = None,
                      recipe_rate: float | None = None, drift_tolerance: float | None = None):
         """The full :class:`~atomscale_lab.rheed.RheedAnalysis` of one run (with its trace in

@@ -38,32 +38,76 @@ def plot_rheed(ws, run_id: str, *, ml_nm: float | None = None, material: str | N
     return Plot(rheed_figure(result, title=run_id), static=static)
 
 
+def _rheed_overlay_part(ws, rid: str, at: str, max_points: int):
+    """One run's RHEED trace, event time and layers from the server's analysis (one request)."""
+    doc = ws.rheed_server(rid, max_points=max_points)
+    trace = pd.DataFrame({"time": pd.to_datetime(pd.Series(doc["trace"]["time"],
+                                                           dtype="str"), utc=True),
+                          "channel": rheed.RHEED_CHANNEL,
+                          "value": pd.Series(doc["trace"]["value"], dtype=float),
+                          "unit": "a.u."})
+    ev = None
+    if at == "growth_start" and doc.get("onset"):
+        ev = pd.Timestamp(doc["onset"])
+    elif doc["windows"] and doc["windows"][0].get("start"):
+        ev = pd.Timestamp(doc["windows"][0]["start"])
+    elif len(trace):
+        ev = trace["time"].min()
+    layers = pd.DataFrame(doc["layers"], columns=["layer", "start", "end"])
+    return trace, ev, layers
+
+
+def _overlay_part(ws, rid: str, channel: str, at: str):
+    """One run's ``channel``, event time and RHEED layers, from its frames (2–3 requests)."""
+    rec = ws.run(rid)
+    channels = rec.get("channels", {})
+    shutters = [c for c in channels.get("tool_state", []) if c.startswith("shutter_")]
+    tools = ws.tool_state(rid, channels=shutters) if shutters else None
+    want = [c for c in {channel, rheed.RHEED_CHANNEL, "growth_rate"}
+            if c in channels.get("process", [])]
+    proc = ws.process(rid, channels=want) if want else pd.DataFrame(
+        columns=["time", "channel", "value", "unit"])
+    result = rheed.analyze_frames(proc, tools)
+    ev = compare.event_time(proc, tools, at, result)
+    if channel in channels.get("process", []):
+        frame = proc[proc["channel"] == channel]
+    elif channel in channels.get("tool_state", []):
+        frame = ws.tool_state(rid, channels=[channel])
+    else:
+        frame = None
+    return frame, ev, result.layers
+
+
 def overlay_data(ws, run_ids: Sequence[str], channel: str = rheed.RHEED_CHANNEL,
-                 at: str = "growth_start") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Aligned long frames of ``channel`` and the RHEED layers (``t0_s``/``t1_s``) of the runs."""
+                 at: str = "growth_start", max_points: int = 2000
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Aligned long frames of ``channel`` and the RHEED layers (``t0_s``/``t1_s``) of the runs.
+
+    The runs are fetched in parallel; a RHEED overlay aligned at growth start or shutter opening
+    uses the server's analysis (one request per run, trace decimated to ``max_points``).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     if at not in compare.ALIGN:
         raise ValueError(f"align at one of {', '.join(compare.ALIGN)}, not {at!r}")
+    ids = list(dict.fromkeys(run_ids))
+    server_side = channel == rheed.RHEED_CHANNEL and at != "run_start"
+
+    def part(rid):
+        if server_side:
+            return _rheed_overlay_part(ws, rid, at, max_points)
+        return _overlay_part(ws, rid, channel, at)
+
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(ids)))) as pool:
+        parts = list(pool.map(part, ids))
     frames, events, layer_frames = {}, {}, []
-    for rid in dict.fromkeys(run_ids):
-        rec = ws.run(rid)
-        channels = rec.get("channels", {})
-        shutters = [c for c in channels.get("tool_state", []) if c.startswith("shutter_")]
-        tools = ws.tool_state(rid, channels=shutters) if shutters else None
-        want = [c for c in {channel, rheed.RHEED_CHANNEL, "growth_rate"}
-                if c in channels.get("process", [])]
-        proc = ws.process(rid, channels=want) if want else pd.DataFrame(
-            columns=["time", "channel", "value", "unit"])
-        result = rheed.analyze_frames(proc, tools)
-        ev = compare.event_time(proc, tools, at, result)
-        if channel in channels.get("process", []):
-            frames[rid] = proc[proc["channel"] == channel]
-        elif channel in channels.get("tool_state", []):
-            frames[rid] = ws.tool_state(rid, channels=[channel])
+    for rid, (frame, ev, ly) in zip(ids, parts, strict=True):
+        if frame is not None:
+            frames[rid] = frame
         events[rid] = ev
-        if len(result.layers) and ev is not None:
-            ly = result.layers
+        if len(ly) and ev is not None:
             layer_frames.append(pd.DataFrame({
-                "run_id": rid, "layer": ly["layer"],
+                "run_id": rid, "layer": ly["layer"].to_numpy(),
                 "t0_s": (pd.to_datetime(ly["start"], utc=True) - ev).dt.total_seconds(),
                 "t1_s": (pd.to_datetime(ly["end"], utc=True) - ev).dt.total_seconds()}))
     data = compare.aligned(frames, events)
@@ -120,6 +164,7 @@ class RheedExplorer(W.VBox):
 
     @window.setter
     def window(self, value) -> None:
+        """Zoom the plot to ``(from, to)`` (times; naive ones are UTC)."""
         lo, hi = (pd.Timestamp(v) for v in value)
         self.figure.layout.xaxis.range = [lo, hi]
 
