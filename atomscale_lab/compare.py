@@ -163,7 +163,8 @@ def run_features(ws, run_ids: Sequence[str]) -> pd.DataFrame:
         result = _rheed.analyze_frames(proc, tools)
         m = met[met["run_id"] == rid] if met is not None and len(met) else None
         rows.append(features_of(rec, proc, tools, result, m))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "instrument", "method",
+                                                          "status"])
 
 
 def similar_runs(ws, run_id: str, candidates: Sequence[str] | None = None, k: int = 5,

@@ -283,7 +283,8 @@ class TableHandler(AtomscaleHandler):
         except BaseException as e:
             await loop.run_in_executor(None, failed, state["rows"], e)
             raise
-        await self.finish()
+        # (APIHandler.finish would set JSON on an empty table, whose headers are not sent yet)
+        await self.finish(set_content_type=ARROW_STREAM)
 
 
 class _Chunks:

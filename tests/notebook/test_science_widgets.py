@@ -159,3 +159,11 @@ def test_rest_rheed_route(demo_server, mbe_runs):
     assert s.get(base + mbe_runs[0] + "/rheed", params={"bogus": 1}, timeout=30).status_code \
         == 400
     assert requests.get(base + mbe_runs[0] + "/rheed", timeout=30).status_code in (401, 403)
+
+
+def test_an_empty_table_streams_as_arrow(sparse_server):
+    # an org without process data: the table is an Arrow stream of no rows, not a JSON answer
+    ws = Workspace(url=sparse_server["url"], token=sparse_server["token"])
+    t = ws.table("process/series", columns=["run_id", "channel", "value"])
+    assert t.num_rows == 0 and t.schema.names == ["run_id", "channel", "value"]
+    assert ws.rheed("T-1").status.tolist() == ["no RHEED"]
