@@ -56,11 +56,20 @@ class MetrologyViewer(W.VBox):
         self.output = W.Output(layout=W.Layout(min_height="60px"))
         self.items = None
         self.plot = None
-        for w in (self.technique, self.runs, self.log_y):
+        for w in (self.runs, self.log_y):
             w.observe(lambda _: self.refresh(), names="value")
+        self.technique.observe(self._on_technique, names="value")
         super().__init__(children=[W.HBox([self.technique, self.log_y]), self.runs, self.status,
                                    self.output], **kwargs)
         self.refresh()
+
+    def _on_technique(self, change) -> None:
+        # XRD is read on a log axis, the others on a linear one, unless the user says otherwise
+        want = change["new"] == "XRD"
+        if self.log_y.value != want:
+            self.log_y.value = want  # its observer redraws
+        else:
+            self.refresh()
 
     def refresh(self) -> None:
         """Fetch the selected runs' spectra of the chosen technique and redraw."""

@@ -167,3 +167,19 @@ def test_an_empty_table_streams_as_arrow(sparse_server):
     t = ws.table("process/series", columns=["run_id", "channel", "value"])
     assert t.num_rows == 0 and t.schema.names == ["run_id", "channel", "value"]
     assert ws.rheed("T-1").status.tolist() == ["no RHEED"]
+
+
+def test_metrology_viewer_shows_afm_roughness_and_xrd_on_a_log_axis(ws, mbe_runs):
+    from atomscale_lab.widgets import MetrologyViewer
+
+    v = MetrologyViewer(ws, run_ids=mbe_runs[:3], technique="AFM")
+    bar = v.plot.figure.data[0]
+    assert bar.type == "bar" and len(bar.y) == 3
+    values = ws.metrology(run_id=mbe_runs[:3], technique="AFM").set_index("run_id")
+    assert sorted(bar.y) == sorted(values.result_value)
+    outputs = v.output.outputs
+    assert len(outputs) == 1 and "image/png" in outputs[0]["data"]
+    v.technique.value = "XRD"  # XRD switches to a log axis
+    assert v.log_y.value is True and v.plot.figure.layout.yaxis.type == "log"
+    v.log_y.value = False
+    assert v.plot.figure.layout.yaxis.type == "linear"
