@@ -159,6 +159,18 @@ def test_rest_rheed_route(demo_server, mbe_runs):
     assert s.get(base + mbe_runs[0] + "/rheed", params={"bogus": 1}, timeout=30).status_code \
         == 400
     assert requests.get(base + mbe_runs[0] + "/rheed", timeout=30).status_code in (401, 403)
+    # a repeated request is answered from the server's cache, and is audited all the same
+    ws = Workspace(url=demo_server["url"], token=demo_server["token"])
+
+    def rheed_reads():
+        ev = ws.audit(action="data.read", limit=500)
+        return sum(1 for d in ev.detail if d.get("query") == "rheed"
+                   and d.get("run_ids") == [mbe_runs[1]])
+
+    before = rheed_reads()
+    first = s.get(base + mbe_runs[1] + "/rheed", timeout=30).json()
+    again = s.get(base + mbe_runs[1] + "/rheed", timeout=30).json()
+    assert first == again and rheed_reads() == before + 2
 
 
 def test_an_empty_table_streams_as_arrow(sparse_server):
