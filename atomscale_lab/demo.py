@@ -6,17 +6,20 @@ reactive-sputtered TiN on Si (``SPUT-1``). Each run gets
 
 - a run record (project, sample, operator, start/end, status — mostly ``complete``, a few
   ``error`` / ``interrupted``);
-- process series: substrate temperature ramp / plateau / cool-down, growth rate, RHEED specular
-  intensity with damped oscillations whose period is the monolayer time (1 / growth rate), and the
-  RHEED oscillation period itself;
+- process series: substrate temperature ramp / plateau (wandering ±1.5 °C) / cool-down, the
+  recipe's growth rate, RHEED specular intensity with damped oscillations whose period is the
+  monolayer time (1 / actual growth rate; a fifth of the runs noisy, a fifth strongly damped,
+  ~12 % grown by a cell that drifted 8–15 % off the recipe), and the RHEED oscillation period;
 - tool state: effusion-cell (or laser, gas, target) setpoints and lagging, noisy readbacks, shutter
   states, chamber pressure;
-- metrology: an XRD 2θ scan with the system's reflections, an XPS survey with its core levels, an
-  AFM roughness;
+- metrology: an XRD 2θ scan with the system's reflections (film peak width = size broadening
+  plus defect broadening that shrinks with growth temperature), an XPS survey with its core
+  levels, an AFM roughness;
 - context labels (materials system, film, substrate, layer stack, target formula, tags, notes),
   which are handed only to the context store.
 
-:func:`build` is pure (same ``seed`` → identical tables); :func:`generate` writes them.
+:func:`build` is pure (same ``seed`` → identical tables) and returns the physical truth of each
+run (``DemoData.truth``) for validating analyses; :func:`generate` writes them.
 """
 
 from __future__ import annotations
