@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -510,6 +511,69 @@ def _with_run(frame: pa.Table, run: str) -> pa.Table:
                               field="run_id")
     filled = pa.array([r if r is not None else run for r in ids.to_pylist()], pa.string())
     return frame.set_column(frame.schema.get_field_index("run_id"), "run_id", filled)
+
+
+    def rheed(self, user: str, run_id: str, params: dict) -> dict:
+        """RHEED analysis of one run (:mod:`atomscale_lab.rheed`) with its trace for plotting."""
+        from . import rheed as _rheed
+
+        self.require(user, "data:read", "data.read", table=SERIES.name, run_ids=[run_id])
+        _check_params(params, {"max_points", "ml_nm"})
+        max_points = parse_int(params.get("max_points"), "max_points", 2000, 2, MAX_POINTS)
+        ml_nm = _parse_float(params.get("ml_nm"), "ml_nm", 0.01, 10.0)
+        self._check_run(run_id)
+        # an analysis stays valid until the series or tool-state table gets a commit
+        key = (run_id, max_points, ml_nm, self._log_version(SERIES.name),
+               self._log_version(TOOL_STATE.name))
+        with _RHEED_LOCK:
+            cache = self.__dict__.setdefault("_rheed_cache", OrderedDict())
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+        if hit is not None:
+            doc, rows = hit
+            self.audited_read(user, SERIES.name, [run_id], rows, query="rheed")
+            return doc
+        channels = [_rheed.RHEED_CHANNEL, "growth_rate"]
+        proc = self.store.table(SERIES.name).read(
+            run_ids=[run_id], filter=pc.field("channel").isin(channels))
+        tools = self.store.table(TOOL_STATE.name).read(
+            run_ids=[run_id], filter=pc.starts_with(pc.field("channel"), "shutter_"))
+        result = _rheed.analyze_frames(proc.to_pandas(), tools.to_pandas(), ml_nm=ml_nm)
+        trace = proc.filter(pc.equal(proc.column("channel"), _rheed.RHEED_CHANNEL))
+        trace = trace.sort_by("time")
+        if trace.num_rows > max_points:
+            trace = downsample(trace, max_points)
+        doc = {"run_id": run_id,
+               "windows": _frame_records(result.windows),
+               "layers": _frame_records(result.layers),
+               "onset": None if result.onset is None else result.onset.isoformat(),
+               "trace": {"time": [t.isoformat() for t in trace.column("time").to_pylist()],
+                         "value": trace.column("value").to_pylist()}}
+        rows = proc.num_rows + tools.num_rows
+        with _RHEED_LOCK:
+            cache[key] = (doc, rows)
+            while len(cache) > RHEED_CACHE_RUNS:
+                cache.popitem(last=False)
+        self.audited_read(user, SERIES.name, [run_id], rows, query="rheed")
+        return doc
+
+
+RHEED_CACHE_RUNS = 512
+"""RHEED analyses kept per org service (each a few tens of KB)."""
+_RHEED_LOCK = threading.Lock()
+
+
+def _parse_float(value: str | None, name: str, lo: float, hi: float) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number", field=name) from None
+    if not lo <= v <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
+    return v
 
 
 def _frame_records(frame) -> list[dict]:

@@ -62,6 +62,12 @@ class CliError(AtomscaleError):
     """A command was used wrongly (refused confirmation, missing option)."""
 
 
+class UsageError(CliError):
+    """A command line that cannot work as given (a missing argument): exit 2 like argparse."""
+
+    exit_code = 2
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, like every other error."""
 
@@ -127,6 +133,29 @@ def print_json(doc) -> None:
 _print_json = print_json
 
 
+ORG_HELP = "org name"
+
+
+def add_org_argument(parser, *, optional: bool = False, dest: str = "name",
+                     help: str = ORG_HELP):
+    """The org argument, spelled ``ORG`` in every command (the first positional argument)."""
+    kw = {"nargs": "?"} if optional else {}
+    return parser.add_argument(dest, metavar="ORG", help=help, **kw)
+
+
+def add_format_option(parser, choices=("text", "json"), default: str | None = "text",
+                      help: str | None = None, required: bool = False, alias: bool = True):
+    """``--format``: the one spelling of an output format; ``--json`` stays as a hidden,
+    deprecated alias of ``--format json`` where JSON is a choice."""
+    kw = {"required": True} if required else {"default": default}
+    parser.add_argument("--format", choices=choices, dest="format",
+                        help=help or f"output format: {', '.join(choices)}"
+                        + (f" (default {default})" if default and not required else ""), **kw)
+    if alias and "json" in choices:
+        parser.add_argument("--json", action="store_const", const="json", dest="format",
+                            help=argparse.SUPPRESS)
+
+
 # -- root-key --------------------------------------------------------------------------------------
 
 
@@ -184,7 +213,7 @@ def cmd_org_list(args) -> int:
     """List live orgs (with --all, deleted ones too)."""
     vault = open_vault(args)
     orgs = vault.orgs(include_deleted=True) if args.all else vault.orgs()
-    if args.json:
+    if args.format == "json":
         _print_json(orgs)
         return 0
     if not orgs:
@@ -202,7 +231,7 @@ def cmd_org_list(args) -> int:
 def cmd_org_show(args) -> int:
     """Show an org's region, keys (fingerprints only) and tables."""
     info = open_vault(args).org_info(args.name)
-    if args.json:
+    if args.format == "json":
         _print_json(info)
         return 0
     print(f"org       {info['name']}")
@@ -477,17 +506,70 @@ def cmd_context_show(args) -> int:
     return 0
 
 
+CONTEXT_SET_FIELDS = ("sample", "material_system", "film", "substrate", "layer_stack",
+                      "target_formula", "tags", "notes")
+
+
+def cmd_context_set(args) -> int:
+    """Set some context labels of one run (audited as ``context.write``); others are kept."""
+    from . import context_io
+
+    updates = {f: getattr(args, f) for f in CONTEXT_SET_FIELDS if getattr(args, f) is not None}
+    if not updates:
+        raise UsageError("name at least one label to set, e.g. --material-system GaAs/AlGaAs")
+    vault = open_vault(args)
+    if args.run not in vault.store(args.name).table("process/runs").run_ids():
+        raise NotFound(f"run {args.run!r} not found in org {args.name!r}")
+    ctx = vault.context(args.name)
+    who = actor(args)
+    current = ctx.get([args.run], actor=who, purpose="context set: keep the labels not changed")
+    rec = context_io.merge(current.iloc[0].to_dict() if len(current) else None, updates)
+    ctx.put([{"run_id": args.run, **rec}], actor=who)
+    print(f"set {', '.join(updates)} of run {args.run} in org {args.name}")
+    return 0
+
+
+def cmd_context_import(args) -> int:
+    """Import context labels from a file, all or nothing (audited as ``context.write``)."""
+    from . import context_io
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file", str(path))
+    rows = context_io.read_labels(path)
+    vault = open_vault(args)
+    known = set(vault.store(args.name).table("process/runs").run_ids())
+    missing = [r["run_id"] for r in rows if r["run_id"] not in known]
+    if missing and not args.allow_unknown_runs:
+        raise NotFound(f"{len(missing)} run(s) of {path.name} are not in org {args.name!r} "
+                       f"(first: {missing[0]!r}); nothing was imported (pass "
+                       "--allow-unknown-runs to label runs that arrive later)")
+    ctx = vault.context(args.name)
+    who = actor(args)
+    current = ctx.get([r["run_id"] for r in rows], actor=who,
+                      purpose="context import: keep the labels the file does not name")
+    by_run = {r["run_id"]: r for r in current.to_dict("records")}
+    merged = [{"run_id": r["run_id"],
+               **context_io.merge(by_run.get(r["run_id"]),
+                                  {k: ("" if v is None else v) for k, v in r.items()
+                                   if k != "run_id"})}
+              for r in rows]
+    n = ctx.put(merged, actor=who)
+    print(f"imported labels of {n} run(s) into org {args.name} from {path.name}")
+    return 0
+
+
 # -- audit -----------------------------------------------------------------------------------------
 
 
 def _audit_of(args):
     vault = open_vault(args)
     if getattr(args, "all", False):
-        raise CliError("--all only works with `audit verify`")
+        raise UsageError("--all only works with `audit verify`")
     if args.deployment:
         return vault.system_audit(), "the deployment"
     if not args.name:
-        raise CliError("name an org (or pass --deployment)")
+        raise UsageError("name an org (or pass --deployment)")
     return vault.audit(args.name), f"org {args.name}"
 
 
@@ -518,7 +600,7 @@ def cmd_audit_show(args) -> int:
         raise ValidationError("--limit must be at least 1", field="limit")
     log, _ = _audit_of(args)
     events = log.events(limit=args.limit, action=args.action, actor=args.actor)
-    if args.json:
+    if args.format == "json":
         _print_json(events)
         return 0
     for e in events:
@@ -571,26 +653,26 @@ def build_parser():
     c = orgs.add_parser("create", help="create an org with fresh keys",
                         description="Create an org. Its region must be the region the storage "
                                     "roots are declared in (data residency).")
-    c.add_argument("name", help="org name: 2-32 of a-z, 0-9, '-', starting with a letter")
+    add_org_argument(c, help="org name: 2-32 of a-z, 0-9, '-', starting with a letter")
     c.add_argument("--region", required=True, help="the org's data region (us, eu, uk, ca, jp, "
                                                    "au); must match the storage roots")
     c.set_defaults(func=cmd_org_create)
     ls = orgs.add_parser("list", help="list orgs", description="List live orgs.")
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    add_format_option(ls)
     ls.add_argument("--all", action="store_true", help="include deleted orgs")
     ls.set_defaults(func=cmd_org_list)
     s = orgs.add_parser("show", help="region, key fingerprints and table sizes of an org",
                         description="Show an org's region, key versions with fingerprints (never "
                                     "key material) and per-table rows, files and bytes.")
-    s.add_argument("name", help="org name")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    add_org_argument(s)
+    add_format_option(s)
     s.set_defaults(func=cmd_org_show)
     rot = orgs.add_parser("rotate-key", help="new data-key version for an org",
                           description="Add a data-key and a signing-key version used for new "
                                       "writes (each commit log gets a line signed with the new "
                                       "key); old versions stay readable. --rewrite "
                                       "re-encrypts every file under the new version.")
-    rot.add_argument("name", help="org name")
+    add_org_argument(rot)
     rot.add_argument("--rewrite", action="store_true",
                      help="re-encrypt all existing files under the new key")
     rot.set_defaults(func=cmd_org_rotate_key)
@@ -600,7 +682,7 @@ def build_parser():
                                       "and fingerprint, and refuse unlisted plaintext files; "
                                       "exit 5 on the first fault. --deep decrypts every "
                                       "file in full.")
-    ver.add_argument("name", help="org name")
+    add_org_argument(ver)
     ver.add_argument("--deep", action="store_true", help="decrypt and authenticate every page")
     ver.set_defaults(func=cmd_org_verify)
     mig = orgs.add_parser("migrate", help="sign the commit logs of an org made before signing",
@@ -610,7 +692,7 @@ def build_parser():
                                       "checkpoint (dropping the lines whose statistics were in "
                                       "plaintext). Idempotent; also done on the org's first use "
                                       "by a writer.")
-    mig.add_argument("name", help="org name")
+    add_org_argument(mig)
     mig.set_defaults(func=cmd_org_migrate)
     d = orgs.add_parser("delete", help="crypto-shred an org",
                         description="Delete an org by destroying its keys (crypto-shredding): "
@@ -618,7 +700,7 @@ def build_parser():
                                     "its folders are removed. Asks for the org name unless "
                                     "--yes is given. The deletion is recorded in the deployment "
                                     "audit log.")
-    d.add_argument("name", help="org name")
+    add_org_argument(d)
     d.add_argument("--shred", action="store_true",
                    help="required: confirms that the org's keys are to be destroyed")
     d.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -627,7 +709,7 @@ def build_parser():
     dd = sub.add_parser("demo-data", help="write demo growth runs into an org",
                         description="Write deterministic demo runs (MBE, PLD, sputtering: RHEED, "
                                     "tool state, XRD/XPS/AFM, context labels) into an org.")
-    dd.add_argument("name", help="org name")
+    add_org_argument(dd)
     dd.add_argument("--runs", type=int, default=40, help="number of runs (default 40)")
     dd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     dd.add_argument("--points", type=int, default=600,
@@ -639,11 +721,12 @@ def build_parser():
                                     "output is NOT encrypted. Categories: "
                                     + ", ".join(f"{k} ({v})" for k, v in EXPORT_TABLES.items())
                                     + ".")
-    ex.add_argument("name", help="org name")
+    add_org_argument(ex)
     ex.add_argument("--category", required=True, help="runs, process, tool_state or metrology")
     ex.add_argument("--run", metavar="RUN_ID", help="only this run")
-    ex.add_argument("--format", required=True, choices=("csv", "parquet", "json"),
-                    help="csv (list columns as JSON text), parquet, or json (an array of rows)")
+    add_format_option(ex, choices=("csv", "parquet", "json"), required=True, alias=False,
+                      help="csv (list columns as JSON text), parquet, or json (an array of "
+                           "rows)")
     ex.add_argument("--output", "-o", metavar="PATH", help="file to write (default: stdout)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing output file")
     ex.set_defaults(func=cmd_export)
@@ -655,12 +738,35 @@ def build_parser():
     cs = cxs.add_parser("show", help="show the labels of one run (audited)",
                         description="Show the context labels of one run; recorded in the org's "
                                     "audit log as context.read with the purpose.")
-    cs.add_argument("name", help="org name")
+    add_org_argument(cs)
     cs.add_argument("--run", required=True, metavar="RUN_ID", help="the run's id")
-    cs.add_argument("--format", choices=("text", "json"), default="text",
-                    help="output format (default text)")
+    add_format_option(cs)
     cs.add_argument("--purpose", help="why the labels are needed (recorded in the audit log)")
     cs.set_defaults(func=cmd_context_show)
+    cse = cxs.add_parser("set", help="set context labels of one run (audited)",
+                         description="Set some labels of one run in the context store (encrypted "
+                                     "under the org's context key, recorded as context.write). "
+                                     "Labels not named keep their value; an empty value clears "
+                                     "one. List labels (--layer-stack, --tags) are ';'-separated.")
+    add_org_argument(cse)
+    cse.add_argument("--run", required=True, metavar="RUN_ID", help="the run's id")
+    for f in CONTEXT_SET_FIELDS:
+        cse.add_argument(f"--{f.replace('_', '-')}", dest=f, metavar="TEXT",
+                         help=f"the run's {f.replace('_', ' ')}"
+                         + (" (';'-separated)" if f in ("layer_stack", "tags") else ""))
+    cse.set_defaults(func=cmd_context_set)
+    ci = cxs.add_parser("import", help="import context labels from a CSV/JSON/Parquet file",
+                        description="Import labels for many runs at once, all or nothing: a "
+                                    "run_id column and any of the label columns (sample, "
+                                    "material_system, film, substrate, layer_stack, "
+                                    "target_formula, tags, notes). Columns the file has replace "
+                                    "the stored labels (an empty cell clears one); the others "
+                                    "are kept. List columns are JSON arrays or ';'-separated.")
+    add_org_argument(ci)
+    ci.add_argument("file", metavar="FILE", help="the label file (.csv, .tsv, .json, .parquet)")
+    ci.add_argument("--allow-unknown-runs", action="store_true",
+                    help="also label run ids the org does not have yet")
+    ci.set_defaults(func=cmd_context_import)
 
     au = sub.add_parser("audit", help="verify or show audit trails",
                         description="Each org has a hash-chained, MACed audit log; the "
@@ -670,19 +776,19 @@ def build_parser():
     av = aus.add_parser("verify", help="check an audit log's chain, MACs and head",
                         description="Exit 0 if every line is intact; exit 5 naming the first "
                                     "edited, deleted, reordered or missing line.")
-    av.add_argument("name", nargs="?", help="org name")
+    add_org_argument(av, optional=True)
     av.add_argument("--deployment", action="store_true", help="the deployment log")
     av.add_argument("--all", action="store_true",
                     help="the deployment log and every org's (one line each)")
     av.set_defaults(func=cmd_audit_verify)
     ash = aus.add_parser("show", help="recent audit events, newest first",
                          description="Print recent audit events, newest first.")
-    ash.add_argument("name", nargs="?", help="org name")
+    add_org_argument(ash, optional=True)
     ash.add_argument("--deployment", action="store_true", help="the deployment log")
     ash.add_argument("--limit", type=int, default=50, help="number of events (default 50)")
     ash.add_argument("--action", help="only this action (e.g. context.join, data.*)")
     ash.add_argument("--actor", help="only this actor")
-    ash.add_argument("--json", action="store_true", help="print JSON")
+    add_format_option(ash)
     ash.set_defaults(func=cmd_audit_show)
 
     for group in (rk, org, cx, au):

@@ -345,6 +345,62 @@ class Workspace:
 
         return ds.dataset(self.table(name, **kw))
 
+    # --- analysis -----------------------------------------------------------------------------
+
+    def rheed(self, run_ids: Sequence[str] | str, *, layers: bool = False,
+              material: str | None = None, ml_nm: float | None = None,
+              recipe_rate: float | None = None, drift_tolerance: float | None = None,
+              purpose: str | None = None) -> pd.DataFrame:
+        """RHEED analysis of one or more runs (see :mod:`atomscale_lab.rheed`) as a frame.
+
+        One row per growth window (``period_s ± period_err_s``, ``rate_ml_s``, ``rate_nm_s``,
+        ``monolayers``, ``drift`` …), or with ``layers=True`` one row per layer. The monolayer
+        thickness for nm/s is ``ml_nm``, else that of ``material`` (e.g. ``"GaAs"``), else — when
+        a ``purpose`` is given — of the run's ``film`` context label (an audited join); without
+        any of them nm/s stays empty. The recipe rate defaults to the run's logged
+        ``growth_rate`` (ML/s).
+        """
+        from . import rheed as _rheed
+
+        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        films: dict[str, str] = {}
+        if ml_nm is None and material is None and purpose:
+            lab = self.labels(ids, ["film", "material_system"], purpose)
+            films = {r.run_id: r.film or r.material_system for r in lab.itertuples()}
+        frames = []
+        for rid in ids:
+            result = self.rheed_result(
+                rid, ml_nm=ml_nm or _rheed.monolayer_nm(material or films.get(rid)),
+                recipe_rate=recipe_rate, drift_tolerance=drift_tolerance)
+            df = result.layers if layers else result.windows
+            frames.append(df.assign(run_id=rid)[["run_id", *df.columns]])
+        cols = ["run_id", *(_rheed.LAYER_COLUMNS if layers else _rheed.SUMMARY_COLUMNS)]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+    def rheed_server(self, run_id: str, max_points: int = 2000,
+                     ml_nm: float | None = None) -> dict:
+        """The server's RHEED analysis of a run (``GET runs/{run_id}/rheed``): ``windows``,
+        ``layers``, ``onset`` and the ``trace`` decimated to ``max_points`` — one request."""
+        return self._json(f"runs/{quote(run_id, safe='')}/rheed", max_points=max_points,
+                          ml_nm=ml_nm)
+
+    def rheed_result(self, run_id: str, *, ml_nm: float | None = None,
+                     recipe_rate: float | None = None, drift_tolerance: float | None = None):
+        """The full :class:`~atomscale_lab.rheed.RheedAnalysis` of one run (with its trace in
+        ``.trace``)."""
+        from . import rheed as _rheed
+
+        proc = self.process(run_id, channels=[_rheed.RHEED_CHANNEL, "growth_rate"])
+        shutters = [c for c in self.run(run_id).get("channels", {}).get("tool_state", [])
+                    if c.startswith("shutter_")]
+        tools = self.tool_state(run_id, channels=shutters) if shutters else None
+        kw = {} if drift_tolerance is None else {"drift_tolerance": drift_tolerance}
+        result = _rheed.analyze_frames(proc, tools, recipe_rate=recipe_rate, ml_nm=ml_nm, **kw)
+        result.trace = proc[proc["channel"] == _rheed.RHEED_CHANNEL] if len(proc) else proc
+        result.shutters = tools
+        return result
+
     # --- context and audit --------------------------------------------------------------------
 
     def labels(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str) -> pd.DataFrame:

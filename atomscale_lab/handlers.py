@@ -326,7 +326,8 @@ class TableHandler(AtomscaleHandler):
         except BaseException as e:
             await loop.run_in_executor(None, failed, state["rows"], e)
             raise
-        await self.finish()
+        # (APIHandler.finish would set JSON on an empty table, whose headers are not sent yet)
+        await self.finish(set_content_type=ARROW_STREAM)
 
 
 class _Chunks:
@@ -417,6 +418,16 @@ class ConfigHandler(AtomscaleHandler):
         await self.finish_json(await self.call("set_config", self.json_body(), False))
 
 
+class RheedHandler(AtomscaleHandler):
+    """``GET runs/{run_id}/rheed``: growth windows, layer periods and rates, and the trace."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id):
+        """Answer the analysis as JSON."""
+        await self.finish_json(await self.call("rheed", run_id, self.query_params()))
+
+
 def openapi_spec() -> dict:
     """The checked-in OpenAPI document."""
     return json.loads(resources.files("atomscale_lab").joinpath("openapi.json").read_text())
@@ -436,6 +447,7 @@ ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
     ("context/join", ContextJoinHandler),
     ("openapi.json", OpenAPIHandler),
     ("config", ConfigHandler),
+    ("runs/{run_id}/rheed", RheedHandler),
 ]
 """(path template relative to the API prefix, handler); the OpenAPI paths must match these."""
 

@@ -24,7 +24,7 @@ def register(subparsers, org_subparsers=None):
         "lab", help="start JupyterLab with one org's data (single-user mode)",
         description="Start JupyterLab (or a bare Jupyter server) serving ORG's datasets through "
                     "the atomscale_lab server extension.")
-    p.add_argument("org", help="the organization to open")
+    p.add_argument("org", metavar="ORG", help="the organization to open")
     p.add_argument("--port", type=int, default=8888, help="port (default 8888)")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")

@@ -16,8 +16,16 @@ Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), 
 - ``runbrowser_first_render_cold_s``: the first ``RunBrowser`` (facets + first page) of a fresh
   client process, imports done, against a server that has built its catalogue but never served
   facets (goal < 1 s); ``runbrowser_render_warm_s``: median of 3 later renders in this process.
+- ``rheed_one_run_ms``: RHEED analysis of one run in the kernel (frames in memory), median;
+  ``rheed_one_run_rest_ms``: ``Workspace.rheed`` of one run through the REST API (3 requests);
+  ``rheed_1000_runs_s``: the analysis of ``--rheed-runs`` generated runs, one after the other;
+- ``overlay_10_runs_first_render_s``: ``overlay(ws, 10 runs)`` fetched, analysed, aligned and
+  rendered as a plotly widget, the first figure of the process (goal < 1 s), in an org of
+  ``--runs`` runs; ``_warm_interactive_s`` the same again, ``_warm_with_png_s`` with the static
+  PNG for exports added (medians of 3).
 
-Usage: ``python bench/notebook.py [--runs 100000] [--rows 1000000] [--requests 400]``.
+Usage: ``python bench/notebook.py [--runs 100000] [--rows 1000000] [--requests 400]
+[--rheed-runs 1000]``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import labdata  # noqa: E402
 from _nbserver import start_server, stop_server  # noqa: E402
 
 TS = pa.timestamp("us", tz="UTC")
+DEMO_RUNS = 40
 
 
 def series_rows(n_rows: int, n_runs: int) -> pa.Table:
@@ -115,6 +124,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--rheed-runs", type=int, default=1000)
     args = ap.parse_args()
 
     from atomscale_lab.client import Workspace
@@ -138,6 +148,10 @@ def main() -> None:
     store.table("process/runs").write(labdata.runs_table(args.runs), actor="bench")
     n_series_runs = 50
     store.table("process/series").write(series_rows(args.rows, n_series_runs), actor="bench")
+    from atomscale_lab import demo
+
+    # growth runs with RHEED traces for the science figures (beside the catalogue's runs)
+    demo.generate((store, vault.context("bench")), runs=DEMO_RUNS, seed=5, actor="bench")
     print(f"setup_s: {time.perf_counter() - t0:.1f}")
     series = store.table("process/series")
     total_rows = series.num_rows()
@@ -257,12 +271,13 @@ def main() -> None:
             t0 = time.perf_counter()
             b = RunBrowser(ws, per_page=25)
             renders.append(time.perf_counter() - t0)
-        assert b.total == args.runs and len(b.table.options) == 25
+        assert b.total == args.runs + DEMO_RUNS and len(b.table.options) == 25
         print(f"runbrowser_first_render_cold_s: {cold['s']:.3f}")
         print(f"runbrowser_render_warm_s: {statistics.median(renders):.3f}")
         t0 = time.perf_counter()
         b.go(b.pages // 2)
         print(f"runbrowser_page_change_s: {time.perf_counter() - t0:.3f}")
+        science(ws, args)
         print(f"load_average_1m: {os.getloadavg()[0]:.1f}")
         print(f"measured_at: {datetime.now(UTC).isoformat(timespec='seconds')}")
     finally:
@@ -271,6 +286,48 @@ def main() -> None:
 
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def science(ws, args) -> None:
+    """RHEED analysis (one run, many runs) and the first render of a 10-run overlay."""
+    from atomscale_lab import demo, rheed
+    from atomscale_lab.widgets import overlay
+
+    mbe = [r for r in ws.runs(instrument="MBE-1", status="complete").run_id]
+    rid = mbe[0]
+    proc, tools = ws.process(rid), ws.tool_state(rid)
+    one_s, _ = timed(lambda: rheed.analyze_frames(proc, tools), repeat=15)
+    print(f"rheed_one_run_ms: {one_s * 1000:.1f}")
+    rest_s, df = timed(lambda: ws.rheed(rid))
+    assert df.status.iloc[0] == "ok"
+    print(f"rheed_one_run_rest_ms: {rest_s * 1000:.1f}")
+
+    data = demo.build(args.rheed_runs, seed=9, points_per_run=600)
+    series = dict(iter(data.series.to_pandas().groupby("run_id")))
+    states = dict(iter(data.tool_state.to_pandas().groupby("run_id")))
+    t0, ok = time.perf_counter(), 0
+    for run_id in data.truth:
+        if run_id in series:
+            r = rheed.analyze_frames(series[run_id], states.get(run_id))
+            ok += int((r.windows["status"] == "ok").any())
+    print(f"rheed_runs_analysed: {len(data.truth)} ({ok} with oscillations)")
+    print(f"rheed_1000_runs_s: {time.perf_counter() - t0:.2f}")
+
+    ten = (mbe + [r for r in ws.runs(instrument="PLD-2").run_id])[:10]
+
+    def render(static: bool) -> float:
+        t0 = time.perf_counter()
+        plot = overlay(ws, ten, at="growth_start", static=static)
+        bundle = plot._repr_mimebundle_()
+        took = time.perf_counter() - t0
+        assert ("image/png" in bundle) == static and len(plot.figure.data) >= 10
+        return took
+
+    # the first figure of a fresh kernel also pays for plotly's first use (~1 s)
+    print(f"overlay_10_runs_first_render_s: {render(static=False):.3f}")
+    warm = statistics.median(render(False) for _ in range(3))
+    print(f"overlay_10_runs_warm_interactive_s: {warm:.3f}")
+    with_png = statistics.median(render(True) for _ in range(3))
+    print(f"overlay_10_runs_warm_with_png_s: {with_png:.3f}")
 
 if __name__ == "__main__":
     main()

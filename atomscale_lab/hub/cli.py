@@ -189,7 +189,7 @@ def register(subparsers, org_subparsers) -> None:
                               description="Print the current 6-digit TOTP code of a user of the "
                                           "bundled identity provider (demo deployments; real "
                                           "users use their authenticator app).")
-    t.add_argument("user")
+    t.add_argument("user", help="the identity-provider user name")
     t.add_argument("--uri", action="store_true",
                    help="print the otpauth:// URI to add the user to an authenticator app "
                         "(it contains the user's TOTP secret)")
@@ -206,7 +206,8 @@ def register(subparsers, org_subparsers) -> None:
     i.add_argument("--idp-port", type=int, default=8443, help="IdP https port (default 8443)")
     i.add_argument("--create-unix-users", action="store_true",
                    help="let the spawner create missing Unix accounts")
-    i.add_argument("--home-base", default="/home/atomscale")
+    i.add_argument("--home-base", default="/home/atomscale",
+                   help="parent of per-org home folders (default /home/atomscale)")
     i.set_defaults(func=cmd_init)
 
     s = hs.add_parser("start", help="run the hub")
@@ -223,9 +224,9 @@ def register(subparsers, org_subparsers) -> None:
     us = users.add_subparsers(dest="users_command", metavar="COMMAND")
     users.set_defaults(func=lambda a: users.print_help(sys.stderr) or 2)
     a = us.add_parser("add", help="add a user (prints the password once)")
-    a.add_argument("user")
-    a.add_argument("--org", required=True)
-    a.add_argument("--role", required=True, choices=ROLES)
+    a.add_argument("user", help="the new user's name")
+    a.add_argument("--org", required=True, metavar="ORG", help="the org the user belongs to")
+    a.add_argument("--role", required=True, choices=ROLES, help="the user's role in the org")
     a.add_argument("--no-mfa", action="store_true",
                    help="let this user sign in without TOTP (the hub will refuse it)")
     a.add_argument("--replace", action="store_true", help="reset an existing user")
@@ -234,25 +235,27 @@ def register(subparsers, org_subparsers) -> None:
     _add_users_file(a)
     a.set_defaults(func=cmd_users_add)
     ls = us.add_parser("list", help="list users (no secrets)")
-    ls.add_argument("--org")
+    ls.add_argument("--org", metavar="ORG", help="only users of this org")
     _add_users_file(ls)
     ls.set_defaults(func=cmd_users_list)
     rm = us.add_parser("remove", help="remove a user")
-    rm.add_argument("user")
+    rm.add_argument("user", help="the user's name")
     unix_opts(rm)
     _add_users_file(rm)
     rm.set_defaults(func=cmd_users_remove)
     sy = us.add_parser("sync", help="create an org's Unix accounts (users and its data "
                                     "server's service account); hand it the org's data folder")
-    sy.add_argument("org")
-    sy.add_argument("--home-base", default="/home/atomscale")
+    sy.add_argument("org", metavar="ORG", help="org name")
+    sy.add_argument("--home-base", default="/home/atomscale",
+                    help="parent of per-org home folders (default /home/atomscale)")
     _add_users_file(sy)
     sy.set_defaults(func=cmd_users_sync)
 
     pv = hs.add_parser("provision", help="create an org's demo users (admin, scientist, viewer)")
-    pv.add_argument("org")
-    pv.add_argument("--replace", action="store_true")
-    pv.add_argument("--password-file")
+    pv.add_argument("org", metavar="ORG", help="org name")
+    pv.add_argument("--replace", action="store_true", help="reset existing demo users")
+    pv.add_argument("--password-file",
+                    help="append 'user password' lines here (0600) instead of stdout")
     unix_opts(pv)
     _add_users_file(pv)
     pv.set_defaults(func=cmd_provision)
@@ -262,10 +265,11 @@ def register(subparsers, org_subparsers) -> None:
         description="Create the org's support account: it can change the workspace's "
                     "configuration and see the org's users and servers, but holds no data, "
                     "key or context scope. Prints the password once.")
-    sp.add_argument("org")
+    sp.add_argument("org", metavar="ORG", help="org name")
     sp.add_argument("--user", help="account name (default <org>-support)")
     sp.add_argument("--replace", action="store_true", help="reset an existing account")
-    sp.add_argument("--password-file")
+    sp.add_argument("--password-file",
+                    help="append 'user password' here (0600) instead of stdout")
     unix_opts(sp)
     _add_users_file(sp)
     sp.set_defaults(func=cmd_add_support)

@@ -3,13 +3,19 @@
 Every row is validated against the category's schema before anything is written; the first bad
 value is reported with its line (CSV, header = line 1) or row (Parquet) and its column, and then
 nothing is stored. A good file is written in one commit, and the run gets a run record if it has
-none yet.
+none yet (or an updated one when metadata is given).
+
+Importing is idempotent: rows are compared with what the run already holds in that table. A file
+whose rows are all stored already is skipped (``skipped: True``, nothing written); a file that
+overlaps the stored rows only in part is refused with :class:`AlreadyImported`, so rows are never
+stored twice.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +32,29 @@ CSV_BLOCK = 4 << 20
 
 class MalformedFile(ValidationError):
     """A malformed file: the message names the line (or row) and the column."""
+
+
+class AlreadyImported(ValidationError):
+    """Part of the file's rows are already stored for the run: importing would double them."""
+
+
+RUN_METADATA = ("project", "sample", "method", "operator")
+"""Run-record fields ``import_file(metadata=...)`` can set."""
+
+
+def _keys(table: pa.Table) -> Counter:
+    cols = [c for c in table.column_names if c != "updated_at"]
+    rows = zip(*(table.column(c).to_pylist() for c in cols), strict=True)
+    return Counter(tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in rows)
+
+
+def overlap(stored: pa.Table, data: pa.Table) -> int:
+    """How many rows of ``data`` are already in ``stored`` (counting duplicates)."""
+    if stored.num_rows == 0:
+        return 0
+    have = _keys(stored.select(data.column_names))
+    want = _keys(data)
+    return sum(min(n, have[k]) for k, n in want.items())
 
 
 def _where(fmt: str, index: int) -> str:
@@ -162,8 +191,22 @@ def read_file(path: Path, spec: schema.TableSpec, *, fill: dict, tz: str = "UTC"
 
 def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
                 tool: str | None = None, tz: str = "UTC", actor: str = "admin",
-                progress: Callable[[int], None] | None = None) -> dict:
-    """Validate the whole file, then write it to ``org`` in one commit; returns a summary."""
+                progress: Callable[[int], None] | None = None,
+                metadata: dict | None = None) -> dict:
+    """Validate the whole file, then write it to ``org`` in one commit; returns a summary.
+
+    ``metadata`` sets the run record's ``project``, ``sample``, ``method``, ``operator`` (None
+    values are left alone). A re-import of rows already stored is skipped or refused (see the
+    module docstring).
+    """
+    metadata = {k: v for k, v in (metadata or {}).items() if v is not None}
+    bad = [k for k in metadata if k not in RUN_METADATA]
+    if bad:
+        raise ValidationError(f"cannot set {bad[0]!r} of a run; settable: "
+                              f"{', '.join(RUN_METADATA)}", field=bad[0])
+    for k, v in metadata.items():
+        if not isinstance(v, str) or not v.strip() or len(v) > 200:
+            raise ValidationError(f"{k} must be 1-200 characters", field=k)
     check_id(run_id, "run")
     if category not in CATEGORY_TABLE:
         raise ValidationError(f"category must be one of {', '.join(CATEGORY_TABLE)}",
@@ -176,9 +219,33 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
             fill["tool"] = tool
     store = vault.store(org, actor=actor)
     data = read_file(Path(path), spec, fill=fill, tz=tz, progress=progress)
-    commit = store.table(spec.name).write(data, actor=actor)
+    table = store.table(spec.name)
     times = data.column(spec.time_column)
     tmin, tmax = pc.min(times).as_py(), pc.max(times).as_py()
+    summary = {"org": org, "table": spec.name, "run_id": run_id, "rows": data.num_rows,
+               "start": tmin.isoformat() if tmin else None,
+               "end": tmax.isoformat() if tmax else None, "new_run": False, "skipped": False}
+    audit = vault.audit(org)
+    try:
+        stored = table.read(run_ids=[run_id])
+    except NotFound:
+        stored = spec.schema.empty_table()
+    dup = overlap(stored, data)
+    if dup == data.num_rows:
+        audit.record(actor, "data.import", table=spec.name, run_id=run_id, rows=0,
+                     file=Path(path).name, skipped="already imported",
+                     metadata=sorted(metadata) or None)
+        summary["skipped"] = True
+        _set_metadata(store, run_id, metadata, actor)
+        return summary
+    if dup:
+        audit.record(actor, "data.import", "denied", table=spec.name, run_id=run_id,
+                     rows=data.num_rows, file=Path(path).name, reason="partly imported")
+        raise AlreadyImported(
+            f"{dup} of the {data.num_rows} rows of {Path(path).name} are already stored for run "
+            f"{run_id!r} in {spec.name}; nothing was imported (import only the new rows)",
+            field="file")
+    commit = table.write(data, actor=actor)
     runs = store.table("process/runs")
     try:
         known = runs.read(run_ids=[run_id]).num_rows > 0
@@ -186,9 +253,34 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
         known = False
     if not known:
         runs.write([{"run_id": run_id, "instrument": tool, "start": tmin, "end": tmax,
-                     "status": "complete", "updated_at": datetime.now(UTC)}], actor=actor)
-    vault.audit(org).record(actor, "data.import", table=spec.name, run_id=run_id,
-                            rows=data.num_rows, file=Path(path).name, commit=commit.seq)
-    return {"org": org, "table": spec.name, "run_id": run_id, "rows": data.num_rows,
-            "start": tmin.isoformat() if tmin else None,
-            "end": tmax.isoformat() if tmax else None, "new_run": not known}
+                     "status": "complete", "updated_at": datetime.now(UTC), **metadata}],
+                   actor=actor)
+    else:
+        _set_metadata(store, run_id, metadata, actor)
+    audit.record(actor, "data.import", table=spec.name, run_id=run_id,
+                 rows=data.num_rows, file=Path(path).name, commit=commit.seq,
+                 metadata=sorted(metadata) or None)
+    summary["new_run"] = not known
+    return summary
+
+
+def _set_metadata(store, run_id: str, metadata: dict, actor: str) -> None:
+    """A new version of the run record with ``metadata`` (the latest ``updated_at`` wins)."""
+    if not metadata:
+        return
+    runs = store.table("process/runs")
+    try:
+        cur = runs.read(run_ids=[run_id]).to_pylist()
+    except NotFound:
+        cur = []
+    if not cur:
+        return
+    rec = dict(cur[-1])
+    if all(rec.get(k) == v for k, v in metadata.items()):
+        return
+    now = datetime.now(UTC)
+    prev = rec.get("updated_at")
+    if prev is not None and prev >= now:
+        now = prev + timedelta(microseconds=1)
+    rec.update(metadata, updated_at=now)
+    runs.write([rec], actor=actor)

@@ -1,12 +1,18 @@
 """Notebook widgets over a :class:`~atomscale_lab.client.Workspace`.
 
 ``RunBrowser`` (find and inspect runs, paged on the server), ``MetrologyViewer`` (overlay spectra
-with peaks) and ``LiveRun`` (follow a run while it streams in). Figures are drawn with matplotlib;
-see :mod:`atomscale_lab.widgets.plots`.
+with peaks), ``LiveRun`` (follow a run while it streams in), ``RheedExplorer`` (zoom a RHEED trace,
+analyse the visible window) and the plot functions ``plot_rheed``, ``overlay`` and
+``plot_metrology``. Interactive figures are plotly (:mod:`.figures`), with a matplotlib image of
+the same figure for exports; the run browser's and live view's panels are matplotlib
+(:mod:`.plots`).
 """
 
 from .browser import RunBrowser
+from .figures import Plot
 from .live import LiveRun
 from .metrology import MetrologyViewer
+from .science import RheedExplorer, overlay, plot_metrology, plot_rheed, plot_run
 
-__all__ = ["LiveRun", "MetrologyViewer", "RunBrowser"]
+__all__ = ["LiveRun", "MetrologyViewer", "Plot", "RheedExplorer", "RunBrowser", "overlay",
+           "plot_metrology", "plot_rheed", "plot_run"]

@@ -1,11 +1,32 @@
-"""``MetrologyViewer``: spectra of several runs overlaid with their peaks, per technique."""
+"""``MetrologyViewer``: spectra of several runs overlaid with their peaks, per technique.
+
+XRD on a log axis with the scans offset and peak labels grouped, XPS on a reversed
+binding-energy axis with core levels named, AFM roughness as values — interactive in JupyterLab
+(plotly), with the same figure as a PNG for exports (see :mod:`.figures`).
+"""
 
 from __future__ import annotations
+
+import html
 
 import ipywidgets as W
 
 from ..errors import AtomscaleError
-from .plots import image_output, spectra_figure, text_output
+from .figures import Plot, metrology_figure
+from .plots import text_output
+
+
+def peaks_html(items) -> str:
+    """The peak positions of each item as HTML (run ids and values escaped)."""
+    if items is None or not len(items) or "peaks" not in items:
+        return ""
+    parts = []
+    for r in items.itertuples():
+        peaks = r.peaks if r.peaks is not None else []
+        if not len(peaks):
+            continue
+        parts.append(f"{html.escape(str(r.run_id))}: " + ", ".join(f"{p:.2f}" for p in peaks))
+    return f"<small>peaks — {'; '.join(parts)}</small>" if parts else ""
 
 
 class MetrologyViewer(W.VBox):
@@ -30,15 +51,25 @@ class MetrologyViewer(W.VBox):
                                     value=_pick(technique, techniques))
         self.runs = W.SelectMultiple(options=run_ids, value=tuple(run_ids), rows=min(8, len(
             run_ids) or 1), description="Runs")
-        self.log_y = W.Checkbox(value=False, description="log y")
+        self.log_y = W.Checkbox(value=self.technique.value == "XRD", description="log y")
         self.status = W.HTML()
         self.output = W.Output(layout=W.Layout(min_height="60px"))
         self.items = None
-        for w in (self.technique, self.runs, self.log_y):
+        self.plot = None
+        for w in (self.runs, self.log_y):
             w.observe(lambda _: self.refresh(), names="value")
+        self.technique.observe(self._on_technique, names="value")
         super().__init__(children=[W.HBox([self.technique, self.log_y]), self.runs, self.status,
                                    self.output], **kwargs)
         self.refresh()
+
+    def _on_technique(self, change) -> None:
+        # XRD is read on a log axis, the others on a linear one, unless the user says otherwise
+        want = change["new"] == "XRD"
+        if self.log_y.value != want:
+            self.log_y.value = want  # its observer redraws
+        else:
+            self.refresh()
 
     def refresh(self) -> None:
         """Fetch the selected runs' spectra of the chosen technique and redraw."""
@@ -55,14 +86,21 @@ class MetrologyViewer(W.VBox):
             self.status.value = ""
             self.output.outputs = (text_output(str(e)),)
             return
-        fig = spectra_figure(self.items, log_y=self.log_y.value,
-                             title=f"{tech}: {len(self.items)} item(s) from {len(runs)} run(s)")
-        self.output.outputs = (image_output(fig, f"<figure: {tech} spectra>"),)
-        peaks = "; ".join(
-            f"{r.run_id}: " + ", ".join(f"{p:.2f}" for p in (r.peaks if r.peaks is not None
-                                                             else []))
-            for r in self.items.itertuples())
-        self.status.value = f"<small>peaks — {peaks}</small>" if peaks else ""
+        title = f"{tech}: {len(self.items)} item(s) from {len(runs)} run(s)"
+        fig = metrology_figure(self.items, tech, title=title)
+        if tech != "XRD" and self.log_y.value and fig.data and fig.data[0].type != "bar":
+            fig.update_yaxes(type="log")
+        elif tech == "XRD" and not self.log_y.value:
+            fig.update_yaxes(type="linear")
+        self.plot = Plot(fig)
+        self.output.outputs = (self.plot.output(),)
+        if tech == "AFM" or "x" not in self.items or self.items["x"].isna().all():
+            self.status.value = "<small>" + "; ".join(
+                f"{html.escape(str(r.run_id))}: {r.result_name} {r.result_value:.3g} "
+                f"{html.escape(str(r.result_unit or ''))}" for r in self.items.itertuples()
+                if r.result_value == r.result_value) + "</small>"
+            return
+        self.status.value = peaks_html(self.items)
 
 
 def _pick(wanted, options):

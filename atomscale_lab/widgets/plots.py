@@ -50,6 +50,7 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
             ax.legend(loc="upper right", fontsize="x-small", frameon=False)
         unit = g["unit"].dropna().iloc[0] if "unit" in g and g["unit"].notna().any() else ""
         # the channel name inside the panel: long names would collide as y labels
+        unit = {"degC": "°C", "deg": "°"}.get(unit, unit)
         ax.text(0.005, 0.96, f"{ch} [{unit}]" if unit else ch, transform=ax.transAxes,
                 va="top", ha="left", fontsize="small",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})

@@ -7,6 +7,7 @@
  */
 
 import type { IOrgConfigDoc } from './orgconfig';
+import type { IRheed } from './rheedplot';
 
 /** The path below the server's base URL where the API lives. */
 export const API_PREFIX = 'atomscale/api/v1/';
@@ -68,12 +69,23 @@ export interface IFrame {
   data: unknown[][];
 }
 
+/** GET `facets`: the distinct values of the run catalogue's categorical columns. */
+export interface IFacets {
+  total: number;
+  project: string[];
+  instrument: string[];
+  method: string[];
+  operator: string[];
+  status: string[];
+}
+
 /** Filters, search and paging of GET `runs`. */
 export interface IRunQuery {
   q?: string;
   project?: string;
   sample?: string;
   instrument?: string;
+  method?: string;
   status?: string;
   start?: string;
   end?: string;
@@ -259,6 +271,16 @@ export class AtomscaleClient {
   /** One run's record, channels and metrology items. */
   run(runId: string, signal?: AbortSignal): Promise<IRunDetail> {
     return this.get<IRunDetail>(['runs', runId], {}, signal);
+  }
+
+  /** Distinct projects, instruments, methods, operators and statuses (for the facet pickers). */
+  facets(signal?: AbortSignal): Promise<IFacets> {
+    return this.get<IFacets>(['facets'], {}, signal);
+  }
+
+  /** The server's RHEED analysis of a run, with its trace decimated to `maxPoints`. */
+  rheed(runId: string, maxPoints?: number, signal?: AbortSignal): Promise<IRheed> {
+    return this.get<IRheed>(['runs', runId, 'rheed'], { max_points: maxPoints }, signal);
   }
 
   /** A run's process series as a long JSON frame, downsampled to `maxPoints` per channel. */

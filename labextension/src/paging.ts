@@ -13,6 +13,8 @@ export const SORT_KEYS = ['start', 'end', 'run_id', 'sample', 'instrument', 'sta
 /** Search text, sort and page of the run list. */
 export class PagingState {
   q = '';
+  /** Facet filters (project, instrument, method, status): one value each, or absent. */
+  filters: Record<string, string> = {};
   sort = 'start';
   order: 'asc' | 'desc' = 'desc';
   page = 1;
@@ -94,8 +96,24 @@ export class PagingState {
   }
 
   /** The query for the current page. */
+  /** Set (or with `''` clear) one facet filter; back to page 1. Returns whether it changed. */
+  setFilter(name: string, value: string): boolean {
+    const before = this.filters[name] ?? '';
+    if (before === value) {
+      return false;
+    }
+    if (value) {
+      this.filters[name] = value;
+    } else {
+      delete this.filters[name];
+    }
+    this.page = 1;
+    return true;
+  }
+
   query(): IRunQuery {
     return {
+      ...this.filters,
       q: this.q || undefined,
       sort: this.sort,
       order: this.order,

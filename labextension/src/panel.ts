@@ -9,7 +9,12 @@ import { Widget } from '@lumino/widgets';
 import { ApiError, AtomscaleClient, IRun, IRunDetail, IStatus } from './client';
 import { formatCount, formatTime, formatValue } from './format';
 import { debounce, LatestOnly, PagingState, SORT_KEYS } from './paging';
+import { RheedPlot, rheedSummary } from './rheedplot';
 import { extent, frameToSeries, sparklinePath } from './sparkline';
+
+/** The facets offered as filters (all from GET `facets`, which needs only data:read). */
+export const FACETS = ['project', 'instrument', 'method', 'status'] as const;
+const RHEED_CHANNEL = 'rheed_specular_intensity';
 
 /** User settings the panel reads (from the settings registry). */
 export interface IPanelSettings {
@@ -91,6 +96,10 @@ export class DataBrowserPanel extends Widget {
   private _prevButton = el('button', 'jp-AtomscalePanel-prev jp-Button jp-mod-minimal', '‹ Prev');
   private _nextButton = el('button', 'jp-AtomscalePanel-next jp-Button jp-mod-minimal', 'Next ›');
   private _detailNode = el('section', 'jp-AtomscalePanel-detail');
+  private _facetsNode = el('div', 'jp-AtomscalePanel-facets');
+  private _facetSelects = new Map<string, HTMLSelectElement>();
+  /** The RHEED plot of the selected run, when it has a trace. */
+  rheedPlot: RheedPlot | null = null;
 
   constructor(client: AtomscaleClient) {
     super();
@@ -147,7 +156,35 @@ export class DataBrowserPanel extends Widget {
   /** Load the org status and the first page of runs. */
   async refresh(): Promise<void> {
     this._clearError();
-    await Promise.all([this.loadStatus(), this.loadRuns()]);
+    await Promise.all([this.loadStatus(), this.loadRuns(), this.loadFacets()]);
+  }
+
+  /** Fill the facet pickers from GET `facets` (keeping what is chosen). */
+  async loadFacets(): Promise<void> {
+    try {
+      const facets = await this._client.facets();
+      for (const name of FACETS) {
+        const select = this._facetSelects.get(name);
+        if (!select) {
+          continue;
+        }
+        const chosen = this._paging.filters[name] ?? '';
+        select.replaceChildren();
+        const all = el('option', '', `all ${name === 'status' ? 'statuses' : name + 's'}`);
+        all.value = '';
+        select.appendChild(all);
+        for (const v of facets[name] ?? []) {
+          const opt = el('option', '', v);
+          opt.value = v;
+          select.appendChild(opt);
+        }
+        select.value = chosen;
+      }
+      this._facetsNode.dataset.state = 'ready';
+    } catch (err) {
+      this._facetsNode.dataset.state = 'error';
+      this._showError('list', describe(err));
+    }
   }
 
   /** Fetch and show the org header and category counts. */
@@ -219,7 +256,7 @@ export class DataBrowserPanel extends Widget {
       }
       this._renderDetail(detail);
       this._detailNode.dataset.state = 'ready';
-      await this._loadPlot(detail, ticket);
+      await Promise.all([this._loadPlot(detail, ticket), this._loadRheed(detail, ticket)]);
     } catch (err) {
       if (isAbort(err) || !this._detailReq.isCurrent(ticket)) {
         return;
@@ -296,6 +333,19 @@ export class DataBrowserPanel extends Widget {
       this._sortSelect,
       this._orderButton
     );
+    for (const name of FACETS) {
+      const select = el('select', 'jp-AtomscalePanel-facet jp-mod-styled');
+      select.dataset.facet = name;
+      select.setAttribute('aria-label', `Filter by ${name}`);
+      select.title = `Only runs of this ${name}`;
+      select.addEventListener('change', () => {
+        if (this._paging.setFilter(name, select.value)) {
+          void this.loadRuns();
+        }
+      });
+      this._facetSelects.set(name, select);
+      this._facetsNode.appendChild(select);
+    }
 
     this._listNode.setAttribute('role', 'listbox');
     this._listNode.setAttribute('aria-label', 'Runs');
@@ -318,7 +368,13 @@ export class DataBrowserPanel extends Widget {
       }
     });
     pager.append(this._prevButton, this._rangeNode, this._nextButton);
-    runs.append(el('h3', 'jp-AtomscalePanel-heading', 'Runs'), tools, this._listNode, pager);
+    runs.append(
+      el('h3', 'jp-AtomscalePanel-heading', 'Runs'),
+      tools,
+      this._facetsNode,
+      this._listNode,
+      pager
+    );
 
     this._detailNode.appendChild(
       el('div', 'jp-AtomscalePanel-placeholder', 'Select a run to see its summary.')
@@ -458,6 +514,7 @@ export class DataBrowserPanel extends Widget {
     node.appendChild(dl);
 
     node.appendChild(el('div', 'jp-AtomscalePanel-plot'));
+    node.appendChild(el('div', 'jp-AtomscalePanel-rheedBox'));
 
     for (const [cat, label] of [
       ['process', 'Process channels'],
@@ -512,6 +569,38 @@ export class DataBrowserPanel extends Widget {
       }
     });
     node.appendChild(open);
+  }
+
+  private async _loadRheed(
+    d: IRunDetail,
+    ticket: { id: number; signal: AbortSignal }
+  ): Promise<void> {
+    const box = this._detailNode.querySelector('.jp-AtomscalePanel-rheedBox') as HTMLElement | null;
+    this.rheedPlot = null;
+    if (!box || !(d.channels?.process ?? []).includes(RHEED_CHANNEL)) {
+      return;
+    }
+    box.dataset.state = 'loading';
+    try {
+      const doc = await this._client.rheed(d.run_id, this._settings.maxPoints * 4, ticket.signal);
+      if (!this._detailReq.isCurrent(ticket)) {
+        return;
+      }
+      const plot = new RheedPlot(doc);
+      this.rheedPlot = plot;
+      box.append(
+        el('h4', 'jp-AtomscalePanel-subheading', 'RHEED (UTC; wheel to zoom, drag to pan)'),
+        plot.node,
+        el('div', 'jp-AtomscalePanel-rheedSummary', rheedSummary(doc))
+      );
+      box.dataset.state = 'ready';
+    } catch (err) {
+      if (isAbort(err) || !this._detailReq.isCurrent(ticket)) {
+        return;
+      }
+      box.appendChild(el('div', 'jp-AtomscalePanel-error jp-mod-inline', describe(err)));
+      box.dataset.state = 'error';
+    }
   }
 
   private async _loadPlot(d: IRunDetail, ticket: { id: number; signal: AbortSignal }): Promise<void> {

@@ -37,6 +37,20 @@ describe('PagingState', () => {
     expect(p.page).toBe(2);
   });
 
+  it('sends facet filters and goes back to page 1 when one changes', () => {
+    const p = new PagingState(10);
+    p.setTotal(100);
+    p.next();
+    expect(p.setFilter('instrument', 'MBE-1')).toBe(true);
+    expect(p.page).toBe(1);
+    expect(p.query().instrument).toBe('MBE-1');
+    p.next();
+    expect(p.setFilter('instrument', 'MBE-1')).toBe(false);
+    expect(p.page).toBe(2);
+    expect(p.setFilter('instrument', '')).toBe(true);
+    expect('instrument' in p.query()).toBe(false);
+  });
+
   it('leaves q out of the query when empty', () => {
     expect(new PagingState().query().q).toBeUndefined();
   });

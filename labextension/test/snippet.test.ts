@@ -4,10 +4,18 @@ import { formatCount, formatTime, formatValue } from '../src/format';
 import { pyString, runSnippet } from '../src/snippet';
 
 describe('runSnippet', () => {
-  it('loads the run with the Workspace client', () => {
-    expect(runSnippet('acme-0007')).toBe(
-      'from atomscale_lab import Workspace\n\nws = Workspace()\ndf = ws.process("acme-0007")\ndf.head()'
-    );
+  it('plots the run and its RHEED analysis with the Workspace client', () => {
+    const code = runSnippet('acme-0007');
+    expect(code.split('\n').slice(0, 6)).toEqual([
+      'from atomscale_lab import Workspace',
+      'from atomscale_lab.widgets import plot_rheed, plot_run',
+      '',
+      'ws = Workspace()',
+      'run_id = "acme-0007"',
+      'display(plot_run(ws, run_id))'
+    ]);
+    expect(code).toContain('ws.rheed(run_id)');
+    expect(code.trim().endsWith('plot_rheed(ws, run_id)')).toBe(true);
   });
 
   it('keeps a hostile run id inside the string literal', () => {

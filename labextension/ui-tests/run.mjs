@@ -4,6 +4,7 @@
 //   LAB_URL        the server's base URL, e.g. http://127.0.0.1:8899/
 //   LAB_TOKEN      its token
 //   SEARCH_Q       a search text that matches some runs but not all
+//   FACET_INSTRUMENT  an instrument whose runs have RHEED traces (picked in the facet filter)
 //   ARTIFACTS      folder for screenshots (created if missing)
 //   CHROMIUM       browser executable (default /usr/bin/chromium)
 //   OUT            file to write the observations to (JSON)
@@ -30,6 +31,7 @@ const env = name => {
 const LAB_URL = env('LAB_URL').replace(/\/?$/, '/');
 const TOKEN = env('LAB_TOKEN');
 const SEARCH_Q = env('SEARCH_Q');
+const FACET_INSTRUMENT = env('FACET_INSTRUMENT');
 const ARTIFACTS = env('ARTIFACTS');
 const OUT = env('OUT');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -211,7 +213,7 @@ async function main() {
           return false;
         }
         for (let i = 0; i < nb.cells.length; i++) {
-          if (nb.cells.get(i).sharedModel.getSource().includes('ws.process(')) {
+          if (nb.cells.get(i).sharedModel.getSource().includes('plot_rheed(ws, run_id)')) {
             return true;
           }
         }
@@ -244,9 +246,19 @@ async function main() {
       target,
       { timeout: 120_000 }
     );
+    // the RHEED figure is an interactive plotly widget (anywidget): wait until it has drawn
+    await page
+      .waitForSelector('.jp-NotebookPanel .jp-OutputArea-output .js-plotly-plot .main-svg', {
+        timeout: 60_000
+      })
+      .catch(() => undefined);
     obs.cellOutput = await page.$$eval('.jp-NotebookPanel .jp-OutputArea-output', ns =>
       ns.map(n => n.textContent).join('\n').slice(0, 4000)
     );
+    obs.cellImages = await page.$$eval('.jp-NotebookPanel .jp-OutputArea-output img', ns =>
+      ns.map(n => n.naturalWidth)
+    );
+    obs.cellPlotly = await page.$$eval('.jp-NotebookPanel .js-plotly-plot .main-svg', ns => ns.length);
     await shot(page, 'open-in-notebook.png');
 
     begin('insert into active notebook');
@@ -302,6 +314,56 @@ async function main() {
     await page.click(`${PANEL} .jp-AtomscalePanel-refresh`);
     await page.waitForSelector(`${PANEL} > .jp-AtomscalePanel-error`, { state: 'hidden' });
     await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-org dd`);
+
+    begin('facets narrow the list');
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-facets[data-state="ready"]`);
+    obs.facetOptions = await page.$$eval(`${PANEL} .jp-AtomscalePanel-facet`, ss =>
+      Object.fromEntries(ss.map(s => [s.dataset.facet, Array.from(s.options).map(o => o.value)]))
+    );
+    await listReloaded(page, async () => {
+      await page.fill(`${PANEL} .jp-AtomscalePanel-search`, '');
+      await page.keyboard.press('Enter');
+    });
+    obs.unfilteredTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
+    await listReloaded(page, () =>
+      page.selectOption(`${PANEL} .jp-AtomscalePanel-facet[data-facet="instrument"]`, FACET_INSTRUMENT)
+    );
+    obs.facetRuns = await runIds(page);
+    obs.facetTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
+    obs.facetRequest = obs.runsRequests[obs.runsRequests.length - 1].url;
+
+    begin('rheed plot');
+    const rheedRun = obs.facetRuns[0];
+    await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${rheedRun}"]`);
+    await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-rheedBox[data-state="ready"] .jp-AtomscalePanel-rheedPlot path`);
+    const rheedState = () =>
+      page.$eval(`${PANEL} .jp-AtomscalePanel-rheed`, n => ({
+        lo: Number(n.dataset.lo),
+        hi: Number(n.dataset.hi),
+        points: Number(n.dataset.points),
+        layers: Number(n.dataset.layers),
+        path: n.querySelector('path')?.getAttribute('d'),
+        label: n.querySelector('.jp-AtomscalePanel-rheedWindow')?.textContent
+      }));
+    obs.rheed = { runId: rheedRun, before: await rheedState() };
+    obs.rheed.summary = await page.textContent(`${PANEL} .jp-AtomscalePanel-rheedSummary`);
+    await page.locator(`${PANEL} .jp-AtomscalePanel-rheedPlot`).scrollIntoViewIfNeeded();
+    const box = await page.locator(`${PANEL} .jp-AtomscalePanel-rheedPlot`).boundingBox();
+    await page.mouse.move(box.x + box.width * 0.3, box.y + box.height / 2);
+    await page.mouse.wheel(0, -300);
+    await page.mouse.wheel(0, -300);
+    await page.waitForFunction(
+      ([sel, hi]) => Number(document.querySelector(sel)?.dataset.hi) !== hi,
+      [`${PANEL} .jp-AtomscalePanel-rheed`, obs.rheed.before.hi],
+      { timeout: STEP_TIMEOUT }
+    );
+    obs.rheed.zoomed = await rheedState();
+    await shot(page, 'rheed-zoomed.png');
+    await page.dblclick(`${PANEL} .jp-AtomscalePanel-rheedPlot`);
+    obs.rheed.reset = await rheedState();
+    await listReloaded(page, () =>
+      page.selectOption(`${PANEL} .jp-AtomscalePanel-facet[data-facet="instrument"]`, '')
+    );
 
     begin('dark theme');
     const lightBg = await page.$eval(PANEL, n => getComputedStyle(n).backgroundColor);

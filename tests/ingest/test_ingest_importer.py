@@ -93,3 +93,58 @@ def test_parquet_import_and_run_mismatch(deployment, tmp_path):
     with pytest.raises(ValidationError, match=r"row 1, column 'run_id'"):
         import_file(deployment.vault, f, "acme", "process", "G-10")
     assert _rows(deployment, "process/series").num_rows == n
+
+
+def test_reimport_is_skipped_and_a_partial_overlap_refused(deployment, tmp_path, venv_bin):
+    f = tmp_path / "log.csv"
+    f.write_text(CSV)
+    cli = [str(venv_bin / "atomscale-lab"), "ingest", "import", "acme"]
+    args = ["--category", "tool_state", "--run", "G-0400", "--tool", "mbe1"]
+    first = subprocess.run([*cli, str(f), *args], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([*cli, str(f), *args], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert _rows(deployment, "tool_state/readings", "G-0400").num_rows == 4  # not 8
+    events = deployment.vault.audit("acme").events(action="data.import")
+    assert events[0]["detail"]["skipped"] == "already imported" and events[0]["detail"]["rows"] == 0
+    # a file holding the old rows plus new ones would double the old: refused, nothing stored
+    more = tmp_path / "more.csv"
+    more.write_text(CSV + "2026-03-01T10:00:09Z,cell_ga,906.0,905,C\n")
+    with pytest.raises(ValidationError, match="3 of the 5 rows|4 of the 5 rows"):
+        import_file(deployment.vault, more, "acme", "tool_state", "G-0400", tool="mbe1")
+    assert _rows(deployment, "tool_state/readings", "G-0400").num_rows == 4
+    denied = deployment.vault.audit("acme").events(action="data.import")[0]
+    assert denied["outcome"] == "denied"
+    # the same rows for another run are a different import
+    import_file(deployment.vault, f, "acme", "tool_state", "G-0401", tool="mbe1")
+    assert _rows(deployment, "tool_state/readings", "G-0401").num_rows == 4
+
+
+def test_import_sets_run_metadata_and_the_old_org_spelling_still_works(deployment, tmp_path,
+                                                                      venv_bin):
+    f = tmp_path / "log.csv"
+    f.write_text(CSV)
+    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", str(f),
+                          "--org", "acme", "--category", "tool_state", "--run", "G-0500",
+                          "--tool", "mbe1", "--project", "aurora", "--sample", "S-77",
+                          "--method", "MBE", "--operator", "akim"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run = _rows(deployment, "process/runs", "G-0500").to_pylist()[-1]
+    assert (run["project"], run["sample"], run["method"], run["operator"]) == \
+        ("aurora", "S-77", "MBE", "akim")
+    # re-importing with other metadata stores no rows but updates the record
+    summary = import_file(deployment.vault, f, "acme", "tool_state", "G-0500", tool="mbe1",
+                          metadata={"project": "borealis"})
+    assert summary["skipped"]
+    rec = deployment.vault.store("acme").table("process/runs").read(run_ids=["G-0500"])
+    assert rec.num_rows == 1 and rec.column("project").to_pylist() == ["borealis"]
+    assert rec.column("sample").to_pylist() == ["S-77"]
+    with pytest.raises(ValidationError, match="cannot set 'status'"):
+        import_file(deployment.vault, f, "acme", "tool_state", "G-0501",
+                    metadata={"status": "complete"})
+    # the org named twice is a usage error (exit 2)
+    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", "acme", str(f),
+                          "--org", "acme", "--category", "tool_state", "--run", "G-0502"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2

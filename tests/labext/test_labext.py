@@ -21,8 +21,16 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 def snippet(run_id: str) -> str:
     """The cell "Open in notebook" must insert (kept in step with src/snippet.ts)."""
-    return ("from atomscale_lab import Workspace\n\nws = Workspace()\n"
-            f"df = ws.process({json.dumps(run_id)})\ndf.head()")
+    return "\n".join([
+        "from atomscale_lab import Workspace",
+        "from atomscale_lab.widgets import plot_rheed, plot_run",
+        "",
+        "ws = Workspace()",
+        f"run_id = {json.dumps(run_id)}",
+        "display(plot_run(ws, run_id))",
+        'display(ws.rheed(run_id)[["run_id", "window", "shutters", "period_s", "period_err_s",',
+        '                         "rate_ml_s", "layers_observed", "drift", "status"]])',
+        "plot_rheed(ws, run_id)"])
 
 
 def test_unit_tests_pass(labext, artifacts):
@@ -42,7 +50,8 @@ def test_unit_tests_pass(labext, artifacts):
     assert r.returncode == 0, r.stderr[-2000:]
     assert doc["numPassedTests"] >= 40
     files = {Path(s["name"]).name for s in doc["testResults"]}
-    assert {"client.test.ts", "paging.test.ts", "sparkline.test.ts", "snippet.test.ts"} <= files
+    assert {"client.test.ts", "paging.test.ts", "sparkline.test.ts", "snippet.test.ts",
+            "rheedplot.test.ts"} <= files
 
 
 def test_typescript_type_checks(labext):
@@ -104,6 +113,7 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
         old.unlink()
     out = tmp_path / "observations.json"
     env = {"LAB_URL": lab["url"], "LAB_TOKEN": lab["token"], "SEARCH_Q": query,
+           "FACET_INSTRUMENT": "MBE-1",
            "ARTIFACTS": str(artifacts), "OUT": str(out), "CHROMIUM": CHROMIUM,
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     r = subprocess.run(["node", "ui-tests/run.mjs"], cwd=labext, env=env, capture_output=True,
@@ -165,11 +175,12 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     nb = obs["newNotebook"]
     assert nb["path"].endswith(".ipynb")
     assert snippet(target) in nb["cells"]
-    # the inserted cell runs as it is: the kernel loads the run's process data
+    # the inserted cell runs as it is: the kernel plots the run and shows its RHEED analysis
     out = obs["cellOutput"]
     assert "Traceback" not in out and "Error" not in out, out[:2000]
-    assert target in out, out[:2000]
-    assert any(ch in out for ch in detail["channels"]["process"]), out[:2000]
+    assert target in out and "period_s" in out, out[:2000]
+    assert obs["cellImages"] and obs["cellImages"][0] > 400  # the run's channels, as a PNG
+    assert obs["cellPlotly"] >= 1  # the RHEED figure drawn by plotly in the browser
     # ... and with one active it inserts the next run's cell into that same notebook
     act = obs["activeNotebook"]
     assert act["id"] == nb["id"]
@@ -182,6 +193,34 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     assert "does not run the atomscale_lab server extension (HTTP 404)" in obs["statusErrorText"]
     assert "<" not in obs["statusErrorText"]
 
+    # facets come from the API and narrow the list on the server
+    facets = api.get("facets")
+    for name in ("project", "instrument", "method", "status"):
+        assert obs["facetOptions"][name] == ["", *facets[name]], name
+    mbe = api.get("runs", instrument="MBE-1", sort="start", order="desc", page=1,
+                  per_page=PAGE_SIZE)
+    assert obs["unfilteredTotal"] == RUNS
+    assert obs["facetTotal"] == mbe["total"] < RUNS
+    assert obs["facetRuns"] == [x["run_id"] for x in mbe["runs"]]
+    assert parse_qs(urlparse(obs["facetRequest"]).query)["instrument"] == ["MBE-1"]
+
+    # the RHEED plot of the selected run shows the server's analysis; zoom narrows the window
+    rh = obs["rheed"]
+    doc = api.get(f"runs/{rh['runId']}/rheed", max_points=4 * MAX_POINTS)
+    times = [t for t in doc["trace"]["time"]]
+    before, zoomed, reset = rh["before"], rh["zoomed"], rh["reset"]
+    assert before["points"] == len(times) >= 50 and before["path"].startswith("M")
+    assert abs(before["lo"] - _ms(times[0])) <= 1 and abs(before["hi"] - _ms(times[-1])) <= 1
+    assert before["layers"] == len(doc["layers"]) > 3
+    assert "UTC" in before["label"]
+    w = doc["windows"][0]
+    assert f"{w['period_s']:.3f}" in rh["summary"] and f"{w['rate_ml_s']:.3f}" in rh["summary"]
+    span0, span1 = before["hi"] - before["lo"], zoomed["hi"] - zoomed["lo"]
+    assert span1 < 0.8 * span0  # two wheel steps in
+    assert before["lo"] <= zoomed["lo"] and zoomed["hi"] <= before["hi"]
+    assert zoomed["points"] < before["points"] and zoomed["layers"] < before["layers"]
+    assert (reset["lo"], reset["hi"]) == (before["lo"], before["hi"])
+
     # dark theme: the panel follows the theme variables
     theme = obs["theme"]
     assert _luminance(theme["lightBg"]) > 0.7
@@ -189,10 +228,17 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     assert _luminance(theme["darkText"]) > 0.5
 
     for name in ("panel-light.png", "panel-search.png", "run-summary.png",
-                 "open-in-notebook.png", "panel-dark.png"):
+                 "open-in-notebook.png", "rheed-zoomed.png", "panel-dark.png"):
         png = artifacts / name
         assert png.exists() and png.stat().st_size > 10_000, name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ours = [e for e in obs["consoleErrors"] if "atomscale" in e.lower()]
     assert not ours, ours
+
+
+def _ms(iso: str) -> int:
+    """Milliseconds since the epoch of an ISO time (as the browser's Date.parse gives them)."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)

@@ -5,6 +5,9 @@
 - ``lab_env``: exports ``lab_data`` (home and root key) into the environment for one test.
 - ``jp_server_config``: pytest-jupyter's in-process server with the extension on for ``acme`` and
   unauthenticated access refused.
+- ``demo_server`` (session): a real ``jupyter server`` over the packaged demo data (org ``acme``,
+  24 runs) plus one imported tool-log run without process data. Yields ``{url, token, home, dir}``.
+- ``sparse_server`` (session): the same for org ``sparse``, whose only run is such a tool log.
 - ``live_server`` (module): a real ``jupyter server`` subprocess on 127.0.0.1 with a token, serving
   ``acme``; stopped by pid. Yields ``{url, token, env, root_dir}``.
 
@@ -14,6 +17,7 @@ plugin for the whole repository) so they apply to this folder only; pytest-async
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +92,56 @@ def live_server(lab_data, tmp_path_factory):
     finally:
         stop_server(proc)
         shutil.rmtree(root / ".runtime", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory, venv_bin):
+    """A home with org acme holding the packaged demo data (24 runs), served by a jupyter
+    server; also holds a run imported from a tool-state CSV (no process data)."""
+    from atomscale_lab.crypto import generate_root_key
+
+    base = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
+    env.update({"ATOMSCALE_HOME": str(base / "home"), "ATOMSCALE_ROOT_KEY": generate_root_key(),
+                "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_CONFIG_DIR": str(base / "cfg"),
+                "JUPYTER_DATA_DIR": str(base / "data")})
+    cli = str(venv_bin / "atomscale-lab")
+    csv = base / "tool-log.csv"
+    csv.write_text("time,channel,value,setpoint,unit\n"
+                   "2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n"
+                   "2026-03-01T10:01:00Z,chamber_pressure,3e-10,,Torr\n")
+    for cmd in (["org", "create", "acme", "--region", "us"], ["demo-data", "acme", "--runs", "24"],
+                ["ingest", "import", "acme", str(csv), "--category", "tool_state",
+                 "--run", "A-0000-toollog", "--tool", "MBE-1", "--project", "aurora"]):
+        subprocess.run([cli, *cmd], env=env, check=True, capture_output=True, timeout=300)
+    proc, url, token = start_server(env, base, "acme", base / "server.log")
+    try:
+        yield {"url": url, "token": token, "home": base / "home", "dir": base}
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def sparse_server(tmp_path_factory, venv_bin):
+    """A jupyter server for org ``sparse``, whose only run was imported from a tool-state CSV (no
+    process data, no metrology, no labels): the notebooks must run on it too."""
+    from atomscale_lab.crypto import generate_root_key
+
+    base = tmp_path_factory.mktemp("sparse")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
+    env.update({"ATOMSCALE_HOME": str(base / "home"), "ATOMSCALE_ROOT_KEY": generate_root_key(),
+                "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_CONFIG_DIR": str(base / "cfg"),
+                "JUPYTER_DATA_DIR": str(base / "data")})
+    cli = str(venv_bin / "atomscale-lab")
+    csv = base / "tool-log.csv"
+    csv.write_text("time,channel,value,setpoint,unit\n"
+                   "2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n")
+    for cmd in (["org", "create", "sparse", "--region", "us"],
+                ["ingest", "import", "sparse", str(csv), "--category", "tool_state",
+                 "--run", "T-1", "--tool", "MBE-1"]):
+        subprocess.run([cli, *cmd], env=env, check=True, capture_output=True, timeout=300)
+    proc, url, token = start_server(env, base, "sparse", base / "server.log")
+    try:
+        yield {"url": url, "token": token, "home": base / "home", "dir": base}
+    finally:
+        stop_server(proc)
