@@ -54,16 +54,19 @@ def test_hub_access_refuses_another_org_than_the_servers(monkeypatch, stack, tmp
                   data_root=str(tmp_path), owner="x")
 
 
-def test_hub_access_keys_context_and_audit_follow_the_role(stack, access):
+def test_hub_access_keys_context_and_audit_follow_the_role(stack, access, logged_in):
     sci, viewer, support = (stack.user("acme", r) for r in ("scientist", "viewer", "support"))
     a = access(sci)
-    # The key service releases the org's keys to a data reader's token (as of this version),
-    # never to support or to another org.
-    assert a.org_keys().org == "acme"
-    with pytest.raises(PermissionDenied):
-        access(support).org_keys()
-    with pytest.raises(PermissionDenied):
-        access(stack.user("beta", "scientist"), org="acme").org_keys()
+    # A user's server holds no key, and the key service refuses every user's token (audited).
+    with pytest.raises(PermissionDenied, match="holds no key"):
+        a.org_keys()
+    for user, org in ((sci, "acme"), (support, "acme"), (stack.user("beta", "scientist"), "beta")):
+        _, token = logged_in(user)
+        r = api(stack, token, "GET", "/services/atomscale-keys/orgs/acme/keys")
+        assert r.status_code == 403 and "keys" not in r.json(), (user, r.status_code)
+    refused = {e["actor"] for e in stack.audit_events("acme", action="key.release")
+               if e["outcome"] == "denied"}
+    assert {sci, support, stack.user("beta", "scientist")} <= refused
     # Context labels: scientists only, and only for the server's owner.
     frame = a.context_join(["R-none"], ["film"], "identity test", actor=sci)
     assert list(frame.columns) == ["run_id", "film"]
@@ -94,11 +97,21 @@ def test_rest_api_of_a_real_server_follows_the_role(stack, running, role):
     base = f"/user/{user}/atomscale/api/v1"
     r = api(stack, token, "GET", f"{base}/status")
     if "data:read" not in perms:
-        # A server whose owner may not read data gets no data key: its extension serves
-        # nothing, and says why.
-        for method, path in (("GET", "status"), ("GET", "runs"), ("GET", "audit")):
-            r = api(stack, token, method, f"{base}/{path}")
-            assert r.status_code == 403 and "data-read scope" in r.json()["message"], r.text
+        # Support: the org's data server answers its status (no row counts), refuses every data
+        # route (audited), and lets it configure the org's workspace.
+        assert r.status_code == 200, r.text
+        assert "categories" not in r.json() and r.json()["role"] == "support", r.text
+        r = api(stack, token, "GET", f"{base}/runs")
+        assert r.status_code == 403, r.text
+        denied = [e for e in stack.audit_events("acme", actor=user, action="data.read")
+                  if e["outcome"] == "denied"]
+        assert denied, "support's refused read is not audited"
+        r = api(stack, token, "GET", f"{base}/audit")
+        assert r.status_code == 403, r.text
+        r = api(stack, token, "PATCH", f"{base}/config", json={"sidebar_page_size": 40})
+        assert r.status_code == 200 and r.json()["config"]["sidebar_page_size"] == 40, r.text
+        changed = stack.audit_events("acme", actor=user, action="config.change")
+        assert any(e["outcome"] == "allowed" for e in changed), events_json(changed)
         return
     assert r.status_code == 200, r.text
     assert r.json()["role"] == role and set(r.json()["permissions"]) == set(perms)
