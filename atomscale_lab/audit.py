@@ -267,16 +267,43 @@ class AuditLog:
         # A torn final write (no newline) is kept: verify() reports it as a bad line.
         return [ln for ln in data.split(b"\n") if ln] if data else []
 
+    def _reverse_lines(self, block: int = 1 << 16):
+        """The log's lines, last first, read in blocks from the end of the file."""
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below, generator-scoped
+        except FileNotFoundError:
+            return
+        with f:
+            pos = f.seek(0, os.SEEK_END)
+            head = b""
+            while pos > 0:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                parts = (f.read(step) + head).split(b"\n")
+                head = parts[0]  # a line that may continue in the block before
+                for line in reversed(parts[1:]):
+                    if line:
+                        yield line
+            if head:
+                yield head
+
     def events(self, *, actor: str | None = None, action: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict]:
-        """Most recent events first, optionally filtered (``action`` may end with ``.*``)."""
+        """Most recent events first, optionally filtered (``action`` may end with ``.*``).
+
+        Pages are read from the end of the file: a recent page costs the same on a log of any
+        length (only a filter that matches rarely reads further back).
+        """
         out, skipped = [], 0
         if limit <= 0:
             return out
-        for raw in reversed(self._lines()):
+        for raw in self._reverse_lines():
             try:
                 ev = json.loads(raw)
             except ValueError:
+                continue
+            if not isinstance(ev, dict):
                 continue
             if actor is not None and ev.get("actor") != actor:
                 continue
@@ -335,6 +362,35 @@ class AuditLog:
                         f"audit log of {self.org!r}, line {count}: does not match the recorded "
                         "head (the log was replaced by another valid-looking log)")
         return len(lines)
+
+
+class RateLimiter:
+    """A token bucket per caller: ``rate`` events a second on average, bursts of ``burst``."""
+
+    def __init__(self, rate: float = 50.0, burst: int = 200, clock=None):
+        import time
+
+        self.rate, self.burst = float(rate), int(burst)
+        self._clock = clock or time.monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> float:
+        """Take one token of ``caller``: 0 when allowed, else the seconds to wait."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[caller] = (tokens, now)
+                return (1.0 - tokens) / self.rate
+            self._buckets[caller] = (tokens - 1.0, now)
+            if len(self._buckets) > 10_000:  # bound memory: forget callers that are full again
+                full = [c for c, (t, ts) in self._buckets.items()
+                        if t + (now - ts) * self.rate >= self.burst]
+                for c in full:
+                    del self._buckets[c]
+            return 0.0
 
 
 class NullAudit:

@@ -56,15 +56,53 @@ class KeysHandler(ServiceHandler):
 
 
 class AuditHandler(ServiceHandler):
-    """``POST`` / ``GET orgs/<org>/audit``."""
+    """``POST`` / ``GET orgs/<org>/audit``.
+
+    An append is accepted only for an action the token's permissions allow (a refusal or error
+    may be reported for any server action: that is what a server records when it says no),
+    with a detail of at most ``MAX_DETAIL`` bytes, and at most ``RATE`` events a second per
+    token on average (bursts of ``BURST``); past that 429 with ``Retry-After``.
+    """
+
+    MAX_DETAIL = 4096
+    RATE, BURST = 50.0, 200
+    # The permission an *allowed* event of each action needs (any atomscale scope of the org
+    # for those not listed, e.g. ``auth.server``).
+    ACTION_NEEDS = (
+        (re.compile(r"^data\.(read|query|export)$"), {"data:read"}),
+        (re.compile(r"^widget\.[a-z_]+$"), {"data:read"}),
+        (re.compile(r"^data\.write$"), {"data:write"}),
+        (re.compile(r"^config\.change$"), {"config"}),
+        (re.compile(r"^apikey\.(create|use|revoke)$"), {"data:write", "config"}),
+    )
+
+    def _limiter(self):
+        from ...audit import RateLimiter
+
+        return self.settings.setdefault("audit_limiter", RateLimiter(self.RATE, self.BURST))
+
+    def _caller(self) -> str:
+        import hashlib
+
+        # Per token (not per user): a leaked or looping token throttles only itself.
+        return hashlib.sha256(self.request.headers.get("Authorization", "").encode()).hexdigest()
 
     async def post(self, org):
         """Record one event of a user server (actor = the token's owner)."""
+        import json
+
         model = await self.token_user()
         user = model["name"]
         perms = self.permissions(model, org)
         if not perms:
             raise web.HTTPError(403, "the token has no scope in this org")
+        wait = self._limiter().take(self._caller())
+        if wait:
+            self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
+            raise web.HTTPError(429, "too many audit events from this token; retry shortly")
+        if len(self.request.body or b"") > 4 * self.MAX_DETAIL:
+            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
+                                "bytes of detail")
         doc = self.json_body()
         action = str(doc.get("action", ""))
         outcome = str(doc.get("outcome", "allowed"))
@@ -76,10 +114,18 @@ class AuditHandler(ServiceHandler):
             raise web.HTTPError(400, "outcome must be allowed, denied or error")
         if not isinstance(detail, dict):
             raise web.HTTPError(400, "detail must be a JSON object")
+        if outcome == "allowed":
+            for pattern, needs in self.ACTION_NEEDS:
+                if pattern.match(action) and not perms & needs:
+                    self.deny(org, user, "audit.write", "the token's role cannot perform "
+                              "this action", attempted=action, held=sorted(perms))
         # the service sets these itself; a server cannot override them through the detail
         reserved = {"actor", "org", "action", "outcome", "service", "via", "seq", "ts", "prev",
                     "mac"}
         detail = {str(k)[:64]: v for k, v in detail.items() if k not in reserved}
+        if len(json.dumps(detail, default=str)) > self.MAX_DETAIL:
+            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
+                                "bytes of detail")
         self.audit(org, user, action, outcome, via="server", **detail)
         self.set_status(201)
         self.finish({"recorded": True})
