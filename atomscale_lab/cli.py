@@ -382,7 +382,9 @@ def _write_export(table, fmt: str, out, args) -> None:
                 chunk = _frame_for_text(table.slice(start, batch))
                 if not getattr(args, "raw_csv", False):
                     chunk = csv_neutralise(chunk)
-                out.write(chunk.to_csv(index=False, header=header, lineterminator="\n"))
+                # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a CR, which
+                # would otherwise start a new row (and a formula) in a spreadsheet.
+                out.write(chunk.to_csv(index=False, header=header, lineterminator="\r\n"))
                 header = False
                 bar.update(min(batch, n - start))
             return

@@ -47,6 +47,8 @@ log = logging.getLogger("atomscale_lab.ingest")
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+SMALL_BODY = 64 * 1024
+"""A refused batch request with at most this many body bytes is drained before the answer."""
 DEFAULT_MAX_DECODED = 64 * 1024 * 1024
 """Largest decoded size of one Arrow batch (the bytes its columns take once decompressed)."""
 
@@ -220,13 +222,19 @@ class BatchesHandler(_Base):
         self._size = 0
         self._too_big = False
         self._key = None
-        super().prepare()
-        if self._finished:
-            return
+        self._refused: AtomscaleError | None = None
         try:
+            self._enter("client", self.client)
             self._key = await self.key(None, "stream.batch")
         except AtomscaleError as e:
-            self.fail(e)
+            length = self.request.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+                # A small body is read and dropped before answering: closing with unread bytes
+                # would reset the connection and the client would never see the 401.
+                self.request.connection.set_max_body_size(SMALL_BODY)
+                self._refused = e
+            else:
+                self.fail(e)  # answered now; the body is never read (the connection closes)
             return
         # Only this endpoint takes large bodies: up to 4x the limit is read (and dropped) so
         # that the client gets a 413 rather than a closed connection.
@@ -236,7 +244,9 @@ class BatchesHandler(_Base):
             self._too_big = True
 
     def data_received(self, chunk):
-        """Accumulate the body up to the limit."""
+        """Accumulate the body up to the limit (nothing of a refused request is kept)."""
+        if self._refused is not None or self._finished:
+            return
         self._size += len(chunk)
         if self._size > self.max_body:
             self._too_big = True
@@ -247,6 +257,8 @@ class BatchesHandler(_Base):
     async def post(self, stream_id):
         """Validate, write to the WAL (fsynced), acknowledge."""
         try:
+            if self._refused is not None:
+                raise self._refused
             if self._too_big:
                 raise BatchTooLarge(f"the batch is larger than {self.max_body} bytes; "
                                     "send smaller batches", field="body")
