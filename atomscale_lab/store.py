@@ -272,6 +272,12 @@ class _State:
         return s
 
 
+def _ensure_version(crypto, version: int) -> bool:
+    """Let the crypto re-fetch its org's keys for an unseen version (after a rotation)."""
+    ensure = getattr(crypto, "ensure_version", None)
+    return bool(ensure and ensure(version))
+
+
 def _check_crypto(org: str, crypto: OrgCrypto | None) -> None:
     """Refuse a missing key, or the key of another org, before touching any file."""
     if crypto is None:
@@ -371,7 +377,7 @@ class Table:
                                  "(lines removed, reordered or inserted)")
             if kv < state.key_version:
                 raise self._fail(f"commit log line {lineno} uses a retired key version")
-            if kv not in self.crypto.keys.keys:
+            if kv not in self.crypto.keys.keys and not _ensure_version(self.crypto, kv):
                 raise KeyUnavailable(
                     f"data key version {kv} of org {self.org!r} is not available "
                     f"({self.spec.name} was written with it)")

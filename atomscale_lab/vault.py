@@ -299,7 +299,8 @@ class Vault:
         """The org's data ``OrgCrypto``."""
         from .crypto import OrgCrypto
 
-        return OrgCrypto(self.org_keys(name))
+        # A rotation by another process is picked up on the first unseen key version.
+        return OrgCrypto(self.org_keys(name), refresh=lambda: self.org_keys(name))
 
     def store(self, name: str, *, actor: str = "admin"):
         """The org's ``OrgStore``."""

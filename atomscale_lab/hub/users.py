@@ -35,6 +35,15 @@ ENV_IDP_USERS = "ATOMSCALE_IDP_USERS"
 SCRYPT = {"N": 16384, "r": 8, "p": 1}
 
 
+def _pyotp():
+    """``pyotp`` (hub extra), imported when a TOTP secret or code is needed."""
+    try:
+        import pyotp
+    except ImportError:
+        raise ConfigError("TOTP needs the hub extra: pip install 'atomscale-lab[hub]'") from None
+    return pyotp
+
+
 def default_users_file() -> Path:
     """``$ATOMSCALE_IDP_USERS`` or ``$ATOMSCALE_HOME/idp/users.json``."""
     from ..config import default_home
@@ -88,8 +97,7 @@ class IdpUsers:
 
         The TOTP secret is generated here; read codes with :meth:`totp_now`.
         """
-        import pyotp
-
+        pyotp = _pyotp()
         check_name(username)
         check_name(org, "org")
         if role not in ROLES:
@@ -135,8 +143,7 @@ class IdpUsers:
 
     def totp(self, username: str):
         """The user's ``pyotp.TOTP`` (for the demo's ``atomscale-lab totp`` and the tests)."""
-        import pyotp
-
+        pyotp = _pyotp()
         users = self.load()
         if username not in users:
             raise NotFound(f"no identity-provider user {username!r} in {self.path}")
