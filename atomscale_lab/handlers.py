@@ -88,7 +88,7 @@ class AtomscaleHandler(ExtensionHandlerMixin, APIHandler):
         for c in chunks:
             self.write(c)
             await self.flush()
-        await self.finish()
+        await self.finish(set_content_type=ARROW_STREAM)
 
     async def finish_frame(self, table: pa.Table, params: dict) -> None:
         """Send a frame as JSON ``{columns, data}`` or, with ``format=arrow``, an Arrow stream."""
@@ -283,7 +283,9 @@ class TableHandler(AtomscaleHandler):
         except BaseException as e:
             await loop.run_in_executor(None, failed, state["rows"], e)
             raise
-        await self.finish()
+        # APIHandler.finish() sets JSON unless told otherwise: an empty table is never flushed
+        # before it, so its Arrow stream went out labelled application/json.
+        await self.finish(set_content_type=ARROW_STREAM)
 
 
 class _Chunks:
