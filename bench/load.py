@@ -24,15 +24,20 @@ The data-serving process is a parameter (``--data-server MODULE:FACTORY``): a fa
 served) and ``headers`` (auth for a client). The default is the single-user jupyter server with the
 extension (``bench/load.py:jupyter_server``).
 
-Usage: ``python bench/load.py [--clients 50] [--seconds 60] [--chaos]``.
+Clients run as threads spread over ``--procs`` processes, so the client side's own interpreter
+lock does not inflate the measured latencies.
+
+Usage: ``python bench/load.py [--clients 50] [--procs 5] [--seconds 60] [--chaos]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing as mp
 import os
 import random
+import secrets
 import signal
 import socket
 import statistics
@@ -51,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "notebook"))
 
 import labdata  # noqa: E402
-from _nbserver import start_server, stop_server  # noqa: E402
+from _nbserver import stop_server, wait_ready  # noqa: E402
 
 ORG = "load"
 API = "atomscale/api/v1/"
@@ -67,13 +72,18 @@ def free_port() -> int:
 
 
 class JupyterDataServer:
-    """The single-user jupyter server with the extension, serving one org (the default)."""
+    """The single-user jupyter server with the extension, serving one org (the default).
+
+    Port and token stay the same across restarts, so clients in other processes keep the URL.
+    """
 
     def __init__(self, home: Path, env: dict, org: str, workdir: Path):
         self.env, self.org, self.workdir = env, org, workdir
         self.proc = None
-        self.url = ""
-        self.headers: dict = {}
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.headers = {"Authorization": f"token {self.token}"}
         self.starts = 0
 
     def start(self) -> None:
@@ -82,8 +92,17 @@ class JupyterDataServer:
         root.mkdir(exist_ok=True)
         log = self.workdir / f"server-{self.starts}.log"
         self.starts += 1
-        proc, url, token = start_server(self.env, root, self.org, log)
-        self.proc, self.url, self.headers = proc, url, {"Authorization": f"token {token}"}
+        cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
+               f"--port={self.port}", "--ServerApp.port_retries=0",
+               f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={self.token}",
+               '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
+               f"--AtomscaleLab.org={self.org}"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        wait_ready(self.proc, self.url, self.token, log)
 
     def kill(self) -> None:
         """SIGKILL the server (by pid)."""
@@ -188,12 +207,12 @@ def _pct(values: list[float], q: float) -> float:
 class Client(threading.Thread):
     """One client: a loop of weighted random requests until ``deadline``."""
 
-    def __init__(self, n: int, server, ingest: IngestService, key: str, runs: list[str],
-                 detail: list[str], stats: Stats, deadline: float, chaos: dict):
+    def __init__(self, n: int, ends: dict, key: str, detail: list[str], stats: Stats,
+                 deadline: float, down):
         super().__init__(daemon=True)
-        self.n, self.server, self.ingest, self.key = n, server, ingest, key
-        self.runs, self.detail, self.stats = runs, detail, stats
-        self.deadline, self.chaos = deadline, chaos
+        self.n, self.ends, self.key = n, ends, key
+        self.detail, self.stats = detail, stats
+        self.deadline, self.down = deadline, down
         self.rnd = random.Random(n)
         self.http = requests.Session()
         self.http.trust_env = False
@@ -204,16 +223,17 @@ class Client(threading.Thread):
         self.ip = f"10.0.{n // 250}.{n % 250 + 1}"
 
     def _data(self, path: str, **params):
-        r = self.http.get(self.server.url + API + path, headers=self.server.headers,
+        r = self.http.get(self.ends["data_url"] + API + path, headers=self.ends["data_headers"],
                           params=params, timeout=60)
         if r.status_code != 200:
             raise RuntimeError(f"{r.status_code} {r.text[:200]}")
         return r
 
-    def _ingest(self, method: str, path: str, **kw):
+    def ingest(self, method: str, path: str, **kw):
+        """One request to the ingest service as this client's instrument."""
         headers = {"Authorization": f"Bearer {self.key}", "X-Forwarded-For": self.ip}
-        return self.http.request(method, self.ingest.url + path, headers=headers,
-                                 verify=self.ingest.cert, timeout=60, **kw)
+        return self.http.request(method, self.ends["ingest_url"] + path, headers=headers,
+                                 verify=self.ends["ingest_cert"], timeout=60, **kw)
 
     def page(self):
         """A catalogue page with a mixed filter, sort and page."""
@@ -247,7 +267,7 @@ class Client(threading.Thread):
                     self.batch()
                 self.stats.ok(kind, time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - every failure is counted, none is fatal
-                if self.chaos.get("down"):
+                if self.down.is_set():
                     self.stats.down(kind)
                     time.sleep(0.2)
                 else:
@@ -256,8 +276,8 @@ class Client(threading.Thread):
     def batch(self):
         """Send the next batch; retried with the same id until acknowledged (exactly once)."""
         if self.sid is None:
-            r = self._ingest("POST", "/streams", json={"run_id": self.run_id, "tool": "mbe-1",
-                                                       "category": "process"})
+            r = self.ingest("POST", "/streams", json={"run_id": self.run_id, "tool": "mbe-1",
+                                                      "category": "process"})
             if r.status_code != 201:
                 raise RuntimeError(f"open: {r.status_code} {r.text[:200]}")
             self.sid = r.json()["id"]
@@ -265,12 +285,26 @@ class Client(threading.Thread):
         t0 = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.batch_no * BATCH_ROWS)
         rows = [{"time": (t0 + timedelta(seconds=i)).isoformat(), "channel": bid,
                  "value": float(i), "unit": "a.u."} for i in range(BATCH_ROWS)]
-        r = self._ingest("POST", f"/streams/{self.sid}/batches",
-                         json={"batch_id": bid, "rows": rows})
+        r = self.ingest("POST", f"/streams/{self.sid}/batches",
+                        json={"batch_id": bid, "rows": rows})
         if r.status_code != 200:
             raise RuntimeError(f"batch: {r.status_code} {r.text[:200]}")
         self.acked[bid] = r.json()["rows"]
         self.batch_no += 1
+
+
+def worker(ids: list[int], ends: dict, key: str, detail: list[str], deadline: float, down,
+           out) -> None:
+    """One client process: threads for ``ids``; puts its results on ``out``."""
+    stats = Stats()
+    clients = [Client(i, ends, key, detail, stats, deadline, down) for i in ids]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    out.put({"lat": dict(stats.lat), "errors": dict(stats.errors),
+             "unavailable": dict(stats.unavailable), "samples": stats.samples,
+             "streams": [(c.n, c.run_id, c.sid, c.acked) for c in clients]})
 
 
 def build(home: Path, runs: int, detail: int) -> tuple[str, list[str], list[str]]:
@@ -290,7 +324,7 @@ def build(home: Path, runs: int, detail: int) -> tuple[str, list[str], list[str]
         [labdata.run_id(i) for i in range(detail)]
 
 
-def check_rows(home: Path, clients: list[Client]) -> tuple[int, int, int]:
+def check_rows(home: Path, streams: list) -> tuple[int, int, int]:
     """(acknowledged rows, lost, duplicated), counted per acknowledged batch id."""
     import pyarrow.compute as pc
 
@@ -300,25 +334,27 @@ def check_rows(home: Path, clients: list[Client]) -> tuple[int, int, int]:
     v = Vault(Settings.load(home))
     try:
         table = v.store(ORG).table("process/series").read(
-            run_ids=[c.run_id for c in clients if c.acked])
+            run_ids=[run_id for _, run_id, _, acked in streams if acked])
     finally:
         v.close()
     counts = dict(zip(*[x.to_pylist() for x in pc.value_counts(table.column("channel"))
                         .flatten()], strict=True)) if table.num_rows else {}
-    acked = lost = dup = 0
-    for c in clients:
-        for bid, n in c.acked.items():
+    acked_rows = lost = dup = 0
+    for _, _, _, acked in streams:
+        for bid, n in acked.items():
             got = counts.get(bid, 0)
-            acked += n
+            acked_rows += n
             lost += max(0, n - got)
             dup += max(0, got - n)
-    return acked, lost, dup
+    return acked_rows, lost, dup
 
 
 def main() -> int:
     """Build, start, load (optionally kill and restart), report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--procs", type=int, default=5,
+                    help="client processes the clients are spread over (default 5)")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--detail-runs", type=int, default=60)
@@ -351,36 +387,49 @@ def main() -> int:
     ingest = IngestService(home, env, work)
     server.start()
     ingest.start()
-    stats, chaos = Stats(), {"down": False}
+    ends = {"data_url": server.url, "data_headers": server.headers, "ingest_url": ingest.url,
+            "ingest_cert": ingest.cert}
+    ctx = mp.get_context("spawn")
+    down, out = ctx.Event(), ctx.Queue()
+    procs = max(1, min(args.procs, args.clients))
     deadline = time.monotonic() + args.seconds
-    clients = [Client(i, server, ingest, key, runs, detail, stats, deadline, chaos)
-               for i in range(args.clients)]
+    workers = [ctx.Process(target=worker, args=(list(range(p, args.clients, procs)), ends, key,
+                                                detail, deadline, down, out))
+               for p in range(procs)]
     started = time.monotonic()
-    for c in clients:
-        c.start()
+    for w in workers:
+        w.start()
     restarts = {}
+    results = []
     try:
         if args.chaos:
             for at, name, proc in ((args.seconds / 3, "data_server", server),
                                    (2 * args.seconds / 3, "ingest", ingest)):
                 time.sleep(max(0.0, started + at - time.monotonic()))
-                chaos["down"] = True
+                down.set()
                 t_kill = time.perf_counter()
                 proc.kill()
                 proc.start()
                 restarts[name] = time.perf_counter() - t_kill
                 time.sleep(1.0)  # requests in flight at the kill finish failing as "down"
-                chaos["down"] = False
-        for c in clients:
-            c.join(args.seconds + 120)
+                down.clear()
+        results = [out.get(timeout=args.seconds + 300) for _ in workers]
+        for w in workers:
+            w.join(60)
         elapsed = time.monotonic() - started
         # every stream is finalized: its rows are then in the store
+        streams = [s for r in results for s in r["streams"]]
         fin_errors = 0
-        for c in clients:
-            if c.sid is None:
+        http = requests.Session()
+        http.trust_env = False
+        for n, _, sid, _ in streams:
+            if sid is None:
                 continue
+            ip = f"10.0.{n // 250}.{n % 250 + 1}"
             for _ in range(60):
-                r = c._ingest("POST", f"/streams/{c.sid}/finalize")
+                r = http.post(ingest.url + f"/streams/{sid}/finalize", verify=ingest.cert,
+                              headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": ip},
+                              timeout=120)
                 if r.status_code == 200:
                     break
                 time.sleep(0.5)
@@ -389,7 +438,15 @@ def main() -> int:
     finally:
         ingest.stop()
         server.stop()
-    acked, lost, dup = check_rows(home, clients)
+    stats = Stats()
+    for r in results:
+        for k, v in r["lat"].items():
+            stats.lat[k].extend(v)
+        stats.errors.update(r["errors"])
+        stats.unavailable.update(r["unavailable"])
+        for k, v in r["samples"].items():
+            stats.samples.setdefault(k, v)
+    acked, lost, dup = check_rows(home, streams)
     total = sum(len(v) for v in stats.lat.values())
     print(f"clients: {args.clients}")
     print(f"seconds: {elapsed:.1f}")
