@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -439,6 +440,8 @@ def main() -> int:
         ingest.stop()
         server.stop()
     stats = Stats()
+    acked, lost, dup = check_rows(home, streams)
+    shutil.rmtree(work, ignore_errors=True)
     for r in results:
         for k, v in r["lat"].items():
             stats.lat[k].extend(v)
@@ -446,7 +449,6 @@ def main() -> int:
         stats.unavailable.update(r["unavailable"])
         for k, v in r["samples"].items():
             stats.samples.setdefault(k, v)
-    acked, lost, dup = check_rows(home, streams)
     total = sum(len(v) for v in stats.lat.values())
     print(f"clients: {args.clients}")
     print(f"seconds: {elapsed:.1f}")
