@@ -177,6 +177,38 @@ class AuditHeads:
             db.execute("DELETE FROM audit_heads WHERE org = ?", (org,))
 
 
+class _Pending:
+    """One event waiting for its group commit."""
+
+    __slots__ = ("log", "actor", "action", "outcome", "detail", "done", "error")
+
+    def __init__(self, log, actor: str, action: str, outcome: str, detail: dict):
+        self.log, self.actor, self.action, self.outcome = log, actor, action, outcome
+        self.detail, self.done, self.error = detail, False, None
+
+
+class _Group:
+    """The pending events of one log file in this process, and who writes them."""
+
+    def __init__(self):
+        self.mutex = threading.Lock()
+        self.writer = threading.Lock()
+        self.pending: list[_Pending] = []
+
+
+_GROUPS: dict[str, _Group] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def _group_of(path: Path) -> _Group:
+    key = os.path.abspath(path)
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(key)
+        if group is None:
+            group = _GROUPS[key] = _Group()
+        return group
+
+
 class AuditLog:
     """The hash-chained, MACed audit log of one org (an ``AuditSink``).
 
@@ -201,7 +233,12 @@ class AuditLog:
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
-        """Append one event (locked, fsynced)."""
+        """Append one event (locked, fsynced); returns once it is on disk.
+
+        Group commit: events recorded concurrently by threads of this process are chained and
+        written together, with one ``fsync`` and one head update, by whichever thread gets the
+        file first; each caller still returns only after its own event is durable.
+        """
         if outcome not in OUTCOMES:
             raise ValidationError(f"audit outcome must be one of {', '.join(OUTCOMES)}",
                                   field="outcome")
@@ -213,28 +250,58 @@ class AuditLog:
         clean = clean_detail(detail)
         if len(_canonical(clean)) > MAX_DETAIL_BYTES:
             raise ValidationError("audit detail is too large", field="detail")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        group = _group_of(self.path)
+        item = _Pending(self, actor, action, outcome, clean)
+        with group.mutex:
+            group.pending.append(item)
+        with group.writer:
+            if not item.done:
+                with group.mutex:
+                    batch, group.pending = group.pending, []
+                self._write_batch(batch)
+        if item.error is not None:
+            raise item.error
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        """Chain, write and fsync ``batch`` (this process's pending events) under the file lock."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            seq, prev = self._tail(fd)
-            event = {
-                "seq": seq + 1, "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-                "org": self.org, "actor": actor, "action": action, "outcome": outcome,
-                "detail": clean, "prev": prev,
-            }
-            body = _canonical(event)
-            event["mac"] = self._mac(body)
-            line = _canonical(event)
-            os.write(fd, line + b"\n")
-            os.fsync(fd)
-            if self.heads is not None:
-                self.heads.advance(self.org, seq + 1, _line_hash(line))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = self._tail(fd)
+                lines = []
+                for item in batch:
+                    seq += 1
+                    event = {
+                        "seq": seq, "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                        "org": self.org, "actor": item.actor, "action": item.action,
+                        "outcome": item.outcome, "detail": item.detail, "prev": prev,
+                    }
+                    event["mac"] = item.log._mac(_canonical(event))
+                    line = _canonical(event)
+                    lines.append(line)
+                    prev = _line_hash(line)
+                data = b"".join(line + b"\n" for line in lines)
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+                for heads in {id(i.log.heads): i.log.heads for i in batch
+                              if i.log.heads is not None}.values():
+                    heads.advance(self.org, seq, prev)
+            finally:
+                os.close(fd)  # also releases the lock
+            if created:
+                _fsync_dir(self.path.parent)
+        except BaseException as e:
+            for item in batch:
+                item.error = e
+            raise
         finally:
-            os.close(fd)  # also releases the lock
-        if created:
-            _fsync_dir(self.path.parent)
+            for item in batch:
+                item.done = True
 
     def _tail(self, fd: int) -> tuple[int, str]:
         """(seq, hash) of the last line, read backwards from the end of the file."""

@@ -76,3 +76,30 @@ def test_a_recent_page_reads_only_the_end_of_a_long_log(tmp_path, monkeypatch):
     events = log.events(limit=20)
     assert [e["seq"] for e in events] == list(range(3000, 2980, -1))
     assert 0 < sum(read) < size / 10, (sum(read), size)
+
+
+def test_concurrent_records_share_one_fsync_and_stay_chained(tmp_path, monkeypatch):
+    import os
+    import threading
+    import time
+
+    log = AuditLog(tmp_path / "a.log", "acme", b"k" * 32)
+    log.record("ann", "data.read", n=-1)  # the file exists: no directory fsync below
+    group = audit_mod._group_of(log.path)
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
+    with group.writer:  # hold the file: ten threads queue their events meanwhile
+        threads = [threading.Thread(target=log.record, args=(f"u{i}", "data.read"),
+                                    kwargs={"n": i}) for i in range(10)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(group.pending) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(group.pending) == 10
+    for t in threads:
+        t.join(30)
+    assert len(syncs) == 1  # one write and one fsync for the ten events
+    assert log.verify() == 11
+    assert sorted(e["detail"]["n"] for e in log.events(limit=20)) == list(range(-1, 10))
