@@ -1,6 +1,7 @@
 """User and org names: one validation and one mapping to Unix names and hub groups.
 
-Names are 2-32 characters of ``a-z``, ``0-9`` and ``-``, starting with a letter. They never hold
+Names are 2-32 (orgs) or 2-64 (users) characters of ``a-z``, ``0-9`` and ``-``, starting with a
+letter. They never hold
 ``:`` or ``_``, which is what keeps the derived names apart:
 
 - hub groups: ``org:<org>`` (the org's members) and ``role:<org>:<role>`` (a role in the org). As
@@ -23,6 +24,9 @@ import re
 from .errors import ValidationError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+"""Org names: 2-32 characters (they name folders and hub groups)."""
+USER_RE = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
+"""User names: 2-64 characters (``<org>-scientist`` of a long org name still fits)."""
 UNIX_MAX = 32
 """Longest Unix user or group name the system tools accept."""
 _HASH_CHARS = 10  # base32 characters: 50 bits
@@ -44,9 +48,12 @@ RESERVED_USER_PREFIXES = ("atomscale", "jupyterhub", "service-", "svc-", "org-",
 
 
 def check_name(name, what: str = "user name") -> str:
-    """Return ``name`` if it is a valid user/org name, else raise ``ValidationError``."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValidationError(f"invalid {what} {name!r}: use 2-32 of a-z, 0-9 and '-', "
+    """Return ``name`` if it is a valid user name (or, when ``what`` names an org, org name),
+    else raise ``ValidationError``."""
+    org = what.startswith("org")
+    pattern, longest = (NAME_RE, 32) if org else (USER_RE, 64)
+    if not isinstance(name, str) or not pattern.match(name):
+        raise ValidationError(f"invalid {what} {name!r}: use 2-{longest} of a-z, 0-9 and '-', "
                               "starting with a letter", field=what)
     return name
 
@@ -75,7 +82,7 @@ def unix_ident(prefix: str, name: str) -> str:
     Injective for valid names under one prefix (see the module docstring); ``prefix`` is part
     of the hash so the same name under two prefixes maps apart too.
     """
-    check_name(name, "name")
+    check_name(name)
     plain = prefix + name
     if len(plain) <= UNIX_MAX:
         return plain
@@ -113,6 +120,7 @@ def check_unix_free(mapped: str, name: str, taken: dict[str, str], what: str) ->
 ORG_GROUP = "org:"
 ROLE_GROUP = "role:"
 _ROLE_GROUP_RE = re.compile(r"^role:(?P<org>[a-z][a-z0-9-]{1,31}):(?P<role>[a-z-]+)$")
+# (org names are at most 32 characters: see NAME_RE)
 _ORG_GROUP_RE = re.compile(r"^org:(?P<org>[a-z][a-z0-9-]{1,31})$")
 
 

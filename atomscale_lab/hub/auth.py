@@ -299,7 +299,7 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             return check_new_user(name)
         except ValidationError:
             self.log.warning("Refusing a login with an unusable user name claim %r", name)
-            raise AuthRefused(f"Your user name {name!r} cannot be used on this hub (2-32 of "
+            raise AuthRefused(f"Your user name {name!r} cannot be used on this hub (2-64 of "
                               "a-z, 0-9 and '-', starting with a letter, not reserved). Ask "
                               "your administrator.") from None
 

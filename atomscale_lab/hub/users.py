@@ -167,7 +167,7 @@ def org_group(org: str) -> str:
     return names.unix_org_group(org)
 
 
-_COMMENT_RE = re.compile(r"^atomscale-lab (?P<user>[a-z][a-z0-9-]{1,31})$")
+_COMMENT_RE = re.compile(r"^atomscale-lab (?P<user>[a-z][a-z0-9-]{1,63})$")
 
 
 def ensure_org_group(org: str) -> int:
