@@ -27,7 +27,11 @@ extension (``bench/load.py:jupyter_server``).
 Clients run as threads spread over ``--procs`` processes, so the client side's own interpreter
 lock does not inflate the measured latencies.
 
-Usage: ``python bench/load.py [--clients 50] [--procs 5] [--seconds 60] [--chaos]``.
+With ``--think-ms 0`` (the default) every client sends its next request as soon as the last one is
+answered: 50 such clients keep 50 requests in flight, so by Little's law the mean latency is
+50 / throughput. ``--think-ms`` adds a pause per client, like people and instruments have.
+
+Usage: ``python bench/load.py [--clients 50] [--procs 5] [--seconds 60] [--think-ms 0] [--chaos]``.
 """
 
 from __future__ import annotations
@@ -209,8 +213,9 @@ class Client(threading.Thread):
     """One client: a loop of weighted random requests until ``deadline``."""
 
     def __init__(self, n: int, ends: dict, key: str, detail: list[str], stats: Stats,
-                 deadline: float, down):
+                 deadline: float, down, think: float = 0.0):
         super().__init__(daemon=True)
+        self.think = think
         self.n, self.ends, self.key = n, ends, key
         self.detail, self.stats = detail, stats
         self.deadline, self.down = deadline, down
@@ -250,6 +255,8 @@ class Client(threading.Thread):
     def run(self):  # noqa: D102 - Thread.run: the loop
         kinds, weights = zip(*WEIGHTS.items(), strict=True)
         while time.monotonic() < self.deadline:
+            if self.think:  # a person or instrument pauses between requests (exponential)
+                time.sleep(self.rnd.expovariate(1.0 / self.think))
             kind = self.rnd.choices(kinds, weights)[0]
             t0 = time.perf_counter()
             try:
@@ -295,10 +302,10 @@ class Client(threading.Thread):
 
 
 def worker(ids: list[int], ends: dict, key: str, detail: list[str], deadline: float, down,
-           out) -> None:
+           out, think: float = 0.0) -> None:
     """One client process: threads for ``ids``; puts its results on ``out``."""
     stats = Stats()
-    clients = [Client(i, ends, key, detail, stats, deadline, down) for i in ids]
+    clients = [Client(i, ends, key, detail, stats, deadline, down, think) for i in ids]
     for c in clients:
         c.start()
     for c in clients:
@@ -357,6 +364,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=5,
                     help="client processes the clients are spread over (default 5)")
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="mean pause of each client between requests (default 0: back to back)")
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--detail-runs", type=int, default=60)
     ap.add_argument("--chaos", action="store_true",
@@ -395,7 +404,8 @@ def main() -> int:
     procs = max(1, min(args.procs, args.clients))
     deadline = time.monotonic() + args.seconds
     workers = [ctx.Process(target=worker, args=(list(range(p, args.clients, procs)), ends, key,
-                                                detail, deadline, down, out))
+                                                detail, deadline, down, out,
+                                                args.think_ms / 1000))
                for p in range(procs)]
     started = time.monotonic()
     for w in workers:
@@ -451,6 +461,7 @@ def main() -> int:
             stats.samples.setdefault(k, v)
     total = sum(len(v) for v in stats.lat.values())
     print(f"clients: {args.clients}")
+    print(f"think_ms: {args.think_ms:g}")
     print(f"seconds: {elapsed:.1f}")
     print(f"requests_per_s: {total / elapsed:.1f}")
     for kind in WEIGHTS:
