@@ -82,9 +82,10 @@ class OrgService:
         self.access = access
         self.org = access.org
         keys = access.org_keys()
-        self.key_version = keys.current
-        self.key_fingerprint = keys.fingerprint()
-        self.store = OrgStore(Path(access.data_root), access.org, OrgCrypto(keys), access.heads())
+        # ``refresh``: after ``org rotate-key`` the first unseen key version re-fetches the keys
+        # (rate-limited), so a running server keeps serving without a restart.
+        self.store = OrgStore(Path(access.data_root), access.org,
+                              OrgCrypto(keys, refresh=access.org_keys), access.heads())
         del keys  # the CryptoFactory holds what it needs; drop our own reference
         self._write_lock = threading.Lock()
         self.runs = Refreshing(self._build_catalog, lambda: self._log_version(RUNS.name),
@@ -92,6 +93,16 @@ class OrgService:
         self.metrology_index = Refreshing(self._build_metrology_index,
                                           lambda: self._log_version(METROLOGY.name),
                                           refresh_interval)
+
+    @property
+    def key_version(self) -> int:
+        """The data-key version new writes use (follows rotations)."""
+        return self.store.crypto.version
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of that version."""
+        return self.store.crypto.fingerprint()
 
     # --- caches ---------------------------------------------------------------------------
 

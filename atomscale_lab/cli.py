@@ -394,6 +394,24 @@ def _nan_to_null(table):
     return table
 
 
+CSV_FORMULA_HEADS = ("=", "+", "-", "@", "\t", "\r")
+"""A cell starting with one of these is run as a formula by spreadsheet programs."""
+
+
+def csv_neutralise(df):
+    """Prefix text cells that a spreadsheet would run as a formula with ``'`` (kept as text).
+
+    Only text (object/string) columns are touched: a negative number stays a number.
+    """
+    import pandas as pd
+
+    for col in df.columns:
+        if pd.api.types.is_object_dtype(df[col]) or pd.api.types.is_string_dtype(df[col]):
+            df[col] = [("'" + v) if isinstance(v, str) and v.startswith(CSV_FORMULA_HEADS)
+                       else v for v in df[col]]
+    return df
+
+
 def _write_export(table, fmt: str, out, args) -> None:
     import pyarrow.parquet as pq
 
@@ -408,7 +426,11 @@ def _write_export(table, fmt: str, out, args) -> None:
             header = True
             for start in range(0, max(n, 1), batch):
                 chunk = _frame_for_text(table.slice(start, batch))
-                out.write(chunk.to_csv(index=False, header=header, lineterminator="\n"))
+                if not getattr(args, "raw_csv", False):
+                    chunk = csv_neutralise(chunk)
+                # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a CR, which
+                # would otherwise start a new row (and a formula) in a spreadsheet.
+                out.write(chunk.to_csv(index=False, header=header, lineterminator="\r\n"))
                 header = False
                 bar.update(min(batch, n - start))
             return
@@ -729,6 +751,10 @@ def build_parser():
                            "rows)")
     ex.add_argument("--output", "-o", metavar="PATH", help="file to write (default: stdout)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    ex.add_argument("--raw-csv", action="store_true",
+                    help="write text cells as stored: by default a cell starting with =, +, -, "
+                         "@, tab or CR gets a leading ' so spreadsheets show it as text instead "
+                         "of running it as a formula")
     ex.set_defaults(func=cmd_export)
 
     cx = sub.add_parser("context", help="context labels (materials-system labels)",

@@ -29,6 +29,8 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import load_root_key_text
 from .errors import (
+    AtomscaleError,
     ConfigError,
     KeyUnavailable,
     OrgExists,
@@ -584,7 +587,7 @@ class _OrgKmsClient(pe.KmsClient):
             owner._fail(f"the file was encrypted for another org or purpose "
                         f"({str(mkid)[:80]!r}), not {owner.org!r}")
         v = int(m["version"])
-        if v not in owner._keys.keys:
+        if not owner.ensure_version(v):
             owner._fail(f"data key version {v} of org {owner.org!r} is not available")
         return owner._keys.keys[v]
 
@@ -620,7 +623,8 @@ class OrgCrypto:
     ours, never the underlying exception's.
     """
 
-    def __init__(self, keys: OrgKeys, purpose: str = "data"):
+    def __init__(self, keys: OrgKeys, purpose: str = "data",
+                 refresh: Callable[[], OrgKeys] | None = None, refresh_interval: float = 2.0):
         if not isinstance(keys, OrgKeys) or not keys.keys:
             org = getattr(keys, "org", "?")
             raise KeyUnavailable(f"no data key is available for org {org!r}")
@@ -629,6 +633,11 @@ class OrgCrypto:
         self.purpose = purpose
         self.version = keys.current
         self._last_error: str | None = None
+        # After a rotation elsewhere (``org rotate-key``) files and log lines name a version this
+        # process has not seen: fetch the org's keys again, at most once per interval.
+        self._refresh, self._refresh_interval = refresh, refresh_interval
+        self._refreshed_at = -1e9
+        self._refresh_lock = threading.Lock()
         self._factory = pe.CryptoFactory(lambda _conf: _OrgKmsClient(self))
         # The token scopes pyarrow's key caches: org, purpose and the newest key version.
         token = f"atomscale:{self.org}:{purpose}:{keys.fingerprint()}"
@@ -645,6 +654,61 @@ class OrgCrypto:
     def keys(self) -> OrgKeys:
         """The org keys this factory uses."""
         return self._keys
+
+    def ensure_version(self, version: int) -> bool:
+        """True if data-key ``version`` is held, after re-fetching the org's keys once if it is
+        not (rate-limited: a version that does not exist costs one fetch per interval)."""
+        if version in self._keys.keys:
+            return True
+        self.reload()
+        return version in self._keys.keys
+
+    def ensure_sign_version(self, version: int) -> bool:
+        """True if the verify key of signing-key ``version`` is held (and, for a writer, a
+        signing key at least that new), after re-fetching the org's keys once if not."""
+        if self._has_sign_version(version):
+            return True
+        self.reload()
+        return self._has_sign_version(version)
+
+    def _has_sign_version(self, version: int) -> bool:
+        if version not in self._keys.verify:
+            return False
+        return self._keys.signing is None or self._keys.signing[0] >= version
+
+    def reload(self) -> bool:
+        """Fetch the org's keys again (after a rotation elsewhere, ``org rotate-key``): new
+        data, verify and signing key versions join the ones held. At most once per interval;
+        False when nothing could be fetched."""
+        if self._refresh is None:
+            return False
+        with self._refresh_lock:
+            now = time.monotonic()
+            if now - self._refreshed_at < self._refresh_interval:
+                return False
+            self._refreshed_at = now
+            try:
+                fresh = self._refresh()
+            except AtomscaleError as e:
+                log.warning("re-fetching the keys of org %s failed: %s", self.org,
+                            type(e).__name__)
+                return False
+            if not isinstance(fresh, OrgKeys) or fresh.org != self.org or not fresh.keys:
+                return False
+            # Keep versions we hold that the fresh set lacks: files written with them stay
+            # readable until this process ends. A reader stays a reader.
+            old = self._keys
+            signing = old.signing
+            if signing is not None and fresh.signing is not None and \
+                    fresh.signing[0] > signing[0]:
+                signing = fresh.signing
+            self._keys = OrgKeys(self.org, {**old.keys, **fresh.keys},
+                                 {**old.verify, **fresh.verify}, signing)
+            if fresh.current > self.version:
+                log.info("org %s: data key version %s is now current in this process",
+                         self.org, fresh.current)
+                self.version = fresh.current
+            return True
 
     def master_key_id(self, version: int | None = None) -> str:
         """``<org>/<purpose>/v<N>``: the Parquet master-key id of a version."""
@@ -738,6 +802,8 @@ class OrgCrypto:
         """
         pub = self._verifiers.get(version)
         if pub is None:
+            if version not in self._keys.verify:
+                self.ensure_sign_version(version)
             raw = self._keys.verify.get(version)
             if raw is None:
                 raise KeyUnavailable(

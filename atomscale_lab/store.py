@@ -355,6 +355,18 @@ _STAT_KEYS = ("rows", "tmin", "tmax", "run_ids", "run_min", "run_max")
 _PUBLIC_KEYS = ("path", "size", "fp", "kv", "bucket")
 
 
+def _ensure_version(crypto, version: int) -> bool:
+    """Let the crypto re-fetch its org's keys for an unseen version (after a rotation)."""
+    ensure = getattr(crypto, "ensure_version", None)
+    return bool(ensure and ensure(version))
+
+
+def _ensure_sign_version(crypto, version: int) -> bool:
+    """Let the crypto re-fetch its org's keys for a newer signing key (after a rotation)."""
+    ensure = getattr(crypto, "ensure_sign_version", None)
+    return bool(ensure and ensure(version))
+
+
 def _check_crypto(org: str, crypto: OrgCrypto | None) -> None:
     """Refuse a missing key, or the key of another org, before touching any file."""
     if crypto is None:
@@ -553,7 +565,7 @@ class Table:
                                  "(lines removed, reordered or inserted)")
             if kv < state.key_version:
                 raise self._fail(f"commit log line {lineno} uses a retired key version")
-            if kv not in self.crypto.keys.keys:
+            if kv not in self.crypto.keys.keys and not _ensure_version(self.crypto, kv):
                 raise KeyUnavailable(
                     f"data key version {kv} of org {self.org!r} is not available "
                     f"({self.spec.name} was written with it)")
@@ -666,10 +678,12 @@ class Table:
                 removed: list[str]) -> _State:
         """Append one signed line (caller holds the table lock) and advance the heads;
         write a checkpoint when one is due."""
-        kv = self.crypto.version
         sv = self.crypto.sign_version
         if sv is None:
             self._require_writer()
+        if sv < state.sign_version and _ensure_sign_version(self.crypto, state.sign_version):
+            sv = self.crypto.sign_version
+        kv = self.crypto.version
         if sv < state.sign_version:
             raise KeyUnavailable(f"the signing key this process holds for org {self.org!r} "
                                  "was rotated; reload the org's keys")

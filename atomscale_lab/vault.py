@@ -212,7 +212,14 @@ class Vault:
     def create_org(self, name: str, region: str, *, actor: str = "admin") -> dict:
         """Create an org (name: ``[a-z][a-z0-9-]{1,31}``); refuse a region that does not match the
         roots' declared region (``ResidencyError``) or an existing name (``OrgExists``)."""
+        from .names import check_new_org, check_unix_free, unix_org_group
+
         check_name(name)
+        check_new_org(name)
+        # Two orgs must never share a Unix group (it owns the org's files on a hub).
+        check_unix_free(unix_org_group(name), name,
+                        {unix_org_group(o["name"]): o["name"]
+                         for o in self.orgs(include_deleted=True)}, "org name")
         region = check_region(region)
         # Unwrapping the deployment audit key first proves the root key is the one the registry
         # uses; otherwise the new org's keys would be wrapped under a different root key.
@@ -338,7 +345,8 @@ class Vault:
         """The org's data ``OrgCrypto``."""
         from .crypto import OrgCrypto
 
-        return OrgCrypto(self.org_keys(name))
+        # A rotation by another process is picked up on the first unseen key version.
+        return OrgCrypto(self.org_keys(name), refresh=lambda: self.org_keys(name))
 
     def store(self, name: str, *, actor: str = "admin"):
         """The org's ``OrgStore``."""

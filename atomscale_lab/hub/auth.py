@@ -6,9 +6,12 @@ On top of oauthenticator's generic OAuth2 flow it
   appears, e.g. after the provider rotated its key), its ``iss``, ``aud`` and ``exp``;
 - refuses the login unless the token says a second factor was used (``amr``/``acr``), and fails
   closed: a provider that does not say so is refused;
-- maps the ``org`` and ``role`` claims to the hub groups ``org:<org>`` and ``<org>:<role>`` (which
-  carry the org's roles, see :mod:`atomscale_lab.hub.roles`), and refuses an org the deployment
-  does not know with a 403 page that says so;
+- maps the ``org`` and ``role`` claims to the hub groups ``org:<org>`` and ``role:<org>:<role>``
+  (which carry the org's roles, see :mod:`atomscale_lab.hub.roles`), and refuses an org the
+  deployment does not know with a 403 page that says so;
+- validates the user-name claim (:func:`atomscale_lab.names.check_new_user`) and binds a hub user
+  to the provider's stable subject (``iss`` + ``sub``) at first login: a changeable
+  ``preferred_username`` renamed to someone else's name does not become that user;
 - re-checks all of this whenever the hub refreshes the user (``auth_refresh_age``).
 
 oauthenticator 17 has no OIDC discovery: the endpoints default from ``issuer`` with the paths of the
@@ -27,6 +30,8 @@ from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 from traitlets import Any, Bool, Int, List, Set, Unicode, default, observe
 
+from ..errors import ValidationError
+from ..names import check_new_user, hub_org_group, hub_role_group
 from .roles import ROLES
 
 
@@ -115,6 +120,16 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         config=True,
         help="""Orgs this deployment serves. A user whose org claim is not one of them is refused
         with a 403 page. ``jupyterhub_config.py`` fills it from the org registry.
+        """,
+    )
+
+    bind_subject = Bool(
+        True,
+        config=True,
+        help="""Bind each hub user to the identity provider's subject (``iss`` + ``sub``) of its
+        first login, and refuse a later login (or refresh) whose user-name claim names that user
+        but whose subject differs. Keep it on whenever ``username_claim`` is a claim users or
+        admins can change (``preferred_username``, ``email``).
         """,
     )
 
@@ -277,6 +292,37 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
 
     # ------------------------------------------------------------------ oauthenticator hooks
 
+    def user_info_to_username(self, user_info):
+        """The user-name claim, refused unless it is a valid, non-reserved user name."""
+        name = super().user_info_to_username(user_info)
+        try:
+            return check_new_user(name)
+        except ValidationError:
+            self.log.warning("Refusing a login with an unusable user name claim %r", name)
+            raise AuthRefused(f"Your user name {name!r} cannot be used on this hub (2-64 of "
+                              "a-z, 0-9 and '-', starting with a letter, not reserved). Ask "
+                              "your administrator.") from None
+
+    @staticmethod
+    def subject(claims: dict) -> str:
+        """The provider's stable identity of the user: ``<iss> <sub>``."""
+        return f"{claims.get('iss')} {claims.get('sub')}"
+
+    async def check_subject(self, user, claims: dict) -> None:
+        """Refuse when hub ``user`` is bound to another subject than ``claims`` carry."""
+        if not self.bind_subject or user is None:
+            return
+        state = await user.get_auth_state() or {}
+        bound = (state.get("atomscale") or {}).get("subject")
+        if bound is not None and bound != self.subject(claims):
+            self.log.warning("Refusing %s: the identity provider's subject changed", user.name)
+            info = state.get("atomscale") or {}
+            if info.get("org") in self.known_orgs:
+                self._audit(info["org"], user.name, "auth.login", "denied",
+                            reason="subject mismatch")
+            raise AuthRefused("This user name belongs to another account of the identity "
+                              "provider. Ask your administrator.")
+
     async def token_to_user(self, token_info):
         """Verified id_token claims (instead of oauthenticator's unverified decode)."""
         return await asyncio.to_thread(self.verify_id_token, token_info.get("id_token"))
@@ -301,15 +347,16 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             if org in self.known_orgs:
                 self._audit(org, name, "auth.login", "denied", reason="role")
             raise
-        auth_model["auth_state"]["atomscale"] = {"org": org, "role": role}
+        auth_model["auth_state"]["atomscale"] = {"org": org, "role": role,
+                                                 "subject": self.subject(claims)}
         return auth_model
 
     async def get_user_groups(self, auth_state):
-        """``org:<org>`` and ``<org>:<role>`` from the verified claims."""
+        """``org:<org>`` and ``role:<org>:<role>`` from the verified claims."""
         info = auth_state.get("atomscale") or {}
         if not info.get("org"):
             return set()
-        return {f"org:{info['org']}", f"{info['org']}:{info['role']}"}
+        return {hub_org_group(info["org"]), hub_role_group(info["org"], info["role"])}
 
     async def check_allowed(self, username, auth_model):
         """Allowed when the verified claims passed :meth:`update_auth_model`."""
@@ -323,6 +370,9 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
     async def authenticate(self, handler, data=None, **kwargs):
         """The OAuth code exchange, then verification; every decision is audited."""
         model = await super().authenticate(handler, data, **kwargs)
+        if handler is not None and hasattr(handler, "find_user"):
+            await self.check_subject(handler.find_user(model["name"]),
+                                     model["auth_state"][self.user_auth_state_key])
         info = (model.get("auth_state") or {}).get("atomscale", {})
         self._audit(info.get("org"), model["name"], "auth.login", "allowed",
                     role=info.get("role"), amr=model["auth_state"][self.user_auth_state_key]
@@ -336,7 +386,8 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         if not auth_state or not auth_state.get("token_response"):
             return False
         try:
-            return await self._token_to_auth_model(auth_state["token_response"])
+            return await self._same_user(user, await self._token_to_auth_model(
+                auth_state["token_response"]))
         except web.HTTPError as e:
             self.log.info("Stored id_token of %s no longer valid (%s)", user.name,
                           getattr(e, "message", e.status_code))
@@ -347,11 +398,19 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             token_info = await self.get_token_info(
                 handler, self.build_refresh_token_request_params(refresh_token))
             token_info.setdefault("refresh_token", refresh_token)
-            return await self._token_to_auth_model(token_info)
+            return await self._same_user(user, await self._token_to_auth_model(token_info))
         except Exception as e:
             self.log.info("Refreshing %s failed (%s): a new login is required", user.name,
                           type(e).__name__)
             return False
+
+
+    async def _same_user(self, user, model):
+        """A refreshed model only if it still names ``user`` with the bound subject."""
+        if model["name"] != user.name:
+            raise AuthRefused("The identity provider now names this account differently.")
+        await self.check_subject(user, model["auth_state"][self.user_auth_state_key])
+        return model
 
 
 def _single(value, known: set[str]):

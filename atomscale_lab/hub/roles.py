@@ -3,7 +3,9 @@
 Custom scopes are ``custom:atomscale:<permission>`` for each permission of
 :data:`atomscale_lab.sources.PERMISSIONS`; a role of org ``acme`` holds them filtered as
 ``custom:atomscale:data:read!group=org:acme``. Users join roles through the hub groups the
-authenticator derives from their identity-provider claims: ``org:<org>`` and ``<org>:<role>``.
+authenticator derives from their identity-provider claims: ``org:<org>`` and ``role:<org>:<role>``
+(names hold no ``:``, so no org's member group can be read as another org's role group; see
+:mod:`atomscale_lab.names`).
 
 Least privilege, per the role table: nobody gets ``tokens``, ``admin:users``, ``access:servers`` of
 other users or write access to groups (each would let one user act as another, e.g. let the support
@@ -12,8 +14,7 @@ account reach a scientist's server or join the scientist group).
 
 from __future__ import annotations
 
-import re
-
+from ..names import hub_org_group, hub_role_group, org_role_of_group
 from ..sources import PERMISSIONS, ROLE_PERMISSIONS
 
 SCOPE_PREFIX = "custom:atomscale:"
@@ -36,9 +37,6 @@ HUB_SCOPES = {
     "support": ["list:users", "read:users", "read:groups", "servers"],
 }
 
-_ROLE_GROUP = re.compile(r"^(?P<org>[a-z][a-z0-9-]{1,31}):(?P<role>[a-z-]+)$")
-
-
 def custom_scopes() -> dict:
     """``c.JupyterHub.custom_scopes``: the atomscale permissions."""
     return {SCOPE_PREFIX + p: {"description": SCOPE_DESCRIPTIONS[p]} for p in PERMISSIONS}
@@ -48,7 +46,7 @@ def org_scope(permission: str, org: str) -> str:
     """The filtered scope string of ``permission`` in ``org`` (what services compare)."""
     if permission not in PERMISSIONS:
         raise ValueError(f"unknown atomscale permission {permission!r}")
-    return f"{SCOPE_PREFIX}{permission}!group=org:{org}"
+    return f"{SCOPE_PREFIX}{permission}!group={hub_org_group(org)}"
 
 
 def role_name(org: str, role: str) -> str:
@@ -57,8 +55,8 @@ def role_name(org: str, role: str) -> str:
 
 
 def role_group(org: str, role: str) -> str:
-    """The hub group whose members hold ``role`` in ``org`` (e.g. ``acme:scientist``)."""
-    return f"{org}:{role}"
+    """The hub group whose members hold ``role`` in ``org`` (e.g. ``role:acme:scientist``)."""
+    return hub_role_group(org, role)
 
 
 def org_roles(org: str) -> list[dict]:
@@ -66,7 +64,7 @@ def org_roles(org: str) -> list[dict]:
     out = []
     for role in ROLES:
         scopes = [org_scope(p, org) for p in sorted(ROLE_PERMISSIONS[role])]
-        scopes += [f"{s}!group=org:{org}" for s in HUB_SCOPES[role]]
+        scopes += [f"{s}!group={hub_org_group(org)}" for s in HUB_SCOPES[role]]
         out.append({
             "name": role_name(org, role),
             "description": f"{role} of org {org}",
@@ -101,12 +99,12 @@ def key_holders(org: str) -> frozenset[str]:
 
 
 def org_roles_of(groups) -> dict[str, set[str]]:
-    """``{org: {role, ...}}`` from hub group names (``<org>:<role>``)."""
+    """``{org: {role, ...}}`` from hub group names (``role:<org>:<role>``)."""
     out: dict[str, set[str]] = {}
     for g in groups:
-        m = _ROLE_GROUP.match(getattr(g, "name", g))
-        if m and m["role"] in ROLES:
-            out.setdefault(m["org"], set()).add(m["role"])
+        hit = org_role_of_group(getattr(g, "name", g))
+        if hit and hit[1] in ROLES:
+            out.setdefault(hit[0], set()).add(hit[1])
     return out
 
 

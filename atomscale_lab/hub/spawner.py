@@ -22,6 +22,7 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Bool, Dict, Unicode, default
 
+from ..names import org_of_group
 from .roles import org_roles_of
 from .users import ensure_unix_user, unix_name
 
@@ -76,7 +77,7 @@ class AtomscaleSpawner(LocalProcessSpawner):
     @property
     def org(self) -> str:
         """The user's org, from its hub groups; refuses none or several."""
-        orgs = {g.name[4:] for g in self.user.groups if g.name.startswith("org:")}
+        orgs = {org_of_group(g.name) for g in self.user.groups} - {None}
         if len(orgs) != 1:
             raise RuntimeError(f"user {self.user.name} must belong to exactly one org "
                                f"(groups: {sorted(orgs) or 'none'})")

@@ -8,6 +8,9 @@ Every hub user's server runs as its own Unix user (``as-<hub name>``), in the Un
 (``as-org-<org>``): servers of different orgs cannot read each other's process environment or files.
 Each org's data server runs as the org's service account (:func:`service_account`, its own user and
 group), which owns ``data_root/<org>``; no user account has any access there.
+Names too long for 32 characters are shortened injectively (:mod:`atomscale_lab.names`).
+
+``pyotp`` (the ``hub`` extra) is imported only where a TOTP secret or code is made.
 """
 
 from __future__ import annotations
@@ -23,16 +26,24 @@ import secrets
 import subprocess
 from pathlib import Path
 
-import pyotp
-
+from .. import names
 from ..errors import ConfigError, NotFound, ValidationError
 
 ROLES = ("org-admin", "scientist", "viewer", "support")
 """The org roles a user can hold (see ``atomscale_lab.hub.roles``)."""
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+NAME_RE = names.NAME_RE
 ENV_IDP_USERS = "ATOMSCALE_IDP_USERS"
 SCRYPT = {"N": 16384, "r": 8, "p": 1}
+
+
+def _pyotp():
+    """``pyotp`` (hub extra), imported when a TOTP secret or code is needed."""
+    try:
+        import pyotp
+    except ImportError:
+        raise ConfigError("TOTP needs the hub extra: pip install 'atomscale-lab[hub]'") from None
+    return pyotp
 
 
 def default_users_file() -> Path:
@@ -53,10 +64,7 @@ def hash_password(password: str) -> dict:
 
 def check_name(name: str, what: str = "user name") -> str:
     """Return ``name`` if it is a valid user/org name, else raise ``ValidationError``."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValidationError(f"invalid {what} {name!r}: use 2-32 of a-z, 0-9 and '-', "
-                              "starting with a letter", field=what)
-    return name
+    return names.check_name(name, what)
 
 
 class IdpUsers:
@@ -91,6 +99,7 @@ class IdpUsers:
 
         The TOTP secret is generated here; read codes with :meth:`totp_now`.
         """
+        pyotp = _pyotp()
         check_name(username)
         check_name(org, "org")
         if role not in ROLES:
@@ -99,6 +108,10 @@ class IdpUsers:
         users = self.load()
         if username in users and not replace:
             raise ValidationError(f"user {username!r} already exists", field="username")
+        if username not in users:
+            names.check_new_user(username)
+            names.check_unix_free(unix_name(username), username,
+                                  {unix_name(u): u for u in users}, "user name")
         password = password or secrets.token_urlsafe(12)
         users[username] = {
             "org": org, "role": role, "mfa": bool(mfa),
@@ -130,8 +143,9 @@ class IdpUsers:
         return [self.get(n) for n in sorted(self.load()) if org is None
                 or self.load()[n]["org"] == org]
 
-    def totp(self, username: str) -> pyotp.TOTP:
-        """The user's TOTP generator (for the demo's ``atomscale-lab totp`` and the tests)."""
+    def totp(self, username: str):
+        """The user's ``pyotp.TOTP`` (for the demo's ``atomscale-lab totp`` and the tests)."""
+        pyotp = _pyotp()
         users = self.load()
         if username not in users:
             raise NotFound(f"no identity-provider user {username!r} in {self.path}")
@@ -146,21 +160,22 @@ class IdpUsers:
 
 
 def unix_name(hub_user: str) -> str:
-    """The Unix account a hub user's server runs as."""
-    return f"as-{hub_user}"[:32]
+    """The Unix account a hub user's server runs as (injective, at most 32 characters)."""
+    return names.unix_user(hub_user)
 
 
 def org_group(org: str) -> str:
-    """The Unix group of an org's users (owns ``data_root/<org>``)."""
-    return f"as-org-{org}"[:32]
+    """The Unix group of an org's users (owns ``data_root/<org>``; injective, <= 32 chars)."""
+    return names.unix_org_group(org)
+
+
+_COMMENT_RE = re.compile(r"^atomscale-lab (?P<user>[a-z][a-z0-9-]{1,63})$")
 
 
 def service_account(org: str) -> str:
-    """The Unix account (and group) of ``org``'s data server; owns ``data_root/<org>``.
-
-    Derived from :func:`org_group` (same length, different prefix), so it is as unique per org.
-    """
-    return "as-svc-" + org_group(org)[len("as-org-"):]
+    """The Unix account (and group) of ``org``'s data server; owns ``data_root/<org>``
+    (injective like every mapped name; hub user names cannot start with ``svc-``)."""
+    return names.unix_service_account(org)
 
 
 def ensure_service_account(org: str) -> tuple[int, int]:
@@ -201,8 +216,16 @@ def ensure_unix_user(hub_user: str, org: str, home_base: str | Path = "/home/ato
     base.mkdir(parents=True, exist_ok=True, mode=0o755)
     os.chmod(Path(home_base), 0o755)  # noqa: S103 - homes below are 0700
     try:
-        pwd.getpwnam(name)
+        existing = pwd.getpwnam(name)
     except KeyError:
+        existing = None
+    if existing is not None:
+        # An account of another hub user (or not ours at all) under this name: refuse, never share.
+        owner = _COMMENT_RE.match(existing.pw_gecos or "")
+        if owner is None or owner["user"] != hub_user:
+            raise ValidationError(f"the Unix account {name!r} exists and does not belong to hub "
+                                  f"user {hub_user!r}; refusing to share it", field="user name")
+    else:
         subprocess.run(["useradd", "--system", "--create-home", "--home-dir", str(base / name),
                         "--gid", org_group(org), "--shell", "/usr/sbin/nologin", "--comment",
                         f"atomscale-lab {hub_user}", name], check=True, capture_output=True)

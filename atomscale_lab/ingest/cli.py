@@ -92,7 +92,18 @@ def add_serve_arguments(p):
     p.add_argument("--max-failures", type=int, default=10,
                    help="failed authentications per client per minute before 429 (default 10)")
     p.add_argument("--behind-proxy", action="store_true",
-                   help="trust X-Forwarded-For / X-Real-Ip for the client address")
+                   help="a proxy on this machine (loopback) forwards requests: take the client "
+                        "address from the X-Forwarded-For entry it appends")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="an address or network of a proxy whose X-Forwarded-For is believed "
+                        "(repeatable; also $ATOMSCALE_INGEST_TRUSTED_PROXIES, comma-separated); "
+                        "without one the client is the connection's peer address")
+    p.add_argument("--max-decoded", type=int, default=64 * 1024 * 1024,
+                   help="largest decoded size of one Arrow batch in bytes (default 64 MiB)")
+    p.add_argument("--max-client-connections", type=int, default=16,
+                   help="concurrent requests per client address (default 16)")
+    p.add_argument("--max-key-connections", type=int, default=32,
+                   help="concurrent requests per API key (default 32)")
     return p
 
 

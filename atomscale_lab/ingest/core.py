@@ -82,6 +82,19 @@ class BatchTooLarge(ValidationError):
     http_status = 413
 
 
+class RunConflict(AtomscaleError):
+    """The run exists and was not created by this key's streams (HTTP 409)."""
+
+    http_status = 409
+
+
+class TooManyStreams(AtomscaleError):
+    """An API key already has as many open streams as allowed (HTTP 429)."""
+
+    http_status = 429
+    retry_after = 5
+
+
 class NotYetStored(AtomscaleError):
     """Finalize found rows still waiting for the store (HTTP 503, retry)."""
 
@@ -141,13 +154,15 @@ class IngestCore:
 
     def __init__(self, vault, state_dir: Path | None = None, *, flush_interval: float = 0.5,
                  idle_timeout: float = 120.0, compact_interval: float = 120.0,
-                 max_batch_rows: int = 500_000, max_wal_bytes: int = 2 << 30):
+                 max_batch_rows: int = 500_000, max_wal_bytes: int = 2 << 30,
+                 max_open_streams: int = 64):
         self.vault = vault
         self.state_dir = Path(state_dir or Path(vault.settings.home) / "ingest")
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.flush_interval, self.idle_timeout = flush_interval, idle_timeout
         self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
         self.max_wal_bytes = max_wal_bytes
+        self.max_open_streams = max_open_streams
         self._db = sqlite3.connect(str(self.state_dir / "state.sqlite"), timeout=30,
                                    isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -235,6 +250,7 @@ class IngestCore:
                 raise ValidationError(f"unknown or non-text stream field {k!r}", field=k)
         org = key.org
         now = _iso(_now())
+        self._check_run_owner(key, run_id)
         with self._db_lock:
             row = self._sql(
                 "SELECT id, status FROM streams WHERE org=? AND run_id=? AND tool=? AND "
@@ -245,6 +261,13 @@ class IngestCore:
                 self._sql("UPDATE streams SET status='active', updated=?, last_batch=? "
                           "WHERE id=?", (now, time.time(), sid))
             else:
+                # Each open stream pins a run record and state: one key cannot open without end.
+                n_open = self._sql("SELECT count(*) FROM streams WHERE org=? AND opened_by=? AND "
+                                   "status IN ('active', 'interrupted', 'finalizing')",
+                                   (org, key.actor))[0][0]
+                if n_open >= self.max_open_streams:
+                    raise TooManyStreams(f"API key {key.prefix} has {n_open} open streams (at "
+                                         f"most {self.max_open_streams}); finalize some first")
                 sid, created = "st_" + secrets.token_hex(8), True
                 self._sql("INSERT INTO streams (id, org, run_id, tool, category, status, "
                           "created, updated, last_batch, opened_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -254,6 +277,24 @@ class IngestCore:
         self._audit(org, key.actor, "ingest.stream_open", stream=sid, run_id=run_id, tool=tool,
                     category=category, resumed=not created)
         return self.stream(key, sid)
+
+    def _check_run_owner(self, key, run_id: str) -> None:
+        """A stream may create its run, or resume a run its key's streams created; any other
+        existing run (imported, another key's, another tool's) is refused with 409."""
+        own = self._sql("SELECT 1 FROM streams WHERE org=? AND run_id=? AND opened_by=? LIMIT 1",
+                        (key.org, run_id, key.actor))
+        if own:
+            return
+        with self._org_lock(key.org):
+            try:
+                exists = run_id in self._store(key.org).table("process/runs").run_ids()
+            except NotFound:
+                exists = False
+        if exists:
+            self._audit(key.org, key.actor, "ingest.stream_open", "denied", run_id=run_id,
+                        reason="run exists and was not created by this key")
+            raise RunConflict(f"run {run_id!r} already exists and was not created by this API "
+                              "key's streams; stream into a new run id")
 
     def stream(self, key, stream_id: str) -> dict:
         """The state of a stream of the key's org (``NotFound`` for another org's stream)."""

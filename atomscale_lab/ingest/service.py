@@ -8,6 +8,11 @@ Endpoints (``Authorization: Bearer ask_…`` on all but ``health``; the org come
   (``Content-Type: application/vnd.apache.arrow.stream``) with ``X-Batch-Id`` → 200 ack
 - ``POST /streams/{id}/finalize`` → stream; ``GET /streams/{id}`` → stream; ``GET /health``
 
+Under attack: a batch request is authenticated from its headers before its body is read (401
+without buffering it); concurrent requests are capped per client and per key (429); an Arrow body's
+decoded size is read from its message headers before anything is decompressed (413); the client
+address (throttle, audit) is the socket's peer unless the deployment names trusted proxies.
+
 Run it with ``atomscale-lab ingest serve`` or ``python -m atomscale_lab.ingest.service``; as a
 JupyterHub-managed service it reads ``JUPYTERHUB_SERVICE_URL``/``JUPYTERHUB_SERVICE_PREFIX``.
 :func:`make_app` is the importable application factory.
@@ -36,19 +41,64 @@ from tornado import httpserver, web
 from ..errors import AtomscaleError, ValidationError, http_status
 from .apikeys import ApiKeyStore, Throttled
 from .core import BatchTooLarge, IngestCore
+from .guard import ConnectionLimits, check_ipc, client_address, parse_networks
 
 log = logging.getLogger("atomscale_lab.ingest")
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+SMALL_BODY = 64 * 1024
+"""A refused batch request with at most this many body bytes is drained before the answer."""
+DEFAULT_MAX_DECODED = 64 * 1024 * 1024
+"""Largest decoded size of one Arrow batch (the bytes its columns take once decompressed)."""
 
 
 class _Base(web.RequestHandler):
-    """Turns ``atomscale_lab.errors`` into JSON errors; runs blocking work in the pool."""
+    """Turns ``atomscale_lab.errors`` into JSON errors; runs blocking work in the pool.
+
+    Every request takes a slot of its client address (and, once authenticated, of its key) in
+    the app's :class:`ConnectionLimits`, given back when the request ends or its connection
+    closes.
+    """
 
     def initialize(self, core: IngestCore, keys: ApiKeyStore, pool: ThreadPoolExecutor,
-                   max_body: int):
+                   max_body: int, limits: ConnectionLimits | None = None,
+                   trusted_proxies=(), max_decoded: int = DEFAULT_MAX_DECODED):
         self.core, self.keys, self.pool, self.max_body = core, keys, pool, max_body
+        self.limits, self.trusted_proxies = limits, trusted_proxies
+        self.max_decoded = max_decoded
+        self._slots: list[tuple[str, str]] = []
+
+    @property
+    def client(self) -> str:
+        """The client's address: the socket's peer unless that is a trusted proxy."""
+        return client_address(self.request.remote_ip or "unknown",
+                              self.request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+
+    def _enter(self, kind: str, ident: str) -> None:
+        if self.limits is not None:
+            self.limits.enter(kind, ident)
+            self._slots.append((kind, ident))
+
+    def _leave_all(self) -> None:
+        while self._slots:
+            self.limits.leave(*self._slots.pop())
+
+    def prepare(self):
+        """Take the client's slot (429 past the cap)."""
+        try:
+            self._enter("client", self.client)
+        except AtomscaleError as e:
+            self.fail(e)
+
+    def on_finish(self):
+        """Give the request's slots back."""
+        self._leave_all()
+
+    def on_connection_close(self):
+        """Give the slots back when the client goes away mid-request."""
+        self._leave_all()
+        super().on_connection_close()
 
     def set_default_headers(self):
         self.set_header("Content-Type", "application/json")
@@ -64,8 +114,10 @@ class _Base(web.RequestHandler):
         """Authenticate the bearer key (audited, throttled)."""
         auth = self.request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        return await self.run(self.keys.authenticate, token, client=self.request.remote_ip,
+        info = await self.run(self.keys.authenticate, token, client=self.client,
                               scope=scope, action=action)
+        self._enter("key", info.prefix)
+        return info
 
     def fail(self, exc: AtomscaleError):
         """Finish with the status the exception stands for."""
@@ -159,20 +211,42 @@ class FinalizeHandler(_Base):
 class BatchesHandler(_Base):
     """``POST /streams/{id}/batches``: one batch, as JSON or Arrow IPC."""
 
-    def prepare(self):
-        """Start collecting the body; an oversized one is read and dropped, then refused."""
-        # Only this endpoint takes large bodies: up to 4x the limit is read (and dropped) so
-        # that the client gets a 413 rather than a closed connection.
-        self.request.connection.set_max_body_size(self.max_body * 4)
+    async def prepare(self):
+        """Authenticate from the headers, then start collecting the body.
+
+        Tornado reads no body before this returns: a request without a valid key is answered
+        401 (and its connection closed) without its body being read. An oversized body is read
+        and dropped, then refused with 413.
+        """
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_big = False
+        self._key = None
+        self._refused: AtomscaleError | None = None
+        try:
+            self._enter("client", self.client)
+            self._key = await self.key(None, "stream.batch")
+        except AtomscaleError as e:
+            length = self.request.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+                # A small body is read and dropped before answering: closing with unread bytes
+                # would reset the connection and the client would never see the 401.
+                self.request.connection.set_max_body_size(SMALL_BODY)
+                self._refused = e
+            else:
+                self.fail(e)  # answered now; the body is never read (the connection closes)
+            return
+        # Only this endpoint takes large bodies: up to 4x the limit is read (and dropped) so
+        # that the client gets a 413 rather than a closed connection.
+        self.request.connection.set_max_body_size(self.max_body * 4)
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.max_body:
             self._too_big = True
 
     def data_received(self, chunk):
-        """Accumulate the body up to the limit."""
+        """Accumulate the body up to the limit (nothing of a refused request is kept)."""
+        if self._refused is not None or self._finished:
+            return
         self._size += len(chunk)
         if self._size > self.max_body:
             self._too_big = True
@@ -183,12 +257,14 @@ class BatchesHandler(_Base):
     async def post(self, stream_id):
         """Validate, write to the WAL (fsynced), acknowledge."""
         try:
+            if self._refused is not None:
+                raise self._refused
             if self._too_big:
                 raise BatchTooLarge(f"the batch is larger than {self.max_body} bytes; "
                                     "send smaller batches", field="body")
             body = b"".join(self._chunks)
-            key = await self.key(None, "stream.batch")
-            ack = await self.run(self._accept, key, stream_id, body)
+            self._chunks = []
+            ack = await self.run(self._accept, self._key, stream_id, body)
             self.reply(ack)
         except AtomscaleError as e:
             self.fail(e)
@@ -201,6 +277,8 @@ class BatchesHandler(_Base):
             if not batch_id:
                 raise ValidationError("an Arrow batch needs the X-Batch-Id header",
                                       field="batch_id")
+            # The decoded size comes from the message headers: refuse a bomb before inflating it.
+            check_ipc(body, max_bytes=self.max_decoded, max_rows=self.core.max_batch_rows)
             try:
                 data = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
             except (pa.ArrowInvalid, OSError) as e:
@@ -219,12 +297,21 @@ class BatchesHandler(_Base):
 
 
 def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
-             max_body: int = DEFAULT_MAX_BODY, pool: ThreadPoolExecutor | None = None
-             ) -> web.Application:
-    """The Tornado application (importable, e.g. for a JupyterHub-managed service)."""
+             max_body: int = DEFAULT_MAX_BODY, pool: ThreadPoolExecutor | None = None,
+             max_decoded: int = DEFAULT_MAX_DECODED, limits: ConnectionLimits | None = None,
+             trusted_proxies=()) -> web.Application:
+    """The Tornado application (importable, e.g. for a JupyterHub-managed service).
+
+    ``limits``: concurrent requests per client and per key (default 16 and 32);
+    ``trusted_proxies``: addresses/networks whose ``X-Forwarded-For`` is believed (default none:
+    the client is the socket's peer); ``max_decoded``: largest decoded size of an Arrow batch.
+    The handler arguments are in ``app.settings["ingest_handler_args"]`` for added routes.
+    """
     base = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
-    kw = {"core": core, "keys": keys, "pool": pool, "max_body": max_body}
+    kw = {"core": core, "keys": keys, "pool": pool, "max_body": max_body,
+          "limits": limits if limits is not None else ConnectionLimits(),
+          "trusted_proxies": parse_networks(trusted_proxies), "max_decoded": max_decoded}
     sid = r"(st_[0-9a-f]{16})"
     from .compat import routes as sdk_routes  # the Atomscale-compatible API (docs/atomscale-sdk.md)
 
@@ -235,7 +322,8 @@ def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
         (base + f"streams/{sid}", StreamHandler, kw),
         (base + f"streams/{sid}/batches", BatchesHandler, kw),
         (base + f"streams/{sid}/finalize", FinalizeHandler, kw),
-    ], default_handler_class=_NotFound, default_handler_args=kw, xsrf_cookies=False)
+    ], default_handler_class=_NotFound, default_handler_args=kw, xsrf_cookies=False,
+        ingest_handler_args=kw)
 
 
 class _NotFound(_Base):
@@ -316,7 +404,16 @@ async def serve(args, vault=None, ready=None) -> None:
                       compact_interval=args.compact_interval)
     keys = for_vault(vault, throttle=FailureThrottle(max_failures=args.max_failures))
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
-    app = make_app(core, keys, base_url=base_url, max_body=args.max_body, pool=pool)
+    trusted = list(args.trusted_proxy or [])
+    trusted += parse_networks(os.environ.get("ATOMSCALE_INGEST_TRUSTED_PROXIES", ""))
+    if args.behind_proxy or hub_url:
+        # The hub's proxy (or the named local one) connects from this machine and appends the
+        # client it saw to X-Forwarded-For.
+        trusted += ["127.0.0.0/8", "::1/128"]
+    app = make_app(core, keys, base_url=base_url, max_body=args.max_body, pool=pool,
+                   max_decoded=args.max_decoded, trusted_proxies=[str(n) for n in trusted],
+                   limits=ConnectionLimits(args.max_client_connections,
+                                           args.max_key_connections))
     ssl_ctx = None
     if args.plain_http:
         if not _is_loopback(host):
@@ -342,8 +439,9 @@ async def serve(args, vault=None, ready=None) -> None:
         ssl_ctx.load_cert_chain(str(certfile), str(keyfile))
         if client_ca:
             ssl_ctx.verify_mode = ssl.CERT_REQUIRED
-    behind_proxy = args.behind_proxy or bool(hub_url)  # the hub's proxy sets X-Forwarded-For
-    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=behind_proxy,
+    # xheaders stays off: Tornado would believe a client-sent X-Real-Ip. The handlers read
+    # X-Forwarded-For themselves, and only from trusted proxies.
+    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=False,
                                    max_body_size=1 << 20,  # JSON requests; see batches
                                    idle_connection_timeout=300)
     server.listen(port, address=host)

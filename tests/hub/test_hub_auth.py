@@ -116,7 +116,7 @@ def _model(a, token):
 def test_valid_mfa_token_maps_org_and_role_to_groups(idp_key):
     key, a, _ = idp_key
     model = _model(a, _token(key))
-    assert model["groups"] == ["acme:scientist", "org:acme"]
+    assert model["groups"] == ["org:acme", "role:acme:scientist"]
     assert asyncio.run(a.check_allowed(model["name"], model)) is True
 
 
@@ -166,7 +166,7 @@ def test_unknown_kid_refetches_the_jwks(idp_key):
     jwk = json.loads(RSAAlgorithm.to_jwk(rotated.public_key()))
     jwk.update(kid="k2", alg="RS256", use="sig")
     jwks.write_text(json.dumps({"keys": [jwk]}))
-    assert _model(a, _token(rotated, kid="k2"))["groups"] == ["acme:scientist", "org:acme"]
+    assert _model(a, _token(rotated, kid="k2"))["groups"] == ["org:acme", "role:acme:scientist"]
 
 
 @pytest.mark.parametrize("over,msg", [({"org": "gamma"}, "not served by this hub"),
@@ -182,7 +182,7 @@ def test_unknown_org_or_role_gets_a_clear_403(idp_key, over, msg):
 def test_list_claims_need_exactly_one_known_value(idp_key):
     key, a, _ = idp_key
     model = _model(a, _token(key, org=["acme"], role=["Default", "viewer"]))
-    assert model["groups"] == ["acme:viewer", "org:acme"]
+    assert model["groups"] == ["org:acme", "role:acme:viewer"]
     with pytest.raises(AuthRefused):
         _model(a, _token(key, role=["viewer", "org-admin"]))
     with pytest.raises(AuthRefused):
@@ -204,7 +204,7 @@ def test_refresh_rechecks_the_stored_token(idp_key):
     good = _token(key)
     model = asyncio.run(a.refresh_user(_User({"token_response": {"id_token": good,
                                                                   "access_token": "x"}})))
-    assert model and model["groups"] == ["acme:scientist", "org:acme"]
+    assert model and model["groups"] == ["org:acme", "role:acme:scientist"]
     for bad in (_token(key, amr=["pwd"]), _token(key, exp=int(time.time()) - 3600),
                 _token(_key())):
         state = {"token_response": {"id_token": bad, "access_token": "x"}}
@@ -272,7 +272,7 @@ def test_server_token_scopes_follow_the_users_groups():
 
     class Sp:
         class user:  # noqa: N801 - mimics spawner.user
-            groups = [G("org:acme"), G("acme:viewer"), G("beta-ish")]
+            groups = [G("org:acme"), G("role:acme:viewer"), G("beta-ish")]
 
     scopes = server_token_scopes(Sp)
     assert org_scope("data:read", "acme") in scopes

@@ -160,12 +160,50 @@ class HeadsHandler(KeysServiceHandler):
 
 
 class AuditHandler(KeysServiceHandler):
-    """``POST`` / ``GET orgs/<org>/audit``."""
+    """``POST`` / ``GET orgs/<org>/audit``.
+
+    A user server's append is accepted only for an action the token's permissions allow (a
+    refusal or error may be reported for any server action: that is what a server records when
+    it says no), at most ``RATE`` events a second per token on average (bursts of ``BURST``;
+    past that 429 with ``Retry-After``). The org's data server records its callers' events (it
+    checked their scopes itself) and is not throttled: every audited read passes here. Every
+    event's detail is at most ``MAX_DETAIL`` bytes (413).
+    """
+
+    MAX_DETAIL = 4096
+    RATE, BURST = 50.0, 200
+    # The permission an *allowed* event of each action needs (any atomscale scope of the org
+    # for those not listed, e.g. ``auth.server``).
+    ACTION_NEEDS = (
+        (re.compile(r"^data\.(read|query|export)$"), {"data:read"}),
+        (re.compile(r"^widget\.[a-z_]+$"), {"data:read"}),
+        (re.compile(r"^data\.write$"), {"data:write"}),
+        (re.compile(r"^config\.change$"), {"config"}),
+        (re.compile(r"^context\.join$"), {"context:join"}),
+        (re.compile(r"^audit\.read$"), {"audit:read", "audit:all"}),
+        (re.compile(r"^apikey\.(create|use|revoke)$"), {"data:write", "config"}),
+    )
+
+    def _limiter(self):
+        from ...audit import RateLimiter
+
+        return self.settings.setdefault("audit_limiter", RateLimiter(self.RATE, self.BURST))
+
+    def _caller(self) -> str:
+        import hashlib
+
+        # Per token (not per user): a leaked or looping token throttles only itself.
+        return hashlib.sha256(self.request.headers.get("Authorization", "").encode()).hexdigest()
 
     async def post(self, org):
         """Record one event of a user server (actor = the token's owner) or of the org's data
         server (actor = its caller)."""
+        import json
+
         model = await self.token_owner()
+        if len(self.request.body or b"") > 4 * self.MAX_DETAIL:
+            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
+                                "bytes of detail")
         doc = self.json_body()
         action = str(doc.get("action", ""))
         outcome = str(doc.get("outcome", "allowed"))
@@ -174,13 +212,18 @@ class AuditHandler(KeysServiceHandler):
             user = doc.get("actor")
             if not isinstance(user, str) or not user or len(user) > 128:
                 raise web.HTTPError(400, "the data server must name the actor")
-            allowed, via = DATA_SERVER_ACTIONS, model["name"]
+            allowed, via, perms = DATA_SERVER_ACTIONS, model["name"], None
         else:
             if model.get("kind", "user") != "user":
                 raise web.HTTPError(403, "this service may not record events of this org")
             user = model["name"]
-            if not self.permissions(model, org):
+            perms = self.permissions(model, org)
+            if not perms:
                 raise web.HTTPError(403, "the token has no scope in this org")
+            wait = self._limiter().take(self._caller())
+            if wait:
+                self.set_header("Retry-After", str(max(1, int(wait + 0.999))))
+                raise web.HTTPError(429, "too many audit events from this token; retry shortly")
             allowed, via = SERVER_ACTIONS, "server"
         if not allowed.match(action):
             self.deny(org, _identity(model), "audit.write",
@@ -189,8 +232,16 @@ class AuditHandler(KeysServiceHandler):
             raise web.HTTPError(400, "outcome must be allowed, denied or error")
         if not isinstance(detail, dict):
             raise web.HTTPError(400, "detail must be a JSON object")
+        if outcome == "allowed" and perms is not None:
+            for pattern, needs in self.ACTION_NEEDS:
+                if pattern.match(action) and not perms & needs:
+                    self.deny(org, user, "audit.write", "the token's role cannot perform "
+                              "this action", attempted=action, held=sorted(perms))
         # the service sets these itself; a caller cannot override them through the detail
         detail = {str(k)[:64]: v for k, v in detail.items() if k not in RESERVED}
+        if len(json.dumps(detail, default=str)) > self.MAX_DETAIL:
+            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
+                                "bytes of detail")
         self.audit(org, user, action, outcome, via=via, **detail)
         self.set_status(201)
         self.finish({"recorded": True})
