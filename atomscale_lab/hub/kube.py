@@ -33,7 +33,7 @@ from .roles import org_roles_of
 from .spawner import SECRET_PREFIXES
 
 _DEFAULTS = K8sOptions()
-SECRETS = (*SECRET_PREFIXES, "VAULT_", "BAO_", "AWS_")
+SECRETS = SECRET_PREFIXES
 """Variables never passed to a user pod (the hub's KMS and cloud credentials among them)."""
 TMP = "/tmp"  # noqa: S108 - an emptyDir of the pod, not the host's /tmp
 

@@ -27,7 +27,8 @@ from .roles import org_roles_of
 from .users import ensure_unix_user, unix_name
 
 SECRET_PREFIXES = ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_KMS", "OAUTH_", "JUPYTERHUB_CRYPT_KEY",
-                   "CONFIGPROXY_AUTH_TOKEN", "ATOMSCALE_IDP")
+                   "CONFIGPROXY_AUTH_TOKEN", "ATOMSCALE_IDP", "ATOMSCALE_TRANSIT_",
+                   "ATOMSCALE_AWS_KMS_", "VAULT_", "BAO_", "AWS_")
 
 
 class AtomscaleSpawner(LocalProcessSpawner):

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                       description="Print the org's namespace, NetworkPolicies, data server "
                                   "Deployment and ingest StatefulSet as YAML; apply them with "
                                   "`kubectl apply -f -`. Secrets are not part of it.")
-    r.add_argument("org", help="org name")
+    r.add_argument("org", metavar="ORG", help="org name")
     r.add_argument("--image", help=f"container image (default {d.image})")
     r.add_argument("--hub-namespace", default=d.hub_namespace,
                    help=f"namespace of the JupyterHub release (default {d.hub_namespace})")

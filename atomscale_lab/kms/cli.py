@@ -35,7 +35,7 @@ def cmd_kms_status(args) -> int:
                "stored_keys": vault.keys.kms_key_ids()}
     finally:
         vault.close()
-    if args.json:
+    if args.format == "json":
         cli.print_json(doc)
         return 0
     print(f"kms       {doc['kms']}")
@@ -109,6 +109,7 @@ def cmd_kms_migrate(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``atomscale-lab kms``."""
+    from .. import cli
     from ..cli import _Parser
 
     k = subparsers.add_parser(
@@ -120,7 +121,7 @@ def register(subparsers) -> None:
     s = ks.add_parser("status", help="the KMS in use and which key version wraps the stored keys",
                       description="Print the KMS plug-in, its current wrapping-key id and how "
                                   "many stored keys each wrapping-key id made.")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    cli.add_format_option(s)
     s.set_defaults(func=cmd_kms_status)
     i = ks.add_parser("init", help="create the wrapping key (Vault transit) and check it",
                       description="Create the transit key (derived, aes256-gcm96, not "

@@ -52,6 +52,8 @@ class ScopeAccess(LocalAccess):
     def permissions(self, user: str) -> set[str]:
         """Permissions in the served org that the user's role scopes grant."""
         org, role = membership(user)
+        if not org:  # a user of no org holds no scope
+            return set()
         try:
             scopes = user_scopes(org, role)
         except StopIteration:  # not a role of the table: no scopes at all

@@ -221,8 +221,8 @@ def hostile_config():
 @pytest.mark.parametrize("config", [None, "hostile"])
 def test_user_pods_of_two_orgs(kubeconfig, config):
     cfg = hostile_config() if config else None
-    sp_a, pod_a = pod_of(_user("alice", "org:acme", "acme:scientist"), cfg)
-    sp_b, pod_b = pod_of(_user("bob", "org:beta", "beta:viewer"), cfg)
+    sp_a, pod_a = pod_of(_user("alice", "org:acme", "role:acme:scientist"), cfg)
+    sp_b, pod_b = pod_of(_user("bob", "org:beta", "role:beta:viewer"), cfg)
     for org, sp, pod in (("acme", sp_a, pod_a), ("beta", sp_b, pod_b)):
         validate(pod)
         assert sp.namespace == namespace_of(org)
@@ -249,12 +249,12 @@ def test_user_pod_refusals(kubeconfig):
     with pytest.raises(RuntimeError, match="exactly one org"):
         pod_of(_user("nobody"))
     with pytest.raises(RuntimeError, match="exactly one org"):
-        pod_of(_user("both", "acme:scientist", "beta:viewer"))
+        pod_of(_user("both", "role:acme:scientist", "role:beta:viewer"))
     c = Config()
     c.KubeSpawner.uid = 0
     with pytest.raises(RuntimeError, match="root"):
-        pod_of(_user("alice", "acme:scientist"), c)
+        pod_of(_user("alice", "role:acme:scientist"), c)
     c = Config()
     c.KubeSpawner.volumes = [{"name": "host", "hostPath": {"path": "/"}}]
     with pytest.raises(RuntimeError, match="host paths"):
-        pod_of(_user("alice", "acme:scientist"), c)
+        pod_of(_user("alice", "role:acme:scientist"), c)

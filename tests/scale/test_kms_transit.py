@@ -54,7 +54,7 @@ def test_org_lifecycle_rotate_rewrap_and_retire(home, vault_env, capsys):
     assert {r[4] for r in blobs} == {v.kms.key_id.replace(":v1", ":v2")}
     assert all(r[3].startswith(b"VT1:vault:v2:") for r in blobs)
     capsys.readouterr()
-    assert main(["kms", "status", "--json"]) == 0
+    assert main(["kms", "status", "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["key_id"].endswith(":v2")
     assert status["stored_keys"] == {status["key_id"]: len(blobs)}

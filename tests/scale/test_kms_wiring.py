@@ -23,6 +23,7 @@ def test_services_get_the_kms_settings_user_servers_do_not(tmp_path, vault, monk
     dep["tls"] = {"cert": str(certs.cert), "key": str(certs.key), "ca": str(certs.ca)}
     dep["atomscale"]["home"] = str(vault.settings.home)
     dep["spawner"]["venv"] = str(tmp_path / "venv")
+    dep["spawner"]["service_accounts"] = False  # no Unix accounts in this test
     monkeypatch.setenv("OAUTH_CLIENT_SECRET", "client-secret-value")
     monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.kms.transit:VaultTransitKms")
     monkeypatch.setenv("VAULT_ADDR", "https://vault.lab.example:8200")
