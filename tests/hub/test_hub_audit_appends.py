@@ -3,7 +3,7 @@ limit per token; each refusal is itself audited."""
 
 from __future__ import annotations
 
-from test_hub_services import call, services  # noqa: F401 - fixtures
+from test_hub_services import call, loop, services  # noqa: F401 - fixtures
 
 from atomscale_lab.hub.services import keys as keys_service
 

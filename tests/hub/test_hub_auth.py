@@ -226,7 +226,7 @@ def test_jwks_over_untrusted_tls_is_refused(idp_key):
     # The token is signed with the key the JWKS serves: only the certificate check can refuse it.
     key, trusting, srv = idp_key
     token = _token(key)
-    assert _model(trusting, token)["groups"] == ["acme:scientist", "org:acme"]
+    assert _model(trusting, token)["groups"] == ["org:acme", "role:acme:scientist"]
     untrusting = AtomscaleAuthenticator(issuer=ISS, client_id=AUD, client_secret="unused",
                                         jwks_url=srv.url, known_orgs={"acme"}, jwks_cooldown=0)
     with pytest.raises(AuthRefused, match="could not be verified") as e:

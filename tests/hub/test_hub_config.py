@@ -80,6 +80,6 @@ def test_data_servers_need_their_service_accounts(deployment, monkeypatch):
     monkeypatch.setenv("OAUTH_CLIENT_SECRET", "s3cret-value")
     deployment["spawner"]["service_accounts"] = True
     deployment["hub"]["data_ports"] = {"acme": 18101, "beta": 18102}
-    monkeypatch.setattr("atomscale_lab.hub.users.org_group", lambda org: f"as-org-zz{org}")
+    monkeypatch.setattr("atomscale_lab.names.unix_service_account", lambda org: f"as-svc-zz{org}")
     with pytest.raises(ConfigError, match=r"as-svc-zzacme.*hub users sync acme"):
         configure(Config(), deployment)
