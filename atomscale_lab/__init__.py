@@ -8,7 +8,7 @@ CATEGORIES = ("process", "tool_state", "metrology")
 
 def _jupyter_server_extension_points():
     """The jupyter-server extension this package provides (the org data REST API)."""
-    return [{"module": "atomscale_lab.app", "app": _app()}]
+    return [{"module": "atomscale_lab.server.app", "app": _app()}]
 
 
 def _jupyter_labextension_paths():
@@ -17,7 +17,7 @@ def _jupyter_labextension_paths():
 
 
 def _app():
-    from .app import AtomscaleLab
+    from atomscale_lab.server.app import AtomscaleLab
 
     return AtomscaleLab
 
@@ -25,7 +25,7 @@ def _app():
 def __getattr__(name):
     # Lazy so that `import atomscale_lab` stays cheap for the CLI and hub processes.
     if name == "Workspace":
-        from .client import Workspace
+        from atomscale_lab.client.workspace import Workspace
 
         return Workspace
     raise AttributeError(name)

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import re
 
-from .errors import ValidationError
+from atomscale_lab.errors import ValidationError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 """Org names: 2-32 characters (they name folders and hub groups)."""

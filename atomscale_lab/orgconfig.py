@@ -3,7 +3,7 @@
 The settings are plain, non-secret display preferences (instrument display names, the default
 project, unit preferences, the sidebar's page size). They are kept by the deployment (the vault
 registry), never in the data root and never in a file a user account can write; they are read
-and changed only through :class:`~atomscale_lab.sources.OrgAccess`. This module is the one place
+and changed only through :class:`~atomscale_lab.server.access.OrgAccess`. This module is the one place
 that knows their names, types and limits.
 """
 
@@ -13,7 +13,7 @@ import json
 import re
 from copy import deepcopy
 
-from .errors import TooLarge, ValidationError
+from atomscale_lab.errors import TooLarge, ValidationError
 
 MAX_BYTES = 16 * 1024
 """Largest accepted configuration document (JSON, UTF-8)."""

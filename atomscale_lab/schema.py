@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from .errors import ValidationError
+from atomscale_lab.errors import ValidationError
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -84,6 +84,23 @@ CONTEXT = TableSpec(
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (RUNS, SERIES, TOOL_STATE, METROLOGY)}
 """The raw-data tables (context is deliberately not in this mapping)."""
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+"""Media type of an Arrow IPC stream (request and response bodies of tables)."""
+
+RUN_COLUMNS = ("run_id", "project", "sample", "instrument", "method", "operator", "start", "end",
+               "status")
+"""Columns of a run record as the API shows it (``updated_at`` is internal)."""
+
+CATEGORY_TABLES = {"process": "process/series", "tool_state": "tool_state/readings",
+                   "metrology": "metrology/items"}
+"""The table each raw-data category's measurements go to (ingest streams, ``export``)."""
+
+TABLE_ALIASES = {
+    "runs": "process/runs", "series": "process/series", **CATEGORY_TABLES,
+    "readings": "tool_state/readings", "items": "metrology/items",
+}
+"""Short names of the tables (``Workspace.dataset``/``table``, ``atomscale-lab export``)."""
 
 RUN_STATUSES = ("active", "interrupted", "finalizing", "complete", "error")
 CONTEXT_FIELDS = tuple(n for n in CONTEXT.schema.names if n not in ("run_id", "updated_at"))

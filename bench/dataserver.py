@@ -33,14 +33,14 @@ import numpy as np
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "hub"))
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 sys.path.insert(0, str(ROOT / "bench"))
 
-import hub_helpers as helpers  # noqa: E402
-import labdata  # noqa: E402
-from hubstack import deployment  # noqa: E402
 from notebook import series_rows  # noqa: E402
+
+from tests.support import hub_helpers as helpers  # noqa: E402
+from tests.support import labdata  # noqa: E402
+from tests.support.hubstack import deployment  # noqa: E402
 
 USER = "bench-sci"
 

@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hub"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
-import hub_helpers as helpers  # noqa: E402
-from hubstack import _pids_of_uid, api, deployment  # noqa: E402
+from tests.support import hub_helpers as helpers  # noqa: E402
+from tests.support.hubstack import _pids_of_uid, api, deployment  # noqa: E402
 
 USERS = {f"bench-{i}": ("acme", "scientist") for i in range(5)}
 

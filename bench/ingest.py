@@ -144,8 +144,8 @@ def streamer_rate(url, key, cert, rows, batch_rows, spool):
 def latency(url, key, cert, home, samples):
     """Seconds from sending a batch to its rows being readable from the store."""
     os.environ["ATOMSCALE_HOME"] = str(home)
-    from atomscale_lab.config import Settings
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     table = Vault(Settings.load(home)).store("bench").table("process/series")
     c = Client(url, key, cert)
@@ -171,10 +171,10 @@ def main() -> int:
     ap.add_argument("--flush-interval", type=float, default=0.5)
     args = ap.parse_args()
 
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
     from atomscale_lab.ingest.apikeys import for_vault
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-ingest-"))
     home = tmp / "home"

@@ -25,13 +25,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scale"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
-from conftest import _session, free_port, stop, wait_until  # noqa: E402
-
-from atomscale_lab.config import Settings  # noqa: E402
-from atomscale_lab.crypto import LocalKms, generate_root_key  # noqa: E402
-from atomscale_lab.vault import Vault  # noqa: E402
+from atomscale_lab.vault.crypto import LocalKms, generate_root_key  # noqa: E402
+from atomscale_lab.vault.facade import Vault  # noqa: E402
+from atomscale_lab.vault.settings import Settings  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.procs import http_session as _session  # noqa: E402
+from tests.support.procs import stop, wait_until  # noqa: E402
 
 
 @contextmanager
@@ -121,8 +122,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args()
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    from atomscale_lab.kms.aws import AwsKms
-    from atomscale_lab.kms.transit import VaultTransitKms
+    from atomscale_lab.vault.kms.aws import AwsKms
+    from atomscale_lab.vault.kms.transit import VaultTransitKms
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
-import labdata  # noqa: E402
-from _nbserver import free_port, stop_server, wait_ready  # noqa: E402
+from tests.support import labdata  # noqa: E402
+from tests.support.nbserver import free_port, stop_server, wait_ready  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +33,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000)
     args = ap.parse_args()
 
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-labext-bench-"))
     home = tmp / "home"

@@ -58,10 +58,10 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
-import labdata  # noqa: E402
-from _nbserver import stop_server, wait_ready  # noqa: E402
+from tests.support import labdata  # noqa: E402
+from tests.support.nbserver import stop_server, wait_ready  # noqa: E402
 
 ORG = "load"
 API = "atomscale/api/v1/"
@@ -317,9 +317,9 @@ def worker(ids: list[int], ends: dict, key: str, detail: list[str], deadline: fl
 
 def build(home: Path, runs: int, detail: int) -> tuple[str, list[str], list[str]]:
     """The deployment: org ``load`` with data and one API key. Returns (key, runs, detail)."""
-    from atomscale_lab.config import Settings
     from atomscale_lab.ingest.apikeys import for_vault
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     v = Vault(Settings.load(home))
     v.create_org(ORG, "us")
@@ -336,8 +336,8 @@ def check_rows(home: Path, streams: list) -> tuple[int, int, int]:
     """(acknowledged rows, lost, duplicated), counted per acknowledged batch id."""
     import pyarrow.compute as pc
 
-    from atomscale_lab.config import Settings
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     v = Vault(Settings.load(home))
     try:
@@ -374,7 +374,7 @@ def main() -> int:
                     help="MODULE:FACTORY of the data-serving process (default: jupyter server)")
     args = ap.parse_args()
 
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault.crypto import generate_root_key
 
     work = Path(tempfile.mkdtemp(prefix="atomscale-load-"))
     home = work / "home"

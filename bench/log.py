@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from atomscale_lab import store
-from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.schema import SERIES
-from atomscale_lab.store import SqliteHeadStore, Table, bucket_of
+from atomscale_lab.vault import store
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.store import SqliteHeadStore, Table, bucket_of
 
 SIGNED = hasattr(store, "CHECKPOINT_EVERY")
 QUERY_RUN = "query-run-0001"

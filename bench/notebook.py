@@ -46,10 +46,10 @@ import pyarrow as pa
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
-import labdata  # noqa: E402
-from _nbserver import start_server, stop_server  # noqa: E402
+from tests.support import labdata  # noqa: E402
+from tests.support.nbserver import start_server, stop_server  # noqa: E402
 
 TS = pa.timestamp("us", tz="UTC")
 DEMO_RUNS = 40
@@ -109,8 +109,8 @@ def interleaved(direct, rest, repeat: int = 7) -> tuple[float, float, object, ob
 # The first RunBrowser of a fresh kernel-like process: imports before the clock starts.
 COLD_RENDER = r"""
 import json, sys, time
-from atomscale_lab.client import Workspace
-from atomscale_lab.widgets import RunBrowser
+from atomscale_lab.client.workspace import Workspace
+from atomscale_lab.client.widgets import RunBrowser
 ws = Workspace(url=sys.argv[1], token=sys.argv[2])
 t0 = time.perf_counter()
 b = RunBrowser(ws, per_page=25)
@@ -127,11 +127,11 @@ def main() -> None:
     ap.add_argument("--rheed-runs", type=int, default=1000)
     args = ap.parse_args()
 
-    from atomscale_lab.client import Workspace
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
-    from atomscale_lab.widgets import RunBrowser
+    from atomscale_lab.client.widgets import RunBrowser
+    from atomscale_lab.client.workspace import Workspace
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-"))
     home = tmp / "home"
@@ -148,7 +148,7 @@ def main() -> None:
     store.table("process/runs").write(labdata.runs_table(args.runs), actor="bench")
     n_series_runs = 50
     store.table("process/series").write(series_rows(args.rows, n_series_runs), actor="bench")
-    from atomscale_lab import demo
+    from atomscale_lab.cli import demo
 
     # growth runs with RHEED traces for the science figures (beside the catalogue's runs)
     demo.generate((store, vault.context("bench")), runs=DEMO_RUNS, seed=5, actor="bench")
@@ -289,8 +289,9 @@ def main() -> None:
 
 def science(ws, args) -> None:
     """RHEED analysis (one run, many runs) and the first render of a 10-run overlay."""
-    from atomscale_lab import demo, rheed
-    from atomscale_lab.widgets import overlay
+    from atomscale_lab import rheed
+    from atomscale_lab.cli import demo
+    from atomscale_lab.client.widgets import overlay
 
     mbe = [r for r in ws.runs(instrument="MBE-1", status="complete").run_id]
     rid = mbe[0]

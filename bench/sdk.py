@@ -39,9 +39,9 @@ import pyarrow as pa
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
-from _nbserver import free_port, start_server, stop_server  # noqa: E402
+from tests.support.nbserver import free_port, start_server, stop_server  # noqa: E402
 
 SDK_PYTHON = ROOT / ".venv-sdk" / "bin" / "python"
 DRIVER = ROOT / "tests" / "ingest" / "_sdk_driver.py"
@@ -115,11 +115,11 @@ def main() -> None:
     if not SDK_PYTHON.exists():
         raise SystemExit("the SDK's virtual environment is missing: run `make setup`")
 
-    from atomscale_lab.client import Workspace
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.client.workspace import Workspace
     from atomscale_lab.ingest.apikeys import for_vault
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-sdk-"))
     home = tmp / "home"

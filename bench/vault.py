@@ -42,10 +42,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from atomscale_lab import store
-from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.schema import TS, TableSpec
-from atomscale_lab.store import (
+from atomscale_lab.vault import store
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.store import (
     READ_POOL,
     SqliteHeadStore,
     Table,
@@ -130,8 +130,8 @@ COLD_CHILD = r"""
 import json, sys, time
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from atomscale_lab.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.store import READ_POOL, SqliteHeadStore, Table
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.vault.store import READ_POOL, SqliteHeadStore, Table
 sys.path.insert(0, sys.argv[1])
 from vault import BENCH
 side, root, heads, run, path = sys.argv[2:7]

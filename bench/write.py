@@ -25,18 +25,18 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
+sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
-import labdata  # noqa: E402
-from _nbserver import start_server, stop_server  # noqa: E402
+from tests.support import labdata  # noqa: E402
+from tests.support.nbserver import start_server, stop_server  # noqa: E402
 
 
 def main() -> None:
     """Run the benchmark and print its figures."""
-    from atomscale_lab.client import Workspace
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.client.workspace import Workspace
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=200)

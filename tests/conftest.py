@@ -18,7 +18,7 @@ import pytest
 @pytest.fixture
 def root_key(monkeypatch):
     """A new root key, exported as ATOMSCALE_ROOT_KEY."""
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault.crypto import generate_root_key
 
     key = generate_root_key()
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", key)
@@ -40,8 +40,8 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def vault(home, root_key):
     """A Vault on the temporary home."""
-    from atomscale_lab.config import Settings
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     return Vault(Settings.load(home))
 

@@ -5,6 +5,6 @@ and the hub-managed key and context services.
 JupyterHub config object; ``jupyterhub_config.py`` at the top of the repository is a thin caller.
 """
 
-from .config import configure, load_deployment
+from atomscale_lab.hub.config import configure, load_deployment
 
 __all__ = ["configure", "load_deployment"]

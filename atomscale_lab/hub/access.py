@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from ..errors import (
+from atomscale_lab.errors import (
     ConfigError,
     KeyUnavailable,
     NotFound,
     PermissionDenied,
     ValidationError,
 )
-from .roles import data_service_name, permissions_from_scopes
+from atomscale_lab.hub.roles import data_service_name, permissions_from_scopes
 
 if TYPE_CHECKING:
-    from ..store import HeadStore
+    from atomscale_lab.vault.store import HeadStore
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class HubAuditSink:
 
 
 class HubAccess:
-    """:class:`~atomscale_lab.sources.OrgAccess` of a hub user's server: a pass-through to the
+    """:class:`~atomscale_lab.server.access.OrgAccess` of a hub user's server: a pass-through to the
     org's data server (see the module docstring); it holds no key."""
 
     def __init__(self, org: str, *, hub_url: str | None = None, token: str | None = None,

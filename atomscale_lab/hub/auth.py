@@ -30,9 +30,9 @@ from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 from traitlets import Any, Bool, Int, List, Set, Unicode, default, observe
 
-from ..errors import ValidationError
-from ..names import check_new_user, hub_org_group, hub_role_group
-from .roles import ROLES
+from atomscale_lab.errors import ValidationError
+from atomscale_lab.hub.roles import ROLES
+from atomscale_lab.names import check_new_user, hub_org_group, hub_role_group
 
 
 class AuthRefused(web.HTTPError):

@@ -16,7 +16,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ..errors import ConfigError
+from atomscale_lab.errors import ConfigError
 
 ENV_DEPLOYMENT = "ATOMSCALE_HUB_CONFIG"
 SERVICE_ENV = ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_KMS",
@@ -83,10 +83,10 @@ def server_config_dir(state_dir: Path) -> Path:
 
 def configure(c, dep: dict | None = None) -> None:
     """Apply a deployment (see :func:`load_deployment`) to the JupyterHub config ``c``."""
-    from ..config import Settings
-    from .auth import audit_hook_for
-    from .roles import custom_scopes, load_roles, server_token_scopes
-    from .spawner import AtomscaleSpawner
+    from atomscale_lab.hub.auth import audit_hook_for
+    from atomscale_lab.hub.roles import custom_scopes, load_roles, server_token_scopes
+    from atomscale_lab.hub.spawner import AtomscaleSpawner
+    from atomscale_lab.vault.settings import Settings
 
     dep = dep if dep is not None else load_deployment()
     hub, tls, oidc = dep.get("hub", {}), dep.get("tls", {}), dep.get("oidc", {})
@@ -171,7 +171,9 @@ def configure(c, dep: dict | None = None) -> None:
 
     # --- hub-managed services (TLS via internal_ssl; user servers reach them through the proxy)
     env = {k: os.environ[k] for k in SERVICE_ENV if os.environ.get(k)}
-    from ..kms import service_env as kms_env  # an external KMS's settings (Vault, AWS)
+    from atomscale_lab.vault.kms import (
+        service_env as kms_env,  # an external KMS's settings (Vault, AWS)
+    )
 
     env.update(kms_env())
     env["PYTHONUNBUFFERED"] = "1"
@@ -200,7 +202,7 @@ def configure(c, dep: dict | None = None) -> None:
 
 
 def _orgs(settings) -> list[dict]:
-    from ..vault import Vault
+    from atomscale_lab.vault.facade import Vault
 
     v = Vault(settings)
     try:
@@ -214,7 +216,7 @@ def _vault_factory(settings):
 
     def get():
         if "v" not in cache:
-            from ..vault import Vault
+            from atomscale_lab.vault.facade import Vault
 
             cache["v"] = Vault(settings)
         return cache["v"]
@@ -231,9 +233,9 @@ def _data_service(org: str, region: str, settings, public_url: str, ca: str, py:
     """
     import pwd
 
-    from .roles import data_service_name
-    from .stack import free_port
-    from .users import service_account
+    from atomscale_lab.hub.roles import data_service_name
+    from atomscale_lab.hub.stack import free_port
+    from atomscale_lab.hub.users import service_account
 
     service = {
         "name": data_service_name(org),

@@ -159,7 +159,7 @@ class ForwardHandler(APIHandler):
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
-    from .access import HubAccess
+    from atomscale_lab.hub.access import HubAccess
 
     org = os.environ.get("ATOMSCALE_ORG")
     if not org or not os.environ.get("JUPYTERHUB_API_TOKEN"):

@@ -22,15 +22,15 @@ from __future__ import annotations
 from kubespawner import KubeSpawner
 from traitlets import Bool, Unicode, default
 
-from ..k8s import (
+from atomscale_lab.hub.roles import org_roles_of
+from atomscale_lab.hub.spawner import SECRET_PREFIXES
+from atomscale_lab.k8s import (
     DATA_PORT,
     ORG_LABEL,
     K8sOptions,
     data_server_name,
     namespace_of,
 )
-from .roles import org_roles_of
-from .spawner import SECRET_PREFIXES
 
 _DEFAULTS = K8sOptions()
 SECRETS = SECRET_PREFIXES

@@ -1,7 +1,7 @@
 """JupyterHub roles and scopes of atomscale-lab: four roles per org, every scope filtered by org.
 
 Custom scopes are ``custom:atomscale:<permission>`` for each permission of
-:data:`atomscale_lab.sources.PERMISSIONS`; a role of org ``acme`` holds them filtered as
+:data:`atomscale_lab.permissions.PERMISSIONS`; a role of org ``acme`` holds them filtered as
 ``custom:atomscale:data:read!group=org:acme``. Users join roles through the hub groups the
 authenticator derives from their identity-provider claims: ``org:<org>`` and ``role:<org>:<role>``
 (names hold no ``:``, so no org's member group can be read as another org's role group; see
@@ -14,11 +14,10 @@ account reach a scientist's server or join the scientist group).
 
 from __future__ import annotations
 
-from ..names import hub_org_group, hub_role_group, org_role_of_group
-from ..sources import PERMISSIONS, ROLE_PERMISSIONS
+from atomscale_lab.names import hub_org_group, hub_role_group, org_role_of_group
+from atomscale_lab.permissions import PERMISSIONS, ROLE_PERMISSIONS, ROLES
 
 SCOPE_PREFIX = "custom:atomscale:"
-ROLES = ("org-admin", "scientist", "viewer", "support")
 
 SCOPE_DESCRIPTIONS = {
     "data:read": "Read the org's process, tool-state and metrology data.",

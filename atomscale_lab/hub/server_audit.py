@@ -29,7 +29,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     if hub_auth is None or not org:
         serverapp.log.info("atomscale server audit: not a hub-spawned server, nothing to do")
         return
-    from .access import HubAccess
+    from atomscale_lab.hub.access import HubAccess
 
     access = HubAccess(org)
     owner = access.owner

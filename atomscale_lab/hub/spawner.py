@@ -22,9 +22,9 @@ from pathlib import Path
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Bool, Dict, Unicode, default
 
-from ..names import org_of_group
-from .roles import org_roles_of
-from .users import ensure_unix_user, unix_name
+from atomscale_lab.hub.roles import org_roles_of
+from atomscale_lab.hub.users import ensure_unix_user, unix_name
+from atomscale_lab.names import org_of_group
 
 SECRET_PREFIXES = ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_KMS", "OAUTH_", "JUPYTERHUB_CRYPT_KEY",
                    "CONFIGPROXY_AUTH_TOKEN", "ATOMSCALE_IDP", "ATOMSCALE_TRANSIT_",

@@ -26,11 +26,9 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from .. import names
-from ..errors import ConfigError, NotFound, ValidationError
-
-ROLES = ("org-admin", "scientist", "viewer", "support")
-"""The org roles a user can hold (see ``atomscale_lab.hub.roles``)."""
+from atomscale_lab import names
+from atomscale_lab.errors import ConfigError, NotFound, ValidationError
+from atomscale_lab.permissions import ROLES
 
 NAME_RE = names.NAME_RE
 ENV_IDP_USERS = "ATOMSCALE_IDP_USERS"
@@ -48,7 +46,7 @@ def _pyotp():
 
 def default_users_file() -> Path:
     """``$ATOMSCALE_IDP_USERS`` or ``$ATOMSCALE_HOME/idp/users.json``."""
-    from ..config import default_home
+    from atomscale_lab.vault.settings import default_home
 
     return Path(os.environ.get(ENV_IDP_USERS) or default_home() / "idp" / "users.json")
 

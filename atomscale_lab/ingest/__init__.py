@@ -8,7 +8,7 @@ __all__ = ["Streamer"]
 
 def __getattr__(name):
     if name == "Streamer":
-        from .streamer import Streamer
+        from atomscale_lab.ingest.streamer import Streamer
 
         return Streamer
     raise AttributeError(name)

@@ -2,6 +2,6 @@
 
 import sys
 
-from .service import main
+from atomscale_lab.ingest.service import main
 
 sys.exit(main())

@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import AtomscaleError, NotFound, PermissionDenied, ValidationError
+from atomscale_lab.errors import AtomscaleError, NotFound, PermissionDenied, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def pepper_from_org_keys(org_keys, version: int | None = None) -> tuple[int, byt
     """Derive the API-key pepper of one org from its data key (``OrgKeys``), by HKDF."""
     v = org_keys.current if version is None else version
     if v not in org_keys.keys:
-        from ..errors import KeyUnavailable
+        from atomscale_lab.errors import KeyUnavailable
 
         raise KeyUnavailable(f"data key version {v} of org {org_keys.org!r} is not available")
     info = f"atomscale-lab/apikey-pepper/{org_keys.org}/v{v}".encode()
@@ -191,7 +191,7 @@ class ApiKeyStore:
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  org_alive: Callable[[str], bool] | None = None,
                  system_audit: Callable[[], object] | None = None):
-        from ..crypto import connect_registry
+        from atomscale_lab.vault.crypto import connect_registry
 
         self._conn = connect_registry(Path(db_path))
         self._conn.executescript(_SCHEMA)
@@ -374,7 +374,7 @@ class ApiKeyStore:
 
 def for_vault(vault, **kw) -> ApiKeyStore:
     """An ``ApiKeyStore`` on a ``Vault``'s registry, peppers and audit logs."""
-    from ..errors import UnknownOrg
+    from atomscale_lab.errors import UnknownOrg
 
     def alive(org: str) -> bool:
         try:

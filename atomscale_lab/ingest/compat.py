@@ -16,16 +16,16 @@ import time
 import orjson
 from tornado import web
 
-from ..errors import AtomscaleError
-from .core import BatchTooLarge
-from .sdkapi import SPECTRUM_TYPES, SdkApi
-from .service import _Base
+from atomscale_lab.errors import AtomscaleError
+from atomscale_lab.ingest.core import BatchTooLarge
+from atomscale_lab.ingest.handler import IngestHandler
+from atomscale_lab.ingest.sdkapi import SPECTRUM_TYPES, SdkApi
 
 BASE = "sdk/"
 """Path of the compatible API below the ingest service's base URL."""
 
 
-class _SdkBase(_Base):
+class _SdkBase(IngestHandler):
     """Accepts the SDK's ``X-API-KEY`` header; errors carry ``detail`` like the hosted API."""
 
     def initialize(self, api: SdkApi, **kw):

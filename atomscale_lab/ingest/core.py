@@ -35,15 +35,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import schema
-from ..errors import AtomscaleError, IntegrityError, NotFound, UnknownOrg, ValidationError
-from .wal import Wal, WalRecord, wal_key
+from atomscale_lab import schema
+from atomscale_lab.errors import (
+    AtomscaleError,
+    IntegrityError,
+    NotFound,
+    UnknownOrg,
+    ValidationError,
+)
+from atomscale_lab.ingest.wal import Wal, WalRecord, wal_key
 
 log = logging.getLogger(__name__)
 
-CATEGORY_TABLE = {"process": "process/series", "tool_state": "tool_state/readings",
-                  "metrology": "metrology/items"}
-"""The table a stream of each category writes to."""
+CATEGORY_TABLE = schema.CATEGORY_TABLES
 STREAM_STATES = schema.RUN_STATUSES
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 

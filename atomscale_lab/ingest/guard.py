@@ -16,7 +16,7 @@ import threading
 
 import pyarrow as pa
 
-from ..errors import AtomscaleError, ValidationError
+from atomscale_lab.errors import AtomscaleError, ValidationError
 
 
 class TooManyConnections(AtomscaleError):

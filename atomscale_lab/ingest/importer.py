@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .. import schema
-from ..errors import NotFound, ValidationError
-from .core import CATEGORY_TABLE, check_id
+from atomscale_lab import schema
+from atomscale_lab.errors import NotFound, ValidationError
+from atomscale_lab.ingest.core import CATEGORY_TABLE, check_id
 
 CSV_BLOCK = 4 << 20
 

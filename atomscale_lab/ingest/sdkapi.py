@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import schema
-from ..errors import NotFound, PermissionDenied, ValidationError
-from .core import BatchConflict, NotYetStored
+from atomscale_lab import schema
+from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
+from atomscale_lab.ingest.core import BatchConflict, NotYetStored
 
 log = logging.getLogger(__name__)
 

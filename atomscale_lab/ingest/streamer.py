@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-log = logging.getLogger(__name__)
+from atomscale_lab.schema import ARROW_STREAM
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+log = logging.getLogger(__name__)
 
 
 class Unreachable(Exception):

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import IntegrityError
-from ..fsutil import fsync_dir as _fsync_dir
+from atomscale_lab.errors import IntegrityError
+from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 
 log = logging.getLogger(__name__)
 

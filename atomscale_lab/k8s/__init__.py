@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..errors import ValidationError
+from atomscale_lab.errors import ValidationError
 
 ORG_LABEL = "atomscale-lab/org"
 PART_OF = {"app.kubernetes.io/part-of": "atomscale-lab"}

@@ -18,7 +18,7 @@ export function pyString(text: string): string {
 export function runSnippet(runId: string): string {
   return [
     'from atomscale_lab import Workspace',
-    'from atomscale_lab.widgets import plot_rheed, plot_run',
+    'from atomscale_lab.client.widgets import plot_rheed, plot_run',
     '',
     'ws = Workspace()',
     `run_id = ${pyString(runId)}`,

@@ -8,7 +8,7 @@ describe('runSnippet', () => {
     const code = runSnippet('acme-0007');
     expect(code.split('\n').slice(0, 6)).toEqual([
       'from atomscale_lab import Workspace',
-      'from atomscale_lab.widgets import plot_rheed, plot_run',
+      'from atomscale_lab.client.widgets import plot_rheed, plot_run',
       '',
       'ws = Workspace()',
       'run_id = "acme-0007"',

@@ -11,16 +11,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import hub_helpers as helpers  # noqa: E402
-from hubstack import deployment  # noqa: E402
-
-from atomscale_lab.hub.stack import REPO  # noqa: E402
+from atomscale_lab.hub.stack import REPO
+from tests.support import hub_helpers as helpers
+from tests.support.hubstack import deployment
 
 
 @pytest.fixture(scope="session")

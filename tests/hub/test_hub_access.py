@@ -9,12 +9,12 @@ identity provider with MFA, the user's API token, ``GET /hub/api/user``).
 from __future__ import annotations
 
 import pytest
-from hubstack import api, events_json
 
 from atomscale_lab.errors import PermissionDenied
 from atomscale_lab.hub.access import HubAccess
 from atomscale_lab.hub.roles import ROLES
-from atomscale_lab.sources import ROLE_PERMISSIONS
+from atomscale_lab.permissions import ROLE_PERMISSIONS
+from tests.support.hubstack import api, events_json
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,8 @@ limit per token; each refusal is itself audited."""
 
 from __future__ import annotations
 
-from test_hub_services import call, loop, services  # noqa: F401 - fixtures
-
 from atomscale_lab.hub.services import keys as keys_service
+from tests.hub.test_hub_services import call, loop, services  # noqa: F401 - fixtures
 
 
 def _post(call, token, action, outcome="allowed", detail=None):  # noqa: F811

@@ -12,12 +12,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import hub_helpers as helpers
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from atomscale_lab.hub.stack import REPO
+from tests.support import hub_helpers as helpers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import tomllib
 import pyotp
 import pytest
 
-from atomscale_lab.cli import main
+from atomscale_lab.cli.main import main
 from atomscale_lab.hub.users import IdpUsers
 
 

@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 
-import hub_helpers as helpers
 import pytest
-from hubstack import ORGS, api, events_json, server_pid
 
 from atomscale_lab.hub.roles import ROLES
+from tests.support import hub_helpers as helpers
+from tests.support.hubstack import ORGS, api, events_json, server_pid
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,7 @@ def _concrete(template: str) -> str:
 
 
 def test_support_reads_no_data_through_any_route(stack, running):
-    from atomscale_lab.handlers import ROUTES
+    from atomscale_lab.server.handlers import ROUTES
 
     user = "acme-support"
     token = running(user)
@@ -343,7 +343,7 @@ def test_ingest_runs_as_hub_service_and_feeds_the_org_server(stack, running):
 
     env = {**os.environ, "ATOMSCALE_HOME": str(stack.home),
            "ATOMSCALE_ROOT_KEY_FILE": str(stack.base / "root.key")}
-    r = subprocess.run([sys.executable, "-m", "atomscale_lab.cli", "apikey", "create", "acme",
+    r = subprocess.run([sys.executable, "-m", "atomscale_lab.cli.main", "apikey", "create", "acme",
                         "--scope", "ingest:process", "--expires", "1d", "--name", "mbe1"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -439,7 +439,7 @@ conn = UnixConn("localhost", timeout=30)
 conn.request("GET", "/services/atomscale-keys/orgs/acme/keys")
 r = conn.getresponse()
 via_socket = [r.status, b'"keys"' in r.read()]
-from atomscale_lab.client import Workspace
+from atomscale_lab.client.workspace import Workspace
 ws = Workspace("acme")
 print(json.dumps({"tried": tried, "files": files, "runs": len(ws.runs()), "socket": via_socket,
                   "env": sorted(k for k in os.environ if k.startswith("ATOMSCALE_"))}))
@@ -554,7 +554,7 @@ def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
 
 
 def _data_server_pids(stack, org):
-    from hubstack import _pids_of_uid
+    from tests.support.hubstack import _pids_of_uid
 
     out = []
     for pid in _pids_of_uid(stack.services[org].uid):

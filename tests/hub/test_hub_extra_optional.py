@@ -12,7 +12,7 @@ from atomscale_lab.errors import ConfigError
 HIDE = ("pyotp", "jupyterhub", "oauthenticator", "jwt")
 RUN = ("import sys\n"
        f"for m in {HIDE!r}: sys.modules[m] = None  # as if not installed\n"
-       "from atomscale_lab.cli import main\n"
+       "from atomscale_lab.cli.main import main\n"
        "sys.exit(main(sys.argv[1:]))\n")
 
 

@@ -301,7 +301,7 @@ def test_org_configuration_read_by_members_changed_with_the_config_scope(call, v
 
 @pytest.mark.slow
 def test_real_tokens_of_each_role(stack, logged_in, real_services):
-    from atomscale_lab.sources import ROLE_PERMISSIONS
+    from atomscale_lab.permissions import ROLE_PERMISSIONS
 
     def call(service, path, token, method="GET", body=None):
         return _call(f"{real_services[service]}/{path}", token, method, body)

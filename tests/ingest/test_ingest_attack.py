@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import Service
 
 from atomscale_lab.errors import ValidationError
 from atomscale_lab.ingest.guard import (
@@ -22,6 +21,7 @@ from atomscale_lab.ingest.guard import (
     ipc_decoded_size,
     parse_networks,
 )
+from tests.support.ingest import Service
 
 ARROW = "application/vnd.apache.arrow.stream"
 
@@ -249,7 +249,7 @@ def test_client_address_and_limits_units():
 
 
 def test_a_stream_cannot_rewrite_another_runs_record(deployment, service):
-    from atomscale_lab import demo
+    from atomscale_lab.cli import demo
 
     demo.generate(deployment.vault, "acme", runs=2, seed=1, points_per_run=20)
     runs = deployment.vault.store("acme").table("process/runs").read().to_pylist()

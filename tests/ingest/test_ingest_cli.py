@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import requests
-from conftest import free_port
+
+from tests.support.net import free_port
 
 
 def _cli(venv_bin, *args, env=None):

@@ -7,10 +7,9 @@ import json
 import re
 from importlib import resources
 
-from _apifuzz import fuzz, server_errors
-from conftest import Service
-
 from atomscale_lab.ingest import service as ingest_service
+from tests.support.apifuzz import fuzz, server_errors
+from tests.support.ingest import Service
 
 
 def ingest_spec() -> dict:
@@ -33,7 +32,7 @@ def test_the_document_matches_the_routes(tmp_path):
             continue  # routes other modules add describe themselves
         path = _route_template(rule.matcher.regex.pattern)
         methods = {m.lower() for m in ("get", "post", "put", "patch", "delete")
-                   if getattr(handler, m) is not getattr(ingest_service._Base, m)}
+                   if getattr(handler, m) is not getattr(ingest_service.IngestHandler, m)}
         routed[path] = methods
     documented = {p: set(ops) for p, ops in ingest_spec()["paths"].items()}
     assert routed == documented

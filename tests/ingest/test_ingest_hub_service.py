@@ -10,11 +10,12 @@ import time
 
 import pytest
 import requests
-from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.net import free_port
 
 
 def _cert(name, issuer=None, issuer_key=None, ca=False, san=None, usage=None):

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-from conftest import free_port
+
+from tests.support.net import free_port
 
 
 def _rows(start, n):
@@ -75,8 +76,8 @@ def _until(pred, timeout=15.0):
 
 @pytest.mark.slow
 def test_live_run_follows_until_complete(deployment, service, lab_server):
-    from atomscale_lab.client import Workspace
-    from atomscale_lab.widgets.live import LiveRun
+    from atomscale_lab.client.widgets.live import LiveRun
+    from atomscale_lab.client.workspace import Workspace
 
     key = deployment.key()
     r = service.request("POST", "/streams", key,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,13 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import requests
-from conftest import Service
 
 from atomscale_lab.ingest.sdkapi import entity_id
+from tests.support.ingest import Service
+from tests.support.nbserver import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "notebook"))
-from _nbserver import start_server, stop_server  # noqa: E402
 
 SDK_PYTHON = ROOT / ".venv-sdk" / "bin" / "python"
 DRIVER = Path(__file__).with_name("_sdk_driver.py")
@@ -211,7 +209,7 @@ def test_other_org_revoked_and_unscoped_keys_refused_and_audited(deployment, htt
 @pytest.fixture
 def lab_server(deployment, root_key, http_service, tmp_path):
     """A single-user ``jupyter server`` for acme on the same deployment (a ``Workspace``)."""
-    from atomscale_lab.client import Workspace
+    from atomscale_lab.client.workspace import Workspace
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
     env.update(ATOMSCALE_HOME=str(deployment.home), ATOMSCALE_ROOT_KEY=root_key,
@@ -234,7 +232,7 @@ def wait_for(fn, timeout=20.0):
 
 
 def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service, lab_server):
-    from atomscale_lab.widgets import LiveRun
+    from atomscale_lab.client.widgets import LiveRun
 
     ws = lab_server
     key = deployment.key("acme", "ingest:tool_state," + READ, name="tool-pc")

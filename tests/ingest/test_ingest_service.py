@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
-from conftest import Service
 
 from atomscale_lab.errors import NotFound
+from tests.support.ingest import Service
 
 
 def _rows(n, start=0, t0=None):

@@ -5,11 +5,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from conftest import Service
-
 from atomscale_lab.errors import NotFound
 from atomscale_lab.ingest import Streamer
 from atomscale_lab.ingest.service import ensure_certificate
+from tests.support.ingest import Service
 
 
 def _rows(start, n):

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "notebook"))
-from _nbserver import start_server, stop_server  # noqa: E402
+from tests.support.nbserver import start_server, stop_server
 
 API = "atomscale/api/v1/"
 
@@ -26,7 +23,7 @@ def _rows(n, start=0):
 @pytest.fixture
 def lab_server(deployment, root_key, tmp_path):
     """A real jupyter server with the extension for ``acme``, stopped by pid."""
-    from atomscale_lab import demo
+    from atomscale_lab.cli import demo
 
     demo.generate(deployment.vault, "acme", runs=4, seed=3, points_per_run=30)
     env = dict(os.environ, ATOMSCALE_HOME=str(deployment.home), ATOMSCALE_ROOT_KEY=root_key)

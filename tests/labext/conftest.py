@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEXT = ROOT / "labextension"
@@ -45,13 +46,6 @@ def artifacts():
     d = ROOT / "artifacts" / "labext"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -85,7 +79,7 @@ def _write_settings(settings_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A running ``jupyter lab`` serving org ``acme`` with demo data."""
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault.crypto import generate_root_key
 
     base = tmp_path_factory.mktemp("lab")
     home = base / "atomscale"

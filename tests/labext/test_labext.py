@@ -23,7 +23,7 @@ def snippet(run_id: str) -> str:
     """The cell "Open in notebook" must insert (kept in step with src/snippet.ts)."""
     return "\n".join([
         "from atomscale_lab import Workspace",
-        "from atomscale_lab.widgets import plot_rheed, plot_run",
+        "from atomscale_lab.client.widgets import plot_rheed, plot_run",
         "",
         "ws = Workspace()",
         f"run_id = {json.dumps(run_id)}",

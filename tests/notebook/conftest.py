@@ -18,15 +18,12 @@ plugin for the whole repository) so they apply to this folder only; pytest-async
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 
-sys.path.insert(0, str(Path(__file__).parent))
-import labdata  # noqa: E402
-from _nbserver import start_server, stop_server  # noqa: E402
+from tests.support import labdata
+from tests.support.nbserver import start_server, stop_server
 
 ORG = "acme"
 
@@ -34,9 +31,9 @@ ORG = "acme"
 @pytest.fixture(scope="session")
 def lab_data(tmp_path_factory):
     """A deployment home with demo orgs; returns ``{home, root_key}``."""
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     home = tmp_path_factory.mktemp("atomscale-home")
     key = generate_root_key()
@@ -98,7 +95,7 @@ def live_server(lab_data, tmp_path_factory):
 def demo_server(tmp_path_factory, venv_bin):
     """A home with org acme holding the packaged demo data (24 runs), served by a jupyter
     server; also holds a run imported from a tool-state CSV (no process data)."""
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault.crypto import generate_root_key
 
     base = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
@@ -125,7 +122,7 @@ def demo_server(tmp_path_factory, venv_bin):
 def sparse_server(tmp_path_factory, venv_bin):
     """A jupyter server for org ``sparse``, whose only run was imported from a tool-state CSV (no
     process data, no metrology, no labels): the notebooks must run on it too."""
-    from atomscale_lab.crypto import generate_root_key
+    from atomscale_lab.vault.crypto import generate_root_key
 
     base = tmp_path_factory.mktemp("sparse")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}

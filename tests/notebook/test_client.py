@@ -5,7 +5,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from atomscale_lab.client import Workspace, discover
+from atomscale_lab.client.workspace import Workspace, discover
 from atomscale_lab.errors import ConfigError, NotFound, PermissionDenied, ValidationError
 
 

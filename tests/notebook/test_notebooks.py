@@ -10,8 +10,9 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from _nbserver import kernel_env
 from nbclient import NotebookClient
+
+from tests.support.nbserver import kernel_env
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 

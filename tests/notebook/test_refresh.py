@@ -7,9 +7,10 @@ import threading
 import time
 from datetime import timedelta
 
-import labdata
 import pyarrow as pa
 import pytest
+
+from tests.support import labdata
 
 
 @pytest.fixture
@@ -45,8 +46,8 @@ async def eventually(jp_fetch, check, **params):
 
 
 async def test_new_runs_and_status_changes_appear(jp_fetch, own_home):
-    from atomscale_lab.config import Settings
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     before = await runs(jp_fetch)
     vault = Vault(Settings.load(own_home["home"]))
@@ -72,7 +73,7 @@ async def test_new_runs_and_status_changes_appear(jp_fetch, own_home):
 
 
 def test_stale_while_rebuilding_and_failures_surface():
-    from atomscale_lab.catalog import Refreshing
+    from atomscale_lab.server.catalog import Refreshing
 
     state = {"v": 1, "fail": False}
     gate = threading.Event()
@@ -101,7 +102,7 @@ def test_stale_while_rebuilding_and_failures_surface():
 
 
 def test_concurrent_first_gets_share_one_build():
-    from atomscale_lab.catalog import Refreshing
+    from atomscale_lab.server.catalog import Refreshing
 
     calls, asked = [], []
     all_asked = threading.Event()

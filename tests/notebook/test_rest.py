@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from atomscale_lab import handlers
-from atomscale_lab.app import AtomscaleLab
+from atomscale_lab.server import handlers
+from atomscale_lab.server.app import AtomscaleLab
 
 API = ("atomscale", "api", "v1")
 

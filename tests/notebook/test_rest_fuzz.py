@@ -1,12 +1,12 @@
-"""Property-based fuzzing of the REST API from ``atomscale_lab/openapi.json`` against a live
+"""Property-based fuzzing of the REST API from ``atomscale_lab/server/openapi.json`` against a live
 server: no response >= 500, no response outside the document, no unhandled exception logged."""
 
 from __future__ import annotations
 
 import requests
-from _apifuzz import fuzz, server_errors
 
-from atomscale_lab.handlers import openapi_spec
+from atomscale_lab.server.handlers import openapi_spec
+from tests.support.apifuzz import fuzz, server_errors
 
 
 def test_rest_api_survives_fuzzing(live_server):

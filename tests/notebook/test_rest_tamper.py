@@ -6,17 +6,18 @@ Run against a server subprocess: a corrupt encrypted file has crashed Arrow proc
 import os
 from pathlib import Path
 
-import labdata
 import pytest
 import requests
-from _nbserver import start_server, stop_server
+
+from tests.support import labdata
+from tests.support.nbserver import start_server, stop_server
 
 
 @pytest.fixture
 def tamper_server(tmp_path, monkeypatch):
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     key = generate_root_key()
     home = tmp_path / "home"

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atomscale_lab import compare
-from atomscale_lab.client import Workspace
-from atomscale_lab.widgets import RheedExplorer, overlay, plot_metrology, plot_rheed
-from atomscale_lab.widgets.metrology import peaks_html
+from atomscale_lab.client import compare
+from atomscale_lab.client.widgets import RheedExplorer, overlay, plot_metrology, plot_rheed
+from atomscale_lab.client.widgets.metrology import peaks_html
+from atomscale_lab.client.workspace import Workspace
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -182,7 +182,7 @@ def test_an_empty_table_streams_as_arrow(sparse_server):
 
 
 def test_metrology_viewer_shows_afm_roughness_and_xrd_on_a_log_axis(ws, mbe_runs):
-    from atomscale_lab.widgets import MetrologyViewer
+    from atomscale_lab.client.widgets import MetrologyViewer
 
     v = MetrologyViewer(ws, run_ids=mbe_runs[:3], technique="AFM")
     bar = v.plot.figure.data[0]

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from atomscale_lab.catalog import sorted_by_channel_time
 from atomscale_lab.schema import TS
+from atomscale_lab.server.catalog import sorted_by_channel_time
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -28,10 +28,10 @@ def test_unsorted_frames_are_recognised():
 
 
 def test_series_of_a_run_written_in_two_commits_is_ordered(tmp_path, monkeypatch):
-    from atomscale_lab.app import OrgService
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.sources import LocalAccess
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.server.access import LocalAccess
+    from atomscale_lab.server.app import OrgService
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
 
     monkeypatch.setenv("ATOMSCALE_HOME", str(tmp_path))
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", generate_root_key())

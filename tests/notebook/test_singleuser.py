@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from _nbserver import free_port, stop_server
 
-from atomscale_lab.singleuser import lab_command
+from atomscale_lab.cli.lab import lab_command
+from tests.support.nbserver import free_port, stop_server
 
 
 def test_lab_command_line():

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from atomscale_lab.client import Workspace
-from atomscale_lab.widgets import MetrologyViewer, RunBrowser
+from atomscale_lab.client.widgets import MetrologyViewer, RunBrowser
+from atomscale_lab.client.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

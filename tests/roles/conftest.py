@@ -15,19 +15,16 @@
 import json
 import os
 import secrets
-import sys
 from pathlib import Path
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from tornado.httpclient import HTTPClientError
 
+from tests.support import labdata, role_matrix
+from tests.support.roles import user_name
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "notebook"))
-import labdata  # noqa: E402
-import role_matrix  # noqa: E402
-from role_support import user_name  # noqa: E402
 
 ORGS = ("acme", "beta")
 
@@ -35,9 +32,9 @@ ORGS = ("acme", "beta")
 @pytest.fixture(scope="session")
 def roles_home(tmp_path_factory):
     """A deployment home with orgs acme and beta; returns ``{home, root_key}``."""
-    from atomscale_lab.config import Settings
-    from atomscale_lab.crypto import generate_root_key
-    from atomscale_lab.vault import Vault
+    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.settings import Settings
 
     home = tmp_path_factory.mktemp("roles-home")
     key = generate_root_key()
@@ -84,9 +81,9 @@ def jp_server_config(roles_env, tokens):
     return {
         "ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
                       "allow_unauthenticated_access": False,
-                      "identity_provider_class": "role_support.TokenUsers"},
+                      "identity_provider_class": "tests.support.roles.TokenUsers"},
         "TokenUsers": {"users": {t: u for u, t in tokens.items()}},
-        "AtomscaleLab": {"org": "acme", "access_class": "role_support.ScopeAccess",
+        "AtomscaleLab": {"org": "acme", "access_class": "tests.support.roles.ScopeAccess",
                          "scrub_root_key": False, "export_url": False,
                          "refresh_interval": 0.0},
     }

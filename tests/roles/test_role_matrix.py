@@ -2,11 +2,11 @@
 implies, and every refusal one audit event in the served org's log naming the user."""
 
 import pytest
-import role_matrix
-from role_support import sample_request, user_name
 
-from atomscale_lab import handlers
-from atomscale_lab.sources import PERMISSIONS, ROLE_PERMISSIONS
+from atomscale_lab.permissions import PERMISSIONS, ROLE_PERMISSIONS
+from atomscale_lab.server import handlers
+from tests.support import role_matrix
+from tests.support.roles import sample_request, user_name
 
 
 def test_the_matrix_covers_every_route_role_and_permission():

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _nbserver import free_port, stop_server, wait_ready
-from role_support import user_name
 
-from atomscale_lab.client import Workspace
+from atomscale_lab.client.workspace import Workspace
 from atomscale_lab.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from atomscale_lab.permissions import ROLES
+from tests.support.nbserver import free_port, stop_server, wait_ready
+from tests.support.roles import user_name
 
 HERE = Path(__file__).parent
-ROLES = ("org-admin", "scientist", "viewer", "support")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def server(roles_home, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
     env.update({"ATOMSCALE_HOME": str(roles_home["home"]),
                 "ATOMSCALE_ROOT_KEY": roles_home["root_key"],
-                "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent / "notebook")]),
+                "PYTHONPATH": str(HERE.parents[1]),  # the repository: tests.support
                 "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
                 "JUPYTER_CONFIG_DIR": str(root / ".config"),
                 "JUPYTER_DATA_DIR": str(root / ".data")})
@@ -40,9 +40,9 @@ def server(roles_home, tmp_path_factory):
     cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
            '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
-           "--ServerApp.identity_provider_class=role_support.TokenUsers",
+           "--ServerApp.identity_provider_class=tests.support.roles.TokenUsers",
            f"--TokenUsers.users={users}", "--AtomscaleLab.org=acme",
-           "--AtomscaleLab.access_class=role_support.ScopeAccess"]
+           "--AtomscaleLab.access_class=tests.support.roles.ScopeAccess"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     log_path = root / "server.log"

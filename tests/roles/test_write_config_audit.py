@@ -5,9 +5,9 @@ import json
 
 import pyarrow as pa
 import pytest
-from role_support import metrology_body
 
-from atomscale_lab.handlers import ARROW_STREAM
+from atomscale_lab.server.handlers import ARROW_STREAM
+from tests.support.roles import metrology_body
 
 ADMIN, SCIENTIST = "org-admin@acme", "scientist@acme"
 VIEWER, SUPPORT = "viewer@acme", "support@acme"

@@ -10,58 +10,16 @@ stopped by process id:
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM the process group of ``proc`` (by its id), then SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-
-
-def wait_until(check, proc: subprocess.Popen, what: str, log: Path, deadline_s: float = 60):
-    """Poll ``check()`` until true; fail early if ``proc`` exits, or at the deadline."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            if check():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"{what} not ready within {deadline_s} s: {log.read_text()[-2000:]}")
-
-
-def _session() -> requests.Session:
-    s = requests.Session()
-    s.trust_env = False  # loopback only, no proxies from the environment
-    return s
+from tests.support.net import free_port
+from tests.support.procs import http_session as _session
+from tests.support.procs import stop, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +57,7 @@ def vault_env(bao, monkeypatch):
     addr, token = bao
     monkeypatch.setenv("VAULT_ADDR", addr)
     monkeypatch.setenv("VAULT_TOKEN", token)
-    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.kms.transit:VaultTransitKms")
+    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.vault.kms.transit:VaultTransitKms")
     monkeypatch.setenv("ATOMSCALE_TRANSIT_KEY", "k-" + secrets.token_hex(4))
     monkeypatch.delenv("ATOMSCALE_ROOT_KEY", raising=False)
     monkeypatch.delenv("ATOMSCALE_ROOT_KEY_FILE", raising=False)
@@ -139,7 +97,7 @@ def aws_env(moto, monkeypatch):
                 "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_AWS_KMS_KEY_ID",
                 "ATOMSCALE_AWS_KMS_PREVIOUS_KEY_IDS"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.kms.aws:AwsKms")
+    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.vault.kms.aws:AwsKms")
     return moto
 
 

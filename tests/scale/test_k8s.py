@@ -12,7 +12,7 @@ import yaml
 from jupyterhub.objects import Hub, Server
 from traitlets.config import Config
 
-from atomscale_lab.cli import main
+from atomscale_lab.cli.main import main
 from atomscale_lab.hub.kube import AtomscaleKubeSpawner
 from atomscale_lab.k8s import ORG_LABEL, K8sOptions, namespace_of, render
 

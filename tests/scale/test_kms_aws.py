@@ -11,13 +11,13 @@ import sqlite3
 import boto3
 import pytest
 
-from atomscale_lab import demo
-from atomscale_lab.cli import main
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.cli import demo
+from atomscale_lab.cli.main import main
 from atomscale_lab.errors import RootKeyError
-from atomscale_lab.kms.aws import AwsKms
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms.aws import AwsKms
+from atomscale_lab.vault.settings import Settings
 
 
 def new_key(alias=None):

@@ -7,13 +7,13 @@ import sqlite3
 import hvac
 import pytest
 
-from atomscale_lab import demo
-from atomscale_lab.cli import main
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.cli import demo
+from atomscale_lab.cli.main import main
 from atomscale_lab.errors import ConfigError, RootKeyError
-from atomscale_lab.kms.transit import VaultTransitKms
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms.transit import VaultTransitKms
+from atomscale_lab.vault.settings import Settings
 
 
 def rows(vault, org="acme"):
@@ -160,12 +160,12 @@ def test_migrate_from_local_root_key_to_transit(home, vault_env, monkeypatch):
     write_runs(local, 4)
     local.close()
     VaultTransitKms.from_env(check=False).ensure_key()
-    assert main(["kms", "migrate", "--to", "atomscale_lab.kms.transit:VaultTransitKms"]) == 0
+    assert main(["kms", "migrate", "--to", "atomscale_lab.vault.kms.transit:VaultTransitKms"]) == 0
     assert all(r[3].startswith(b"VT1:") for r in stored(home))
     # The old root key opens nothing any more; the transit key opens everything.
     with pytest.raises(RootKeyError):
         Vault(Settings.load(home), kms=LocalKms(root)).org_keys("acme")
-    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.kms.transit:VaultTransitKms")
+    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.vault.kms.transit:VaultTransitKms")
     monkeypatch.delenv("ATOMSCALE_ROOT_KEY")
     v = Vault(Settings.load(home))
     assert rows(v) == 4

@@ -9,7 +9,7 @@ from traitlets.config import Config
 
 from atomscale_lab.hub.certs import ensure_certs
 from atomscale_lab.hub.config import configure
-from atomscale_lab.kms import aad_fields, service_env
+from atomscale_lab.vault.kms import aad_fields, service_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "atomscale-hub.toml"
 
@@ -25,7 +25,7 @@ def test_services_get_the_kms_settings_user_servers_do_not(tmp_path, vault, monk
     dep["spawner"]["venv"] = str(tmp_path / "venv")
     dep["spawner"]["service_accounts"] = False  # no Unix accounts in this test
     monkeypatch.setenv("OAUTH_CLIENT_SECRET", "client-secret-value")
-    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.kms.transit:VaultTransitKms")
+    monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.vault.kms.transit:VaultTransitKms")
     monkeypatch.setenv("VAULT_ADDR", "https://vault.lab.example:8200")
     monkeypatch.setenv("VAULT_TOKEN", "vault-token-value")
     monkeypatch.setenv("ATOMSCALE_TRANSIT_KEY", "lab-root")
@@ -42,7 +42,7 @@ def test_services_get_the_kms_settings_user_servers_do_not(tmp_path, vault, monk
 def test_service_env_is_empty_without_an_external_kms():
     env = {"VAULT_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/root"}
     assert service_env(env) == {}
-    env["ATOMSCALE_KMS"] = "atomscale_lab.kms.aws:AwsKms"
+    env["ATOMSCALE_KMS"] = "atomscale_lab.vault.kms.aws:AwsKms"
     assert service_env(env) == {"VAULT_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s"}
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atomscale_lab import demo, rheed
+from atomscale_lab import rheed
+from atomscale_lab.cli import demo
 
 
 @pytest.fixture(scope="module")

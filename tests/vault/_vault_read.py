@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from atomscale_lab.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.errors import AtomscaleError
-from atomscale_lab.store import OrgStore, SqliteHeadStore
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.vault.store import OrgStore, SqliteHeadStore
 
 
 def main() -> int:

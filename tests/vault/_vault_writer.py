@@ -21,11 +21,10 @@ import signal
 import sys
 from pathlib import Path
 
-from _vault_support import series
-
-import atomscale_lab.store as store_mod
-from atomscale_lab.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.store import OrgStore, SqliteHeadStore, Table
+import atomscale_lab.vault.store as store_mod
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.vault.store import OrgStore, SqliteHeadStore, Table
+from tests.support.vault import series
 
 RUNS, ROWS = 8, 300
 

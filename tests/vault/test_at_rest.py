@@ -7,10 +7,10 @@ its events are checked to hold no sample, operator or project string.
 
 import sqlite3
 
-from atomscale_lab import demo
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import LocalKms, generate_root_key
-from atomscale_lab.vault import Vault
+from atomscale_lab.cli import demo
+from atomscale_lab.vault.crypto import LocalKms, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
 
 
 def test_no_identifying_strings_at_rest(tmp_path):

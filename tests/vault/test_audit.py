@@ -6,8 +6,8 @@ import secrets
 
 import pytest
 
-from atomscale_lab.audit import AuditHeads, AuditLog
 from atomscale_lab.errors import IntegrityError, ValidationError
+from atomscale_lab.vault.audit import AuditHeads, AuditLog
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import builtins
 
-from atomscale_lab import audit as audit_mod
-from atomscale_lab.audit import AuditLog
+from atomscale_lab.vault import audit as audit_mod
+from atomscale_lab.vault.audit import AuditLog
 
 
 def _full_scan(log, actor=None, action=None):

@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from atomscale_lab import cli
+from atomscale_lab.cli import main as cli
 
 
 def walk(parser, path=()):
@@ -26,7 +26,7 @@ def walk(parser, path=()):
 def parser():
     p, sub, orgs = cli.build_parser()
     loaded = cli.load_plugins(sub, orgs)
-    assert "atomscale_lab.ingest.cli" in loaded
+    assert "atomscale_lab.cli.ingest" in loaded
     return p
 
 
@@ -81,7 +81,7 @@ def test_usage_errors_exit_2(home, root_key, venv_bin):
 
 def test_context_set_and_import_write_the_context_store(vault, home, root_key, venv_bin,
                                                         tmp_path):
-    from atomscale_lab import demo
+    from atomscale_lab.cli import demo
 
     vault.create_org("acme", "us")
     data = demo.build(3, seed=2, points_per_run=60)

@@ -6,13 +6,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from atomscale_lab import demo
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.cli import demo
 from atomscale_lab.errors import AtomscaleError, ValidationError
 from atomscale_lab.schema import CONTEXT, CONTEXT_FIELDS
-from atomscale_lab.store import Table
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.crypto import LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
+from atomscale_lab.vault.store import Table
 
 MIN_LEN = 6
 """Label strings shorter than this are not searched for: a 3-byte film name like "GaN" turns up

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atomscale_lab.crypto import (
+from atomscale_lab.errors import ConfigError, KeyUnavailable, OrgExists, RootKeyError, UnknownOrg
+from atomscale_lab.vault.crypto import (
     PURPOSES,
     KeyRegistry,
     LocalKms,
@@ -16,7 +17,6 @@ from atomscale_lab.crypto import (
     load_kms,
     parse_root_keys,
 )
-from atomscale_lab.errors import ConfigError, KeyUnavailable, OrgExists, RootKeyError, UnknownOrg
 
 
 class ReversingKms:

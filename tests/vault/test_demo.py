@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atomscale_lab import demo
+from atomscale_lab.cli import demo
 from atomscale_lab.schema import CONTEXT_FIELDS, TABLES
 
 

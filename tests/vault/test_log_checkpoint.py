@@ -8,13 +8,13 @@ import json
 import shutil
 
 import pytest
-from _vault_support import make_keys, series, store
 
-from atomscale_lab import store as store_mod
-from atomscale_lab.crypto import OrgCrypto
 from atomscale_lab.errors import IntegrityError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.store import SqliteHeadStore, Table, _canon, _sign_message
+from atomscale_lab.vault import store as store_mod
+from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.store import SqliteHeadStore, Table, _canon, _sign_message
+from tests.support.vault import make_keys, series, store
 
 EVERY = 4
 

@@ -13,17 +13,18 @@ import json
 import sqlite3
 
 import pytest
-from _legacy_log import data_key_only, last_line, legacy_line, legacy_write
-from _vault_support import make_keys, run_reader, series, store
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atomscale_lab import cli, demo
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.cli import demo
+from atomscale_lab.cli import main as cli
 from atomscale_lab.errors import IntegrityError, KeyUnavailable, PermissionDenied
 from atomscale_lab.schema import CONTEXT, SERIES, TABLES
-from atomscale_lab.store import OrgStore, SqliteHeadStore, Table, _canon, _sign_message
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
+from atomscale_lab.vault.store import OrgStore, SqliteHeadStore, Table, _canon, _sign_message
+from tests.support.legacy_log import data_key_only, last_line, legacy_line, legacy_write
+from tests.support.vault import make_keys, run_reader, series, store
 
 INTEGRITY = 5
 

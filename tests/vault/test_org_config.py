@@ -4,9 +4,9 @@ root."""
 import pytest
 
 from atomscale_lab import orgconfig
-from atomscale_lab.config import Settings
 from atomscale_lab.errors import TooLarge, UnknownOrg, ValidationError
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
 
 
 def test_configuration_persists_per_org_outside_the_data_root(vault, home):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import LocalKms, generate_root_key
 from atomscale_lab.errors import ConfigError, ResidencyError, UnknownOrg
-from atomscale_lab.vault import MARKER, Vault, read_marker
+from atomscale_lab.vault.crypto import LocalKms, generate_root_key
+from atomscale_lab.vault.facade import MARKER, Vault, read_marker
+from atomscale_lab.vault.settings import Settings
 
 
 def make(tmp_path, region="us", **kw):

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from _vault_support import make_keys, series, store
 
-from atomscale_lab.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
 from atomscale_lab.errors import KeyUnavailable, ValidationError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.store import N_BUCKETS, SqliteHeadStore, Table, bucket_of
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.vault.store import N_BUCKETS, SqliteHeadStore, Table, bucket_of
+from tests.support.vault import make_keys, series, store
 
 UTC = dt.UTC
 
@@ -278,7 +278,7 @@ def test_metrology_spectra_round_trip(tmp_path, reg):
 
 
 def test_row_groups_shrink_for_wide_rows():
-    from atomscale_lab.store import ROW_GROUP_ROWS, row_group_rows
+    from atomscale_lab.vault.store import ROW_GROUP_ROWS, row_group_rows
 
     narrow = pa.table({"v": pa.array(range(100_000), pa.float64())})
     wide = pa.table({"y": pa.array([[0.0] * 4000] * 10)})

@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
-from _vault_support import make_keys
 
-from atomscale_lab.crypto import OrgCrypto
 from atomscale_lab.schema import SERIES
-from atomscale_lab.store import SqliteHeadStore, Table
+from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.store import SqliteHeadStore, Table
+from tests.support.vault import make_keys
 
 WRITER = Path(__file__).with_name("_vault_writer.py")
 BATCH_ROWS = 8 * 300

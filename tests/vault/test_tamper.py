@@ -9,11 +9,11 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _vault_support import make_keys, run_reader, series, store
 
 from atomscale_lab.errors import IntegrityError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.store import Table, bucket_of
+from atomscale_lab.vault.store import Table, bucket_of
+from tests.support.vault import make_keys, run_reader, series, store
 
 INTEGRITY = 5
 

@@ -5,9 +5,7 @@ import json
 
 import pytest
 
-from atomscale_lab import demo
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.cli import demo
 from atomscale_lab.errors import (
     KeyUnavailable,
     OrgExists,
@@ -16,7 +14,9 @@ from atomscale_lab.errors import (
     ValidationError,
 )
 from atomscale_lab.schema import TABLES
-from atomscale_lab.vault import Vault
+from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
 
 
 def settings(tmp_path):

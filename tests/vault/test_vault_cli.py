@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from atomscale_lab import cli
-from atomscale_lab.config import Settings
-from atomscale_lab.crypto import LocalKms, generate_root_key
-from atomscale_lab.vault import Vault
+from atomscale_lab.cli import main as cli
+from atomscale_lab.vault.crypto import LocalKms, generate_root_key
+from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.settings import Settings
 
 RUNS = 6
 

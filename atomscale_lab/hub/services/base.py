@@ -30,8 +30,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.log import enable_pretty_logging
 
-from ...errors import AtomscaleError, UnknownOrg, http_status
-from ..roles import permissions_from_scopes
+from atomscale_lab.errors import AtomscaleError, UnknownOrg, http_status
+from atomscale_lab.hub.roles import permissions_from_scopes
 
 log = logging.getLogger("atomscale.hub.service")
 
@@ -52,7 +52,7 @@ class Deps:
             self.hub_auth = HubAuth(cache_max_age=int(os.environ.get(
                 "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
         if self.vault is None and self.need_vault:
-            from ...vault import Vault
+            from atomscale_lab.vault.facade import Vault
 
             self.vault = Vault()
 
@@ -79,7 +79,7 @@ class ServiceHandler(web.RequestHandler):
 
     @property
     def vault(self):
-        """The deployment's :class:`~atomscale_lab.vault.Vault` (root key from the environment)."""
+        """The deployment's :class:`~atomscale_lab.vault.facade.Vault` (root key from the environment)."""
         return self.settings["deps"].vault
 
     def check_xsrf_cookie(self):

@@ -13,7 +13,7 @@ import logging
 
 from tornado import web
 
-from .base import ServiceApp, ServiceHandler
+from atomscale_lab.hub.services.base import ServiceApp, ServiceHandler
 
 log = logging.getLogger("atomscale.hub.context")
 

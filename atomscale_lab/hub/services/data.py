@@ -4,7 +4,7 @@ for its users in hub mode.
 One hub-managed service per org, running as the org's own service account
 (:func:`atomscale_lab.hub.users.service_account`), which owns ``data_root/<org>``. It has no
 kernels, terminals or contents API: it serves the REST API of the server extension (the same
-:data:`atomscale_lab.handlers.ROUTES`, JSON and Arrow) under
+:data:`atomscale_lab.server.handlers.ROUTES`, JSON and Arrow) under
 ``/services/atomscale-data-<org>/atomscale/api/v1/``.
 
 - Identity: each request carries a hub token (``Authorization: token …``: the user's server
@@ -41,11 +41,17 @@ from urllib.parse import urlencode
 
 from tornado import web
 
-from ...errors import AtomscaleError, KeyUnavailable, PermissionDenied, http_status
-from ...handlers import API_PREFIX, _reason, host_handlers, request_params, run_service_call
-from ..access import CONTEXT_SERVICE, KEYS_SERVICE, HubAccess, _env, answer
-from ..roles import data_service_name, permissions_from_scopes
-from .base import ServiceApp
+from atomscale_lab.errors import AtomscaleError, KeyUnavailable, PermissionDenied, http_status
+from atomscale_lab.hub.access import CONTEXT_SERVICE, KEYS_SERVICE, HubAccess, _env, answer
+from atomscale_lab.hub.roles import data_service_name, permissions_from_scopes
+from atomscale_lab.hub.services.base import ServiceApp
+from atomscale_lab.server.handlers import (
+    API_PREFIX,
+    _reason,
+    host_handlers,
+    request_params,
+    run_service_call,
+)
 
 log = logging.getLogger("atomscale.hub.data")
 
@@ -79,7 +85,7 @@ class Caller(str):
 
 
 class ServiceHeadStore:
-    """:class:`~atomscale_lab.store.HeadStore` kept centrally: the deployment registry's heads,
+    """:class:`~atomscale_lab.vault.store.HeadStore` kept centrally: the deployment registry's heads,
     read and advanced through ``atomscale-keys`` with the data server's own token. Fails closed:
     an unreachable store is an error, never "no head known"."""
 
@@ -128,7 +134,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class DataServerAccess(HubAccess):
-    """:class:`~atomscale_lab.sources.OrgAccess` of the data server: keys and heads from
+    """:class:`~atomscale_lab.server.access.OrgAccess` of the data server: keys and heads from
     ``atomscale-keys`` (service identity), permissions from each caller's token.
 
     With ``$ATOMSCALE_KEYS_SOCKET`` set, ``atomscale-keys`` is reached on its Unix socket, where
@@ -179,7 +185,7 @@ class DataServerAccess(HubAccess):
 
     def org_keys(self):
         """The org's keys, released by ``atomscale-keys`` to this service's identity."""
-        from ...crypto import OrgKeys
+        from atomscale_lab.vault.crypto import OrgKeys
 
         keys = OrgKeys.from_json(self._call("GET", KEYS_SERVICE, f"orgs/{self.org}/keys"))
         if keys.org != self.org:
@@ -238,7 +244,7 @@ class OrgServiceHolder:
         return self.service
 
     def _start(self) -> None:
-        from ...app import OrgService
+        from atomscale_lab.server.app import OrgService
 
         try:
             access = self.access_factory()

@@ -37,8 +37,8 @@ import re
 
 from tornado import web
 
-from ..roles import data_service_name, key_holders
-from .base import ServiceApp, ServiceHandler
+from atomscale_lab.hub.roles import data_service_name, key_holders
+from atomscale_lab.hub.services.base import ServiceApp, ServiceHandler
 
 log = logging.getLogger("atomscale.hub.keys")
 
@@ -78,7 +78,7 @@ class KeysServiceHandler(ServiceHandler):
         """``{kind: service, name: atomscale-data-<org>}`` for an org's service account."""
         import pwd
 
-        from ..users import service_account
+        from atomscale_lab.hub.users import service_account
 
         try:
             account = pwd.getpwuid(uid).pw_name
@@ -185,7 +185,7 @@ class AuditHandler(KeysServiceHandler):
     )
 
     def _limiter(self):
-        from ...audit import RateLimiter
+        from atomscale_lab.vault.audit import RateLimiter
 
         return self.settings.setdefault("audit_limiter", RateLimiter(self.RATE, self.BURST))
 
@@ -293,7 +293,7 @@ class ConfigHandler(KeysServiceHandler):
         The org's data server stores what its caller changed (it checked the caller's ``config``
         scope and recorded the change as that caller), so it is not audited twice here.
         """
-        from ...orgconfig import changed_keys, validate
+        from atomscale_lab.orgconfig import changed_keys, validate
 
         model = await self.token_owner()
         if not _is_data_server(model, org):
