@@ -3,7 +3,8 @@
 The settings are plain, non-secret display preferences (instrument display names, the default
 project, unit preferences, the sidebar's page size). They are kept by the deployment (the vault
 registry), never in the data root and never in a file a user account can write; they are read
-and changed only through :class:`~atomscale_lab.server.access.OrgAccess`. This module is the one place
+and changed only through :class:`~atomscale_lab.server.access.OrgAccess`. This module is the one
+place
 that knows their names, types and limits.
 """
 

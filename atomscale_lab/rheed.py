@@ -2,7 +2,8 @@
 
 Pure numerics (numpy and scipy), no I/O: :func:`analyze` takes a run's intensity trace and,
 optionally, its shutter states and the recipe's growth rate, and returns per-layer periods and a
-per-window summary. :meth:`atomscale_lab.client.workspace.Workspace.rheed` feeds it from the REST API.
+per-window summary. :meth:`atomscale_lab.client.workspace.Workspace.rheed` feeds it from the REST
+API.
 
 How it works, and why it is robust to damping and noise:
 

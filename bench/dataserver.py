@@ -5,7 +5,7 @@ Builds a throw-away hub deployment (``tests/hub/hubstack.py``) with an extra org
 prints ``name: value`` lines:
 
 - ``arrow_one_run_{direct,data_server,pass_through}_ms`` and ratios: one run's process series as
-  an Arrow table — ``Table.read(run_ids=[id])`` in this process (root key, same store) vs
+  an Arrow table — ``OrgTable.read(run_ids=[id])`` in this process (root key, same store) vs
   ``runs/{id}/process?format=arrow`` from the data server through the proxy (what a kernel's
   ``Workspace`` does) and through the user's server pass-through (what the lab sidebar does);
   medians of 7 interleaved rounds after a warm-up; goal: direct / data server ≥ 0.5;

@@ -4,11 +4,11 @@ Builds one table whose log has N commits (default 1k, 10k, 100k) the way a strea
 them: each commit adds one small file of a streaming run, and every ``--compact-every`` commits a
 compaction replaces those files by one. The queried run has one real encrypted file written
 first; the streamed files are listed in the log only (they are in other buckets, so a one-run
-query never opens them — what is measured is the log). Then times ``Table.read(run_ids=[run])``:
+query never opens them — what is measured is the log). Then times ``OrgTable.read(run_ids=[run])``:
 
-- ``cold``: a fresh reader (new ``Table`` and ``OrgCrypto``) — what a data server does after a
+- ``cold``: a fresh reader (new ``OrgTable`` and ``OrgCrypto``) — what a data server does after a
   restart, or any process opening the table for the first time;
-- ``warm``: a long-running reader after a writer (another ``Table``) appended one more commit —
+- ``warm``: a long-running reader after a writer (another ``OrgTable``) appended one more commit —
   what a data server does while an instrument streams.
 
 Run with this tree's ``atomscale_lab`` it builds the log through the store's own append path
@@ -39,7 +39,7 @@ import pyarrow as pa
 from atomscale_lab.schema import SERIES
 from atomscale_lab.vault import store
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
-from atomscale_lab.vault.store import SqliteHeadStore, Table, bucket_of
+from atomscale_lab.vault.store import OrgTable, SqliteHeadStore, bucket_of
 
 SIGNED = hasattr(store, "CHECKPOINT_EVERY")
 QUERY_RUN = "query-run-0001"
@@ -87,7 +87,7 @@ def plan(commits: int, compact_every: int):
     return out
 
 
-def build_signed(table: Table, steps) -> None:
+def build_signed(table: OrgTable, steps) -> None:
     """Through the store's own append path (signed lines, checkpoints); fsync off meanwhile."""
     real = os.fsync
     os.fsync = lambda fd: None
@@ -100,7 +100,7 @@ def build_signed(table: Table, steps) -> None:
         os.fsync = real
 
 
-def build_legacy(table: Table, steps) -> None:
+def build_legacy(table: OrgTable, steps) -> None:
     """The older tree's HMAC-only lines, written in bulk (its append re-reads the whole log)."""
     state = table._load()
     seq, prev, kv = state.seq, state.digest, table.crypto.version
@@ -126,7 +126,7 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
     heads_db = work / f"heads-{commits}.sqlite"
     keys = reg.org_keys("bench")
     # The writer keeps no head store: a head advance per commit would time SQLite's fsync.
-    writer = Table(root, "bench", SERIES, OrgCrypto(keys))
+    writer = OrgTable(root, "bench", SERIES, OrgCrypto(keys))
     expect = writer.write(query_rows()).rows
     steps = plan(commits, compact_every)
     t = time.perf_counter()
@@ -138,7 +138,7 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
     for _ in range(reps):
         store._HIGH_WATER.clear()
         t = time.perf_counter()
-        reader = Table(root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")),
+        reader = OrgTable(root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")),
                        SqliteHeadStore(heads_db))
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         cold.append(time.perf_counter() - t)

@@ -5,8 +5,8 @@ Builds a throw-away deployment (100k runs; process series of 50 runs, 1M rows), 
 ``jupyter server`` with the extension on 127.0.0.1, and prints ``name: value`` lines:
 
 - ``arrow_one_run_*``: one run's process series as an Arrow table through
-  ``runs/{id}/process?format=arrow`` vs ``Table.read(run_ids=[id])`` in this process, medians of 7
-  with REST and direct interleaved (order alternating); ratio = direct / REST (goal ≥ 0.5);
+  ``runs/{id}/process?format=arrow`` vs ``OrgTable.read(run_ids=[id])`` in this process, medians
+  of 7 with REST and direct interleaved (order alternating); ratio = direct / REST (goal ≥ 0.5);
 - ``frame_one_run_*``: the same as pandas DataFrames (``Workspace.process`` vs
   ``read().to_pandas()``);
 - ``arrow_1m_*``: the whole 1M-row series table through ``tables/process/series`` vs ``read()``;

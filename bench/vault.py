@@ -1,9 +1,9 @@
 """Cost of the encrypted vault against plaintext Parquet with the same layout.
 
 Writes the same synthetic process data (default 10M rows × 16 columns, 1,000 runs) twice: once as
-plaintext Parquet and once through ``store.Table`` (Parquet modular encryption + commit log), with
-the same conforming, sorting, bucketing, row groups and zstd. Then times, median of several reps
-with the two sides interleaved:
+plaintext Parquet and once through ``store.OrgTable`` (Parquet modular encryption + commit log),
+with the same conforming, sorting, bucketing, row groups and zstd. Then times, median of several
+reps with the two sides interleaved:
 
 - warm, in this process: ``scan`` (every row and column), ``projection`` (every row of two
   columns), ``one_run`` (every column of one run; different runs per rep, same runs on both
@@ -47,8 +47,8 @@ from atomscale_lab.vault import store
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.vault.store import (
     READ_POOL,
+    OrgTable,
     SqliteHeadStore,
-    Table,
     bucket_of,
     prepare,
     write_parquet,
@@ -131,7 +131,7 @@ import json, sys, time
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.vault.store import READ_POOL, SqliteHeadStore, Table
+from atomscale_lab.vault.store import READ_POOL, SqliteHeadStore, OrgTable
 sys.path.insert(0, sys.argv[1])
 from vault import BENCH
 side, root, heads, run, path = sys.argv[2:7]
@@ -144,13 +144,13 @@ if side == "plain":  # the calls the store makes, without decryption and log che
     d = ds.FileSystemDataset([frag], BENCH.schema, fmt, fs)
     n = d.to_table(filter=ds.field("run_id").isin([run]), memory_pool=READ_POOL).num_rows
 else:
-    n = Table(root, "bench", BENCH, OrgCrypto(keys), SqliteHeadStore(heads)).read(
+    n = OrgTable(root, "bench", BENCH, OrgCrypto(keys), SqliteHeadStore(heads)).read(
         run_ids=[run]).num_rows
 print(json.dumps({"s": time.perf_counter() - t, "rows": n}))
 """
 
 
-def cold_read(side: str, table: Table, heads_db: Path, run: str, path: str, keys) -> float:
+def cold_read(side: str, table: OrgTable, heads_db: Path, run: str, path: str, keys) -> float:
     """Seconds of one read of ``run`` in a fresh process (see ``COLD_CHILD``)."""
     p = subprocess.run([sys.executable, "-c", COLD_CHILD, str(Path(__file__).parent), side,
                         str(table.root), str(heads_db), run, path],
@@ -220,7 +220,7 @@ def main() -> None:
         for i in range(args.write_reps):
             plain_root = work / f"plain{i}"
             heads = SqliteHeadStore(work / f"heads{i}.sqlite")
-            table = Table(work / f"data{i}", "bench", BENCH, crypto, heads)
+            table = OrgTable(work / f"data{i}", "bench", BENCH, crypto, heads)
 
             def plain(plain_root=plain_root, data=data):
                 return write_plain(plain_root, data)

@@ -49,7 +49,8 @@ PLUGINS += ["atomscale_lab.cli.kms", "atomscale_lab.cli.k8s"]
 """Modules that may add commands through ``register(subparsers, org_subparsers)``."""
 ENV_NEW_ROOT_KEY = "ATOMSCALE_NEW_ROOT_KEY"
 
-EXPORT_TABLES = {k: TABLE_ALIASES[k] for k in ("runs", "process", "series", "tool_state", "metrology")}
+EXPORT_TABLES = {k: TABLE_ALIASES[k]
+                 for k in ("runs", "process", "series", "tool_state", "metrology")}
 """``export --category`` names and the tables they export (full table names work as well)."""
 
 

@@ -31,6 +31,7 @@ class IngestHandler(web.RequestHandler):
     def initialize(self, core: IngestCore, keys: ApiKeyStore, pool: ThreadPoolExecutor,
                    max_body: int, limits: ConnectionLimits | None = None,
                    trusted_proxies=(), max_decoded: int = DEFAULT_MAX_DECODED):
+        """Take the service's core, key store, worker pool and limits (from the route)."""
         self.core, self.keys, self.pool, self.max_body = core, keys, pool, max_body
         self.limits, self.trusted_proxies = limits, trusted_proxies
         self.max_decoded = max_decoded
@@ -68,6 +69,7 @@ class IngestHandler(web.RequestHandler):
         super().on_connection_close()
 
     def set_default_headers(self):
+        """JSON, never cached, HTTPS only."""
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.set_header("Strict-Transport-Security", "max-age=31536000")
@@ -104,6 +106,7 @@ class IngestHandler(web.RequestHandler):
         self.finish(json.dumps(body))
 
     def write_error(self, status_code, **kwargs):
+        """Answer an error as JSON (``{"error", "message"}``)."""
         self.finish(json.dumps({"message": self._reason, "reason": "HTTPError"}))
 
     def json_body(self, body: bytes | None = None) -> dict:

@@ -82,7 +82,8 @@ class OrgAccess(Protocol):
 
 
 class LocalAccess:
-    """:class:`OrgAccess` for single-user mode, on top of a :class:`~atomscale_lab.vault.facade.Vault`.
+    """:class:`OrgAccess` for single-user mode, on top of a
+    :class:`~atomscale_lab.vault.facade.Vault`.
 
     The server's owner (who holds the root key) gets every permission; audit events name the
     owner's login (``owner``), since a single-user server's own user names are random.

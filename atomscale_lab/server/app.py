@@ -2,7 +2,8 @@
 
 :class:`OrgService` is the part without HTTP: it holds the org key (in memory only), the
 ``OrgStore``, the in-memory run catalogue and the permission/audit rules, and answers the questions
-the handlers in :mod:`atomscale_lab.server.handlers` ask. :class:`AtomscaleLab` is the ``ExtensionApp``
+the handlers in :mod:`atomscale_lab.server.handlers` ask. :class:`AtomscaleLab` is the
+``ExtensionApp``
 that builds it from configuration::
 
     c.AtomscaleLab.org = "acme"
@@ -635,7 +636,8 @@ class AtomscaleLab(ExtensionApp):
         "atomscale_lab.server.access.LocalAccess",
         klass=object,
         config=True,
-        help="""The OrgAccess implementation (a class or its import string): where keys, permissions, context
+        help="""The OrgAccess implementation (a class or its import string): where keys,
+        permissions, context
         and audit come from. The default reads the local vault (single-user mode, root key in
         the environment); on JupyterHub use the hub's:
 

@@ -1,7 +1,8 @@
 """REST handlers of the data API (``<base_url>/atomscale/api/v1/...``, docs/rest-api.md).
 
 Thin on purpose: each route authenticates, authorizes against the ``atomscale`` resource, hands the
-request to :class:`atomscale_lab.server.app.OrgService` on a worker thread (decryption must not block the
+request to :class:`atomscale_lab.server.app.OrgService` on a worker thread (decryption must not
+block the
 event loop) and turns :class:`~atomscale_lab.errors.AtomscaleError` into an HTTP status with
 :func:`~atomscale_lab.errors.http_status`.
 

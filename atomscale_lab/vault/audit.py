@@ -1,7 +1,5 @@
 """The per-org audit trail: one JSON line per event, hash-chained and MACed with the org audit key.
 
-CONTRACT (filled in by the vault work):
-
 ``audit_root/<org>.jsonl``; each line ``{"seq", "ts", "org", "actor", "action", "outcome",
 "detail", "prev", "mac"}``; ``prev`` is the SHA-256 of the previous line, ``mac`` an HMAC-SHA256
 of the line without ``mac``. Appends take an exclusive file lock so several processes can share a

@@ -1,6 +1,6 @@
 """The context store: materials-system labels, under their own root and their own key.
 
-CONTRACT (filled in by the vault work): labels are a ``store.Table`` of ``schema.CONTEXT`` rooted at
+Labels are a ``store.OrgTable`` of ``schema.CONTEXT`` rooted at
 ``context_root`` and encrypted with the org's *context* key (a separate ``OrgCrypto``). Raw-data
 reads never include labels; :meth:`ContextStore.join` is the one way to combine them, and it audits.
 
@@ -57,25 +57,26 @@ class ContextStore:
     """Labels of one org, keyed by run id.
 
     ``context_key`` is the org's context key as ``(version, bytes)`` (the contract form), or all
-    its versions as ``{version: bytes}`` / :class:`~atomscale_lab.vault.crypto.OrgKeys` so that labels
+    its versions as ``{version: bytes}`` / :class:`~atomscale_lab.vault.crypto.OrgKeys` so that
+    labels
     written before a context-key rotation stay readable.
     """
 
     def __init__(self, context_root: Path, org: str, context_key: tuple[int, bytes],
                  audit: AuditSink, heads=None):
-        from atomscale_lab.vault.store import Table
+        from atomscale_lab.vault.store import OrgTable
 
         self.root = Path(context_root)
         self.org = org
         self.audit = audit
         self._crypto = OrgCrypto(_context_keys(org, context_key), purpose="context")
-        self.table = Table(self.root, org, CONTEXT, self._crypto, heads)
+        self.table = OrgTable(self.root, org, CONTEXT, self._crypto, heads)
 
     def __repr__(self) -> str:
         return f"ContextStore(org={self.org!r}, root={str(self.root)!r})"
 
     def put(self, labels, *, actor: str) -> int:
-        """Upsert labels (list of dicts / DataFrame / Table with ``run_id``); audited."""
+        """Upsert labels (list of dicts / DataFrame / Arrow table with ``run_id``); audited."""
         table = conform(CONTEXT, labels)
         if table.num_rows == 0:
             return 0

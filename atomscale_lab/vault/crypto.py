@@ -1,8 +1,6 @@
 """Keys: the root key, the KMS plug-in interface, the per-org key registry, and the per-org
 Parquet modular-encryption factory.
 
-CONTRACT (filled in by the vault work; other modules code against these names):
-
 - Root key text: ``;``-separated base64url keys of 32 bytes, optionally prefixed ``ask1:``; the
   first wraps, all unwrap (so rotation is: prepend a new key, run ``rewrap``, drop the old one).
 - ``Kms`` is the plug-in interface (``wrap``/``unwrap``/``key_id``); ``LocalKms`` implements it

@@ -1,6 +1,6 @@
 """The vault: a deployment's orgs, keys, stores, context and audit, for admins and single-user use.
 
-CONTRACT (filled in by the vault work). ``Vault`` is the façade the CLI, the demo, the hub services
+``Vault`` is the façade the CLI, the demo, the hub services
 and the single-user server extension use. Hub-spawned user servers do *not* use it: they get
 ``OrgKeys`` from the key service and build ``OrgStore`` directly.
 

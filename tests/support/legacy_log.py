@@ -15,14 +15,14 @@ import os
 from datetime import UTC, datetime
 
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.vault.store import Table, prepare
+from atomscale_lab.vault.store import OrgTable, prepare
 
 
 def _canon(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def last_line(table: Table) -> tuple[int, str, int]:
+def last_line(table: OrgTable) -> tuple[int, str, int]:
     """``(seq, sha256 of the last line, byte size)`` of a table's log, read as an attacker
     would: from the files."""
     try:
@@ -52,7 +52,7 @@ def legacy_line(crypto: OrgCrypto, table_name: str, seq: int, prev: str, added: 
     return _canon(body) + b"\n"
 
 
-def legacy_write(table: Table, data, actor: str = "system") -> None:
+def legacy_write(table: OrgTable, data, actor: str = "system") -> None:
     """Encrypt ``data`` into files and append one old-format line listing them."""
     added = [table._write_file(bucket, part) for bucket, part in prepare(table.spec, data)]
     seq, digest, _ = last_line(table)

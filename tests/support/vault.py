@@ -18,7 +18,7 @@ import pyarrow as pa
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
 from atomscale_lab.vault.store import OrgStore, SqliteHeadStore
 
-READER = Path(__file__).with_name("_vault_read.py")
+READER = Path(__file__).parents[1] / "vault" / "_vault_read.py"
 T0 = np.datetime64("2026-03-01T00:00:00", "us")
 
 

@@ -21,9 +21,9 @@ import signal
 import sys
 from pathlib import Path
 
-import atomscale_lab.vault.store as store_mod
+import atomscale_lab.vault.store.table as store_mod  # where OrgTable writes its files
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
-from atomscale_lab.vault.store import OrgStore, SqliteHeadStore, Table
+from atomscale_lab.vault.store import OrgStore, OrgTable, SqliteHeadStore
 from tests.support.vault import series
 
 RUNS, ROWS = 8, 300
@@ -44,7 +44,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     # Wrap the store's steps in this child only (the parent reads with the unmodified code).
-    write_parquet, append, advance = (store_mod.write_parquet, Table._append,
+    write_parquet, append, advance = (store_mod.write_parquet, OrgTable._append,
                                       SqliteHeadStore.advance)
 
     def write_parquet_at(*a, **kw):
@@ -65,7 +65,7 @@ def main() -> None:
         return advance(self, *a, **kw)
 
     store_mod.write_parquet = write_parquet_at
-    Table._append = append_at
+    OrgTable._append = append_at
     SqliteHeadStore.advance = advance_at
 
     t = OrgStore(Path(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))) \

@@ -12,7 +12,7 @@ from atomscale_lab.schema import CONTEXT, CONTEXT_FIELDS
 from atomscale_lab.vault.crypto import LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.vault.facade import Vault
 from atomscale_lab.vault.settings import Settings
-from atomscale_lab.vault.store import Table
+from atomscale_lab.vault.store import OrgTable
 
 MIN_LEN = 6
 """Label strings shorter than this are not searched for: a 3-byte film name like "GaN" turns up
@@ -95,7 +95,7 @@ def test_context_needs_the_context_key(world):
     vault, _ = world
     s = vault.settings
     data_crypto = OrgCrypto(vault.org_keys("acme"))
-    wrong = Table(s.context_root, "acme", CONTEXT, data_crypto, None)
+    wrong = OrgTable(s.context_root, "acme", CONTEXT, data_crypto, None)
     with pytest.raises(AtomscaleError):
         wrong.read()
     assert (s.context_root / "acme" / CONTEXT.name).is_dir()

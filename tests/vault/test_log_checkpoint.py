@@ -11,9 +11,10 @@ import pytest
 
 from atomscale_lab.errors import IntegrityError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.vault import store as store_mod
 from atomscale_lab.vault.crypto import OrgCrypto
-from atomscale_lab.vault.store import SqliteHeadStore, Table, _canon, _sign_message
+from atomscale_lab.vault.store import OrgTable, SqliteHeadStore
+from atomscale_lab.vault.store import log as store_log
+from atomscale_lab.vault.store.log import _canon, _sign_message
 from tests.support.vault import make_keys, series, store
 
 EVERY = 4
@@ -21,7 +22,7 @@ EVERY = 4
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "CHECKPOINT_EVERY", EVERY)
+    monkeypatch.setattr(store_log, "CHECKPOINT_EVERY", EVERY)
     reg = make_keys(tmp_path)
     t = store(tmp_path, reg).table("process/series")
     for i in range(10):
@@ -31,7 +32,7 @@ def env(tmp_path, monkeypatch):
 
 def _fresh(tmp, reg, heads=True, reader=True):
     keys = reg.org_keys("a")
-    return Table(tmp / "data", "a", SERIES, OrgCrypto(keys.reader() if reader else keys),
+    return OrgTable(tmp / "data", "a", SERIES, OrgCrypto(keys.reader() if reader else keys),
                  SqliteHeadStore(tmp / "registry.sqlite") if heads else None)
 
 
@@ -44,13 +45,13 @@ def test_fresh_reader_starts_from_the_checkpoint(env, monkeypatch):
     doc = json.loads(_ckpt(t).read_bytes())
     assert doc["seq"] == 8 and doc["offset"] > 0
     applied = []
-    real = Table._apply
+    real = OrgTable._apply
 
     def counting(self, state, data, end, skip=False):
         applied.append(data[:end].count(b"\n"))
         return real(self, state, data, end, skip)
 
-    monkeypatch.setattr(Table, "_apply", counting)
+    monkeypatch.setattr(OrgTable, "_apply", counting)
     fresh = _fresh(tmp, reg)
     assert fresh.read().num_rows == 100
     assert fresh.read(run_ids=["c03-0001"]).num_rows == 5
@@ -142,7 +143,7 @@ def test_writer_on_a_checkpointed_log_and_gc(env, tmp_path):
     _fresh(tmp, reg).verify(deep=True)
     # a table copied elsewhere as a whole still reads (checkpoint offsets are relative)
     shutil.copytree(tmp / "data", tmp_path / "copy" / "data")
-    moved = Table(tmp_path / "copy" / "data", "a", SERIES, OrgCrypto(reg.org_keys("a")))
+    moved = OrgTable(tmp_path / "copy" / "data", "a", SERIES, OrgCrypto(reg.org_keys("a")))
     assert moved.read().num_rows == 105
 
 

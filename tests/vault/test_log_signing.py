@@ -3,7 +3,7 @@
 Attacks are made as a holder of the data key without the signing key (a viewer who once got the
 data key): an HMAC-only line of the old format with ``actor=acme-admin``, a line in the new format
 signed with a key of the attacker's own, a new log for an empty table. Every reader refuses each:
-``Table.read``, the dataset/DuckDB path and deep verification in a child process, ``org verify``
+``OrgTable.read``, the dataset/DuckDB path and deep verification in a child process, ``org verify``
 and ``org verify --deep``.
 """
 
@@ -22,7 +22,8 @@ from atomscale_lab.schema import CONTEXT, SERIES, TABLES
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
 from atomscale_lab.vault.facade import Vault
 from atomscale_lab.vault.settings import Settings
-from atomscale_lab.vault.store import OrgStore, SqliteHeadStore, Table, _canon, _sign_message
+from atomscale_lab.vault.store import OrgStore, OrgTable, SqliteHeadStore
+from atomscale_lab.vault.store.log import _canon, _sign_message
 from tests.support.legacy_log import data_key_only, last_line, legacy_line, legacy_write
 from tests.support.vault import make_keys, run_reader, series, store
 
@@ -35,14 +36,14 @@ def _vault(tmp_path, key_text: str | None = None) -> Vault:
                  kms=LocalKms(key_text or generate_root_key()))
 
 
-def _planted_file(table: Table, crypto: OrgCrypto) -> dict:
+def _planted_file(table: OrgTable, crypto: OrgCrypto) -> dict:
     """An encrypted file with the data key, as the attacker can make it (rows of a fake run)."""
-    forger = Table(table.root, table.org, table.spec, crypto)
+    forger = OrgTable(table.root, table.org, table.spec, crypto)
     return forger._write_file(None if not table.spec.bucketed else 3,
                               series(1, 5, prefix="forged"))
 
 
-def _forge_hmac_line(table: Table, keys: OrgKeys) -> None:
+def _forge_hmac_line(table: OrgTable, keys: OrgKeys) -> None:
     crypto = data_key_only(keys)
     seq, digest, _ = last_line(table)
     line = legacy_line(crypto, table.spec.name, seq + 1, digest, [_planted_file(table, crypto)],
@@ -51,7 +52,7 @@ def _forge_hmac_line(table: Table, keys: OrgKeys) -> None:
         f.write(line)
 
 
-def _forge_signed_line(table: Table, keys: OrgKeys) -> None:
+def _forge_signed_line(table: OrgTable, keys: OrgKeys) -> None:
     """The new format, complete with sealed statistics, signed with the attacker's own key."""
     crypto = data_key_only(keys)
     entry = _planted_file(table, crypto)
@@ -109,7 +110,7 @@ def test_reader_without_signing_key_cannot_write(tmp_path):
     reg = make_keys(tmp_path)
     t = store(tmp_path, reg).table("process/series")
     t.write(series(2, 10))
-    viewer = Table(t.root, "a", SERIES, OrgCrypto(reg.org_keys("a").reader()))
+    viewer = OrgTable(t.root, "a", SERIES, OrgCrypto(reg.org_keys("a").reader()))
     assert viewer.read().num_rows == 20
     for attempt in (lambda: viewer.write(series(1, 5, prefix="v")), viewer.compact,
                     viewer.rewrite, viewer.seal):
@@ -142,7 +143,7 @@ def test_forged_line_is_refused_by_every_reader(tmp_path, forge):
     assert events[0]["outcome"] == "error"
     # a fresh in-process reader too, and nothing of the forged run is ever returned
     with pytest.raises(IntegrityError):
-        Table(data_root, "acme", SERIES, OrgCrypto(keys)).read()
+        OrgTable(data_root, "acme", SERIES, OrgCrypto(keys)).read()
     assert rows > 0
 
 
@@ -153,7 +154,7 @@ def test_forged_log_for_an_empty_table_is_refused(tmp_path):
     empty = st.table("tool_state/readings")
     assert empty.read().num_rows == 0
     _forge_hmac_line(st.table("process/series"), reg.org_keys("a"))
-    victim = Table(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("a")))
+    victim = OrgTable(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("a")))
     with pytest.raises(IntegrityError, match="not signed"):
         victim.read()
     # a whole new log, made with the data key alone, for a table nobody wrote yet
@@ -189,14 +190,14 @@ def test_signatures_survive_rotation_rewrite_compaction_and_gc(tmp_path):
     assert all("sig" in x and "mac" not in x for x in lines)
     assert lines[-1]["sv"] == 2
     # a writer still holding the retired signing key cannot append any more
-    stale = Table(t.root, "acme", SERIES, OrgCrypto(OrgKeys(
+    stale = OrgTable(t.root, "acme", SERIES, OrgCrypto(OrgKeys(
         "acme", new.keys, new.verify, old.signing)))
     with pytest.raises(KeyUnavailable, match="rotated"):
         stale.write(series(1, 5, prefix="stale"))
     # and a line it signed by hand is refused (retired key)
     _forge_hmac_line(t, new)
     with pytest.raises(IntegrityError):
-        Table(t.root, "acme", SERIES, OrgCrypto(new.reader())).read()
+        OrgTable(t.root, "acme", SERIES, OrgCrypto(new.reader())).read()
 
 
 def test_registry_keys_are_rewrapped_and_shredded(tmp_path):
@@ -228,11 +229,11 @@ def _legacy_deployment(tmp_path, key_text: str | None = None):
     data = demo.build(runs=3, seed=5, points_per_run=60)
     crypto = OrgCrypto(keys)
     for name, table in data.tables().items():
-        t = Table(v.settings.data_root, "acme", TABLES[name], crypto)
+        t = OrgTable(v.settings.data_root, "acme", TABLES[name], crypto)
         legacy_write(t, table)
         legacy_write(t, table.slice(0, 1))  # a second line: a chain, not a single line
     ctx_keys = OrgKeys("acme", dict([v.keys.key("acme", "context", 1)]))
-    legacy_write(Table(v.settings.context_root, "acme", CONTEXT,
+    legacy_write(OrgTable(v.settings.context_root, "acme", CONTEXT,
                        OrgCrypto(ctx_keys, purpose="context")), data.labels)
     run_ids = data.runs.column("run_id").to_pylist()
     return v, data, run_ids
@@ -275,7 +276,7 @@ def test_migration_keeps_every_row_and_then_refuses_unsigned_lines(tmp_path):
     t = st.table("process/series")
     _forge_hmac_line(t, keys)
     with pytest.raises(IntegrityError, match="not signed"):
-        Table(t.root, "acme", SERIES, OrgCrypto(keys.reader())).read()
+        OrgTable(t.root, "acme", SERIES, OrgCrypto(keys.reader())).read()
 
 
 def test_first_use_migrates_automatically(tmp_path):
@@ -284,7 +285,7 @@ def test_first_use_migrates_automatically(tmp_path):
     assert v.keys.org_keys("acme").writer
     t.write(series(1, 7, prefix="new"))
     assert t.num_rows() == _expected(data)["process/series"] + 7
-    fresh = Table(t.root, "acme", SERIES, OrgCrypto(v.org_keys("acme").reader()),
+    fresh = OrgTable(t.root, "acme", SERIES, OrgCrypto(v.org_keys("acme").reader()),
                   SqliteHeadStore(v.settings.registry_path))
     col = data.series.column("run_id").to_pylist()
     assert fresh.read(run_ids=[run_ids[0]]).num_rows == \
@@ -296,7 +297,7 @@ def test_legacy_reader_cannot_read_signed_logs(tmp_path):
     reg = make_keys(tmp_path)
     t = store(tmp_path, reg).table("process/series")
     t.write(series(1, 10))
-    legacy = Table(t.root, "a", SERIES, data_key_only(reg.org_keys("a")))
+    legacy = OrgTable(t.root, "a", SERIES, data_key_only(reg.org_keys("a")))
     with pytest.raises(KeyUnavailable, match="verify key"):
         legacy.read()
 
@@ -330,18 +331,18 @@ def test_org_migrate_command(tmp_path, monkeypatch):
 def test_interrupted_scrub_is_finished_by_the_next_migration(tmp_path, monkeypatch):
     v, data, run_ids = _legacy_deployment(tmp_path)
     v.keys.ensure_signing_key("acme")
-    t = Table(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
+    t = OrgTable(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
 
     def stop_after_checkpoint(self, state):
         self._write_checkpoint(state)
         raise OSError("killed")
 
-    monkeypatch.setattr(Table, "_scrub", stop_after_checkpoint)
+    monkeypatch.setattr(OrgTable, "_scrub", stop_after_checkpoint)
     with pytest.raises(OSError):
         t.seal()
     monkeypatch.undo()
     assert run_ids[0].encode() in t._log_path.read_bytes()
-    fresh = Table(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
+    fresh = OrgTable(v.settings.data_root, "acme", SERIES, OrgCrypto(v.keys.org_keys("acme")))
     assert fresh.seal() is True
     assert not any(r.encode() in t._log_path.read_bytes() for r in run_ids)
     assert fresh.num_rows() == _expected(data)["process/series"]

@@ -13,7 +13,7 @@ import pytest
 from atomscale_lab.errors import KeyUnavailable, ValidationError
 from atomscale_lab.schema import SERIES
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
-from atomscale_lab.vault.store import N_BUCKETS, SqliteHeadStore, Table, bucket_of
+from atomscale_lab.vault.store import N_BUCKETS, OrgTable, SqliteHeadStore, bucket_of
 from tests.support.vault import make_keys, series, store
 
 UTC = dt.UTC
@@ -146,12 +146,12 @@ def test_other_org_and_missing_key_refused(tmp_path, reg):
     t = store(tmp_path, reg, "a").table("process/series")
     t.write(series(3, 10))
     with pytest.raises(KeyUnavailable, match="org 'b'.*org 'a'"):
-        Table(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("b")))
+        OrgTable(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("b")))
     forged = OrgCrypto(OrgKeys("a", reg.org_keys("b").keys))
     with pytest.raises(KeyUnavailable, match="does not match"):
-        Table(tmp_path / "data", "a", SERIES, forged).read()
+        OrgTable(tmp_path / "data", "a", SERIES, forged).read()
     with pytest.raises(KeyUnavailable, match="no data key"):
-        Table(tmp_path / "data", "a", SERIES, None)
+        OrgTable(tmp_path / "data", "a", SERIES, None)
     with pytest.raises(KeyUnavailable):
         OrgCrypto(OrgKeys("a", {}))
     # b's own table is separate and empty
@@ -238,7 +238,7 @@ def test_concurrent_writers_serialize(tmp_path, reg):
 
     def writer(k):
         try:
-            t = Table(tmp_path / "data", "a", SERIES, st.crypto)  # own instance per thread
+            t = OrgTable(tmp_path / "data", "a", SERIES, st.crypto)  # own instance per thread
             for j in range(4):
                 t.write(series(4, 10, prefix=f"w{k}-{j}"))
         except Exception as e:  # pragma: no cover - reported below
@@ -278,7 +278,7 @@ def test_metrology_spectra_round_trip(tmp_path, reg):
 
 
 def test_row_groups_shrink_for_wide_rows():
-    from atomscale_lab.vault.store import ROW_GROUP_ROWS, row_group_rows
+    from atomscale_lab.vault.store.files import ROW_GROUP_ROWS, row_group_rows
 
     narrow = pa.table({"v": pa.array(range(100_000), pa.float64())})
     wide = pa.table({"y": pa.array([[0.0] * 4000] * 10)})

@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 
 from atomscale_lab.schema import SERIES
 from atomscale_lab.vault.crypto import OrgCrypto
-from atomscale_lab.vault.store import SqliteHeadStore, Table
+from atomscale_lab.vault.store import OrgTable, SqliteHeadStore
 from tests.support.vault import make_keys
 
-WRITER = Path(__file__).with_name("_vault_writer.py")
+WRITER = "tests.vault._vault_writer"
+ROOT = Path(__file__).resolve().parents[2]
 BATCH_ROWS = 8 * 300
 # (point, occurrence): where each round's writer is killed (see _vault_writer.py).
 SCHEDULE = [("committed", 1), ("write.tmp", 1), ("write.placed", 1), ("write.logged", 1),
@@ -32,7 +33,7 @@ SCHEDULE = [("committed", 1), ("write.tmp", 1), ("write.placed", 1), ("write.log
             ("write.placed", 3), ("write.logged", 5), ("committed", 6), ("write.tmp", 13)]
 
 
-def _batches(table: Table) -> Counter:
+def _batches(table: OrgTable) -> Counter:
     runs = table.read(columns=["run_id"]).column("run_id")
     prefix = pc.utf8_slice_codeunits(runs, 0, 7)  # "b000123"
     vc = pc.value_counts(prefix)
@@ -48,10 +49,10 @@ def test_kill_minus_nine_at_chosen_points(tmp_path):
     for rnd, (point, n) in enumerate(SCHEDULE):
         first = rnd * 1000
         p = subprocess.Popen(
-            [sys.executable, str(WRITER), str(tmp_path / "data"), str(head_db), str(first),
+            [sys.executable, "-m", WRITER, str(tmp_path / "data"), str(head_db), str(first),
              point, str(n)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=str(WRITER.parent))
+            cwd=str(ROOT))
         p.stdin.write(json.dumps(keys.to_json()))
         p.stdin.close()
         out = []
@@ -72,7 +73,7 @@ def test_kill_minus_nine_at_chosen_points(tmp_path):
         in_flight = int(out[-1][2])
         reported = {int(w[1]) for w in out if w[0] == "committed"}
 
-        t = Table(tmp_path / "data", "a", SERIES, OrgCrypto(keys), SqliteHeadStore(head_db))
+        t = OrgTable(tmp_path / "data", "a", SERIES, OrgCrypto(keys), SqliteHeadStore(head_db))
         t.verify()
         present = _batches(t)
         for name, count in present.items():

@@ -12,7 +12,7 @@ import pytest
 
 from atomscale_lab.errors import IntegrityError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.vault.store import Table, bucket_of
+from atomscale_lab.vault.store import OrgTable, bucket_of
 from tests.support.vault import make_keys, run_reader, series, store
 
 INTEGRITY = 5
@@ -134,7 +134,7 @@ def test_rolled_back_log(env):
     log.write_bytes(old)
     _refused(run_reader(tmp, reg.org_keys("a")), "rolled back")  # head store catches it
     # without a head store, this process's high-water mark still does
-    fresh = Table(tmp / "data", "a", SERIES, t.crypto)
+    fresh = OrgTable(tmp / "data", "a", SERIES, t.crypto)
     with pytest.raises(IntegrityError, match="rolled back"):
         fresh.read()
 
@@ -159,14 +159,14 @@ def test_edited_log_lines(env):
     assert b'"op":"add"' in lines[0]
     log.write_bytes(lines[0].replace(b'"op":"add"', b'"op":"adx"') + lines[1])
     with pytest.raises(IntegrityError, match="line 1 failed its signature check"):
-        Table(tmp / "data", "a", SERIES, t.crypto).read()
+        OrgTable(tmp / "data", "a", SERIES, t.crypto).read()
     # dropping the first line breaks the chain
     log.write_bytes(lines[1])
     with pytest.raises(IntegrityError, match="chain"):
-        Table(tmp / "data", "a", SERIES, t.crypto).read()
+        OrgTable(tmp / "data", "a", SERIES, t.crypto).read()
     log.write_bytes(b"not json\n" + lines[1])
     with pytest.raises(IntegrityError, match="line 1 is corrupt"):
-        Table(tmp / "data", "a", SERIES, t.crypto).read()
+        OrgTable(tmp / "data", "a", SERIES, t.crypto).read()
 
 
 def test_torn_last_line_is_uncommitted(env):
@@ -176,7 +176,7 @@ def test_torn_last_line_is_uncommitted(env):
         f.write(b'{"seq":3,"added":[{"path":"bucket=00/part-')
     assert t.read().num_rows == 60_300
     t.write(series(2, 10, prefix="after"))
-    assert Table(tmp / "data", "a", SERIES, t.crypto).read().num_rows == 60_320
+    assert OrgTable(tmp / "data", "a", SERIES, t.crypto).read().num_rows == 60_320
     assert log.read_bytes().count(b"\n") == 3
 
 

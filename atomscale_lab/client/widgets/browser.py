@@ -48,7 +48,8 @@ class RunBrowser(W.VBox):
     """Filter, page through and select runs; the selected run's process channels and tool state
     are plotted on one shared time axis.
 
-    ``RunBrowser(ws)`` with a :class:`~atomscale_lab.client.workspace.Workspace` (one is made if omitted).
+    ``RunBrowser(ws)`` with a :class:`~atomscale_lab.client.workspace.Workspace` (one is made if
+    omitted).
     ``selected`` is the selected run's record; ``page``/``pages``/``total`` describe the listing.
     """
 

@@ -123,7 +123,8 @@ def overlay_figure(frames: pd.DataFrame, channel: str, layers: pd.DataFrame | No
     """Several runs' ``channel`` on one axis of seconds from event ``at``.
 
     ``frames``: long frame with ``run_id, t_s, channel, value`` (see
-    :func:`atomscale_lab.client.compare.aligned`). ``layers``: RHEED layers with ``run_id, t0_s, t1_s``
+    :func:`atomscale_lab.client.compare.aligned`). ``layers``: RHEED layers with
+    ``run_id, t0_s, t1_s``
     — the first run's layers are shaded, every run's layer completions are marked.
     """
     sel = frames[frames["channel"] == channel] if len(frames) else frames

@@ -79,7 +79,8 @@ class ServiceHandler(web.RequestHandler):
 
     @property
     def vault(self):
-        """The deployment's :class:`~atomscale_lab.vault.facade.Vault` (root key from the environment)."""
+        """The deployment's :class:`~atomscale_lab.vault.facade.Vault` (root key from the
+        environment)."""
         return self.settings["deps"].vault
 
     def check_xsrf_cookie(self):

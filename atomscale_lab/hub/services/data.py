@@ -85,7 +85,7 @@ class Caller(str):
 
 
 class ServiceHeadStore:
-    """:class:`~atomscale_lab.vault.store.HeadStore` kept centrally: the deployment registry's heads,
+    """:class:`~.vault.store.HeadStore` kept centrally: the deployment registry's heads,
     read and advanced through ``atomscale-keys`` with the data server's own token. Fails closed:
     an unreachable store is an error, never "no head known"."""
 

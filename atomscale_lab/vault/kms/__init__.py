@@ -1,7 +1,8 @@
 """External key-management services for the root key (``Kms`` plug-ins, see
 :class:`atomscale_lab.vault.crypto.Kms`).
 
-- :class:`~atomscale_lab.vault.kms.transit.VaultTransitKms` — HashiCorp Vault / OpenBao transit engine
+- :class:`~atomscale_lab.vault.kms.transit.VaultTransitKms` — HashiCorp Vault / OpenBao transit
+  engine
   (``ATOMSCALE_KMS=atomscale_lab.vault.kms.transit:VaultTransitKms``).
 - :class:`~atomscale_lab.vault.kms.aws.AwsKms` — AWS KMS
   (``ATOMSCALE_KMS=atomscale_lab.vault.kms.aws:AwsKms``).
