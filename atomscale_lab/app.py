@@ -488,42 +488,6 @@ class OrgService:
         doc = self.access.set_org_config(new)
         return {**doc, "changed": changed}
 
-
-def _read_ipc(body: bytes, content_type: str | None) -> pa.Table:
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media != ARROW_STREAM:
-        raise ValidationError(f"send the frame as an Arrow IPC stream (Content-Type: "
-                              f"{ARROW_STREAM}), not {media or 'no content type'}")
-    if len(body) > MAX_WRITE_BYTES:
-        raise TooLarge(f"the frame is {len(body)} bytes; at most {MAX_WRITE_BYTES} per request")
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowInvalid, OSError):
-        raise ValidationError("the body is not a readable Arrow IPC stream") from None
-    if table.num_rows == 0:
-        raise ValidationError("the frame has no rows")
-    if table.num_rows > MAX_WRITE_ROWS:
-        raise TooLarge(f"the frame has {table.num_rows} rows; at most {MAX_WRITE_ROWS} per "
-                       "request")
-    return table
-
-
-def _with_run(frame: pa.Table, run: str) -> pa.Table:
-    # rows without a run id belong to ``run``; a row naming another run is a mistake
-    if "run_id" not in frame.column_names:
-        return frame.append_column("run_id", pa.array([run] * frame.num_rows, pa.string()))
-    ids = frame.column("run_id")
-    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type) \
-            and not pa.types.is_null(ids.type):
-        raise ValidationError("field 'run_id' must be a string", field="run_id")
-    other = {r for r in ids.to_pylist() if r is not None and r != run}
-    if other:
-        raise ValidationError(f"the frame has rows of run {sorted(other)[0]!r}, not {run!r}",
-                              field="run_id")
-    filled = pa.array([r if r is not None else run for r in ids.to_pylist()], pa.string())
-    return frame.set_column(frame.schema.get_field_index("run_id"), "run_id", filled)
-
-
     def rheed(self, user: str, run_id: str, params: dict) -> dict:
         """RHEED analysis of one run (:mod:`atomscale_lab.rheed`) with its trace for plotting."""
         from . import rheed as _rheed
@@ -568,6 +532,41 @@ def _with_run(frame: pa.Table, run: str) -> pa.Table:
                 cache.popitem(last=False)
         self.audited_read(user, SERIES.name, [run_id], rows, query="rheed")
         return doc
+
+
+def _read_ipc(body: bytes, content_type: str | None) -> pa.Table:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != ARROW_STREAM:
+        raise ValidationError(f"send the frame as an Arrow IPC stream (Content-Type: "
+                              f"{ARROW_STREAM}), not {media or 'no content type'}")
+    if len(body) > MAX_WRITE_BYTES:
+        raise TooLarge(f"the frame is {len(body)} bytes; at most {MAX_WRITE_BYTES} per request")
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError):
+        raise ValidationError("the body is not a readable Arrow IPC stream") from None
+    if table.num_rows == 0:
+        raise ValidationError("the frame has no rows")
+    if table.num_rows > MAX_WRITE_ROWS:
+        raise TooLarge(f"the frame has {table.num_rows} rows; at most {MAX_WRITE_ROWS} per "
+                       "request")
+    return table
+
+
+def _with_run(frame: pa.Table, run: str) -> pa.Table:
+    # rows without a run id belong to ``run``; a row naming another run is a mistake
+    if "run_id" not in frame.column_names:
+        return frame.append_column("run_id", pa.array([run] * frame.num_rows, pa.string()))
+    ids = frame.column("run_id")
+    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type) \
+            and not pa.types.is_null(ids.type):
+        raise ValidationError("field 'run_id' must be a string", field="run_id")
+    other = {r for r in ids.to_pylist() if r is not None and r != run}
+    if other:
+        raise ValidationError(f"the frame has rows of run {sorted(other)[0]!r}, not {run!r}",
+                              field="run_id")
+    filled = pa.array([r if r is not None else run for r in ids.to_pylist()], pa.string())
+    return frame.set_column(frame.schema.get_field_index("run_id"), "run_id", filled)
 
 
 RHEED_CACHE_RUNS = 512

@@ -601,7 +601,8 @@ class SdkApi:
         known = {r["data_id"] for r in self.catalogue(key.org, READ_SCOPES)}
         for i in ids:
             if i not in known and not self.state.sql(
-                    "SELECT 1 FROM items WHERE org=? AND data_id=?", (key.org, self._did(key.org, i))):
+                    "SELECT 1 FROM items WHERE org=? AND data_id=?",
+                    (key.org, self._did(key.org, i))):
                 raise NotFound(f"no data item {i!r}")
         for t in tag_ids:
             if not self.state.sql("SELECT 1 FROM tags WHERE id=? AND org=?", (t, key.org)):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "roles"))
-import role_matrix  # noqa: E402
 import hub_helpers as helpers  # noqa: E402
-from role_support import sample_request  # noqa: E402
+import role_matrix  # noqa: E402
+from role_support import PATH_VALUES, sample_request  # noqa: E402
 
 SERVED = "acme"
 OTHER = "beta"
@@ -42,6 +42,34 @@ def test_expectations_cover_both_gates():
     assert hub_expectation("metrology", "post", "scientist", SERVED)[0] == 201
 
 
+def _sample_ids(stack) -> dict[str, str]:
+    """Ids of the served org's demo data for the sample requests' stand-ins: a run with a RHEED
+    series and a metrology item of it."""
+    v = stack.vault()
+    try:
+        st = v.store(SERVED)
+        items = st.table("metrology/items").read(columns=["item_id", "run_id"]).to_pylist()
+        process = set(st.table("process/series").read(columns=["run_id"])
+                      .column("run_id").unique().to_pylist())
+    finally:
+        v.close()
+    item = next(i for i in items if i["run_id"] in process)
+    return {PATH_VALUES["run_id"]: item["run_id"], PATH_VALUES["item_id"]: item["item_id"]}
+
+
+def _concrete(req: dict, ids: dict[str, str]) -> dict:
+    """``sample_request``'s stand-in ids replaced by the served org's."""
+    def sub(text):
+        for a, b in ids.items():
+            text = text.replace(a, b)
+        return text
+    out = dict(req, path=[sub(x) for x in req["path"]],
+               params={k: sub(v) for k, v in req["params"].items()})
+    if isinstance(req.get("body"), str):
+        out["body"] = sub(req["body"])
+    return out
+
+
 def _count(audit, user):
     return len(audit.events(actor=user, limit=100_000))
 
@@ -57,6 +85,7 @@ def test_role_matrix_at_the_data_server(stack, logged_in, running, role, user_or
     else:
         _, token = logged_in(user)
     http = helpers.session(stack.ca)
+    ids = _sample_ids(stack)
     vault = stack.vault()
     served_log, own_log = vault.audit(SERVED), vault.audit(user_org)
     wrong = []
@@ -65,7 +94,7 @@ def test_role_matrix_at_the_data_server(stack, logged_in, running, role, user_or
             status, action = hub_expectation(template, method, role, user_org)
             allowed = status < 400
             for base in bases:
-                req = sample_request(template, method)
+                req = _concrete(sample_request(template, method), ids)
                 where = f"{method.upper()} {base}{template} as {user}"
                 before = _count(served_log, user)
                 before_own = _count(own_log, user) if user_org != SERVED else None
