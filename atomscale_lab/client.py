@@ -42,7 +42,7 @@ from .errors import ValidationError as _ValidationError
 
 API = "atomscale/api/v1/"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-ARROW_ACCEPT = f"{ARROW_STREAM}; compression=lz4"
+ARROW_ACCEPT = f"{ARROW_STREAM}; compression=zstd"
 """What a ``Workspace`` asks Arrow answers in: buffers compressed (pyarrow reads them as is), so
 fewer bytes cross the TLS legs of the hub's proxy and the pass-through."""
 PAGE = 500
