@@ -37,9 +37,9 @@ import numpy as np
 import pyarrow as pa
 
 from atomscale_lab.schema import SERIES
-from atomscale_lab.vault import store
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.vault.store import OrgTable, SqliteHeadStore, bucket_of
+from atomscale_lab.vault.store import log as store
 
 SIGNED = hasattr(store, "CHECKPOINT_EVERY")
 QUERY_RUN = "query-run-0001"

@@ -43,7 +43,6 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from atomscale_lab.schema import TS, TableSpec
-from atomscale_lab.vault import store
 from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
 from atomscale_lab.vault.store import (
     READ_POOL,
@@ -53,6 +52,7 @@ from atomscale_lab.vault.store import (
     prepare,
     write_parquet,
 )
+from atomscale_lab.vault.store import files as store
 
 BENCH = TableSpec(
     "process/bench_wide",

@@ -18,9 +18,10 @@ import pyarrow as pa
 from jupyter_server.auth.identity import IdentityProvider, User
 from traitlets import Dict
 
+from atomscale_lab.errors import ValidationError
 from atomscale_lab.hub.roles import permissions_from_scopes
+from atomscale_lab.schema import ARROW_STREAM
 from atomscale_lab.server.access import LocalAccess
-from atomscale_lab.server.handlers import ARROW_STREAM
 from tests.support.role_matrix import user_scopes
 
 
@@ -56,7 +57,7 @@ class ScopeAccess(LocalAccess):
             return set()
         try:
             scopes = user_scopes(org, role)
-        except StopIteration:  # not a role of the table: no scopes at all
+        except (StopIteration, ValidationError):  # no role of the table, or no org: no scopes
             return set()
         return permissions_from_scopes(scopes, self.org)
 
