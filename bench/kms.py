@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
-from atomscale_lab.vault.crypto import LocalKms, generate_root_key  # noqa: E402
 from atomscale_lab.vault.facade import Vault  # noqa: E402
+from atomscale_lab.vault.kms import LocalKms, generate_root_key  # noqa: E402
 from atomscale_lab.vault.settings import Settings  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.procs import http_session as _session  # noqa: E402

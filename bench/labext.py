@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000)
     args = ap.parse_args()
 
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-labext-bench-"))

@@ -374,7 +374,7 @@ def main() -> int:
                     help="MODULE:FACTORY of the data-serving process (default: jupyter server)")
     args = ap.parse_args()
 
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     work = Path(tempfile.mkdtemp(prefix="atomscale-load-"))
     home = work / "home"

@@ -37,7 +37,9 @@ import numpy as np
 import pyarrow as pa
 
 from atomscale_lab.schema import SERIES
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import OrgTable, SqliteHeadStore, bucket_of
 from atomscale_lab.vault.store import log as store
 

@@ -129,8 +129,8 @@ def main() -> None:
 
     from atomscale_lab.client.widgets import RunBrowser
     from atomscale_lab.client.workspace import Workspace
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-"))

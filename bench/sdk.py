@@ -117,8 +117,8 @@ def main() -> None:
 
     from atomscale_lab.client.workspace import Workspace
     from atomscale_lab.ingest.apikeys import for_vault
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-bench-sdk-"))

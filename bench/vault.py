@@ -43,7 +43,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from atomscale_lab.schema import TS, TableSpec
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import (
     READ_POOL,
     OrgTable,

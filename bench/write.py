@@ -34,8 +34,8 @@ from tests.support.nbserver import start_server, stop_server  # noqa: E402
 def main() -> None:
     """Run the benchmark and print its figures."""
     from atomscale_lab.client.workspace import Workspace
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

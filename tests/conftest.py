@@ -18,7 +18,7 @@ import pytest
 @pytest.fixture
 def root_key(monkeypatch):
     """A new root key, exported as ATOMSCALE_ROOT_KEY."""
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     key = generate_root_key()
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", key)

@@ -48,7 +48,7 @@ def cmd_kms_status(args) -> int:
 
 def cmd_kms_init(args) -> int:
     """Create the wrapping key where the plug-in can (Vault transit), then check it."""
-    from atomscale_lab.vault.crypto import ENV_KMS, load_kms
+    from atomscale_lab.vault.kms import ENV_KMS, load_kms
 
     spec = os.environ.get(ENV_KMS, "").strip()
     if not spec:
@@ -92,7 +92,7 @@ def cmd_kms_rotate(args) -> int:
 def cmd_kms_migrate(args) -> int:
     """Re-wrap every stored key from the KMS in use to the plug-in named by ``--to``."""
     from atomscale_lab.cli import main as cli
-    from atomscale_lab.vault.crypto import load_kms
+    from atomscale_lab.vault.kms import load_kms
 
     new_kms = load_kms(args.to)
     vault = cli.open_vault(args)

@@ -157,7 +157,7 @@ def add_format_option(parser, choices=("text", "json"), default: str | None = "t
 
 def cmd_root_key_generate(args) -> int:
     """Print a new root key (stdout only, so it can be redirected into a protected file)."""
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     sys.stdout.write(generate_root_key() + "\n")
     if sys.stdout.isatty():
@@ -168,7 +168,7 @@ def cmd_root_key_generate(args) -> int:
 
 def cmd_root_key_rotate(args) -> int:
     """Re-wrap every org key under a new root key."""
-    from atomscale_lab.vault.crypto import LocalKms
+    from atomscale_lab.vault.kms import LocalKms
 
     if args.new_key_file:
         try:

@@ -40,6 +40,7 @@ from atomscale_lab.errors import (
 )
 from atomscale_lab.errors import ValidationError as _ValidationError
 from atomscale_lab.schema import ARROW_STREAM, RUN_COLUMNS, TABLE_ALIASES
+from atomscale_lab.tls import hub_ssl
 
 API = "atomscale/api/v1/"
 ARROW_ACCEPT = f"{ARROW_STREAM}; compression=zstd"
@@ -143,17 +144,16 @@ class Workspace:
         self._session.trust_env = False  # loopback only; no proxies or CA bundles from the env
         if token:
             self._session.headers["Authorization"] = f"token {token}"
-        ca = os.environ.get("JUPYTERHUB_SSL_CLIENT_CA")
+        tls = hub_ssl()
+        ca = tls.client_ca
         hub = (os.environ.get("ATOMSCALE_HUB_PUBLIC_URL") or "").rstrip("/")
         if hub and self.url.startswith(hub + "/") and os.environ.get("ATOMSCALE_CA_BUNDLE"):
             # the org's data server behind the hub's public URL (hub mode)
             self._session.verify = os.environ["ATOMSCALE_CA_BUNDLE"]
         elif self.url.startswith("https:") and ca:
             self._session.verify = ca
-            cert, key = os.environ.get("JUPYTERHUB_SSL_CERTFILE"), \
-                os.environ.get("JUPYTERHUB_SSL_KEYFILE")
-            if cert and key:
-                self._session.cert = (cert, key)
+            if tls.has_cert:
+                self._session.cert = (tls.certfile, tls.keyfile)
         self._status = self.status()
         self.org = self._status["org"]
         if org is not None and org != self.org:

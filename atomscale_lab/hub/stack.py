@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomscale_lab.hub.certs import ensure_certs
+from atomscale_lab.tls import ensure_certs
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_ID = "atomscale-hub"

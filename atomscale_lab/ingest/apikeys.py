@@ -191,9 +191,9 @@ class ApiKeyStore:
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  org_alive: Callable[[str], bool] | None = None,
                  system_audit: Callable[[], object] | None = None):
-        from atomscale_lab.vault.crypto import connect_registry
+        from atomscale_lab.vault.registry import connect
 
-        self._conn = connect_registry(Path(db_path))
+        self._conn = connect(Path(db_path), secure_delete=True)
         self._conn.executescript(_SCHEMA)
         self._db_lock = threading.Lock()
         self._pepper_for = pepper_for

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
@@ -45,6 +44,7 @@ from atomscale_lab.errors import (
 )
 from atomscale_lab.ingest.sealed import RegistrySeal
 from atomscale_lab.ingest.wal import Wal, WalRecord, wal_key
+from atomscale_lab.vault.registry import connect
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,7 @@ class IngestCore:
         self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
         self.max_wal_bytes = max_wal_bytes
         self.max_open_streams = max_open_streams
-        self._db = sqlite3.connect(str(self.state_dir / "state.sqlite"), timeout=30,
-                                   isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(self.state_dir / "state.sqlite")
         self._db.executescript(_SCHEMA)
         have = {r[1] for r in self._db.execute("PRAGMA table_info(streams)")}
         for col in _SEALED_COLUMNS:

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from atomscale_lab import schema
 from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
 from atomscale_lab.ingest.core import BatchConflict, NotYetStored
 from atomscale_lab.ingest.sealed import RegistrySeal
+from atomscale_lab.vault.registry import connect
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,7 @@ class SdkState:
     """The compatibility layer's own records in ``sdk.sqlite`` beside the ingest state."""
 
     def __init__(self, path):
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(path)
         self._db.executescript(_SCHEMA)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import hashlib
 import ipaddress
 import json
 import logging
 import os
 import signal
-import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +43,7 @@ from atomscale_lab.ingest.guard import ConnectionLimits, check_ipc, parse_networ
 from atomscale_lab.ingest.handler import DEFAULT_MAX_DECODED, IngestHandler
 from atomscale_lab.ingest.options import add_serve_arguments
 from atomscale_lab.schema import ARROW_STREAM
+from atomscale_lab.tls import ensure_self_signed, hub_ssl, server_context
 
 log = logging.getLogger("atomscale_lab.ingest")
 
@@ -232,46 +231,6 @@ class _NotFound(IngestHandler):
         self.finish(json.dumps({"message": "no such endpoint", "reason": "NotFound"}))
 
 
-def ensure_certificate(directory: Path, hosts=("localhost", "127.0.0.1", "::1")
-                       ) -> tuple[Path, Path]:
-    """A self-signed certificate for ``hosts`` in ``directory`` (made once, key file 0600)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory = Path(directory)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    if cert_path.exists() and key_path.exists():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=7):
-            return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = []
-    for h in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            names.append(x509.DNSName(h))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "atomscale-ingest")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -320,23 +279,17 @@ async def serve(args, vault=None, ready=None) -> None:
                              "proxy in front, or serve HTTPS")
         log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
     else:
-        hub_cert = os.environ.get("JUPYTERHUB_SSL_CERTFILE")
-        hub_key = os.environ.get("JUPYTERHUB_SSL_KEYFILE")
+        hub = hub_ssl()
         client_ca = None
         if args.certfile:
             certfile, keyfile = Path(args.certfile), Path(args.keyfile or args.certfile)
-        elif hub_cert and hub_key:
+        elif hub.has_cert:
             # JupyterHub internal_ssl: the hub's internal certificate, and only clients with a
             # certificate of the hub's internal CA (the proxy) may connect.
-            certfile, keyfile = Path(hub_cert), Path(hub_key)
-            client_ca = os.environ.get("JUPYTERHUB_SSL_CLIENT_CA")
+            certfile, keyfile, client_ca = Path(hub.certfile), Path(hub.keyfile), hub.client_ca
         else:
-            certfile, keyfile = ensure_certificate(core.state_dir / "tls")
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
-        ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ssl_ctx.load_cert_chain(str(certfile), str(keyfile))
-        if client_ca:
-            ssl_ctx.verify_mode = ssl.CERT_REQUIRED
+            certfile, keyfile = ensure_self_signed(core.state_dir / "tls")
+        ssl_ctx = server_context(certfile, keyfile, client_ca)
     # xheaders stays off: Tornado would believe a client-sent X-Real-Ip. The handlers read
     # X-Forwarded-For themselves, and only from trusted proxies.
     server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=False,

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -20,50 +20,13 @@ import pyarrow.compute as pc
 
 from atomscale_lab.errors import ValidationError
 from atomscale_lab.schema import RUN_COLUMNS
+from atomscale_lab.server.params import parse_int, parse_list, parse_time
 
 SORTABLE = RUN_COLUMNS
 MAX_PER_PAGE = 500
 DEFAULT_PER_PAGE = 50
 _MULTI = ("project", "sample", "instrument", "method", "operator", "status")
 _SEARCHED = ("run_id", "project", "sample", "instrument", "method", "operator")
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-
-def parse_time(value: str | None, name: str) -> datetime | None:
-    """Parse an ISO 8601 time (``Z`` or an offset; naive means UTC); ``ValidationError`` if bad."""
-    if value is None or value == "":
-        return None
-    try:
-        t = datetime.fromisoformat(value.strip().replace(" ", "+") if "T" in value else value)
-    except ValueError:
-        raise ValidationError(
-            f"{name}={value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)", field=name
-        ) from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
-def parse_int(value: str | None, name: str, default: int, lo: int = 1,
-              hi: int | None = None) -> int:
-    """Parse an integer parameter within ``[lo, hi]``; ``ValidationError`` naming the limits."""
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValidationError(f"{name}={value!r} is not an integer", field=name) from None
-    if n < lo or (hi is not None and n > hi):
-        limit = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ValidationError(f"{name} must be {limit} (got {n})", field=name)
-    return n
-
-
-def parse_list(value: str | None) -> tuple[str, ...]:
-    """A comma-separated parameter as a tuple of non-empty, stripped values."""
-    if not value:
-        return ()
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """REST handlers of the data API (``<base_url>/atomscale/api/v1/...``, docs/rest-api.md).
 
 Thin on purpose: each route authenticates, authorizes against the ``atomscale`` resource, hands the
-request to :class:`atomscale_lab.server.app.OrgService` on a worker thread (decryption must not
+request to :class:`atomscale_lab.server.service.OrgService` on a worker thread (decryption must not
 block the
 event loop) and turns :class:`~atomscale_lab.errors.AtomscaleError` into an HTTP status with
 :func:`~atomscale_lab.errors.http_status`.
 
 The route classes (:data:`ROUTES`) hold only the request logic and are host-agnostic: they need a
-host base that provides ``username``, ``call(method, *args)``, ``query_params()``,
+host base that provides ``username``, ``call(OrgService.<method>, *args)``, ``query_params()``,
 ``current_user`` and ``authorizer`` (besides Tornado's request/response API). Two hosts exist:
 
 - :class:`JupyterApiHandler`: the jupyter-server extension (single-user ``atomscale-lab lab ORG``);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import resources
@@ -37,10 +38,11 @@ from tornado.ioloop import IOLoop
 from atomscale_lab.errors import AtomscaleError, http_status
 from atomscale_lab.schema import ARROW_STREAM
 from atomscale_lab.server.catalog import frame_json, rows_to_records
+from atomscale_lab.server.service import OrgService
 
 AUTH_RESOURCE = "atomscale"
 API_PREFIX = "/atomscale/api/v1/"
-FAST_METHODS = frozenset({"runs_page", "facets"})
+FAST_METHODS = frozenset({OrgService.runs_page, OrgService.facets})
 """``OrgService`` methods answered from in-memory caches (see :func:`run_service_call`)."""
 _FAST_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="atomscale-fast")
 _CHUNK = 4 << 20
@@ -110,14 +112,17 @@ class AtomscaleHandler:
             await self.finish_json(doc)
 
 
-async def run_service_call(service, user, method: str, *args):
-    """Run ``service.<method>(user, *args)`` on a worker thread, mapping errors to HTTP.
+async def run_service_call(service: OrgService, user, method: Callable, *args):
+    """Run ``method(service, user, *args)`` on a worker thread, mapping errors to HTTP.
+
+    ``method`` is an ``OrgService`` method (``OrgService.series``): the edge from a route to the
+    service is a reference that imports, type checkers and readers can follow.
 
     Answers from memory (catalogue pages, facets) get their own small pool: under load they would
     otherwise queue behind file reads and decryption on the shared one.
     """
     try:
-        fn = partial(getattr(service, method), user, *args)
+        fn = partial(method, service, user, *args)
         pool = _FAST_POOL if method in FAST_METHODS else None
         return await IOLoop.current().run_in_executor(pool, fn)
     except AtomscaleError as e:
@@ -146,8 +151,9 @@ class JupyterApiHandler(ExtensionHandlerMixin, APIHandler):
         """Query parameters (the last value of each), without ``token``."""
         return request_params(self)
 
-    async def call(self, method: str, *args):
-        """Run ``OrgService.<method>(user, *args)`` on a worker thread, mapping errors to HTTP."""
+    async def call(self, method: Callable, *args):
+        """Run the ``OrgService`` method ``method`` for this user on a worker thread, mapping errors
+        to HTTP."""
         user = self.username
         try:
             service = self.extensionapp.get_service()
@@ -191,7 +197,7 @@ class StatusHandler(AtomscaleHandler):
     @authorized
     async def get(self):
         """Answer the status document."""
-        await self.finish_json(await self.call("status"))
+        await self.finish_json(await self.call(OrgService.status))
 
 
 class RunsHandler(AtomscaleHandler):
@@ -203,7 +209,7 @@ class RunsHandler(AtomscaleHandler):
         """Answer ``{total, page, per_page, runs}`` (or the page's rows as Arrow)."""
         params = self.query_params()
         arrow = self.wants_arrow(params)
-        meta, rows = await self.call("runs_page", params)
+        meta, rows = await self.call(OrgService.runs_page, params)
         if arrow:
             await self.finish_arrow(rows, {"X-Total-Count": meta["total"]})
         else:
@@ -217,7 +223,7 @@ class FacetsHandler(AtomscaleHandler):
     @authorized
     async def get(self):
         """Answer the distinct values of the filterable run columns."""
-        await self.finish_json(await self.call("facets"))
+        await self.finish_json(await self.call(OrgService.facets))
 
 
 class RunHandler(AtomscaleHandler):
@@ -227,7 +233,7 @@ class RunHandler(AtomscaleHandler):
     @authorized
     async def get(self, run_id):
         """Answer the run record."""
-        await self.finish_json(await self.call("run", run_id))
+        await self.finish_json(await self.call(OrgService.run, run_id))
 
 
 class _SeriesHandler(AtomscaleHandler):
@@ -236,7 +242,7 @@ class _SeriesHandler(AtomscaleHandler):
     async def send_series(self, run_id):
         params = self.query_params()
         self.wants_arrow(params)  # reject a bad format before reading anything
-        table = await self.call("series", run_id, self.category, params)
+        table = await self.call(OrgService.series, run_id, self.category, params)
         await self.finish_frame(table, params)
 
 
@@ -273,7 +279,7 @@ class MetrologyHandler(AtomscaleHandler):
         """Answer ``{total, page, per_page, items}`` or the items as Arrow."""
         params = self.query_params()
         arrow = self.wants_arrow(params)
-        meta, rows = await self.call("metrology", params)
+        meta, rows = await self.call(OrgService.metrology, params)
         if arrow:
             await self.finish_arrow(rows, {"X-Total-Count": meta["total"]})
         else:
@@ -283,7 +289,7 @@ class MetrologyHandler(AtomscaleHandler):
     @authorized
     async def post(self):
         """Store derived metrology rows (an Arrow IPC body); answer 201 with what was written."""
-        doc = await self.call("write_metrology", self.query_params(), self.request.body,
+        doc = await self.call(OrgService.write_metrology, self.query_params(), self.request.body,
                               self.request.headers.get("Content-Type"))
         self.set_status(201)
         await self.finish_json(doc)
@@ -300,7 +306,7 @@ class MetrologyItemHandler(AtomscaleHandler):
         if set(params) - {"format"}:
             raise web.HTTPError(400, f"unknown parameter {sorted(set(params) - {'format'})[0]!r}")
         arrow = self.wants_arrow(params)
-        table = await self.call("metrology_item", item_id)
+        table = await self.call(OrgService.metrology_item, item_id)
         if arrow:
             await self.finish_arrow(table)
         else:
@@ -317,7 +323,7 @@ class TableHandler(AtomscaleHandler):
         params = self.query_params()
         if not self.wants_arrow({"format": params.get("format") or "arrow"}):
             raise web.HTTPError(400, "tables are served as Arrow only: use format=arrow")
-        schema, batches, failed = await self.call("table", f"{category}/{name}", params)
+        schema, batches, failed = await self.call(OrgService.table, f"{category}/{name}", params)
         await self.stream_arrow(schema, batches, failed)
 
     async def stream_arrow(self, schema, batches, failed) -> None:
@@ -400,7 +406,7 @@ class AuditHandler(AtomscaleHandler):
     @authorized
     async def get(self):
         """Answer ``{events, limit, offset, scope}``."""
-        await self.finish_json(await self.call("audit_events", self.query_params()))
+        await self.finish_json(await self.call(OrgService.audit_events, self.query_params()))
 
 
 class ContextJoinHandler(AtomscaleHandler):
@@ -414,7 +420,7 @@ class ContextJoinHandler(AtomscaleHandler):
             body = json.loads(self.request.body or b"null")
         except ValueError:
             raise web.HTTPError(400, "the body is not valid JSON") from None
-        await self.finish_json(await self.call("context_join", body))
+        await self.finish_json(await self.call(OrgService.context_join, body))
 
 
 class OpenAPIHandler(AtomscaleHandler):
@@ -424,7 +430,7 @@ class OpenAPIHandler(AtomscaleHandler):
     @authorized
     async def get(self):
         """Answer the OpenAPI document (to members of the org)."""
-        await self.call("describe")
+        await self.call(OrgService.describe)
         await self.finish_json(openapi_spec())
 
 
@@ -442,19 +448,19 @@ class ConfigHandler(AtomscaleHandler):
     @authorized
     async def get(self):
         """Answer ``{config, updated}``."""
-        await self.finish_json(await self.call("config"))
+        await self.finish_json(await self.call(OrgService.config))
 
     @web.authenticated
     @authorized
     async def put(self):
         """Replace the configuration (settings left out return to their defaults)."""
-        await self.finish_json(await self.call("set_config", self.json_body(), True))
+        await self.finish_json(await self.call(OrgService.set_config, self.json_body(), True))
 
     @web.authenticated
     @authorized
     async def patch(self):
         """Change only the settings in the body (``null`` restores a default)."""
-        await self.finish_json(await self.call("set_config", self.json_body(), False))
+        await self.finish_json(await self.call(OrgService.set_config, self.json_body(), False))
 
 
 class RheedHandler(AtomscaleHandler):
@@ -464,7 +470,7 @@ class RheedHandler(AtomscaleHandler):
     @authorized
     async def get(self, run_id):
         """Answer the analysis as JSON."""
-        await self.finish_json(await self.call("rheed", run_id, self.query_params()))
+        await self.finish_json(await self.call(OrgService.rheed, run_id, self.query_params()))
 
 
 def openapi_spec() -> dict:

@@ -24,7 +24,6 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 import threading
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
@@ -32,6 +31,7 @@ from typing import Protocol
 
 from atomscale_lab.errors import IntegrityError, ValidationError
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
+from atomscale_lab.vault.registry import connect
 
 OUTCOMES = ("allowed", "denied", "error")
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+$")
@@ -143,9 +143,7 @@ class AuditHeads:
         with self._lock:
             if self._db is None or self._pid != os.getpid():
                 # A connection must not cross a fork: a child opens its own.
-                db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
+                db = connect(self.db_path, synchronous="NORMAL", autocommit=False, private=False)
                 self._db, self._pid = db, os.getpid()
             with self._db:
                 yield self._db

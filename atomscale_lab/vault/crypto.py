@@ -1,38 +1,26 @@
-"""Keys: the root key, the KMS plug-in interface, the per-org key registry, and the per-org
-Parquet modular-encryption factory.
+"""What a process holds for one org's keys, and the Parquet encryption built from them.
 
-- Root key text: ``;``-separated base64url keys of 32 bytes, optionally prefixed ``ask1:``; the
-  first wraps, all unwrap (so rotation is: prepend a new key, run ``rewrap``, drop the old one).
-- ``Kms`` is the plug-in interface (``wrap``/``unwrap``/``key_id``); ``LocalKms`` implements it
-  with the root key; an external KMS (Vault transit, AWS KMS) implements the same three members.
-- ``KeyRegistry`` stores per-org keys (purposes ``data``, ``context``, ``audit``, ``sign``),
-  versioned, wrapped by the ``Kms`` in ``registry.sqlite``. A ``sign`` key is the 32-byte seed of
-  the org's Ed25519 commit-log signing key.
-- ``OrgKeys`` is what a process holds for one org: ``{version: bytes}`` of the *data* key, the
-  Ed25519 verify (public) keys of every ``sign`` version, and, for writers only, the newest signing
-  key. It is what the key service releases to service identities. ``OrgCrypto`` builds the pyarrow
-  CryptoFactory from it, signs and verifies commit-log lines and seals their statistics.
+``OrgKeys`` is what a process holds for one org: ``{version: bytes}`` of the *data* key, the
+Ed25519 verify (public) keys of every ``sign`` version, and, for writers only, the newest signing
+key. It is what the key service releases to service identities. ``OrgCrypto`` builds the pyarrow
+CryptoFactory from it, signs and verifies commit-log lines and seals their statistics.
+
+The root key and its KMS are :mod:`atomscale_lab.vault.kms`; the registry that stores wrapped org
+keys is :mod:`atomscale_lab.vault.registry`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import importlib
 import logging
-import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Protocol
+from datetime import timedelta
 
 import pyarrow.parquet.encryption as pe
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -43,156 +31,20 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from atomscale_lab.errors import (
     AtomscaleError,
-    ConfigError,
     KeyUnavailable,
-    OrgExists,
     PermissionDenied,
-    RootKeyError,
-    UnknownOrg,
 )
-from atomscale_lab.vault.settings import load_root_key_text
+from atomscale_lab.vault.kms import (
+    _KEY_LEN,
+    _NONCE_LEN,
+    _b64d,
+    _b64e,
+    _key_fp,
+)
 
 log = logging.getLogger(__name__)
 
 PURPOSES = ("data", "context", "audit", "sign")
-ROOT_KEY_PREFIX = "ask1:"
-ENV_KMS = "ATOMSCALE_KMS"
-_KEY_LEN = 32
-_NONCE_LEN = 12
-_FP_LABEL = b"atomscale-lab key fingerprint v1"
-_EMPTY = "the root key is empty (make one with `atomscale-lab root-key generate`)"
-
-
-class Kms(Protocol):
-    """An external key-management service that wraps and unwraps org keys under a root key.
-
-    How an external KMS plugs in: write a class with
-
-    - ``key_id`` (str): a non-secret id of the wrapping key in use (recorded next to each blob);
-    - ``wrap(plaintext, aad) -> bytes`` and ``unwrap(blob, aad) -> bytes``, where ``aad`` must be
-      bound to the blob (Vault transit: ``context``; AWS KMS: ``EncryptionContext``) and ``unwrap``
-      raises :class:`~atomscale_lab.errors.RootKeyError` when it cannot decrypt;
-
-    and a no-argument constructor (or a ``from_env()`` classmethod) that reads its own settings from
-    the environment. Select it with ``ATOMSCALE_KMS=package.module:ClassName``; :func:`load_kms`
-    imports it. Without ``ATOMSCALE_KMS`` the deployment uses :class:`LocalKms` and the root key.
-    """
-
-    key_id: str
-    """A non-secret identifier of the current wrapping key (e.g. a fingerprint)."""
-
-    def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
-        """Encrypt ``plaintext`` (a key) bound to ``aad``; returns an opaque blob."""
-
-    def unwrap(self, blob: bytes, aad: bytes) -> bytes:
-        """Decrypt a blob made by :meth:`wrap` (any known root key); raises ``RootKeyError``."""
-
-
-def _b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def generate_root_key() -> str:
-    """Return a new root key in the text format ``ATOMSCALE_ROOT_KEY`` takes."""
-    return ROOT_KEY_PREFIX + _b64e(secrets.token_bytes(_KEY_LEN))
-
-
-def parse_root_keys(text: str) -> list[bytes]:
-    """Parse root key text (``;``-separated, each ``ask1:<base64url of 32 bytes>``) into keys.
-
-    Raises :class:`RootKeyError` with a one-line message that never echoes the text.
-    """
-    if not text or not text.strip():
-        raise RootKeyError(_EMPTY)
-    keys = []
-    for i, part in enumerate(p.strip() for p in text.strip().split(";")):
-        if not part:
-            continue
-        body = part[len(ROOT_KEY_PREFIX):] if part.startswith(ROOT_KEY_PREFIX) else part
-        try:
-            raw = _b64d(body)
-            if _b64e(raw) != body.rstrip("="):
-                raise ValueError
-        except (ValueError, binascii.Error):
-            raise RootKeyError(f"root key #{i + 1} is not valid base64url") from None
-        if len(raw) != _KEY_LEN:
-            raise RootKeyError(f"root key #{i + 1} must be {_KEY_LEN} bytes, not {len(raw)}")
-        keys.append(raw)
-    if not keys:
-        raise RootKeyError(_EMPTY)
-    return keys
-
-
-def _key_fp(key: bytes, label: bytes = _FP_LABEL) -> str:
-    return hmac.new(key, label, hashlib.sha256).hexdigest()[:16]
-
-
-class LocalKms:
-    """``Kms`` backed by the root key(s) parsed from text (first wraps, all unwrap).
-
-    Blob format: ``b"L1" + key fingerprint (8 bytes) + nonce (12) + AES-256-GCM(ciphertext + tag)``.
-    """
-
-    _MAGIC = b"L1"
-
-    def __init__(self, root_key_text: str):
-        self._keys = parse_root_keys(root_key_text)
-        self._ids = [bytes.fromhex(_key_fp(k))[:8] for k in self._keys]
-        self.key_id = "local:" + self._ids[0].hex()
-
-    @classmethod
-    def from_env(cls) -> LocalKms:
-        """Build from ``ATOMSCALE_ROOT_KEY`` / ``ATOMSCALE_ROOT_KEY_FILE``; clear error if unset."""
-        return cls(load_root_key_text())
-
-    def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
-        """AES-GCM encrypt under the first root key, bound to ``aad``."""
-        nonce = secrets.token_bytes(_NONCE_LEN)
-        ct = AESGCM(self._keys[0]).encrypt(nonce, plaintext, aad)
-        return self._MAGIC + self._ids[0] + nonce + ct
-
-    def unwrap(self, blob: bytes, aad: bytes) -> bytes:
-        """Decrypt with whichever root key made the blob; ``RootKeyError`` if none does."""
-        if len(blob) < 2 + 8 + _NONCE_LEN + 16 or blob[:2] != self._MAGIC:
-            raise RootKeyError("a stored key is not in the local KMS format (wrong KMS?)")
-        kid, nonce, ct = blob[2:10], blob[10:22], blob[22:]
-        # Try the key whose id matches first, then the rest (ids are short, collisions possible).
-        order = sorted(range(len(self._keys)), key=lambda i: self._ids[i] != kid)
-        for i in order:
-            try:
-                return AESGCM(self._keys[i]).decrypt(nonce, ct, aad)
-            except InvalidTag:
-                continue
-        raise RootKeyError("the root key does not match the stored keys")
-
-    def __repr__(self) -> str:
-        return f"LocalKms(key_id={self.key_id!r}, keys={len(self._keys)})"
-
-
-def load_kms(spec: str | None = None) -> Kms:
-    """The deployment's KMS: ``ATOMSCALE_KMS=module:Class`` if set, else :class:`LocalKms`.
-
-    ``spec`` (same form) names another plug-in instead of the one in the environment.
-    """
-    spec = (os.environ.get(ENV_KMS, "") if spec is None else spec).strip()
-    if not spec:
-        return LocalKms.from_env()
-    mod_name, sep, cls_name = spec.partition(":")
-    if not sep or not mod_name or not cls_name:
-        raise ConfigError(f"{ENV_KMS} must look like 'package.module:ClassName', got {spec!r}")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load the KMS plug-in {spec!r}: {e}") from None
-    kms = cls.from_env() if hasattr(cls, "from_env") else cls()
-    for member in ("key_id", "wrap", "unwrap"):
-        if not hasattr(kms, member):
-            raise ConfigError(f"the KMS plug-in {spec!r} has no {member!r}")
-    return kms
 
 
 def verify_key_of(seed: bytes) -> bytes:
@@ -277,295 +129,6 @@ class OrgKeys:
                 f"verify={sorted(self.verify)}, writer={self.writer})")
 
     __str__ = __repr__
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS org_keys (
-    org TEXT NOT NULL, purpose TEXT NOT NULL, version INTEGER NOT NULL,
-    wrapped BLOB NOT NULL, kms_key_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    created TEXT NOT NULL,
-    PRIMARY KEY (org, purpose, version));
-CREATE TABLE IF NOT EXISTS shredded_orgs (org TEXT PRIMARY KEY, shredded TEXT NOT NULL);
-"""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _aad(org: str, purpose: str, version: int) -> bytes:
-    return f"atomscale-lab/org-key/{org}/{purpose}/v{version}".encode()
-
-
-def connect_registry(db_path: Path) -> sqlite3.Connection:
-    """Open the registry SQLite file in WAL mode (shared by the other registries)."""
-    db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(db_path), timeout=30, isolation_level=None,
-                           check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA secure_delete=ON")
-    try:
-        os.chmod(db_path, 0o600)
-    except OSError:
-        pass
-    return conn
-
-
-class KeyRegistry:
-    """Per-org keys wrapped by a ``Kms``, in SQLite. Only the admin side and hub services use it."""
-
-    def __init__(self, db_path: Path, kms: Kms):
-        self.db_path = Path(db_path)
-        self.kms = kms
-        self._lock = threading.RLock()
-        self._db = connect_registry(self.db_path)
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        """Close the SQLite connection."""
-        self._db.close()
-
-    def _check(self, purpose: str) -> None:
-        if purpose not in PURPOSES:
-            raise ValueError(f"unknown key purpose {purpose!r}; expected one of {PURPOSES}")
-
-    def _insert(self, org: str, purpose: str, version: int) -> None:
-        raw = secrets.token_bytes(_KEY_LEN)
-        blob = self.kms.wrap(raw, _aad(org, purpose, version))
-        self._db.execute(
-            "INSERT INTO org_keys VALUES (?,?,?,?,?,?,?)",
-            (org, purpose, version, blob, self.kms.key_id, _key_fp(raw), _now()))
-
-    def create_org(self, org: str) -> None:
-        """Create version 1 of the org's data, context and audit keys."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._db.execute("SELECT 1 FROM org_keys WHERE org=? LIMIT 1",
-                                    (org,)).fetchone():
-                    raise OrgExists(f"org {org!r} already has keys")
-                # A re-created org gets fresh keys; its old (shredded) data stays unreadable.
-                self._db.execute("DELETE FROM shredded_orgs WHERE org=?", (org,))
-                for purpose in PURPOSES:
-                    self._insert(org, purpose, 1)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _missing(self, org: str) -> Exception:
-        if self._db.execute("SELECT 1 FROM shredded_orgs WHERE org=?", (org,)).fetchone():
-            return KeyUnavailable(f"the keys of org {org!r} were destroyed; its data is unreadable")
-        return UnknownOrg(f"org {org!r} has no keys (unknown org)")
-
-    def _unwrap(self, org: str, purpose: str, version: int, blob: bytes) -> bytes:
-        try:
-            return self.kms.unwrap(blob, _aad(org, purpose, version))
-        except RootKeyError:
-            raise
-        except Exception:  # an external KMS's own error text could carry details; keep it out
-            log.warning("KMS unwrap failed for org %s %s v%s", org, purpose, version)
-            raise RootKeyError("the root key does not match the stored keys") from None
-
-    def org_keys(self, org: str, *, signing: bool = True) -> OrgKeys:
-        """All data-key versions of ``org`` (unwrapped), the verify keys of every signing-key
-        version and (``signing``) the newest signing key. Raises ``KeyUnavailable`` if shredded.
-
-        An org created before commit-log signing has no ``sign`` rows: its ``OrgKeys`` then has
-        no verify or signing key until :meth:`ensure_signing_key` makes one.
-        """
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='data'",
-                (org,)).fetchall()
-            if not rows:
-                raise self._missing(org)
-            keys = {v: self._unwrap(org, "data", v, b) for v, b in rows}
-            seeds = {v: self._unwrap(org, "sign", v, b) for v, b in self._db.execute(
-                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='sign'",
-                (org,)).fetchall()}
-        verify = {v: verify_key_of(k) for v, k in seeds.items()}
-        top = max(seeds) if seeds and signing else None
-        return OrgKeys(org, keys, verify, None if top is None else (top, seeds[top]))
-
-    def ensure_signing_key(self, org: str) -> bool:
-        """Create version 1 of the org's signing key if it has none (orgs made before commit-log
-        signing). Returns True when this call created it."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='data'",
-                                        (org,)).fetchone():
-                    raise self._missing(org)
-                if self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='sign'",
-                                    (org,)).fetchone():
-                    self._db.execute("COMMIT")
-                    return False
-                self._insert(org, "sign", 1)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            log.info("created the commit-log signing key of org %s", org)
-            return True
-
-    def key(self, org: str, purpose: str, version: int | None = None) -> tuple[int, bytes]:
-        """One key (``purpose`` in PURPOSES), latest version by default."""
-        self._check(purpose)
-        with self._lock:
-            if version is None:
-                row = self._db.execute(
-                    "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose=? "
-                    "ORDER BY version DESC LIMIT 1", (org, purpose)).fetchone()
-            else:
-                row = self._db.execute(
-                    "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose=? AND version=?",
-                    (org, purpose, version)).fetchone()
-            if row is None:
-                if version is not None and self._db.execute(
-                        "SELECT 1 FROM org_keys WHERE org=? LIMIT 1", (org,)).fetchone():
-                    raise KeyUnavailable(f"org {org!r} has no {purpose} key version {version}")
-                raise self._missing(org)
-            return row[0], self._unwrap(org, purpose, row[0], row[1])
-
-    def rotate(self, org: str, purpose: str = "data") -> int:
-        """Add a new version for new writes; old versions stay for reading. Returns the version."""
-        self._check(purpose)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (top,) = self._db.execute(
-                    "SELECT MAX(version) FROM org_keys WHERE org=? AND purpose=?",
-                    (org, purpose)).fetchone()
-                if top is None:
-                    raise self._missing(org)
-                self._insert(org, purpose, top + 1)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            log.info("rotated %s key of org %s to v%s", purpose, org, top + 1)
-            return top + 1
-
-    def versions(self, org: str) -> dict[str, list[int]]:
-        """Key versions per purpose (no material)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT purpose, version FROM org_keys WHERE org=? ORDER BY purpose, version",
-                (org,)).fetchall()
-        if not rows:
-            raise self._missing(org)
-        out: dict[str, list[int]] = {p: [] for p in PURPOSES}
-        for p, v in rows:
-            out.setdefault(p, []).append(v)
-        return out
-
-    def fingerprints(self, org: str) -> dict[str, dict[int, str]]:
-        """Non-secret fingerprints per purpose and version (as :meth:`OrgKeys.fingerprint`)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT purpose, version, fingerprint FROM org_keys WHERE org=?",
-                (org,)).fetchall()
-        if not rows:
-            raise self._missing(org)
-        out: dict[str, dict[int, str]] = {}
-        for p, v, f in rows:
-            out.setdefault(p, {})[v] = f
-        return out
-
-    def orgs(self) -> list[str]:
-        """Orgs that have keys."""
-        with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT DISTINCT org FROM org_keys ORDER BY org")]
-
-    def rewrap(self, new_kms: Kms) -> int:
-        """Re-wrap every stored key under ``new_kms`` (root-key rotation). Returns count."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
-                for org, purpose, version, blob in rows:
-                    aad = _aad(org, purpose, version)
-                    raw = self._unwrap(org, purpose, version, blob)
-                    self._db.execute(
-                        "UPDATE org_keys SET wrapped=?, kms_key_id=? "
-                        "WHERE org=? AND purpose=? AND version=?",
-                        (new_kms.wrap(raw, aad), new_kms.key_id, org, purpose, version))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self.kms = new_kms
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("re-wrapped %s keys under %s", len(rows), new_kms.key_id)
-            return len(rows)
-
-    def rewrap_in_kms(self) -> int:
-        """Re-wrap every stored key under the KMS's newest wrapping-key version. Returns count.
-
-        An external KMS with a ``rewrap(blob, aad)`` member re-encrypts inside the KMS (the org
-        key never comes out), in batches if it has ``rewrap_many(pairs)``; otherwise each key is
-        unwrapped and wrapped again.
-        """
-        kms = self.kms
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
-                pairs = [(b, _aad(o, p, v)) for o, p, v, b in rows]
-                if hasattr(kms, "rewrap_many"):
-                    new_blobs = kms.rewrap_many(pairs)
-                elif hasattr(kms, "rewrap"):
-                    new_blobs = [kms.rewrap(blob, aad) for blob, aad in pairs]
-                else:
-                    new_blobs = [kms.wrap(self._unwrap(o, p, v, b), _aad(o, p, v))
-                                 for o, p, v, b in rows]
-                if len(new_blobs) != len(rows):
-                    raise RootKeyError("the KMS did not re-wrap every stored key")
-                for (org, purpose, version, _), new_blob in zip(rows, new_blobs, strict=True):
-                    self._db.execute(
-                        "UPDATE org_keys SET wrapped=?, kms_key_id=? "
-                        "WHERE org=? AND purpose=? AND version=?",
-                        (new_blob, kms.key_id, org, purpose, version))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("re-wrapped %s keys in place under %s", len(rows), kms.key_id)
-            return len(rows)
-
-    def kms_key_ids(self) -> dict[str, int]:
-        """How many stored keys each wrapping-key id made (no material)."""
-        with self._lock:
-            return dict(self._db.execute(
-                "SELECT kms_key_id, COUNT(*) FROM org_keys GROUP BY kms_key_id").fetchall())
-
-    def shred(self, org: str) -> None:
-        """Destroy every key of ``org`` (overwrite, delete, VACUUM). Its data is then unreadable."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "UPDATE org_keys SET wrapped=zeroblob(length(wrapped)), fingerprint='' "
-                    "WHERE org=?", (org,))
-                self._db.execute("DELETE FROM org_keys WHERE org=?", (org,))
-                self._db.execute("INSERT OR REPLACE INTO shredded_orgs VALUES (?,?)",
-                                 (org, _now()))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            # Old page images may survive in the WAL and free pages: checkpoint, then rebuild.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("shredded the keys of org %s", org)
 
 
 _MKID = re.compile(r"^(?P<org>[^/]+)/(?P<purpose>[a-z]+)/v(?P<version>[0-9]+)$")

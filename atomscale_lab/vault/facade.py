@@ -122,13 +122,13 @@ class Vault:
         The KMS (and with it the root key) is only loaded when a key is needed, so listing orgs
         works without it.
         """
-        from atomscale_lab.vault.crypto import connect_registry
+        from atomscale_lab.vault.registry import connect
 
         self.settings = settings if settings is not None else Settings.load()
         self.settings.check_roots()
         self._kms = kms
         self._keys = None
-        self._db = connect_registry(self.settings.registry_path)
+        self._db = connect(self.settings.registry_path, secure_delete=True)
         self._db_lock = threading.RLock()
         self._sql(_ORGS_SCHEMA)
         self._heads = AuditHeads(self.settings.registry_path)
@@ -147,7 +147,7 @@ class Vault:
     def kms(self):
         """The deployment's KMS (loaded on first use: ``ATOMSCALE_KMS`` or the root key)."""
         if self._kms is None:
-            from atomscale_lab.vault.crypto import load_kms
+            from atomscale_lab.vault.kms import load_kms
 
             self._kms = load_kms()
         return self._kms
@@ -156,7 +156,7 @@ class Vault:
     def keys(self):
         """The ``KeyRegistry`` (opened on first use)."""
         if self._keys is None:
-            from atomscale_lab.vault.crypto import KeyRegistry
+            from atomscale_lab.vault.registry import KeyRegistry
 
             self._keys = KeyRegistry(self.settings.registry_path, self.kms)
         return self._keys

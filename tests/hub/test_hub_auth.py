@@ -1,7 +1,7 @@
 """AtomscaleAuthenticator without a hub: id_token verification, MFA, org/role, refresh.
 
 Tokens are signed with a key whose JWKS a small https server on 127.0.0.1 serves (certificate from
-``atomscale_lab.hub.certs``); forged tokens are signed with another key (same ``kid``), or carry a
+``atomscale_lab.tls``); forged tokens are signed with another key (same ``kid``), or carry a
 wrong issuer, audience or expiry.
 """
 
@@ -21,13 +21,13 @@ from jwt.algorithms import RSAAlgorithm
 from tornado import web
 
 from atomscale_lab.hub.auth import AtomscaleAuthenticator, AuthRefused
-from atomscale_lab.hub.certs import ensure_certs
 from atomscale_lab.hub.roles import (
     org_roles,
     org_scope,
     permissions_from_scopes,
     server_token_scopes,
 )
+from atomscale_lab.tls import ensure_certs
 
 ISS = "https://idp.test"
 AUD = "atomscale-hub"

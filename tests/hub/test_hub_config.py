@@ -9,8 +9,8 @@ import pytest
 from traitlets.config import Config
 
 from atomscale_lab.errors import ConfigError
-from atomscale_lab.hub.certs import ensure_certs
 from atomscale_lab.hub.config import configure, load_deployment
+from atomscale_lab.tls import ensure_certs
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "atomscale-hub.toml"
 

@@ -104,7 +104,7 @@ def real_services(stack, tmp_path, loop):
     (through its public URL, verified with the deployment's CA) who a token belongs to."""
     from jupyterhub.services.auth import HubAuth
 
-    from atomscale_lab.hub.certs import ensure_certs
+    from atomscale_lab.tls import ensure_certs
 
     # HubAuth takes a CA bundle only together with a client certificate; the proxy asks for
     # none, so a throw-away one does.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from atomscale_lab.errors import NotFound
 from atomscale_lab.ingest import Streamer
-from atomscale_lab.ingest.service import ensure_certificate
+from atomscale_lab.tls import ensure_self_signed
 from tests.support.ingest import Service
 
 
@@ -19,7 +19,7 @@ def _rows(start, n):
 
 def test_spool_while_down_then_replay_in_order(deployment, root_key):
     svc = Service(deployment.home, root_key)
-    ensure_certificate(svc.cert.parent)  # the service will use this certificate
+    ensure_self_signed(svc.cert.parent)  # the service will use this certificate
     key = deployment.key()
     spool = deployment.home.parent / "spool"
     kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.2,
@@ -139,7 +139,7 @@ def test_a_revoked_key_keeps_the_spool(deployment, service):
 
 def test_drain_sends_the_spools_of_every_run(deployment, root_key):
     svc = Service(deployment.home, root_key)
-    ensure_certificate(svc.cert.parent)
+    ensure_self_signed(svc.cert.parent)
     key = deployment.key()
     spool = deployment.home.parent / "spool-drain"
     kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.1,

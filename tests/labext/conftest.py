@@ -79,7 +79,7 @@ def _write_settings(settings_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A running ``jupyter lab`` serving org ``acme`` with demo data."""
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     base = tmp_path_factory.mktemp("lab")
     home = base / "atomscale"

@@ -31,8 +31,8 @@ ORG = "acme"
 @pytest.fixture(scope="session")
 def lab_data(tmp_path_factory):
     """A deployment home with demo orgs; returns ``{home, root_key}``."""
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     home = tmp_path_factory.mktemp("atomscale-home")
@@ -95,7 +95,7 @@ def live_server(lab_data, tmp_path_factory):
 def demo_server(tmp_path_factory, venv_bin):
     """A home with org acme holding the packaged demo data (24 runs), served by a jupyter
     server; also holds a run imported from a tool-state CSV (no process data)."""
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     base = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
@@ -122,7 +122,7 @@ def demo_server(tmp_path_factory, venv_bin):
 def sparse_server(tmp_path_factory, venv_bin):
     """A jupyter server for org ``sparse``, whose only run was imported from a tool-state CSV (no
     process data, no metrology, no labels): the notebooks must run on it too."""
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.vault.kms import generate_root_key
 
     base = tmp_path_factory.mktemp("sparse")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}

@@ -15,8 +15,8 @@ from tests.support.nbserver import start_server, stop_server
 
 @pytest.fixture
 def tamper_server(tmp_path, monkeypatch):
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     key = generate_root_key()

@@ -29,9 +29,9 @@ def test_unsorted_frames_are_recognised():
 
 def test_series_of_a_run_written_in_two_commits_is_ordered(tmp_path, monkeypatch):
     from atomscale_lab.server.access import LocalAccess
-    from atomscale_lab.server.app import OrgService
-    from atomscale_lab.vault.crypto import generate_root_key
+    from atomscale_lab.server.service import OrgService
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
 
     monkeypatch.setenv("ATOMSCALE_HOME", str(tmp_path))
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", generate_root_key())

@@ -32,8 +32,8 @@ ORGS = ("acme", "beta")
 @pytest.fixture(scope="session")
 def roles_home(tmp_path_factory):
     """A deployment home with orgs acme and beta; returns ``{home, root_key}``."""
-    from atomscale_lab.vault.crypto import generate_root_key
     from atomscale_lab.vault.facade import Vault
+    from atomscale_lab.vault.kms import generate_root_key
     from atomscale_lab.vault.settings import Settings
 
     home = tmp_path_factory.mktemp("roles-home")

@@ -10,9 +10,10 @@ import pytest
 from atomscale_lab.cli import demo
 from atomscale_lab.cli.main import main
 from atomscale_lab.errors import ConfigError, RootKeyError
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, generate_root_key
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.kms.transit import VaultTransitKms
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.settings import Settings
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from atomscale_lab.hub.certs import ensure_certs
 from atomscale_lab.hub.config import configure
+from atomscale_lab.tls import ensure_certs
 from atomscale_lab.vault.kms import aad_fields, service_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "atomscale-hub.toml"

@@ -101,8 +101,8 @@ class Stack:
 
     def vault(self):
         """The deployment's vault, opened with its root key (as an admin would)."""
-        from atomscale_lab.vault.crypto import LocalKms
         from atomscale_lab.vault.facade import Vault
+        from atomscale_lab.vault.kms import LocalKms
         from atomscale_lab.vault.settings import Settings
 
         return Vault(Settings.load(self.home), kms=LocalKms((self.base / "root.key").read_text()))
@@ -230,8 +230,8 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
         _cli("org", "create", org, "--region", "us", env=env)
         _cli("demo-data", org, "--runs", str(runs), "--points", "120", env=env)
     if populate is not None:
-        from atomscale_lab.vault.crypto import LocalKms
         from atomscale_lab.vault.facade import Vault
+        from atomscale_lab.vault.kms import LocalKms
         from atomscale_lab.vault.settings import Settings
 
         v = Vault(Settings.load(home), kms=LocalKms(key))

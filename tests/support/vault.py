@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import OrgStore, SqliteHeadStore
 
 READER = Path(__file__).parents[1] / "vault" / "_vault_read.py"

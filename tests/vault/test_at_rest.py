@@ -8,8 +8,8 @@ its events are checked to hold no sample, operator or project string.
 import sqlite3
 
 from atomscale_lab.cli import demo
-from atomscale_lab.vault.crypto import LocalKms, generate_root_key
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.settings import Settings
 
 

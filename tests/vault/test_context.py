@@ -9,8 +9,9 @@ import pytest
 from atomscale_lab.cli import demo
 from atomscale_lab.errors import AtomscaleError, ValidationError
 from atomscale_lab.schema import CONTEXT, CONTEXT_FIELDS
-from atomscale_lab.vault.crypto import LocalKms, OrgCrypto, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.settings import Settings
 from atomscale_lab.vault.store import OrgTable
 

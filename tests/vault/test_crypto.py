@@ -7,16 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from atomscale_lab.errors import ConfigError, KeyUnavailable, OrgExists, RootKeyError, UnknownOrg
-from atomscale_lab.vault.crypto import (
-    PURPOSES,
-    KeyRegistry,
-    LocalKms,
-    OrgCrypto,
-    OrgKeys,
-    generate_root_key,
-    load_kms,
-    parse_root_keys,
-)
+from atomscale_lab.vault.crypto import PURPOSES, OrgCrypto, OrgKeys
+from atomscale_lab.vault.kms import LocalKms, generate_root_key, load_kms, parse_root_keys
+from atomscale_lab.vault.registry import KeyRegistry
 
 
 class ReversingKms:

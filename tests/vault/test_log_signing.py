@@ -19,8 +19,10 @@ from atomscale_lab.cli import demo
 from atomscale_lab.cli import main as cli
 from atomscale_lab.errors import IntegrityError, KeyUnavailable, PermissionDenied
 from atomscale_lab.schema import CONTEXT, SERIES, TABLES
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.settings import Settings
 from atomscale_lab.vault.store import OrgStore, OrgTable, SqliteHeadStore
 from atomscale_lab.vault.store.log import _canon, _sign_message

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from atomscale_lab.errors import ConfigError, ResidencyError, UnknownOrg
-from atomscale_lab.vault.crypto import LocalKms, generate_root_key
 from atomscale_lab.vault.facade import MARKER, Vault, read_marker
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.settings import Settings
 
 

@@ -12,7 +12,9 @@ import pytest
 
 from atomscale_lab.errors import KeyUnavailable, ValidationError
 from atomscale_lab.schema import SERIES
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, OrgCrypto, OrgKeys, generate_root_key
+from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import N_BUCKETS, OrgTable, SqliteHeadStore, bucket_of
 from tests.support.vault import make_keys, series, store
 

@@ -14,8 +14,9 @@ from atomscale_lab.errors import (
     ValidationError,
 )
 from atomscale_lab.schema import TABLES
-from atomscale_lab.vault.crypto import KeyRegistry, LocalKms, generate_root_key
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
+from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.settings import Settings
 
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atomscale_lab.cli import main as cli
-from atomscale_lab.vault.crypto import LocalKms, generate_root_key
 from atomscale_lab.vault.facade import Vault
+from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.settings import Settings
 
 RUNS = 6

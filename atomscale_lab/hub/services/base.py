@@ -32,6 +32,7 @@ from tornado.log import enable_pretty_logging
 
 from atomscale_lab.errors import AtomscaleError, UnknownOrg, http_status
 from atomscale_lab.hub.roles import permissions_from_scopes
+from atomscale_lab.tls import hub_ssl
 
 log = logging.getLogger("atomscale.hub.service")
 
@@ -220,16 +221,7 @@ class ServiceApp:
     def ssl_context(self) -> ssl.SSLContext | None:
         """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on: only
         clients holding a certificate of the hub's internal CA (the proxy, the hub) connect."""
-        keyfile = os.environ.get("JUPYTERHUB_SSL_KEYFILE")
-        certfile = os.environ.get("JUPYTERHUB_SSL_CERTFILE")
-        if not keyfile or not certfile:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
-                                         cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(certfile, keyfile)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        return hub_ssl().server_context()
 
     def run(self) -> None:
         """Listen on ``JUPYTERHUB_SERVICE_URL`` until SIGTERM/SIGINT."""

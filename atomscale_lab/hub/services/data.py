@@ -244,7 +244,7 @@ class OrgServiceHolder:
         return self.service
 
     def _start(self) -> None:
-        from atomscale_lab.server.app import OrgService
+        from atomscale_lab.server.service import OrgService
 
         try:
             access = self.access_factory()
@@ -339,8 +339,9 @@ class DataApiHandler(web.RequestHandler):
         except ValueError:
             raise web.HTTPError(400, "the body is not valid JSON") from None
 
-    async def call(self, method: str, *args):
-        """Run ``OrgService.<method>(caller, *args)`` on a worker thread, mapping errors."""
+    async def call(self, method, *args):
+        """Run the ``OrgService`` method ``method`` for the caller on a worker thread, mapping
+        errors."""
         try:
             service = self.settings["holder"].get()
         except AtomscaleError as e:

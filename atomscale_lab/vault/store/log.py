@@ -70,6 +70,7 @@ from atomscale_lab.errors import IntegrityError, KeyUnavailable
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.registry import connect
 from atomscale_lab.vault.store.files import (
     _PATH_RE,
 )
@@ -104,9 +105,7 @@ class SqliteHeadStore:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.db_path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.db_path, private=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS log_heads (org TEXT NOT NULL, tbl TEXT NOT NULL, "
             "seq INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (org, tbl))")
