@@ -20,7 +20,10 @@ from atomscale_lab.hub.users import ROLES, IdpUsers, check_name
 
 
 def _users(args) -> IdpUsers:
-    return IdpUsers(getattr(args, "users_file", None))
+    from atomscale_lab.hub.users import default_users_file
+
+    return IdpUsers(getattr(args, "users_file", None)
+                    or default_users_file(getattr(args, "home", None)))
 
 
 def _add_users_file(p) -> None:

@@ -60,10 +60,10 @@ def lab_command(org: str, *, port: int = 8888, ip: str = "127.0.0.1", no_browser
 
 def cmd_lab(args) -> int:
     """Check the org and the root key, then replace this process with Jupyter."""
-    from atomscale_lab.vault.facade import Vault
-    from atomscale_lab.vault.settings import Settings, load_root_key_text
+    from atomscale_lab.cli.main import open_vault
+    from atomscale_lab.vault.settings import ENV_HOME, load_root_key_text
 
-    vault = Vault(Settings.load())
+    vault = open_vault(args)
     region = vault.org_region(args.org)  # UnknownOrg with a hint if it does not exist
     load_root_key_text()  # RootKeyError with a hint if unset, before Jupyter starts
     extra = list(args.jupyter_option) + (["--allow-root"] if args.allow_root else [])
@@ -75,5 +75,8 @@ def cmd_lab(args) -> int:
     sys.stderr.write(f"atomscale-lab: opening org {args.org} (region {region}) on "
                      f"http://{args.ip}:{args.port}/\n")
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)  # noqa: S606 - a fixed argv of our own, no shell
+    env = dict(os.environ)
+    if getattr(args, "home", None):  # the server reads the vault of --home, like this command
+        env[ENV_HOME] = str(vault.settings.home)
+    os.execve(cmd[0], cmd, env)  # noqa: S606 - a fixed argv of our own, no shell
     return 1  # not reached

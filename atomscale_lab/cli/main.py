@@ -862,8 +862,6 @@ def main(argv=None) -> int:
     parser, sub, orgs = build_parser()
     load_plugins(sub, orgs)
     args = parser.parse_args(argv)
-    if args.home:
-        os.environ["ATOMSCALE_HOME"] = args.home
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -39,6 +39,7 @@ from atomscale_lab.errors import (
     PermissionDenied,
 )
 from atomscale_lab.errors import ValidationError as _ValidationError
+from atomscale_lab.labels import join_labels
 from atomscale_lab.schema import ARROW_STREAM, RUN_COLUMNS, TABLE_ALIASES
 from atomscale_lab.tls import hub_ssl
 
@@ -419,15 +420,7 @@ class Workspace:
             raise _ValidationError(f"the frame has no {on!r} column to join on", field="on")
         ids = [str(r) for r in df[on].dropna().unique()]
         labels = self.labels(ids, fields, purpose)
-        labels = labels.rename(columns={f: f"{f}_label" for f in labels.columns
-                                        if f != "run_id" and f in df.columns})
-        labels = labels.rename(columns={"run_id": on})
-        left = df.copy()
-        left[on] = left[on].astype(object)
-        labels[on] = labels[on].astype(object)
-        out = left.merge(labels, how="left", on=on)
-        out.index = df.index
-        return out
+        return join_labels(df, labels, [c for c in labels.columns if c != "run_id"], on)
 
     def audit(self, limit: int = 100, action: str | None = None, offset: int = 0,
               actor: str | None = None) -> pd.DataFrame:

@@ -44,11 +44,14 @@ def _pyotp():
     return pyotp
 
 
-def default_users_file() -> Path:
-    """``$ATOMSCALE_IDP_USERS`` or ``$ATOMSCALE_HOME/idp/users.json``."""
+def default_users_file(home: str | Path | None = None) -> Path:
+    """``$ATOMSCALE_IDP_USERS`` or ``<home>/idp/users.json`` (``home`` defaults to
+    ``$ATOMSCALE_HOME`` or ``~/.atomscale``)."""
     from atomscale_lab.vault.settings import default_home
 
-    return Path(os.environ.get(ENV_IDP_USERS) or default_home() / "idp" / "users.json")
+    if os.environ.get(ENV_IDP_USERS):
+        return Path(os.environ[ENV_IDP_USERS])
+    return (Path(home).expanduser() if home else default_home()) / "idp" / "users.json"
 
 
 def hash_password(password: str) -> dict:

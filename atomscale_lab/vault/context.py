@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atomscale_lab.errors import ValidationError
+from atomscale_lab.labels import join_labels
 from atomscale_lab.schema import CONTEXT, CONTEXT_FIELDS, conform
 from atomscale_lab.vault.audit import AuditSink
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 
-LABEL_SUFFIX = "_label"
 """Suffix given to a joined field whose name the frame already uses (e.g. ``sample``)."""
 
 
@@ -148,15 +148,7 @@ class ContextStore:
             self.audit.record(actor, "context.join", "error", fields=fields, purpose=purpose,
                               runs=len(run_ids), error=type(e).__name__)
             raise
-        labels = labels.rename(columns={
-            f: f + LABEL_SUFFIX for f in fields if f in frame.columns and f != on})
-        if on != "run_id":
-            labels = labels.rename(columns={"run_id": on})
-        keyed = frame.copy()
-        keyed[on] = keyed[on].astype(object)
-        labels[on] = labels[on].astype(object)
-        out = keyed.merge(labels, how="left", on=on)
-        out.index = frame.index
+        out = join_labels(frame, labels, fields, on)
         self.audit.record(actor, "context.join", fields=fields, purpose=purpose,
                           runs=len(run_ids), labelled=len(labels))
         return out
