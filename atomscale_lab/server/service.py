@@ -99,13 +99,7 @@ class OrgService:
     # --- caches ---------------------------------------------------------------------------
 
     def _log_version(self, table: str):
-        # the commit log is append-only: its size and mtime change with every commit
-        path = Path(self.access.data_root) / self.org / table / "_log" / "commits.jsonl"
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_size, st.st_mtime_ns)
+        return self.store.table(table).log_version()
 
     def _build_catalog(self) -> RunCatalog:
         t0 = time.perf_counter()

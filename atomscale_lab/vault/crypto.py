@@ -194,6 +194,7 @@ class OrgCrypto:
         self.purpose = purpose
         self.version = keys.current
         self._last_error: str | None = None
+        self._error_lock = threading.Lock()
         # After a rotation elsewhere (``org rotate-key``) files and log lines name a version this
         # process has not seen: fetch the org's keys again, at most once per interval.
         self._refresh, self._refresh_interval = refresh, refresh_interval
@@ -285,12 +286,14 @@ class OrgCrypto:
 
     def _fail(self, reason: str):
         # pyarrow calls the KMS client from its own threads: keep the reason on the object.
-        self._last_error = reason
+        with self._error_lock:
+            self._last_error = reason
         raise KeyUnavailable(reason)
 
     def key_error(self) -> KeyUnavailable | None:
         """The last refusal of the KMS client (cleared on read), or None."""
-        reason, self._last_error = self._last_error, None
+        with self._error_lock:
+            reason, self._last_error = self._last_error, None
         return KeyUnavailable(reason) if reason else None
 
     def file_encryption_properties(self, version: int | None = None):

@@ -239,6 +239,15 @@ class CommitLog:
     """The commit log of one table: load and verify it, append, checkpoint, seal (a base of
     :class:`~atomscale_lab.vault.store.table.OrgTable`, which sets the paths and keys it uses)."""
 
+    def log_version(self) -> tuple[int, int] | None:
+        """``(size, mtime_ns)`` of the commit log, None before the first commit: the log is
+        append-only, so this changes with every commit (a cheap "has anything changed?")."""
+        try:
+            st = self._log_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
 
     def _mac(self, body: dict, version: int) -> str:
         key = self.crypto.mac_key(f"commit-log/{self.spec.name}", version)
