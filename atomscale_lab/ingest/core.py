@@ -44,7 +44,7 @@ from atomscale_lab.errors import (
 )
 from atomscale_lab.ingest.sealed import RegistrySeal
 from atomscale_lab.ingest.wal import Wal, WalRecord, wal_key
-from atomscale_lab.vault.registry import connect
+from atomscale_lab.vault.registry import Database
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ class IngestCore:
         self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
         self.max_wal_bytes = max_wal_bytes
         self.max_open_streams = max_open_streams
-        self._db = connect(self.state_dir / "state.sqlite")
+        self._database = Database(self.state_dir / "state.sqlite")
+        self._db = self._database.conn
         self._db.executescript(_SCHEMA)
         have = {r[1] for r in self._db.execute("PRAGMA table_info(streams)")}
         for col in _SEALED_COLUMNS:
@@ -180,7 +181,7 @@ class IngestCore:
                 self._db.execute(f"ALTER TABLE streams ADD COLUMN {col} TEXT")
         with contextlib.suppress(OSError):
             os.chmod(self.state_dir / "state.sqlite", 0o600)
-        self._db_lock = threading.RLock()
+        self._db_lock = self._database.lock
         self._flush_lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._org_locks: dict[str, threading.RLock] = {}
@@ -201,20 +202,11 @@ class IngestCore:
 
     # -- plumbing -----------------------------------------------------------------------------
     def _sql(self, query: str, args=()) -> list:
-        with self._db_lock:
-            return self._db.execute(query, args).fetchall()
+        return self._database.sql(query, args)
 
-    @contextlib.contextmanager
     def _tx(self):
         """One SQLite transaction (the connection is in autocommit mode otherwise)."""
-        with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return self._database.tx()
 
     def _org_lock(self, org: str) -> threading.RLock:
         with self._locks_lock:

@@ -38,7 +38,7 @@ from atomscale_lab import schema
 from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
 from atomscale_lab.ingest.core import BatchConflict, NotYetStored
 from atomscale_lab.ingest.sealed import RegistrySeal
-from atomscale_lab.vault.registry import connect
+from atomscale_lab.vault.registry import Database
 
 log = logging.getLogger(__name__)
 
@@ -152,28 +152,20 @@ class SdkState:
     """The compatibility layer's own records in ``sdk.sqlite`` beside the ingest state."""
 
     def __init__(self, path):
-        self._db = connect(path)
+        self._database = Database(path)
+        self._db = self._database.conn
         self._db.executescript(_SCHEMA)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
-        self._lock = threading.RLock()
+        self._lock = self._database.lock
 
     def sql(self, query: str, args=()) -> list:
         """Run one statement; returns all rows."""
-        with self._lock:
-            return self._db.execute(query, args).fetchall()
+        return self._database.sql(query, args)
 
-    @contextlib.contextmanager
     def tx(self):
         """One transaction (holding the connection's lock throughout)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return self._database.tx()
 
     def close(self) -> None:
         """Close the database."""

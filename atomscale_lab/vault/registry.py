@@ -77,6 +77,33 @@ def connect(db_path: Path, *, synchronous: str = "FULL", secure_delete: bool = F
     return conn
 
 
+class Database:
+    """A :func:`connect`-ed SQLite file behind one re-entrant lock, for a registry whose methods
+    run on several threads: :meth:`sql` for one statement, :meth:`tx` for a transaction."""
+
+    def __init__(self, db_path: Path, **connect_kw):
+        self.conn = connect(db_path, **connect_kw)
+        self.lock = threading.RLock()
+
+    def sql(self, query: str, args=()) -> list:
+        """Run one statement; returns all rows."""
+        with self.lock:
+            return self.conn.execute(query, args).fetchall()
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One ``BEGIN IMMEDIATE`` transaction, holding the lock throughout (the connection is
+        in autocommit mode otherwise)."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+
 class KeyRegistry:
     """Per-org keys wrapped by a ``Kms``, in SQLite. Only the admin side and hub services use it."""
 
