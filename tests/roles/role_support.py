@@ -105,6 +105,8 @@ def sample_request(template: str, method: str) -> dict:
         kw["body"] = json.dumps({"sidebar_page_size": 100, "units": {"pressure": "mbar"}})
     elif method in ("post", "put", "patch"):
         raise KeyError(f"no sample body for {method.upper()} {template}: add one here")
+    if template == "facets/context":
+        kw["params"] = {"field": "material_system", "purpose": "role matrix"}
     if template.startswith("tables/"):
         kw["params"]["format"] = "arrow"
     return kw
