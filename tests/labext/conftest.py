@@ -137,12 +137,21 @@ def _lab(tmp_path_factory, role: str | None = None):
                  "--LabApp.expose_app_in_browser=True",
                  "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                  "--LabApp.extension_manager=readonly"]
+        argv = ([cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
+                 "--allow-root", "--root-dir", str(notebooks)]
+                + [f"--jupyter-option={opt}" for opt in extra])
         if role is not None:
-            extra.append("--AtomscaleLab.access_class=labdata.RoleAccess")
+            # the same command line as `atomscale-lab lab`, with the role access class instead
+            # of the owner's (a second access_class option would be refused, not override)
+            from atomscale_lab.singleuser import lab_command
+
+            argv = [a if not a.startswith("--AtomscaleLab.access_class=")
+                    else "--AtomscaleLab.access_class=labdata.RoleAccess"
+                    for a in lab_command(ORG, port=port, ip="127.0.0.1", no_browser=True,
+                                         root_dir=str(notebooks),
+                                         extra=[*extra, "--allow-root"])]
         proc = subprocess.Popen(
-            [cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
-             "--allow-root", "--root-dir", str(notebooks)]
-            + [f"--jupyter-option={opt}" for opt in extra],
+            argv,
             env=env, cwd=notebooks, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
