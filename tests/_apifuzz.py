@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,31 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _arrow_bodies():
+    """Arrow IPC request bodies: random bytes, a truncated stream, a stream of the wrong
+    columns and an empty stream of the metrology schema (so both the decoder's and the
+    validator's refusals are reached)."""
+    from atomscale_lab.schema import METROLOGY
+
+    wrong = _ipc(pa.table({"x": [1, 2, 3]}))
+    return st.one_of(st.binary(max_size=512),
+                     st.sampled_from([wrong, wrong[: len(wrong) // 2],
+                                      _ipc(METROLOGY.schema.empty_table())]))
+
+
+# schemathesis has no serializer for Arrow bodies: generate them (its documented hook)
+schemathesis.openapi.media_type(ARROW_STREAM, _arrow_bodies())
 
 _ANSWER_5XX = re.compile(r"[\]\s]5\d\d (GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
