@@ -43,6 +43,10 @@ FAST_METHODS = frozenset({"runs_page", "facets"})
 """``OrgService`` methods answered from in-memory caches (see :func:`run_service_call`)."""
 _FAST_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="atomscale-fast")
 _CHUNK = 4 << 20
+ARROW_CODECS = ("zstd", "lz4")
+"""Buffer compressions of an Arrow IPC stream a client may ask for with a ``compression``
+parameter of its ``Accept`` media type (``application/vnd.apache.arrow.stream; compression=zstd``).
+Only on request: the lab extension's Arrow reader (apache-arrow JS) reads uncompressed streams."""
 
 
 class AtomscaleHandler:
@@ -68,6 +72,15 @@ class AtomscaleHandler:
             return fmt == "arrow"
         return ARROW_STREAM in (self.request.headers.get("Accept") or "")
 
+    def arrow_options(self) -> pa.ipc.IpcWriteOptions | None:
+        """IPC write options with the buffer compression the ``Accept`` header asks for (None:
+        uncompressed); the answer names it in ``X-Arrow-Compression``."""
+        codec = arrow_compression(self.request.headers.get("Accept") or "")
+        if codec is None:
+            return None
+        self.set_header("X-Arrow-Compression", codec)
+        return pa.ipc.IpcWriteOptions(compression=codec)
+
     async def finish_json(self, doc) -> None:
         """Send a JSON document."""
         self.set_header("Content-Type", "application/json")
@@ -75,7 +88,8 @@ class AtomscaleHandler:
 
     async def finish_arrow(self, table: pa.Table, headers: dict | None = None) -> None:
         """Send ``table`` as an Arrow IPC stream, in chunks."""
-        chunks = await IOLoop.current().run_in_executor(None, _ipc_chunks, table)
+        chunks = await IOLoop.current().run_in_executor(None, _ipc_chunks, table,
+                                                        self.arrow_options())
         self.set_header("Content-Type", ARROW_STREAM)
         self.set_header("Content-Length", str(sum(len(c) for c in chunks)))
         self.set_header("X-Rows", str(table.num_rows))
@@ -147,9 +161,23 @@ def _reason(e: AtomscaleError) -> str:
                                                                       "Internal Server Error")
 
 
-def _ipc_chunks(table: pa.Table) -> list[bytes]:
+def arrow_compression(accept: str) -> str | None:
+    """The codec of ``ARROW_CODECS`` an ``Accept`` header asks for on the Arrow stream type, or
+    None (unknown codecs are ignored: the answer is then uncompressed, which every reader reads)."""
+    for item in accept.split(","):
+        media, *params = (p.strip() for p in item.split(";"))
+        if media.lower() != ARROW_STREAM:
+            continue
+        for p in params:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "compression" and v.strip().strip('"').lower() in ARROW_CODECS:
+                return v.strip().strip('"').lower()
+    return None
+
+
+def _ipc_chunks(table: pa.Table, options: pa.ipc.IpcWriteOptions | None = None) -> list[bytes]:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table, max_chunksize=65_536)
     buf = memoryview(sink.getvalue())
     return [bytes(buf[i:i + _CHUNK]) for i in range(0, len(buf), _CHUNK)] or [b""]
@@ -306,7 +334,7 @@ class TableHandler(AtomscaleHandler):
         thread while the previous one is being written to the socket."""
         loop = IOLoop.current()
         sink = _Chunks()
-        writer = pa.ipc.new_stream(sink, schema)
+        writer = pa.ipc.new_stream(sink, schema, options=self.arrow_options())
         state = {"rows": 0}
 
         def produce() -> list[bytes] | None:

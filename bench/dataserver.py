@@ -8,7 +8,9 @@ prints ``name: value`` lines:
   an Arrow table — ``Table.read(run_ids=[id])`` in this process (root key, same store) vs
   ``runs/{id}/process?format=arrow`` from the data server through the proxy (what a kernel's
   ``Workspace`` does) and through the user's server pass-through (what the lab sidebar does);
-  medians of 7 interleaved rounds after a warm-up; goal: direct / data server ≥ 0.5;
+  medians of 7 interleaved rounds after a warm-up; goal: direct / data server ≥ 0.5; each HTTP
+  path uncompressed (what the lab extension gets) and with the buffer compression ``Workspace``
+  asks for (``_lz4``) and with ``_zstd``, plus the bytes each sends;
 - ``catalog_page_{data_server,pass_through}_p50_ms`` / ``_p99_ms``: ``runs`` pages over 100k runs
   (mixed sorts and filters, only pages that exist), measured at the client, the two paths
   interleaved request by request; goal p99 < 100 ms.
@@ -45,10 +47,16 @@ from notebook import series_rows  # noqa: E402
 USER = "bench-sci"
 
 
-def arrow(sess, url: str) -> pa.Table:
-    """GET an Arrow stream and decode it."""
-    r = sess.get(url, params={"format": "arrow"}, timeout=120)
+SIZES: dict[str, int] = {}
+
+
+def arrow(sess, url: str, codec: str | None = None, key: str = "") -> pa.Table:
+    """GET an Arrow stream (buffers compressed with ``codec`` if given) and decode it."""
+    accept = "application/vnd.apache.arrow.stream" + (f"; compression={codec}" if codec else "")
+    r = sess.get(url, params={"format": "arrow"}, headers={"Accept": accept}, timeout=120)
     assert r.status_code == 200, r.text[:300]
+    assert r.headers.get("X-Arrow-Compression") == codec, r.headers
+    SIZES[key] = len(r.content)
     return pa.ipc.open_stream(r.content).read_all()
 
 
@@ -90,8 +98,10 @@ def main() -> None:
             series = vault.store("bench").table("process/series")
             rid = labdata.run_id(7)
             fns = {"direct": lambda: series.read(run_ids=[rid]),
-                   **{k: (lambda b=b: arrow(sess, f"{b}runs/{rid}/process"))
-                      for k, b in bases.items()}}
+                   **{k + sfx: (lambda b=b, c=c, key=k + sfx:
+                                arrow(sess, f"{b}runs/{rid}/process", c, key))
+                      for k, b in bases.items()
+                      for sfx, c in (("", None), ("_lz4", "lz4"), ("_zstd", "zstd"))}}
             times = {k: [] for k in fns}
             rows = {k: fn().num_rows for k, fn in fns.items()}  # warm-up
             assert len(set(rows.values())) == 1, rows
@@ -106,9 +116,12 @@ def main() -> None:
         print(f"arrow_one_run_rows: {rows['direct']}")
         for k, v in med.items():
             print(f"arrow_one_run_{k}_ms: {v * 1000:.1f}")
-        for k in bases:
-            print(f"arrow_one_run_ratio_{k}: {med['direct'] / med[k]:.2f}  (direct / {k}; "
-                  "goal >= 0.5)")
+        for k, n in SIZES.items():
+            print(f"arrow_one_run_{k}_bytes: {n}")
+        for k in med:
+            if k != "direct":
+                print(f"arrow_one_run_ratio_{k}: {med['direct'] / med[k]:.2f}  (direct / {k}; "
+                      "goal >= 0.5)")
 
         # catalogue pages: mixed sorts and filters, only pages that exist
         rng = np.random.default_rng(1)

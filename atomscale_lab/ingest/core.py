@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..errors import AtomscaleError, IntegrityError, NotFound, UnknownOrg, ValidationError
+from .sealed import RegistrySeal
 from .wal import Wal, WalRecord, wal_key
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS streams (
     category TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL,
     last_batch REAL, rows INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
     flushed_rows INTEGER NOT NULL DEFAULT 0, min_time TEXT, max_time TEXT,
-    opened_by TEXT NOT NULL, error TEXT);
+    opened_by TEXT NOT NULL, error TEXT, run_box TEXT, time_box TEXT);
 CREATE INDEX IF NOT EXISTS streams_run ON streams (org, run_id, tool, category);
 CREATE TABLE IF NOT EXISTS batches (
     stream_id TEXT NOT NULL, batch_id TEXT NOT NULL, rows INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS flushes (
     org TEXT NOT NULL, segments TEXT NOT NULL, tbl TEXT NOT NULL, rows INTEGER NOT NULL,
     state TEXT NOT NULL, started TEXT NOT NULL, PRIMARY KEY (org, segments, tbl));
 """
+_SEALED_COLUMNS = ("run_box", "time_box")
+"""Nothing identifying in ``streams`` at rest: ``run_id`` holds a keyed hash of the run id (for
+lookups), ``run_box`` the sealed run id, ``time_box`` the sealed ``[min, max]`` row times
+(``min_time``/``max_time`` stay empty; columns of files from before sealing)."""
 
 
 class StreamClosed(AtomscaleError):
@@ -168,6 +173,10 @@ class IngestCore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(streams)")}
+        for col in _SEALED_COLUMNS:
+            if col not in have:  # a state file from before sealing
+                self._db.execute(f"ALTER TABLE streams ADD COLUMN {col} TEXT")
         with contextlib.suppress(OSError):
             os.chmod(self.state_dir / "state.sqlite", 0o600)
         self._db_lock = threading.RLock()
@@ -186,6 +195,7 @@ class IngestCore:
         self.flush_errors = 0
         self.max_flush_failures = 5
         self._failures: dict[str, int] = {}
+        self._seal = RegistrySeal(self._keys, "state")
         self.recover()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -251,11 +261,12 @@ class IngestCore:
         org = key.org
         now = _iso(_now())
         self._check_run_owner(key, run_id)
+        run_tag = self._run_tag(org, run_id)
         with self._db_lock:
             row = self._sql(
                 "SELECT id, status FROM streams WHERE org=? AND run_id=? AND tool=? AND "
                 "category=? AND status NOT IN ('complete', 'error') ORDER BY created DESC "
-                "LIMIT 1", (org, run_id, tool, category))
+                "LIMIT 1", (org, run_tag, tool, category))
             if row:
                 sid, created = row[0][0], False
                 self._sql("UPDATE streams SET status='active', updated=?, last_batch=? "
@@ -270,19 +281,27 @@ class IngestCore:
                                          f"most {self.max_open_streams}); finalize some first")
                 sid, created = "st_" + secrets.token_hex(8), True
                 self._sql("INSERT INTO streams (id, org, run_id, tool, category, status, "
-                          "created, updated, last_batch, opened_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                          (sid, org, run_id, tool, category, "active", now, now, time.time(),
-                           key.actor))
+                          "created, updated, last_batch, opened_by, run_box) "
+                          "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                          (sid, org, run_tag, tool, category, "active", now, now, time.time(),
+                           key.actor, self._seal.seal(org, run_id, f"{org}/{sid}/run")))
         self._update_run(org, run_id, "active", actor=key.actor, instrument=tool, **meta)
         self._audit(org, key.actor, "ingest.stream_open", stream=sid, run_id=run_id, tool=tool,
                     category=category, resumed=not created)
         return self.stream(key, sid)
 
+    def _run_tag(self, org: str, run_id: str) -> str:
+        """What ``streams.run_id`` holds for a run: its keyed hash (see ``sealed.py``)."""
+        return self._seal.tag(org, "run", run_id)
+
+    def _run_of(self, org: str, sid: str, box: str | None) -> str:
+        return self._seal.unseal(org, box, f"{org}/{sid}/run")
+
     def _check_run_owner(self, key, run_id: str) -> None:
         """A stream may create its run, or resume a run its key's streams created; any other
         existing run (imported, another key's, another tool's) is refused with 409."""
         own = self._sql("SELECT 1 FROM streams WHERE org=? AND run_id=? AND opened_by=? LIMIT 1",
-                        (key.org, run_id, key.actor))
+                        (key.org, self._run_tag(key.org, run_id), key.actor))
         if own:
             return
         with self._org_lock(key.org):
@@ -298,17 +317,25 @@ class IngestCore:
 
     def stream(self, key, stream_id: str) -> dict:
         """The state of a stream of the key's org (``NotFound`` for another org's stream)."""
-        rows = self._sql("SELECT id, run_id, tool, category, status, created, updated, "
-                         "last_batch, rows, batches, flushed_rows, min_time, max_time, error "
+        rows = self._sql("SELECT id, run_box, tool, category, status, created, updated, "
+                         "last_batch, rows, batches, flushed_rows, time_box, error "
                          "FROM streams WHERE id=? AND org=?", (stream_id, key.org))
         if not rows:
             raise NotFound(f"no stream {stream_id!r}")
         d = dict(zip(("id", "run_id", "tool", "category", "status", "created", "updated",
-                      "last_batch", "rows", "batches", "flushed_rows", "min_time", "max_time",
-                      "error"), rows[0], strict=True))
+                      "last_batch", "rows", "batches", "flushed_rows", "time_box", "error"),
+                     rows[0], strict=True))
+        d["run_id"] = self._run_of(key.org, stream_id, d["run_id"])
+        d["min_time"], d["max_time"] = self._times(key.org, stream_id, d.pop("time_box"))
         d["last_batch"] = (_iso(datetime.fromtimestamp(d["last_batch"], UTC))
                            if d["last_batch"] else None)
         return d
+
+    def _times(self, org: str, sid: str, box: str | None) -> tuple[str | None, str | None]:
+        if box is None:
+            return None, None
+        lo, _, hi = self._seal.unseal(org, box, f"{org}/{sid}/times").partition("|")
+        return lo, hi
 
     def conform(self, stream: dict, data) -> pa.Table:
         """Validate rows for a stream: fill ``run_id`` (and ``tool``), refuse other runs/tools."""
@@ -392,14 +419,19 @@ class IngestCore:
                                  (stream_id, batch_id, table.num_rows, digest,
                                   _iso(_now()))).rowcount
                 n = table.num_rows if new else 0  # else the flusher has counted it already
+                # the time range is sealed: widened here, inside the transaction
+                (box,) = db.execute("SELECT time_box FROM streams WHERE id=?",
+                                    (stream_id,)).fetchone()
+                lo, hi = self._times(key.org, stream_id, box)
+                lo = min(x for x in (lo, _iso(tmin)) if x is not None)
+                hi = max(x for x in (hi, _iso(tmax)) if x is not None)
                 db.execute(
                     "UPDATE streams SET rows=rows+?, batches=batches+?, last_batch=?, updated=?, "
                     "status=CASE WHEN status='interrupted' THEN 'active' ELSE status END, "
-                    "min_time=CASE WHEN min_time IS NULL OR min_time>? THEN ? ELSE min_time END,"
-                    " max_time=CASE WHEN max_time IS NULL OR max_time<? THEN ? ELSE max_time END"
-                    " WHERE id=?",
-                    (n, 1 if new else 0, now, _iso(_now()), _iso(tmin), _iso(tmin), _iso(tmax),
-                     _iso(tmax), stream_id))
+                    "time_box=? WHERE id=?",
+                    (n, 1 if new else 0, now, _iso(_now()),
+                     self._seal.seal(key.org, f"{lo}|{hi}", f"{key.org}/{stream_id}/times"),
+                     stream_id))
         finally:
             with self._db_lock:
                 self._pending.discard(ident)
@@ -430,7 +462,8 @@ class IngestCore:
         self._set_status(stream_id, "complete")
         others = self._sql("SELECT count(*) FROM streams WHERE org=? AND run_id=? AND id<>? AND "
                            "status IN ('active', 'interrupted', 'finalizing')",
-                           (key.org, stream["run_id"], stream_id))[0][0]
+                           (key.org, self._run_tag(key.org, stream["run_id"]),
+                            stream_id))[0][0]
         end = datetime.fromisoformat(stream["max_time"]) if stream["max_time"] else _now()
         self._update_run(key.org, stream["run_id"], "active" if others else "complete",
                          actor=key.actor, end=end)
@@ -510,12 +543,12 @@ class IngestCore:
                   org, n, exc)
         if n == self.max_flush_failures:
             reason = f"rows cannot be stored: {type(exc).__name__}: {exc}"[:300]
-            for (sid, run_id) in self._sql(
-                    "SELECT id, run_id FROM streams WHERE org=? AND status IN "
+            for (sid, box) in self._sql(
+                    "SELECT id, run_box FROM streams WHERE org=? AND status IN "
                     "('active', 'interrupted', 'finalizing')", (org,)):
                 self._set_status(sid, "error", reason)
                 with contextlib.suppress(Exception):
-                    self._update_run(org, run_id, "error", actor="ingest")
+                    self._update_run(org, self._run_of(org, sid, box), "error", actor="ingest")
 
     def _wal_orgs(self) -> list[str]:
         root = self.state_dir / "wal"
@@ -616,20 +649,40 @@ class IngestCore:
     # -- restart and background work ---------------------------------------------------------
     def recover(self) -> None:
         """After a (re)start: mark streams that were live as interrupted and replay the WALs."""
-        live = self._sql("SELECT id, org, run_id FROM streams WHERE status IN "
+        self._seal_plaintext_streams()
+        live = self._sql("SELECT id, org, run_box FROM streams WHERE status IN "
                          "('active', 'finalizing')")
-        for sid, org, run_id in live:
+        for sid, org, box in live:
             self._set_status(sid, "interrupted")
             try:
-                self._update_run(org, run_id, "interrupted", actor="ingest")
+                self._update_run(org, self._run_of(org, sid, box), "interrupted", actor="ingest")
             except AtomscaleError:
-                log.exception("ingest: could not mark run %s of org %s interrupted", run_id, org)
+                log.exception("ingest: could not mark stream %s of org %s interrupted", sid, org)
         with self._flush_lock:
             for org in self._wal_orgs():
                 try:
                     self._recover_org(org)
                 except Exception as e:  # the service must start for the other orgs
                     self._flush_failed(org, e)
+
+    def _seal_plaintext_streams(self) -> None:
+        """Seal the run ids and time ranges of a state file from before sealing (per org; an
+        org whose keys are unavailable stays as it was until a later start)."""
+        old = self._sql("SELECT id, org, run_id, min_time, max_time FROM streams "
+                        "WHERE run_box IS NULL")
+        for sid, org, run_id, lo, hi in old:
+            try:
+                times = (self._seal.seal(org, f"{lo}|{hi}", f"{org}/{sid}/times")
+                         if lo is not None else None)
+                self._sql("UPDATE streams SET run_id=?, run_box=?, time_box=?, min_time=NULL, "
+                          "max_time=NULL WHERE id=?",
+                          (self._run_tag(org, run_id),
+                           self._seal.seal(org, run_id, f"{org}/{sid}/run"), times, sid))
+            except AtomscaleError as e:
+                log.warning("ingest: could not seal stream %s of org %s yet: %s", sid, org, e)
+        if old:
+            with self._db_lock:
+                self._db.execute("VACUUM")  # the plaintext must not stay in free pages
 
     def _recover_org(self, org: str) -> None:
         self._check_org(org)
@@ -650,11 +703,11 @@ class IngestCore:
     def check_idle(self) -> list[str]:
         """Mark active streams without a batch for ``idle_timeout`` seconds as interrupted."""
         cutoff = time.time() - self.idle_timeout
-        idle = self._sql("SELECT id, org, run_id FROM streams WHERE status='active' AND "
+        idle = self._sql("SELECT id, org, run_box FROM streams WHERE status='active' AND "
                          "last_batch < ?", (cutoff,))
-        for sid, org, run_id in idle:
+        for sid, org, box in idle:
             self._set_status(sid, "interrupted")
-            self._update_run(org, run_id, "interrupted", actor="ingest")
+            self._update_run(org, self._run_of(org, sid, box), "interrupted", actor="ingest")
         return [r[0] for r in idle]
 
     def start(self) -> None:

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from .. import schema
 from ..errors import NotFound, PermissionDenied, ValidationError
 from .core import BatchConflict, NotYetStored
+from .sealed import RegistrySeal
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ CREATE TABLE IF NOT EXISTS tracking (
     org TEXT NOT NULL, project_id TEXT NOT NULL, sample_id TEXT NOT NULL, active INTEGER NOT NULL,
     updated TEXT NOT NULL, PRIMARY KEY (org, project_id, sample_id));
 """
+# Nothing identifying at rest: data ids (run ids) are stored as keyed hashes (``sealed.py``),
+# run ids, sample names and tag names sealed with the org's key; channel names, counts and
+# digests stay as they are.
 
 
 def entity_id(org: str, kind: str, name: str) -> str:
@@ -131,6 +135,19 @@ def _floats(values, field: str, *, allow_null: bool) -> np.ndarray:
     return arr
 
 
+class _TagIndex:
+    """Tag names per data item, looked up by data id (the registry holds keyed hashes)."""
+
+    def __init__(self, by_tag: dict[str, list[str]], did):
+        self._by_tag, self._did = by_tag, did
+
+    def get(self, data_id: str, default=None):
+        """The tag names of ``data_id`` (``default`` if it has none)."""
+        if not self._by_tag:
+            return default
+        return self._by_tag.get(self._did(data_id), default)
+
+
 class SdkState:
     """The compatibility layer's own records in ``sdk.sqlite`` beside the ingest state."""
 
@@ -173,6 +190,7 @@ class SdkApi:
     def __init__(self, core):
         self.core = core
         self.state = SdkState(core.state_dir / "sdk.sqlite")
+        self._seal = RegistrySeal(core._keys, "sdk")
         self._init_lock = threading.Lock()
         self._cond = threading.Condition()
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
@@ -211,13 +229,19 @@ class SdkApi:
     def _runs(self, org: str) -> list[dict]:
         return self._read(org, "process/runs").to_pylist()
 
-    def _tags_by_item(self, org: str) -> dict[str, list[str]]:
+    def _did(self, org: str, data_id: str) -> str:
+        """What the registry stores for a data id: its keyed hash."""
+        return self._seal.tag(org, "data", data_id)
+
+    def _tags_by_item(self, org: str) -> _TagIndex:
         out: dict[str, list[str]] = defaultdict(list)
-        for data_id, name in self.state.sql(
-                "SELECT i.data_id, t.name FROM item_tags i JOIN tags t ON t.id=i.tag_id "
-                "WHERE i.org=? ORDER BY t.name", (org,)):
-            out[data_id].append(name)
-        return out
+        for did, tid, box in self.state.sql(
+                "SELECT i.data_id, t.id, t.name FROM item_tags i JOIN tags t ON t.id=i.tag_id "
+                "WHERE i.org=?", (org,)):
+            out[did].append(self._seal.unseal(org, box, f"{org}/{tid}/tag"))
+        for names in out.values():
+            names.sort()
+        return _TagIndex(out, lambda data_id: self._did(org, data_id))
 
     def catalogue(self, org: str, scopes) -> list[dict]:
         """Every data item of ``org`` the scopes may see, as catalogue rows."""
@@ -437,8 +461,9 @@ class SdkApi:
         self.require_any(key, READ_SCOPES + INGEST_SCOPES, "sdk.samples")
         runs = self._runs(key.org)
         out: dict[str, dict] = {}
-        for sid, name, created in self.state.sql(
+        for sid, box, created in self.state.sql(
                 "SELECT id, name, created FROM samples WHERE org=?", (key.org,)):
+            name = self._seal.unseal(key.org, box, f"{key.org}/{sid}/sample")
             out[sid] = {"id": sid, "name": name, "created_datetime": created,
                         "num_data_items": 0, "projects": []}
         for r in runs:
@@ -467,7 +492,8 @@ class SdkApi:
         if sid in known:
             return False, {"physical_sample_id": sid, "id": sid, "name": known[sid]["name"]}
         self.state.sql("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?)",
-                       (sid, key.org, name, _now(), key.actor))
+                       (sid, key.org, self._seal.seal(key.org, name, f"{key.org}/{sid}/sample"),
+                        _now(), key.actor))
         self.audit(key, "sdk.sample_create", sample_id=sid)
         return True, {"physical_sample_id": sid, "id": sid, "name": name}
 
@@ -543,8 +569,10 @@ class SdkApi:
     def tags(self, key) -> list[dict]:
         """``GET tags/``: the org's tags."""
         self.require_any(key, READ_SCOPES + INGEST_SCOPES, "sdk.tags")
-        rows = self.state.sql("SELECT id, name, created FROM tags WHERE org=? ORDER BY name",
-                              (key.org,))
+        rows = [(i, self._seal.unseal(key.org, box, f"{key.org}/{i}/tag"), c)
+                for i, box, c in self.state.sql("SELECT id, name, created FROM tags WHERE org=?",
+                                                (key.org,))]
+        rows.sort(key=lambda r: r[1])
         self.audit(key, "sdk.tags", items=len(rows))
         return [{"id": i, "name": n, "created_datetime": c} for i, n, c in rows]
 
@@ -558,7 +586,8 @@ class SdkApi:
         tid = entity_id(key.org, "tag", name)
         if not self.state.sql("SELECT 1 FROM tags WHERE id=?", (tid,)):
             self.state.sql("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?)",
-                           (tid, key.org, name, _now(), key.actor))
+                           (tid, key.org, self._seal.seal(key.org, name, f"{key.org}/{tid}/tag"),
+                            _now(), key.actor))
             self.audit(key, "sdk.tag_create", tag_id=tid)
         return {"id": tid, "name": name}
 
@@ -570,17 +599,18 @@ class SdkApi:
             if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
                 raise ValidationError(f"{name} must be a list of ids", field=name)
         known = {r["data_id"] for r in self.catalogue(key.org, READ_SCOPES)}
-        known |= {r[0] for r in self.state.sql("SELECT data_id FROM items WHERE org=?",
-                                               (key.org,))}
         for i in ids:
-            if i not in known:
+            if i not in known and not self.state.sql(
+                    "SELECT 1 FROM items WHERE org=? AND data_id=?",
+                    (key.org, self._did(key.org, i))):
                 raise NotFound(f"no data item {i!r}")
         for t in tag_ids:
             if not self.state.sql("SELECT 1 FROM tags WHERE id=? AND org=?", (t, key.org)):
                 raise NotFound(f"no tag {t!r}")
         for i in ids:
             for t in tag_ids:
-                self.state.sql("INSERT OR IGNORE INTO item_tags VALUES (?,?,?)", (key.org, i, t))
+                self.state.sql("INSERT OR IGNORE INTO item_tags VALUES (?,?,?)",
+                               (key.org, self._did(key.org, i), t))
         self.audit(key, "sdk.tag_attach", data_ids=ids, tag_ids=tag_ids)
         return {"data_ids": ids, "tag_ids": tag_ids}
 
@@ -601,8 +631,9 @@ class SdkApi:
             project = self._project_name(key, body["project_id"])
         with self._init_lock:
             taken = {r["run_id"] for r in self._runs(key.org)}
-            taken |= {r[0] for r in self.state.sql("SELECT run_id FROM items WHERE org=?",
-                                                   (key.org,))}
+            taken |= {self._seal.unseal(key.org, box, f"{key.org}/{did}/run")
+                      for did, box in self.state.sql(
+                          "SELECT data_id, run_id FROM items WHERE org=?", (key.org,))}
             base = _slug(name)
             run_id, n = base, 1
             while run_id in taken:
@@ -610,8 +641,10 @@ class SdkApi:
                 run_id = f"{base}-{n}"
             st = self.core.open_stream(key, run_id, tool, "tool_state", project=project)
             data_id = run_id
+            did = self._did(key.org, data_id)
             self.state.sql("INSERT INTO items VALUES (?,?,?,?,?,?)",
-                           (key.org, data_id, run_id, st["id"], _now(), key.actor))
+                           (key.org, did, self._seal.seal(key.org, run_id, f"{key.org}/{did}/run"),
+                            st["id"], _now(), key.actor))
         self.audit(key, "sdk.stream_initialize", data_id=data_id, run_id=run_id,
                    stream=st["id"])
         return {"data_id": data_id, "processed_data_id": data_id}
@@ -619,11 +652,12 @@ class SdkApi:
     def _item(self, key, data_id) -> tuple[str, str]:
         if not isinstance(data_id, str):
             raise ValidationError("data_id must be text", field="data_id")
+        did = self._did(key.org, data_id)
         row = self.state.sql("SELECT run_id, stream_id FROM items WHERE org=? AND data_id=?",
-                             (key.org, data_id))
+                             (key.org, did))
         if not row:
             raise NotFound(f"no stream {data_id!r}")
-        return row[0][0], row[0][1]
+        return self._seal.unseal(key.org, row[0][0], f"{key.org}/{did}/run"), row[0][1]
 
     def chunk(self, key, body: dict, *, multi: bool) -> dict:
         """``POST tool-state/stream/chunk[/multi]``: points through the ingest WAL, once each.
@@ -681,7 +715,7 @@ class SdkApi:
         marks = ",".join("?" * len(parsed))
         known = dict(self.state.sql(
             f"SELECT channel, digest FROM chunks WHERE org=? AND data_id=? AND chunk_index=? "  # noqa: S608 - placeholders only
-            f"AND channel IN ({marks})", (key.org, data_id, idx, *parsed)))
+            f"AND channel IN ({marks})", (key.org, self._did(key.org, data_id), idx, *parsed)))
         for name, (*_, digest) in parsed.items():
             if name in known and known[name] != digest:
                 raise BatchConflict(f"chunk {idx} of channel {name!r} was already received "
@@ -703,8 +737,8 @@ class SdkApi:
         ack = self.core.add_batch(key, stream_id, f"sdk.{idx}.{tag}", table)
         with self.state.tx() as db:
             db.executemany("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?)",
-                           [(key.org, data_id, n, idx, parsed[n][3], len(parsed[n][0]))
-                            for n in pending])
+                           [(key.org, self._did(key.org, data_id), n, idx, parsed[n][3],
+                             len(parsed[n][0])) for n in pending])
         return {"data_id": data_id, "chunk_index": idx, "points": table.num_rows,
                 "duplicate": ack["duplicate"]}
 

@@ -133,3 +133,32 @@ def test_back_pressure_when_the_wal_is_behind(deployment):
     core.flush()
     assert core.add_batch(key, st["id"], "2", _rows(10, 10))["rows"] == 10
     core.close()
+
+
+def test_a_state_file_from_before_sealing_is_sealed_on_start(deployment):
+    import sqlite3
+
+    key = deployment.keys.authenticate(deployment.key(), client="t")
+    core = IngestCore(deployment.vault)
+    st = core.open_stream(key, "run-legacy-77", "mbe1", "process")
+    core.add_batch(key, st["id"], "1", _rows(0, 5))
+    before = core.stream(key, st["id"])
+    path = core.state_dir / "state.sqlite"
+    core.close()
+    # what an older service wrote: the run id and the time range in plaintext
+    db = sqlite3.connect(path)
+    db.execute("UPDATE streams SET run_id=?, run_box=NULL, time_box=NULL, min_time=?, "
+               "max_time=? WHERE id=?", ("run-legacy-77", before["min_time"],
+                                         before["max_time"], st["id"]))
+    db.commit()
+    db.close()
+    core = IngestCore(deployment.vault)
+    got = core.stream(key, st["id"])
+    assert (got["run_id"], got["min_time"], got["max_time"]) == \
+        ("run-legacy-77", before["min_time"], before["max_time"])
+    assert core.open_stream(key, "run-legacy-77", "mbe1", "process")["id"] == st["id"]
+    assert core.finalize(key, st["id"])["rows"] == 5
+    core.close()
+    sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    raw = b"".join(p.read_bytes() for p in path.parent.glob("state.sqlite*"))
+    assert b"run-legacy-77" not in raw

@@ -116,3 +116,16 @@ def test_search_and_get_facade(ws):
     ts = items[0].timeseries_data
     assert {"rheed_intensity", "substrate_temp"} <= set(ts.columns)
     assert items[0].metrology.technique.iloc[0] in ("XRD", "XPS")
+
+
+
+def test_workspace_asks_for_compressed_arrow_and_reads_it(ws):
+    import pyarrow as pa
+
+    t, r = ws._arrow("runs/R-00004/process")
+    assert r.headers["X-Arrow-Compression"] == "zstd"
+    plain = ws._session.get(f"{ws.url}atomscale/api/v1/runs/R-00004/process",
+                            params={"format": "arrow"}, timeout=60)
+    assert "X-Arrow-Compression" not in plain.headers
+    assert len(plain.content) > int(r.headers["Content-Length"])
+    assert t.num_rows > 0 and t.equals(pa.ipc.open_stream(plain.content).read_all())

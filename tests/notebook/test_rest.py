@@ -274,3 +274,25 @@ async def test_openapi_is_served_and_the_app_registers_every_route(jp_fetch, jp_
     assert patterns == {p for p, _ in handlers.default_handlers}
 
 
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+async def test_arrow_answers_are_compressed_only_when_asked(jp_fetch, codec):
+    accept = f"{handlers.ARROW_STREAM}; compression={codec}"
+    plain = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"})
+    packed = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"},
+                            headers={"Accept": accept})
+    assert "X-Arrow-Compression" not in plain.headers
+    assert packed.headers["X-Arrow-Compression"] == codec
+    assert len(packed.body) < len(plain.body) / 1.5
+    a = pa.ipc.open_stream(plain.body).read_all()
+    b = pa.ipc.open_stream(packed.body).read_all()
+    assert a.num_rows > 0 and a.equals(b)
+    # streamed tables too; an unknown codec gets the uncompressed stream every reader reads
+    t = await jp_fetch(*API, "tables", "process", "series", params={"format": "arrow"},
+                       headers={"Accept": accept})
+    assert t.headers["X-Arrow-Compression"] == codec
+    assert pa.ipc.open_stream(t.body).read_all().num_rows > a.num_rows
+    odd = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"},
+                         headers={"Accept": f"{handlers.ARROW_STREAM}; compression=snappy"})
+    assert "X-Arrow-Compression" not in odd.headers and odd.body == plain.body

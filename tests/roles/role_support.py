@@ -19,6 +19,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from role_matrix import user_scopes
 from traitlets import Dict
 
+from atomscale_lab.errors import ValidationError
 from atomscale_lab.handlers import ARROW_STREAM
 from atomscale_lab.hub.roles import permissions_from_scopes
 from atomscale_lab.sources import LocalAccess
@@ -52,11 +53,9 @@ class ScopeAccess(LocalAccess):
     def permissions(self, user: str) -> set[str]:
         """Permissions in the served org that the user's role scopes grant."""
         org, role = membership(user)
-        if not org:  # a user of no org holds no scope
-            return set()
         try:
             scopes = user_scopes(org, role)
-        except StopIteration:  # not a role of the table: no scopes at all
+        except (StopIteration, ValidationError):  # no role of the table, or no org: no scopes
             return set()
         return permissions_from_scopes(scopes, self.org)
 

@@ -51,3 +51,69 @@ def test_no_identifying_strings_at_rest(tmp_path):
     names = {str(x) for col in ("sample", "operator", "project") for x in runs[col].unique()}
     raw = (s.audit_root / "acme.jsonl").read_bytes()
     assert not [n for n in names if n.encode() in raw]
+
+
+def test_ingest_registry_files_hold_no_identifying_strings(tmp_path):
+    """``ingest/state.sqlite`` and ``ingest/sdk.sqlite`` after a stream of the ingest API and one of
+    the SDK layer (sample, tag, chunks, finalize): no run id, sample or tag name in any byte, and
+    every name still comes back through the APIs (also after a restart)."""
+    from datetime import UTC, datetime, timedelta
+
+    from atomscale_lab.ingest import apikeys
+    from atomscale_lab.ingest.core import IngestCore
+    from atomscale_lab.ingest.sdkapi import SdkApi
+
+    home = tmp_path / "home"
+    s = Settings(home=home, data_root=home / "data", context_root=home / "context")
+    v = Vault(s, kms=LocalKms(generate_root_key()))
+    v.create_org("acme", "us")
+    store = apikeys.for_vault(v)
+    plain, _ = store.create("acme", "ingest:process,ingest:tool_state,read:tool_state",
+                            timedelta(days=1), name="at-rest")
+    key = store.authenticate(plain, client="test")
+    run, sample, tag, stream_name = ("run-zirconia-4471", "sample-hafnia-9823",
+                                     "tag-calib-5530", "growth-yttria-6612")
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+    core = IngestCore(v)
+    st = core.open_stream(key, run, "mbe1", "process", sample=sample, project="proj-ceria-1",
+                          operator="op-lanthana-2")
+    core.add_batch(key, st["id"], "1", [{"time": t0 + timedelta(seconds=i), "channel": "T",
+                                         "value": float(i)} for i in range(20)])
+    sdk = SdkApi(core)
+    _, made = sdk.create_sample(key, {"name": sample + "-sdk"})
+    tid = sdk.create_tag(key, {"name": tag})["id"]
+    data_id = sdk.initialize(key, {"stream_name": stream_name})["data_id"]
+    sdk.chunk(key, {"data_id": data_id, "chunk_index": 0, "channel_name": "T",
+                    "timestamps": [t0.timestamp()], "values": [1.0]}, multi=False)
+    sdk.attach_tags(key, {"data_ids": [data_id], "tag_ids": [tid]})
+    sdk.finalize(key, data_id)
+    core.close()
+    sdk.state.close()
+
+    # restart: the names come back through the keys, and the live stream was recovered
+    core = IngestCore(v)
+    got = core.stream(key, st["id"])
+    assert got["run_id"] == run and got["status"] == "interrupted"
+    assert got["min_time"] < got["max_time"]
+    assert core.open_stream(key, run, "mbe1", "process")["id"] == st["id"]
+    assert core.finalize(key, st["id"])["rows"] == 20
+    sdk = SdkApi(core)
+    assert made["name"] in {x["name"] for x in sdk.samples(key)}
+    assert [x["name"] for x in sdk.tags(key)] == [tag]
+    assert sdk._item(key, data_id)[0] == data_id
+    assert sdk._tags_by_item("acme").get(data_id) == [tag]
+    core.close()
+    sdk.state.close()
+
+    needles = {run, sample, sample + "-sdk", tag, data_id, "proj-ceria-1", "op-lanthana-2"}
+    files = sorted((home / "ingest").glob("*.sqlite*"))
+    assert {p.name for p in files} >= {"state.sqlite", "sdk.sqlite"}
+    for p in files:
+        if p.name.endswith(".sqlite"):
+            sqlite3.connect(str(p)).execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for p in sorted((home / "ingest").rglob("*")):
+        assert not [n for n in needles if n in str(p)], p
+        if p.is_file():
+            raw = p.read_bytes()
+            assert not [n for n in needles if n.encode() in raw], p
