@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -134,9 +134,18 @@ class RunCatalog:
             raise ValidationError(f"no distinct values for {column!r}", field="column")
         return sorted(self._codes[column][1])
 
-    def mask(self, q: RunQuery) -> np.ndarray:
-        """Boolean mask of the runs matching the query's filters."""
+    def run_ids(self) -> list[str]:
+        """Every run id of the catalogue (for a context join over the whole org)."""
+        return list(self._index)
+
+    def mask(self, q: RunQuery, among: Collection[str] | None = None) -> np.ndarray:
+        """Boolean mask of the runs matching the query's filters (and, if given, in ``among``)."""
         m = np.ones(self.n, dtype=bool)
+        if among is not None:
+            keep = np.zeros(self.n, dtype=bool)
+            rows = [i for i in map(self._index.get, among) if i is not None]
+            keep[np.asarray(rows, dtype=np.int64)] = True
+            m &= keep
         for c in _MULTI:
             wanted = getattr(q, c)
             if wanted:
@@ -190,9 +199,10 @@ class RunCatalog:
             self.order(c, True)
         return self
 
-    def page_table(self, q: RunQuery) -> tuple[int, pa.Table]:
-        """``(total matches, the page's rows as an Arrow table)``."""
-        m = self.mask(q)
+    def page_table(self, q: RunQuery,
+                   among: Collection[str] | None = None) -> tuple[int, pa.Table]:
+        """``(total matches, the page's rows as an Arrow table)``; ``among`` limits the run ids."""
+        m = self.mask(q, among)
         order = self.order(q.sort, q.order == "desc")
         hits = order[m[order]]
         lo = (q.page - 1) * q.per_page

@@ -226,6 +226,16 @@ class FacetsHandler(AtomscaleHandler):
         await self.finish_json(await self.call(OrgService.facets))
 
 
+class ContextFacetsHandler(AtomscaleHandler):
+    """``GET facets/context``: runs per material system (``context:join``, audited join)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        """Answer ``{field, total, unlabelled, values: [{value, runs}]}``."""
+        await self.finish_json(await self.call(OrgService.context_facets, self.query_params()))
+
+
 class RunHandler(AtomscaleHandler):
     """``GET runs/{run_id}``: one run with its channels and metrology items."""
 
@@ -482,6 +492,7 @@ ROUTES: list[tuple[str, type[AtomscaleHandler]]] = [
     ("status", StatusHandler),
     ("runs", RunsHandler),
     ("facets", FacetsHandler),
+    ("facets/context", ContextFacetsHandler),
     ("runs/{run_id}", RunHandler),
     ("runs/{run_id}/process", ProcessHandler),
     ("runs/{run_id}/tool_state", ToolStateHandler),

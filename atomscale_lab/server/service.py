@@ -36,14 +36,18 @@ from atomscale_lab.server.catalog import (
     RunQuery,
     downsample,
     page_of,
-    parse_int,
-    parse_list,
-    parse_time,
     rows_to_records,
     select_window,
     sorted_by_channel_time,
 )
-from atomscale_lab.server.params import check_params, parse_bool, parse_float
+from atomscale_lab.server.params import (
+    check_params,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_list,
+    parse_time,
+)
 from atomscale_lab.vault.store import READ_POOL
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ METROLOGY_SCALARS = ("item_id", "run_id", "sample", "technique", "time", "result
 MAX_POINTS = 1_000_000
 STREAM_BATCH = 131_072
 MAX_JOIN_RUNS = 10_000
+CONTEXT_FACETS = ("material_system",)
+"""Context labels offered as run facets (counted and filtered through an audited join)."""
 MAX_WRITE_BYTES = 32 << 20
 """Largest Arrow body ``POST metrology`` accepts."""
 MAX_WRITE_ROWS = 100_000
@@ -165,10 +171,26 @@ class OrgService:
         return doc
 
     def runs_page(self, user: str, params: dict) -> tuple[dict, pa.Table]:
-        """A page of the run catalogue: ``({total, page, per_page}, rows)``."""
+        """A page of the run catalogue: ``({total, page, per_page}, rows)``.
+
+        ``material_system`` (with ``purpose``) narrows to runs carrying that context label: it
+        needs ``context:join`` too and is answered through one audited join.
+        """
         self.require(user, "data:read", "data.read", table=RUNS.name)
+        params = dict(params)
+        systems = parse_list(params.pop("material_system", None))
+        purpose = params.pop("purpose", None)
         q = RunQuery.from_params(params)
-        total, rows = self.runs.get().page_table(q)
+        cat = self.runs.get()
+        among = None
+        if systems:
+            labels = self._context_labels(user, cat, "material_system", purpose)
+            wanted = set(systems)
+            among = [r for r, v in labels if v in wanted]
+        elif purpose is not None:
+            raise ValidationError("purpose only goes with a context filter (material_system)",
+                                  field="purpose")
+        total, rows = cat.page_table(q, among)
         self.audited_read(user, RUNS.name, rows.column("run_id").to_pylist(), rows.num_rows,
                           query="runs")
         return {"total": total, "page": q.page, "per_page": q.per_page}, rows
@@ -182,6 +204,39 @@ class OrgService:
         doc["total"] = len(cat)
         self.audited_read(user, RUNS.name, None, 0, query="facets")
         return doc
+
+    def context_facets(self, user: str, params: dict) -> dict:
+        """Runs per value of a context label (``material_system``), for a facet picker.
+
+        Needs ``context:join`` and a ``purpose``; answered through one audited ``context.join``
+        over every run of the org (each request is audited; nothing is cached).
+        """
+        check_params(params, {"field", "purpose"})
+        name = params.get("field") or "material_system"
+        cat = self.runs.get()
+        labels = self._context_labels(user, cat, name, params.get("purpose"))
+        counts: dict[str, int] = {}
+        for _, v in labels:
+            if v is not None:
+                counts[v] = counts.get(v, 0) + 1
+        return {"field": name, "total": len(cat), "unlabelled": len(cat) - sum(counts.values()),
+                "values": [{"value": v, "runs": counts[v]} for v in sorted(counts)]}
+
+    def _context_labels(self, user: str, cat: RunCatalog, name: str,
+                        purpose) -> list[tuple[str, str | None]]:
+        """``(run_id, label)`` of every run in ``cat``, through one audited context join."""
+        self.require(user, "context:join", "context.join", fields=[name])
+        if name not in CONTEXT_FACETS:
+            raise ValidationError(f"field {name!r} is no context facet; choose one of "
+                                  f"{', '.join(CONTEXT_FACETS)}", field="field")
+        if not isinstance(purpose, str) or not purpose.strip():
+            raise ValidationError("purpose is required: say why the labels are needed",
+                                  field="purpose")
+        ids = cat.run_ids()
+        frame = self.access.context_join(ids, [name], purpose.strip(), self.actor(user))
+        found = dict(zip(frame["run_id"].astype(str), frame[name], strict=True)) \
+            if len(frame) else {}
+        return [(r, _label(found.get(r))) for r in ids]
 
     def _known_run(self, run_id: str) -> dict:
         self._check_run(run_id)
@@ -562,6 +617,14 @@ _RHEED_LOCK = threading.Lock()
 
 def _frame_records(frame) -> list[dict]:
     return rows_to_records(pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def _label(value) -> str | None:
+    """A context label as a string, or None when missing (NaN/None/empty)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _table_spec(name: str):

@@ -24,6 +24,8 @@ export interface IStatus {
   region: string;
   user?: string;
   role?: string;
+  /** The user's permissions in the org (e.g. `data:read`, `context:join`). */
+  permissions?: string[];
   key: { version: number; fingerprint: string };
   categories: Record<string, { rows: number; tables?: Record<string, number> }>;
 }
@@ -79,10 +81,27 @@ export interface IFacets {
   status: string[];
 }
 
+/** GET `facets/context`: runs per value of a context label (needs `context:join`). */
+export interface IContextFacets {
+  field: string;
+  total: number;
+  unlabelled: number;
+  values: { value: string; runs: number }[];
+}
+
+/** The context labels the sidebar offers as facets (joined only with `context:join`). */
+export const CONTEXT_FACETS = ['material_system'] as const;
+
+/** The purpose the sidebar states when it joins context labels (recorded in the audit log). */
+export const SIDEBAR_PURPOSE = 'sidebar facet';
+
 /** Filters, search and paging of GET `runs`. */
 export interface IRunQuery {
   q?: string;
   project?: string;
+  /** A context filter: needs `context:join` and a `purpose`. */
+  material_system?: string;
+  purpose?: string;
   sample?: string;
   instrument?: string;
   method?: string;
@@ -276,6 +295,11 @@ export class AtomscaleClient {
   /** Distinct projects, instruments, methods, operators and statuses (for the facet pickers). */
   facets(signal?: AbortSignal): Promise<IFacets> {
     return this.get<IFacets>(['facets'], {}, signal);
+  }
+
+  /** Runs per value of a context label, through one audited join stating `purpose`. */
+  contextFacets(field: string, purpose: string, signal?: AbortSignal): Promise<IContextFacets> {
+    return this.get<IContextFacets>(['facets', 'context'], { field, purpose }, signal);
   }
 
   /** The server's RHEED analysis of a run, with its trace decimated to `maxPoints`. */

@@ -5,7 +5,7 @@
  * for one page, so the panel stays fast however many runs an org has.
  */
 
-import { clampPerPage, IRunQuery } from './client';
+import { clampPerPage, CONTEXT_FACETS, IRunQuery, SIDEBAR_PURPOSE } from './client';
 
 /** Sort keys the panel offers (all are columns of the runs table). */
 export const SORT_KEYS = ['start', 'end', 'run_id', 'sample', 'instrument', 'status'] as const;
@@ -13,7 +13,7 @@ export const SORT_KEYS = ['start', 'end', 'run_id', 'sample', 'instrument', 'sta
 /** Search text, sort and page of the run list. */
 export class PagingState {
   q = '';
-  /** Facet filters (project, instrument, method, status): one value each, or absent. */
+  /** Facet filters (project, instrument, method, status, material_system): one value each. */
   filters: Record<string, string> = {};
   sort = 'start';
   order: 'asc' | 'desc' = 'desc';
@@ -95,7 +95,6 @@ export class PagingState {
     }
   }
 
-  /** The query for the current page. */
   /** Set (or with `''` clear) one facet filter; back to page 1. Returns whether it changed. */
   setFilter(name: string, value: string): boolean {
     const before = this.filters[name] ?? '';
@@ -111,9 +110,12 @@ export class PagingState {
     return true;
   }
 
+  /** The query for the current page; a context filter carries the sidebar's purpose. */
   query(): IRunQuery {
+    const joins = CONTEXT_FACETS.some(name => this.filters[name]);
     return {
       ...this.filters,
+      ...(joins ? { purpose: SIDEBAR_PURPOSE } : {}),
       q: this.q || undefined,
       sort: this.sort,
       order: this.order,

@@ -6,7 +6,14 @@
 
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, AtomscaleClient, IRun, IRunDetail, IStatus } from './client';
+import {
+  ApiError,
+  AtomscaleClient,
+  IRun,
+  IRunDetail,
+  IStatus,
+  SIDEBAR_PURPOSE
+} from './client';
 import { formatCount, formatTime, formatValue } from './format';
 import { debounce, LatestOnly, PagingState, SORT_KEYS } from './paging';
 import { RheedPlot, rheedSummary } from './rheedplot';
@@ -14,6 +21,8 @@ import { extent, frameToSeries, sparklinePath } from './sparkline';
 
 /** The facets offered as filters (all from GET `facets`, which needs only data:read). */
 export const FACETS = ['project', 'instrument', 'method', 'status'] as const;
+/** The context facet, offered only to users whose permissions include `context:join`. */
+export const MATERIAL_FACET = 'material_system';
 const RHEED_CHANNEL = 'rheed_specular_intensity';
 
 /** User settings the panel reads (from the settings registry). */
@@ -98,6 +107,9 @@ export class DataBrowserPanel extends Widget {
   private _detailNode = el('section', 'jp-AtomscalePanel-detail');
   private _facetsNode = el('div', 'jp-AtomscalePanel-facets');
   private _facetSelects = new Map<string, HTMLSelectElement>();
+  private _materialSelect = el('select', 'jp-AtomscalePanel-facet jp-mod-styled');
+  /** The user's permissions, from the last `status` answer. */
+  private _permissions = new Set<string>();
   /** The RHEED plot of the selected run, when it has a trace. */
   rheedPlot: RheedPlot | null = null;
 
@@ -156,7 +168,9 @@ export class DataBrowserPanel extends Widget {
   /** Load the org status and the first page of runs. */
   async refresh(): Promise<void> {
     this._clearError();
-    await Promise.all([this.loadStatus(), this.loadRuns(), this.loadFacets()]);
+    this._facetsNode.dataset.state = 'loading';
+    // the facets wait for status: its permissions decide whether context facets are offered
+    await Promise.all([this.loadStatus().then(() => this.loadFacets()), this.loadRuns()]);
   }
 
   /** Fill the facet pickers from GET `facets` (keeping what is chosen). */
@@ -180,6 +194,7 @@ export class DataBrowserPanel extends Widget {
         }
         select.value = chosen;
       }
+      await this._loadMaterialFacet();
       this._facetsNode.dataset.state = 'ready';
     } catch (err) {
       this._facetsNode.dataset.state = 'error';
@@ -187,12 +202,44 @@ export class DataBrowserPanel extends Widget {
     }
   }
 
+  /**
+   * Offer the material-system facet (runs per label, one audited context join) only when the
+   * user may join context; otherwise take it out, and drop a filter it had set.
+   */
+  private async _loadMaterialFacet(): Promise<void> {
+    const select = this._materialSelect;
+    if (!this._permissions.has('context:join')) {
+      select.remove();
+      if (this._paging.setFilter(MATERIAL_FACET, '')) {
+        void this.loadRuns();
+      }
+      return;
+    }
+    const doc = await this._client.contextFacets(MATERIAL_FACET, SIDEBAR_PURPOSE);
+    const chosen = this._paging.filters[MATERIAL_FACET] ?? '';
+    const all = el('option', '', 'all material systems');
+    all.value = '';
+    select.replaceChildren(all);
+    for (const v of doc.values) {
+      const opt = el('option', '', `${v.value} (${formatCount(v.runs)})`);
+      opt.value = v.value;
+      select.appendChild(opt);
+    }
+    select.value = chosen;
+    if (!select.isConnected) {
+      this._facetsNode.appendChild(select);
+    }
+  }
+
   /** Fetch and show the org header and category counts. */
   async loadStatus(): Promise<void> {
     try {
-      this._renderStatus(await this._client.status());
+      const status = await this._client.status();
+      this._permissions = new Set(status.permissions ?? []);
+      this._renderStatus(status);
       this._clearError('status');
     } catch (err) {
+      this._permissions = new Set(); // unknown permissions: offer no context facet
       this._orgNode.replaceChildren();
       this._categoriesNode.replaceChildren();
       if (err instanceof ApiError && err.status === 404 && !err.fromServer) {
@@ -346,6 +393,15 @@ export class DataBrowserPanel extends Widget {
       this._facetSelects.set(name, select);
       this._facetsNode.appendChild(select);
     }
+    const material = this._materialSelect;
+    material.dataset.facet = MATERIAL_FACET;
+    material.setAttribute('aria-label', 'Filter by material system');
+    material.title = 'Only runs of this material system (joins context labels; audited)';
+    material.addEventListener('change', () => {
+      if (this._paging.setFilter(MATERIAL_FACET, material.value)) {
+        void this.loadRuns();
+      }
+    });
 
     this._listNode.setAttribute('role', 'listbox');
     this._listNode.setAttribute('aria-label', 'Runs');

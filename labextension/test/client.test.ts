@@ -140,6 +140,22 @@ describe('AtomscaleClient', () => {
     });
   });
 
+  it('asks for context facets with the field and a stated purpose', async () => {
+    const doc = { field: 'material_system', total: 3, unlabelled: 1, values: [{ value: 'GaAs', runs: 2 }] };
+    const { calls, request } = fake(json(doc));
+    const answer = await new AtomscaleClient('/', request).contextFacets(
+      'material_system',
+      'sidebar facet'
+    );
+    expect(answer).toEqual(doc);
+    const u = new URL(calls[0], 'http://x');
+    expect(u.pathname).toBe('/atomscale/api/v1/facets/context');
+    expect(Object.fromEntries(u.searchParams)).toEqual({
+      field: 'material_system',
+      purpose: 'sidebar facet'
+    });
+  });
+
   it('revalidates instead of adding a cache-busting parameter', async () => {
     const { inits, request } = fake(json({ org: 'acme' }));
     await new AtomscaleClient('/', request).status();

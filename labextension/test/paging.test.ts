@@ -51,6 +51,21 @@ describe('PagingState', () => {
     expect('instrument' in p.query()).toBe(false);
   });
 
+  it('states the sidebar purpose with a material-system filter, and only then', () => {
+    const p = new PagingState(10);
+    p.setFilter('instrument', 'MBE-1');
+    expect('purpose' in p.query()).toBe(false);
+    expect(p.setFilter('material_system', 'GaAs/GaAs(001)')).toBe(true);
+    expect(p.query()).toMatchObject({
+      instrument: 'MBE-1',
+      material_system: 'GaAs/GaAs(001)',
+      purpose: 'sidebar facet'
+    });
+    p.setFilter('material_system', '');
+    expect('purpose' in p.query()).toBe(false);
+    expect('material_system' in p.query()).toBe(false);
+  });
+
   it('leaves q out of the query when empty', () => {
     expect(new PagingState().query().q).toBeUndefined();
   });

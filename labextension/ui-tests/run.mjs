@@ -5,6 +5,9 @@
 //   LAB_TOKEN      its token
 //   SEARCH_Q       a search text that matches some runs but not all
 //   FACET_INSTRUMENT  an instrument whose runs have RHEED traces (picked in the facet filter)
+//   MATERIAL_SYSTEM   a material system (context label) picked in the material-system facet
+//   MODE           `full` (default: every step) or `viewer` (a user without context:join: open
+//                  the panel and record which facets it offers and what it asked the server)
 //   ARTIFACTS      folder for screenshots (created if missing)
 //   CHROMIUM       browser executable (default /usr/bin/chromium)
 //   OUT            file to write the observations to (JSON)
@@ -32,6 +35,8 @@ const LAB_URL = env('LAB_URL').replace(/\/?$/, '/');
 const TOKEN = env('LAB_TOKEN');
 const SEARCH_Q = env('SEARCH_Q');
 const FACET_INSTRUMENT = env('FACET_INSTRUMENT');
+const MODE = process.env.MODE || 'full';
+const MATERIAL_SYSTEM = MODE === 'full' ? env('MATERIAL_SYSTEM') : '';
 const ARTIFACTS = env('ARTIFACTS');
 const OUT = env('OUT');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -102,6 +107,32 @@ const activeSource = page =>
     return { id: w.id, path: w.context.path, cells };
   });
 
+/** A user without context:join: which facets the panel offers, and what the server answers. */
+async function viewerSteps(page) {
+  begin('viewer facets');
+  await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-org dd`);
+  await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-facets[data-state="ready"]`);
+  obs.role = await page.$eval(`${PANEL} .jp-AtomscalePanel-org .jp-AtomscalePanel-role`, n =>
+    n.textContent
+  );
+  obs.viewerFacets = await page.$$eval(`${PANEL} .jp-AtomscalePanel-facet`, ss =>
+    ss.map(s => s.dataset.facet)
+  );
+  obs.viewerTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
+  obs.panelContextRequests = (obs.contextFacetRequests ?? []).length;
+  await shot(page, 'panel-viewer.png');
+  // asked directly (as a curious user could from the browser), the server refuses
+  obs.viewerContextStatus = await page.evaluate(
+    async ([base, token]) => {
+      const r = await fetch(`${base}atomscale/api/v1/facets/context?purpose=curious`, {
+        headers: { Authorization: `token ${token}` }
+      });
+      return r.status;
+    },
+    [LAB_URL, TOKEN]
+  );
+}
+
 async function main() {
   mkdirSync(ARTIFACTS, { recursive: true });
   const profile = mkdtempSync(join(tmpdir(), 'atomscale-chromium-'));
@@ -125,6 +156,9 @@ async function main() {
       if (/\/atomscale\/api\/v1\/runs(\?|$)/.test(url)) {
         obs.runsRequests.push({ url, t: Date.now() });
       }
+      if (/\/atomscale\/api\/v1\/facets\/context(\?|$)/.test(url)) {
+        (obs.contextFacetRequests ??= []).push(url);
+      }
     });
 
     begin('open lab');
@@ -138,6 +172,11 @@ async function main() {
     await page.waitForSelector(`.jp-SideBar [data-id="atomscale-lab-browser"]`);
     await showPanel(page);
     await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-run`);
+    if (MODE === 'viewer') {
+      await viewerSteps(page);
+      begin('done');
+      return;
+    }
     await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-org dd`);
     await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-category`);
     obs.org = await page.$eval(`${PANEL} .jp-AtomscalePanel-org`, n =>
@@ -364,6 +403,20 @@ async function main() {
     await listReloaded(page, () =>
       page.selectOption(`${PANEL} .jp-AtomscalePanel-facet[data-facet="instrument"]`, '')
     );
+
+    begin('material-system facet narrows the list');
+    const MATERIAL = `${PANEL} .jp-AtomscalePanel-facet[data-facet="material_system"]`;
+    await page.waitForSelector(MATERIAL);
+    obs.materialOptions = await page.$$eval(`${MATERIAL} option`, os =>
+      os.map(o => ({ value: o.value, text: o.textContent }))
+    );
+    await listReloaded(page, () => page.selectOption(MATERIAL, MATERIAL_SYSTEM));
+    obs.materialRuns = await runIds(page);
+    obs.materialTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
+    obs.materialRequest = obs.runsRequests[obs.runsRequests.length - 1].url;
+    await shot(page, 'panel-material.png');
+    await listReloaded(page, () => page.selectOption(MATERIAL, ''));
+    obs.materialClearedTotal = Number(await page.$eval(PANEL, n => n.dataset.total));
 
     begin('dark theme');
     const lightBg = await page.$eval(PANEL, n => getComputedStyle(n).backgroundColor);

@@ -7,6 +7,8 @@
   and user settings that set the panel's page size to ``PAGE_SIZE``; stopped by pid (its
   process group).
   Yields ``{url, token, home, log, settings_dir, page_size, max_points, runs}``.
+- ``viewer_lab`` (module): the same, but through ``labdata.RoleAccess`` with the viewer role's
+  permissions (``data:read`` only), for what a viewer may not see.
 """
 
 import json
@@ -79,9 +81,19 @@ def _write_settings(settings_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A running ``jupyter lab`` serving org ``acme`` with demo data."""
+    yield from _lab(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def viewer_lab(tmp_path_factory):
+    """The same lab, but its user holds the viewer role's permissions (no ``context:join``)."""
+    yield from _lab(tmp_path_factory, role="viewer")
+
+
+def _lab(tmp_path_factory, role: str | None = None):
     from atomscale_lab.vault.kms import generate_root_key
 
-    base = tmp_path_factory.mktemp("lab")
+    base = tmp_path_factory.mktemp("lab" if role is None else f"lab-{role}")
     home = base / "atomscale"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTER"))}
@@ -97,6 +109,9 @@ def lab(tmp_path_factory):
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     })
+    if role is not None:  # the tests' role access class: one role's permissions, real stores
+        env["ATOMSCALE_TEST_ROLE"] = role
+        env["PYTHONPATH"] = str(ROOT / "tests" / "notebook")
     bindir = Path(sys.executable).parent
     cli = str(bindir / "atomscale-lab")
     subprocess.run([cli, "org", "create", ORG, "--region", "us"], env=env, check=True,
@@ -116,10 +131,21 @@ def lab(tmp_path_factory):
                  "--LabApp.expose_app_in_browser=True",
                  "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                  "--LabApp.extension_manager=readonly"]
+        argv = ([cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
+                 "--allow-root", "--root-dir", str(notebooks)]
+                + [f"--jupyter-option={opt}" for opt in extra])
+        if role is not None:
+            # the same command line as `atomscale-lab lab`, with the role access class instead
+            # of the owner's (a second access_class option would be refused, not override)
+            from atomscale_lab.cli.lab import lab_command
+
+            argv = [a if not a.startswith("--AtomscaleLab.access_class=")
+                    else "--AtomscaleLab.access_class=labdata.RoleAccess"
+                    for a in lab_command(ORG, port=port, ip="127.0.0.1", no_browser=True,
+                                         root_dir=str(notebooks),
+                                         extra=[*extra, "--allow-root"])]
         proc = subprocess.Popen(
-            [cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
-             "--allow-root", "--root-dir", str(notebooks)]
-            + [f"--jupyter-option={opt}" for opt in extra],
+            argv,
             env=env, cwd=notebooks, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -168,3 +194,9 @@ class Api:
 def api(lab):
     """A client of the lab's REST API."""
     return Api(lab)
+
+
+@pytest.fixture(scope="module")
+def viewer_api(viewer_lab):
+    """A client of the viewer lab's REST API."""
+    return Api(viewer_lab)

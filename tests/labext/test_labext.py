@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -109,11 +110,18 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     found = api.get("runs", q=query, sort="start", order="desc", page=1, per_page=PAGE_SIZE)
     assert first["total"] == RUNS and 0 < found["total"] < RUNS
 
+    # expected material systems from the labels themselves (POST context/join over every run)
+    every = [x["run_id"] for x in api.get("runs", per_page=500)["runs"]]
+    labels = _material_systems(api, every)
+    counts = Counter(v for v in labels.values() if v)
+    material = min(counts, key=lambda v: (abs(counts[v] - RUNS / 2), v))  # some runs, not all
+    assert 0 < counts[material] < RUNS
+
     for old in artifacts.glob("*.png"):
         old.unlink()
     out = tmp_path / "observations.json"
     env = {"LAB_URL": lab["url"], "LAB_TOKEN": lab["token"], "SEARCH_Q": query,
-           "FACET_INSTRUMENT": "MBE-1",
+           "FACET_INSTRUMENT": "MBE-1", "MATERIAL_SYSTEM": material,
            "ARTIFACTS": str(artifacts), "OUT": str(out), "CHROMIUM": CHROMIUM,
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     r = subprocess.run(["node", "ui-tests/run.mjs"], cwd=labext, env=env, capture_output=True,
@@ -204,6 +212,24 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     assert obs["facetRuns"] == [x["run_id"] for x in mbe["runs"]]
     assert parse_qs(urlparse(obs["facetRequest"]).query)["instrument"] == ["MBE-1"]
 
+    # the owner may join context: a material-system facet with runs per label, which narrows
+    # the list (through the runs filter, stating the sidebar's purpose) to the labelled runs
+    assert "context:join" in status["permissions"]
+    assert obs["materialOptions"][0]["value"] == ""
+    assert {o["value"]: o["text"] for o in obs["materialOptions"][1:]} == {
+        v: f"{v} ({n})" for v, n in sorted(counts.items())}
+    by_label = api.get("runs", material_system=material, purpose="expected values",
+                       sort="start", order="desc", page=1, per_page=PAGE_SIZE)
+    assert obs["materialTotal"] == by_label["total"] == counts[material]
+    assert obs["materialRuns"] == [x["run_id"] for x in by_label["runs"]]
+    assert obs["materialRuns"] and all(labels[r] == material for r in obs["materialRuns"])
+    sent = parse_qs(urlparse(obs["materialRequest"]).query)
+    assert sent["material_system"] == [material] and sent["purpose"] == ["sidebar facet"]
+    assert obs["materialClearedTotal"] == RUNS
+    joins = api.get("audit", action="context.join", limit=100)["events"]
+    sidebar = [e for e in joins if e["detail"].get("purpose") == "sidebar facet"]
+    assert sidebar and all(e["outcome"] == "allowed" for e in sidebar)
+
     # the RHEED plot of the selected run shows the server's analysis; zoom narrows the window
     rh = obs["rheed"]
     doc = api.get(f"runs/{rh['runId']}/rheed", max_points=4 * MAX_POINTS)
@@ -235,6 +261,48 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
 
     ours = [e for e in obs["consoleErrors"] if "atomscale" in e.lower()]
     assert not ours, ours
+
+
+def _material_systems(api, run_ids: list[str]) -> dict[str, str | None]:
+    r = api.s.post(api.base + "context/join", timeout=30, json={
+        "run_ids": run_ids, "fields": ["material_system"], "purpose": "expected values"})
+    assert r.status_code == 200, r.text[:300]
+    found = {x["run_id"]: x.get("material_system") for x in r.json()["labels"]}
+    return {rid: found.get(rid) for rid in run_ids}
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_viewer_sees_no_material_system_facet(labext, artifacts, viewer_lab, viewer_api,
+                                              tmp_path):
+    """A viewer (data:read, no context:join) gets the plain facets only; the server refuses."""
+    lab, api = viewer_lab, viewer_api
+    status = api.get("status")
+    assert status["role"] == "viewer" and "context:join" not in status["permissions"]
+    facets = api.get("facets")
+    out = tmp_path / "observations.json"
+    env = {"LAB_URL": lab["url"], "LAB_TOKEN": lab["token"], "SEARCH_Q": "x",
+           "FACET_INSTRUMENT": "MBE-1", "MODE": "viewer",
+           "ARTIFACTS": str(artifacts), "OUT": str(out), "CHROMIUM": CHROMIUM,
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run(["node", "ui-tests/run.mjs"], cwd=labext, env=env, capture_output=True,
+                       text=True, timeout=240)
+    obs = json.loads(out.read_text()) if out.exists() else {}
+    assert r.returncode == 0, (
+        f"browser run failed at {obs.get('failedStep')!r}: {obs.get('error', '')[:1500]}\n"
+        f"{r.stdout[-1500:]}\n{r.stderr[-1500:]}\nserver log:\n"
+        + lab["log"].read_text(errors="replace")[-2000:])
+    assert obs["steps"][-1] == "done"
+    assert obs["role"] == "viewer"
+    assert obs["viewerFacets"] == ["project", "instrument", "method", "status"]
+    assert obs["viewerTotal"] == lab["runs"] == facets["total"]
+    assert obs["panelContextRequests"] == 0  # the panel did not even ask
+    assert obs["viewerContextStatus"] == 403
+    audit = lab["home"] / "audit" / "acme.jsonl"
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    denied = [e for e in events if e["action"] == "context.join"]
+    assert denied and all(e["outcome"] == "denied" and e["actor"] == "viewer-user"
+                          and e["detail"]["permission"] == "context:join" for e in denied)
 
 
 def _ms(iso: str) -> int:
