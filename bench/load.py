@@ -44,7 +44,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,18 +61,12 @@ sys.path.insert(0, str(ROOT))  # the repository: tests.support
 
 from tests.support import labdata  # noqa: E402
 from tests.support.nbserver import stop_server, wait_ready  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 ORG = "load"
 API = "atomscale/api/v1/"
 WEIGHTS = {"page": 40, "run": 20, "arrow": 15, "ingest": 25}
 BATCH_ROWS = 20
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class JupyterDataServer:
