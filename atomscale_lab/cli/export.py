@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from atomscale_lab.cli.main import (
+from atomscale_lab.cli.common import (
     CliError,
     actor,
     add_format_option,

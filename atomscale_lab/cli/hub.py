@@ -43,7 +43,7 @@ def _write_password(args, username: str, password: str) -> None:
 
 
 def _org_exists(args, org: str) -> None:
-    from atomscale_lab.cli.main import open_vault
+    from atomscale_lab.cli.common import open_vault
 
     v = open_vault(args)
     try:
@@ -53,7 +53,7 @@ def _org_exists(args, org: str) -> None:
 
 
 def _audit(args, org: str, action: str, **detail) -> None:
-    from atomscale_lab.cli.main import actor, open_vault
+    from atomscale_lab.cli.common import actor, open_vault
 
     v = open_vault(args)
     try:
@@ -117,7 +117,7 @@ def cmd_users_remove(args) -> int:
 def cmd_users_sync(args) -> int:
     """Create the Unix accounts of an org's users and its data server's service account, and
     give that account (only) the org's data folder."""
-    from atomscale_lab.cli.main import open_vault
+    from atomscale_lab.cli.common import open_vault
     from atomscale_lab.hub.users import ensure_unix_user, lock_home, share_org_data
 
     _org_exists(args, args.org)

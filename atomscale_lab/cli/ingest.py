@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(subparsers, org_subparsers=None):
     """Add ``apikey create|list|revoke`` and ``ingest serve|import`` to the admin command."""
-    from atomscale_lab.cli.main import add_format_option, add_org_argument
+    from atomscale_lab.cli.common import add_format_option, add_org_argument
     from atomscale_lab.ingest.options import add_serve_arguments
     ak = subparsers.add_parser(
         "apikey", help="issue, list and revoke org API keys for instruments",
@@ -73,7 +73,7 @@ def register(subparsers, org_subparsers=None):
 
 
 def _keys(args):
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
     from atomscale_lab.ingest.apikeys import for_vault
 
     return for_vault(cli.open_vault(args))
@@ -81,7 +81,7 @@ def _keys(args):
 
 def cmd_apikey_create(args) -> int:
     """Print a new key once (stdout); what to do with it goes to stderr."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
     from atomscale_lab.ingest.apikeys import parse_duration
 
     keys = _keys(args)
@@ -96,7 +96,7 @@ def cmd_apikey_create(args) -> int:
 
 def cmd_apikey_list(args) -> int:
     """List keys: prefix, name, scopes, created, expires, last used, state."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
 
     rows = _keys(args).list(args.org)
     if args.format == "json":
@@ -116,7 +116,7 @@ def cmd_apikey_list(args) -> int:
 
 def cmd_apikey_revoke(args) -> int:
     """Revoke a key by prefix."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
 
     rec = _keys(args).revoke(args.org, args.prefix, actor=cli.actor(args))
     sys.stdout.write(f"revoked API key {rec['prefix']} of org {rec['org']}\n")
@@ -128,7 +128,7 @@ def cmd_ingest_serve(args) -> int:
     import asyncio
     import logging
 
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
     from atomscale_lab.ingest.service import serve
 
     logging.basicConfig(level=logging.INFO,
@@ -139,7 +139,7 @@ def cmd_ingest_serve(args) -> int:
 
 def cmd_ingest_import(args) -> int:
     """Import a file through the vault (needs the root key)."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
     from atomscale_lab.ingest.importer import import_file
 
     org, file = args.org, args.file

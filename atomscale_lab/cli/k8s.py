@@ -32,7 +32,7 @@ def cmd_k8s_render(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``atomscale-lab k8s``."""
-    from atomscale_lab.cli.main import _Parser
+    from atomscale_lab.cli.common import _Parser
 
     d = K8sOptions()
     k = subparsers.add_parser("k8s", help="Kubernetes manifests of an org",

@@ -27,7 +27,7 @@ def _spec_class(spec: str):
 
 def cmd_kms_status(args) -> int:
     """Print the KMS in use and the wrapping-key ids of the stored keys (no material)."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
 
     vault = cli.open_vault(args)
     try:
@@ -67,7 +67,7 @@ def cmd_kms_init(args) -> int:
 
 def cmd_kms_rotate(args) -> int:
     """Rotate the wrapping key in the KMS and re-wrap every stored key under the new version."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
 
     vault = cli.open_vault(args)
     try:
@@ -91,7 +91,7 @@ def cmd_kms_rotate(args) -> int:
 
 def cmd_kms_migrate(args) -> int:
     """Re-wrap every stored key from the KMS in use to the plug-in named by ``--to``."""
-    from atomscale_lab.cli import main as cli
+    from atomscale_lab.cli import common as cli
     from atomscale_lab.vault.kms import load_kms
 
     new_kms = load_kms(args.to)
@@ -109,8 +109,8 @@ def cmd_kms_migrate(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``atomscale-lab kms``."""
-    from atomscale_lab.cli import main as cli
-    from atomscale_lab.cli.main import _Parser
+    from atomscale_lab.cli import common as cli
+    from atomscale_lab.cli.common import _Parser
 
     k = subparsers.add_parser(
         "kms", help="the root key in an external KMS (Vault/OpenBao transit, AWS KMS)",

@@ -60,7 +60,7 @@ def lab_command(org: str, *, port: int = 8888, ip: str = "127.0.0.1", no_browser
 
 def cmd_lab(args) -> int:
     """Check the org and the root key, then replace this process with Jupyter."""
-    from atomscale_lab.cli.main import open_vault
+    from atomscale_lab.cli.common import open_vault
     from atomscale_lab.vault.settings import ENV_HOME, load_root_key_text
 
     vault = open_vault(args)

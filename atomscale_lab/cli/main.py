@@ -28,8 +28,6 @@ the deployment with :func:`open_vault`, the audit actor with :func:`actor`, and 
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import importlib
 import importlib.util
 import inspect
@@ -39,115 +37,27 @@ import sys
 from pathlib import Path
 
 from atomscale_lab import __version__
+from atomscale_lab.cli.common import (
+    PROG,
+    CliError,
+    UsageError,
+    _human,
+    _Parser,
+    actor,
+    add_format_option,
+    add_org_argument,
+    open_vault,
+    print_json,
+    progress,
+    warn,
+)
 from atomscale_lab.errors import AtomscaleError, NotFound, RootKeyError, ValidationError
 
-PROG = "atomscale-lab"
 PLUGINS = ["atomscale_lab.cli.lab", "atomscale_lab.cli.ingest", "atomscale_lab.cli.hub"]
 PLUGINS += ["atomscale_lab.cli.kms", "atomscale_lab.cli.k8s"]
 """Modules that may add commands through ``register(subparsers, org_subparsers)``."""
 ENV_NEW_ROOT_KEY = "ATOMSCALE_NEW_ROOT_KEY"
 
-
-
-class CliError(AtomscaleError):
-    """A command was used wrongly (refused confirmation, missing option)."""
-
-
-class UsageError(CliError):
-    """A command line that cannot work as given (a missing argument): exit 2 like argparse."""
-
-    exit_code = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line, like every other error."""
-
-    def error(self, message):
-        """Print ``atomscale-lab: error: ...`` with a pointer to --help and exit 2."""
-        sys.stderr.write(f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
-        raise SystemExit(2)
-
-
-# -- utilities for commands (also used by plug-ins) ------------------------------------------------
-
-
-def open_vault(args=None):
-    """The deployment's :class:`~atomscale_lab.vault.facade.Vault` (``--home`` honoured)."""
-    from atomscale_lab.vault.facade import Vault
-    from atomscale_lab.vault.settings import Settings
-
-    home = getattr(args, "home", None) if args is not None else None
-    return Vault(Settings.load(home))
-
-
-def actor(args=None) -> str:
-    """The name audit events of this command carry: the login name of whoever runs it."""
-    name = os.environ.get("ATOMSCALE_ACTOR")
-    if name:
-        return name
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "admin"
-
-
-def progress(args=None, **kw):
-    """A tqdm bar on stderr (hidden when stderr is not a terminal or with ``--quiet``)."""
-    from tqdm import tqdm
-
-    quiet = bool(getattr(args, "quiet", False))
-    kw.setdefault("file", sys.stderr)
-    kw.setdefault("leave", False)
-    kw.setdefault("dynamic_ncols", True)
-    return tqdm(disable=True if quiet else None, **kw)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    sys.stderr.write(f"{PROG}: warning: {message}\n")
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def print_json(doc) -> None:
-    """Print ``doc`` as indented JSON on stdout (times and paths as strings)."""
-    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
-
-
-_print_json = print_json
-
-
-ORG_HELP = "org name"
-
-
-def add_org_argument(parser, *, optional: bool = False, dest: str = "name",
-                     help: str = ORG_HELP):
-    """The org argument, spelled ``ORG`` in every command (the first positional argument)."""
-    kw = {"nargs": "?"} if optional else {}
-    return parser.add_argument(dest, metavar="ORG", help=help, **kw)
-
-
-def add_format_option(parser, choices=("text", "json"), default: str | None = "text",
-                      help: str | None = None, required: bool = False, alias: bool = True):
-    """``--format``: the one spelling of an output format; ``--json`` stays as a hidden,
-    deprecated alias of ``--format json`` where JSON is a choice."""
-    kw = {"required": True} if required else {"default": default}
-    parser.add_argument("--format", choices=choices, dest="format",
-                        help=help or f"output format: {', '.join(choices)}"
-                        + (f" (default {default})" if default and not required else ""), **kw)
-    if alias and "json" in choices:
-        parser.add_argument("--json", action="store_const", const="json", dest="format",
-                            help=argparse.SUPPRESS)
-
-
-# -- root-key --------------------------------------------------------------------------------------
 
 
 def cmd_root_key_generate(args) -> int:
@@ -205,7 +115,7 @@ def cmd_org_list(args) -> int:
     vault = open_vault(args)
     orgs = vault.orgs(include_deleted=True) if args.all else vault.orgs()
     if args.format == "json":
-        _print_json(orgs)
+        print_json(orgs)
         return 0
     if not orgs:
         print("no orgs yet (create one with `atomscale-lab org create NAME --region REGION`)")
@@ -223,7 +133,7 @@ def cmd_org_show(args) -> int:
     """Show an org's region, keys (fingerprints only) and tables."""
     info = open_vault(args).org_info(args.name)
     if args.format == "json":
-        _print_json(info)
+        print_json(info)
         return 0
     print(f"org       {info['name']}")
     print(f"region    {info['region']}")
@@ -359,7 +269,7 @@ def cmd_context_show(args) -> int:
     doc = {k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v)
            for k, v in row.items()}
     if args.format == "json":
-        _print_json(doc)
+        print_json(doc)
         return 0
     for k, v in doc.items():
         if isinstance(v, list):
@@ -463,7 +373,7 @@ def cmd_audit_show(args) -> int:
     log, _ = _audit_of(args)
     events = log.events(limit=args.limit, action=args.action, actor=args.actor)
     if args.format == "json":
-        _print_json(events)
+        print_json(events)
         return 0
     for e in events:
         detail = json.dumps(e["detail"], sort_keys=True, separators=(",", ":"))
