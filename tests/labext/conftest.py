@@ -111,7 +111,7 @@ def _lab(tmp_path_factory, role: str | None = None):
     })
     if role is not None:  # the tests' role access class: one role's permissions, real stores
         env["ATOMSCALE_TEST_ROLE"] = role
-        env["PYTHONPATH"] = str(ROOT / "tests" / "notebook")
+        env["PYTHONPATH"] = str(ROOT)  # the repository: tests.support.labdata
     bindir = Path(sys.executable).parent
     cli = str(bindir / "atomscale-lab")
     subprocess.run([cli, "org", "create", ORG, "--region", "us"], env=env, check=True,
@@ -140,7 +140,7 @@ def _lab(tmp_path_factory, role: str | None = None):
             from atomscale_lab.cli.lab import lab_command
 
             argv = [a if not a.startswith("--AtomscaleLab.access_class=")
-                    else "--AtomscaleLab.access_class=labdata.RoleAccess"
+                    else "--AtomscaleLab.access_class=tests.support.labdata.RoleAccess"
                     for a in lab_command(ORG, port=port, ip="127.0.0.1", no_browser=True,
                                          root_dir=str(notebooks),
                                          extra=[*extra, "--allow-root"])]

@@ -21,7 +21,7 @@ def jp_server_config(lab_env):
     return {
         "ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
                       "allow_unauthenticated_access": False},
-        "AtomscaleLab": {"org": "acme", "access_class": "labdata.RoleAccess",
+        "AtomscaleLab": {"org": "acme", "access_class": "tests.support.labdata.RoleAccess",
                          "scrub_root_key": False, "export_url": False},
     }
 

@@ -6,8 +6,8 @@
 - ``roles_env``: that home and root key in the environment of one test.
 - ``tokens`` (session): a bearer token per test user ``<role>@<org>`` (every role of both orgs).
 - ``jp_server_config``: pytest-jupyter's in-process server serving ``acme`` with
-  ``role_support.TokenUsers`` (token → user) and ``role_support.ScopeAccess`` (user → the role's
-  hub scopes → permissions); unauthenticated access refused.
+  ``tests.support.roles.TokenUsers`` (token → user) and ``tests.support.roles.ScopeAccess``
+  (user → the role's hub scopes → permissions); unauthenticated access refused.
 - ``call``: ``await call(user, method, *path, params=, body=, headers=)`` → ``(status, body)``.
 - ``audit_lines(org)``: the org's audit events as dicts, oldest first.
 """

@@ -18,7 +18,7 @@ permissions, audit_action, expected); ``expected_status(template, method, role, 
 status a request must get (200/201 or 403); ``audit_action(template, method)`` the action a
 refusal is recorded under (``AUDITED_WHEN_ALLOWED`` says which are recorded when allowed too);
 ``user_scopes(org, role)`` is the scope list a hub token of that role carries. A valid request
-per operation on the ``labdata`` runs is ``role_support.sample_request(template, method)``.
+per operation on the ``labdata`` runs is ``tests.support.roles.sample_request(template, method)``.
 """
 
 from __future__ import annotations
