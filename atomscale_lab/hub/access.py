@@ -194,11 +194,15 @@ class HubAccess:
     def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
                      actor: str):
         """Labels from the context service (audited there as ``context.join``)."""
-        import pandas as pd
-
         if actor != self.owner:
             raise PermissionDenied("only this server's owner can join context labels")
-        doc = self._call("POST", CONTEXT_SERVICE, f"orgs/{self.org}/join",
+        return self._context_labels(run_ids, fields, purpose)
+
+    def _context_labels(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
+                        token: str | None = None):
+        import pandas as pd
+
+        doc = self._call("POST", CONTEXT_SERVICE, f"orgs/{self.org}/join", token=token,
                          json={"run_ids": list(run_ids), "fields": list(fields),
                                "purpose": purpose})
         frame = pd.DataFrame(doc.get("labels", []))

@@ -42,7 +42,7 @@ from urllib.parse import urlencode
 from tornado import web
 
 from atomscale_lab.errors import AtomscaleError, KeyUnavailable, PermissionDenied, http_status
-from atomscale_lab.hub.access import CONTEXT_SERVICE, KEYS_SERVICE, HubAccess, _env, answer
+from atomscale_lab.hub.access import KEYS_SERVICE, HubAccess, _env, answer
 from atomscale_lab.hub.roles import data_service_name, permissions_from_scopes
 from atomscale_lab.hub.services.base import ServiceApp
 from atomscale_lab.server.handlers import (
@@ -208,17 +208,9 @@ class DataServerAccess(HubAccess):
                      actor: str):
         """Labels from the context service, asked with the caller's own token (audited there
         as the caller)."""
-        import pandas as pd
-
         if not isinstance(actor, Caller):
             raise PermissionDenied("context joins need the caller's identity")
-        doc = self._call("POST", CONTEXT_SERVICE, f"orgs/{self.org}/join", token=actor.token,
-                         json={"run_ids": list(run_ids), "fields": list(fields),
-                               "purpose": purpose})
-        frame = pd.DataFrame(doc.get("labels", []))
-        if frame.empty:
-            frame = pd.DataFrame(columns=["run_id", *fields])
-        return frame
+        return self._context_labels(run_ids, fields, purpose, token=actor.token)
 
 
 class OrgServiceHolder:
