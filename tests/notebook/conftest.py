@@ -24,6 +24,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403
 
 from tests.support import labdata
 from tests.support.nbserver import start_server, stop_server
+from tests.support.vault import use_deployment
 
 ORG = "acme"
 
@@ -52,11 +53,7 @@ def lab_data(tmp_path_factory):
 @pytest.fixture
 def lab_env(lab_data, monkeypatch):
     """The demo home and root key in the environment of this test."""
-    monkeypatch.setenv("ATOMSCALE_HOME", str(lab_data["home"]))
-    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", lab_data["root_key"])
-    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
-                "ATOMSCALE_REGION", "ATOMSCALE_LAB_URL", "ATOMSCALE_ORG"):
-        monkeypatch.delenv(var, raising=False)
+    use_deployment(monkeypatch, lab_data["home"], lab_data["root_key"])
     return lab_data
 
 

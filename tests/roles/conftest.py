@@ -23,6 +23,7 @@ from tornado.httpclient import HTTPClientError
 
 from tests.support import labdata, role_matrix
 from tests.support.roles import user_name
+from tests.support.vault import use_deployment
 
 HERE = Path(__file__).parent
 
@@ -60,11 +61,7 @@ def roles_home(tmp_path_factory):
 @pytest.fixture
 def roles_env(roles_home, monkeypatch):
     """The role suite's home and root key in the environment."""
-    monkeypatch.setenv("ATOMSCALE_HOME", str(roles_home["home"]))
-    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", roles_home["root_key"])
-    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
-                "ATOMSCALE_REGION", "ATOMSCALE_LAB_URL", "ATOMSCALE_ORG"):
-        monkeypatch.delenv(var, raising=False)
+    use_deployment(monkeypatch, roles_home["home"], roles_home["root_key"])
     return roles_home
 
 

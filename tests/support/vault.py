@@ -66,3 +66,13 @@ def run_reader(tmp: Path, keys: OrgKeys, org: str = "a", table: str = "process/s
             str(tmp / "registry.sqlite") if heads else "-"]
     return subprocess.run(args, input=json.dumps(keys.to_json()), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def use_deployment(monkeypatch, home, root_key: str) -> None:
+    """Point this test's environment at the deployment ``home`` with ``root_key`` (and nothing
+    else: no other root-key file, roots, region, server URL or org from the outer environment)."""
+    monkeypatch.setenv("ATOMSCALE_HOME", str(home))
+    monkeypatch.setenv("ATOMSCALE_ROOT_KEY", root_key)
+    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
+                "ATOMSCALE_REGION", "ATOMSCALE_LAB_URL", "ATOMSCALE_ORG"):
+        monkeypatch.delenv(var, raising=False)
