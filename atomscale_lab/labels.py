@@ -13,14 +13,16 @@ LABEL_SUFFIX = "_label"
 """Suffix of a label whose field name the frame already has (``sample`` → ``sample_label``)."""
 
 
-def join_labels(frame: pd.DataFrame, labels: pd.DataFrame, fields: Sequence[str],
-                on: str = "run_id") -> pd.DataFrame:
+def join_labels(
+    frame: pd.DataFrame, labels: pd.DataFrame, fields: Sequence[str], on: str = "run_id"
+) -> pd.DataFrame:
     """``frame`` left-joined with ``labels`` (``run_id`` + ``fields``) on ``frame[on]``.
 
     The result keeps ``frame``'s index and row order; rows without labels get nulls.
     """
-    labels = labels.rename(columns={
-        f: f + LABEL_SUFFIX for f in fields if f in frame.columns and f != on})
+    labels = labels.rename(
+        columns={f: f + LABEL_SUFFIX for f in fields if f in frame.columns and f != on}
+    )
     if on != "run_id":
         labels = labels.rename(columns={"run_id": on})
     keyed = frame.copy()

@@ -37,11 +37,38 @@ ORG_GROUP_PREFIX = "as-org-"
 SERVICE_PREFIX = "as-svc-"
 """Unix group of an org's members: ``as-org-<org>``."""
 
-RESERVED_ORGS = frozenset({
-    "org", "orgs", "role", "roles", "group", "groups", "user", "users", "service", "services",
-    "svc", "hub", "api", "admin", "admins", "root", "system", "deployment", "support", "data",
-    "keys", "context", "ingest", "proxy", "jupyterhub", "default", "all", "none",
-})
+RESERVED_ORGS = frozenset(
+    {
+        "org",
+        "orgs",
+        "role",
+        "roles",
+        "group",
+        "groups",
+        "user",
+        "users",
+        "service",
+        "services",
+        "svc",
+        "hub",
+        "api",
+        "admin",
+        "admins",
+        "root",
+        "system",
+        "deployment",
+        "support",
+        "data",
+        "keys",
+        "context",
+        "ingest",
+        "proxy",
+        "jupyterhub",
+        "default",
+        "all",
+        "none",
+    }
+)
 """Org names that would read as (or collide with) group prefixes, services or the deployment."""
 RESERVED_ORG_PREFIXES = ("atomscale", "jupyterhub", "service-", "svc-", "org-", "role-")
 RESERVED_USER_PREFIXES = ("atomscale", "jupyterhub", "service-", "svc-", "org-", "role-")
@@ -54,8 +81,10 @@ def check_name(name, what: str = "user name") -> str:
     org = what.startswith("org")
     pattern, longest = (NAME_RE, 32) if org else (USER_RE, 64)
     if not isinstance(name, str) or not pattern.match(name):
-        raise ValidationError(f"invalid {what} {name!r}: use 2-{longest} of a-z, 0-9 and '-', "
-                              "starting with a letter", field=what)
+        raise ValidationError(
+            f"invalid {what} {name!r}: use 2-{longest} of a-z, 0-9 and '-', starting with a letter",
+            field=what,
+        )
     return name
 
 
@@ -63,8 +92,11 @@ def check_new_org(name) -> str:
     """A valid org name that is not reserved (for creating an org)."""
     check_name(name, "org name")
     if name in RESERVED_ORGS or name.startswith(RESERVED_ORG_PREFIXES):
-        raise ValidationError(f"the org name {name!r} is reserved (it would read as a group, "
-                              "service or deployment name); choose another", field="org name")
+        raise ValidationError(
+            f"the org name {name!r} is reserved (it would read as a group, "
+            "service or deployment name); choose another",
+            field="org name",
+        )
     return name
 
 
@@ -72,8 +104,11 @@ def check_new_user(name) -> str:
     """A valid user name without a reserved head (for creating a user)."""
     check_name(name)
     if name.startswith(RESERVED_USER_PREFIXES) or name in RESERVED_ORGS:
-        raise ValidationError(f"the user name {name!r} is reserved (service and system "
-                              "identities use it); choose another", field="user name")
+        raise ValidationError(
+            f"the user name {name!r} is reserved (service and system "
+            "identities use it); choose another",
+            field="user name",
+        )
     return name
 
 
@@ -117,8 +152,11 @@ def check_unix_free(mapped: str, name: str, taken: dict[str, str], what: str) ->
     """
     other = taken.get(mapped)
     if other is not None and other != name:
-        raise ValidationError(f"the {what} {name!r} maps to the Unix name {mapped!r} of "
-                              f"{other!r}; choose another name", field=what)
+        raise ValidationError(
+            f"the {what} {name!r} maps to the Unix name {mapped!r} of "
+            f"{other!r}; choose another name",
+            field=what,
+        )
 
 
 # ---------------------------------------------------------------- hub groups

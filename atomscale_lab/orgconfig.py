@@ -56,16 +56,23 @@ def _text(value, name: str, limit: int = MAX_NAME) -> str:
 
 def _instrument_names(value) -> dict:
     if not isinstance(value, dict):
-        raise ValidationError("instrument_names must be an object {instrument id: display name}",
-                              field="instrument_names")
+        raise ValidationError(
+            "instrument_names must be an object {instrument id: display name}",
+            field="instrument_names",
+        )
     if len(value) > MAX_INSTRUMENTS:
-        raise ValidationError(f"instrument_names may name at most {MAX_INSTRUMENTS} instruments",
-                              field="instrument_names")
+        raise ValidationError(
+            f"instrument_names may name at most {MAX_INSTRUMENTS} instruments",
+            field="instrument_names",
+        )
     out = {}
     for key, name in value.items():
         if not isinstance(key, str) or not _ID.match(key):
-            raise ValidationError(f"instrument id {key!r} is not valid (letters, digits and "
-                                  "._:- up to 64 characters)", field="instrument_names")
+            raise ValidationError(
+                f"instrument id {key!r} is not valid (letters, digits and "
+                "._:- up to 64 characters)",
+                field="instrument_names",
+            )
         out[key] = _text(name, f"instrument_names.{key}")
     return dict(sorted(out.items()))
 
@@ -76,21 +83,30 @@ def _units(value) -> dict:
     out = dict(DEFAULTS["units"])
     for quantity, unit in value.items():
         if quantity not in UNIT_CHOICES:
-            raise ValidationError(f"unknown unit preference {quantity!r}; expected one of "
-                                  f"{', '.join(UNIT_CHOICES)}", field=f"units.{quantity}")
+            raise ValidationError(
+                f"unknown unit preference {quantity!r}; expected one of {', '.join(UNIT_CHOICES)}",
+                field=f"units.{quantity}",
+            )
         if unit not in UNIT_CHOICES[quantity]:
-            raise ValidationError(f"units.{quantity} must be one of "
-                                  f"{', '.join(UNIT_CHOICES[quantity])}, not {unit!r}",
-                                  field=f"units.{quantity}")
+            raise ValidationError(
+                f"units.{quantity} must be one of "
+                f"{', '.join(UNIT_CHOICES[quantity])}, not {unit!r}",
+                field=f"units.{quantity}",
+            )
         out[quantity] = unit
     return out
 
 
 def _page_size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or not MIN_PAGE_SIZE <= value <= MAX_PAGE_SIZE:
-        raise ValidationError(f"sidebar_page_size must be an integer from {MIN_PAGE_SIZE} to "
-                              f"{MAX_PAGE_SIZE}", field="sidebar_page_size")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_PAGE_SIZE <= value <= MAX_PAGE_SIZE
+    ):
+        raise ValidationError(
+            f"sidebar_page_size must be an integer from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}",
+            field="sidebar_page_size",
+        )
     return value
 
 
@@ -114,8 +130,10 @@ def validate(doc) -> dict:
         raise TooLarge(f"the configuration is {size} bytes; at most {MAX_BYTES} are accepted")
     unknown = sorted(set(doc) - set(DEFAULTS))
     if unknown:
-        raise ValidationError(f"unknown setting {unknown[0]!r}; the settings are "
-                              f"{', '.join(DEFAULTS)}", field=unknown[0])
+        raise ValidationError(
+            f"unknown setting {unknown[0]!r}; the settings are {', '.join(DEFAULTS)}",
+            field=unknown[0],
+        )
     out = defaults()
     for name, value in doc.items():
         out[name] = _CHECKS[name](value) if value is not None else DEFAULTS[name]

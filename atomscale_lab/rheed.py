@@ -37,16 +37,39 @@ import numpy as np
 import pandas as pd
 
 MONOLAYER_NM = {
-    "GaAs": 0.28267, "AlGaAs": 0.28267, "AlAs": 0.28305, "InAs": 0.30292, "InP": 0.29345,
-    "GaN": 0.25926, "AlN": 0.24905, "SrTiO3": 0.3905, "La0.7Sr0.3MnO3": 0.3876,
-    "LaAlO3": 0.379, "BaTiO3": 0.4036, "Si": 0.13577, "Ge": 0.14144,
+    "GaAs": 0.28267,
+    "AlGaAs": 0.28267,
+    "AlAs": 0.28305,
+    "InAs": 0.30292,
+    "InP": 0.29345,
+    "GaN": 0.25926,
+    "AlN": 0.24905,
+    "SrTiO3": 0.3905,
+    "La0.7Sr0.3MnO3": 0.3876,
+    "LaAlO3": 0.379,
+    "BaTiO3": 0.4036,
+    "Si": 0.13577,
+    "Ge": 0.14144,
 }
 """Thickness of one monolayer (zinc-blende: a/2 on (001); wurtzite: c/2; perovskites: one unit
 cell a) in nm, by film. :func:`monolayer_nm` also understands materials systems like
 ``"GaAs/AlGaAs"`` (film before the slash)."""
 
-AMBIENT_SHUTTERS = ("as", "p", "sb", "n", "n_plasma", "n2", "o", "o2", "o_plasma", "plasma",
-                    "gas", "se", "s")
+AMBIENT_SHUTTERS = (
+    "as",
+    "p",
+    "sb",
+    "n",
+    "n_plasma",
+    "n2",
+    "o",
+    "o2",
+    "o_plasma",
+    "plasma",
+    "gas",
+    "se",
+    "s",
+)
 """Shutter names (after ``shutter_``) that set the ambient (group V, chalcogen, gas) rather than
 start growth."""
 
@@ -57,10 +80,28 @@ DRIFT_TOLERANCE = 0.05
 """Default relative deviation of the measured rate from the recipe that flags a run."""
 
 LAYER_COLUMNS = ["window", "layer", "start", "end", "period_s", "period_err_s"]
-SUMMARY_COLUMNS = ["window", "start", "end", "shutters", "duration_s", "rheed_start",
-                   "rheed_end", "period_s", "period_err_s", "rate_ml_s", "rate_err_ml_s",
-                   "rate_nm_s", "layers_observed", "monolayers", "thickness_nm",
-                   "recipe_rate_ml_s", "rate_deviation", "drift", "period_trend", "status"]
+SUMMARY_COLUMNS = [
+    "window",
+    "start",
+    "end",
+    "shutters",
+    "duration_s",
+    "rheed_start",
+    "rheed_end",
+    "period_s",
+    "period_err_s",
+    "rate_ml_s",
+    "rate_err_ml_s",
+    "rate_nm_s",
+    "layers_observed",
+    "monolayers",
+    "thickness_nm",
+    "recipe_rate_ml_s",
+    "rate_deviation",
+    "drift",
+    "period_trend",
+    "status",
+]
 
 
 def monolayer_nm(material: str | None) -> float | None:
@@ -94,6 +135,7 @@ class RheedAnalysis:
 
 
 # --- growth windows ---------------------------------------------------------------------------
+
 
 def _is_ambient(channel: str) -> bool:
     name = channel.lower().removeprefix("shutter_")
@@ -138,6 +180,7 @@ def growth_windows(shutters: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[d
 
 # --- oscillation analysis ---------------------------------------------------------------------
 
+
 def _robust_sigma(x: np.ndarray) -> float:
     if x.size < 2:
         return 0.0
@@ -155,8 +198,11 @@ def _noise_sigma(osc: np.ndarray, per: float) -> float:
         return _robust_sigma(osc)
     resid = osc - savgol_filter(osc, width, 2)
     # the smoothing absorbs part of the noise: scale back for a quadratic over ``width`` points
-    return float(1.4826 * np.median(np.abs(resid - np.median(resid)))
-                 / np.sqrt(1 - 3 * (3 * width * width - 7) / (4 * width * (width * width - 4))))
+    return float(
+        1.4826
+        * np.median(np.abs(resid - np.median(resid)))
+        / np.sqrt(1 - 3 * (3 * width * width - 7) / (4 * width * (width * width - 4)))
+    )
 
 
 def _onset(t: np.ndarray, y: np.ndarray, earliest: float | None) -> float | None:
@@ -174,7 +220,7 @@ def _onset(t: np.ndarray, y: np.ndarray, earliest: float | None) -> float | None
     start = 1 if earliest is None else max(1, int(np.searchsorted(t, earliest)))
     run = 3
     for i in range(start, y.size - run):
-        if below[i:i + run].all():
+        if below[i : i + run].all():
             # step back to the last sample still at the pre-growth level
             j = i
             while j > start and y[j - 1] < level - sigma:
@@ -238,8 +284,9 @@ def _maxima(t, osc, period, sigma):
 
     dt = float(np.median(np.diff(t)))
     per = period / dt
-    idx, props = find_peaks(osc, distance=max(1, int(0.6 * per)),
-                            prominence=3 * sigma if sigma > 0 else None)
+    idx, props = find_peaks(
+        osc, distance=max(1, int(0.6 * per)), prominence=3 * sigma if sigma > 0 else None
+    )
     half = max(2, int(round(per / 4)))
     out = []
     for i in idx:
@@ -271,7 +318,7 @@ def _consecutive(times: np.ndarray, errs: np.ndarray, period: float):
             cur = 0
     if best == 0:
         return times[:1], errs[:1]
-    return times[best_start:best_start + best + 1], errs[best_start:best_start + best + 1]
+    return times[best_start : best_start + best + 1], errs[best_start : best_start + best + 1]
 
 
 def _fit_period(times: np.ndarray, errs: np.ndarray):
@@ -283,7 +330,7 @@ def _fit_period(times: np.ndarray, errs: np.ndarray):
     cov = np.linalg.inv(a_mat.T @ aw)
     coef = cov @ (aw.T @ times)
     resid = times - a_mat @ coef
-    chi2 = float((resid ** 2 * w).sum()) / max(1, times.size - 2)
+    chi2 = float((resid**2 * w).sum()) / max(1, times.size - 2)
     # an under-estimated per-point error must not make the period look better than it is
     sigma_t = float(np.sqrt(cov[1, 1] * max(1.0, chi2)))
     trend = np.nan
@@ -294,9 +341,15 @@ def _fit_period(times: np.ndarray, errs: np.ndarray):
     return float(coef[1]), sigma_t, trend
 
 
-def analyze(time_s, intensity, *, shutters: dict | None = None,
-            recipe_rate: float | None = None, ml_nm: float | None = None,
-            drift_tolerance: float = DRIFT_TOLERANCE) -> RheedAnalysis:
+def analyze(
+    time_s,
+    intensity,
+    *,
+    shutters: dict | None = None,
+    recipe_rate: float | None = None,
+    ml_nm: float | None = None,
+    drift_tolerance: float = DRIFT_TOLERANCE,
+) -> RheedAnalysis:
     """Analyse one RHEED specular-intensity trace.
 
     ``time_s``/``intensity``: the trace (seconds, any origin). ``shutters``: ``{channel: (times,
@@ -320,27 +373,45 @@ def analyze(time_s, intensity, *, shutters: dict | None = None,
     onset = None
     layer_rows, rows = [], []
     for w_i, win in enumerate(windows, start=1):
-        row = {"window": w_i, "start": win["start"], "end": win["end"],
-               "shutters": "+".join(win["shutters"]), "duration_s": win["end"] - win["start"],
-               "rheed_start": np.nan, "rheed_end": np.nan, "period_s": np.nan,
-               "period_err_s": np.nan, "rate_ml_s": np.nan, "rate_err_ml_s": np.nan,
-               "rate_nm_s": np.nan, "layers_observed": 0, "monolayers": np.nan,
-               "thickness_nm": np.nan, "recipe_rate_ml_s": recipe_rate, "rate_deviation": np.nan,
-               "drift": False, "period_trend": np.nan, "status": "no RHEED"}
+        row = {
+            "window": w_i,
+            "start": win["start"],
+            "end": win["end"],
+            "shutters": "+".join(win["shutters"]),
+            "duration_s": win["end"] - win["start"],
+            "rheed_start": np.nan,
+            "rheed_end": np.nan,
+            "period_s": np.nan,
+            "period_err_s": np.nan,
+            "rate_ml_s": np.nan,
+            "rate_err_ml_s": np.nan,
+            "rate_nm_s": np.nan,
+            "layers_observed": 0,
+            "monolayers": np.nan,
+            "thickness_nm": np.nan,
+            "recipe_rate_ml_s": recipe_rate,
+            "rate_deviation": np.nan,
+            "drift": False,
+            "period_trend": np.nan,
+            "status": "no RHEED",
+        }
         rows.append(row)
         # shutter logs are coarse: look from one log step before the window opened
         slack = 0.0 if not shutters else _log_step(shutters)
         sel = (t >= win["start"] - slack) & (t <= win["end"])
         if w_i == 1 and shutters:
-            sel = (t <= win["end"])  # the pre-growth trace gives the reference level
+            sel = t <= win["end"]  # the pre-growth trace gives the reference level
         tw, yw = t[sel], y[sel]
         if tw.size < 24:
             continue
         win_start = win["start"]
         if w_i == 1:
             onset = _onset(tw, yw, win["start"] - slack if shutters else None)
-            near = abs(onset - win["start"]) <= slack + 4 * float(np.median(np.diff(tw))) \
-                if onset is not None else False
+            near = (
+                abs(onset - win["start"]) <= slack + 4 * float(np.median(np.diff(tw)))
+                if onset is not None
+                else False
+            )
             if onset is not None and (not shutters or near):
                 win_start = onset
                 row["start"] = onset
@@ -369,51 +440,85 @@ def analyze(time_s, intensity, *, shutters: dict | None = None,
         for k in range(mt.size - 1):
             # maxima mark completed layers: number them from the start of growth
             n = int(round((mt[k + 1] - win_start) / period)) if w_i == 1 else k + 1
-            layer_rows.append({"window": w_i, "layer": n, "start": float(mt[k]),
-                               "end": float(mt[k + 1]), "period_s": float(mt[k + 1] - mt[k]),
-                               "period_err_s": float(np.hypot(me[k], me[k + 1]))})
+            layer_rows.append(
+                {
+                    "window": w_i,
+                    "layer": n,
+                    "start": float(mt[k]),
+                    "end": float(mt[k + 1]),
+                    "period_s": float(mt[k + 1] - mt[k]),
+                    "period_err_s": float(np.hypot(me[k], me[k + 1])),
+                }
+            )
         rate = 1 / period
-        row.update({"period_s": period, "period_err_s": perr, "rate_ml_s": rate,
-                    "rate_err_ml_s": perr / period ** 2, "layers_observed": int(mt.size - 1),
-                    "monolayers": row["duration_s"] / period, "period_trend": trend,
-                    "status": "ok"})
+        row.update(
+            {
+                "period_s": period,
+                "period_err_s": perr,
+                "rate_ml_s": rate,
+                "rate_err_ml_s": perr / period**2,
+                "layers_observed": int(mt.size - 1),
+                "monolayers": row["duration_s"] / period,
+                "period_trend": trend,
+                "status": "ok",
+            }
+        )
         if ml_nm:
             row["rate_nm_s"] = rate * ml_nm
             row["thickness_nm"] = row["monolayers"] * ml_nm
         if recipe_rate:
             dev = rate / recipe_rate - 1
             row["rate_deviation"] = dev
-            row["drift"] = bool(abs(dev) > drift_tolerance
-                                and abs(rate - recipe_rate) > 3 * row["rate_err_ml_s"])
+            row["drift"] = bool(
+                abs(dev) > drift_tolerance and abs(rate - recipe_rate) > 3 * row["rate_err_ml_s"]
+            )
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return RheedAnalysis(layers=layers, windows=summary, onset=onset, notes=notes)
 
 
 def _log_step(shutters: dict) -> float:
-    steps = [float(np.median(np.diff(np.asarray(ts, float))))
-             for ts, _ in shutters.values() if len(ts) > 1]
+    steps = [
+        float(np.median(np.diff(np.asarray(ts, float))))
+        for ts, _ in shutters.values()
+        if len(ts) > 1
+    ]
     return max(steps) if steps else 0.0
 
 
-def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
-                   recipe_rate: float | None = None, ml_nm: float | None = None,
-                   drift_tolerance: float = DRIFT_TOLERANCE,
-                   channel: str = RHEED_CHANNEL) -> RheedAnalysis:
+def analyze_frames(
+    process: pd.DataFrame,
+    tools: pd.DataFrame | None = None,
+    *,
+    recipe_rate: float | None = None,
+    ml_nm: float | None = None,
+    drift_tolerance: float = DRIFT_TOLERANCE,
+    channel: str = RHEED_CHANNEL,
+) -> RheedAnalysis:
     """:func:`analyze` on a run's long frames (``time, channel, value`` as from ``Workspace``).
 
     Times of the result are UTC timestamps. The recipe rate defaults to the median of the
     ``growth_rate`` process channel when that is logged in ML/s.
     """
-    empty = RheedAnalysis(pd.DataFrame(columns=LAYER_COLUMNS),
-                          pd.DataFrame(columns=SUMMARY_COLUMNS))
-    is_trace = (process["channel"] == channel).to_numpy(bool) if process is not None and len(
-        process) else np.zeros(0, bool)
+    empty = RheedAnalysis(
+        pd.DataFrame(columns=LAYER_COLUMNS), pd.DataFrame(columns=SUMMARY_COLUMNS)
+    )
+    is_trace = (
+        (process["channel"] == channel).to_numpy(bool)
+        if process is not None and len(process)
+        else np.zeros(0, bool)
+    )
     if not is_trace.any():
         empty.notes.append(f"no {channel} channel")
         row = dict.fromkeys(SUMMARY_COLUMNS, np.nan)
-        row.update(window=0, shutters="", layers_observed=0, drift=False, status="no RHEED",
-                   recipe_rate_ml_s=recipe_rate)
+        row.update(
+            window=0,
+            shutters="",
+            layers_observed=0,
+            drift=False,
+            status="no RHEED",
+            recipe_rate_ml_s=recipe_rate,
+        )
         empty.windows = pd.DataFrame([row], columns=SUMMARY_COLUMNS)
         for c in ("start", "end", "rheed_start", "rheed_end"):
             empty.windows[c] = pd.Series([pd.NaT], dtype="datetime64[us, UTC]")
@@ -436,16 +541,24 @@ def analyze_frames(process: pd.DataFrame, tools: pd.DataFrame | None = None, *,
         gr = process[process["channel"] == "growth_rate"]
         if not gr.empty and "unit" in gr and (gr["unit"] == "ML/s").all():
             recipe_rate = float(gr["value"].median())
-    result = analyze(secs(trace["time"]), trace["value"].to_numpy(float), shutters=shutters,
-                     recipe_rate=recipe_rate, ml_nm=ml_nm, drift_tolerance=drift_tolerance)
+    result = analyze(
+        secs(trace["time"]),
+        trace["value"].to_numpy(float),
+        shutters=shutters,
+        recipe_rate=recipe_rate,
+        ml_nm=ml_nm,
+        drift_tolerance=drift_tolerance,
+    )
 
     def stamp(col: pd.Series) -> pd.Series:
         # microseconds, the resolution of the stored times
         us = pd.Series(origin_us + np.round(col.to_numpy(float) * 1e6), index=col.index)
         return pd.to_datetime(us, unit="us", utc=True).astype("datetime64[us, UTC]")
 
-    for frame, cols in ((result.layers, ("start", "end")),
-                        (result.windows, ("start", "end", "rheed_start", "rheed_end"))):
+    for frame, cols in (
+        (result.layers, ("start", "end")),
+        (result.windows, ("start", "end", "rheed_start", "rheed_end")),
+    ):
         for c in cols:
             frame[c] = stamp(frame[c]) if len(frame) else pd.Series(dtype="datetime64[us, UTC]")
     if result.onset is not None:

@@ -37,49 +37,97 @@ class TableSpec:
 
 RUNS = TableSpec(
     "process/runs",
-    pa.schema([
-        ("run_id", pa.string()), ("project", pa.string()), ("sample", pa.string()),
-        ("instrument", pa.string()), ("method", pa.string()), ("operator", pa.string()),
-        ("start", TS), ("end", TS), ("status", pa.string()), ("updated_at", TS),
-    ]),
-    time_column="start", sort_by=("run_id",), bucketed=False, key=("run_id",),
+    pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("project", pa.string()),
+            ("sample", pa.string()),
+            ("instrument", pa.string()),
+            ("method", pa.string()),
+            ("operator", pa.string()),
+            ("start", TS),
+            ("end", TS),
+            ("status", pa.string()),
+            ("updated_at", TS),
+        ]
+    ),
+    time_column="start",
+    sort_by=("run_id",),
+    bucketed=False,
+    key=("run_id",),
 )
 SERIES = TableSpec(
     "process/series",
-    pa.schema([
-        ("run_id", pa.string()), ("time", TS), ("channel", pa.string()),
-        ("value", pa.float64()), ("unit", pa.string()),
-    ]),
-    time_column="time", sort_by=("run_id", "channel", "time"),
+    pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("time", TS),
+            ("channel", pa.string()),
+            ("value", pa.float64()),
+            ("unit", pa.string()),
+        ]
+    ),
+    time_column="time",
+    sort_by=("run_id", "channel", "time"),
 )
 TOOL_STATE = TableSpec(
     "tool_state/readings",
-    pa.schema([
-        ("run_id", pa.string()), ("tool", pa.string()), ("time", TS), ("channel", pa.string()),
-        ("value", pa.float64()), ("setpoint", pa.float64()), ("unit", pa.string()),
-    ]),
-    time_column="time", sort_by=("run_id", "channel", "time"),
+    pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("tool", pa.string()),
+            ("time", TS),
+            ("channel", pa.string()),
+            ("value", pa.float64()),
+            ("setpoint", pa.float64()),
+            ("unit", pa.string()),
+        ]
+    ),
+    time_column="time",
+    sort_by=("run_id", "channel", "time"),
 )
 METROLOGY = TableSpec(
     "metrology/items",
-    pa.schema([
-        ("item_id", pa.string()), ("run_id", pa.string()), ("sample", pa.string()),
-        ("technique", pa.string()), ("time", TS),
-        ("x", pa.list_(pa.float64())), ("y", pa.list_(pa.float64())),
-        ("x_unit", pa.string()), ("y_unit", pa.string()), ("peaks", pa.list_(pa.float64())),
-        ("result_name", pa.string()), ("result_value", pa.float64()), ("result_unit", pa.string()),
-    ]),
-    time_column="time", sort_by=("run_id", "time"),
+    pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("run_id", pa.string()),
+            ("sample", pa.string()),
+            ("technique", pa.string()),
+            ("time", TS),
+            ("x", pa.list_(pa.float64())),
+            ("y", pa.list_(pa.float64())),
+            ("x_unit", pa.string()),
+            ("y_unit", pa.string()),
+            ("peaks", pa.list_(pa.float64())),
+            ("result_name", pa.string()),
+            ("result_value", pa.float64()),
+            ("result_unit", pa.string()),
+        ]
+    ),
+    time_column="time",
+    sort_by=("run_id", "time"),
 )
 CONTEXT = TableSpec(
     "context/labels",
-    pa.schema([
-        ("run_id", pa.string()), ("sample", pa.string()), ("material_system", pa.string()),
-        ("film", pa.string()), ("substrate", pa.string()), ("layer_stack", pa.list_(pa.string())),
-        ("target_formula", pa.string()), ("tags", pa.list_(pa.string())), ("notes", pa.string()),
-        ("updated_at", TS),
-    ]),
-    time_column="updated_at", sort_by=("run_id",), bucketed=False, key=("run_id",),
+    pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("sample", pa.string()),
+            ("material_system", pa.string()),
+            ("film", pa.string()),
+            ("substrate", pa.string()),
+            ("layer_stack", pa.list_(pa.string())),
+            ("target_formula", pa.string()),
+            ("tags", pa.list_(pa.string())),
+            ("notes", pa.string()),
+            ("updated_at", TS),
+        ]
+    ),
+    time_column="updated_at",
+    sort_by=("run_id",),
+    bucketed=False,
+    key=("run_id",),
 )
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (RUNS, SERIES, TOOL_STATE, METROLOGY)}
@@ -88,17 +136,32 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (RUNS, SERIES, TOOL_STATE, ME
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 """Media type of an Arrow IPC stream (request and response bodies of tables)."""
 
-RUN_COLUMNS = ("run_id", "project", "sample", "instrument", "method", "operator", "start", "end",
-               "status")
+RUN_COLUMNS = (
+    "run_id",
+    "project",
+    "sample",
+    "instrument",
+    "method",
+    "operator",
+    "start",
+    "end",
+    "status",
+)
 """Columns of a run record as the API shows it (``updated_at`` is internal)."""
 
-CATEGORY_TABLES = {"process": "process/series", "tool_state": "tool_state/readings",
-                   "metrology": "metrology/items"}
+CATEGORY_TABLES = {
+    "process": "process/series",
+    "tool_state": "tool_state/readings",
+    "metrology": "metrology/items",
+}
 """The table each raw-data category's measurements go to (ingest streams, ``export``)."""
 
 TABLE_ALIASES = {
-    "runs": "process/runs", "series": "process/series", **CATEGORY_TABLES,
-    "readings": "tool_state/readings", "items": "metrology/items",
+    "runs": "process/runs",
+    "series": "process/series",
+    **CATEGORY_TABLES,
+    "readings": "tool_state/readings",
+    "items": "metrology/items",
 }
 """Short names of the tables (``Workspace.dataset``/``table``, ``atomscale-lab export``)."""
 
@@ -166,25 +229,36 @@ def conform(table_spec: TableSpec, data) -> pa.Table:
         col = table.column(name)
         if col.null_count:
             row = col.is_null().index(True).as_py()
-            raise ValidationError(f"field {name!r} is required (null in row {row})",
-                                  field=name, row=row)
+            raise ValidationError(
+                f"field {name!r} is required (null in row {row})", field=name, row=row
+            )
     return table
 
 
 def _array(f: pa.Field, values: list) -> pa.Array:
     try:
         if pa.types.is_timestamp(f.type):
-            return pa.array(values, type=pa.string()).cast(f.type) if values and any(
-                isinstance(v, str) for v in values) else pa.array(values, type=f.type)
+            return (
+                pa.array(values, type=pa.string()).cast(f.type)
+                if values and any(isinstance(v, str) for v in values)
+                else pa.array(values, type=f.type)
+            )
         return pa.array(values, type=f.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         for i, v in enumerate(values):
             try:
-                pa.array([v], type=f.type if not isinstance(v, str) or not pa.types.is_timestamp(
-                    f.type) else pa.string())
+                pa.array(
+                    [v],
+                    type=f.type
+                    if not isinstance(v, str) or not pa.types.is_timestamp(f.type)
+                    else pa.string(),
+                )
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
                 raise ValidationError(
                     f"field {f.name!r} in row {i}: {v!r} is not a valid {f.type}",
-                    field=f.name, row=i) from None
-        raise ValidationError(f"field {f.name!r} has values that are not {f.type}",
-                              field=f.name) from None
+                    field=f.name,
+                    row=i,
+                ) from None
+        raise ValidationError(
+            f"field {f.name!r} has values that are not {f.type}", field=f.name
+        ) from None

@@ -38,16 +38,21 @@ class CertPaths:
 
 
 def _write_key(path: Path, key) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "atomscale-lab"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "atomscale-lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
 def make_ca(days: int = 30):
@@ -57,15 +62,27 @@ def make_ca(days: int = 30):
     name = _name("atomscale-lab local CA")
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -89,22 +106,26 @@ def make_server_cert(ca_key, ca_cert, hosts: list[str], days: int = 30):
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).issuer_name(ca_cert.subject).public_key(key.public_key())
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
 
 
-def ensure_certs(directory: str | Path, hosts: list[str] | None = None,
-                 days: int = 30) -> CertPaths:
+def ensure_certs(
+    directory: str | Path, hosts: list[str] | None = None, days: int = 30
+) -> CertPaths:
     """Create ``ca.crt``, ``server.crt`` and ``server.key`` in ``directory`` unless present.
 
     The CA's own key is not kept: a new server certificate means a new CA. The certificates are
@@ -118,17 +139,23 @@ def ensure_certs(directory: str | Path, hosts: list[str] | None = None,
     ca_key, ca_cert = make_ca(days)
     key, cert = make_server_cert(ca_key, ca_cert, hosts or ["127.0.0.1", "localhost"], days)
     paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
-                           + ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths.cert.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + ca_cert.public_bytes(serialization.Encoding.PEM)
+    )
     _write_key(paths.key, key)
     os.chmod(paths.ca, 0o644)
     os.chmod(paths.cert, 0o644)
     return paths
 
 
-def ensure_self_signed(directory: str | Path, hosts=("localhost", "127.0.0.1", "::1"), *,
-                       common_name: str = "atomscale-ingest", days: int = 365
-                       ) -> tuple[Path, Path]:
+def ensure_self_signed(
+    directory: str | Path,
+    hosts=("localhost", "127.0.0.1", "::1"),
+    *,
+    common_name: str = "atomscale-ingest",
+    days: int = 365,
+) -> tuple[Path, Path]:
     """``(cert.pem, key.pem)`` in ``directory``: a self-signed certificate for ``hosts``, made
     again when missing or valid for less than 7 more days (folder 0700, key file 0600)."""
     directory = Path(directory)
@@ -141,13 +168,18 @@ def ensure_self_signed(directory: str | Path, hosts=("localhost", "127.0.0.1", "
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     _write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
@@ -179,9 +211,11 @@ class HubSsl:
 def hub_ssl(environ: Mapping[str, str] | None = None) -> HubSsl:
     """The ``JUPYTERHUB_SSL_*`` settings of this process (empty ones count as absent)."""
     env = os.environ if environ is None else environ
-    return HubSsl(certfile=env.get("JUPYTERHUB_SSL_CERTFILE") or None,
-                  keyfile=env.get("JUPYTERHUB_SSL_KEYFILE") or None,
-                  client_ca=env.get("JUPYTERHUB_SSL_CLIENT_CA") or None)
+    return HubSsl(
+        certfile=env.get("JUPYTERHUB_SSL_CERTFILE") or None,
+        keyfile=env.get("JUPYTERHUB_SSL_KEYFILE") or None,
+        client_ca=env.get("JUPYTERHUB_SSL_CLIENT_CA") or None,
+    )
 
 
 def server_context(certfile, keyfile, client_ca=None) -> ssl.SSLContext:

@@ -75,8 +75,7 @@ def main() -> None:
         store.table("process/series").write(series_rows(args.rows, 50), actor="bench")
 
     t0 = time.monotonic()
-    with deployment(runs=4, extra_users={USER: ("bench", "scientist")},
-                    populate=populate) as st:
+    with deployment(runs=4, extra_users={USER: ("bench", "scientist")}, populate=populate) as st:
         print(f"setup_and_hub_ready_s: {time.monotonic() - t0:.1f}")
         s = helpers.session(st.ca)
         r = helpers.login(s, st.url, USER, st.passwords[USER], helpers.fresh_totp(st.idp, USER))
@@ -85,23 +84,32 @@ def main() -> None:
         helpers.start_server(st.url, token, USER, st.ca, timeout=120)
         sess = helpers.session(st.ca)
         sess.headers["Authorization"] = f"token {token}"
-        bases = {"data_server": f"{st.url}/services/atomscale-data-bench/atomscale/api/v1/",
-                 "pass_through": f"{st.url}/user/{USER}/atomscale/api/v1/"}
+        bases = {
+            "data_server": f"{st.url}/services/atomscale-data-bench/atomscale/api/v1/",
+            "pass_through": f"{st.url}/user/{USER}/atomscale/api/v1/",
+        }
         t = time.monotonic()
         r = sess.get(bases["data_server"] + "runs", params={"per_page": 1}, timeout=300)
         assert r.status_code == 200, r.text[:300]
-        print(f"catalog_first_request_s: {time.monotonic() - t:.2f}  (index already warm or "
-              "built by the data server at start)")
+        print(
+            f"catalog_first_request_s: {time.monotonic() - t:.2f}  (index already warm or "
+            "built by the data server at start)"
+        )
 
         vault = st.vault()
         try:
             series = vault.store("bench").table("process/series")
             rid = labdata.run_id(7)
-            fns = {"direct": lambda: series.read(run_ids=[rid]),
-                   **{k + sfx: (lambda b=b, c=c, key=k + sfx:
-                                arrow(sess, f"{b}runs/{rid}/process", c, key))
-                      for k, b in bases.items()
-                      for sfx, c in (("", None), ("_lz4", "lz4"), ("_zstd", "zstd"))}}
+            fns = {
+                "direct": lambda: series.read(run_ids=[rid]),
+                **{
+                    k + sfx: (
+                        lambda b=b, c=c, key=k + sfx: arrow(sess, f"{b}runs/{rid}/process", c, key)
+                    )
+                    for k, b in bases.items()
+                    for sfx, c in (("", None), ("_lz4", "lz4"), ("_zstd", "zstd"))
+                },
+            }
             times = {k: [] for k in fns}
             rows = {k: fn().num_rows for k, fn in fns.items()}  # warm-up
             assert len(set(rows.values())) == 1, rows
@@ -120,8 +128,10 @@ def main() -> None:
             print(f"arrow_one_run_{k}_bytes: {n}")
         for k in med:
             if k != "direct":
-                print(f"arrow_one_run_ratio_{k}: {med['direct'] / med[k]:.2f}  (direct / {k}; "
-                      "goal >= 0.5)")
+                print(
+                    f"arrow_one_run_ratio_{k}: {med['direct'] / med[k]:.2f}  (direct / {k}; "
+                    "goal >= 0.5)"
+                )
 
         # catalogue pages: mixed sorts and filters, only pages that exist
         rng = np.random.default_rng(1)
@@ -129,8 +139,11 @@ def main() -> None:
         totals: dict[tuple, int] = {}
         lat = {k: [] for k in bases}
         for i in range(args.requests):
-            p = {"per_page": "50", "sort": sorts[i % len(sorts)],
-                 "order": "asc" if i % 2 else "desc"}
+            p = {
+                "per_page": "50",
+                "sort": sorts[i % len(sorts)],
+                "order": "asc" if i % 2 else "desc",
+            }
             kind = i % 5
             if kind == 1:
                 p["project"] = labdata.PROJECTS[i % 3]
@@ -144,11 +157,12 @@ def main() -> None:
                 p.update(instrument="pld-2", status="complete,error")
             key = tuple(sorted((k, v) for k, v in p.items() if k not in ("sort", "order")))
             if key not in totals:  # untimed: how many pages this filter has
-                totals[key] = sess.get(bases["data_server"] + "runs", params=p,
-                                       timeout=60).json()["total"]
+                totals[key] = sess.get(bases["data_server"] + "runs", params=p, timeout=60).json()[
+                    "total"
+                ]
             pages = max(1, math.ceil(totals[key] / 50))
             p["page"] = str(int(rng.integers(1, pages + 1)))
-            for k in (list(bases) if i % 2 else list(bases)[::-1]):
+            for k in list(bases) if i % 2 else list(bases)[::-1]:
                 t = time.perf_counter()
                 r = sess.get(bases[k] + "runs", params=p, timeout=60)
                 lat[k].append((time.perf_counter() - t) * 1000)

@@ -56,8 +56,7 @@ def main() -> None:
         for user in USERS:
             s = helpers.session(st.ca)
             t = time.monotonic()
-            r = helpers.login(s, st.url, user, st.passwords[user],
-                              helpers.fresh_totp(st.idp, user))
+            r = helpers.login(s, st.url, user, st.passwords[user], helpers.fresh_totp(st.idp, user))
             assert helpers.on_hub(r, st.url), r.text[-300:]
             logins.append(time.monotonic() - t)
             token = helpers.api_token(s, st.url, user)
@@ -65,8 +64,10 @@ def main() -> None:
             spawns.append(time.monotonic() - t)
             tokens.append(token)
         print(f"login_s_median: {statistics.median(logins):.2f}")
-        print(f"login_to_server_ready_s_median: {statistics.median(spawns):.1f}  (goal <= 4, "
-              f"must stay < 8; min {min(spawns):.1f}, max {max(spawns):.1f})")
+        print(
+            f"login_to_server_ready_s_median: {statistics.median(spawns):.1f}  (goal <= 4, "
+            f"must stay < 8; min {min(spawns):.1f}, max {max(spawns):.1f})"
+        )
         svc = service_token(st, "acme")
         rtts = []
         for _ in range(50):
@@ -74,8 +75,10 @@ def main() -> None:
             r = api(st, svc, "GET", "/services/atomscale-keys/orgs/acme/keys")
             rtts.append((time.monotonic() - t) * 1000)
             assert r.status_code == 200, r.text
-        print(f"key_service_roundtrip_ms_median: {statistics.median(rtts):.1f}  "
-              "(service identity, no token cache)")
+        print(
+            f"key_service_roundtrip_ms_median: {statistics.median(rtts):.1f}  "
+            "(service identity, no token cache)"
+        )
         user = next(iter(USERS))
         lat = []
         for _ in range(50):
@@ -83,8 +86,10 @@ def main() -> None:
             r = api(st, tokens[0], "GET", f"/user/{user}/atomscale/api/v1/status")
             lat.append((time.monotonic() - t) * 1000)
             assert r.status_code == 200, r.text
-        print(f"data_status_ms_median: {statistics.median(lat):.1f}  "
-              "(user server pass-through -> data server)")
+        print(
+            f"data_status_ms_median: {statistics.median(lat):.1f}  "
+            "(user server pass-through -> data server)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,18 @@ def body(run: str, start: int, n: int) -> bytes:
     """An Arrow IPC stream of ``n`` process rows (three channels, realistic floats)."""
     t0 = np.datetime64(datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None), "us")
     idx = np.arange(start, start + n)
-    t = pa.table({
-        "time": pa.array(t0 + idx * 1000, pa.timestamp("us", tz="UTC")),
-        "channel": pa.array(np.array(["rheed_intensity", "substrate_temperature",
-                                      "growth_rate"])[idx % 3]),
-        "value": pa.array(np.sin(idx / 50.0) * 100 + np.random.default_rng(start).normal(
-            0, 1, n)),
-        "unit": pa.array(np.array(["a.u.", "C", "nm/s"])[idx % 3]),
-    })
+    t = pa.table(
+        {
+            "time": pa.array(t0 + idx * 1000, pa.timestamp("us", tz="UTC")),
+            "channel": pa.array(
+                np.array(["rheed_intensity", "substrate_temperature", "growth_rate"])[idx % 3]
+            ),
+            "value": pa.array(
+                np.sin(idx / 50.0) * 100 + np.random.default_rng(start).normal(0, 1, n)
+            ),
+            "unit": pa.array(np.array(["a.u.", "C", "nm/s"])[idx % 3]),
+        }
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, t.schema) as w:
         w.write_table(t)
@@ -71,12 +75,16 @@ class Client:
         return r.json()
 
     def open(self, run: str) -> str:
-        return self.post("/streams", json={"run_id": run, "tool": "bench",
-                                           "category": "process"})["id"]
+        return self.post("/streams", json={"run_id": run, "tool": "bench", "category": "process"})[
+            "id"
+        ]
 
     def batch(self, sid: str, bid: str, data: bytes):
-        return self.post(f"/streams/{sid}/batches", data=data, headers={
-            "Content-Type": "application/vnd.apache.arrow.stream", "X-Batch-Id": bid})
+        return self.post(
+            f"/streams/{sid}/batches",
+            data=data,
+            headers={"Content-Type": "application/vnd.apache.arrow.stream", "X-Batch-Id": bid},
+        )
 
 
 def wait_flushed(c: Client, sids: list[str], timeout=300.0):
@@ -92,8 +100,10 @@ def wait_flushed(c: Client, sids: list[str], timeout=300.0):
 def run_streams(url, key, cert, n_streams, rows, batch_rows, tag):
     per = rows // n_streams
     batches = max(1, per // batch_rows)
-    bodies = [[body(f"{tag}-{s}", b * batch_rows, batch_rows) for b in range(batches)]
-              for s in range(n_streams)]
+    bodies = [
+        [body(f"{tag}-{s}", b * batch_rows, batch_rows) for b in range(batches)]
+        for s in range(n_streams)
+    ]
     clients = [Client(url, key, cert) for _ in range(n_streams)]
     sids = [c.open(f"{tag}-{i}") for i, c in enumerate(clients)]
     errors = []
@@ -125,10 +135,21 @@ def streamer_rate(url, key, cert, rows, batch_rows, spool):
     from atomscale_lab.ingest import Streamer
 
     n = max(1, rows // batch_rows)
-    tables = [pa.ipc.open_stream(body("streamer", b * batch_rows, batch_rows)).read_all()
-              for b in range(n)]
-    s = Streamer(url, key, "streamer", "bench", "process", verify=cert, spool_dir=spool,
-                 batch_rows=batch_rows, flush_interval=0.2)
+    tables = [
+        pa.ipc.open_stream(body("streamer", b * batch_rows, batch_rows)).read_all()
+        for b in range(n)
+    ]
+    s = Streamer(
+        url,
+        key,
+        "streamer",
+        "bench",
+        "process",
+        verify=cert,
+        spool_dir=spool,
+        batch_rows=batch_rows,
+        flush_interval=0.2,
+    )
     t0 = time.perf_counter()
     push_times = []
     for t in tables:
@@ -189,9 +210,20 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp / "service.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "atomscale_lab.ingest.service",
-                             "--port", str(port), "--flush-interval", str(args.flush_interval)],
-                            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atomscale_lab.ingest.service",
+            "--port",
+            str(port),
+            "--flush-interval",
+            str(args.flush_interval),
+        ],
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url, cert = f"https://127.0.0.1:{port}", str(home / "ingest" / "tls" / "cert.pem")
     try:
         deadline = time.monotonic() + 60
@@ -209,13 +241,13 @@ def main() -> int:
         acked, committed = run_streams(url, key, cert, 1, args.rows, args.batch_rows, "one")
         print(f"one_stream_acked_rows_per_s: {acked:,.0f}")
         print(f"one_stream_committed_rows_per_s: {committed:,.0f}")
-        acked, committed = run_streams(url, key, cert, args.streams, args.rows,
-                                       args.batch_rows, "multi")
+        acked, committed = run_streams(
+            url, key, cert, args.streams, args.rows, args.batch_rows, "multi"
+        )
         print(f"streams: {args.streams}")
         print(f"multi_stream_acked_rows_per_s: {acked:,.0f}")
         print(f"multi_stream_committed_rows_per_s: {committed:,.0f}")
-        rate, worst_push = streamer_rate(url, key, cert, args.rows, args.batch_rows,
-                                         tmp / "spool")
+        rate, worst_push = streamer_rate(url, key, cert, args.rows, args.batch_rows, tmp / "spool")
         print(f"streamer_rows_per_s: {rate:,.0f}")
         print(f"streamer_push_max_ms: {worst_push * 1000:.2f}")
         lat = sorted(latency(url, key, cert, home, args.samples))

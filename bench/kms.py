@@ -47,14 +47,20 @@ def kms_client(tmp: Path):
     import boto3
 
     with moto_server(tmp) as url:
-        yield boto3.client("kms", endpoint_url=url, region_name="eu-central-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield boto3.client(
+            "kms",
+            endpoint_url=url,
+            region_name="eu-central-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
 
 def measure(name: str, kms, home: Path, orgs: int, reps: int) -> None:
     """Create ``orgs`` orgs, time unwraps and one rotate + re-wrap; print the figures."""
-    vault = Vault(Settings(home=home, data_root=home / "data", context_root=home / "context"),
-                  kms=kms)
+    vault = Vault(
+        Settings(home=home, data_root=home / "data", context_root=home / "context"), kms=kms
+    )
     created = []
     for i in range(orgs):
         t = time.perf_counter()
@@ -74,8 +80,7 @@ def measure(name: str, kms, home: Path, orgs: int, reps: int) -> None:
     vault.close()
     print(f"{name}.create_org_ms: {statistics.median(created) * 1e3:.2f}")
     print(f"{name}.unwrap_ms: {statistics.median(unwraps) * 1e3:.2f}")
-    print(f"{name}.rotate_rewrap_s: {rotate:.3f} ({n} keys, "
-          f"{rotate / n * 1e3:.2f} ms per key)")
+    print(f"{name}.rotate_rewrap_s: {rotate:.3f} ({n} keys, {rotate / n * 1e3:.2f} ms per key)")
 
 
 def main() -> None:

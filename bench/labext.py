@@ -40,13 +40,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="atomscale-labext-bench-"))
     home = tmp / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ATOMSCALE_", "JUPYTER"))}
-    env.update({"ATOMSCALE_HOME": str(home), "ATOMSCALE_ROOT_KEY": generate_root_key(),
-                "HOME": str(tmp), "JUPYTER_CONFIG_DIR": str(tmp / "cfg"),
-                "JUPYTER_DATA_DIR": str(tmp / "data"), "JUPYTER_RUNTIME_DIR": str(tmp / "rt"),
-                "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTER"))}
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(home),
+            "ATOMSCALE_ROOT_KEY": generate_root_key(),
+            "HOME": str(tmp),
+            "JUPYTER_CONFIG_DIR": str(tmp / "cfg"),
+            "JUPYTER_DATA_DIR": str(tmp / "data"),
+            "JUPYTER_RUNTIME_DIR": str(tmp / "rt"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+        }
+    )
     os.environ.update({k: env[k] for k in ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY")})
 
     t0 = time.perf_counter()
@@ -57,25 +63,44 @@ def main() -> None:
     print(f"setup_s: {time.perf_counter() - t0:.1f}")
 
     port, token = free_port(), secrets.token_hex(16)
-    cmd = [str(Path(sys.executable).parent / "atomscale-lab"), "lab", "bench", "--port", str(port),
-           "--no-browser", "--root-dir", str(tmp),
-           f"--jupyter-option=--IdentityProvider.token={token}",
-           "--jupyter-option=--LabApp.expose_app_in_browser=True",
-           "--jupyter-option=--LabApp.extension_manager=readonly",
-           "--jupyter-option=--ServerApp.port_retries=0"]
+    cmd = [
+        str(Path(sys.executable).parent / "atomscale-lab"),
+        "lab",
+        "bench",
+        "--port",
+        str(port),
+        "--no-browser",
+        "--root-dir",
+        str(tmp),
+        f"--jupyter-option=--IdentityProvider.token={token}",
+        "--jupyter-option=--LabApp.expose_app_in_browser=True",
+        "--jupyter-option=--LabApp.extension_manager=readonly",
+        "--jupyter-option=--ServerApp.port_retries=0",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with open(tmp / "server.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_ready(proc, url, token, tmp / "server.log", timeout=120)
         # a search that matches about one run in ten thousand
-        node_env = {"LAB_URL": url, "LAB_TOKEN": token, "SEARCH_Q": "0999",
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)}
-        subprocess.run(["node", "ui-tests/bench.mjs"], cwd=ROOT / "labextension", env=node_env,
-                       check=True, timeout=600)
+        node_env = {
+            "LAB_URL": url,
+            "LAB_TOKEN": token,
+            "SEARCH_Q": "0999",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp),
+        }
+        subprocess.run(
+            ["node", "ui-tests/bench.mjs"],
+            cwd=ROOT / "labextension",
+            env=node_env,
+            check=True,
+            timeout=600,
+        )
     finally:
         stop_server(proc)
 

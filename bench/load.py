@@ -90,16 +90,25 @@ class JupyterDataServer:
         root.mkdir(exist_ok=True)
         log = self.workdir / f"server-{self.starts}.log"
         self.starts += 1
-        cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
-               f"--port={self.port}", "--ServerApp.port_retries=0",
-               f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={self.token}",
-               '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
-               f"--AtomscaleLab.org={self.org}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={root}",
+            f"--IdentityProvider.token={self.token}",
+            '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
+            f"--AtomscaleLab.org={self.org}",
+        ]
         if os.geteuid() == 0:
             cmd.append("--allow-root")
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_ready(self.proc, self.url, self.token, log)
 
     def kill(self) -> None:
@@ -134,10 +143,25 @@ class IngestService:
         log = open(self.workdir / f"ingest-{self.starts}.log", "wb")  # noqa: SIM115
         self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atomscale_lab.ingest.service", "--port", str(self.port),
-             "--flush-interval", "0.5", "--trusted-proxy", "127.0.0.1",
-             "--max-client-connections", "8", "--max-key-connections", "128"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "atomscale_lab.ingest.service",
+                "--port",
+                str(self.port),
+                "--flush-interval",
+                "0.5",
+                "--trusted-proxy",
+                "127.0.0.1",
+                "--max-client-connections",
+                "8",
+                "--max-key-connections",
+                "128",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         s = requests.Session()
         s.trust_env = False
@@ -146,8 +170,10 @@ class IngestService:
             if self.proc.poll() is not None:
                 raise RuntimeError("the ingest service exited at start")
             try:
-                if Path(self.cert).exists() and s.get(self.url + "/health", verify=self.cert,
-                                                       timeout=1).status_code == 200:
+                if (
+                    Path(self.cert).exists()
+                    and s.get(self.url + "/health", verify=self.cert, timeout=1).status_code == 200
+                ):
                     return
             except requests.RequestException:
                 pass
@@ -205,8 +231,17 @@ def _pct(values: list[float], q: float) -> float:
 class Client(threading.Thread):
     """One client: a loop of weighted random requests until ``deadline``."""
 
-    def __init__(self, n: int, ends: dict, key: str, detail: list[str], stats: Stats,
-                 deadline: float, down, think: float = 0.0):
+    def __init__(
+        self,
+        n: int,
+        ends: dict,
+        key: str,
+        detail: list[str],
+        stats: Stats,
+        deadline: float,
+        down,
+        think: float = 0.0,
+    ):
         super().__init__(daemon=True)
         self.think = think
         self.n, self.ends, self.key = n, ends, key
@@ -222,8 +257,12 @@ class Client(threading.Thread):
         self.ip = f"10.0.{n // 250}.{n % 250 + 1}"
 
     def _data(self, path: str, **params):
-        r = self.http.get(self.ends["data_url"] + API + path, headers=self.ends["data_headers"],
-                          params=params, timeout=60)
+        r = self.http.get(
+            self.ends["data_url"] + API + path,
+            headers=self.ends["data_headers"],
+            params=params,
+            timeout=60,
+        )
         if r.status_code != 200:
             raise RuntimeError(f"{r.status_code} {r.text[:200]}")
         return r
@@ -231,14 +270,23 @@ class Client(threading.Thread):
     def ingest(self, method: str, path: str, **kw):
         """One request to the ingest service as this client's instrument."""
         headers = {"Authorization": f"Bearer {self.key}", "X-Forwarded-For": self.ip}
-        return self.http.request(method, self.ends["ingest_url"] + path, headers=headers,
-                                 verify=self.ends["ingest_cert"], timeout=60, **kw)
+        return self.http.request(
+            method,
+            self.ends["ingest_url"] + path,
+            headers=headers,
+            verify=self.ends["ingest_cert"],
+            timeout=60,
+            **kw,
+        )
 
     def page(self):
         """A catalogue page with a mixed filter, sort and page."""
-        params = {"sort": self.rnd.choice(["start", "run_id", "sample", "operator"]),
-                  "order": self.rnd.choice(["asc", "desc"]), "page": self.rnd.randint(1, 20),
-                  "per_page": 50}
+        params = {
+            "sort": self.rnd.choice(["start", "run_id", "sample", "operator"]),
+            "order": self.rnd.choice(["asc", "desc"]),
+            "page": self.rnd.randint(1, 20),
+            "per_page": 50,
+        }
         if self.rnd.random() < 0.5:
             params["project"] = self.rnd.choice(labdata.PROJECTS)
         if self.rnd.random() < 0.3:
@@ -277,25 +325,44 @@ class Client(threading.Thread):
     def batch(self):
         """Send the next batch; retried with the same id until acknowledged (exactly once)."""
         if self.sid is None:
-            r = self.ingest("POST", "/streams", json={"run_id": self.run_id, "tool": "mbe-1",
-                                                      "category": "process"})
+            r = self.ingest(
+                "POST",
+                "/streams",
+                json={"run_id": self.run_id, "tool": "mbe-1", "category": "process"},
+            )
             if r.status_code != 201:
                 raise RuntimeError(f"open: {r.status_code} {r.text[:200]}")
             self.sid = r.json()["id"]
         bid = f"c{self.n}-b{self.batch_no}"
         t0 = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.batch_no * BATCH_ROWS)
-        rows = [{"time": (t0 + timedelta(seconds=i)).isoformat(), "channel": bid,
-                 "value": float(i), "unit": "a.u."} for i in range(BATCH_ROWS)]
-        r = self.ingest("POST", f"/streams/{self.sid}/batches",
-                        json={"batch_id": bid, "rows": rows})
+        rows = [
+            {
+                "time": (t0 + timedelta(seconds=i)).isoformat(),
+                "channel": bid,
+                "value": float(i),
+                "unit": "a.u.",
+            }
+            for i in range(BATCH_ROWS)
+        ]
+        r = self.ingest(
+            "POST", f"/streams/{self.sid}/batches", json={"batch_id": bid, "rows": rows}
+        )
         if r.status_code != 200:
             raise RuntimeError(f"batch: {r.status_code} {r.text[:200]}")
         self.acked[bid] = r.json()["rows"]
         self.batch_no += 1
 
 
-def worker(ids: list[int], ends: dict, key: str, detail: list[str], deadline: float, down,
-           out, think: float = 0.0) -> None:
+def worker(
+    ids: list[int],
+    ends: dict,
+    key: str,
+    detail: list[str],
+    deadline: float,
+    down,
+    out,
+    think: float = 0.0,
+) -> None:
     """One client process: threads for ``ids``; puts its results on ``out``."""
     stats = Stats()
     clients = [Client(i, ends, key, detail, stats, deadline, down, think) for i in ids]
@@ -303,9 +370,15 @@ def worker(ids: list[int], ends: dict, key: str, detail: list[str], deadline: fl
         c.start()
     for c in clients:
         c.join()
-    out.put({"lat": dict(stats.lat), "errors": dict(stats.errors),
-             "unavailable": dict(stats.unavailable), "samples": stats.samples,
-             "streams": [(c.n, c.run_id, c.sid, c.acked) for c in clients]})
+    out.put(
+        {
+            "lat": dict(stats.lat),
+            "errors": dict(stats.errors),
+            "unavailable": dict(stats.unavailable),
+            "samples": stats.samples,
+            "streams": [(c.n, c.run_id, c.sid, c.acked) for c in clients],
+        }
+    )
 
 
 def build(home: Path, runs: int, detail: int) -> tuple[str, list[str], list[str]]:
@@ -321,8 +394,7 @@ def build(home: Path, runs: int, detail: int) -> tuple[str, list[str], list[str]
     key, _ = keys.create(ORG, "ingest:process", timedelta(days=1), name="load-bench")
     keys.close()
     v.close()
-    return key, [labdata.run_id(i) for i in range(runs)], \
-        [labdata.run_id(i) for i in range(detail)]
+    return key, [labdata.run_id(i) for i in range(runs)], [labdata.run_id(i) for i in range(detail)]
 
 
 def check_rows(home: Path, streams: list) -> tuple[int, int, int]:
@@ -334,12 +406,23 @@ def check_rows(home: Path, streams: list) -> tuple[int, int, int]:
 
     v = Vault(Settings.load(home))
     try:
-        table = v.store(ORG).table("process/series").read(
-            run_ids=[run_id for _, run_id, _, acked in streams if acked])
+        table = (
+            v.store(ORG)
+            .table("process/series")
+            .read(run_ids=[run_id for _, run_id, _, acked in streams if acked])
+        )
     finally:
         v.close()
-    counts = dict(zip(*[x.to_pylist() for x in pc.value_counts(table.column("channel"))
-                        .flatten()], strict=True)) if table.num_rows else {}
+    counts = (
+        dict(
+            zip(
+                *[x.to_pylist() for x in pc.value_counts(table.column("channel")).flatten()],
+                strict=True,
+            )
+        )
+        if table.num_rows
+        else {}
+    )
     acked_rows = lost = dup = 0
     for _, _, _, acked in streams:
         for bid, n in acked.items():
@@ -354,17 +437,31 @@ def main() -> int:
     """Build, start, load (optionally kill and restart), report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--procs", type=int, default=5,
-                    help="client processes the clients are spread over (default 5)")
+    ap.add_argument(
+        "--procs",
+        type=int,
+        default=5,
+        help="client processes the clients are spread over (default 5)",
+    )
     ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--think-ms", type=float, default=0.0,
-                    help="mean pause of each client between requests (default 0: back to back)")
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="mean pause of each client between requests (default 0: back to back)",
+    )
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--detail-runs", type=int, default=60)
-    ap.add_argument("--chaos", action="store_true",
-                    help="kill -9 the data server and the ingest service once each")
-    ap.add_argument("--data-server", default="",
-                    help="MODULE:FACTORY of the data-serving process (default: jupyter server)")
+    ap.add_argument(
+        "--chaos",
+        action="store_true",
+        help="kill -9 the data server and the ingest service once each",
+    )
+    ap.add_argument(
+        "--data-server",
+        default="",
+        help="MODULE:FACTORY of the data-serving process (default: jupyter server)",
+    )
     args = ap.parse_args()
 
     from atomscale_lab.vault.kms import generate_root_key
@@ -373,9 +470,13 @@ def main() -> int:
     home = work / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
-    env.update(ATOMSCALE_HOME=str(home), ATOMSCALE_ROOT_KEY=generate_root_key(),
-               JUPYTER_RUNTIME_DIR=str(work / "rt"), JUPYTER_CONFIG_DIR=str(work / "cfg"),
-               JUPYTER_DATA_DIR=str(work / "data"))
+    env.update(
+        ATOMSCALE_HOME=str(home),
+        ATOMSCALE_ROOT_KEY=generate_root_key(),
+        JUPYTER_RUNTIME_DIR=str(work / "rt"),
+        JUPYTER_CONFIG_DIR=str(work / "cfg"),
+        JUPYTER_DATA_DIR=str(work / "data"),
+    )
     os.environ.update({k: env[k] for k in ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY")})
     os.environ.pop("ATOMSCALE_ROOT_KEY_FILE", None)
     t0 = time.perf_counter()
@@ -390,16 +491,32 @@ def main() -> int:
     ingest = IngestService(home, env, work)
     server.start()
     ingest.start()
-    ends = {"data_url": server.url, "data_headers": server.headers, "ingest_url": ingest.url,
-            "ingest_cert": ingest.cert}
+    ends = {
+        "data_url": server.url,
+        "data_headers": server.headers,
+        "ingest_url": ingest.url,
+        "ingest_cert": ingest.cert,
+    }
     ctx = mp.get_context("spawn")
     down, out = ctx.Event(), ctx.Queue()
     procs = max(1, min(args.procs, args.clients))
     deadline = time.monotonic() + args.seconds
-    workers = [ctx.Process(target=worker, args=(list(range(p, args.clients, procs)), ends, key,
-                                                detail, deadline, down, out,
-                                                args.think_ms / 1000))
-               for p in range(procs)]
+    workers = [
+        ctx.Process(
+            target=worker,
+            args=(
+                list(range(p, args.clients, procs)),
+                ends,
+                key,
+                detail,
+                deadline,
+                down,
+                out,
+                args.think_ms / 1000,
+            ),
+        )
+        for p in range(procs)
+    ]
     started = time.monotonic()
     for w in workers:
         w.start()
@@ -407,8 +524,10 @@ def main() -> int:
     results = []
     try:
         if args.chaos:
-            for at, name, proc in ((args.seconds / 3, "data_server", server),
-                                   (2 * args.seconds / 3, "ingest", ingest)):
+            for at, name, proc in (
+                (args.seconds / 3, "data_server", server),
+                (2 * args.seconds / 3, "ingest", ingest),
+            ):
                 time.sleep(max(0.0, started + at - time.monotonic()))
                 down.set()
                 t_kill = time.perf_counter()
@@ -431,9 +550,12 @@ def main() -> int:
                 continue
             ip = f"10.0.{n // 250}.{n % 250 + 1}"
             for _ in range(60):
-                r = http.post(ingest.url + f"/streams/{sid}/finalize", verify=ingest.cert,
-                              headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": ip},
-                              timeout=120)
+                r = http.post(
+                    ingest.url + f"/streams/{sid}/finalize",
+                    verify=ingest.cert,
+                    headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": ip},
+                    timeout=120,
+                )
                 if r.status_code == 200:
                     break
                 time.sleep(0.5)

@@ -51,10 +51,15 @@ T0 = 1_780_000_000_000_000
 def query_rows(n: int = 2000) -> pa.Table:
     """The queried run: ``n`` rows of process/series."""
     times = np.datetime64("2026-06-01T00:00:00", "us") + np.arange(n).astype("timedelta64[s]")
-    return pa.table({"run_id": pa.array([QUERY_RUN] * n),
-                     "time": pa.array(times).cast(pa.timestamp("us", tz="UTC")),
-                     "channel": pa.array(["rheed_I"] * n), "value": np.random.default_rng(1)
-                     .random(n), "unit": pa.array(["a.u."] * n)})
+    return pa.table(
+        {
+            "run_id": pa.array([QUERY_RUN] * n),
+            "time": pa.array(times).cast(pa.timestamp("us", tz="UTC")),
+            "channel": pa.array(["rheed_I"] * n),
+            "value": np.random.default_rng(1).random(n),
+            "unit": pa.array(["a.u."] * n),
+        }
+    )
 
 
 def stream_run() -> str:
@@ -68,10 +73,19 @@ def stream_run() -> str:
 def entry(run: str, seq: int, kv: int, rows: int = 50) -> dict:
     """A listed file of ``rows`` rows of ``run`` (never opened by a one-run query)."""
     b = bucket_of(run)
-    return {"path": f"bucket={b:02d}/part-{uuid.uuid4().hex}.parquet", "rows": rows,
-            "size": 3000, "bucket": b, "tmin": T0 + seq * 500_000,
-            "tmax": T0 + seq * 500_000 + 400_000, "fp": hashlib.sha256(str(seq).encode())
-            .hexdigest(), "kv": kv, "run_ids": [run], "run_min": run, "run_max": run}
+    return {
+        "path": f"bucket={b:02d}/part-{uuid.uuid4().hex}.parquet",
+        "rows": rows,
+        "size": 3000,
+        "bucket": b,
+        "tmin": T0 + seq * 500_000,
+        "tmax": T0 + seq * 500_000 + 400_000,
+        "fp": hashlib.sha256(str(seq).encode()).hexdigest(),
+        "kv": kv,
+        "run_ids": [run],
+        "run_min": run,
+        "run_max": run,
+    }
 
 
 def plan(commits: int, compact_every: int):
@@ -113,10 +127,17 @@ def build_legacy(table: OrgTable, steps) -> None:
     with open(table._log_path, "ab") as f:
         for op, added, removed in steps:
             seq += 1
-            body = {"seq": seq, "prev": prev,
-                    "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-                    "actor": "bench", "op": op, "added": added, "removed": removed,
-                    "key_version": kv, "kfp": kfp}
+            body = {
+                "seq": seq,
+                "prev": prev,
+                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "actor": "bench",
+                "op": op,
+                "added": added,
+                "removed": removed,
+                "key_version": kv,
+                "kfp": kfp,
+            }
             body["mac"] = hmac.new(key, store._canon(body), hashlib.sha256).hexdigest()
             line = store._canon(body)
             f.write(line + b"\n")
@@ -140,8 +161,9 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
     for _ in range(reps):
         store._HIGH_WATER.clear()
         t = time.perf_counter()
-        reader = OrgTable(root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")),
-                       SqliteHeadStore(heads_db))
+        reader = OrgTable(
+            root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")), SqliteHeadStore(heads_db)
+        )
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         cold.append(time.perf_counter() - t)
         assert n == expect, (n, expect)
@@ -162,17 +184,24 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
         warm.append(time.perf_counter() - t)
         assert n == expect
     shutil.rmtree(root, ignore_errors=True)
-    return {"build_s": f"{build_s:.1f}", "log_mb": f"{log_bytes / 1e6:.1f}",
-            "cold_ms": f"{statistics.median(cold) * 1000:.1f}",
-            "warm_ms": f"{statistics.median(warm) * 1000:.1f}"}
+    return {
+        "build_s": f"{build_s:.1f}",
+        "log_mb": f"{log_bytes / 1e6:.1f}",
+        "cold_ms": f"{statistics.median(cold) * 1000:.1f}",
+        "warm_ms": f"{statistics.median(warm) * 1000:.1f}",
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--commits", default="1000,10000,100000")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--compact-every", type=int, default=1000,
-                    help="commits between compactions of the streamed files (0: never)")
+    ap.add_argument(
+        "--compact-every",
+        type=int,
+        default=1000,
+        help="commits between compactions of the streamed files (0: never)",
+    )
     ap.add_argument("--no-checkpoints", action="store_true")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args()
@@ -180,8 +209,15 @@ def main() -> None:
         if not SIGNED:
             raise SystemExit("--no-checkpoints needs a tree with checkpoints")
         store.CHECKPOINT_EVERY = 0
-    mode = ("signed, no checkpoints" if args.no_checkpoints else
-            f"signed, checkpoint every {store.CHECKPOINT_EVERY}") if SIGNED else "hmac-only (old)"
+    mode = (
+        (
+            "signed, no checkpoints"
+            if args.no_checkpoints
+            else f"signed, checkpoint every {store.CHECKPOINT_EVERY}"
+        )
+        if SIGNED
+        else "hmac-only (old)"
+    )
     print(f"log_format: {mode}")
     work = Path(tempfile.mkdtemp(prefix="log-bench-", dir=args.dir))
     try:

@@ -67,13 +67,15 @@ def series_rows(n_rows: int, n_runs: int) -> pa.Table:
     names = np.array(["rheed_intensity", "substrate_temp", "growth_rate", "pressure"])
     units = np.array(["a.u.", "degC", "nm/min", "Torr"])
     values = np.sin(k / 50.0) * 100 + ch_idx * 10 + run_idx
-    return pa.table({
-        "run_id": pa.array([labdata.run_id(i) for i in range(n_runs)]).take(pa.array(run_idx)),
-        "time": pa.array(times, pa.int64()).cast(TS),
-        "channel": pa.array(names[ch_idx]),
-        "value": pa.array(values, pa.float64()),
-        "unit": pa.array(units[ch_idx]),
-    })
+    return pa.table(
+        {
+            "run_id": pa.array([labdata.run_id(i) for i in range(n_runs)]).take(pa.array(run_idx)),
+            "time": pa.array(times, pa.int64()).cast(TS),
+            "channel": pa.array(names[ch_idx]),
+            "value": pa.array(values, pa.float64()),
+            "unit": pa.array(units[ch_idx]),
+        }
+    )
 
 
 def timed(fn, repeat: int = 7) -> tuple[float, object]:
@@ -95,7 +97,7 @@ def interleaved(direct, rest, repeat: int = 7) -> tuple[float, float, object, ob
     d_times, r_times = [], []
     for i in range(repeat):
         pair = [(direct, d_times), (rest, r_times)]
-        for fn, acc in (pair if i % 2 == 0 else pair[::-1]):
+        for fn, acc in pair if i % 2 == 0 else pair[::-1]:
             t0 = time.perf_counter()
             out = fn()
             acc.append(time.perf_counter() - t0)
@@ -159,8 +161,9 @@ def main() -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
     env.update({"JUPYTER_RUNTIME_DIR": str(tmp / "rt"), "JUPYTER_CONFIG_DIR": str(tmp / "cfg")})
-    proc, url, token = start_server(env, tmp, "bench", tmp / "server.log",
-                                    extra=["--ServerApp.log_level=WARN"])
+    proc, url, token = start_server(
+        env, tmp, "bench", tmp / "server.log", extra=["--ServerApp.log_level=WARN"]
+    )
     try:
         ws = Workspace(url=url, token=token)
 
@@ -170,24 +173,33 @@ def main() -> None:
         print(f"catalog_first_request_s: {time.perf_counter() - t_build:.2f}")
 
         # RunBrowser first render, cold: fresh client process, first facets request
-        p = subprocess.run([sys.executable, "-c", COLD_RENDER, url, token], capture_output=True,
-                           text=True, check=True, env=env)
+        p = subprocess.run(
+            [sys.executable, "-c", COLD_RENDER, url, token],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         cold = json.loads(p.stdout.strip().splitlines()[-1])
         assert cold["total"] == args.runs
 
-        print("held_equal: REST and direct interleaved (order alternating), same run and "
-              "columns, one warm-up each; catalogue pages all exist")
+        print(
+            "held_equal: REST and direct interleaved (order alternating), same run and "
+            "columns, one warm-up each; catalogue pages all exist"
+        )
         # one run: REST vs direct
         rid = labdata.run_id(7)
         direct_s, rest_s, t_direct, t_rest = interleaved(
-            lambda: series.read(run_ids=[rid]), lambda: ws._arrow(f"runs/{rid}/process")[0])
+            lambda: series.read(run_ids=[rid]), lambda: ws._arrow(f"runs/{rid}/process")[0]
+        )
         assert t_rest.num_rows == t_direct.num_rows, (t_rest.num_rows, t_direct.num_rows)
         print(f"arrow_one_run_rows: {t_direct.num_rows}")
         print(f"arrow_one_run_direct_ms: {direct_s * 1000:.1f}")
         print(f"arrow_one_run_rest_ms: {rest_s * 1000:.1f}")
         print(f"arrow_one_run_ratio: {direct_s / rest_s:.2f}")
         direct_s, rest_s, f_direct, f_rest = interleaved(
-            lambda: series.read(run_ids=[rid]).to_pandas(), lambda: ws.process(rid))
+            lambda: series.read(run_ids=[rid]).to_pandas(), lambda: ws.process(rid)
+        )
         assert len(f_rest) == len(f_direct)
         print(f"frame_one_run_direct_ms: {direct_s * 1000:.1f}")
         print(f"frame_one_run_rest_ms: {rest_s * 1000:.1f}")
@@ -195,7 +207,8 @@ def main() -> None:
 
         # the 1M-row frame: REST (Arrow table stream) vs direct
         direct_s, rest_s, t_direct, t_rest = interleaved(
-            lambda: series.read(), lambda: ws.table("process/series"))
+            lambda: series.read(), lambda: ws.table("process/series")
+        )
         assert t_rest.num_rows == t_direct.num_rows == total_rows
         mb = sum(b.size for c in t_rest.columns for ch in c.chunks for b in ch.buffers() if b)
         print(f"arrow_1m_rows: {t_rest.num_rows}")
@@ -215,8 +228,11 @@ def main() -> None:
         lat, redrawn = [], 0
         for i in range(args.requests):
             while True:
-                p = {"per_page": "50", "sort": sorts[i % len(sorts)],
-                     "order": "asc" if i % 2 else "desc"}
+                p = {
+                    "per_page": "50",
+                    "sort": sorts[i % len(sorts)],
+                    "order": "asc" if i % 2 else "desc",
+                }
                 kind = i % 5
                 if kind == 1:
                     p["project"] = labdata.PROJECTS[i % 3]
@@ -228,8 +244,11 @@ def main() -> None:
                     p["end"] = (a + timedelta(days=90)).isoformat()
                 elif kind == 4:
                     p.update(instrument="pld-2", status="complete,error")
-                probe = sess.get(url + "atomscale/api/v1/runs",
-                                 params={**p, "per_page": "1", "page": "1"}, timeout=30)
+                probe = sess.get(
+                    url + "atomscale/api/v1/runs",
+                    params={**p, "per_page": "1", "page": "1"},
+                    timeout=30,
+                )
                 assert probe.status_code == 200, probe.text
                 total = probe.json()["total"]
                 if total:
@@ -329,6 +348,7 @@ def science(ws, args) -> None:
     print(f"overlay_10_runs_warm_interactive_s: {warm:.3f}")
     with_png = statistics.median(render(True) for _ in range(3))
     print(f"overlay_10_runs_warm_with_png_s: {with_png:.3f}")
+
 
 if __name__ == "__main__":
     main()

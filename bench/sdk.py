@@ -51,10 +51,14 @@ TS = pa.timestamp("us", tz="UTC")
 def sdk(url: str, key: str, doc: dict) -> dict:
     """One SDK operation in the SDK's environment (clock correction off: same machine)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMSCALE_")}
-    env.update(AS_API_KEY=key, AS_API_ENDPOINT=url, ATOMSCALE_SKIP_CLOCK_SYNC="1",
-               MPLBACKEND="Agg")
-    out = subprocess.run([str(SDK_PYTHON), str(DRIVER), json.dumps(doc)], env=env,
-                         capture_output=True, timeout=1800, check=True)
+    env.update(AS_API_KEY=key, AS_API_ENDPOINT=url, ATOMSCALE_SKIP_CLOCK_SYNC="1", MPLBACKEND="Agg")
+    out = subprocess.run(
+        [str(SDK_PYTHON), str(DRIVER), json.dumps(doc)],
+        env=env,
+        capture_output=True,
+        timeout=1800,
+        check=True,
+    )
     res = json.loads(out.stdout)
     if "error" in res:
         raise RuntimeError(f"SDK: {res}")
@@ -66,35 +70,50 @@ def native(url: str, key: str, run: str, points: int, per: int, chans: int, arro
     s = requests.Session()
     s.trust_env = False
     s.headers["Authorization"] = f"Bearer {key}"
-    sid = s.post(url + "/streams", json={"run_id": run, "tool": "bench",
-                                         "category": "tool_state"}, timeout=60).json()["id"]
+    sid = s.post(
+        url + "/streams",
+        json={"run_id": run, "tool": "bench", "category": "tool_state"},
+        timeout=60,
+    ).json()["id"]
     bodies = []
     for k in range(points // (per * chans)):
         ts = 1.77e9 + (k * per + np.arange(per)) * 0.001
-        t = pa.table({"time": pa.array(np.round(np.tile(ts, chans) * 1e6).astype(np.int64))
-                      .cast(TS),
-                      "channel": pa.array(np.repeat([f"ch{c}" for c in range(chans)], per)),
-                      "value": pa.array(np.tile(np.arange(per, dtype=np.float64), chans)),
-                      "unit": pa.array(["V"] * (per * chans))})
+        t = pa.table(
+            {
+                "time": pa.array(np.round(np.tile(ts, chans) * 1e6).astype(np.int64)).cast(TS),
+                "channel": pa.array(np.repeat([f"ch{c}" for c in range(chans)], per)),
+                "value": pa.array(np.tile(np.arange(per, dtype=np.float64), chans)),
+                "unit": pa.array(["V"] * (per * chans)),
+            }
+        )
         if arrow:
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, t.schema) as w:
                 w.write_table(t)
             bodies.append(sink.getvalue().to_pybytes())
         else:
-            rows = [{"time": int(v) / 1e6, "channel": c, "value": x, "unit": "V"}
-                    for v, c, x in zip(t.column("time").cast(pa.int64()).to_pylist(),
-                                       t.column("channel").to_pylist(),
-                                       t.column("value").to_pylist(), strict=True)]
+            rows = [
+                {"time": int(v) / 1e6, "channel": c, "value": x, "unit": "V"}
+                for v, c, x in zip(
+                    t.column("time").cast(pa.int64()).to_pylist(),
+                    t.column("channel").to_pylist(),
+                    t.column("value").to_pylist(),
+                    strict=True,
+                )
+            ]
             for r in rows:  # the JSON API takes ISO 8601 times
                 r["time"] = np.datetime64(int(r["time"] * 1e6), "us").astype(str) + "Z"
             bodies.append(json.dumps({"batch_id": f"b{k:06d}", "rows": rows}).encode())
     t0 = time.perf_counter()
     for k, b in enumerate(bodies):
-        headers = ({"Content-Type": "application/vnd.apache.arrow.stream",
-                    "X-Batch-Id": f"b{k:06d}"} if arrow else {"Content-Type": "application/json"})
-        s.post(url + f"/streams/{sid}/batches", data=b, headers=headers,
-               timeout=120).raise_for_status()
+        headers = (
+            {"Content-Type": "application/vnd.apache.arrow.stream", "X-Batch-Id": f"b{k:06d}"}
+            if arrow
+            else {"Content-Type": "application/json"}
+        )
+        s.post(
+            url + f"/streams/{sid}/batches", data=b, headers=headers, timeout=120
+        ).raise_for_status()
     while True:
         r = s.post(url + f"/streams/{sid}/finalize", timeout=120)
         if r.status_code != 503:
@@ -131,27 +150,52 @@ def main() -> None:
     vault = Vault(Settings.load(home))
     vault.create_org("bench", "us")
     keys = for_vault(vault)
-    key, _ = keys.create("bench", "ingest:tool_state,read:process,read:tool_state",
-                         timedelta(days=1))
+    key, _ = keys.create(
+        "bench", "ingest:tool_state,read:process,read:tool_state", timedelta(days=1)
+    )
 
     # a 1M-point run for get(): 4 process channels, 1 s apart
     n = args.get_points // 4
     t0 = 1_767_225_600_000_000
-    vault.store("bench").table("process/runs").write(pa.table({
-        "run_id": ["big"], "start": pa.array([t0], pa.int64()).cast(TS), "status": ["complete"],
-        "updated_at": pa.array([t0], pa.int64()).cast(TS)}))
-    vault.store("bench").table("process/series").write(pa.table({
-        "run_id": ["big"] * (4 * n),
-        "time": pa.array(np.tile(t0 + np.arange(n) * 1_000_000, 4), pa.int64()).cast(TS),
-        "channel": pa.array(np.repeat(["a", "b", "c", "d"], n)),
-        "value": pa.array(np.sin(np.arange(4 * n) / 50.0)),
-        "unit": pa.array(["V"] * (4 * n))}))
+    vault.store("bench").table("process/runs").write(
+        pa.table(
+            {
+                "run_id": ["big"],
+                "start": pa.array([t0], pa.int64()).cast(TS),
+                "status": ["complete"],
+                "updated_at": pa.array([t0], pa.int64()).cast(TS),
+            }
+        )
+    )
+    vault.store("bench").table("process/series").write(
+        pa.table(
+            {
+                "run_id": ["big"] * (4 * n),
+                "time": pa.array(np.tile(t0 + np.arange(n) * 1_000_000, 4), pa.int64()).cast(TS),
+                "channel": pa.array(np.repeat(["a", "b", "c", "d"], n)),
+                "value": pa.array(np.sin(np.arange(4 * n) / 50.0)),
+                "unit": pa.array(["V"] * (4 * n)),
+            }
+        )
+    )
 
     port = free_port()
     log = open(tmp / "ingest.log", "wb")  # noqa: SIM115
-    ingest = subprocess.Popen([sys.executable, "-m", "atomscale_lab.ingest.service", "--http",
-                               "--ip", "127.0.0.1", "--port", str(port)],
-                              env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    ingest = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atomscale_lab.ingest.service",
+            "--http",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB")}
     env.update({"JUPYTER_RUNTIME_DIR": str(tmp / "rt"), "JUPYTER_CONFIG_DIR": str(tmp / "cfg")})
@@ -166,44 +210,77 @@ def main() -> None:
                 if time.monotonic() > deadline or ingest.poll() is not None:
                     raise RuntimeError((tmp / "ingest.log").read_text()) from None
                 time.sleep(0.05)
-        server, lab_url, token = start_server(env, tmp, "bench", tmp / "server.log",
-                                              extra=["--ServerApp.log_level=WARN"])
+        server, lab_url, token = start_server(
+            env, tmp, "bench", tmp / "server.log", extra=["--ServerApp.log_level=WARN"]
+        )
         ws = Workspace(url=lab_url, token=token)
         sdk_url = url + "/sdk/"
         per, chans = args.points_per_chunk, args.channels
         print(f"points: {args.points} ({chans} channels x {per} points per chunk)")
 
-        res = sdk(sdk_url, key, {"op": "stream_generated", "name": "multi", "mode": "multi",
-                                 "points": args.points, "points_per_chunk": per,
-                                 "channels": chans})
+        res = sdk(
+            sdk_url,
+            key,
+            {
+                "op": "stream_generated",
+                "name": "multi",
+                "mode": "multi",
+                "points": args.points,
+                "points_per_chunk": per,
+                "channels": chans,
+            },
+        )
         stored = len(ws.tool_state(res["data_id"]))
-        print(f"sdk_stream_multi_rows_per_s: {res['points'] / res['seconds']:.0f} "
-              f"(stored {stored} of {res['points']})")
-        res = sdk(sdk_url, key, {"op": "stream_generated", "name": "one", "mode": "run",
-                                 "points": args.points // chans, "points_per_chunk": per,
-                                 "channels": 1})
+        print(
+            f"sdk_stream_multi_rows_per_s: {res['points'] / res['seconds']:.0f} "
+            f"(stored {stored} of {res['points']})"
+        )
+        res = sdk(
+            sdk_url,
+            key,
+            {
+                "op": "stream_generated",
+                "name": "one",
+                "mode": "run",
+                "points": args.points // chans,
+                "points_per_chunk": per,
+                "channels": 1,
+            },
+        )
         stored = len(ws.tool_state(res["data_id"]))
-        print(f"sdk_stream_run_rows_per_s: {res['points'] / res['seconds']:.0f} "
-              f"(stored {stored} of {res['points']})")
-        print(f"native_json_rows_per_s: "
-              f"{native(url, key, 'nat-json', args.points, per, chans, False):.0f}")
-        print(f"native_arrow_rows_per_s: "
-              f"{native(url, key, 'nat-arrow', args.points, per, chans, True):.0f}")
+        print(
+            f"sdk_stream_run_rows_per_s: {res['points'] / res['seconds']:.0f} "
+            f"(stored {stored} of {res['points']})"
+        )
+        print(
+            f"native_json_rows_per_s: "
+            f"{native(url, key, 'nat-json', args.points, per, chans, False):.0f}"
+        )
+        print(
+            f"native_arrow_rows_per_s: "
+            f"{native(url, key, 'nat-arrow', args.points, per, chans, True):.0f}"
+        )
 
-        gets = [sdk(sdk_url, key, {"op": "get_timed", "ids": ["big"]})
-                for _ in range(args.repeat)]
-        print(f"sdk_get_1m_s: {statistics.median(g['seconds'] for g in gets):.2f} "
-              f"({gets[0]['rows']} rows x {gets[0]['columns']} columns)")
+        gets = [sdk(sdk_url, key, {"op": "get_timed", "ids": ["big"]}) for _ in range(args.repeat)]
+        print(
+            f"sdk_get_1m_s: {statistics.median(g['seconds'] for g in gets):.2f} "
+            f"({gets[0]['rows']} rows x {gets[0]['columns']} columns)"
+        )
         times = []
         for _ in range(args.repeat):
             t = time.perf_counter()
-            body = requests.get(sdk_url + "tool-state/big/timeseries/",
-                                headers={"X-API-KEY": key}, timeout=600).content
+            body = requests.get(
+                sdk_url + "tool-state/big/timeseries/", headers={"X-API-KEY": key}, timeout=600
+            ).content
             times.append(time.perf_counter() - t)
-        print(f"sdk_endpoint_fetch_1m_s: {statistics.median(times):.2f} "
-              f"({len(body) / 1e6:.0f} MB of JSON)")
-        for name, kw in (("workspace_process_1m_s", {}),
-                         ("workspace_process_wide_1m_s", {"wide": True})):
+        print(
+            f"sdk_endpoint_fetch_1m_s: {statistics.median(times):.2f} "
+            f"({len(body) / 1e6:.0f} MB of JSON)"
+        )
+        for name, kw in (
+            ("workspace_process_1m_s", {}),
+            ("workspace_process_wide_1m_s", {"wide": True}),
+        ):
             times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()

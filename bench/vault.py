@@ -58,14 +58,28 @@ from atomscale_lab.vault.store import files as store
 
 BENCH = TableSpec(
     "process/bench_wide",
-    pa.schema([
-        ("run_id", pa.string()), ("time", TS), ("channel", pa.string()), ("unit", pa.string()),
-        ("substrate_t", pa.float64()), ("cell_t_ga", pa.float64()), ("cell_t_as", pa.float64()),
-        ("pressure", pa.float64()), ("rheed_i", pa.float64()), ("rheed_period", pa.float64()),
-        ("growth_rate", pa.float64()), ("setpoint", pa.float64()), ("shutter", pa.bool_()),
-        ("step", pa.int32()), ("layer", pa.int16()), ("quality", pa.float32()),
-    ]),
-    time_column="time", sort_by=("run_id", "channel", "time"),
+    pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("time", TS),
+            ("channel", pa.string()),
+            ("unit", pa.string()),
+            ("substrate_t", pa.float64()),
+            ("cell_t_ga", pa.float64()),
+            ("cell_t_as", pa.float64()),
+            ("pressure", pa.float64()),
+            ("rheed_i", pa.float64()),
+            ("rheed_period", pa.float64()),
+            ("growth_rate", pa.float64()),
+            ("setpoint", pa.float64()),
+            ("shutter", pa.bool_()),
+            ("step", pa.int32()),
+            ("layer", pa.int16()),
+            ("quality", pa.float32()),
+        ]
+    ),
+    time_column="time",
+    sort_by=("run_id", "channel", "time"),
 )
 
 
@@ -154,10 +168,23 @@ print(json.dumps({"s": time.perf_counter() - t, "rows": n}))
 
 def cold_read(side: str, table: OrgTable, heads_db: Path, run: str, path: str, keys) -> float:
     """Seconds of one read of ``run`` in a fresh process (see ``COLD_CHILD``)."""
-    p = subprocess.run([sys.executable, "-c", COLD_CHILD, str(Path(__file__).parent), side,
-                        str(table.root), str(heads_db), run, path],
-                       input=json.dumps(keys.to_json()), capture_output=True, text=True,
-                       check=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            COLD_CHILD,
+            str(Path(__file__).parent),
+            side,
+            str(table.root),
+            str(heads_db),
+            run,
+            path,
+        ],
+        input=json.dumps(keys.to_json()),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     doc = json.loads(p.stdout)
     assert doc["rows"] > 0
     return doc["s"]
@@ -185,7 +212,7 @@ def ab(plain, vault, reps: int, name: str) -> tuple[float, float]:
     tp, tv, cp, cv = [], [], [], []
     for i in range(reps):
         pair = ((plain, tp, cp), (vault, tv, cv))
-        for fn, acc, cpu in (pair if i % 2 == 0 else pair[::-1]):
+        for fn, acc, cpu in pair if i % 2 == 0 else pair[::-1]:
             c = time.process_time()
             t = time.perf_counter()
             fn()
@@ -201,10 +228,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--write-reps", type=int, default=3)
-    ap.add_argument("--row-group", type=int, default=None,
-                    help="rows per row group on both sides (default: the store's)")
-    ap.add_argument("--cold-reps", type=int, default=5,
-                    help="fresh-process reads per side for the cold one-run figure")
+    ap.add_argument(
+        "--row-group",
+        type=int,
+        default=None,
+        help="rows per row group on both sides (default: the store's)",
+    )
+    ap.add_argument(
+        "--cold-reps",
+        type=int,
+        default=5,
+        help="fresh-process reads per side for the cold one-run figure",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args()
 
@@ -231,7 +266,7 @@ def main() -> None:
                 return table.write(data, actor="bench")
 
             order = ((plain, wp), (vault, wv))
-            for fn, acc in (order if i % 2 == 0 else order[::-1]):
+            for fn, acc in order if i % 2 == 0 else order[::-1]:
                 t = time.perf_counter()
                 out = fn()
                 acc.append(time.perf_counter() - t)
@@ -248,35 +283,50 @@ def main() -> None:
 
         fmt = ds.ParquetFileFormat()
         frags = plain_fragments(plain_paths)
-        plain_ds = ds.FileSystemDataset(list(frags.values()), BENCH.schema, fmt,
-                                        pafs.LocalFileSystem())
+        plain_ds = ds.FileSystemDataset(
+            list(frags.values()), BENCH.schema, fmt, pafs.LocalFileSystem()
+        )
         plain_by_bucket = {int(p.parent.name.split("=")[1]): str(p) for p in plain_paths}
 
-        print("held_equal: data, layout, row groups, zstd; memory pool (READ_POOL, "
-              f"{READ_POOL.backend_name}) both sides; footers opened once and kept both sides "
-              "(warm); fresh process + page cache dropped both sides (cold); sides interleaved")
+        print(
+            "held_equal: data, layout, row groups, zstd; memory pool (READ_POOL, "
+            f"{READ_POOL.backend_name}) both sides; footers opened once and kept both sides "
+            "(warm); fresh process + page cache dropped both sides (cold); sides interleaved"
+        )
         assert plain_ds.count_rows() == table.read(columns=["step"]).num_rows
-        scan_plain, scan_enc = ab(lambda: plain_ds.to_table(memory_pool=READ_POOL), table.read,
-                                  args.reps, "scan")
+        scan_plain, scan_enc = ab(
+            lambda: plain_ds.to_table(memory_pool=READ_POOL), table.read, args.reps, "scan"
+        )
         cols = ["time", "rheed_i"]
-        proj_plain, proj_enc = ab(lambda: plain_ds.to_table(columns=cols, memory_pool=READ_POOL),
-                                  lambda: table.read(columns=cols), args.reps, "projection")
+        proj_plain, proj_enc = ab(
+            lambda: plain_ds.to_table(columns=cols, memory_pool=READ_POOL),
+            lambda: table.read(columns=cols),
+            args.reps,
+            "projection",
+        )
 
         rng = np.random.default_rng(1)
-        picks = [f"run-{i:05d}" for i in rng.choice(args.runs, size=max(args.reps * 4, 20),
-                                                      replace=False)]
+        picks = [
+            f"run-{i:05d}"
+            for i in rng.choice(args.runs, size=max(args.reps * 4, 20), replace=False)
+        ]
         one_plain, one_enc, files_opened, cpu_plain, cpu_enc = [], [], [], [], []
         for i, r in enumerate(picks):
+
             def plain(r=r):
-                d = ds.FileSystemDataset([frags[plain_by_bucket[bucket_of(r)]]], BENCH.schema,
-                                         fmt, pafs.LocalFileSystem())
+                d = ds.FileSystemDataset(
+                    [frags[plain_by_bucket[bucket_of(r)]]],
+                    BENCH.schema,
+                    fmt,
+                    pafs.LocalFileSystem(),
+                )
                 return d.to_table(filter=ds.field("run_id").isin([r]), memory_pool=READ_POOL)
 
             def vault(r=r):
                 return table.read(run_ids=[r])
 
             order = ((plain, one_plain, cpu_plain), (vault, one_enc, cpu_enc))
-            for fn, acc, cpu in (order if i % 2 == 0 else order[::-1]):
+            for fn, acc, cpu in order if i % 2 == 0 else order[::-1]:
                 c = time.process_time()
                 t = time.perf_counter()
                 out = fn()
@@ -289,14 +339,22 @@ def main() -> None:
 
         # Cold: a fresh process per read and the page cache dropped before each, interleaved.
         cold_plain, cold_enc, dropped = [], [], True
-        cold_picks = picks[-max(args.cold_reps, 1):]
+        cold_picks = picks[-max(args.cold_reps, 1) :]
         heads_db = work / f"heads{args.write_reps - 1}.sqlite"
         for i, r in enumerate(cold_picks):
             order = (("plain", cold_plain), ("vault", cold_enc))
-            for side, acc in (order if i % 2 == 0 else order[::-1]):
+            for side, acc in order if i % 2 == 0 else order[::-1]:
                 dropped &= drop_page_cache()
-                acc.append(cold_read(side, table, heads_db, r, plain_by_bucket[bucket_of(r)],
-                                     reg.org_keys("bench")))
+                acc.append(
+                    cold_read(
+                        side,
+                        table,
+                        heads_db,
+                        r,
+                        plain_by_bucket[bucket_of(r)],
+                        reg.org_keys("bench"),
+                    )
+                )
         cold_one_ms = statistics.median(cold_enc) * 1000
         cold_plain_ms = statistics.median(cold_plain) * 1000
 

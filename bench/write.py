@@ -52,20 +52,30 @@ def main() -> None:
         vault.create_org("acme", "us")
         labdata.fill_org(vault, "acme", runs=args.runs, points=60)
         vault.close()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
-        env.update({"ATOMSCALE_HOME": str(home), "ATOMSCALE_ROOT_KEY": key,
-                    "JUPYTER_RUNTIME_DIR": str(base / ".runtime")})
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))
+        }
+        env.update(
+            {
+                "ATOMSCALE_HOME": str(home),
+                "ATOMSCALE_ROOT_KEY": key,
+                "JUPYTER_RUNTIME_DIR": str(base / ".runtime"),
+            }
+        )
         proc, url, token = start_server(env, base, "acme", base / "server.log")
         try:
             ws = Workspace(url=url, token=token)
             for n in (1, 100, 10_000):
                 times = []
                 for _ in range(args.repeat):
-                    frame = pd.DataFrame({"technique": ["RHEED-fit"] * n,
-                                          "result_name": ["oscillation_period"] * n,
-                                          "result_value": np.arange(n, dtype=float),
-                                          "result_unit": ["s"] * n})
+                    frame = pd.DataFrame(
+                        {
+                            "technique": ["RHEED-fit"] * n,
+                            "result_name": ["oscillation_period"] * n,
+                            "result_value": np.arange(n, dtype=float),
+                            "result_unit": ["s"] * n,
+                        }
+                    )
                     t0 = time.perf_counter()
                     ws.write_metrology(frame, run=labdata.run_id(5))
                     times.append(time.perf_counter() - t0)

@@ -92,7 +92,8 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "atomscale_lab"
     (fake / "vault").mkdir(parents=True)
     (fake / "vault" / "leak.py").write_text(
-        "def f():\n    from atomscale_lab.server.handlers import ROUTES\n    return ROUTES\n")
+        "def f():\n    from atomscale_lab.server.handlers import ROUTES\n    return ROUTES\n"
+    )
     (fake / "client").mkdir()
     (fake / "client" / "peek.py").write_text("from ..vault import facade\n")
     monkeypatch.setattr(__import__(__name__, fromlist=["PKG"]), "PKG", fake)

@@ -1,4 +1,5 @@
-"""Project hygiene: lint, no tracked secrets, docstrings on every public class and function."""
+"""Project hygiene: lint and formatting (Python and the lab extension), no tracked secrets,
+docstrings on every public class and function."""
 
 import ast
 import subprocess
@@ -19,16 +20,50 @@ def _tracked() -> list[str]:
 
 def test_ruff_clean():
     ruff = Path(sys.executable).parent / "ruff"
-    r = subprocess.run([str(ruff), "check", "--output-format", "concise", "atomscale_lab",
-                        "tests", "bench", "jupyterhub_config.py"],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            str(ruff),
+            "check",
+            "--output-format",
+            "concise",
+            "atomscale_lab",
+            "tests",
+            "bench",
+            "jupyterhub_config.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_formatted():
+    # ``make format`` (ruff format, ruff's import sorting) leaves nothing to change
+    ruff = Path(sys.executable).parent / "ruff"
+    r = subprocess.run(
+        [str(ruff), "format", "--check", "atomscale_lab", "tests", "bench", "jupyterhub_config.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lab_extension_lint_clean():
+    # eslint, prettier and stylelint over labextension/ (installed by `make setup` with npm ci)
+    ext = ROOT / "labextension"
+    assert (ext / "node_modules" / ".bin" / "eslint").exists(), "run `make setup` (npm ci)"
+    r = subprocess.run(["npm", "run", "--silent", "lint"], cwd=ext, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_no_keys_or_certificates_tracked():
-    suspicious = [p for p in _tracked()
-                  if p.endswith((".pem", ".key", ".crt", ".p12", ".pfx", ".env"))
-                  or "id_rsa" in p]
+    suspicious = [
+        p
+        for p in _tracked()
+        if p.endswith((".pem", ".key", ".crt", ".p12", ".pfx", ".env")) or "id_rsa" in p
+    ]
     assert suspicious == []
 
 

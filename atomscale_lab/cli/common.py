@@ -86,29 +86,39 @@ def print_json(doc) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
 
 
-
-
 ORG_HELP = "org name"
 
 
-def add_org_argument(parser, *, optional: bool = False, dest: str = "name",
-                     help: str = ORG_HELP):
+def add_org_argument(parser, *, optional: bool = False, dest: str = "name", help: str = ORG_HELP):
     """The org argument, spelled ``ORG`` in every command (the first positional argument)."""
     kw = {"nargs": "?"} if optional else {}
     return parser.add_argument(dest, metavar="ORG", help=help, **kw)
 
 
-def add_format_option(parser, choices=("text", "json"), default: str | None = "text",
-                      help: str | None = None, required: bool = False, alias: bool = True):
+def add_format_option(
+    parser,
+    choices=("text", "json"),
+    default: str | None = "text",
+    help: str | None = None,
+    required: bool = False,
+    alias: bool = True,
+):
     """``--format``: the one spelling of an output format; ``--json`` stays as a hidden,
     deprecated alias of ``--format json`` where JSON is a choice."""
     kw = {"required": True} if required else {"default": default}
-    parser.add_argument("--format", choices=choices, dest="format",
-                        help=help or f"output format: {', '.join(choices)}"
-                        + (f" (default {default})" if default and not required else ""), **kw)
+    parser.add_argument(
+        "--format",
+        choices=choices,
+        dest="format",
+        help=help
+        or f"output format: {', '.join(choices)}"
+        + (f" (default {default})" if default and not required else ""),
+        **kw,
+    )
     if alias and "json" in choices:
-        parser.add_argument("--json", action="store_const", const="json", dest="format",
-                            help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--json", action="store_const", const="json", dest="format", help=argparse.SUPPRESS
+        )
 
 
 # -- root-key --------------------------------------------------------------------------------------

@@ -69,32 +69,107 @@ class System:
 
 
 SYSTEMS = (
-    System("MBE-1", "MBE", 0.40, "GaAs/AlGaAs", "GaAs(001)", 0.28267, (0.55, 1.10), True,
-           (575.0, 600.0), (70, 140), (64.6, 67.2), ("GaAs(004)", 66.05),
-           (("Ga 3d", 19.0, 1.0), ("As 3d", 41.0, 0.9), ("Al 2p", 73.0, 0.25),
-            ("C 1s", 284.8, 0.2), ("O 1s", 531.0, 0.3), ("Ga 2p3/2", 1117.0, 0.0)),
-           (0.12, 0.35), ("hemt-calibration", "superlattice-test", "doping-series",
-                          "interface-study"),
-           {"Ga": (550.0, (890.0, 960.0)), "Al": (700.0, (1060.0, 1120.0)),
-            "As": (250.0, (330.0, 380.0))}),
-    System("MBE-2", "MBE", 0.20, "GaN/Al2O3", "Al2O3(0001)", 0.25926, (0.15, 0.35), True,
-           (700.0, 760.0), (90, 180), (32.5, 43.0), ("Al2O3(0006)", 41.68),
-           (("Ga 3d", 20.0, 1.0), ("N 1s", 397.0, 0.8), ("C 1s", 284.8, 0.15),
-            ("O 1s", 531.5, 0.35), ("Ga LMM", 423.0, 0.4)),
-           (0.4, 1.6), ("buffer-optimisation", "nucleation-study", "metal-rich-growth"),
-           {"Ga": (600.0, (960.0, 1010.0))}),
-    System("PLD-2", "PLD", 0.25, "La0.7Sr0.3MnO3/SrTiO3", "SrTiO3(001)", 0.3905, (0.05, 0.16),
-           True, (680.0, 750.0), (40, 90), (44.0, 49.5), ("SrTiO3(002)", 46.47),
-           (("Sr 3d", 133.0, 0.7), ("Ti 2p", 459.0, 0.15), ("O 1s", 529.6, 1.0),
-            ("La 4d", 102.0, 0.5), ("Mn 2p", 641.5, 0.8), ("La 3d", 834.0, 1.2),
-            ("C 1s", 284.8, 0.12)),
-           (0.15, 0.5), ("magnetic-oxide", "thickness-series", "fluence-scan",
-                         "dead-layer-study")),
-    System("SPUT-1", "sputtering", 0.15, "TiN/Si", "Si(001)", 0.0, (0.05, 0.20), False,
-           (300.0, 450.0), (25, 60), (34.0, 72.0), ("Si(004)", 69.13),
-           (("Ti 2p", 455.0, 1.0), ("N 1s", 397.0, 0.7), ("O 1s", 530.5, 0.4),
-            ("C 1s", 284.8, 0.25), ("Si 2p", 99.3, 0.05)),
-           (0.6, 2.5), ("diffusion-barrier", "reactive-sputter", "plasmonic-film")),
+    System(
+        "MBE-1",
+        "MBE",
+        0.40,
+        "GaAs/AlGaAs",
+        "GaAs(001)",
+        0.28267,
+        (0.55, 1.10),
+        True,
+        (575.0, 600.0),
+        (70, 140),
+        (64.6, 67.2),
+        ("GaAs(004)", 66.05),
+        (
+            ("Ga 3d", 19.0, 1.0),
+            ("As 3d", 41.0, 0.9),
+            ("Al 2p", 73.0, 0.25),
+            ("C 1s", 284.8, 0.2),
+            ("O 1s", 531.0, 0.3),
+            ("Ga 2p3/2", 1117.0, 0.0),
+        ),
+        (0.12, 0.35),
+        ("hemt-calibration", "superlattice-test", "doping-series", "interface-study"),
+        {
+            "Ga": (550.0, (890.0, 960.0)),
+            "Al": (700.0, (1060.0, 1120.0)),
+            "As": (250.0, (330.0, 380.0)),
+        },
+    ),
+    System(
+        "MBE-2",
+        "MBE",
+        0.20,
+        "GaN/Al2O3",
+        "Al2O3(0001)",
+        0.25926,
+        (0.15, 0.35),
+        True,
+        (700.0, 760.0),
+        (90, 180),
+        (32.5, 43.0),
+        ("Al2O3(0006)", 41.68),
+        (
+            ("Ga 3d", 20.0, 1.0),
+            ("N 1s", 397.0, 0.8),
+            ("C 1s", 284.8, 0.15),
+            ("O 1s", 531.5, 0.35),
+            ("Ga LMM", 423.0, 0.4),
+        ),
+        (0.4, 1.6),
+        ("buffer-optimisation", "nucleation-study", "metal-rich-growth"),
+        {"Ga": (600.0, (960.0, 1010.0))},
+    ),
+    System(
+        "PLD-2",
+        "PLD",
+        0.25,
+        "La0.7Sr0.3MnO3/SrTiO3",
+        "SrTiO3(001)",
+        0.3905,
+        (0.05, 0.16),
+        True,
+        (680.0, 750.0),
+        (40, 90),
+        (44.0, 49.5),
+        ("SrTiO3(002)", 46.47),
+        (
+            ("Sr 3d", 133.0, 0.7),
+            ("Ti 2p", 459.0, 0.15),
+            ("O 1s", 529.6, 1.0),
+            ("La 4d", 102.0, 0.5),
+            ("Mn 2p", 641.5, 0.8),
+            ("La 3d", 834.0, 1.2),
+            ("C 1s", 284.8, 0.12),
+        ),
+        (0.15, 0.5),
+        ("magnetic-oxide", "thickness-series", "fluence-scan", "dead-layer-study"),
+    ),
+    System(
+        "SPUT-1",
+        "sputtering",
+        0.15,
+        "TiN/Si",
+        "Si(001)",
+        0.0,
+        (0.05, 0.20),
+        False,
+        (300.0, 450.0),
+        (25, 60),
+        (34.0, 72.0),
+        ("Si(004)", 69.13),
+        (
+            ("Ti 2p", 455.0, 1.0),
+            ("N 1s", 397.0, 0.7),
+            ("O 1s", 530.5, 0.4),
+            ("C 1s", 284.8, 0.25),
+            ("Si 2p", 99.3, 0.05),
+        ),
+        (0.6, 2.5),
+        ("diffusion-barrier", "reactive-sputter", "plasmonic-film"),
+    ),
 )
 
 
@@ -117,8 +192,12 @@ class DemoData:
 
     def tables(self) -> dict[str, pa.Table]:
         """Raw-data tables by table name."""
-        return {RUNS.name: self.runs, SERIES.name: self.series,
-                TOOL_STATE.name: self.tool_state, METROLOGY.name: self.metrology}
+        return {
+            RUNS.name: self.runs,
+            SERIES.name: self.series,
+            TOOL_STATE.name: self.tool_state,
+            METROLOGY.name: self.metrology,
+        }
 
 
 def _us(dt: datetime) -> int:
@@ -138,9 +217,11 @@ class _Cols:
             if isinstance(v, np.ndarray):
                 self.parts[name].append(v)
             else:
-                self.parts[name].append(np.full(n, v, dtype=object)
-                                        if not isinstance(v, float | int) or isinstance(v, bool)
-                                        else np.full(n, v))
+                self.parts[name].append(
+                    np.full(n, v, dtype=object)
+                    if not isinstance(v, float | int) or isinstance(v, bool)
+                    else np.full(n, v)
+                )
 
     def table(self) -> pa.Table:
         cols = {}
@@ -154,8 +235,7 @@ class _Cols:
                 if pa.types.is_timestamp(f.type) and c.dtype != object:
                     arrays.append(pa.array(c.astype("int64"), type=pa.int64()).cast(f.type))
                 elif f.type == pa.float64() and c.dtype != object:
-                    arrays.append(pa.array(c.astype("float64"), type=f.type,
-                                           from_pandas=True))
+                    arrays.append(pa.array(c.astype("float64"), type=f.type, from_pandas=True))
                 else:
                     arrays.append(pa.array(list(c), type=f.type, from_pandas=True))
             cols[f.name] = pa.chunked_array(arrays, type=f.type).combine_chunks()
@@ -199,7 +279,7 @@ def _pick_statuses(rng: np.random.Generator, n: int) -> list[str]:
     n_int = max(1, round(0.06 * n)) if n >= 8 else 0
     for i in bad[:n_err]:
         statuses[i] = "error"
-    for i in bad[n_err:n_err + n_int]:
+    for i in bad[n_err : n_err + n_int]:
         statuses[i] = "interrupted"
     return statuses
 
@@ -225,8 +305,22 @@ def build(runs: int = 40, seed: int = 0, points_per_run: int = 600, progress=Non
         sysm = SYSTEMS[picks[i]]
         run_rng = np.random.default_rng([seed, i])
         start_us += int(run_rng.uniform(4, 30) * 3600e6)
-        _one_run(i, sysm, statuses[i], start_us, run_rng, points, slow, R, S, T, M, L, truth,
-                 np.random.default_rng([seed, i, 1]))
+        _one_run(
+            i,
+            sysm,
+            statuses[i],
+            start_us,
+            run_rng,
+            points,
+            slow,
+            R,
+            S,
+            T,
+            M,
+            L,
+            truth,
+            np.random.default_rng([seed, i, 1]),
+        )
         if progress:
             progress(1)
     return DemoData(R.table(), S.table(), T.table(), M.table(), L.table(), truth)
@@ -260,17 +354,28 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
     end_us = start_us + int(end_s * 1e6)
     project = PROJECTS[int(rng.integers(len(PROJECTS)))]
     operator = OPERATORS[int(rng.integers(len(OPERATORS)))]
-    R.add(1, run_id=run_id, project=project, sample=sample, instrument=sysm.instrument,
-          method=sysm.method, operator=operator, start=np.array([start_us]),
-          end=np.array([end_us]), status=status, updated_at=np.array([end_us]))
+    R.add(
+        1,
+        run_id=run_id,
+        project=project,
+        sample=sample,
+        instrument=sysm.instrument,
+        method=sysm.method,
+        operator=operator,
+        start=np.array([start_us]),
+        end=np.array([end_us]),
+        status=status,
+        updated_at=np.array([end_us]),
+    )
 
     def ts(t):
         return start_us + np.round(np.asarray(t) * 1e6).astype("int64")
 
     # -- process series --------------------------------------------------------------------
     t = np.linspace(0, end_s, slow)
-    temp_sp = np.where(t < t_growth0, 200 + (t_grow - 200) * np.clip(t / (0.8 * t_growth0), 0, 1),
-                       t_grow)
+    temp_sp = np.where(
+        t < t_growth0, 200 + (t_grow - 200) * np.clip(t / (0.8 * t_growth0), 0, 1), t_grow
+    )
     if sysm.material_system.startswith("GaAs"):  # oxide desorption bump before growth
         bump = (t > 0.55 * t_growth0) & (t < 0.9 * t_growth0)
         temp_sp = np.where(bump, t_grow + 35, temp_sp)
@@ -279,8 +384,9 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
     # a slow wander of the heater around its setpoint, as thermocouple readings show
     wander = 1.5 * np.sin(2 * np.pi * t / max(end_s, 1.0) * xrng.uniform(1, 3) + xrng.uniform(0, 6))
     temp = _first_order_lag(temp_sp, t, 45.0) + rng.normal(0, 0.4, t.size) + wander
-    S.add(t.size, run_id=run_id, time=ts(t), channel="substrate_temperature", value=temp,
-          unit="degC")
+    S.add(
+        t.size, run_id=run_id, time=ts(t), channel="substrate_temperature", value=temp, unit="degC"
+    )
 
     in_growth = (t >= t_growth0) & (t <= min(end_s, t_growth1))
     tg = t[in_growth]
@@ -288,14 +394,18 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
         drift = 1 + 0.006 * np.sin(2 * np.pi * (tg - t_growth0) / max(grown_s, 1.0))
         gr = rate * drift * (1 + rng.normal(0, 0.004, tg.size))
         if sysm.rheed:
-            S.add(tg.size, run_id=run_id, time=ts(tg), channel="growth_rate", value=gr,
-                  unit="ML/s")
+            S.add(tg.size, run_id=run_id, time=ts(tg), channel="growth_rate", value=gr, unit="ML/s")
             period = 1 / (gr * actual / rate) * (1 + rng.normal(0, 0.006, tg.size))
-            S.add(tg.size, run_id=run_id, time=ts(tg), channel="rheed_oscillation_period",
-                  value=period, unit="s")
+            S.add(
+                tg.size,
+                run_id=run_id,
+                time=ts(tg),
+                channel="rheed_oscillation_period",
+                value=period,
+                unit="s",
+            )
         else:
-            S.add(tg.size, run_id=run_id, time=ts(tg), channel="growth_rate", value=gr,
-                  unit="nm/s")
+            S.add(tg.size, run_id=run_id, time=ts(tg), channel="growth_rate", value=gr, unit="nm/s")
     if sysm.rheed:
         dt = ml_time / RHEED_SAMPLES_PER_PERIOD
         n_pre = RHEED_SAMPLES_PER_PERIOD * 4
@@ -310,13 +420,24 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
             tau_d = ml_time * xrng.uniform(4, 8)
         depth = rng.uniform(0.35, 0.6)
         base = np.where(x < 0, i0, i_ss + (i0 - i_ss) * np.exp(-np.clip(x, 0, None) / tau_m))
-        osc = np.where(x < 0, 0.0,
-                       depth * np.exp(-np.clip(x, 0, None) / tau_d)
-                       * (1 - np.cos(2 * np.pi * x / ml_time)) / 2)
+        osc = np.where(
+            x < 0,
+            0.0,
+            depth
+            * np.exp(-np.clip(x, 0, None) / tau_d)
+            * (1 - np.cos(2 * np.pi * x / ml_time))
+            / 2,
+        )
         noise = rng.normal(0, 0.008, tr.size) * (rheed_noise / 0.008)
         intensity = base * (1 - osc) * (1 + noise)
-        S.add(tr.size, run_id=run_id, time=ts(tr), channel="rheed_specular_intensity",
-              value=intensity, unit="a.u.")
+        S.add(
+            tr.size,
+            run_id=run_id,
+            time=ts(tr),
+            channel="rheed_specular_intensity",
+            value=intensity,
+            unit="a.u.",
+        )
 
     # -- tool state ------------------------------------------------------------------------
     tt = np.linspace(0, end_s, slow)
@@ -324,8 +445,16 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
     tool = sysm.instrument
 
     def reading(channel, value, setpoint, unit):
-        T.add(tt.size, run_id=run_id, tool=tool, time=ts(tt), channel=channel, value=value,
-              setpoint=setpoint, unit=unit)
+        T.add(
+            tt.size,
+            run_id=run_id,
+            tool=tool,
+            time=ts(tt),
+            channel=channel,
+            value=value,
+            setpoint=setpoint,
+            unit=unit,
+        )
 
     def shutter(channel, t0, t1):
         state = ((tt >= t0) & (tt < t1)).astype(float)
@@ -361,8 +490,12 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
         energy = float(rng.uniform(180, 320))
         rep = float(rng.choice([1.0, 2.0, 3.0, 5.0]))
         open_ = (tt >= t_open) & (tt < t_close)
-        reading("laser_energy", np.where(open_, energy * (1 + rng.normal(0, 0.02, tt.size)), 0),
-                np.where(open_, energy, 0.0), "mJ")
+        reading(
+            "laser_energy",
+            np.where(open_, energy * (1 + rng.normal(0, 0.02, tt.size)), 0),
+            np.where(open_, energy, 0.0),
+            "mJ",
+        )
         reading("laser_rep_rate", np.where(open_, rep, 0.0), np.where(open_, rep, 0.0), "Hz")
         o2 = float(rng.choice([0.015, 0.05, 0.1, 0.2]))
         o2_sp = np.where((tt >= 0.3 * t_growth0) & (tt < t_close + 120), o2, 0.0)
@@ -376,13 +509,25 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
     else:
         power = float(rng.choice([150.0, 200.0, 250.0]))
         on = (tt >= t_open - 180) & (tt < t_close)
-        reading("target_power", np.where(on, power + rng.normal(0, 1.0, tt.size), 0.0),
-                np.where(on, power, 0.0), "W")
+        reading(
+            "target_power",
+            np.where(on, power + rng.normal(0, 1.0, tt.size), 0.0),
+            np.where(on, power, 0.0),
+            "W",
+        )
         ar, n2 = float(rng.uniform(15, 30)), float(rng.uniform(1.5, 4.0))
-        reading("ar_flow", np.where(on, ar + rng.normal(0, 0.05, tt.size), 0.0),
-                np.where(on, ar, 0.0), "sccm")
-        reading("n2_flow", np.where(on, n2 + rng.normal(0, 0.02, tt.size), 0.0),
-                np.where(on, n2, 0.0), "sccm")
+        reading(
+            "ar_flow",
+            np.where(on, ar + rng.normal(0, 0.05, tt.size), 0.0),
+            np.where(on, ar, 0.0),
+            "sccm",
+        )
+        reading(
+            "n2_flow",
+            np.where(on, n2 + rng.normal(0, 0.02, tt.size), 0.0),
+            np.where(on, n2, 0.0),
+            "sccm",
+        )
         work_p = float(rng.uniform(2e-3, 5e-3))
         base_p = 10 ** rng.uniform(-7.7, -7.0)
         p = np.where(on, work_p, base_p) * np.exp(rng.normal(0, 0.02, tt.size))
@@ -394,31 +539,62 @@ def _one_run(i, sysm: System, status, start_us, rng, points, slow, R, S, T, M, L
     thickness_nm = grown_s * (actual * sysm.ml_nm if sysm.rheed else rate)
     peaks, film, stack, target = _film(sysm, rng, thickness_nm)
     fwhm = _film_fwhm(sysm, xrng, thickness_nm, peaks, t_grow)
-    truth[run_id] = {"system": sysm.material_system, "growth_rate": actual, "ml_time": ml_time,
-                     "recipe_rate": rate, "drift": drifted, "ml_nm": sysm.ml_nm or None,
-                     "growth_start": start_us + int(t_growth0 * 1e6) if grown_s > 0 else None,
-                     "growth_start_s": t_growth0, "growth_end_s": t_growth1,
-                     "rheed_noise": rheed_noise if sysm.rheed else None,
-                     "rheed_damped": damped if sysm.rheed else None,
-                     "film_fwhm": fwhm,
-                     "xrd_peaks": peaks, "thickness_nm": thickness_nm, "status": status,
-                     "growth_temp": t_grow, "tool": truth_cells}
+    truth[run_id] = {
+        "system": sysm.material_system,
+        "growth_rate": actual,
+        "ml_time": ml_time,
+        "recipe_rate": rate,
+        "drift": drifted,
+        "ml_nm": sysm.ml_nm or None,
+        "growth_start": start_us + int(t_growth0 * 1e6) if grown_s > 0 else None,
+        "growth_start_s": t_growth0,
+        "growth_end_s": t_growth1,
+        "rheed_noise": rheed_noise if sysm.rheed else None,
+        "rheed_damped": damped if sysm.rheed else None,
+        "film_fwhm": fwhm,
+        "xrd_peaks": peaks,
+        "thickness_nm": thickness_nm,
+        "status": status,
+        "growth_temp": t_grow,
+        "tool": truth_cells,
+    }
     if status != "error":
         t_meas = end_us + int(rng.uniform(2, 48) * 3600e6)
         _xrd(M, rng, sysm, run_id, sample, t_meas, peaks, fwhm)
         if status == "complete":
             _xps(M, rng, sysm, run_id, sample, t_meas + int(3600e6))
             rough = float(rng.uniform(*sysm.roughness_nm))
-            M.add(1, item_id=f"{run_id}-afm", run_id=run_id, sample=sample, technique="AFM",
-                  time=np.array([t_meas + int(7200e6)]), x=None, y=None, x_unit=None,
-                  y_unit=None, peaks=None, result_name="rms_roughness",
-                  result_value=np.array([rough]), result_unit="nm")
+            M.add(
+                1,
+                item_id=f"{run_id}-afm",
+                run_id=run_id,
+                sample=sample,
+                technique="AFM",
+                time=np.array([t_meas + int(7200e6)]),
+                x=None,
+                y=None,
+                x_unit=None,
+                y_unit=None,
+                peaks=None,
+                result_name="rms_roughness",
+                result_value=np.array([rough]),
+                result_unit="nm",
+            )
     tags = sorted(rng.choice(sysm.tags, size=int(rng.integers(1, 3)), replace=False).tolist())
     notes = _notes(sysm, rng, status, t_grow, rate, thickness_nm)
-    L.add(1, run_id=run_id, sample=sample, material_system=sysm.material_system, film=film,
-          substrate=sysm.substrate, layer_stack=_obj(stack),
-          target_formula=target, tags=_obj(tags), notes=notes,
-          updated_at=np.array([end_us + int(86400e6)]))
+    L.add(
+        1,
+        run_id=run_id,
+        sample=sample,
+        material_system=sysm.material_system,
+        film=film,
+        substrate=sysm.substrate,
+        layer_stack=_obj(stack),
+        target_formula=target,
+        tags=_obj(tags),
+        notes=notes,
+        updated_at=np.array([end_us + int(86400e6)]),
+    )
 
 
 def _film(sysm: System, rng, thickness_nm):
@@ -480,11 +656,22 @@ def _xrd(M, rng, sysm: System, run_id, sample, t_meas, peaks, fwhm_film):
         width = 0.012 if substrate else fwhm_film
         y = y + height * _pseudo_voigt(x, p, width, 0.4)
     y = rng.poisson(y).astype(float)
-    M.add(1, item_id=f"{run_id}-xrd", run_id=run_id, sample=sample, technique="XRD",
-          time=np.array([t_meas]), x=_obj(x.tolist()),
-          y=_obj(y.tolist()), x_unit="deg 2theta", y_unit="counts",
-          peaks=_obj(sorted(peaks)), result_name="film_peak_fwhm",
-          result_value=np.array([round(fwhm_film, 4)]), result_unit="deg")
+    M.add(
+        1,
+        item_id=f"{run_id}-xrd",
+        run_id=run_id,
+        sample=sample,
+        technique="XRD",
+        time=np.array([t_meas]),
+        x=_obj(x.tolist()),
+        y=_obj(y.tolist()),
+        x_unit="deg 2theta",
+        y_unit="counts",
+        peaks=_obj(sorted(peaks)),
+        result_name="film_peak_fwhm",
+        result_value=np.array([round(fwhm_film, 4)]),
+        result_unit="deg",
+    )
 
 
 def _xps(M, rng, sysm: System, run_id, sample, t_meas):
@@ -503,34 +690,63 @@ def _xps(M, rng, sysm: System, run_id, sample, t_meas):
         used.append(round(pos, 2))
     y = rng.poisson(y).astype(float)
     c_frac = 100 * areas.get("C 1s", 0.0) / sum(areas.values())
-    M.add(1, item_id=f"{run_id}-xps", run_id=run_id, sample=sample, technique="XPS",
-          time=np.array([t_meas]), x=_obj(x.tolist()),
-          y=_obj(y.tolist()), x_unit="eV binding energy", y_unit="counts/s",
-          peaks=_obj(sorted(used)), result_name="carbon_fraction",
-          result_value=np.array([round(c_frac, 2)]), result_unit="%")
+    M.add(
+        1,
+        item_id=f"{run_id}-xps",
+        run_id=run_id,
+        sample=sample,
+        technique="XPS",
+        time=np.array([t_meas]),
+        x=_obj(x.tolist()),
+        y=_obj(y.tolist()),
+        x_unit="eV binding energy",
+        y_unit="counts/s",
+        peaks=_obj(sorted(used)),
+        result_name="carbon_fraction",
+        result_value=np.array([round(c_frac, 2)]),
+        result_unit="%",
+    )
 
 
 def _notes(sysm: System, rng, status, t_grow, rate, thickness_nm) -> str:
     if sysm.method == "MBE" and sysm.rheed and "As" in sysm.cells:
-        obs = rng.choice(["streaky 2x4 reconstruction throughout",
-                          "brief 3x1 pattern during the AlGaAs layer",
-                          "oval defects visible under Nomarski afterwards"])
-        text = f"Grown at {t_grow:.0f} C, {rate:.2f} ML/s, As/Ga BEP ratio " \
-               f"{rng.uniform(12, 25):.0f}; {obs}."
+        obs = rng.choice(
+            [
+                "streaky 2x4 reconstruction throughout",
+                "brief 3x1 pattern during the AlGaAs layer",
+                "oval defects visible under Nomarski afterwards",
+            ]
+        )
+        text = (
+            f"Grown at {t_grow:.0f} C, {rate:.2f} ML/s, As/Ga BEP ratio "
+            f"{rng.uniform(12, 25):.0f}; {obs}."
+        )
     elif sysm.instrument == "MBE-2":
-        obs = rng.choice(["Ga droplets on surface, reduce Ga flux next time",
-                          "smooth 1x1 pattern, metal-rich regime",
-                          "spotty pattern early, recovered after 20 min"])
+        obs = rng.choice(
+            [
+                "Ga droplets on surface, reduce Ga flux next time",
+                "smooth 1x1 pattern, metal-rich regime",
+                "spotty pattern early, recovered after 20 min",
+            ]
+        )
         text = f"Plasma at 350 W, growth at {t_grow:.0f} C; {obs}."
     elif sysm.method == "PLD":
-        obs = rng.choice(["layer-by-layer mode confirmed by RHEED",
-                          "target re-polished before this growth",
-                          "annealed 30 min in 300 Torr O2 after deposition"])
+        obs = rng.choice(
+            [
+                "layer-by-layer mode confirmed by RHEED",
+                "target re-polished before this growth",
+                "annealed 30 min in 300 Torr O2 after deposition",
+            ]
+        )
         text = f"Deposited at {t_grow:.0f} C, {rate * 3600:.0f} u.c./h; {obs}."
     else:
-        obs = rng.choice(["gold colour, good stoichiometry",
-                          "slight brown tint, N2 flow raised for next run",
-                          "film delaminated at the wafer edge"])
+        obs = rng.choice(
+            [
+                "gold colour, good stoichiometry",
+                "slight brown tint, N2 flow raised for next run",
+                "film delaminated at the wafer edge",
+            ]
+        )
         text = f"Reactive sputtering at {t_grow:.0f} C, {thickness_nm:.0f} nm; {obs}."
     if status == "error":
         text += " Run aborted after a controller fault."
@@ -539,8 +755,16 @@ def _notes(sysm: System, rng, status, t_grow, rate, thickness_nm) -> str:
     return text
 
 
-def generate(target, org: str | None = None, *, runs: int = 40, seed: int = 0,
-             points_per_run: int = 600, progress: bool = False, actor: str = "demo") -> dict:
+def generate(
+    target,
+    org: str | None = None,
+    *,
+    runs: int = 40,
+    seed: int = 0,
+    points_per_run: int = 600,
+    progress: bool = False,
+    actor: str = "demo",
+) -> dict:
     """Write demo data for one org and return ``{table: rows}``.
 
     ``target`` is a :class:`~atomscale_lab.vault.facade.Vault` (with ``org``) or an
@@ -557,13 +781,20 @@ def generate(target, org: str | None = None, *, runs: int = 40, seed: int = 0,
             raise ValueError("generate(vault, org): the org name is required")
         store, context = target.store(org), target.context(org)
         audit = target.audit(org)
-    with tqdm(total=runs, desc="generating runs", unit="run", file=sys.stderr,
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=runs,
+        desc="generating runs",
+        unit="run",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ) as bar:
         data = build(runs, seed, points_per_run, progress=bar.update)
     written = {}
     steps = [*data.tables().items(), (CONTEXT.name, data.labels)]
-    with tqdm(steps, desc="encrypting", unit="table", file=sys.stderr,
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        steps, desc="encrypting", unit="table", file=sys.stderr, disable=not progress, leave=False
+    ) as bar:
         for name, table in bar:
             bar.set_postfix_str(name)
             if name == CONTEXT.name:
@@ -572,6 +803,12 @@ def generate(target, org: str | None = None, *, runs: int = 40, seed: int = 0,
                 store.table(name).write(table, actor=actor)
             written[name] = table.num_rows
     if audit is not None:
-        audit.record(actor, "data.write", source="demo", seed=seed, runs=runs,
-                     rows={k: v for k, v in written.items() if k != CONTEXT.name})
+        audit.record(
+            actor,
+            "data.write",
+            source="demo",
+            seed=seed,
+            runs=runs,
+            rows={k: v for k, v in written.items() if k != CONTEXT.name},
+        )
     return written

@@ -21,8 +21,9 @@ from atomscale_lab.cli.common import (
 from atomscale_lab.errors import AtomscaleError, NotFound, ValidationError
 from atomscale_lab.schema import TABLE_ALIASES
 
-EXPORT_TABLES = {k: TABLE_ALIASES[k]
-                 for k in ("runs", "process", "series", "tool_state", "metrology")}
+EXPORT_TABLES = {
+    k: TABLE_ALIASES[k] for k in ("runs", "process", "series", "tool_state", "metrology")
+}
 """``export --category`` names and the tables they export (full table names work as well)."""
 
 
@@ -33,7 +34,9 @@ def _export_table_name(category: str) -> str:
     if name not in TABLES:
         raise ValidationError(
             f"unknown category {category!r}; choose one of {', '.join(EXPORT_TABLES)} "
-            f"(or a table: {', '.join(TABLES)})", field="category")
+            f"(or a table: {', '.join(TABLES)})",
+            field="category",
+        )
     return name
 
 
@@ -44,11 +47,13 @@ def _frame_for_text(table):
     df = table.to_pandas()
     for f in table.schema:
         if pa.types.is_list(f.type):
-            df[f.name] = [None if v is None else json.dumps(list(v)) for v in
-                          table.column(f.name).to_pylist()]
+            df[f.name] = [
+                None if v is None else json.dumps(list(v)) for v in table.column(f.name).to_pylist()
+            ]
         elif pa.types.is_timestamp(f.type):
-            df[f.name] = [None if v is None else v.isoformat() for v in
-                          table.column(f.name).to_pylist()]
+            df[f.name] = [
+                None if v is None else v.isoformat() for v in table.column(f.name).to_pylist()
+            ]
     return df
 
 
@@ -77,8 +82,10 @@ def csv_neutralise(df):
 
     for col in df.columns:
         if pd.api.types.is_object_dtype(df[col]) or pd.api.types.is_string_dtype(df[col]):
-            df[col] = [("'" + v) if isinstance(v, str) and v.startswith(CSV_FORMULA_HEADS)
-                       else v for v in df[col]]
+            df[col] = [
+                ("'" + v) if isinstance(v, str) and v.startswith(CSV_FORMULA_HEADS) else v
+                for v in df[col]
+            ]
     return df
 
 
@@ -109,8 +116,10 @@ def _write_export(table, fmt: str, out, args) -> None:
         first = True
         for start in range(0, n, batch):
             for row in table.slice(start, batch).to_pylist():
-                out.write(("\n" if first else ",\n")
-                          + json.dumps(row, default=_json_default, allow_nan=False))
+                out.write(
+                    ("\n" if first else ",\n")
+                    + json.dumps(row, default=_json_default, allow_nan=False)
+                )
                 first = False
             bar.update(min(batch, n - start))
         out.write("\n]\n")
@@ -133,8 +142,10 @@ def cmd_export(args) -> int:
     store = vault.store(args.name)
     run_ids = None
     if args.run:
-        if args.run not in store.table("process/runs").run_ids() \
-                and args.run not in store.table(name).run_ids():
+        if (
+            args.run not in store.table("process/runs").run_ids()
+            and args.run not in store.table(name).run_ids()
+        ):
             raise NotFound(f"run {args.run!r} not found in org {args.name!r}")
         run_ids = [args.run]
     fmt = args.format
@@ -146,11 +157,20 @@ def cmd_export(args) -> int:
     try:
         table = store.table(name).read(run_ids=run_ids)
     except AtomscaleError as e:
-        audit.record(who, "data.export", "error", table=name, run=args.run, format=fmt,
-                     error=type(e).__name__)
+        audit.record(
+            who,
+            "data.export",
+            "error",
+            table=name,
+            run=args.run,
+            format=fmt,
+            error=type(e).__name__,
+        )
         raise
-    warn(f"the export is NOT encrypted ({table.num_rows:,} rows of {name} as plaintext {fmt}); "
-         "keep it inside the organization's boundary and delete it when done")
+    warn(
+        f"the export is NOT encrypted ({table.num_rows:,} rows of {name} as plaintext {fmt}); "
+        "keep it inside the organization's boundary and delete it when done"
+    )
     if out_path is None:
         if fmt == "parquet":
             _write_export(table, fmt, sys.stdout.buffer, args)
@@ -170,8 +190,15 @@ def cmd_export(args) -> int:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    audit.record(who, "data.export", table=name, run=args.run, format=fmt, rows=table.num_rows,
-                 output=str(out_path) if out_path else "stdout")
+    audit.record(
+        who,
+        "data.export",
+        table=name,
+        run=args.run,
+        format=fmt,
+        rows=table.num_rows,
+        output=str(out_path) if out_path else "stdout",
+    )
     if out_path is not None:
         print(f"exported {table.num_rows:,} rows of {name} to {out_path}")
     return 0
@@ -179,21 +206,31 @@ def cmd_export(args) -> int:
 
 def add_export_parser(sub) -> None:
     """Add ``export`` to the admin command."""
-    ex = sub.add_parser("export", help="export a table as plaintext CSV/Parquet/JSON",
-                        description="Decrypt and export one table of an org (audited). The "
-                                    "output is NOT encrypted. Categories: "
-                                    + ", ".join(f"{k} ({v})" for k, v in EXPORT_TABLES.items())
-                                    + ".")
+    ex = sub.add_parser(
+        "export",
+        help="export a table as plaintext CSV/Parquet/JSON",
+        description="Decrypt and export one table of an org (audited). The "
+        "output is NOT encrypted. Categories: "
+        + ", ".join(f"{k} ({v})" for k, v in EXPORT_TABLES.items())
+        + ".",
+    )
     add_org_argument(ex)
     ex.add_argument("--category", required=True, help="runs, process, tool_state or metrology")
     ex.add_argument("--run", metavar="RUN_ID", help="only this run")
-    add_format_option(ex, choices=("csv", "parquet", "json"), required=True, alias=False,
-                      help="csv (list columns as JSON text), parquet, or json (an array of "
-                           "rows)")
+    add_format_option(
+        ex,
+        choices=("csv", "parquet", "json"),
+        required=True,
+        alias=False,
+        help="csv (list columns as JSON text), parquet, or json (an array of rows)",
+    )
     ex.add_argument("--output", "-o", metavar="PATH", help="file to write (default: stdout)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    ex.add_argument("--raw-csv", action="store_true",
-                    help="write text cells as stored: by default a cell starting with =, +, -, "
-                         "@, tab or CR gets a leading ' so spreadsheets show it as text instead "
-                         "of running it as a formula")
+    ex.add_argument(
+        "--raw-csv",
+        action="store_true",
+        help="write text cells as stored: by default a cell starting with =, +, -, "
+        "@, tab or CR gets a leading ' so spreadsheets show it as text instead "
+        "of running it as a formula",
+    )
     ex.set_defaults(func=cmd_export)

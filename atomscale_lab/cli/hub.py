@@ -22,13 +22,17 @@ from atomscale_lab.hub.users import ROLES, IdpUsers, check_name
 def _users(args) -> IdpUsers:
     from atomscale_lab.hub.users import default_users_file
 
-    return IdpUsers(getattr(args, "users_file", None)
-                    or default_users_file(getattr(args, "home", None)))
+    return IdpUsers(
+        getattr(args, "users_file", None) or default_users_file(getattr(args, "home", None))
+    )
 
 
 def _add_users_file(p) -> None:
-    p.add_argument("--users-file", help="the identity provider's users file (default: "
-                   "$ATOMSCALE_IDP_USERS or $ATOMSCALE_HOME/idp/users.json)")
+    p.add_argument(
+        "--users-file",
+        help="the identity provider's users file (default: "
+        "$ATOMSCALE_IDP_USERS or $ATOMSCALE_HOME/idp/users.json)",
+    )
 
 
 def _write_password(args, username: str, password: str) -> None:
@@ -73,9 +77,10 @@ def cmd_totp(args) -> int:
     """Print the current TOTP code of a user (or, with --uri, the authenticator-app URI)."""
     users = _users(args)
     if args.uri:
-        sys.stdout.write(users.totp(args.user).provisioning_uri(name=args.user,
-                                                                 issuer_name="atomscale-lab")
-                         + "\n")
+        sys.stdout.write(
+            users.totp(args.user).provisioning_uri(name=args.user, issuer_name="atomscale-lab")
+            + "\n"
+        )
     else:
         sys.stdout.write(users.totp_now(args.user) + "\n")
     return 0
@@ -84,11 +89,17 @@ def cmd_totp(args) -> int:
 def cmd_users_add(args) -> int:
     """Add an identity-provider user; prints ``user password`` once."""
     _org_exists(args, args.org)
-    pw = _users(args).add(args.user, args.org, args.role, mfa=not args.no_mfa,
-                          replace=args.replace)
+    pw = _users(args).add(args.user, args.org, args.role, mfa=not args.no_mfa, replace=args.replace)
     _unix(args, args.user, args.org)
-    _audit(args, args.org, "config.change", change="user.add", user=args.user, role=args.role,
-           mfa=not args.no_mfa)
+    _audit(
+        args,
+        args.org,
+        "config.change",
+        change="user.add",
+        user=args.user,
+        role=args.role,
+        mfa=not args.no_mfa,
+    )
     _write_password(args, args.user, pw)
     return 0
 
@@ -96,8 +107,9 @@ def cmd_users_add(args) -> int:
 def cmd_users_list(args) -> int:
     """List users (no secrets)."""
     for u in _users(args).list(args.org):
-        sys.stdout.write(f"{u['username']}\t{u['org']}\t{u['role']}\t"
-                         f"{'mfa' if u['mfa'] else 'NO-MFA'}\n")
+        sys.stdout.write(
+            f"{u['username']}\t{u['org']}\t{u['role']}\t{'mfa' if u['mfa'] else 'NO-MFA'}\n"
+        )
     return 0
 
 
@@ -155,8 +167,9 @@ def cmd_add_support(args) -> int:
     username = args.user or f"{args.org}-support"
     users = _users(args)
     if username in users.load() and not args.replace:
-        raise ValidationError(f"{username!r} already exists (use --replace to reset it)",
-                              field="user")
+        raise ValidationError(
+            f"{username!r} already exists (use --replace to reset it)", field="user"
+        )
     pw = users.add(username, args.org, "support", replace=True)
     _unix(args, username, args.org)
     _audit(args, args.org, "config.change", change="support.add", user=username)
@@ -169,9 +182,13 @@ def cmd_init(args) -> int:
     from atomscale_lab.hub.stack import init_stack
     from atomscale_lab.vault.settings import default_home
 
-    st = init_stack(args.root, args.home or default_home(),
-                    ports={"public": args.port, "idp": args.idp_port},
-                    create_unix_users=args.create_unix_users, home_base=args.home_base)
+    st = init_stack(
+        args.root,
+        args.home or default_home(),
+        ports={"public": args.port, "idp": args.idp_port},
+        create_unix_users=args.create_unix_users,
+        home_base=args.home_base,
+    )
     sys.stdout.write(f"{st.deployment_file}\n")
     return 0
 
@@ -188,14 +205,20 @@ def cmd_start(args) -> int:
 
 def register(subparsers, org_subparsers) -> None:
     """Add ``totp``, ``hub …`` and ``org add-support``."""
-    t = subparsers.add_parser("totp", help="print a local identity-provider user's TOTP code",
-                              description="Print the current 6-digit TOTP code of a user of the "
-                                          "bundled identity provider (demo deployments; real "
-                                          "users use their authenticator app).")
+    t = subparsers.add_parser(
+        "totp",
+        help="print a local identity-provider user's TOTP code",
+        description="Print the current 6-digit TOTP code of a user of the "
+        "bundled identity provider (demo deployments; real "
+        "users use their authenticator app).",
+    )
     t.add_argument("user", help="the identity-provider user name")
-    t.add_argument("--uri", action="store_true",
-                   help="print the otpauth:// URI to add the user to an authenticator app "
-                        "(it contains the user's TOTP secret)")
+    t.add_argument(
+        "--uri",
+        action="store_true",
+        help="print the otpauth:// URI to add the user to an authenticator app "
+        "(it contains the user's TOTP secret)",
+    )
     _add_users_file(t)
     t.set_defaults(func=cmd_totp)
 
@@ -207,10 +230,16 @@ def register(subparsers, org_subparsers) -> None:
     i.add_argument("root", help="folder for certificates, IdP clients, the deployment file")
     i.add_argument("--port", type=int, default=8000, help="hub https port (default 8000)")
     i.add_argument("--idp-port", type=int, default=8443, help="IdP https port (default 8443)")
-    i.add_argument("--create-unix-users", action="store_true",
-                   help="let the spawner create missing Unix accounts")
-    i.add_argument("--home-base", default="/home/atomscale",
-                   help="parent of per-org home folders (default /home/atomscale)")
+    i.add_argument(
+        "--create-unix-users",
+        action="store_true",
+        help="let the spawner create missing Unix accounts",
+    )
+    i.add_argument(
+        "--home-base",
+        default="/home/atomscale",
+        help="parent of per-org home folders (default /home/atomscale)",
+    )
     i.set_defaults(func=cmd_init)
 
     s = hs.add_parser("start", help="run the hub")
@@ -218,10 +247,16 @@ def register(subparsers, org_subparsers) -> None:
     s.set_defaults(func=cmd_start)
 
     def unix_opts(p):
-        p.add_argument("--unix", action="store_true",
-                       help="also create (or remove) the Unix account (needs root)")
-        p.add_argument("--home-base", default="/home/atomscale",
-                       help="parent of per-org home folders (default /home/atomscale)")
+        p.add_argument(
+            "--unix",
+            action="store_true",
+            help="also create (or remove) the Unix account (needs root)",
+        )
+        p.add_argument(
+            "--home-base",
+            default="/home/atomscale",
+            help="parent of per-org home folders (default /home/atomscale)",
+        )
 
     users = hs.add_parser("users", help="identity-provider users and Unix accounts")
     us = users.add_subparsers(dest="users_command", metavar="COMMAND")
@@ -230,8 +265,11 @@ def register(subparsers, org_subparsers) -> None:
     a.add_argument("user", help="the new user's name")
     a.add_argument("--org", required=True, metavar="ORG", help="the org the user belongs to")
     a.add_argument("--role", required=True, choices=ROLES, help="the user's role in the org")
-    a.add_argument("--no-mfa", action="store_true",
-                   help="let this user sign in without TOTP (the hub will refuse it)")
+    a.add_argument(
+        "--no-mfa",
+        action="store_true",
+        help="let this user sign in without TOTP (the hub will refuse it)",
+    )
     a.add_argument("--replace", action="store_true", help="reset an existing user")
     a.add_argument("--password-file", help="append 'user password' here (0600) instead of stdout")
     unix_opts(a)
@@ -246,33 +284,41 @@ def register(subparsers, org_subparsers) -> None:
     unix_opts(rm)
     _add_users_file(rm)
     rm.set_defaults(func=cmd_users_remove)
-    sy = us.add_parser("sync", help="create an org's Unix accounts (users and its data "
-                                    "server's service account); hand it the org's data folder")
+    sy = us.add_parser(
+        "sync",
+        help="create an org's Unix accounts (users and its data "
+        "server's service account); hand it the org's data folder",
+    )
     sy.add_argument("org", metavar="ORG", help="org name")
-    sy.add_argument("--home-base", default="/home/atomscale",
-                    help="parent of per-org home folders (default /home/atomscale)")
+    sy.add_argument(
+        "--home-base",
+        default="/home/atomscale",
+        help="parent of per-org home folders (default /home/atomscale)",
+    )
     _add_users_file(sy)
     sy.set_defaults(func=cmd_users_sync)
 
     pv = hs.add_parser("provision", help="create an org's demo users (admin, scientist, viewer)")
     pv.add_argument("org", metavar="ORG", help="org name")
     pv.add_argument("--replace", action="store_true", help="reset existing demo users")
-    pv.add_argument("--password-file",
-                    help="append 'user password' lines here (0600) instead of stdout")
+    pv.add_argument(
+        "--password-file", help="append 'user password' lines here (0600) instead of stdout"
+    )
     unix_opts(pv)
     _add_users_file(pv)
     pv.set_defaults(func=cmd_provision)
 
     sp = org_subparsers.add_parser(
-        "add-support", help="create the org's support account (config and users; no data)",
+        "add-support",
+        help="create the org's support account (config and users; no data)",
         description="Create the org's support account: it can change the workspace's "
-                    "configuration and see the org's users and servers, but holds no data, "
-                    "key or context scope. Prints the password once.")
+        "configuration and see the org's users and servers, but holds no data, "
+        "key or context scope. Prints the password once.",
+    )
     sp.add_argument("org", metavar="ORG", help="org name")
     sp.add_argument("--user", help="account name (default <org>-support)")
     sp.add_argument("--replace", action="store_true", help="reset an existing account")
-    sp.add_argument("--password-file",
-                    help="append 'user password' here (0600) instead of stdout")
+    sp.add_argument("--password-file", help="append 'user password' here (0600) instead of stdout")
     unix_opts(sp)
     _add_users_file(sp)
     sp.set_defaults(func=cmd_add_support)

@@ -31,8 +31,11 @@ def cmd_kms_status(args) -> int:
 
     vault = cli.open_vault(args)
     try:
-        doc = {"kms": type(vault.kms).__name__, "key_id": vault.kms.key_id,
-               "stored_keys": vault.keys.kms_key_ids()}
+        doc = {
+            "kms": type(vault.kms).__name__,
+            "key_id": vault.kms.key_id,
+            "stored_keys": vault.keys.kms_key_ids(),
+        }
     finally:
         vault.close()
     if args.format == "json":
@@ -52,8 +55,10 @@ def cmd_kms_init(args) -> int:
 
     spec = os.environ.get(ENV_KMS, "").strip()
     if not spec:
-        raise ConfigError(f"{ENV_KMS} is not set: the local root key needs no init "
-                          "(see `atomscale-lab root-key generate`)")
+        raise ConfigError(
+            f"{ENV_KMS} is not set: the local root key needs no init "
+            "(see `atomscale-lab root-key generate`)"
+        )
     cls = _spec_class(spec)
     if hasattr(cls, "ensure_key"):
         kms = cls.from_env(check=False)
@@ -73,15 +78,19 @@ def cmd_kms_rotate(args) -> int:
     try:
         kms = vault.kms
         if args.retire and not hasattr(kms, "retire_before"):
-            raise ConfigError(f"{type(kms).__name__} keeps old key versions itself; "
-                              "--retire is for Vault transit keys")
+            raise ConfigError(
+                f"{type(kms).__name__} keeps old key versions itself; "
+                "--retire is for Vault transit keys"
+            )
         n = vault.rotate_kms_key(rotate=not args.rewrap_only, actor=cli.actor(args))
         print(f"re-wrapped {n} keys under {kms.key_id}")
         if args.retire:
             left = {k: c for k, c in vault.keys.kms_key_ids().items() if k != kms.key_id}
             if left:
-                raise ValidationError(f"{sum(left.values())} keys are still wrapped by older "
-                                      "versions; not retiring them")
+                raise ValidationError(
+                    f"{sum(left.values())} keys are still wrapped by older "
+                    "versions; not retiring them"
+                )
             kms.retire_before(kms.latest_version)
             print(f"older versions of the wrapping key can no longer decrypt ({kms.key_id})")
     finally:
@@ -113,39 +122,66 @@ def register(subparsers) -> None:
     from atomscale_lab.cli.common import _Parser
 
     k = subparsers.add_parser(
-        "kms", help="the root key in an external KMS (Vault/OpenBao transit, AWS KMS)",
+        "kms",
+        help="the root key in an external KMS (Vault/OpenBao transit, AWS KMS)",
         description="With ATOMSCALE_KMS=atomscale_lab.vault.kms.transit:VaultTransitKms or "
-                    "atomscale_lab.vault.kms.aws:AwsKms the root key stays inside the KMS; these "
-                    "commands create, rotate and re-wrap under it.")
+        "atomscale_lab.vault.kms.aws:AwsKms the root key stays inside the KMS; these "
+        "commands create, rotate and re-wrap under it.",
+    )
     ks = k.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
-    s = ks.add_parser("status", help="the KMS in use and which key version wraps the stored keys",
-                      description="Print the KMS plug-in, its current wrapping-key id and how "
-                                  "many stored keys each wrapping-key id made.")
+    s = ks.add_parser(
+        "status",
+        help="the KMS in use and which key version wraps the stored keys",
+        description="Print the KMS plug-in, its current wrapping-key id and how "
+        "many stored keys each wrapping-key id made.",
+    )
     cli.add_format_option(s)
     s.set_defaults(func=cmd_kms_status)
-    i = ks.add_parser("init", help="create the wrapping key (Vault transit) and check it",
-                      description="Create the transit key (derived, aes256-gcm96, not "
-                                  "exportable) if it is missing; check the key of any plug-in.")
+    i = ks.add_parser(
+        "init",
+        help="create the wrapping key (Vault transit) and check it",
+        description="Create the transit key (derived, aes256-gcm96, not "
+        "exportable) if it is missing; check the key of any plug-in.",
+    )
     i.set_defaults(func=cmd_kms_init)
-    r = ks.add_parser("rotate", help="rotate the wrapping key and re-wrap every org key",
-                      description="Make a new version of the wrapping key inside the KMS, then "
-                                  "re-wrap every stored org key under it (inside the KMS: the org "
-                                  "keys never leave it). No data is rewritten.")
-    r.add_argument("--rewrap-only", action="store_true",
-                   help="do not rotate; only re-wrap under the newest version")
-    r.add_argument("--retire", action="store_true",
-                   help="afterwards forbid decryption with older versions (Vault transit)")
+    r = ks.add_parser(
+        "rotate",
+        help="rotate the wrapping key and re-wrap every org key",
+        description="Make a new version of the wrapping key inside the KMS, then "
+        "re-wrap every stored org key under it (inside the KMS: the org "
+        "keys never leave it). No data is rewritten.",
+    )
+    r.add_argument(
+        "--rewrap-only",
+        action="store_true",
+        help="do not rotate; only re-wrap under the newest version",
+    )
+    r.add_argument(
+        "--retire",
+        action="store_true",
+        help="afterwards forbid decryption with older versions (Vault transit)",
+    )
     r.set_defaults(func=cmd_kms_rotate)
-    rw = ks.add_parser("rewrap", help="re-wrap every org key under the newest key version",
-                       description="Re-wrap every stored org key under the newest version of "
-                                   "the wrapping key (after a rotation made in the KMS).")
+    rw = ks.add_parser(
+        "rewrap",
+        help="re-wrap every org key under the newest key version",
+        description="Re-wrap every stored org key under the newest version of "
+        "the wrapping key (after a rotation made in the KMS).",
+    )
     rw.set_defaults(func=cmd_kms_rotate, rewrap_only=True, retire=False)
-    m = ks.add_parser("migrate", help="move every org key to another KMS plug-in",
-                      description="Re-wrap every stored org key from the KMS in use (e.g. the "
-                                  "local root key) to the plug-in named by --to, whose settings "
-                                  "come from the environment.")
-    m.add_argument("--to", required=True, metavar="MODULE:CLASS",
-                   help="e.g. atomscale_lab.vault.kms.transit:VaultTransitKms")
+    m = ks.add_parser(
+        "migrate",
+        help="move every org key to another KMS plug-in",
+        description="Re-wrap every stored org key from the KMS in use (e.g. the "
+        "local root key) to the plug-in named by --to, whose settings "
+        "come from the environment.",
+    )
+    m.add_argument(
+        "--to",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="e.g. atomscale_lab.vault.kms.transit:VaultTransitKms",
+    )
     m.set_defaults(func=cmd_kms_migrate)
 
     def show(args):

@@ -25,8 +25,9 @@ ALIGN = ("growth_start", "shutter_open", "run_start")
 first shutter opening), the first growth-shutter opening, or the run's first sample."""
 
 
-def event_time(process: pd.DataFrame, tools: pd.DataFrame | None, at: str,
-               rheed=None) -> pd.Timestamp | None:
+def event_time(
+    process: pd.DataFrame, tools: pd.DataFrame | None, at: str, rheed=None
+) -> pd.Timestamp | None:
     """The time of event ``at`` (see :data:`ALIGN`) in a run's frames, or None."""
     if at not in ALIGN:
         raise ValueError(f"align at one of {', '.join(ALIGN)}, not {at!r}")
@@ -46,8 +47,9 @@ def event_time(process: pd.DataFrame, tools: pd.DataFrame | None, at: str,
     return pd.Timestamp(min(f["time"].min() for f in frames))
 
 
-def aligned(frames: dict[str, pd.DataFrame], events: dict[str, pd.Timestamp | None]
-            ) -> pd.DataFrame:
+def aligned(
+    frames: dict[str, pd.DataFrame], events: dict[str, pd.Timestamp | None]
+) -> pd.DataFrame:
     """Long frames of several runs with ``t_s``: seconds from each run's event."""
     out = []
     for run_id, df in frames.items():
@@ -61,8 +63,9 @@ def aligned(frames: dict[str, pd.DataFrame], events: dict[str, pd.Timestamp | No
     return pd.concat(out, ignore_index=True)
 
 
-def setpoints_during_growth(tools: pd.DataFrame | None, windows: pd.DataFrame | None
-                            ) -> dict[str, float]:
+def setpoints_during_growth(
+    tools: pd.DataFrame | None, windows: pd.DataFrame | None
+) -> dict[str, float]:
     """Median setpoint of each tool channel while growth shutters are open (the recipe)."""
     if tools is None or tools.empty or "setpoint" not in tools:
         return {}
@@ -73,12 +76,13 @@ def setpoints_during_growth(tools: pd.DataFrame | None, windows: pd.DataFrame | 
         for w in windows.itertuples():
             if pd.notna(w.start) and pd.notna(w.end):
                 mask |= (t >= w.start) & (t <= w.end)
-    sel = tools[mask & ~tools["channel"].str.startswith("shutter_")
-                & tools["setpoint"].notna()]
+    sel = tools[mask & ~tools["channel"].str.startswith("shutter_") & tools["setpoint"].notna()]
     units = sel.groupby("channel")["unit"].first() if "unit" in sel else {}
     med = sel.groupby("channel")["setpoint"].median()
-    return {f"{ch} setpoint [{unit_label(units.get(ch, ''))}]".replace(" []", ""): float(v)
-            for ch, v in med.items()}
+    return {
+        f"{ch} setpoint [{unit_label(units.get(ch, ''))}]".replace(" []", ""): float(v)
+        for ch, v in med.items()
+    }
 
 
 UNIT_LABELS = {"degC": "°C", "deg": "°", "deg 2theta": "° 2θ"}
@@ -89,12 +93,21 @@ def unit_label(unit: str | None) -> str:
     return UNIT_LABELS.get(unit or "", unit or "")
 
 
-def features_of(run: dict, process: pd.DataFrame, tools: pd.DataFrame | None, rheed,
-                metrology: pd.DataFrame | None) -> dict:
+def features_of(
+    run: dict,
+    process: pd.DataFrame,
+    tools: pd.DataFrame | None,
+    rheed,
+    metrology: pd.DataFrame | None,
+) -> dict:
     """One run's comparison features (see the module docstring) as a flat dict."""
     windows = rheed.windows if rheed is not None else None
-    feat: dict = {"run_id": run.get("run_id"), "instrument": run.get("instrument"),
-                  "method": run.get("method"), "status": run.get("status")}
+    feat: dict = {
+        "run_id": run.get("run_id"),
+        "instrument": run.get("instrument"),
+        "method": run.get("method"),
+        "status": run.get("status"),
+    }
     feat.update(setpoints_during_growth(tools, windows))
     if process is not None and len(process):
         temp = process[process["channel"].str.contains("substrate_temp")]
@@ -155,20 +168,33 @@ def run_features(ws, run_ids: Sequence[str]) -> pd.DataFrame:
     for rid in ids:
         rec = ws.run(rid)
         tool_ch = list(rec.get("channels", {}).get("tool_state", []))
-        proc_ch = [c for c in rec.get("channels", {}).get("process", [])
-                   if c in (_rheed.RHEED_CHANNEL, "growth_rate") or "substrate_temp" in c]
-        proc = ws.process(rid, channels=proc_ch) if proc_ch else pd.DataFrame(
-            columns=["time", "channel", "value", "unit"])
+        proc_ch = [
+            c
+            for c in rec.get("channels", {}).get("process", [])
+            if c in (_rheed.RHEED_CHANNEL, "growth_rate") or "substrate_temp" in c
+        ]
+        proc = (
+            ws.process(rid, channels=proc_ch)
+            if proc_ch
+            else pd.DataFrame(columns=["time", "channel", "value", "unit"])
+        )
         tools = ws.tool_state(rid, channels=tool_ch) if tool_ch else None
         result = _rheed.analyze_frames(proc, tools)
         m = met[met["run_id"] == rid] if met is not None and len(met) else None
         rows.append(features_of(rec, proc, tools, result, m))
-    return pd.DataFrame(rows, columns=None if rows else ["run_id", "instrument", "method",
-                                                          "status"])
+    return pd.DataFrame(
+        rows, columns=None if rows else ["run_id", "instrument", "method", "status"]
+    )
 
 
-def similar_runs(ws, run_id: str, candidates: Sequence[str] | None = None, k: int = 5,
-                 same_instrument: bool = True, limit: int = 200) -> pd.DataFrame:
+def similar_runs(
+    ws,
+    run_id: str,
+    candidates: Sequence[str] | None = None,
+    k: int = 5,
+    same_instrument: bool = True,
+    limit: int = 200,
+) -> pd.DataFrame:
     """The ``k`` runs nearest to ``run_id`` over their features, nearest first.
 
     ``candidates`` defaults to the newest ``limit`` runs (of the same instrument unless

@@ -49,17 +49,26 @@ ARROW_ACCEPT = f"{ARROW_STREAM}; compression=zstd"
 fewer bytes cross the TLS legs of the hub's proxy and the pass-through."""
 PAGE = 500
 
-_ERRORS = {400: _ValidationError, 401: PermissionDenied, 403: PermissionDenied, 404: NotFound,
-           409: Conflict, 413: _ValidationError, 503: KeyUnavailable}
+_ERRORS = {
+    400: _ValidationError,
+    401: PermissionDenied,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    413: _ValidationError,
+    503: KeyUnavailable,
+}
 
 
 def discover(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
     """Find this kernel's Jupyter server: returns ``(base URL ending in /, token)``."""
     env = os.environ
     if url is None:
-        for u_var, t_var in (("ATOMSCALE_LAB_URL", "ATOMSCALE_LAB_TOKEN"),
-                             ("JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_TOKEN"),
-                             ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN")):
+        for u_var, t_var in (
+            ("ATOMSCALE_LAB_URL", "ATOMSCALE_LAB_TOKEN"),
+            ("JUPYTERHUB_SERVICE_URL", "JUPYTERHUB_API_TOKEN"),
+            ("JUPYTER_SERVER_URL", "JUPYTER_TOKEN"),
+        ):
             if env.get(u_var):
                 url, token = env[u_var], token or env.get(t_var)
                 break
@@ -67,8 +76,12 @@ def discover(url: str | None = None, token: str | None = None) -> tuple[str, str
         info = _running_server()
         url, token = info["url"], token or info.get("token") or None
     if token is None:
-        token = env.get("ATOMSCALE_LAB_TOKEN") or env.get("JUPYTERHUB_API_TOKEN") \
-            or env.get("JUPYTER_TOKEN") or _token_for(url)
+        token = (
+            env.get("ATOMSCALE_LAB_TOKEN")
+            or env.get("JUPYTERHUB_API_TOKEN")
+            or env.get("JUPYTER_TOKEN")
+            or _token_for(url)
+        )
     return (url if url.endswith("/") else url + "/"), token
 
 
@@ -88,11 +101,15 @@ def _running_server() -> dict:
     if len(servers) == 1:
         return servers[0]
     if not servers:
-        raise ConfigError("no Jupyter server found: run this in a notebook of an atomscale-lab "
-                          "server, or pass Workspace(url=..., token=...)")
-    raise ConfigError("several Jupyter servers are running ("
-                      + ", ".join(s["url"] for s in servers)
-                      + "); pass Workspace(url=...) or set ATOMSCALE_LAB_URL")
+        raise ConfigError(
+            "no Jupyter server found: run this in a notebook of an atomscale-lab "
+            "server, or pass Workspace(url=..., token=...)"
+        )
+    raise ConfigError(
+        "several Jupyter servers are running ("
+        + ", ".join(s["url"] for s in servers)
+        + "); pass Workspace(url=...) or set ATOMSCALE_LAB_URL"
+    )
 
 
 def _token_for(url: str) -> str | None:
@@ -137,8 +154,14 @@ class Workspace:
     org fails clearly on another org's server.
     """
 
-    def __init__(self, org: str | None = None, url: str | None = None, token: str | None = None,
-                 *, timeout: float = 120.0):
+    def __init__(
+        self,
+        org: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 120.0,
+    ):
         self.url, token = discover(url, token)
         self.timeout = timeout
         self._session = requests.Session()
@@ -165,17 +188,32 @@ class Workspace:
 
     # --- HTTP ---------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, params: dict | None = None, json=None,
-                 arrow: bool = False, stream: bool = False, data: bytes | None = None,
-                 headers: dict | None = None) -> requests.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict | None = None,
+        json=None,
+        arrow: bool = False,
+        stream: bool = False,
+        data: bytes | None = None,
+        headers: dict | None = None,
+    ) -> requests.Response:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if arrow:
             params["format"] = "arrow"
             headers = {"Accept": ARROW_ACCEPT, **(headers or {})}
         try:
-            r = self._session.request(method, self.url + API + path, params=params, json=json,
-                                      data=data, headers=headers, timeout=self.timeout,
-                                      stream=stream)
+            r = self._session.request(
+                method,
+                self.url + API + path,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                stream=stream,
+            )
         except requests.ConnectionError as e:
             raise ConfigError(f"cannot reach the Jupyter server at {self.url}: {e}") from None
         if r.status_code >= 400:
@@ -195,8 +233,9 @@ class Workspace:
         r = self._request("GET", path, params, arrow=True, stream=True)
         with r:
             if r.headers.get("Content-Type") != ARROW_STREAM:
-                raise AtomscaleError(f"expected an Arrow stream from {path}, got "
-                                     f"{r.headers.get('Content-Type')}")
+                raise AtomscaleError(
+                    f"expected an Arrow stream from {path}, got {r.headers.get('Content-Type')}"
+                )
             try:
                 if r.headers.get("Content-Length"):
                     # a sized answer (one run, a page): read it whole, parse without a copy
@@ -207,8 +246,9 @@ class Workspace:
                     source = io.BufferedReader(r.raw, buffer_size=4 << 20)
                     table = pa.ipc.open_stream(source).read_all()
             except (pa.ArrowInvalid, OSError) as e:
-                raise AtomscaleError(f"the Arrow stream from {path} was cut short or is "
-                                     f"malformed: {e}") from None
+                raise AtomscaleError(
+                    f"the Arrow stream from {path} was cut short or is malformed: {e}"
+                ) from None
         return table, r
 
     # --- catalogue ----------------------------------------------------------------------------
@@ -243,8 +283,9 @@ class Workspace:
         if limit is not None and limit < 1:
             raise _ValidationError("limit must be at least 1", field="limit")
         params = self._filters(filters)
-        if limit is None and not {k for k, v in params.items()
-                                  if v is not None and k not in ("sort", "order")}:
+        if limit is None and not {
+            k for k, v in params.items() if v is not None and k not in ("sort", "order")
+        }:
             return self._all_runs(params.get("sort") or "start", params.get("order") or "desc")
         frames, page, got = [], 1, 0
         while True:
@@ -264,8 +305,9 @@ class Workspace:
         # every run: one Arrow stream of the runs table instead of hundreds of pages
         cols = list(RUN_COLUMNS)
         if sort not in cols:
-            raise _ValidationError(f"cannot sort by {sort!r}; choose one of {', '.join(cols)}",
-                                   field="sort")
+            raise _ValidationError(
+                f"cannot sort by {sort!r}; choose one of {', '.join(cols)}", field="sort"
+            )
         if order not in ("asc", "desc"):
             raise _ValidationError("order must be 'asc' or 'desc'", field="order")
         df = _frame(self.table("process/runs", columns=cols))
@@ -280,34 +322,60 @@ class Workspace:
     # --- frames -------------------------------------------------------------------------------
 
     def _series(self, category: str, run_id: str, channels, start, end, max_points):
-        t, _ = self._arrow(f"runs/{quote(run_id, safe='')}/{category}",
-                           channels=_csv(channels), start=_time(start), end=_time(end),
-                           max_points=max_points)
+        t, _ = self._arrow(
+            f"runs/{quote(run_id, safe='')}/{category}",
+            channels=_csv(channels),
+            start=_time(start),
+            end=_time(end),
+            max_points=max_points,
+        )
         return _frame(t)
 
-    def process(self, run_id: str, channels: Sequence[str] | str | None = None, start=None,
-                end=None, wide: bool = False, max_points: int | None = None) -> pd.DataFrame:
+    def process(
+        self,
+        run_id: str,
+        channels: Sequence[str] | str | None = None,
+        start=None,
+        end=None,
+        wide: bool = False,
+        max_points: int | None = None,
+    ) -> pd.DataFrame:
         """Process time series of a run: a long frame (``run_id, time, channel, value, unit``),
         or with ``wide=True`` one column per channel indexed by time."""
         df = self._series("process", run_id, channels, start, end, max_points)
         return _wide(df) if wide else df
 
-    def tool_state(self, run_id: str, channels: Sequence[str] | str | None = None, start=None,
-                   end=None, wide: bool = False, max_points: int | None = None) -> pd.DataFrame:
+    def tool_state(
+        self,
+        run_id: str,
+        channels: Sequence[str] | str | None = None,
+        start=None,
+        end=None,
+        wide: bool = False,
+        max_points: int | None = None,
+    ) -> pd.DataFrame:
         """Tool readback and setpoints of a run: long frame (``run_id, tool, time, channel, value,
         setpoint, unit``), or with ``wide=True`` the readback values one column per channel."""
         df = self._series("tool_state", run_id, channels, start, end, max_points)
         return _wide(df) if wide else df
 
-    def metrology(self, run_id: Sequence[str] | str | None = None,
-                  technique: Sequence[str] | str | None = None,
-                  with_spectra: bool = False) -> pd.DataFrame:
+    def metrology(
+        self,
+        run_id: Sequence[str] | str | None = None,
+        technique: Sequence[str] | str | None = None,
+        with_spectra: bool = False,
+    ) -> pd.DataFrame:
         """Metrology items (scalar results; ``x``, ``y``, units and ``peaks`` with spectra)."""
         frames, page = [], 1
         while True:
-            t, r = self._arrow("metrology", run_id=_csv(run_id), technique=_csv(technique),
-                               spectra="true" if with_spectra else None, page=page,
-                               per_page=PAGE)
+            t, r = self._arrow(
+                "metrology",
+                run_id=_csv(run_id),
+                technique=_csv(technique),
+                spectra="true" if with_spectra else None,
+                page=page,
+                per_page=PAGE,
+            )
             if t.num_rows:
                 frames.append(t)
             total = int(r.headers.get("X-Total-Count", "0"))
@@ -315,20 +383,42 @@ class Workspace:
                 break
             page += 1
         if not frames:
-            return pd.DataFrame(columns=["item_id", "run_id", "sample", "technique", "time",
-                                         "result_name", "result_value", "result_unit"])
+            return pd.DataFrame(
+                columns=[
+                    "item_id",
+                    "run_id",
+                    "sample",
+                    "technique",
+                    "time",
+                    "result_name",
+                    "result_value",
+                    "result_unit",
+                ]
+            )
         return _frame(pa.concat_tables(frames))
 
     def metrology_item(self, item_id: str) -> dict:
         """One metrology item with its spectrum (``x``, ``y``, ``peaks``) and units."""
         return self._json(f"metrology/{quote(item_id, safe='')}")
 
-    def table(self, name: str, *, run_ids: Sequence[str] | str | None = None,
-              columns: Sequence[str] | None = None, start=None, end=None) -> pa.Table:
+    def table(
+        self,
+        name: str,
+        *,
+        run_ids: Sequence[str] | str | None = None,
+        columns: Sequence[str] | None = None,
+        start=None,
+        end=None,
+    ) -> pa.Table:
         """A whole table (``process/series`` …, or a short name like ``series``) as Arrow."""
         full = TABLE_ALIASES.get(name, name)
-        t, _ = self._arrow(f"tables/{full}", run_id=_csv(run_ids), columns=_csv(columns),
-                           start=_time(start), end=_time(end))
+        t, _ = self._arrow(
+            f"tables/{full}",
+            run_id=_csv(run_ids),
+            columns=_csv(columns),
+            start=_time(start),
+            end=_time(end),
+        )
         return t
 
     def dataset(self, name: str, **kw):
@@ -345,10 +435,17 @@ class Workspace:
 
     # --- analysis -----------------------------------------------------------------------------
 
-    def rheed(self, run_ids: Sequence[str] | str, *, layers: bool = False,
-              material: str | None = None, ml_nm: float | None = None,
-              recipe_rate: float | None = None, drift_tolerance: float | None = None,
-              purpose: str | None = None) -> pd.DataFrame:
+    def rheed(
+        self,
+        run_ids: Sequence[str] | str,
+        *,
+        layers: bool = False,
+        material: str | None = None,
+        ml_nm: float | None = None,
+        recipe_rate: float | None = None,
+        drift_tolerance: float | None = None,
+        purpose: str | None = None,
+    ) -> pd.DataFrame:
         """RHEED analysis of one or more runs (see :mod:`atomscale_lab.rheed`) as a frame.
 
         One row per growth window (``period_s ± period_err_s``, ``rate_ml_s``, ``rate_nm_s``,
@@ -368,30 +465,42 @@ class Workspace:
         frames = []
         for rid in ids:
             result = self.rheed_result(
-                rid, ml_nm=ml_nm or _rheed.monolayer_nm(material or films.get(rid)),
-                recipe_rate=recipe_rate, drift_tolerance=drift_tolerance)
+                rid,
+                ml_nm=ml_nm or _rheed.monolayer_nm(material or films.get(rid)),
+                recipe_rate=recipe_rate,
+                drift_tolerance=drift_tolerance,
+            )
             df = result.layers if layers else result.windows
             frames.append(df.assign(run_id=rid)[["run_id", *df.columns]])
         cols = ["run_id", *(_rheed.LAYER_COLUMNS if layers else _rheed.SUMMARY_COLUMNS)]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
-    def rheed_server(self, run_id: str, max_points: int = 2000,
-                     ml_nm: float | None = None) -> dict:
+    def rheed_server(self, run_id: str, max_points: int = 2000, ml_nm: float | None = None) -> dict:
         """The server's RHEED analysis of a run (``GET runs/{run_id}/rheed``): ``windows``,
         ``layers``, ``onset`` and the ``trace`` decimated to ``max_points`` — one request."""
-        return self._json(f"runs/{quote(run_id, safe='')}/rheed", max_points=max_points,
-                          ml_nm=ml_nm)
+        return self._json(
+            f"runs/{quote(run_id, safe='')}/rheed", max_points=max_points, ml_nm=ml_nm
+        )
 
-    def rheed_result(self, run_id: str, *, ml_nm: float | None = None,
-                     recipe_rate: float | None = None, drift_tolerance: float | None = None):
+    def rheed_result(
+        self,
+        run_id: str,
+        *,
+        ml_nm: float | None = None,
+        recipe_rate: float | None = None,
+        drift_tolerance: float | None = None,
+    ):
         """The full :class:`~atomscale_lab.rheed.RheedAnalysis` of one run (with its trace in
         ``.trace``)."""
         from atomscale_lab import rheed as _rheed
 
         proc = self.process(run_id, channels=[_rheed.RHEED_CHANNEL, "growth_rate"])
-        shutters = [c for c in self.run(run_id).get("channels", {}).get("tool_state", [])
-                    if c.startswith("shutter_")]
+        shutters = [
+            c
+            for c in self.run(run_id).get("channels", {}).get("tool_state", [])
+            if c.startswith("shutter_")
+        ]
         tools = self.tool_state(run_id, channels=shutters) if shutters else None
         kw = {} if drift_tolerance is None else {"drift_tolerance": drift_tolerance}
         result = _rheed.analyze_frames(proc, tools, recipe_rate=recipe_rate, ml_nm=ml_nm, **kw)
@@ -403,15 +512,18 @@ class Workspace:
 
     def labels(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str) -> pd.DataFrame:
         """Context labels of ``run_ids`` (audited as ``context.join`` with ``purpose``)."""
-        body = {"run_ids": [str(r) for r in dict.fromkeys(run_ids)],
-                "fields": [fields] if isinstance(fields, str) else list(fields),
-                "purpose": purpose}
+        body = {
+            "run_ids": [str(r) for r in dict.fromkeys(run_ids)],
+            "fields": [fields] if isinstance(fields, str) else list(fields),
+            "purpose": purpose,
+        }
         labels = self._request("POST", "context/join", json=body).json()["labels"]
         cols = ["run_id", *body["fields"]]
         return pd.DataFrame(labels, columns=cols)
 
-    def join_context(self, df: pd.DataFrame, fields: Sequence[str], purpose: str,
-                     on: str = "run_id") -> pd.DataFrame:
+    def join_context(
+        self, df: pd.DataFrame, fields: Sequence[str], purpose: str, on: str = "run_id"
+    ) -> pd.DataFrame:
         """``df`` with the context ``fields`` of its runs joined on (left join on ``on``).
 
         A field ``df`` already has (e.g. ``sample``) comes back as ``<field>_label``.
@@ -422,8 +534,9 @@ class Workspace:
         labels = self.labels(ids, fields, purpose)
         return join_labels(df, labels, [c for c in labels.columns if c != "run_id"], on)
 
-    def audit(self, limit: int = 100, action: str | None = None, offset: int = 0,
-              actor: str | None = None) -> pd.DataFrame:
+    def audit(
+        self, limit: int = 100, action: str | None = None, offset: int = 0, actor: str | None = None
+    ) -> pd.DataFrame:
         """Recent audit events, newest first: every event with ``audit:all`` (org admins), your own
         with ``audit:read`` (scientists); ``actor`` narrows to one person (others' events need
         ``audit:all``). Viewers and support get ``PermissionDenied``."""
@@ -447,26 +560,39 @@ class Workspace:
         item id). The write is audited as ``data.write`` with your name, the runs and the row
         count. Returns ``{table, rows, commit, run_ids, item_ids}``.
         """
-        t = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(
-            frame, preserve_index=False)
+        t = (
+            frame
+            if isinstance(frame, pa.Table)
+            else pa.Table.from_pandas(frame, preserve_index=False)
+        )
         n = t.num_rows
         if "item_id" not in t.column_names:
-            t = t.append_column("item_id", pa.array([f"D-{uuid.uuid4().hex[:20]}"
-                                                     for _ in range(n)], pa.string()))
+            t = t.append_column(
+                "item_id", pa.array([f"D-{uuid.uuid4().hex[:20]}" for _ in range(n)], pa.string())
+            )
         if "time" not in t.column_names:
             now = pd.Timestamp.now(tz="UTC").floor("us")
             t = t.append_column("time", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
         i = t.schema.get_field_index("time")
         if pa.types.is_timestamp(t.schema.field(i).type):
             # the store keeps microseconds in UTC; sub-microsecond digits are dropped
-            t = t.set_column(i, "time", t.column(i).cast(
-                pa.timestamp("us", tz=t.schema.field(i).type.tz or "UTC"), safe=False))
+            t = t.set_column(
+                i,
+                "time",
+                t.column(i).cast(
+                    pa.timestamp("us", tz=t.schema.field(i).type.tz or "UTC"), safe=False
+                ),
+            )
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, t.schema) as writer:
             writer.write_table(t)
-        r = self._request("POST", "metrology", params={"run_id": run},
-                          data=sink.getvalue().to_pybytes(),
-                          headers={"Content-Type": ARROW_STREAM})
+        r = self._request(
+            "POST",
+            "metrology",
+            params={"run_id": run},
+            data=sink.getvalue().to_pybytes(),
+            headers={"Content-Type": ARROW_STREAM},
+        )
         return r.json()
 
     def config(self) -> dict:
@@ -484,19 +610,33 @@ class Workspace:
 
     # --- an Atomscale-style façade ------------------------------------------------------------
 
-    def search(self, keywords: Sequence[str] | str | None = None, status: str | None = None,
-               start=None, end=None, limit: int | None = None, **filters) -> pd.DataFrame:
+    def search(
+        self,
+        keywords: Sequence[str] | str | None = None,
+        status: str | None = None,
+        start=None,
+        end=None,
+        limit: int | None = None,
+        **filters,
+    ) -> pd.DataFrame:
         """Runs whose text fields contain every keyword (case-insensitive), newest first.
 
         Like the hosted platform's ``search``: the frame has a ``Data ID`` column (the run id) to
         hand to :meth:`get`.
         """
         words = [keywords] if isinstance(keywords, str) else list(keywords or [])
-        df = self.runs(limit=None if len(words) > 1 else limit, q=words[0] if words else None,
-                       status=status, start=start, end=end, **filters)
+        df = self.runs(
+            limit=None if len(words) > 1 else limit,
+            q=words[0] if words else None,
+            status=status,
+            start=start,
+            end=end,
+            **filters,
+        )
         for w in words[1:]:
-            text = df[list(RUN_COLUMNS[:6])] \
-                .fillna("").astype(str).agg(" ".join, axis=1).str.lower()
+            text = (
+                df[list(RUN_COLUMNS[:6])].fillna("").astype(str).agg(" ".join, axis=1).str.lower()
+            )
             df = df[text.str.contains(w.lower(), regex=False)]
         if limit is not None:
             df = df.head(limit)
@@ -557,4 +697,3 @@ def _empty_runs() -> pd.DataFrame:
     for c in ("start", "end"):
         df[c] = pd.Series(dtype="datetime64[us, UTC]")
     return df
-

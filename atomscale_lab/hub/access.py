@@ -95,10 +95,20 @@ class HubAccess:
     """:class:`~atomscale_lab.server.access.OrgAccess` of a hub user's server: a pass-through to the
     org's data server (see the module docstring); it holds no key."""
 
-    def __init__(self, org: str, *, hub_url: str | None = None, token: str | None = None,
-                 ca_bundle: str | None = None, data_root: str | None = None,
-                 region: str | None = None, owner: str | None = None, timeout: float = 30,
-                 permissions_ttl: float = 60, data_url: str | None = None):
+    def __init__(
+        self,
+        org: str,
+        *,
+        hub_url: str | None = None,
+        token: str | None = None,
+        ca_bundle: str | None = None,
+        data_root: str | None = None,
+        region: str | None = None,
+        owner: str | None = None,
+        timeout: float = 30,
+        permissions_ttl: float = 60,
+        data_url: str | None = None,
+    ):
         server_org = os.environ.get("ATOMSCALE_ORG")
         if server_org and org != server_org:
             raise PermissionDenied(f"this server serves org {server_org!r}, not {org!r}")
@@ -112,8 +122,11 @@ class HubAccess:
         self.owner = owner or _env("JUPYTERHUB_USER")
         self.timeout = timeout
         self.permissions_ttl = permissions_ttl
-        url = data_url or os.environ.get("ATOMSCALE_DATA_URL") or \
-            f"{self.hub_url}/services/{data_service_name(org)}/atomscale/api/v1/"
+        url = (
+            data_url
+            or os.environ.get("ATOMSCALE_DATA_URL")
+            or f"{self.hub_url}/services/{data_service_name(org)}/atomscale/api/v1/"
+        )
         self.data_url = url if url.endswith("/") else url + "/"
         self._perm_cache: tuple[float, set[str]] | None = None
         self._lock = threading.Lock()
@@ -148,24 +161,30 @@ class HubAccess:
             return f"{self.hub_url}/hub/api/{path}"
         return f"{self.hub_url}/services/{service}/{path}"
 
-    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None,
-              **kw):
+    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None, **kw):
         try:
-            r = self._session.request(method, self._url(service, path), timeout=self.timeout,
-                                      verify=self.ca_bundle,
-                                      headers={"Authorization": f"token {token or self._token}"},
-                                      **kw)
+            r = self._session.request(
+                method,
+                self._url(service, path),
+                timeout=self.timeout,
+                verify=self.ca_bundle,
+                headers={"Authorization": f"token {token or self._token}"},
+                **kw,
+            )
         except requests.RequestException as e:
-            raise KeyUnavailable(f"the hub service {service or 'api'} is unreachable: "
-                                 f"{type(e).__name__}") from None
+            raise KeyUnavailable(
+                f"the hub service {service or 'api'} is unreachable: {type(e).__name__}"
+            ) from None
         return answer(r.status_code, r.reason, r.content, service)
 
     # ------------------------------------------------------------------ OrgAccess
 
     def org_keys(self):
         """Never: a user's server holds no key (``atomscale-keys`` would refuse it anyway)."""
-        raise PermissionDenied("a user's server holds no key: the org's data server "
-                               f"{data_service_name(self.org)} serves its data")
+        raise PermissionDenied(
+            "a user's server holds no key: the org's data server "
+            f"{data_service_name(self.org)} serves its data"
+        )
 
     def heads(self) -> HeadStore | None:
         """None: commit-log heads are checked by the data server, against the central store."""
@@ -183,35 +202,44 @@ class HubAccess:
             now = time.monotonic()
             if self._perm_cache is None or now - self._perm_cache[0] > self.permissions_ttl:
                 model = self._call("GET", None, "user")
-                self._perm_cache = (now, permissions_from_scopes(model.get("scopes", []),
-                                                                 self.org))
+                self._perm_cache = (now, permissions_from_scopes(model.get("scopes", []), self.org))
             return set(self._perm_cache[1])
 
     def actor(self, user: str) -> str:
         """Audit events carry the hub user name."""
         return user
 
-    def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
-                     actor: str):
+    def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str, actor: str):
         """Labels from the context service (audited there as ``context.join``)."""
         if actor != self.owner:
             raise PermissionDenied("only this server's owner can join context labels")
         return self._context_labels(run_ids, fields, purpose)
 
-    def _context_labels(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
-                        token: str | None = None):
+    def _context_labels(
+        self, run_ids: Sequence[str], fields: Sequence[str], purpose: str, token: str | None = None
+    ):
         import pandas as pd
 
-        doc = self._call("POST", CONTEXT_SERVICE, f"orgs/{self.org}/join", token=token,
-                         json={"run_ids": list(run_ids), "fields": list(fields),
-                               "purpose": purpose})
+        doc = self._call(
+            "POST",
+            CONTEXT_SERVICE,
+            f"orgs/{self.org}/join",
+            token=token,
+            json={"run_ids": list(run_ids), "fields": list(fields), "purpose": purpose},
+        )
         frame = pd.DataFrame(doc.get("labels", []))
         if frame.empty:
             frame = pd.DataFrame(columns=["run_id", *fields])
         return frame
 
-    def audit_events(self, *, actor: str | None = None, action: str | None = None,
-                     limit: int = 100, offset: int = 0) -> list[dict]:
+    def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict]:
         """Events from the key service (which filters to the owner's own without audit:all)."""
         params = {"limit": limit, "offset": offset}
         if actor:

@@ -48,8 +48,9 @@ class AuthRefused(web.HTTPError):
 class AtomscaleAuthenticator(GenericOAuthenticator):
     """OIDC authenticator with id_token verification, enforced MFA and org/role groups."""
 
-    login_service = Unicode("your organization's sign-in", config=True,
-                            help="Name shown on the hub's login button.")
+    login_service = Unicode(
+        "your organization's sign-in", config=True, help="Name shown on the hub's login button."
+    )
 
     issuer = Unicode(
         config=True,
@@ -112,8 +113,9 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
     )
 
     org_claim = Unicode("org", config=True, help="id_token claim naming the user's org.")
-    role_claim = Unicode("role", config=True,
-                         help=f"id_token claim naming the user's role ({', '.join(ROLES)}).")
+    role_claim = Unicode(
+        "role", config=True, help=f"id_token claim naming the user's role ({', '.join(ROLES)})."
+    )
 
     known_orgs = Set(
         Unicode(),
@@ -201,14 +203,18 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
     @observe("require_mfa")
     def _warn_mfa_off(self, change):
         if not change["new"]:
-            self.log.warning("AtomscaleAuthenticator.require_mfa is off: logins without a "
-                             "second factor will be accepted")
+            self.log.warning(
+                "AtomscaleAuthenticator.require_mfa is off: logins without a "
+                "second factor will be accepted"
+            )
 
     @observe("enable_auth_state")
     def _need_auth_state(self, change):
         if not change["new"]:
-            raise ValueError("AtomscaleAuthenticator.enable_auth_state is required: the hub "
-                             "re-verifies the id_token and MFA when it refreshes a user")
+            raise ValueError(
+                "AtomscaleAuthenticator.enable_auth_state is required: the hub "
+                "re-verifies the id_token and MFA when it refreshes a user"
+            )
 
     _jwks_client = None
 
@@ -224,8 +230,13 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             if not self.jwks_url:
                 raise ValueError("AtomscaleAuthenticator.jwks_url (or issuer) must be set")
             self._jwks_client = jwt.PyJWKClient(
-                self.jwks_url, cache_keys=True, lifespan=300, timeout=10,
-                ssl_context=self._ssl_context(), cooldown_duration=self.jwks_cooldown)
+                self.jwks_url,
+                cache_keys=True,
+                lifespan=300,
+                timeout=10,
+                ssl_context=self._ssl_context(),
+                cooldown_duration=self.jwks_cooldown,
+            )
         return self._jwks_client
 
     def verify_id_token(self, id_token: str) -> dict:
@@ -246,16 +257,22 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
                 time.sleep(self.jwks_cooldown + 0.1)
                 key = self.jwks_client.get_signing_key_from_jwt(id_token)
             return jwt.decode(
-                id_token, key.key,
+                id_token,
+                key.key,
                 algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
-                audience=self.client_id, issuer=self.issuer, leeway=self.leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+                audience=self.client_id,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
         except jwt.ExpiredSignatureError:
             raise AuthRefused("Your sign-in has expired. Please log in again.") from None
         except (jwt.PyJWKClientError, jwt.InvalidTokenError) as e:
             self.log.warning("Refusing an id_token that failed verification: %s", e)
-            raise AuthRefused("The identity token could not be verified "
-                              f"({type(e).__name__}). Please log in again.") from None
+            raise AuthRefused(
+                "The identity token could not be verified "
+                f"({type(e).__name__}). Please log in again."
+            ) from None
 
     def mfa_satisfied(self, claims: dict) -> bool:
         """True if the verified claims show a second factor (fails closed on absent claims)."""
@@ -271,14 +288,19 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         org = _single(claims.get(self.org_claim), self.known_orgs)
         role = _single(claims.get(self.role_claim), set(ROLES))
         if not isinstance(org, str) or not org:
-            raise AuthRefused("Your account has no organization. Ask your administrator to "
-                              "assign you to one.")
+            raise AuthRefused(
+                "Your account has no organization. Ask your administrator to assign you to one."
+            )
         if org not in self.known_orgs:
-            raise AuthRefused(f"Your organization {org!r} is not served by this hub. Ask your "
-                              "administrator to provision it.")
+            raise AuthRefused(
+                f"Your organization {org!r} is not served by this hub. Ask your "
+                "administrator to provision it."
+            )
         if role not in ROLES:
-            raise AuthRefused(f"Your account has no valid role in {org!r} (got {role!r}). Ask "
-                              "your organization's admin to assign one.")
+            raise AuthRefused(
+                f"Your account has no valid role in {org!r} (got {role!r}). Ask "
+                "your organization's admin to assign one."
+            )
         return org, role
 
     def _audit(self, org, actor, action, outcome, **detail):
@@ -299,9 +321,11 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             return check_new_user(name)
         except ValidationError:
             self.log.warning("Refusing a login with an unusable user name claim %r", name)
-            raise AuthRefused(f"Your user name {name!r} cannot be used on this hub (2-64 of "
-                              "a-z, 0-9 and '-', starting with a letter, not reserved). Ask "
-                              "your administrator.") from None
+            raise AuthRefused(
+                f"Your user name {name!r} cannot be used on this hub (2-64 of "
+                "a-z, 0-9 and '-', starting with a letter, not reserved). Ask "
+                "your administrator."
+            ) from None
 
     @staticmethod
     def subject(claims: dict) -> str:
@@ -318,10 +342,13 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             self.log.warning("Refusing %s: the identity provider's subject changed", user.name)
             info = state.get("atomscale") or {}
             if info.get("org") in self.known_orgs:
-                self._audit(info["org"], user.name, "auth.login", "denied",
-                            reason="subject mismatch")
-            raise AuthRefused("This user name belongs to another account of the identity "
-                              "provider. Ask your administrator.")
+                self._audit(
+                    info["org"], user.name, "auth.login", "denied", reason="subject mismatch"
+                )
+            raise AuthRefused(
+                "This user name belongs to another account of the identity "
+                "provider. Ask your administrator."
+            )
 
     async def token_to_user(self, token_info):
         """Verified id_token claims (instead of oauthenticator's unverified decode)."""
@@ -333,13 +360,17 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         name = auth_model["name"]
         org = claims.get(self.org_claim) if isinstance(claims.get(self.org_claim), str) else None
         if self.require_mfa and not self.mfa_satisfied(claims):
-            self.log.warning("Refusing %s: no second factor in the id_token (amr=%s)", name,
-                             claims.get("amr"))
+            self.log.warning(
+                "Refusing %s: no second factor in the id_token (amr=%s)", name, claims.get("amr")
+            )
             if org in self.known_orgs:
-                self._audit(org, name, "auth.login", "denied", reason="no mfa",
-                            amr=claims.get("amr"))
-            raise AuthRefused("This hub requires multi-factor authentication. Sign in again "
-                              "with your second factor (authenticator app code).")
+                self._audit(
+                    org, name, "auth.login", "denied", reason="no mfa", amr=claims.get("amr")
+                )
+            raise AuthRefused(
+                "This hub requires multi-factor authentication. Sign in again "
+                "with your second factor (authenticator app code)."
+            )
         try:
             org, role = self.org_and_role(claims)
         except AuthRefused as e:
@@ -347,8 +378,11 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
             if org in self.known_orgs:
                 self._audit(org, name, "auth.login", "denied", reason="role")
             raise
-        auth_model["auth_state"]["atomscale"] = {"org": org, "role": role,
-                                                 "subject": self.subject(claims)}
+        auth_model["auth_state"]["atomscale"] = {
+            "org": org,
+            "role": role,
+            "subject": self.subject(claims),
+        }
         return auth_model
 
     async def get_user_groups(self, auth_state):
@@ -371,12 +405,18 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         """The OAuth code exchange, then verification; every decision is audited."""
         model = await super().authenticate(handler, data, **kwargs)
         if handler is not None and hasattr(handler, "find_user"):
-            await self.check_subject(handler.find_user(model["name"]),
-                                     model["auth_state"][self.user_auth_state_key])
+            await self.check_subject(
+                handler.find_user(model["name"]), model["auth_state"][self.user_auth_state_key]
+            )
         info = (model.get("auth_state") or {}).get("atomscale", {})
-        self._audit(info.get("org"), model["name"], "auth.login", "allowed",
-                    role=info.get("role"), amr=model["auth_state"][self.user_auth_state_key]
-                    .get("amr"))
+        self._audit(
+            info.get("org"),
+            model["name"],
+            "auth.login",
+            "allowed",
+            role=info.get("role"),
+            amr=model["auth_state"][self.user_auth_state_key].get("amr"),
+        )
         return model
 
     async def refresh_user(self, user, handler=None, **kwargs):
@@ -386,24 +426,29 @@ class AtomscaleAuthenticator(GenericOAuthenticator):
         if not auth_state or not auth_state.get("token_response"):
             return False
         try:
-            return await self._same_user(user, await self._token_to_auth_model(
-                auth_state["token_response"]))
+            return await self._same_user(
+                user, await self._token_to_auth_model(auth_state["token_response"])
+            )
         except web.HTTPError as e:
-            self.log.info("Stored id_token of %s no longer valid (%s)", user.name,
-                          getattr(e, "message", e.status_code))
+            self.log.info(
+                "Stored id_token of %s no longer valid (%s)",
+                user.name,
+                getattr(e, "message", e.status_code),
+            )
         refresh_token = auth_state.get("refresh_token")
         if not refresh_token:
             return False
         try:
             token_info = await self.get_token_info(
-                handler, self.build_refresh_token_request_params(refresh_token))
+                handler, self.build_refresh_token_request_params(refresh_token)
+            )
             token_info.setdefault("refresh_token", refresh_token)
             return await self._same_user(user, await self._token_to_auth_model(token_info))
         except Exception as e:
-            self.log.info("Refreshing %s failed (%s): a new login is required", user.name,
-                          type(e).__name__)
+            self.log.info(
+                "Refreshing %s failed (%s): a new login is required", user.name, type(e).__name__
+            )
             return False
-
 
     async def _same_user(self, user, model):
         """A refreshed model only if it still names ``user`` with the bound subject."""

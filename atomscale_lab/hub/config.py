@@ -19,9 +19,16 @@ from pathlib import Path
 from atomscale_lab.errors import ConfigError
 
 ENV_DEPLOYMENT = "ATOMSCALE_HUB_CONFIG"
-SERVICE_ENV = ("ATOMSCALE_HOME", "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_KMS",
-               "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION",
-               "ATOMSCALE_TOKEN_CACHE_SECONDS")
+SERVICE_ENV = (
+    "ATOMSCALE_HOME",
+    "ATOMSCALE_ROOT_KEY",
+    "ATOMSCALE_ROOT_KEY_FILE",
+    "ATOMSCALE_KMS",
+    "ATOMSCALE_DATA_ROOT",
+    "ATOMSCALE_CONTEXT_ROOT",
+    "ATOMSCALE_REGION",
+    "ATOMSCALE_TOKEN_CACHE_SECONDS",
+)
 
 
 def load_deployment(path: str | Path | None = None) -> dict:
@@ -52,8 +59,13 @@ def _need(section: dict, key: str, where: str):
 
 def proxy_command() -> list[str]:
     """configurable-http-proxy: the one installed in ``idp/node_modules`` or on PATH."""
-    local = Path(__file__).resolve().parents[2] / "idp" / "node_modules" / ".bin" / \
-        "configurable-http-proxy"
+    local = (
+        Path(__file__).resolve().parents[2]
+        / "idp"
+        / "node_modules"
+        / ".bin"
+        / "configurable-http-proxy"
+    )
     if local.exists():
         return [str(local)]
     found = shutil.which("configurable-http-proxy")
@@ -70,9 +82,14 @@ def server_config_dir(state_dir: Path) -> Path:
         # jupyter_lsp scans for language servers at every start; the workspace does not use it.
         # User servers hold no key: instead of the in-process extension (atomscale_lab), the
         # pass-through to the org's data server serves the same URLs.
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": False, "jupyter_lsp": False,
-                                              "atomscale_lab.hub.forward": True,
-                                              "atomscale_lab.hub.server_audit": True}},
+        "ServerApp": {
+            "jpserver_extensions": {
+                "atomscale_lab": False,
+                "jupyter_lsp": False,
+                "atomscale_lab.hub.forward": True,
+                "atomscale_lab.hub.server_audit": True,
+            }
+        },
     }
     f = d / "jupyter_server_config.json"
     f.write_text(json.dumps(cfg, indent=1))
@@ -130,8 +147,15 @@ def configure(c, dep: dict | None = None) -> None:
     a.issuer = _need(oidc, "issuer", "oidc").rstrip("/")
     a.client_id = _need(oidc, "client_id", "oidc")
     a.oauth_callback_url = public_url + "/hub/oauth_callback"
-    for key in ("authorize_url", "token_url", "jwks_url", "login_service", "org_claim",
-                "role_claim", "username_claim"):
+    for key in (
+        "authorize_url",
+        "token_url",
+        "jwks_url",
+        "login_service",
+        "org_claim",
+        "role_claim",
+        "username_claim",
+    ):
         if oidc.get(key):
             setattr(a, key, oidc[key])
     if "scope" in oidc:
@@ -181,13 +205,20 @@ def configure(c, dep: dict | None = None) -> None:
     py = str(Path(sys.executable))
     ports = hub.get("service_ports", {})
     c.JupyterHub.services = [
-        {"name": "atomscale-keys", "url": f"https://127.0.0.1:{int(ports.get('keys', 8091))}",
-         "command": [py, "-m", "atomscale_lab.hub.services.keys"],
-         "environment": {**env, "ATOMSCALE_KEYS_SOCKET": keys_socket}, "display": False},
-        {"name": "atomscale-context",
-         "url": f"https://127.0.0.1:{int(ports.get('context', 8092))}",
-         "command": [py, "-m", "atomscale_lab.hub.services.context"], "environment": env,
-         "display": False},
+        {
+            "name": "atomscale-keys",
+            "url": f"https://127.0.0.1:{int(ports.get('keys', 8091))}",
+            "command": [py, "-m", "atomscale_lab.hub.services.keys"],
+            "environment": {**env, "ATOMSCALE_KEYS_SOCKET": keys_socket},
+            "display": False,
+        },
+        {
+            "name": "atomscale-context",
+            "url": f"https://127.0.0.1:{int(ports.get('context', 8092))}",
+            "command": [py, "-m", "atomscale_lab.hub.services.context"],
+            "environment": env,
+            "display": False,
+        },
     ]
     if dep.get("ingest", {}).get("enabled"):
         c.JupyterHub.services.append(_ingest_service(dep, env, py))
@@ -195,10 +226,19 @@ def configure(c, dep: dict | None = None) -> None:
     data_ports = hub.get("data_ports", {})
     run_as = bool(spawn.get("service_accounts", os.geteuid() == 0))
     for info in _orgs(settings):
-        c.JupyterHub.services.append(_data_service(
-            info["name"], info.get("region") or settings.region, settings, public_url, ca,
-            str(Path(s.venv) / "bin" / "python"), data_ports.get(info["name"]), run_as,
-            keys_socket))
+        c.JupyterHub.services.append(
+            _data_service(
+                info["name"],
+                info.get("region") or settings.region,
+                settings,
+                public_url,
+                ca,
+                str(Path(s.venv) / "bin" / "python"),
+                data_ports.get(info["name"]),
+                run_as,
+                keys_socket,
+            )
+        )
 
 
 def _orgs(settings) -> list[dict]:
@@ -224,8 +264,17 @@ def _vault_factory(settings):
     return get
 
 
-def _data_service(org: str, region: str, settings, public_url: str, ca: str, py: str,
-                  port: int | None, run_as: bool, keys_socket: str | None = None) -> dict:
+def _data_service(
+    org: str,
+    region: str,
+    settings,
+    public_url: str,
+    ca: str,
+    py: str,
+    port: int | None,
+    run_as: bool,
+    keys_socket: str | None = None,
+) -> dict:
     """The hub service ``atomscale-data-<org>`` (see :mod:`atomscale_lab.hub.services.data`).
 
     Its environment holds no secret: it gets the org's keys from ``atomscale-keys`` with the
@@ -242,9 +291,12 @@ def _data_service(org: str, region: str, settings, public_url: str, ca: str, py:
         "url": f"https://127.0.0.1:{int(port or free_port())}",
         "command": [py, "-m", "atomscale_lab.hub.services.data"],
         "environment": {
-            "ATOMSCALE_ORG": org, "ATOMSCALE_DATA_ROOT": str(settings.data_root),
-            "ATOMSCALE_REGION": region, "ATOMSCALE_HUB_PUBLIC_URL": public_url,
-            "ATOMSCALE_CA_BUNDLE": ca, "PYTHONUNBUFFERED": "1",
+            "ATOMSCALE_ORG": org,
+            "ATOMSCALE_DATA_ROOT": str(settings.data_root),
+            "ATOMSCALE_REGION": region,
+            "ATOMSCALE_HUB_PUBLIC_URL": public_url,
+            "ATOMSCALE_CA_BUNDLE": ca,
+            "PYTHONUNBUFFERED": "1",
             # keys, heads and audit through the key service's Unix socket (identity: the
             # service account); only when it runs as one
             **({"ATOMSCALE_KEYS_SOCKET": keys_socket} if run_as and keys_socket else {}),
@@ -256,8 +308,10 @@ def _data_service(org: str, region: str, settings, public_url: str, ca: str, py:
         try:
             pwd.getpwnam(account)
         except KeyError:
-            raise ConfigError(f"no Unix account {account} for the data server of org {org!r}: "
-                              f"run `atomscale-lab hub users sync {org}`") from None
+            raise ConfigError(
+                f"no Unix account {account} for the data server of org {org!r}: "
+                f"run `atomscale-lab hub users sync {org}`"
+            ) from None
         service["user"] = account
     return service
 
@@ -267,7 +321,18 @@ def _ingest_service(dep: dict, env: dict, py: str) -> dict:
     port = int(ing.get("port", 8093))
     # umask 007: what ingest writes into data_root/<org> stays writable by the org's data server
     # (group of the setgid folders), which appends for data:write
-    return {"name": "atomscale-ingest", "url": f"https://127.0.0.1:{port}",
-            "command": ["/bin/sh", "-c", 'umask 007 && exec "$0" "$@"', py, "-m",
-                        "atomscale_lab.ingest", *map(str, ing.get("args", []))],
-            "environment": env, "display": False}
+    return {
+        "name": "atomscale-ingest",
+        "url": f"https://127.0.0.1:{port}",
+        "command": [
+            "/bin/sh",
+            "-c",
+            'umask 007 && exec "$0" "$@"',
+            py,
+            "-m",
+            "atomscale_lab.ingest",
+            *map(str, ing.get("args", [])),
+        ],
+        "environment": env,
+        "display": False,
+    }

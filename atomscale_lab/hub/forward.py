@@ -30,8 +30,18 @@ from tornado import web
 
 AUTH_RESOURCE = "atomscale"
 API_PREFIX = "/atomscale/api/v1/"
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-               "proxy-authorization", "proxy-authenticate", "server", "date"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "server",
+    "date",
+}
 _CHUNK = 1 << 20
 
 
@@ -90,8 +100,9 @@ class ForwardHandler(APIHandler):
         if self.current_user.username != access.owner:
             raise web.HTTPError(403, "only this server's owner can use its data API")
         url = access.data_url + path
-        query = "&".join(p for p in self.request.query.split("&")
-                         if p and p.split("=", 1)[0] != "token")
+        query = "&".join(
+            p for p in self.request.query.split("&") if p and p.split("=", 1)[0] != "token"
+        )
         if query:
             url += "?" + query
         headers = {"Authorization": f"token {access.token}"}
@@ -112,10 +123,16 @@ class ForwardHandler(APIHandler):
             import requests
 
             try:
-                with access.session.request(method, url, headers=headers, data=body,
-                                            stream=True, verify=access.ca_bundle,
-                                            timeout=access.timeout,
-                                            allow_redirects=False) as r:
+                with access.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    stream=True,
+                    verify=access.ca_bundle,
+                    timeout=access.timeout,
+                    allow_redirects=False,
+                ) as r:
                     put(("head", r.status_code, r.reason, list(r.raw.headers.items())))
                     for chunk in r.raw.stream(_CHUNK, decode_content=False):
                         if gone.is_set():
@@ -146,8 +163,9 @@ class ForwardHandler(APIHandler):
                     if started:
                         raise item[1]
                     self.clear()
-                    raise web.HTTPError(503, "the org's data server is unreachable: "
-                                             f"{type(item[1]).__name__}")
+                    raise web.HTTPError(
+                        503, f"the org's data server is unreachable: {type(item[1]).__name__}"
+                    )
                 else:
                     break
         finally:

@@ -42,14 +42,20 @@ class AtomscaleKubeSpawner(KubeSpawner):
     """KubeSpawner that puts each user's pod in its org's namespace, hardened (see module doc)."""
 
     org_node_pool_label = Unicode(
-        _DEFAULTS.node_pool_label or "", config=True,
-        help="Node label whose value is the org (nodeSelector); empty: no per-org node pool.")
+        _DEFAULTS.node_pool_label or "",
+        config=True,
+        help="Node label whose value is the org (nodeSelector); empty: no per-org node pool.",
+    )
     org_node_pool_taint = Unicode(
-        _DEFAULTS.node_pool_taint or "", config=True,
-        help="Taint key (value = org, NoSchedule) the org's pods tolerate; empty: none.")
+        _DEFAULTS.node_pool_taint or "",
+        config=True,
+        help="Taint key (value = org, NoSchedule) the org's pods tolerate; empty: none.",
+    )
     read_only_root_filesystem = Bool(
-        True, config=True,
-        help="Mount the image's root file system read-only (home is a volume, /tmp an emptyDir).")
+        True,
+        config=True,
+        help="Mount the image's root file system read-only (home is a volume, /tmp an emptyDir).",
+    )
 
     @default("enable_user_namespaces")
     def _one_reflector_for_all_namespaces(self):
@@ -74,8 +80,10 @@ class AtomscaleKubeSpawner(KubeSpawner):
         """The user's org, from its ``<org>:<role>`` hub groups; refuses none or several."""
         orgs = set(org_roles_of(self.user.groups))
         if len(orgs) != 1:
-            raise RuntimeError(f"user {self.user.name} must belong to exactly one org "
-                               f"(orgs: {sorted(orgs) or 'none'})")
+            raise RuntimeError(
+                f"user {self.user.name} must belong to exactly one org "
+                f"(orgs: {sorted(orgs) or 'none'})"
+            )
         return orgs.pop()
 
     def _use_org_namespace(self, org: str) -> None:
@@ -98,7 +106,8 @@ class AtomscaleKubeSpawner(KubeSpawner):
         env["ATOMSCALE_ORG"] = org
         env["ATOMSCALE_ROLE"] = ",".join(sorted(org_roles_of(self.user.groups).get(org, ())))
         env["ATOMSCALE_DATA_SERVER_URL"] = (
-            f"http://{data_server_name(org)}.{namespace_of(org)}.svc.cluster.local:{DATA_PORT}")
+            f"http://{data_server_name(org)}.{namespace_of(org)}.svc.cluster.local:{DATA_PORT}"
+        )
         return env
 
     async def get_pod_manifest(self):
@@ -145,8 +154,11 @@ class AtomscaleKubeSpawner(KubeSpawner):
         if self.read_only_root_filesystem:
             volumes = spec.volumes
             if not any(v.name == "atomscale-tmp" for v in volumes):
-                volumes.append(m.V1Volume(name="atomscale-tmp",
-                                          empty_dir=m.V1EmptyDirVolumeSource(size_limit="1Gi")))
+                volumes.append(
+                    m.V1Volume(
+                        name="atomscale-tmp", empty_dir=m.V1EmptyDirVolumeSource(size_limit="1Gi")
+                    )
+                )
             spec.volumes = volumes
             for c in spec.containers or []:
                 mounts = [model(m.V1VolumeMount, vm) for vm in c.volume_mounts or []]
@@ -159,8 +171,11 @@ class AtomscaleKubeSpawner(KubeSpawner):
         if self.org_node_pool_taint:
             tolerations = [model(m.V1Toleration, t) for t in spec.tolerations or []]
             tolerations = [t for t in tolerations if t.key != self.org_node_pool_taint]
-            tolerations.append(m.V1Toleration(key=self.org_node_pool_taint, operator="Equal",
-                                              value=org, effect="NoSchedule"))
+            tolerations.append(
+                m.V1Toleration(
+                    key=self.org_node_pool_taint, operator="Equal", value=org, effect="NoSchedule"
+                )
+            )
             spec.tolerations = tolerations
         return pod
 

@@ -36,6 +36,7 @@ HUB_SCOPES = {
     "support": ["list:users", "read:users", "read:groups", "servers"],
 }
 
+
 def custom_scopes() -> dict:
     """``c.JupyterHub.custom_scopes``: the atomscale permissions."""
     return {SCOPE_PREFIX + p: {"description": SCOPE_DESCRIPTIONS[p]} for p in PERMISSIONS}
@@ -64,12 +65,14 @@ def org_roles(org: str) -> list[dict]:
     for role in ROLES:
         scopes = [org_scope(p, org) for p in sorted(ROLE_PERMISSIONS[role])]
         scopes += [f"{s}!group={hub_org_group(org)}" for s in HUB_SCOPES[role]]
-        out.append({
-            "name": role_name(org, role),
-            "description": f"{role} of org {org}",
-            "scopes": scopes,
-            "groups": [role_group(org, role)],
-        })
+        out.append(
+            {
+                "name": role_name(org, role),
+                "description": f"{role} of org {org}",
+                "scopes": scopes,
+                "groups": [role_group(org, role)],
+            }
+        )
     return out
 
 
@@ -113,8 +116,12 @@ def server_token_scopes(spawner) -> list[str]:
     Called before the auth-state hook, so the org comes from ``spawner.user.groups``. The hub
     intersects the result with what the user holds, so a stale group cannot widen access.
     """
-    scopes = {"access:servers!server", "users:activity!user", "read:users:groups!user",
-              "read:users:name!user"}
+    scopes = {
+        "access:servers!server",
+        "users:activity!user",
+        "read:users:groups!user",
+        "read:users:name!user",
+    }
     for org, roles in org_roles_of(spawner.user.groups).items():
         for role in roles:
             scopes |= {org_scope(p, org) for p in ROLE_PERMISSIONS[role]}

@@ -48,12 +48,21 @@ def _load_jupyter_server_extension(serverapp) -> None:
             path = handler.request.path
             try:
                 await asyncio.to_thread(
-                    access.audit().record, owner, "auth.server", "denied",
-                    reported_actor=str(model.get("name")), kind=str(model.get("kind", "user")),
-                    path=path[:200], method=handler.request.method)
+                    access.audit().record,
+                    owner,
+                    "auth.server",
+                    "denied",
+                    reported_actor=str(model.get("name")),
+                    kind=str(model.get("kind", "user")),
+                    path=path[:200],
+                    method=handler.request.method,
+                )
             except Exception as e:  # noqa: BLE001 - never turn a refusal into a 500
-                log.warning("could not audit a refused access by %s: %s", model.get("name"),
-                            type(e).__name__)
+                log.warning(
+                    "could not audit a refused access by %s: %s",
+                    model.get("name"),
+                    type(e).__name__,
+                )
         return user
 
     idp.get_user = get_user

@@ -26,9 +26,19 @@ from atomscale_lab.hub.roles import org_roles_of
 from atomscale_lab.hub.users import ensure_unix_user, unix_name
 from atomscale_lab.names import org_of_group
 
-SECRET_PREFIXES = ("ATOMSCALE_ROOT_KEY", "ATOMSCALE_KMS", "OAUTH_", "JUPYTERHUB_CRYPT_KEY",
-                   "CONFIGPROXY_AUTH_TOKEN", "ATOMSCALE_IDP", "ATOMSCALE_TRANSIT_",
-                   "ATOMSCALE_AWS_KMS_", "VAULT_", "BAO_", "AWS_")
+SECRET_PREFIXES = (
+    "ATOMSCALE_ROOT_KEY",
+    "ATOMSCALE_KMS",
+    "OAUTH_",
+    "JUPYTERHUB_CRYPT_KEY",
+    "CONFIGPROXY_AUTH_TOKEN",
+    "ATOMSCALE_IDP",
+    "ATOMSCALE_TRANSIT_",
+    "ATOMSCALE_AWS_KMS_",
+    "VAULT_",
+    "BAO_",
+    "AWS_",
+)
 
 
 class AtomscaleSpawner(LocalProcessSpawner):
@@ -42,8 +52,11 @@ class AtomscaleSpawner(LocalProcessSpawner):
         """,
     )
 
-    home_base = Unicode("/home/atomscale", config=True,
-                        help="Parent folder of the per-org home folders of created accounts.")
+    home_base = Unicode(
+        "/home/atomscale",
+        config=True,
+        help="Parent folder of the per-org home folders of created accounts.",
+    )
 
     venv = Unicode(
         config=True,
@@ -80,8 +93,10 @@ class AtomscaleSpawner(LocalProcessSpawner):
         """The user's org, from its hub groups; refuses none or several."""
         orgs = {org_of_group(g.name) for g in self.user.groups} - {None}
         if len(orgs) != 1:
-            raise RuntimeError(f"user {self.user.name} must belong to exactly one org "
-                               f"(groups: {sorted(orgs) or 'none'})")
+            raise RuntimeError(
+                f"user {self.user.name} must belong to exactly one org "
+                f"(groups: {sorted(orgs) or 'none'})"
+            )
         return orgs.pop()
 
     @property
@@ -151,8 +166,10 @@ class AtomscaleSpawner(LocalProcessSpawner):
             try:
                 pwd.getpwnam(self.unix_user)
             except KeyError:
-                raise RuntimeError(f"no Unix account {self.unix_user} for hub user "
-                                   f"{self.user.name}; create it with `atomscale-lab hub users "
-                                   "sync` or set AtomscaleSpawner.create_unix_users") from None
+                raise RuntimeError(
+                    f"no Unix account {self.unix_user} for hub user "
+                    f"{self.user.name}; create it with `atomscale-lab hub users "
+                    "sync` or set AtomscaleSpawner.create_unix_users"
+                ) from None
         self.notebook_dir = self.notebook_dir or pwd.getpwnam(self.unix_user).pw_dir
         return await super().start()

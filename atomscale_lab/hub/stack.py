@@ -96,9 +96,15 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
-               create_unix_users: bool = False, home_base: str | Path | None = None,
-               venv: str | Path | None = None) -> Stack:
+def init_stack(
+    root: str | Path,
+    home: str | Path,
+    *,
+    ports: dict | None = None,
+    create_unix_users: bool = False,
+    home_base: str | Path | None = None,
+    venv: str | Path | None = None,
+) -> Stack:
     """Write certificates, the identity provider's clients file, the hub's deployment file and
     the secrets for a deployment under ``root`` serving the vault in ``home``.
 
@@ -110,9 +116,14 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711)  # noqa: S103 - servers traverse to the CA bundle
     ports = dict(ports or {})
-    st = Stack(root=root, home=Path(home).resolve(),
-               **{f"{k}_port": int(ports.get(k) or free_port())
-                  for k in ("public", "idp", "hub", "proxy_api", "keys", "context", "ingest")})
+    st = Stack(
+        root=root,
+        home=Path(home).resolve(),
+        **{
+            f"{k}_port": int(ports.get(k) or free_port())
+            for k in ("public", "idp", "hub", "proxy_api", "keys", "context", "ingest")
+        },
+    )
     ensure_certs(st.certs, ["127.0.0.1", "localhost"])
     os.chmod(st.certs, 0o755)  # noqa: S103 - public certificates only
 
@@ -122,10 +133,20 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
         sec = {"client_secret": secrets.token_urlsafe(32), "crypt_key": secrets.token_hex(32)}
         _write_private(st.secrets_file, json.dumps(sec))
 
-    _write_private(st.clients_file, json.dumps({"clients": [{
-        "client_id": CLIENT_ID, "client_secret": sec["client_secret"],
-        "redirect_uris": [f"{st.public_url}/hub/oauth_callback"],
-    }]}))
+    _write_private(
+        st.clients_file,
+        json.dumps(
+            {
+                "clients": [
+                    {
+                        "client_id": CLIENT_ID,
+                        "client_secret": sec["client_secret"],
+                        "redirect_uris": [f"{st.public_url}/hub/oauth_callback"],
+                    }
+                ]
+            }
+        ),
+    )
 
     lines = [
         "# Generated deployment of atomscale-lab's hub (see deploy/atomscale-hub.toml).",
@@ -158,9 +179,22 @@ def init_stack(root: str | Path, home: str | Path, *, ports: dict | None = None,
         lines.insert(lines.index("start_timeout = 60"), f'home_base = "{Path(home_base)}"')
     st.deployment_file.parent.mkdir(parents=True, exist_ok=True)
     st.deployment_file.write_text("\n".join(lines) + "\n")
-    (st.root / "stack.json").write_text(json.dumps(
-        {k: getattr(st, k) for k in ("public_port", "idp_port", "hub_port", "proxy_api_port",
-                                     "keys_port", "context_port", "ingest_port")}))
+    (st.root / "stack.json").write_text(
+        json.dumps(
+            {
+                k: getattr(st, k)
+                for k in (
+                    "public_port",
+                    "idp_port",
+                    "hub_port",
+                    "proxy_api_port",
+                    "keys_port",
+                    "context_port",
+                    "ingest_port",
+                )
+            }
+        )
+    )
     return st
 
 
@@ -174,11 +208,17 @@ def load_stack(root: str | Path, home: str | Path) -> Stack:
 def idp_process(st: Stack) -> tuple[list[str], dict]:
     """``(argv, env)`` of the identity provider (Node, ``idp/server.js``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_ROOT", "OAUTH_"))}
-    env.update({
-        "IDP_ISSUER": st.issuer, "IDP_HOST": "127.0.0.1", "IDP_PORT": str(st.idp_port),
-        "IDP_CERT": str(st.certs / "server.crt"), "IDP_KEY": str(st.certs / "server.key"),
-        "IDP_USERS": str(st.users_file), "IDP_CLIENTS": str(st.clients_file),
-    })
+    env.update(
+        {
+            "IDP_ISSUER": st.issuer,
+            "IDP_HOST": "127.0.0.1",
+            "IDP_PORT": str(st.idp_port),
+            "IDP_CERT": str(st.certs / "server.crt"),
+            "IDP_KEY": str(st.certs / "server.key"),
+            "IDP_USERS": str(st.users_file),
+            "IDP_CLIENTS": str(st.clients_file),
+        }
+    )
     return ["node", str(REPO / "idp" / "server.js")], env
 
 
@@ -186,13 +226,21 @@ def hub_process(st: Stack, *, log_level: str = "INFO") -> tuple[list[str], dict]
     """``(argv, env)`` of the hub; the root key must already be in the environment."""
     sec = st.secrets()
     env = dict(os.environ)
-    env.update({
-        "ATOMSCALE_HUB_CONFIG": str(st.deployment_file),
-        "ATOMSCALE_HOME": str(st.home),
-        "OAUTH_CLIENT_SECRET": sec["client_secret"],
-        "JUPYTERHUB_CRYPT_KEY": sec["crypt_key"],
-        "PYTHONUNBUFFERED": "1",
-    })
-    argv = [sys.executable, "-m", "atomscale_lab.hub.app", "-f",
-            str(REPO / "jupyterhub_config.py"), f"--log-level={log_level}"]
+    env.update(
+        {
+            "ATOMSCALE_HUB_CONFIG": str(st.deployment_file),
+            "ATOMSCALE_HOME": str(st.home),
+            "OAUTH_CLIENT_SECRET": sec["client_secret"],
+            "JUPYTERHUB_CRYPT_KEY": sec["crypt_key"],
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "atomscale_lab.hub.app",
+        "-f",
+        str(REPO / "jupyterhub_config.py"),
+        f"--log-level={log_level}",
+    ]
     return argv, env

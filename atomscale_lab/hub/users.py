@@ -57,10 +57,16 @@ def default_users_file(home: str | Path | None = None) -> Path:
 def hash_password(password: str) -> dict:
     """A scrypt hash record the identity provider verifies (``{"scrypt": {...}}``)."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT["N"], r=SCRYPT["r"],
-                            p=SCRYPT["p"], dklen=32)
-    return {"scrypt": {"salt": base64.b64encode(salt).decode(), "hash":
-                       base64.b64encode(digest).decode(), **SCRYPT}}
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT["N"], r=SCRYPT["r"], p=SCRYPT["p"], dklen=32
+    )
+    return {
+        "scrypt": {
+            "salt": base64.b64encode(salt).decode(),
+            "hash": base64.b64encode(digest).decode(),
+            **SCRYPT,
+        }
+    }
 
 
 def check_name(name: str, what: str = "user name") -> str:
@@ -94,8 +100,17 @@ class IdpUsers:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def add(self, username: str, org: str, role: str, *, password: str | None = None,
-            mfa: bool = True, email: str | None = None, replace: bool = False) -> str:
+    def add(
+        self,
+        username: str,
+        org: str,
+        role: str,
+        *,
+        password: str | None = None,
+        mfa: bool = True,
+        email: str | None = None,
+        replace: bool = False,
+    ) -> str:
         """Create (or with ``replace`` reset) a user; returns the password (generated if None).
 
         The TOTP secret is generated here; read codes with :meth:`totp_now`.
@@ -104,18 +119,22 @@ class IdpUsers:
         check_name(username)
         check_name(org, "org")
         if role not in ROLES:
-            raise ValidationError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}",
-                                  field="role")
+            raise ValidationError(
+                f"unknown role {role!r}; choose one of {', '.join(ROLES)}", field="role"
+            )
         users = self.load()
         if username in users and not replace:
             raise ValidationError(f"user {username!r} already exists", field="username")
         if username not in users:
             names.check_new_user(username)
-            names.check_unix_free(unix_name(username), username,
-                                  {unix_name(u): u for u in users}, "user name")
+            names.check_unix_free(
+                unix_name(username), username, {unix_name(u): u for u in users}, "user name"
+            )
         password = password or secrets.token_urlsafe(12)
         users[username] = {
-            "org": org, "role": role, "mfa": bool(mfa),
+            "org": org,
+            "role": role,
+            "mfa": bool(mfa),
             "email": email or f"{username}@{org}.example",
             "password": hash_password(password),
             "totp": pyotp.random_base32(),
@@ -136,13 +155,19 @@ class IdpUsers:
         if username not in users:
             raise NotFound(f"no identity-provider user {username!r} in {self.path}")
         u = users[username]
-        return {"username": username, "org": u["org"], "role": u["role"], "mfa": u["mfa"],
-                "email": u.get("email")}
+        return {
+            "username": username,
+            "org": u["org"],
+            "role": u["role"],
+            "mfa": u["mfa"],
+            "email": u.get("email"),
+        }
 
     def list(self, org: str | None = None) -> list[dict]:
         """Public attributes of every user (of ``org``)."""
-        return [self.get(n) for n in sorted(self.load()) if org is None
-                or self.load()[n]["org"] == org]
+        return [
+            self.get(n) for n in sorted(self.load()) if org is None or self.load()[n]["org"] == org
+        ]
 
     def totp(self, username: str):
         """The user's ``pyotp.TOTP`` (for the demo's ``atomscale-lab totp`` and the tests)."""
@@ -190,10 +215,24 @@ def ensure_service_account(org: str) -> tuple[int, int]:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--gid", name, "--shell", "/usr/sbin/nologin", "--comment",
-                        f"atomscale-lab data server of {org}", name],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--gid",
+                name,
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                f"atomscale-lab data server of {org}",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
     return pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
 
 
@@ -224,12 +263,30 @@ def ensure_unix_user(hub_user: str, org: str, home_base: str | Path = "/home/ato
         # An account of another hub user (or not ours at all) under this name: refuse, never share.
         owner = _COMMENT_RE.match(existing.pw_gecos or "")
         if owner is None or owner["user"] != hub_user:
-            raise ValidationError(f"the Unix account {name!r} exists and does not belong to hub "
-                                  f"user {hub_user!r}; refusing to share it", field="user name")
+            raise ValidationError(
+                f"the Unix account {name!r} exists and does not belong to hub "
+                f"user {hub_user!r}; refusing to share it",
+                field="user name",
+            )
     else:
-        subprocess.run(["useradd", "--system", "--create-home", "--home-dir", str(base / name),
-                        "--gid", org_group(org), "--shell", "/usr/sbin/nologin", "--comment",
-                        f"atomscale-lab {hub_user}", name], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--create-home",
+                "--home-dir",
+                str(base / name),
+                "--gid",
+                org_group(org),
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                f"atomscale-lab {hub_user}",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
     home = Path(pwd.getpwnam(name).pw_dir)
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, pwd.getpwnam(name).pw_uid, grp.getgrnam(org_group(org)).gr_gid)
@@ -253,15 +310,20 @@ def lock_home(settings) -> None:
     private to the hub's account."""
     home = Path(settings.home)
     os.chmod(home, 0o711)  # noqa: S103 - traverse only, to reach the data root
-    for p, mode in ((settings.registry_path, 0o600), (settings.audit_root, 0o700),
-                    (settings.context_root, 0o700), (home / "idp", 0o700),
-                    (settings.data_root, 0o711)):
+    for p, mode in (
+        (settings.registry_path, 0o600),
+        (settings.audit_root, 0o700),
+        (settings.context_root, 0o700),
+        (home / "idp", 0o700),
+        (settings.data_root, 0o711),
+    ):
         if Path(p).exists():
             os.chmod(p, mode)
 
 
-def share_org_data(data_root: str | Path, org: str, uid: int | None = None,
-                   gid: int | None = None) -> None:
+def share_org_data(
+    data_root: str | Path, org: str, uid: int | None = None, gid: int | None = None
+) -> None:
     """Give ``data_root/<org>`` to the org's service account (and nobody else).
 
     Owner: the service account; group: its own group (no user account is a member), so files the

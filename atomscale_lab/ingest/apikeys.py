@@ -36,8 +36,14 @@ from atomscale_lab.errors import AtomscaleError, NotFound, PermissionDenied, Val
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("ingest:process", "ingest:tool_state", "ingest:metrology",
-          "read:process", "read:tool_state", "read:metrology")
+SCOPES = (
+    "ingest:process",
+    "ingest:tool_state",
+    "ingest:metrology",
+    "read:process",
+    "read:tool_state",
+    "read:metrology",
+)
 """Scopes an API key may carry: ``ingest:<category>`` streams into one category,
 ``read:<category>`` reads it through the Atomscale-compatible API (``compat.py``)."""
 KEY_RE = re.compile(r"^ask_([0-9a-f]{10})_([A-Za-z0-9_-]{43})$")
@@ -96,8 +102,9 @@ def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
         raise ValidationError("at least one scope is required", field="scope")
     for s in scopes:
         if s not in SCOPES:
-            raise ValidationError(f"unknown scope {s!r}; choose from {', '.join(SCOPES)}",
-                                  field="scope")
+            raise ValidationError(
+                f"unknown scope {s!r}; choose from {', '.join(SCOPES)}", field="scope"
+            )
     return tuple(scopes)
 
 
@@ -105,13 +112,15 @@ def parse_duration(text: str) -> timedelta:
     """``"90d"``, ``"12h"``, ``"30m"`` → a timedelta (at most two years)."""
     m = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text or "")
     if not m:
-        raise ValidationError(f"cannot read the duration {text!r}; write e.g. 90d, 12h or 30m",
-                              field="expires")
+        raise ValidationError(
+            f"cannot read the duration {text!r}; write e.g. 90d, 12h or 30m", field="expires"
+        )
     n, unit = int(m.group(1)), m.group(2)
     d = {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
     if d <= timedelta(0) or d > MAX_LIFETIME:
-        raise ValidationError("an API key must expire after more than 0 and at most 730 days",
-                              field="expires")
+        raise ValidationError(
+            "an API key must expire after more than 0 and at most 730 days", field="expires"
+        )
     return d
 
 
@@ -123,8 +132,9 @@ def pepper_from_org_keys(org_keys, version: int | None = None) -> tuple[int, byt
 
         raise KeyUnavailable(f"data key version {v} of org {org_keys.org!r} is not available")
     info = f"atomscale-lab/apikey-pepper/{org_keys.org}/v{v}".encode()
-    return v, HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=info).derive(org_keys.keys[v])
+    return v, HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        org_keys.keys[v]
+    )
 
 
 class FailureThrottle:
@@ -133,8 +143,13 @@ class FailureThrottle:
     ``max_failures`` failures within ``window`` seconds lock the client for ``lockout`` seconds.
     """
 
-    def __init__(self, max_failures: int = 10, window: float = 60.0, lockout: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_failures: int = 10,
+        window: float = 60.0,
+        lockout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_failures, self.window, self.lockout = max_failures, window, lockout
         self._clock = clock
         self._fails: dict[str, list[float]] = {}
@@ -151,8 +166,10 @@ class FailureThrottle:
             if left <= 0:
                 del self._locked[client]
                 return
-        raise Throttled("too many failed authentications from this client; retry later",
-                        retry_after=max(1, int(left + 0.999)))
+        raise Throttled(
+            "too many failed authentications from this client; retry later",
+            retry_after=max(1, int(left + 0.999)),
+        )
 
     def failure(self, client: str) -> None:
         """Count one failure of ``client``."""
@@ -165,8 +182,9 @@ class FailureThrottle:
                 fails = []
             self._fails[client] = fails
             if len(self._fails) > 10_000:  # bound memory under a spray of client addresses
-                self._fails = {c: f for c, f in self._fails.items()
-                               if f and now - f[-1] < self.window}
+                self._fails = {
+                    c: f for c, f in self._fails.items() if f and now - f[-1] < self.window
+                }
 
     def success(self, client: str) -> None:
         """Forget the failures of ``client``."""
@@ -185,12 +203,16 @@ class ApiKeyStore:
     ``audit_for(org)`` returns the org's audit sink. Both come from the vault in production.
     """
 
-    def __init__(self, db_path: Path, pepper_for: Callable[[str, int | None], tuple[int, bytes]],
-                 audit_for: Callable[[str], object] | None = None,
-                 throttle: FailureThrottle | None = None,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 org_alive: Callable[[str], bool] | None = None,
-                 system_audit: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        db_path: Path,
+        pepper_for: Callable[[str, int | None], tuple[int, bytes]],
+        audit_for: Callable[[str], object] | None = None,
+        throttle: FailureThrottle | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        org_alive: Callable[[str], bool] | None = None,
+        system_audit: Callable[[], object] | None = None,
+    ):
         from atomscale_lab.vault.registry import connect
 
         self._conn = connect(Path(db_path), secure_delete=True)
@@ -206,8 +228,9 @@ class ApiKeyStore:
         self._last_used_written: dict[str, float] = {}
 
     # -- admin side ---------------------------------------------------------------------------
-    def create(self, org: str, scopes, expires_in: timedelta, *, name: str = "",
-               actor: str = "admin") -> tuple[str, dict]:
+    def create(
+        self, org: str, scopes, expires_in: timedelta, *, name: str = "", actor: str = "admin"
+    ) -> tuple[str, dict]:
         """Issue a key; returns ``(plaintext, record)``. The plaintext is never stored or logged."""
         scopes = parse_scopes(scopes)
         if expires_in <= timedelta(0) or expires_in > MAX_LIFETIME:
@@ -223,23 +246,41 @@ class ApiKeyStore:
                     self._conn.execute(
                         "INSERT INTO apikeys (prefix, org, name, scopes, digest, key_version, "
                         "created, expires, created_by) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (prefix, org, name, ",".join(scopes), self._digest(pepper, key), version,
-                         _iso(created), _iso(created + expires_in), actor))
+                        (
+                            prefix,
+                            org,
+                            name,
+                            ",".join(scopes),
+                            self._digest(pepper, key),
+                            version,
+                            _iso(created),
+                            _iso(created + expires_in),
+                            actor,
+                        ),
+                    )
                     break
                 except sqlite3.IntegrityError:  # prefix collision: draw again
                     continue
             else:  # pragma: no cover - 2**40 prefixes
                 raise AtomscaleError("could not allocate an API key prefix")
-        self._audit(org, actor, "apikey.create", "allowed", prefix=prefix, name=name,
-                    scopes=list(scopes), expires=_iso(created + expires_in))
+        self._audit(
+            org,
+            actor,
+            "apikey.create",
+            "allowed",
+            prefix=prefix,
+            name=name,
+            scopes=list(scopes),
+            expires=_iso(created + expires_in),
+        )
         return key, self._get(prefix)
 
     def list(self, org: str) -> list[dict]:
         """Every key of ``org`` (newest first): prefix, name, scopes, dates, state — no secret."""
         with self._db_lock:
             rows = self._conn.execute(
-                "SELECT prefix FROM apikeys WHERE org=? ORDER BY created DESC, prefix",
-                (org,)).fetchall()
+                "SELECT prefix FROM apikeys WHERE org=? ORDER BY created DESC, prefix", (org,)
+            ).fetchall()
         return [self._get(r[0]) for r in rows]
 
     def revoke(self, org: str, prefix: str, *, actor: str = "admin") -> dict:
@@ -247,10 +288,12 @@ class ApiKeyStore:
         with self._db_lock:
             cur = self._conn.execute(
                 "UPDATE apikeys SET revoked=? WHERE prefix=? AND org=? AND revoked IS NULL",
-                (_iso(self._now()), prefix, org))
+                (_iso(self._now()), prefix, org),
+            )
             changed = cur.rowcount
-            exists = self._conn.execute("SELECT 1 FROM apikeys WHERE prefix=? AND org=?",
-                                        (prefix, org)).fetchone()
+            exists = self._conn.execute(
+                "SELECT 1 FROM apikeys WHERE prefix=? AND org=?", (prefix, org)
+            ).fetchone()
         if not exists:
             self._audit(org, actor, "apikey.revoke", "denied", prefix=prefix, reason="not found")
             raise NotFound(f"org {org!r} has no API key with prefix {prefix!r}")
@@ -259,8 +302,14 @@ class ApiKeyStore:
         return self._get(prefix)
 
     # -- request side -------------------------------------------------------------------------
-    def authenticate(self, key: str | None, *, client: str = "unknown", scope: str | None = None,
-                     action: str = "request") -> ApiKeyInfo:
+    def authenticate(
+        self,
+        key: str | None,
+        *,
+        client: str = "unknown",
+        scope: str | None = None,
+        action: str = "request",
+    ) -> ApiKeyInfo:
         """Check ``key`` (and ``scope``); audit the use or failure; throttle repeated failures.
 
         Raises ``Throttled``, ``InvalidApiKey`` or ``PermissionDenied``.
@@ -273,7 +322,9 @@ class ApiKeyStore:
         with self._db_lock:
             row = self._conn.execute(
                 "SELECT org, name, scopes, digest, key_version, expires, revoked "
-                "FROM apikeys WHERE prefix=?", (prefix,)).fetchone()
+                "FROM apikeys WHERE prefix=?",
+                (prefix,),
+            ).fetchone()
         if row is None:
             self._fail(client, None, prefix, "unknown API key")
         org, name, scopes, digest, version, expires, revoked = row
@@ -293,13 +344,22 @@ class ApiKeyStore:
             self._fail(client, org, prefix, "API key expired")
         info = ApiKeyInfo(prefix, org, name, tuple(scopes.split(",")))
         if scope is not None and scope not in info.scopes:
-            self._audit(org, info.actor, "apikey.use", "denied", prefix=prefix, client=client,
-                        reason=f"missing scope {scope}", request=action)
+            self._audit(
+                org,
+                info.actor,
+                "apikey.use",
+                "denied",
+                prefix=prefix,
+                client=client,
+                reason=f"missing scope {scope}",
+                request=action,
+            )
             raise PermissionDenied(f"API key {prefix} lacks the scope {scope!r}")
         self.throttle.success(client)
         self._touch(prefix)
-        self._audit(org, info.actor, "apikey.use", "allowed", prefix=prefix, client=client,
-                    request=action)
+        self._audit(
+            org, info.actor, "apikey.use", "allowed", prefix=prefix, client=client, request=action
+        )
         return info
 
     # -- internals ----------------------------------------------------------------------------
@@ -307,13 +367,26 @@ class ApiKeyStore:
         self.throttle.failure(client)
         log.warning("API key refused for client %s: %s (prefix %s)", client, reason, prefix)
         if org is not None:
-            self._audit(org, f"apikey:{prefix}", "apikey.use", "denied", prefix=prefix,
-                        client=client, reason=reason)
+            self._audit(
+                org,
+                f"apikey:{prefix}",
+                "apikey.use",
+                "denied",
+                prefix=prefix,
+                client=client,
+                reason=reason,
+            )
         elif self._system_audit is not None:
             # No org to charge it to: the deployment's own audit log keeps the attempt.
             try:
-                self._system_audit().record(f"client:{client}", "apikey.use", "denied",
-                                            prefix=prefix, client=client, reason=reason)
+                self._system_audit().record(
+                    f"client:{client}",
+                    "apikey.use",
+                    "denied",
+                    prefix=prefix,
+                    client=client,
+                    reason=reason,
+                )
             except AtomscaleError:
                 log.exception("could not audit a refused API key")
         # The client learns "expired"/"revoked" only after proving the secret; otherwise the
@@ -328,8 +401,9 @@ class ApiKeyStore:
             return
         self._last_used_written[prefix] = now
         with self._db_lock:
-            self._conn.execute("UPDATE apikeys SET last_used=? WHERE prefix=?",
-                               (_iso(self._now()), prefix))
+            self._conn.execute(
+                "UPDATE apikeys SET last_used=? WHERE prefix=?", (_iso(self._now()), prefix)
+            )
 
     def _pepper(self, org: str, version: int | None) -> tuple[int, bytes]:
         if version is not None and (org, version) in self._peppers:
@@ -351,15 +425,37 @@ class ApiKeyStore:
         with self._db_lock:
             row = self._conn.execute(
                 "SELECT prefix, org, name, scopes, created, expires, last_used, revoked, "
-                "created_by FROM apikeys WHERE prefix=?", (prefix,)).fetchone()
+                "created_by FROM apikeys WHERE prefix=?",
+                (prefix,),
+            ).fetchone()
         if row is None:
             raise NotFound(f"no API key with prefix {prefix!r}")
-        rec = dict(zip(("prefix", "org", "name", "scopes", "created", "expires", "last_used",
-                        "revoked", "created_by"), row, strict=True))
+        rec = dict(
+            zip(
+                (
+                    "prefix",
+                    "org",
+                    "name",
+                    "scopes",
+                    "created",
+                    "expires",
+                    "last_used",
+                    "revoked",
+                    "created_by",
+                ),
+                row,
+                strict=True,
+            )
+        )
         rec["scopes"] = rec["scopes"].split(",")
         now = self._now()
-        rec["state"] = ("revoked" if rec["revoked"] else
-                        "expired" if datetime.fromisoformat(rec["expires"]) <= now else "active")
+        rec["state"] = (
+            "revoked"
+            if rec["revoked"]
+            else "expired"
+            if datetime.fromisoformat(rec["expires"]) <= now
+            else "active"
+        )
         return rec
 
     def _audit(self, org: str, actor: str, action: str, outcome: str, **detail) -> None:
@@ -383,7 +479,11 @@ def for_vault(vault, **kw) -> ApiKeyStore:
         except UnknownOrg:
             return False
 
-    return ApiKeyStore(vault.settings.registry_path,
-                       lambda org, v: pepper_from_org_keys(vault.org_keys(org), v),
-                       audit_for=vault.audit, org_alive=alive,
-                       system_audit=vault.system_audit, **kw)
+    return ApiKeyStore(
+        vault.settings.registry_path,
+        lambda org, v: pepper_from_org_keys(vault.org_keys(org), v),
+        audit_for=vault.audit,
+        org_alive=alive,
+        system_audit=vault.system_audit,
+        **kw,
+    )

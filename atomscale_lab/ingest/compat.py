@@ -55,8 +55,10 @@ class _SdkBase(IngestHandler):
 
     def params(self) -> dict[str, list[str]]:
         """Query arguments, each a list (repeated parameters are the SDK's lists)."""
-        return {k: [v.decode("utf-8", "replace") for v in vs]
-                for k, vs in self.request.query_arguments.items()}
+        return {
+            k: [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in self.request.query_arguments.items()
+        }
 
     async def call(self, scope, action, fn, *args, status=200, body=False, **kw):
         """Authenticate (``scope`` or any, audited), then read the JSON body if ``body`` (it
@@ -123,8 +125,14 @@ class SamplesHandler(_SdkBase):
             body = self.json_body()
             created, doc = await self.run(self.api.create_sample, key, body)
             if not created:
-                self.reply({"message": "a physical sample of that name exists",
-                            "reason": "Conflict", "detail": doc}, 409)
+                self.reply(
+                    {
+                        "message": "a physical sample of that name exists",
+                        "reason": "Conflict",
+                        "detail": doc,
+                    },
+                    409,
+                )
             else:
                 self.reply(doc, 201)
         except AtomscaleError as e:
@@ -180,8 +188,9 @@ class InitializeHandler(_SdkBase):
 
     async def post(self):
         """Open a stream of a new run; ``{data_id, processed_data_id}``."""
-        await self.call("ingest:tool_state", "sdk.stream_initialize", self.api.initialize,
-                        body=True)
+        await self.call(
+            "ingest:tool_state", "sdk.stream_initialize", self.api.initialize, body=True
+        )
 
 
 @web.stream_request_body
@@ -220,8 +229,10 @@ class ChunkHandler(_SdkBase):
         """Store the chunk (a retry is acknowledged, not stored again)."""
         try:
             if self._size > self.max_body:
-                raise BatchTooLarge(f"the chunk is larger than {self.max_body} bytes; send "
-                                    "smaller chunks", field="body")
+                raise BatchTooLarge(
+                    f"the chunk is larger than {self.max_body} bytes; send smaller chunks",
+                    field="body",
+                )
             body = self.json_body(b"".join(self._parts))
             self.reply(await self.run(self.api.chunk, self._key, body, multi=self.multi))
         except AtomscaleError as e:
@@ -242,10 +253,16 @@ class UnavailableHandler(_SdkBase):
     def prepare(self):
         """Answer every method with 404."""
         self.set_status(404)
-        self.finish(json.dumps({
-            "message": "this endpoint of the hosted Atomscale platform is not available in "
-                       "atomscale-lab (see docs/atomscale-sdk.md)",
-            "detail": "not available in atomscale-lab", "reason": "NotFound"}))
+        self.finish(
+            json.dumps(
+                {
+                    "message": "this endpoint of the hosted Atomscale platform is not available in "
+                    "atomscale-lab (see docs/atomscale-sdk.md)",
+                    "detail": "not available in atomscale-lab",
+                    "reason": "NotFound",
+                }
+            )
+        )
 
 
 def routes(base: str, kw: dict) -> list:
@@ -273,4 +290,3 @@ def routes(base: str, kw: dict) -> list:
         (p + "tags/data-items" + end, TagItemsHandler, kw),
         (p + ".*", UnavailableHandler, kw),
     ]
-

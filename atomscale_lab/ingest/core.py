@@ -119,8 +119,9 @@ def check_id(value, field: str) -> str:
     """A run id, tool name or batch id: 1-128 characters of ``[A-Za-z0-9._:@+-]``."""
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ValidationError(
-            f"{field} must be 1-128 characters of letters, digits and ._:@+- "
-            f"(got {value!r})", field=field)
+            f"{field} must be 1-128 characters of letters, digits and ._:@+- (got {value!r})",
+            field=field,
+        )
     return value
 
 
@@ -145,10 +146,18 @@ class IngestCore(WalFlusher):
     seconds between compactions of the tables this service wrote to.
     """
 
-    def __init__(self, vault, state_dir: Path | None = None, *, flush_interval: float = 0.5,
-                 idle_timeout: float = 120.0, compact_interval: float = 120.0,
-                 max_batch_rows: int = 500_000, max_wal_bytes: int = 2 << 30,
-                 max_open_streams: int = 64):
+    def __init__(
+        self,
+        vault,
+        state_dir: Path | None = None,
+        *,
+        flush_interval: float = 0.5,
+        idle_timeout: float = 120.0,
+        compact_interval: float = 120.0,
+        max_batch_rows: int = 500_000,
+        max_wal_bytes: int = 2 << 30,
+        max_open_streams: int = 64,
+    ):
         self.vault = vault
         self.state_dir = Path(state_dir or Path(vault.settings.home) / "ingest")
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -209,8 +218,11 @@ class IngestCore(WalFlusher):
     def _wal(self, org: str) -> Wal:
         with self._locks_lock:
             if org not in self._wals:
-                self._wals[org] = Wal(self.state_dir / "wal" / org, org,
-                                      lambda v, org=org: wal_key(self._keys(org), v))
+                self._wals[org] = Wal(
+                    self.state_dir / "wal" / org,
+                    org,
+                    lambda v, org=org: wal_key(self._keys(org), v),
+                )
             return self._wals[org]
 
     def _audit(self, org: str, actor: str, action: str, outcome: str = "allowed", **detail):
@@ -228,8 +240,9 @@ class IngestCore(WalFlusher):
         check_id(run_id, "run_id")
         check_id(tool, "tool")
         if category not in CATEGORY_TABLE:
-            raise ValidationError(f"category must be one of {', '.join(CATEGORY_TABLE)}",
-                                  field="category")
+            raise ValidationError(
+                f"category must be one of {', '.join(CATEGORY_TABLE)}", field="category"
+            )
         key.require(f"ingest:{category}")
         meta = {k: v for k, v in meta.items() if v is not None}
         for k, v in meta.items():
@@ -243,28 +256,57 @@ class IngestCore(WalFlusher):
             row = self._sql(
                 "SELECT id, status FROM streams WHERE org=? AND run_id=? AND tool=? AND "
                 "category=? AND status NOT IN ('complete', 'error') ORDER BY created DESC "
-                "LIMIT 1", (org, run_tag, tool, category))
+                "LIMIT 1",
+                (org, run_tag, tool, category),
+            )
             if row:
                 sid, created = row[0][0], False
-                self._sql("UPDATE streams SET status='active', updated=?, last_batch=? "
-                          "WHERE id=?", (now, time.time(), sid))
+                self._sql(
+                    "UPDATE streams SET status='active', updated=?, last_batch=? WHERE id=?",
+                    (now, time.time(), sid),
+                )
             else:
                 # Each open stream pins a run record and state: one key cannot open without end.
-                n_open = self._sql("SELECT count(*) FROM streams WHERE org=? AND opened_by=? AND "
-                                   "status IN ('active', 'interrupted', 'finalizing')",
-                                   (org, key.actor))[0][0]
+                n_open = self._sql(
+                    "SELECT count(*) FROM streams WHERE org=? AND opened_by=? AND "
+                    "status IN ('active', 'interrupted', 'finalizing')",
+                    (org, key.actor),
+                )[0][0]
                 if n_open >= self.max_open_streams:
-                    raise TooManyStreams(f"API key {key.prefix} has {n_open} open streams (at "
-                                         f"most {self.max_open_streams}); finalize some first")
+                    raise TooManyStreams(
+                        f"API key {key.prefix} has {n_open} open streams (at "
+                        f"most {self.max_open_streams}); finalize some first"
+                    )
                 sid, created = "st_" + secrets.token_hex(8), True
-                self._sql("INSERT INTO streams (id, org, run_id, tool, category, status, "
-                          "created, updated, last_batch, opened_by, run_box) "
-                          "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                          (sid, org, run_tag, tool, category, "active", now, now, time.time(),
-                           key.actor, self._seal.seal(org, run_id, f"{org}/{sid}/run")))
+                self._sql(
+                    "INSERT INTO streams (id, org, run_id, tool, category, status, "
+                    "created, updated, last_batch, opened_by, run_box) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        org,
+                        run_tag,
+                        tool,
+                        category,
+                        "active",
+                        now,
+                        now,
+                        time.time(),
+                        key.actor,
+                        self._seal.seal(org, run_id, f"{org}/{sid}/run"),
+                    ),
+                )
         self._update_run(org, run_id, "active", actor=key.actor, instrument=tool, **meta)
-        self._audit(org, key.actor, "ingest.stream_open", stream=sid, run_id=run_id, tool=tool,
-                    category=category, resumed=not created)
+        self._audit(
+            org,
+            key.actor,
+            "ingest.stream_open",
+            stream=sid,
+            run_id=run_id,
+            tool=tool,
+            category=category,
+            resumed=not created,
+        )
         return self.stream(key, sid)
 
     def _run_tag(self, org: str, run_id: str) -> str:
@@ -277,8 +319,10 @@ class IngestCore(WalFlusher):
     def _check_run_owner(self, key, run_id: str) -> None:
         """A stream may create its run, or resume a run its key's streams created; any other
         existing run (imported, another key's, another tool's) is refused with 409."""
-        own = self._sql("SELECT 1 FROM streams WHERE org=? AND run_id=? AND opened_by=? LIMIT 1",
-                        (key.org, self._run_tag(key.org, run_id), key.actor))
+        own = self._sql(
+            "SELECT 1 FROM streams WHERE org=? AND run_id=? AND opened_by=? LIMIT 1",
+            (key.org, self._run_tag(key.org, run_id), key.actor),
+        )
         if own:
             return
         with self._org_lock(key.org):
@@ -287,25 +331,55 @@ class IngestCore(WalFlusher):
             except NotFound:
                 exists = False
         if exists:
-            self._audit(key.org, key.actor, "ingest.stream_open", "denied", run_id=run_id,
-                        reason="run exists and was not created by this key")
-            raise RunConflict(f"run {run_id!r} already exists and was not created by this API "
-                              "key's streams; stream into a new run id")
+            self._audit(
+                key.org,
+                key.actor,
+                "ingest.stream_open",
+                "denied",
+                run_id=run_id,
+                reason="run exists and was not created by this key",
+            )
+            raise RunConflict(
+                f"run {run_id!r} already exists and was not created by this API "
+                "key's streams; stream into a new run id"
+            )
 
     def stream(self, key, stream_id: str) -> dict:
         """The state of a stream of the key's org (``NotFound`` for another org's stream)."""
-        rows = self._sql("SELECT id, run_box, tool, category, status, created, updated, "
-                         "last_batch, rows, batches, flushed_rows, time_box, error "
-                         "FROM streams WHERE id=? AND org=?", (stream_id, key.org))
+        rows = self._sql(
+            "SELECT id, run_box, tool, category, status, created, updated, "
+            "last_batch, rows, batches, flushed_rows, time_box, error "
+            "FROM streams WHERE id=? AND org=?",
+            (stream_id, key.org),
+        )
         if not rows:
             raise NotFound(f"no stream {stream_id!r}")
-        d = dict(zip(("id", "run_id", "tool", "category", "status", "created", "updated",
-                      "last_batch", "rows", "batches", "flushed_rows", "time_box", "error"),
-                     rows[0], strict=True))
+        d = dict(
+            zip(
+                (
+                    "id",
+                    "run_id",
+                    "tool",
+                    "category",
+                    "status",
+                    "created",
+                    "updated",
+                    "last_batch",
+                    "rows",
+                    "batches",
+                    "flushed_rows",
+                    "time_box",
+                    "error",
+                ),
+                rows[0],
+                strict=True,
+            )
+        )
         d["run_id"] = self._run_of(key.org, stream_id, d["run_id"])
         d["min_time"], d["max_time"] = self._times(key.org, stream_id, d.pop("time_box"))
-        d["last_batch"] = (_iso(datetime.fromtimestamp(d["last_batch"], UTC))
-                           if d["last_batch"] else None)
+        d["last_batch"] = (
+            _iso(datetime.fromtimestamp(d["last_batch"], UTC)) if d["last_batch"] else None
+        )
         return d
 
     def _times(self, org: str, sid: str, box: str | None) -> tuple[str | None, str | None]:
@@ -331,8 +405,10 @@ class IngestCore(WalFlusher):
                         row[f] = v
                     elif row[f] != v:
                         raise ValidationError(
-                            f"field {f!r} in row {i} is {row[f]!r}, but this stream is for "
-                            f"{v!r}", field=f, row=i)
+                            f"field {f!r} in row {i} is {row[f]!r}, but this stream is for {v!r}",
+                            field=f,
+                            row=i,
+                        )
         else:
             if data.num_rows == 0:
                 raise ValidationError("the batch has no rows", field="rows")
@@ -345,18 +421,25 @@ class IngestCore(WalFlusher):
                         i = pc.index(bad, True).as_py()
                         raise ValidationError(
                             f"field {f!r} in row {i} is {col[i].as_py()!r}, but this stream is "
-                            f"for {v!r}", field=f, row=i)
-                    data = data.set_column(data.column_names.index(f), f,
-                                           pc.fill_null(col.cast(pa.string()), v))
+                            f"for {v!r}",
+                            field=f,
+                            row=i,
+                        )
+                    data = data.set_column(
+                        data.column_names.index(f), f, pc.fill_null(col.cast(pa.string()), v)
+                    )
                 else:
                     data = data.append_column(f, pa.array([v] * data.num_rows, pa.string()))
         if len(data) > self.max_batch_rows:
-            raise BatchTooLarge(f"a batch may hold at most {self.max_batch_rows} rows "
-                                f"(got {len(data)})", field="rows")
+            raise BatchTooLarge(
+                f"a batch may hold at most {self.max_batch_rows} rows (got {len(data)})",
+                field="rows",
+            )
         return schema.conform(spec, data)
 
-    def add_batch(self, key, stream_id: str, batch_id: str, data, digest: str | None = None
-                  ) -> dict:
+    def add_batch(
+        self, key, stream_id: str, batch_id: str, data, digest: str | None = None
+    ) -> dict:
         """Accept one batch: validate, append to the WAL (fsynced), record the id.
 
         Returns ``{"batch_id", "rows", "duplicate"}``; a retried batch id is not stored again.
@@ -373,8 +456,9 @@ class IngestCore(WalFlusher):
             # The store is not keeping up: push back rather than let the WAL fill the disk.
             raise Busy("ingest is behind; retry this batch shortly")
         with self._db_lock:
-            old = self._sql("SELECT digest, rows FROM batches WHERE stream_id=? AND batch_id=?",
-                            ident)
+            old = self._sql(
+                "SELECT digest, rows FROM batches WHERE stream_id=? AND batch_id=?", ident
+            )
             if not old and ident in self._pending:
                 raise Busy(f"batch {batch_id!r} is being stored; retry")
             if not old:
@@ -387,18 +471,20 @@ class IngestCore(WalFlusher):
             table = self.conform(stream, data)
             times = table.column(schema.spec(CATEGORY_TABLE[stream["category"]]).time_column)
             tmin, tmax = pc.min(times).as_py(), pc.max(times).as_py()
-            self._wal(key.org).append([WalRecord(stream_id, batch_id,
-                                                 CATEGORY_TABLE[stream["category"]], table,
-                                                 digest)])
+            self._wal(key.org).append(
+                [WalRecord(stream_id, batch_id, CATEGORY_TABLE[stream["category"]], table, digest)]
+            )
             now = time.time()
             with self._tx() as db:
-                new = db.execute("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                                 (stream_id, batch_id, table.num_rows, digest,
-                                  _iso(_now()))).rowcount
+                new = db.execute(
+                    "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
+                    (stream_id, batch_id, table.num_rows, digest, _iso(_now())),
+                ).rowcount
                 n = table.num_rows if new else 0  # else the flusher has counted it already
                 # the time range is sealed: widened here, inside the transaction
-                (box,) = db.execute("SELECT time_box FROM streams WHERE id=?",
-                                    (stream_id,)).fetchone()
+                (box,) = db.execute(
+                    "SELECT time_box FROM streams WHERE id=?", (stream_id,)
+                ).fetchone()
                 lo, hi = self._times(key.org, stream_id, box)
                 lo = min(x for x in (lo, _iso(tmin)) if x is not None)
                 hi = max(x for x in (hi, _iso(tmax)) if x is not None)
@@ -406,9 +492,15 @@ class IngestCore(WalFlusher):
                     "UPDATE streams SET rows=rows+?, batches=batches+?, last_batch=?, updated=?, "
                     "status=CASE WHEN status='interrupted' THEN 'active' ELSE status END, "
                     "time_box=? WHERE id=?",
-                    (n, 1 if new else 0, now, _iso(_now()),
-                     self._seal.seal(key.org, f"{lo}|{hi}", f"{key.org}/{stream_id}/times"),
-                     stream_id))
+                    (
+                        n,
+                        1 if new else 0,
+                        now,
+                        _iso(_now()),
+                        self._seal.seal(key.org, f"{lo}|{hi}", f"{key.org}/{stream_id}/times"),
+                        stream_id,
+                    ),
+                )
         finally:
             with self._db_lock:
                 self._pending.discard(ident)
@@ -434,23 +526,35 @@ class IngestCore(WalFlusher):
         stream = self.stream(key, stream_id)
         if stream["flushed_rows"] < stream["rows"]:
             self._set_status(stream_id, "interrupted")
-            raise NotYetStored(f"stream {stream_id}: not every row is stored yet; retry the "
-                               "finalize")
+            raise NotYetStored(
+                f"stream {stream_id}: not every row is stored yet; retry the finalize"
+            )
         self._set_status(stream_id, "complete")
-        others = self._sql("SELECT count(*) FROM streams WHERE org=? AND run_id=? AND id<>? AND "
-                           "status IN ('active', 'interrupted', 'finalizing')",
-                           (key.org, self._run_tag(key.org, stream["run_id"]),
-                            stream_id))[0][0]
+        others = self._sql(
+            "SELECT count(*) FROM streams WHERE org=? AND run_id=? AND id<>? AND "
+            "status IN ('active', 'interrupted', 'finalizing')",
+            (key.org, self._run_tag(key.org, stream["run_id"]), stream_id),
+        )[0][0]
         end = datetime.fromisoformat(stream["max_time"]) if stream["max_time"] else _now()
-        self._update_run(key.org, stream["run_id"], "active" if others else "complete",
-                         actor=key.actor, end=end)
-        self._audit(key.org, key.actor, "ingest.finalize", stream=stream_id,
-                    run_id=stream["run_id"], rows=stream["rows"], batches=stream["batches"])
+        self._update_run(
+            key.org, stream["run_id"], "active" if others else "complete", actor=key.actor, end=end
+        )
+        self._audit(
+            key.org,
+            key.actor,
+            "ingest.finalize",
+            stream=stream_id,
+            run_id=stream["run_id"],
+            rows=stream["rows"],
+            batches=stream["batches"],
+        )
         return self.stream(key, stream_id)
 
     def _set_status(self, stream_id: str, status: str, error: str | None = None) -> None:
-        self._sql("UPDATE streams SET status=?, updated=?, error=coalesce(?, error) WHERE id=?",
-                  (status, _iso(_now()), error, stream_id))
+        self._sql(
+            "UPDATE streams SET status=?, updated=?, error=coalesce(?, error) WHERE id=?",
+            (status, _iso(_now()), error, stream_id),
+        )
 
     def _update_run(self, org: str, run_id: str, status: str, *, actor: str, **fields) -> None:
         """Write a new version of the run record (latest ``updated_at`` wins on read)."""

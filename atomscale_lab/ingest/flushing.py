@@ -79,8 +79,11 @@ class WalFlusher:
             if wal is not None:
                 wal.close()
             shutil.rmtree(self.state_dir / "wal" / org, ignore_errors=True)
-            for (sid,) in self._sql("SELECT id FROM streams WHERE org=? AND status IN "
-                                    "('active', 'interrupted', 'finalizing')", (org,)):
+            for (sid,) in self._sql(
+                "SELECT id FROM streams WHERE org=? AND status IN "
+                "('active', 'interrupted', 'finalizing')",
+                (org,),
+            ):
                 self._set_status(sid, "error", "the org was deleted")
             self._sql("DELETE FROM flushes WHERE org=?", (org,))
             log.warning("ingest: org %s was deleted; its unflushed batches were dropped", org)
@@ -88,13 +91,19 @@ class WalFlusher:
 
     def _flush_failed(self, org: str, exc: Exception) -> None:
         n = self._failures[org] = self._failures.get(org, 0) + 1
-        log.error("ingest: flushing org %s failed (%s in a row): %s; the WAL keeps the batches",
-                  org, n, exc)
+        log.error(
+            "ingest: flushing org %s failed (%s in a row): %s; the WAL keeps the batches",
+            org,
+            n,
+            exc,
+        )
         if n == self.max_flush_failures:
             reason = f"rows cannot be stored: {type(exc).__name__}: {exc}"[:300]
-            for (sid, box) in self._sql(
-                    "SELECT id, run_box FROM streams WHERE org=? AND status IN "
-                    "('active', 'interrupted', 'finalizing')", (org,)):
+            for sid, box in self._sql(
+                "SELECT id, run_box FROM streams WHERE org=? AND status IN "
+                "('active', 'interrupted', 'finalizing')",
+                (org,),
+            ):
                 self._set_status(sid, "error", reason)
                 with contextlib.suppress(Exception):
                     self._update_run(org, self._run_of(org, sid, box), "error", actor="ingest")
@@ -104,8 +113,9 @@ class WalFlusher:
         on_disk = [p.name for p in root.iterdir() if p.is_dir()] if root.exists() else []
         return sorted(set(on_disk) | set(self._wals))
 
-    def _flush_segments(self, org: str, wal: Wal, segs: list[Path],
-                        seg_key: str | None = None) -> int:
+    def _flush_segments(
+        self, org: str, wal: Wal, segs: list[Path], seg_key: str | None = None
+    ) -> int:
         seg_key = seg_key or ",".join(p.stem for p in segs)
         records: list[WalRecord] = []
         readable = []
@@ -119,17 +129,30 @@ class WalFlusher:
             for r in records:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                    (r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now())))
+                    (r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now())),
+                )
                 if cur.rowcount == 1:  # acknowledged (or not) but never counted: a crash
-                    self._db.execute("UPDATE streams SET rows=rows+?, batches=batches+1 "
-                                     "WHERE id=?", (r.rows.num_rows, r.stream_id))
+                    self._db.execute(
+                        "UPDATE streams SET rows=rows+?, batches=batches+1 WHERE id=?",
+                        (r.rows.num_rows, r.stream_id),
+                    )
         groups: dict[str, list[pa.Table]] = defaultdict(list)
         for r in records:
             groups[r.table].append(r.rows)
-        done = {t for (t,) in self._sql("SELECT tbl FROM flushes WHERE org=? AND segments=? AND "
-                                        "state='done'", (org, seg_key))}
-        doubt = {t for (t,) in self._sql("SELECT tbl FROM flushes WHERE org=? AND segments=? AND "
-                                         "state='committing'", (org, seg_key))}
+        done = {
+            t
+            for (t,) in self._sql(
+                "SELECT tbl FROM flushes WHERE org=? AND segments=? AND state='done'",
+                (org, seg_key),
+            )
+        }
+        doubt = {
+            t
+            for (t,) in self._sql(
+                "SELECT tbl FROM flushes WHERE org=? AND segments=? AND state='committing'",
+                (org, seg_key),
+            )
+        }
         committed = 0
         for name, parts in sorted(groups.items()):
             if name in done:
@@ -138,15 +161,23 @@ class WalFlusher:
             with self._org_lock(org):
                 table = self._store(org).table(name)
                 if name in doubt and self._already_committed(table, data):
-                    log.warning("ingest: a flush of org %s to %s interrupted by a crash had "
-                                "committed; not writing it again", org, name)
+                    log.warning(
+                        "ingest: a flush of org %s to %s interrupted by a crash had "
+                        "committed; not writing it again",
+                        org,
+                        name,
+                    )
                 else:
-                    self._sql("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
-                              (org, seg_key, name, data.num_rows, "committing", _iso(_now())))
+                    self._sql(
+                        "INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
+                        (org, seg_key, name, data.num_rows, "committing", _iso(_now())),
+                    )
                     table.write(data, actor="ingest")
                     committed += data.num_rows
-            self._sql("UPDATE flushes SET state='done' WHERE org=? AND segments=? AND tbl=?",
-                      (org, seg_key, name))
+            self._sql(
+                "UPDATE flushes SET state='done' WHERE org=? AND segments=? AND tbl=?",
+                (org, seg_key, name),
+            )
             self._dirty.setdefault((org, name), time.monotonic())
         per_stream = Counter()
         for r in records:
@@ -155,10 +186,13 @@ class WalFlusher:
         # segments deleted, and only after that the intents (a crash in between is harmless).
         with self._tx():
             for sid, n in per_stream.items():
-                self._db.execute("UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?",
-                                 (n, sid))
-            self._db.execute("INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
-                             (org, seg_key, "*", len(records), "done", _iso(_now())))
+                self._db.execute(
+                    "UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?", (n, sid)
+                )
+            self._db.execute(
+                "INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
+                (org, seg_key, "*", len(records), "done", _iso(_now())),
+            )
         self._finish(org, wal, seg_key, segs)
         return committed
 
@@ -185,7 +219,7 @@ class WalFlusher:
     def compact(self, force: bool = False) -> int:
         """Compact the tables this service wrote to; returns how many were compacted."""
         n = 0
-        for (org, name) in list(self._dirty):
+        for org, name in list(self._dirty):
             with self._org_lock(org):
                 try:
                     if self._store(org).table(name).compact() is not None:
@@ -199,8 +233,9 @@ class WalFlusher:
     def recover(self) -> None:
         """After a (re)start: mark streams that were live as interrupted and replay the WALs."""
         self._seal_plaintext_streams()
-        live = self._sql("SELECT id, org, run_box FROM streams WHERE status IN "
-                         "('active', 'finalizing')")
+        live = self._sql(
+            "SELECT id, org, run_box FROM streams WHERE status IN ('active', 'finalizing')"
+        )
         for sid, org, box in live:
             self._set_status(sid, "interrupted")
             try:
@@ -217,16 +252,26 @@ class WalFlusher:
     def _seal_plaintext_streams(self) -> None:
         """Seal the run ids and time ranges of a state file from before sealing (per org; an
         org whose keys are unavailable stays as it was until a later start)."""
-        old = self._sql("SELECT id, org, run_id, min_time, max_time FROM streams "
-                        "WHERE run_box IS NULL")
+        old = self._sql(
+            "SELECT id, org, run_id, min_time, max_time FROM streams WHERE run_box IS NULL"
+        )
         for sid, org, run_id, lo, hi in old:
             try:
-                times = (self._seal.seal(org, f"{lo}|{hi}", f"{org}/{sid}/times")
-                         if lo is not None else None)
-                self._sql("UPDATE streams SET run_id=?, run_box=?, time_box=?, min_time=NULL, "
-                          "max_time=NULL WHERE id=?",
-                          (self._run_tag(org, run_id),
-                           self._seal.seal(org, run_id, f"{org}/{sid}/run"), times, sid))
+                times = (
+                    self._seal.seal(org, f"{lo}|{hi}", f"{org}/{sid}/times")
+                    if lo is not None
+                    else None
+                )
+                self._sql(
+                    "UPDATE streams SET run_id=?, run_box=?, time_box=?, min_time=NULL, "
+                    "max_time=NULL WHERE id=?",
+                    (
+                        self._run_tag(org, run_id),
+                        self._seal.seal(org, run_id, f"{org}/{sid}/run"),
+                        times,
+                        sid,
+                    ),
+                )
             except AtomscaleError as e:
                 log.warning("ingest: could not seal stream %s of org %s yet: %s", sid, org, e)
         if old:
@@ -236,11 +281,11 @@ class WalFlusher:
     def _recover_org(self, org: str) -> None:
         self._check_org(org)
         wal = self._wal(org)
-        for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?",
-                                    (org,)):
+        for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?", (org,)):
             segs = [wal.dir / f"{s}.wal" for s in seg_key.split(",")]
-            finished = self._sql("SELECT 1 FROM flushes WHERE org=? AND segments=? AND "
-                                 "tbl='*'", (org, seg_key))
+            finished = self._sql(
+                "SELECT 1 FROM flushes WHERE org=? AND segments=? AND tbl='*'", (org, seg_key)
+            )
             if finished:
                 self._finish(org, wal, seg_key, segs)
             else:
@@ -252,8 +297,10 @@ class WalFlusher:
     def check_idle(self) -> list[str]:
         """Mark active streams without a batch for ``idle_timeout`` seconds as interrupted."""
         cutoff = time.time() - self.idle_timeout
-        idle = self._sql("SELECT id, org, run_box FROM streams WHERE status='active' AND "
-                         "last_batch < ?", (cutoff,))
+        idle = self._sql(
+            "SELECT id, org, run_box FROM streams WHERE status='active' AND last_batch < ?",
+            (cutoff,),
+        )
         for sid, org, box in idle:
             self._set_status(sid, "interrupted")
             self._update_run(org, self._run_of(org, sid, box), "interrupted", actor="ingest")
@@ -262,8 +309,7 @@ class WalFlusher:
     def start(self) -> None:
         """Start the background flusher (flush, idle check, compaction)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="ingest-flusher",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="ingest-flusher", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:

@@ -119,11 +119,15 @@ def check_ipc(data: bytes, *, max_bytes: int, max_rows: int) -> None:
     ``max_rows``."""
     rows, size = ipc_decoded_size(data)
     if size > max_bytes:
-        raise DecodedTooLarge(f"the Arrow batch decodes to {size} bytes, more than the "
-                              f"{max_bytes} allowed; send smaller batches", field="body")
+        raise DecodedTooLarge(
+            f"the Arrow batch decodes to {size} bytes, more than the "
+            f"{max_bytes} allowed; send smaller batches",
+            field="body",
+        )
     if rows > max_rows:
-        raise DecodedTooLarge(f"a batch may hold at most {max_rows} rows (got {rows})",
-                              field="rows")
+        raise DecodedTooLarge(
+            f"a batch may hold at most {max_rows} rows (got {rows})", field="rows"
+        )
 
 
 class ConnectionLimits:
@@ -140,8 +144,9 @@ class ConnectionLimits:
         with self._lock:
             n = self._counts.get((kind, ident), 0)
             if n >= cap:
-                raise TooManyConnections(f"too many concurrent requests from this {kind} "
-                                         f"(at most {cap}); retry shortly")
+                raise TooManyConnections(
+                    f"too many concurrent requests from this {kind} (at most {cap}); retry shortly"
+                )
             self._counts[(kind, ident)] = n + 1
 
     def leave(self, kind: str, ident: str) -> None:
@@ -170,8 +175,9 @@ def parse_networks(items) -> tuple:
             try:
                 out.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
-                raise ValidationError(f"not an address or network: {item!r}",
-                                      field="trusted_proxies") from None
+                raise ValidationError(
+                    f"not an address or network: {item!r}", field="trusted_proxies"
+                ) from None
     return tuple(out)
 
 

@@ -28,9 +28,16 @@ class IngestHandler(web.RequestHandler):
     closes.
     """
 
-    def initialize(self, core: IngestCore, keys: ApiKeyStore, pool: ThreadPoolExecutor,
-                   max_body: int, limits: ConnectionLimits | None = None,
-                   trusted_proxies=(), max_decoded: int = DEFAULT_MAX_DECODED):
+    def initialize(
+        self,
+        core: IngestCore,
+        keys: ApiKeyStore,
+        pool: ThreadPoolExecutor,
+        max_body: int,
+        limits: ConnectionLimits | None = None,
+        trusted_proxies=(),
+        max_decoded: int = DEFAULT_MAX_DECODED,
+    ):
         """Take the service's core, key store, worker pool and limits (from the route)."""
         self.core, self.keys, self.pool, self.max_body = core, keys, pool, max_body
         self.limits, self.trusted_proxies = limits, trusted_proxies
@@ -40,8 +47,11 @@ class IngestHandler(web.RequestHandler):
     @property
     def client(self) -> str:
         """The client's address: the socket's peer unless that is a trusted proxy."""
-        return client_address(self.request.remote_ip or "unknown",
-                              self.request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        return client_address(
+            self.request.remote_ip or "unknown",
+            self.request.headers.get("X-Forwarded-For"),
+            self.trusted_proxies,
+        )
 
     def _enter(self, kind: str, ident: str) -> None:
         if self.limits is not None:
@@ -76,15 +86,15 @@ class IngestHandler(web.RequestHandler):
 
     async def run(self, fn, *args, **kw):
         """Run blocking ``fn`` in the worker pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool,
-                                                                lambda: fn(*args, **kw))
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
 
     async def key(self, scope: str | None, action: str):
         """Authenticate the bearer key (audited, throttled)."""
         auth = self.request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        info = await self.run(self.keys.authenticate, token, client=self.client,
-                              scope=scope, action=action)
+        info = await self.run(
+            self.keys.authenticate, token, client=self.client, scope=scope, action=action
+        )
         self._enter("key", info.prefix)
         return info
 
@@ -100,8 +110,9 @@ class IngestHandler(web.RequestHandler):
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="atomscale-ingest"')
         if status >= 500:
-            log.error("ingest request %s %s failed: %s", self.request.method, self.request.path,
-                      exc)
+            log.error(
+                "ingest request %s %s failed: %s", self.request.method, self.request.path, exc
+            )
         self.set_status(status)
         self.finish(json.dumps(body))
 

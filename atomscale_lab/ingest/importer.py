@@ -85,14 +85,16 @@ def _cast_time(col: pa.Array, typ: pa.DataType, tz: str) -> pa.Array:
     return pc.coalesce(aware, pc.assume_timezone(naive, tz).cast(typ))
 
 
-def conform_block(spec: schema.TableSpec, block: pa.Table, *, fmt: str, offset: int,
-                  fill: dict, tz: str = "UTC") -> pa.Table:
+def conform_block(
+    spec: schema.TableSpec, block: pa.Table, *, fmt: str, offset: int, fill: dict, tz: str = "UTC"
+) -> pa.Table:
     """Cast one block of a file to ``spec``; errors name the line/row and column."""
     names = spec.schema.names
     extra = [c for c in block.column_names if c not in names]
     if extra:
-        raise MalformedFile(f"unknown column {extra[0]!r}; {spec.name} has "
-                           f"{', '.join(names)}", field=extra[0])
+        raise MalformedFile(
+            f"unknown column {extra[0]!r}; {spec.name} has {', '.join(names)}", field=extra[0]
+        )
     cols = {}
     for f in spec.schema:
         if f.name in block.column_names:
@@ -108,7 +110,9 @@ def conform_block(spec: schema.TableSpec, block: pa.Table, *, fmt: str, offset: 
                 raise MalformedFile(
                     f"{_where(fmt, offset + i)}, column {f.name!r}: {as_text[i].as_py()!r} "
                     f"differs from the {f.name} given on the command line ({v!r})",
-                    field=f.name, row=offset + i)
+                    field=f.name,
+                    row=offset + i,
+                )
             col = pa.array([v] * block.num_rows, pa.string())
 
         def cast(a, f=f):
@@ -122,17 +126,29 @@ def conform_block(spec: schema.TableSpec, block: pa.Table, *, fmt: str, offset: 
             i = _first_bad(col, cast)
             raise MalformedFile(
                 f"{_where(fmt, offset + i)}, column {f.name!r}: {col[i].as_py()!r} is not a "
-                f"valid {f.type}", field=f.name, row=offset + i) from None
+                f"valid {f.type}",
+                field=f.name,
+                row=offset + i,
+            ) from None
         if f.name in schema.REQUIRED and out.null_count:
             i = pc.index(pc.is_null(out), True).as_py()
-            raise MalformedFile(f"{_where(fmt, offset + i)}, column {f.name!r}: a value is "
-                               "required", field=f.name, row=offset + i)
+            raise MalformedFile(
+                f"{_where(fmt, offset + i)}, column {f.name!r}: a value is required",
+                field=f.name,
+                row=offset + i,
+            )
         cols[f.name] = out
     return pa.table(cols, schema=spec.schema)
 
 
-def read_file(path: Path, spec: schema.TableSpec, *, fill: dict, tz: str = "UTC",
-              progress: Callable[[int], None] | None = None) -> pa.Table:
+def read_file(
+    path: Path,
+    spec: schema.TableSpec,
+    *,
+    fill: dict,
+    tz: str = "UTC",
+    progress: Callable[[int], None] | None = None,
+) -> pa.Table:
     """Read and validate a whole CSV or Parquet file into one table of ``spec``."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -141,12 +157,12 @@ def read_file(path: Path, spec: schema.TableSpec, *, fill: dict, tz: str = "UTC"
         try:
             pf = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as e:
-            raise MalformedFile(f"{path.name} is not a readable Parquet file: {e}",
-                               field="file") from None
+            raise MalformedFile(
+                f"{path.name} is not a readable Parquet file: {e}", field="file"
+            ) from None
         for batch in pf.iter_batches(batch_size=65_536):
             block = pa.Table.from_batches([batch])
-            parts.append(conform_block(spec, block, fmt="parquet", offset=offset, fill=fill,
-                                       tz=tz))
+            parts.append(conform_block(spec, block, fmt="parquet", offset=offset, fill=fill, tz=tz))
             offset += block.num_rows
             if progress:
                 progress(block.num_rows)
@@ -156,15 +172,20 @@ def read_file(path: Path, spec: schema.TableSpec, *, fill: dict, tz: str = "UTC"
         delim = "\t" if suffix == ".tsv" else ","
         cols = [c.strip().strip('"') for c in header.split(delim)]
         if not header or not all(cols):
-            raise MalformedFile(f"line 1 of {path.name}: a header row with column names is "
-                               "required", field="header")
+            raise MalformedFile(
+                f"line 1 of {path.name}: a header row with column names is required", field="header"
+            )
         try:
             reader = pcsv.open_csv(
-                path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+                path,
+                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
                 parse_options=pcsv.ParseOptions(delimiter=delim),
                 convert_options=pcsv.ConvertOptions(
-                    column_types={c: pa.string() for c in cols}, strings_can_be_null=True,
-                    null_values=[""]))
+                    column_types={c: pa.string() for c in cols},
+                    strings_can_be_null=True,
+                    null_values=[""],
+                ),
+            )
         except pa.ArrowInvalid as e:
             raise MalformedFile(f"{path.name}: {e}", field="file") from None
         while True:
@@ -174,25 +195,36 @@ def read_file(path: Path, spec: schema.TableSpec, *, fill: dict, tz: str = "UTC"
                 break
             except pa.ArrowInvalid as e:
                 # e.g. "CSV parse error: Expected 3 columns, got 4: ..." (Arrow names the row)
-                raise MalformedFile(f"{path.name} after line {offset + 1}: {e}",
-                                   field="file") from None
+                raise MalformedFile(
+                    f"{path.name} after line {offset + 1}: {e}", field="file"
+                ) from None
             block = pa.Table.from_batches([batch])
             parts.append(conform_block(spec, block, fmt="csv", offset=offset, fill=fill, tz=tz))
             offset += block.num_rows
             if progress:
                 progress(block.num_rows)
     else:
-        raise MalformedFile(f"{path.name}: only .csv, .tsv and .parquet files can be imported",
-                           field="file")
+        raise MalformedFile(
+            f"{path.name}: only .csv, .tsv and .parquet files can be imported", field="file"
+        )
     if not parts or offset == 0:
         raise MalformedFile(f"{path.name} has no rows", field="file")
     return pa.concat_tables(parts)
 
 
-def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
-                tool: str | None = None, tz: str = "UTC", actor: str = "admin",
-                progress: Callable[[int], None] | None = None,
-                metadata: dict | None = None) -> dict:
+def import_file(
+    vault,
+    path: Path,
+    org: str,
+    category: str,
+    run_id: str,
+    *,
+    tool: str | None = None,
+    tz: str = "UTC",
+    actor: str = "admin",
+    progress: Callable[[int], None] | None = None,
+    metadata: dict | None = None,
+) -> dict:
     """Validate the whole file, then write it to ``org`` in one commit; returns a summary.
 
     ``metadata`` sets the run record's ``project``, ``sample``, ``method``, ``operator`` (None
@@ -202,15 +234,17 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
     metadata = {k: v for k, v in (metadata or {}).items() if v is not None}
     bad = [k for k in metadata if k not in RUN_METADATA]
     if bad:
-        raise ValidationError(f"cannot set {bad[0]!r} of a run; settable: "
-                              f"{', '.join(RUN_METADATA)}", field=bad[0])
+        raise ValidationError(
+            f"cannot set {bad[0]!r} of a run; settable: {', '.join(RUN_METADATA)}", field=bad[0]
+        )
     for k, v in metadata.items():
         if not isinstance(v, str) or not v.strip() or len(v) > 200:
             raise ValidationError(f"{k} must be 1-200 characters", field=k)
     check_id(run_id, "run")
     if category not in CATEGORY_TABLE:
-        raise ValidationError(f"category must be one of {', '.join(CATEGORY_TABLE)}",
-                              field="category")
+        raise ValidationError(
+            f"category must be one of {', '.join(CATEGORY_TABLE)}", field="category"
+        )
     spec = schema.spec(CATEGORY_TABLE[category])
     fill = {"run_id": run_id}
     if tool is not None:
@@ -222,9 +256,16 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
     table = store.table(spec.name)
     times = data.column(spec.time_column)
     tmin, tmax = pc.min(times).as_py(), pc.max(times).as_py()
-    summary = {"org": org, "table": spec.name, "run_id": run_id, "rows": data.num_rows,
-               "start": tmin.isoformat() if tmin else None,
-               "end": tmax.isoformat() if tmax else None, "new_run": False, "skipped": False}
+    summary = {
+        "org": org,
+        "table": spec.name,
+        "run_id": run_id,
+        "rows": data.num_rows,
+        "start": tmin.isoformat() if tmin else None,
+        "end": tmax.isoformat() if tmax else None,
+        "new_run": False,
+        "skipped": False,
+    }
     audit = vault.audit(org)
     try:
         stored = table.read(run_ids=[run_id])
@@ -232,19 +273,35 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
         stored = spec.schema.empty_table()
     dup = overlap(stored, data)
     if dup == data.num_rows:
-        audit.record(actor, "data.import", table=spec.name, run_id=run_id, rows=0,
-                     file=Path(path).name, skipped="already imported",
-                     metadata=sorted(metadata) or None)
+        audit.record(
+            actor,
+            "data.import",
+            table=spec.name,
+            run_id=run_id,
+            rows=0,
+            file=Path(path).name,
+            skipped="already imported",
+            metadata=sorted(metadata) or None,
+        )
         summary["skipped"] = True
         _set_metadata(store, run_id, metadata, actor)
         return summary
     if dup:
-        audit.record(actor, "data.import", "denied", table=spec.name, run_id=run_id,
-                     rows=data.num_rows, file=Path(path).name, reason="partly imported")
+        audit.record(
+            actor,
+            "data.import",
+            "denied",
+            table=spec.name,
+            run_id=run_id,
+            rows=data.num_rows,
+            file=Path(path).name,
+            reason="partly imported",
+        )
         raise AlreadyImported(
             f"{dup} of the {data.num_rows} rows of {Path(path).name} are already stored for run "
             f"{run_id!r} in {spec.name}; nothing was imported (import only the new rows)",
-            field="file")
+            field="file",
+        )
     commit = table.write(data, actor=actor)
     runs = store.table("process/runs")
     try:
@@ -252,14 +309,32 @@ def import_file(vault, path: Path, org: str, category: str, run_id: str, *,
     except NotFound:
         known = False
     if not known:
-        runs.write([{"run_id": run_id, "instrument": tool, "start": tmin, "end": tmax,
-                     "status": "complete", "updated_at": datetime.now(UTC), **metadata}],
-                   actor=actor)
+        runs.write(
+            [
+                {
+                    "run_id": run_id,
+                    "instrument": tool,
+                    "start": tmin,
+                    "end": tmax,
+                    "status": "complete",
+                    "updated_at": datetime.now(UTC),
+                    **metadata,
+                }
+            ],
+            actor=actor,
+        )
     else:
         _set_metadata(store, run_id, metadata, actor)
-    audit.record(actor, "data.import", table=spec.name, run_id=run_id,
-                 rows=data.num_rows, file=Path(path).name, commit=commit.seq,
-                 metadata=sorted(metadata) or None)
+    audit.record(
+        actor,
+        "data.import",
+        table=spec.name,
+        run_id=run_id,
+        rows=data.num_rows,
+        file=Path(path).name,
+        commit=commit.seq,
+        metadata=sorted(metadata) or None,
+    )
     summary["new_run"] = not known
     return summary
 

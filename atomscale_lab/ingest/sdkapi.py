@@ -15,6 +15,7 @@
 
 The org always comes from the API key; every read and write is audited as the key.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,22 +73,25 @@ class SdkApi(SdkRecords, SdkStreaming):
         try:
             return self._store(org).table(table).read(**kw)
         except NotFound:
-            return schema.spec(table).schema.empty_table() if "columns" not in kw else \
-                schema.spec(table).schema.empty_table().select(kw["columns"])
+            return (
+                schema.spec(table).schema.empty_table()
+                if "columns" not in kw
+                else schema.spec(table).schema.empty_table().select(kw["columns"])
+            )
 
     def audit(self, key, action: str, outcome: str = "allowed", **detail) -> None:
         """One event in the key's org's audit log, as the key (a read that cannot be audited
         fails)."""
-        self.core.vault.audit(key.org).record(key.actor, action, outcome, api="atomscale",
-                                              **detail)
+        self.core.vault.audit(key.org).record(key.actor, action, outcome, api="atomscale", **detail)
 
     def require_any(self, key, scopes, action: str) -> list[str]:
         """The subset of ``scopes`` the key holds; ``PermissionDenied`` (audited) if none."""
         held = [s for s in scopes if s in key.scopes]
         if not held:
             self.audit(key, action, "denied", reason=f"needs one of {', '.join(scopes)}")
-            raise PermissionDenied(f"API key {key.prefix} needs one of the scopes "
-                                   f"{', '.join(scopes)}")
+            raise PermissionDenied(
+                f"API key {key.prefix} needs one of the scopes {', '.join(scopes)}"
+            )
         return held
 
     # -- catalogue ----------------------------------------------------------------------------
@@ -101,8 +105,10 @@ class SdkApi(SdkRecords, SdkStreaming):
     def _tags_by_item(self, org: str) -> _TagIndex:
         out: dict[str, list[str]] = defaultdict(list)
         for did, tid, box in self.state.sql(
-                "SELECT i.data_id, t.id, t.name FROM item_tags i JOIN tags t ON t.id=i.tag_id "
-                "WHERE i.org=?", (org,)):
+            "SELECT i.data_id, t.id, t.name FROM item_tags i JOIN tags t ON t.id=i.tag_id "
+            "WHERE i.org=?",
+            (org,),
+        ):
             out[did].append(self._seal.unseal(org, box, f"{org}/{tid}/tag"))
         for names in out.values():
             names.sort()
@@ -132,21 +138,28 @@ class SdkApi(SdkRecords, SdkStreaming):
             "physical_sample_id": entity_id(org, "sample", sample) if sample else None,
             "physical_sample_name": sample,
             "sample_name": sample,
-            "projects": ([{"id": entity_id(org, "project", project), "name": project}]
-                         if project else []),
+            "projects": (
+                [{"id": entity_id(org, "project", project), "name": project}] if project else []
+            ),
         }
 
     def _run_row(self, org: str, r: dict, tags) -> dict:
         data_id = r["run_id"]
-        length = ((r["end"] - r["start"]).total_seconds()
-                  if r.get("end") and r.get("start") else None)
+        length = (
+            (r["end"] - r["start"]).total_seconds() if r.get("end") and r.get("start") else None
+        )
         return {
-            "data_id": data_id, "char_source_type": "tool_state", "raw_name": r["run_id"],
+            "data_id": data_id,
+            "char_source_type": "tool_state",
+            "raw_name": r["run_id"],
             "pipeline_status": STATUS.get(r["status"], r["status"]),
-            "upload_datetime": _iso(r.get("start")), "collected_datetime": _iso(r.get("start")),
+            "upload_datetime": _iso(r.get("start")),
+            "collected_datetime": _iso(r.get("start")),
             "last_updated": _iso(r.get("updated_at") or r.get("start")),
-            "source_name": r.get("instrument"), "growth_length": length,
-            "tags": tags.get(data_id, []), "run_id": r["run_id"],
+            "source_name": r.get("instrument"),
+            "growth_length": length,
+            "tags": tags.get(data_id, []),
+            "run_id": r["run_id"],
             "file_metadata": {k: r.get(k) for k in ("method", "operator") if r.get(k)},
             **self._links(org, r.get("sample"), r.get("project")),
         }
@@ -156,11 +169,17 @@ class SdkApi(SdkRecords, SdkStreaming):
         technique = (m.get("technique") or "").lower()
         run = run or {}
         return {
-            "data_id": data_id, "char_source_type": TECHNIQUE_TYPE.get(technique, technique),
-            "raw_name": m["item_id"], "pipeline_status": "success",
-            "upload_datetime": _iso(m.get("time")), "collected_datetime": _iso(m.get("time")),
-            "last_updated": _iso(m.get("time")), "source_name": run.get("instrument"),
-            "growth_length": None, "tags": tags.get(data_id, []), "run_id": m.get("run_id"),
+            "data_id": data_id,
+            "char_source_type": TECHNIQUE_TYPE.get(technique, technique),
+            "raw_name": m["item_id"],
+            "pipeline_status": "success",
+            "upload_datetime": _iso(m.get("time")),
+            "collected_datetime": _iso(m.get("time")),
+            "last_updated": _iso(m.get("time")),
+            "source_name": run.get("instrument"),
+            "growth_length": None,
+            "tags": tags.get(data_id, []),
+            "run_id": m.get("run_id"),
             "file_metadata": {"technique": m.get("technique")},
             **self._links(org, m.get("sample") or run.get("sample"), run.get("project")),
         }
@@ -196,32 +215,49 @@ class SdkApi(SdkRecords, SdkStreaming):
         for field in ("upload_datetime", "last_updated"):
             lo, hi = (_parse_time(one(f"{field}_{b}"), f"{field}_{b}") for b in ("min", "max"))
             if lo or hi:
-                rows = [r for r in rows if r[field]
-                        and (not lo or _parse_time(r[field], field) >= lo)
-                        and (not hi or _parse_time(r[field], field) <= hi)]
+                rows = [
+                    r
+                    for r in rows
+                    if r[field]
+                    and (not lo or _parse_time(r[field], field) >= lo)
+                    and (not hi or _parse_time(r[field], field) <= hi)
+                ]
         for b, op in (("min", float.__ge__), ("max", float.__le__)):
             v = one(f"growth_length_{b}")
             if v:
                 try:
                     bound = float(v)
                 except ValueError:
-                    raise ValidationError(f"growth_length_{b} must be a number",
-                                          field=f"growth_length_{b}") from None
-                rows = [r for r in rows if r["growth_length"] is not None
-                        and op(float(r["growth_length"]), bound)]
+                    raise ValidationError(
+                        f"growth_length_{b} must be a number", field=f"growth_length_{b}"
+                    ) from None
+                rows = [
+                    r
+                    for r in rows
+                    if r["growth_length"] is not None and op(float(r["growth_length"]), bound)
+                ]
         for word in params.get("keywords") or []:
             w = word.strip().lower()
             if w:
                 rows = [r for r in rows if w in self._text(r)]
         rows.sort(key=lambda r: r["upload_datetime"] or "", reverse=True)
-        self.audit(key, "sdk.search", items=len(rows),
-                   data_ids=[r["data_id"] for r in rows[:50]])
+        self.audit(key, "sdk.search", items=len(rows), data_ids=[r["data_id"] for r in rows[:50]])
         return rows
 
     @staticmethod
     def _text(row: dict) -> str:
-        parts = [row.get(k) for k in ("data_id", "raw_name", "char_source_type", "source_name",
-                                      "sample_name", "pipeline_status", "run_id")]
+        parts = [
+            row.get(k)
+            for k in (
+                "data_id",
+                "raw_name",
+                "char_source_type",
+                "source_name",
+                "sample_name",
+                "pipeline_status",
+                "run_id",
+            )
+        ]
         parts += [p["name"] for p in row["projects"]] + list(row["tags"])
         parts += [str(v) for v in row["file_metadata"].values()]
         return " ".join(str(p) for p in parts if p).lower()
@@ -244,20 +280,30 @@ class SdkApi(SdkRecords, SdkStreaming):
             taken = set(parts[0].column("channel").unique().to_pylist()) if parts else set()
             tools_per = defaultdict(set)
             pairs = t.select(["tool", "channel"]).group_by(["tool", "channel"]).aggregate([])
-            for tool, ch in zip(pairs.column("tool").to_pylist(),
-                                pairs.column("channel").to_pylist(), strict=True):
+            for tool, ch in zip(
+                pairs.column("tool").to_pylist(), pairs.column("channel").to_pylist(), strict=True
+            ):
                 tools_per[ch].add(tool)
             clash = [ch for ch, tools in tools_per.items() if len(tools) > 1 or ch in taken]
             if clash:  # the same channel name from two sources: name it "<tool>:<channel>"
                 is_clash = pc.is_in(t.column("channel"), pa.array(clash, pa.string()))
-                t = t.set_column(t.column_names.index("channel"), "channel",
-                                 pc.if_else(is_clash, names, t.column("channel")))
+                t = t.set_column(
+                    t.column_names.index("channel"),
+                    "channel",
+                    pc.if_else(is_clash, names, t.column("channel")),
+                )
             parts.append(t.select(["time", "channel", "value", "unit"]))
         data = pa.concat_tables(parts) if parts else None
         props = self._properties(data) if data is not None and data.num_rows else {}
         points = sum(len(p["values"]) for p in props.values())
-        self.audit(key, "sdk.timeseries", data_id=data_id, run_id=run_id, channels=len(props),
-                   points=points)
+        self.audit(
+            key,
+            "sdk.timeseries",
+            data_id=data_id,
+            run_id=run_id,
+            channels=len(props),
+            points=points,
+        )
         return {"data_id": data_id, "properties": props}
 
     @staticmethod
@@ -285,38 +331,61 @@ class SdkApi(SdkRecords, SdkStreaming):
 
     def spectrum(self, key, kind: str, data_id: str) -> dict:
         """``GET {xrd|xps|raman|photoluminescence}/{id}``: one metrology item (audited)."""
-        item_id = data_id[len(METROLOGY_PREFIX):] if data_id.startswith(METROLOGY_PREFIX) \
-            else None
+        item_id = data_id[len(METROLOGY_PREFIX) :] if data_id.startswith(METROLOGY_PREFIX) else None
         rows = []
         if item_id:
-            rows = self._read(key.org, "metrology/items",
-                              filter=pc.field("item_id") == item_id).to_pylist()
-        rows = [r for r in rows
-                if TECHNIQUE_TYPE.get((r["technique"] or "").lower()) == kind]
+            rows = self._read(
+                key.org, "metrology/items", filter=pc.field("item_id") == item_id
+            ).to_pylist()
+        rows = [r for r in rows if TECHNIQUE_TYPE.get((r["technique"] or "").lower()) == kind]
         if not rows:
             self.audit(key, "sdk.spectrum", "denied", data_id=data_id, reason="not found")
             raise NotFound(f"no {kind} data item {data_id!r}")
         m = next((r for r in rows if r["x"] is not None), rows[0])
         x, y, peaks = m["x"] or [], m["y"] or [], m["peaks"] or []
-        meta = {"x_unit": m["x_unit"], "y_unit": m["y_unit"], "run_id": m["run_id"],
-                "sample": m["sample"], "technique": m["technique"]}
-        results = {r["result_name"]: {"value": r["result_value"], "unit": r["result_unit"]}
-                   for r in rows if r["result_name"]}
-        doc = {"id": item_id, "intensities": y, "last_updated": _iso(m["time"]),
-               "spectral_metadata": meta, "results": results}
+        meta = {
+            "x_unit": m["x_unit"],
+            "y_unit": m["y_unit"],
+            "run_id": m["run_id"],
+            "sample": m["sample"],
+            "technique": m["technique"],
+        }
+        results = {
+            r["result_name"]: {"value": r["result_value"], "unit": r["result_unit"]}
+            for r in rows
+            if r["result_name"]
+        }
+        doc = {
+            "id": item_id,
+            "intensities": y,
+            "last_updated": _iso(m["time"]),
+            "spectral_metadata": meta,
+            "results": results,
+        }
         if kind == "xrd":
-            doc.update(two_theta=x, two_theta_unit="degrees",
-                       detected_peaks=[{"two_theta": p} for p in peaks])
+            doc.update(
+                two_theta=x,
+                two_theta_unit="degrees",
+                detected_peaks=[{"two_theta": p} for p in peaks],
+            )
         elif kind == "xps":
-            doc.update(xps_id=item_id, binding_energies=x, predicted_composition={},
-                       set_elements=False,
-                       detected_peaks=[{"binding_energy": p} for p in peaks])
+            doc.update(
+                xps_id=item_id,
+                binding_energies=x,
+                predicted_composition={},
+                set_elements=False,
+                detected_peaks=[{"binding_energy": p} for p in peaks],
+            )
         elif kind == "raman":
-            doc.update(raman_id=item_id, wavenumbers=x,
-                       detected_peaks=[{"raman_shift": p} for p in peaks])
+            doc.update(
+                raman_id=item_id, wavenumbers=x, detected_peaks=[{"raman_shift": p} for p in peaks]
+            )
         else:
-            doc.update(photoluminescence_id=item_id, energies=x,
-                       detected_peaks=[{"energy": p} for p in peaks])
+            doc.update(
+                photoluminescence_id=item_id,
+                energies=x,
+                detected_peaks=[{"energy": p} for p in peaks],
+            )
         self.audit(key, "sdk.spectrum", data_id=data_id, points=len(y))
         return doc
 

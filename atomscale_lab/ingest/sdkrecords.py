@@ -28,21 +28,35 @@ class SdkRecords:
         runs = self._runs(key.org)
         out: dict[str, dict] = {}
         for sid, box, created in self.state.sql(
-                "SELECT id, name, created FROM samples WHERE org=?", (key.org,)):
+            "SELECT id, name, created FROM samples WHERE org=?", (key.org,)
+        ):
             name = self._seal.unseal(key.org, box, f"{key.org}/{sid}/sample")
-            out[sid] = {"id": sid, "name": name, "created_datetime": created,
-                        "num_data_items": 0, "projects": []}
+            out[sid] = {
+                "id": sid,
+                "name": name,
+                "created_datetime": created,
+                "num_data_items": 0,
+                "projects": [],
+            }
         for r in runs:
             if not r.get("sample"):
                 continue
             sid = entity_id(key.org, "sample", r["sample"])
-            s = out.setdefault(sid, {"id": sid, "name": r["sample"],
-                                     "created_datetime": _iso(r.get("start")),
-                                     "num_data_items": 0, "projects": []})
+            s = out.setdefault(
+                sid,
+                {
+                    "id": sid,
+                    "name": r["sample"],
+                    "created_datetime": _iso(r.get("start")),
+                    "num_data_items": 0,
+                    "projects": [],
+                },
+            )
             s["num_data_items"] += 1
             if r.get("project") and not any(p["name"] == r["project"] for p in s["projects"]):
-                s["projects"].append({"id": entity_id(key.org, "project", r["project"]),
-                                      "name": r["project"]})
+                s["projects"].append(
+                    {"id": entity_id(key.org, "project", r["project"]), "name": r["project"]}
+                )
         self.audit(key, "sdk.samples", items=len(out))
         return sorted(out.values(), key=lambda s: s["name"].lower())
 
@@ -57,9 +71,16 @@ class SdkRecords:
         known = {s["id"]: s for s in self.samples(key)}
         if sid in known:
             return False, {"physical_sample_id": sid, "id": sid, "name": known[sid]["name"]}
-        self.state.sql("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?)",
-                       (sid, key.org, self._seal.seal(key.org, name, f"{key.org}/{sid}/sample"),
-                        _now(), key.actor))
+        self.state.sql(
+            "INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?)",
+            (
+                sid,
+                key.org,
+                self._seal.seal(key.org, name, f"{key.org}/{sid}/sample"),
+                _now(),
+                key.actor,
+            ),
+        )
         self.audit(key, "sdk.sample_create", sample_id=sid)
         return True, {"physical_sample_id": sid, "id": sid, "name": name}
 
@@ -79,12 +100,15 @@ class SdkRecords:
         runs = {r["run_id"]: r for r in self._runs(key.org)}
         for data_id in ids:
             if data_id not in runs:
-                raise NotFound(f"no tool_state data item {data_id!r} (a metrology item takes "
-                               "the sample of its run)")
+                raise NotFound(
+                    f"no tool_state data item {data_id!r} (a metrology item takes "
+                    "the sample of its run)"
+                )
         for data_id in ids:
             run = runs[data_id]
-            self.core._update_run(key.org, run["run_id"], run["status"], actor=key.actor,
-                                  sample=name)
+            self.core._update_run(
+                key.org, run["run_id"], run["status"], actor=key.actor, sample=name
+            )
         self.audit(key, "sdk.link_sample", data_ids=ids, sample_id=body.get("physical_sample_id"))
         return {"data_ids": ids, "physical_sample_id": body.get("physical_sample_id")}
 
@@ -105,8 +129,10 @@ class SdkRecords:
                 samples[pid].add(r["sample"].lower())
         for p in out.values():
             p["physical_sample_count"] = len(samples[p["id"]])
-            act = self.state.sql("SELECT sample_id FROM tracking WHERE org=? AND project_id=? "
-                                 "AND active=1", (key.org, p["id"]))
+            act = self.state.sql(
+                "SELECT sample_id FROM tracking WHERE org=? AND project_id=? AND active=1",
+                (key.org, p["id"]),
+            )
             p["tracking_physical_sample_id"] = act[0][0] if act else None
         self.audit(key, "sdk.projects", items=len(out))
         return sorted(out.values(), key=lambda p: p["name"].lower())
@@ -125,19 +151,25 @@ class SdkRecords:
         self._sample_name(key, sid)
         active = bool(body.get("set_active", False))
         if active:
-            self.state.sql("UPDATE tracking SET active=0 WHERE org=? AND project_id=?",
-                           (key.org, project_id))
-        self.state.sql("INSERT OR REPLACE INTO tracking VALUES (?,?,?,?,?)",
-                       (key.org, project_id, sid, int(active), _now()))
+            self.state.sql(
+                "UPDATE tracking SET active=0 WHERE org=? AND project_id=?", (key.org, project_id)
+            )
+        self.state.sql(
+            "INSERT OR REPLACE INTO tracking VALUES (?,?,?,?,?)",
+            (key.org, project_id, sid, int(active), _now()),
+        )
         self.audit(key, "sdk.tracking", project_id=project_id, sample_id=sid, active=active)
         return {"project_id": project_id, "physical_sample_id": sid, "active": active}
 
     def tags(self, key) -> list[dict]:
         """``GET tags/``: the org's tags."""
         self.require_any(key, READ_SCOPES + INGEST_SCOPES, "sdk.tags")
-        rows = [(i, self._seal.unseal(key.org, box, f"{key.org}/{i}/tag"), c)
-                for i, box, c in self.state.sql("SELECT id, name, created FROM tags WHERE org=?",
-                                                (key.org,))]
+        rows = [
+            (i, self._seal.unseal(key.org, box, f"{key.org}/{i}/tag"), c)
+            for i, box, c in self.state.sql(
+                "SELECT id, name, created FROM tags WHERE org=?", (key.org,)
+            )
+        ]
         rows.sort(key=lambda r: r[1])
         self.audit(key, "sdk.tags", items=len(rows))
         return [{"id": i, "name": n, "created_datetime": c} for i, n, c in rows]
@@ -151,9 +183,16 @@ class SdkRecords:
         name = name.strip()
         tid = entity_id(key.org, "tag", name)
         if not self.state.sql("SELECT 1 FROM tags WHERE id=?", (tid,)):
-            self.state.sql("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?)",
-                           (tid, key.org, self._seal.seal(key.org, name, f"{key.org}/{tid}/tag"),
-                            _now(), key.actor))
+            self.state.sql(
+                "INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?)",
+                (
+                    tid,
+                    key.org,
+                    self._seal.seal(key.org, name, f"{key.org}/{tid}/tag"),
+                    _now(),
+                    key.actor,
+                ),
+            )
             self.audit(key, "sdk.tag_create", tag_id=tid)
         return {"id": tid, "name": name}
 
@@ -167,15 +206,17 @@ class SdkRecords:
         known = {r["data_id"] for r in self.catalogue(key.org, READ_SCOPES)}
         for i in ids:
             if i not in known and not self.state.sql(
-                    "SELECT 1 FROM items WHERE org=? AND data_id=?",
-                    (key.org, self._did(key.org, i))):
+                "SELECT 1 FROM items WHERE org=? AND data_id=?", (key.org, self._did(key.org, i))
+            ):
                 raise NotFound(f"no data item {i!r}")
         for t in tag_ids:
             if not self.state.sql("SELECT 1 FROM tags WHERE id=? AND org=?", (t, key.org)):
                 raise NotFound(f"no tag {t!r}")
         for i in ids:
             for t in tag_ids:
-                self.state.sql("INSERT OR IGNORE INTO item_tags VALUES (?,?,?)",
-                               (key.org, self._did(key.org, i), t))
+                self.state.sql(
+                    "INSERT OR IGNORE INTO item_tags VALUES (?,?,?)",
+                    (key.org, self._did(key.org, i), t),
+                )
         self.audit(key, "sdk.tag_attach", data_ids=ids, tag_ids=tag_ids)
         return {"data_ids": ids, "tag_ids": tag_ids}

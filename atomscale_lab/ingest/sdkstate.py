@@ -22,11 +22,21 @@ log = logging.getLogger(__name__)
 METROLOGY_PREFIX = "mt~"
 """Data id prefix of a metrology item; a run's data id is its run id (which never has ``~``), the
 same id ``Workspace.search`` shows."""
-STATUS = {"complete": "success", "active": "stream_active", "interrupted": "stream_interrupted",
-          "finalizing": "stream_finalizing", "error": "stream_error"}
+STATUS = {
+    "complete": "success",
+    "active": "stream_active",
+    "interrupted": "stream_interrupted",
+    "finalizing": "stream_finalizing",
+    "error": "stream_error",
+}
 """Run status → the hosted platform's ``pipeline_status``."""
-TECHNIQUE_TYPE = {"xrd": "xrd", "xps": "xps", "raman": "raman", "pl": "photoluminescence",
-                  "photoluminescence": "photoluminescence"}
+TECHNIQUE_TYPE = {
+    "xrd": "xrd",
+    "xps": "xps",
+    "raman": "raman",
+    "pl": "photoluminescence",
+    "photoluminescence": "photoluminescence",
+}
 """Metrology technique (lower case) → data type; other techniques keep their own name."""
 SPECTRUM_TYPES = ("xrd", "xps", "raman", "photoluminescence")
 READ_SCOPES = ("read:process", "read:tool_state", "read:metrology")
@@ -103,8 +113,9 @@ def _floats(values, field: str, *, allow_null: bool) -> np.ndarray:
     if not isinstance(values, list):
         raise ValidationError(f"{field} must be a list of numbers", field=field)
     try:
-        arr = np.array([np.nan if (v is None and allow_null) else v for v in values],
-                       dtype=np.float64)
+        arr = np.array(
+            [np.nan if (v is None and allow_null) else v for v in values], dtype=np.float64
+        )
     except (TypeError, ValueError):
         raise ValidationError(f"{field} must be a list of numbers", field=field) from None
     if any(isinstance(v, bool | str) for v in values):

@@ -31,11 +31,11 @@ _NONCE = 12
 
 def _derive(org_keys, version: int, use: str) -> bytes:
     if version not in org_keys.keys:
-        raise KeyUnavailable(f"data key version {version} of org {org_keys.org!r} is not "
-                             "available")
+        raise KeyUnavailable(f"data key version {version} of org {org_keys.org!r} is not available")
     info = f"atomscale-lab/ingest-registry/{use}/{org_keys.org}/v{version}".encode()
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=info).derive(org_keys.keys[version])
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        org_keys.keys[version]
+    )
 
 
 class RegistrySeal:
@@ -60,8 +60,9 @@ class RegistrySeal:
     def tag(self, org: str, kind: str, value: str) -> str:
         """The keyed hash of ``value`` (equal values, equal tags; nothing else learnt)."""
         version = min(self._org_keys(org).keys)
-        mac = hmac.new(self._key(org, version, "tag"), f"{kind}\x00{value}".encode(),
-                       hashlib.sha256)
+        mac = hmac.new(
+            self._key(org, version, "tag"), f"{kind}\x00{value}".encode(), hashlib.sha256
+        )
         return mac.hexdigest()[:32]
 
     def seal(self, org: str, value: str | None, aad: str) -> str | None:
@@ -82,8 +83,13 @@ class RegistrySeal:
         try:
             version = int(head[1:])
             blob = base64.urlsafe_b64decode(body)
-            return AESGCM(self._key(org, version, "seal")).decrypt(
-                blob[:_NONCE], blob[_NONCE:], aad.encode()).decode()
+            return (
+                AESGCM(self._key(org, version, "seal"))
+                .decrypt(blob[:_NONCE], blob[_NONCE:], aad.encode())
+                .decode()
+            )
         except (InvalidTag, ValueError, TypeError):
-            raise IntegrityError(f"a sealed registry value of org {org!r} does not "
-                                 "authenticate (changed, moved or corrupt)") from None
+            raise IntegrityError(
+                f"a sealed registry value of org {org!r} does not "
+                "authenticate (changed, moved or corrupt)"
+            ) from None

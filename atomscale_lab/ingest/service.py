@@ -71,10 +71,15 @@ class StreamsHandler(IngestHandler):
             fields = {k: doc.get(k) for k in ("project", "sample", "method", "operator")}
             extra = set(doc) - {"run_id", "tool", "category", *fields}
             if extra:
-                raise ValidationError(f"unknown field {sorted(extra)[0]!r}",
-                                      field=sorted(extra)[0])
-            st = await self.run(self.core.open_stream, key, doc.get("run_id"), doc.get("tool"),
-                                doc.get("category"), **fields)
+                raise ValidationError(f"unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
+            st = await self.run(
+                self.core.open_stream,
+                key,
+                doc.get("run_id"),
+                doc.get("tool"),
+                doc.get("category"),
+                **fields,
+            )
             self.reply(st, 201)
         except AtomscaleError as e:
             self.fail(e)
@@ -157,8 +162,10 @@ class BatchesHandler(IngestHandler):
             if self._refused is not None:
                 raise self._refused
             if self._too_big:
-                raise BatchTooLarge(f"the batch is larger than {self.max_body} bytes; "
-                                    "send smaller batches", field="body")
+                raise BatchTooLarge(
+                    f"the batch is larger than {self.max_body} bytes; send smaller batches",
+                    field="body",
+                )
             body = b"".join(self._chunks)
             self._chunks = []
             ack = await self.run(self._accept, self._key, stream_id, body)
@@ -172,31 +179,39 @@ class BatchesHandler(IngestHandler):
         if ctype == ARROW_STREAM:
             batch_id = self.request.headers.get("X-Batch-Id")
             if not batch_id:
-                raise ValidationError("an Arrow batch needs the X-Batch-Id header",
-                                      field="batch_id")
+                raise ValidationError(
+                    "an Arrow batch needs the X-Batch-Id header", field="batch_id"
+                )
             # The decoded size comes from the message headers: refuse a bomb before inflating it.
             check_ipc(body, max_bytes=self.max_decoded, max_rows=self.core.max_batch_rows)
             try:
                 data = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
             except (pa.ArrowInvalid, OSError) as e:
-                raise ValidationError(f"the body is not an Arrow IPC stream: {e}",
-                                      field="body") from None
+                raise ValidationError(
+                    f"the body is not an Arrow IPC stream: {e}", field="body"
+                ) from None
         else:
             doc = self.json_body(body)
             batch_id, data = doc.get("batch_id"), doc.get("rows")
             extra = set(doc) - {"batch_id", "rows"}
             if extra:
-                raise ValidationError(f"unknown field {sorted(extra)[0]!r}",
-                                      field=sorted(extra)[0])
+                raise ValidationError(f"unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
             if not isinstance(data, list):
                 raise ValidationError("'rows' must be a list of objects", field="rows")
         return self.core.add_batch(key, stream_id, batch_id, data, digest=digest)
 
 
-def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
-             max_body: int = DEFAULT_MAX_BODY, pool: ThreadPoolExecutor | None = None,
-             max_decoded: int = DEFAULT_MAX_DECODED, limits: ConnectionLimits | None = None,
-             trusted_proxies=()) -> web.Application:
+def make_app(
+    core: IngestCore,
+    keys: ApiKeyStore,
+    *,
+    base_url: str = "/",
+    max_body: int = DEFAULT_MAX_BODY,
+    pool: ThreadPoolExecutor | None = None,
+    max_decoded: int = DEFAULT_MAX_DECODED,
+    limits: ConnectionLimits | None = None,
+    trusted_proxies=(),
+) -> web.Application:
     """The Tornado application (importable, e.g. for a JupyterHub-managed service).
 
     ``limits``: concurrent requests per client and per key (default 16 and 32);
@@ -206,23 +221,34 @@ def make_app(core: IngestCore, keys: ApiKeyStore, *, base_url: str = "/",
     """
     base = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
-    kw = {"core": core, "keys": keys, "pool": pool, "max_body": max_body,
-          "limits": limits if limits is not None else ConnectionLimits(),
-          "trusted_proxies": parse_networks(trusted_proxies), "max_decoded": max_decoded}
+    kw = {
+        "core": core,
+        "keys": keys,
+        "pool": pool,
+        "max_body": max_body,
+        "limits": limits if limits is not None else ConnectionLimits(),
+        "trusted_proxies": parse_networks(trusted_proxies),
+        "max_decoded": max_decoded,
+    }
     sid = r"(st_[0-9a-f]{16})"
     from atomscale_lab.ingest.compat import (
         routes as sdk_routes,  # the Atomscale-compatible API (docs/atomscale-sdk.md)
     )
 
-    return web.Application([
-        *sdk_routes(base, kw),
-        (base + "health", HealthHandler, kw),
-        (base + "streams", StreamsHandler, kw),
-        (base + f"streams/{sid}", StreamHandler, kw),
-        (base + f"streams/{sid}/batches", BatchesHandler, kw),
-        (base + f"streams/{sid}/finalize", FinalizeHandler, kw),
-    ], default_handler_class=_NotFound, default_handler_args=kw, xsrf_cookies=False,
-        ingest_handler_args=kw)
+    return web.Application(
+        [
+            *sdk_routes(base, kw),
+            (base + "health", HealthHandler, kw),
+            (base + "streams", StreamsHandler, kw),
+            (base + f"streams/{sid}", StreamHandler, kw),
+            (base + f"streams/{sid}/batches", BatchesHandler, kw),
+            (base + f"streams/{sid}/finalize", FinalizeHandler, kw),
+        ],
+        default_handler_class=_NotFound,
+        default_handler_args=kw,
+        xsrf_cookies=False,
+        ingest_handler_args=kw,
+    )
 
 
 class _NotFound(IngestHandler):
@@ -242,8 +268,11 @@ def _is_loopback(host: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m atomscale_lab.ingest.service`` (same options as the CLI)."""
-    return add_serve_arguments(argparse.ArgumentParser(
-        prog="atomscale-ingest", description="The atomscale-lab ingest service."))
+    return add_serve_arguments(
+        argparse.ArgumentParser(
+            prog="atomscale-ingest", description="The atomscale-lab ingest service."
+        )
+    )
 
 
 async def serve(args, vault=None, ready=None) -> None:
@@ -257,8 +286,12 @@ async def serve(args, vault=None, ready=None) -> None:
     host = args.host or (parsed.hostname if parsed else None) or "127.0.0.1"
     port = args.port or (parsed.port if parsed and parsed.port else 8443)
     base_url = args.base_url or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-    core = IngestCore(vault, flush_interval=args.flush_interval, idle_timeout=args.idle_timeout,
-                      compact_interval=args.compact_interval)
+    core = IngestCore(
+        vault,
+        flush_interval=args.flush_interval,
+        idle_timeout=args.idle_timeout,
+        compact_interval=args.compact_interval,
+    )
     keys = for_vault(vault, throttle=FailureThrottle(max_failures=args.max_failures))
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
     trusted = list(args.trusted_proxy or [])
@@ -267,16 +300,24 @@ async def serve(args, vault=None, ready=None) -> None:
         # The hub's proxy (or the named local one) connects from this machine and appends the
         # client it saw to X-Forwarded-For.
         trusted += ["127.0.0.0/8", "::1/128"]
-    app = make_app(core, keys, base_url=base_url, max_body=args.max_body, pool=pool,
-                   max_decoded=args.max_decoded, trusted_proxies=[str(n) for n in trusted],
-                   limits=ConnectionLimits(args.max_client_connections,
-                                           args.max_key_connections))
+    app = make_app(
+        core,
+        keys,
+        base_url=base_url,
+        max_body=args.max_body,
+        pool=pool,
+        max_decoded=args.max_decoded,
+        trusted_proxies=[str(n) for n in trusted],
+        limits=ConnectionLimits(args.max_client_connections, args.max_key_connections),
+    )
     ssl_ctx = None
     if args.plain_http:
         if not _is_loopback(host):
-            raise SystemExit(f"--http/--plain-http serves plain HTTP on loopback addresses only "
-                             f"(127.0.0.1, ::1, localhost), not {host!r}: put a TLS-terminating "
-                             "proxy in front, or serve HTTPS")
+            raise SystemExit(
+                f"--http/--plain-http serves plain HTTP on loopback addresses only "
+                f"(127.0.0.1, ::1, localhost), not {host!r}: put a TLS-terminating "
+                "proxy in front, or serve HTTPS"
+            )
         log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
     else:
         hub = hub_ssl()
@@ -292,9 +333,13 @@ async def serve(args, vault=None, ready=None) -> None:
         ssl_ctx = server_context(certfile, keyfile, client_ca)
     # xheaders stays off: Tornado would believe a client-sent X-Real-Ip. The handlers read
     # X-Forwarded-For themselves, and only from trusted proxies.
-    server = httpserver.HTTPServer(app, ssl_options=ssl_ctx, xheaders=False,
-                                   max_body_size=1 << 20,  # JSON requests; see batches
-                                   idle_connection_timeout=300)
+    server = httpserver.HTTPServer(
+        app,
+        ssl_options=ssl_ctx,
+        xheaders=False,
+        max_body_size=1 << 20,  # JSON requests; see batches
+        idle_connection_timeout=300,
+    )
     server.listen(port, address=host)
     core.start()
     stop = asyncio.Event()

@@ -67,28 +67,57 @@ class Streamer:
     batches (default :func:`default_spool_dir`).
     """
 
-    def __init__(self, url: str, api_key: str, run_id: str, tool: str, category: str = "process",
-                 *, project: str | None = None, sample: str | None = None,
-                 method: str | None = None, operator: str | None = None,
-                 batch_rows: int = 10_000, flush_interval: float = 1.0,
-                 spool_dir: str | Path | None = None, verify=True, timeout: float = 30.0,
-                 max_retries: int = 4, backoff: float = 0.2, max_backoff: float = 30.0,
-                 start: bool = True):
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        run_id: str,
+        tool: str,
+        category: str = "process",
+        *,
+        project: str | None = None,
+        sample: str | None = None,
+        method: str | None = None,
+        operator: str | None = None,
+        batch_rows: int = 10_000,
+        flush_interval: float = 1.0,
+        spool_dir: str | Path | None = None,
+        verify=True,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        start: bool = True,
+    ):
         self.url = url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self.run_id, self.tool, self.category = run_id, tool, category
-        self.meta = {k: v for k, v in {"project": project, "sample": sample, "method": method,
-                                       "operator": operator}.items() if v is not None}
+        self.meta = {
+            k: v
+            for k, v in {
+                "project": project,
+                "sample": sample,
+                "method": method,
+                "operator": operator,
+            }.items()
+            if v is not None
+        }
         self.batch_rows, self.flush_interval = batch_rows, flush_interval
         self.verify, self.timeout = verify, timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.spool = Path(spool_dir or default_spool_dir()) / _safe(
-            f"{run_id}__{tool}__{category}")
+        self.spool = Path(spool_dir or default_spool_dir()) / _safe(f"{run_id}__{tool}__{category}")
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.spool / "stream.json").write_text(json.dumps(
-            {"run_id": run_id, "tool": tool, "category": category, **self.meta}))
-        self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                                 info=b"atomscale-lab/streamer-spool/v1").derive(api_key.encode()))
+        (self.spool / "stream.json").write_text(
+            json.dumps({"run_id": run_id, "tool": tool, "category": category, **self.meta})
+        )
+        self._aead = AESGCM(
+            HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=None,
+                info=b"atomscale-lab/streamer-spool/v1",
+            ).derive(api_key.encode())
+        )
         self._http = requests.Session()
         self._http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=
         self._nonce = secrets.token_hex(6)
@@ -159,9 +188,13 @@ class Streamer:
                 return False
         ok = done and not self._spooled()
         if not ok:
-            log.warning("streamer for run %s: %s batch(es) left in the spool %s; they are sent "
-                        "when a streamer for this run runs again", self.run_id,
-                        len(self._spooled()), self.spool)
+            log.warning(
+                "streamer for run %s: %s batch(es) left in the spool %s; they are sent "
+                "when a streamer for this run runs again",
+                self.run_id,
+                len(self._spooled()),
+                self.spool,
+            )
         self._http.close()
         return ok
 
@@ -172,8 +205,14 @@ class Streamer:
         self.close()
 
     @classmethod
-    def drain(cls, url: str, api_key: str, spool_dir: str | Path | None = None,
-              timeout: float = 60.0, **kw) -> dict[str, int]:
+    def drain(
+        cls,
+        url: str,
+        api_key: str,
+        spool_dir: str | Path | None = None,
+        timeout: float = 60.0,
+        **kw,
+    ) -> dict[str, int]:
         """Send every run's leftover spool in ``spool_dir`` (e.g. after a crash of the logger).
 
         Streams are finalized only when their spool empties. Returns ``{run_id: batches left}``.
@@ -184,8 +223,16 @@ class Streamer:
             if not any(meta_path.parent.glob("*.batch")):
                 continue
             meta = json.loads(meta_path.read_text())
-            s = cls(url, api_key, meta.pop("run_id"), meta.pop("tool"), meta.pop("category"),
-                    spool_dir=root, **meta, **kw)
+            s = cls(
+                url,
+                api_key,
+                meta.pop("run_id"),
+                meta.pop("tool"),
+                meta.pop("category"),
+                spool_dir=root,
+                **meta,
+                **kw,
+            )
             s.close(timeout=timeout)
             left[s.run_id] = s.pending
         return left
@@ -220,8 +267,11 @@ class Streamer:
         with self._lock:
             if not self._buf:
                 return
-            due = (force or self._buf_rows >= self.batch_rows
-                   or time.monotonic() - (self._buf_since or 0) >= self.flush_interval)
+            due = (
+                force
+                or self._buf_rows >= self.batch_rows
+                or time.monotonic() - (self._buf_since or 0) >= self.flush_interval
+            )
             if not due:
                 return
             items, self._buf, self._buf_rows, self._buf_since = self._buf, [], 0, None
@@ -240,8 +290,9 @@ class Streamer:
         name = f"{seq:012d}.batch"
         head = json.dumps({"batch_id": batch_id, "rows": table.num_rows}).encode()
         nonce = secrets.token_bytes(12)
-        blob = nonce + self._aead.encrypt(nonce, len(head).to_bytes(4, "big") + head + body,
-                                          name.encode())
+        blob = nonce + self._aead.encrypt(
+            nonce, len(head).to_bytes(4, "big") + head + body, name.encode()
+        )
         tmp = self.spool / f".{name}.tmp"
         tmp.write_bytes(blob)
         os.replace(tmp, self.spool / name)
@@ -254,11 +305,12 @@ class Streamer:
         try:
             plain = self._aead.decrypt(blob[:12], blob[12:], path.name.encode())
         except InvalidTag:
-            raise Refused(0, f"spool file {path.name} cannot be decrypted with this API key"
-                          ) from None
+            raise Refused(
+                0, f"spool file {path.name} cannot be decrypted with this API key"
+            ) from None
         n = int.from_bytes(plain[:4], "big")
-        head = json.loads(plain[4:4 + n])
-        return head["batch_id"], plain[4 + n:]
+        head = json.loads(plain[4 : 4 + n])
+        return head["batch_id"], plain[4 + n :]
 
     def _send_spool(self) -> bool:
         """Send spooled batches in order; True when the spool is empty."""
@@ -272,15 +324,23 @@ class Streamer:
                     batch_id, body = self._read_spooled(path)
                     if self.stream_id is None:
                         self._open()
-                    ack = self._request("POST", f"/streams/{self.stream_id}/batches", data=body,
-                                        headers={"Content-Type": ARROW_STREAM,
-                                                 "X-Batch-Id": batch_id},
-                                        give_up=self._giving_up)
+                    ack = self._request(
+                        "POST",
+                        f"/streams/{self.stream_id}/batches",
+                        data=body,
+                        headers={"Content-Type": ARROW_STREAM, "X-Batch-Id": batch_id},
+                        give_up=self._giving_up,
+                    )
                 except Refused as e:
                     if e.status in (401, 403):
                         self.fatal = self.last_error = str(e)
-                        log.error("streamer for run %s: the service refuses the API key (%s); "
-                                  "batches stay in the spool %s", self.run_id, e, self.spool)
+                        log.error(
+                            "streamer for run %s: the service refuses the API key (%s); "
+                            "batches stay in the spool %s",
+                            self.run_id,
+                            e,
+                            self.spool,
+                        )
                         return False
                     if e.status == 404:  # the stream vanished (state reset): open it again
                         self.stream_id = None
@@ -297,8 +357,12 @@ class Streamer:
             self.last_error = str(e)
             self._down_until = time.monotonic() + self._delay
             self._delay = min(self.max_backoff, self._delay * 2)
-            log.warning("streamer for run %s: service unreachable (%s); %s batch(es) spooled",
-                        self.run_id, e, len(self._spooled()))
+            log.warning(
+                "streamer for run %s: service unreachable (%s); %s batch(es) spooled",
+                self.run_id,
+                e,
+                len(self._spooled()),
+            )
             return False
 
     def _reject(self, path: Path, err: Refused) -> None:
@@ -308,16 +372,24 @@ class Streamer:
         (rej / f"{path.name}.reason").write_text(str(err) + "\n")
         self.rejected += 1
         self.last_error = str(err)
-        log.error("streamer for run %s: batch %s refused (%s); kept in %s", self.run_id,
-                  path.name, err, rej)
+        log.error(
+            "streamer for run %s: batch %s refused (%s); kept in %s",
+            self.run_id,
+            path.name,
+            err,
+            rej,
+        )
 
     def _giving_up(self) -> bool:
         return self._stop.is_set() and not self._flush_req.is_set()
 
     def _open(self) -> None:
-        doc = self._request("POST", "/streams", json={"run_id": self.run_id, "tool": self.tool,
-                                                      "category": self.category, **self.meta},
-                            give_up=self._giving_up)
+        doc = self._request(
+            "POST",
+            "/streams",
+            json={"run_id": self.run_id, "tool": self.tool, "category": self.category, **self.meta},
+            give_up=self._giving_up,
+        )
         self.stream_id = doc["id"]
 
     def _request(self, method: str, path: str, *, give_up=None, **kw) -> dict:
@@ -327,8 +399,14 @@ class Streamer:
         headers = {**self._auth, **kw.pop("headers", {})}
         for attempt in range(self.max_retries + 1):
             try:
-                r = self._http.request(method, self.url + path, headers=headers,
-                                       timeout=self.timeout, verify=self.verify, **kw)
+                r = self._http.request(
+                    method,
+                    self.url + path,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=self.verify,
+                    **kw,
+                )
             except requests.RequestException as e:
                 last = type(e).__name__
                 wait = delay

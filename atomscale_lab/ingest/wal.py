@@ -50,8 +50,9 @@ def wal_key(org_keys, version: int | None = None) -> tuple[int, bytes]:
     """The WAL encryption key of an org (``OrgKeys``): HKDF of its data key, for this one use."""
     v = org_keys.current if version is None else version
     info = f"atomscale-lab/ingest-wal/{org_keys.org}/v{v}".encode()
-    return v, HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=info).derive(org_keys.keys[v])
+    return v, HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        org_keys.keys[v]
+    )
 
 
 @dataclass
@@ -66,9 +67,15 @@ class WalRecord:
 
     def encode(self) -> bytes:
         """Meta JSON plus the rows as an Arrow IPC stream."""
-        meta = json.dumps({"stream_id": self.stream_id, "batch_id": self.batch_id,
-                           "table": self.table, "digest": self.digest,
-                           "rows": self.rows.num_rows}).encode()
+        meta = json.dumps(
+            {
+                "stream_id": self.stream_id,
+                "batch_id": self.batch_id,
+                "table": self.table,
+                "digest": self.digest,
+                "rows": self.rows.num_rows,
+            }
+        ).encode()
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.rows.schema) as w:
             w.write_table(self.rows)
@@ -78,8 +85,8 @@ class WalRecord:
     def decode(cls, data: bytes) -> WalRecord:
         """Inverse of :meth:`encode`."""
         (n,) = _U32.unpack_from(data, 0)
-        meta = json.loads(data[4:4 + n])
-        rows = pa.ipc.open_stream(pa.py_buffer(data[4 + n:])).read_all()
+        meta = json.loads(data[4 : 4 + n])
+        rows = pa.ipc.open_stream(pa.py_buffer(data[4 + n :])).read_all()
         return cls(meta["stream_id"], meta["batch_id"], meta["table"], rows, meta.get("digest", ""))
 
 
@@ -89,8 +96,9 @@ class Wal:
     ``key_for(version)`` returns ``(version, key)``; ``version=None`` means the current one.
     """
 
-    def __init__(self, directory: Path, org: str,
-                 key_for: Callable[[int | None], tuple[int, bytes]]):
+    def __init__(
+        self, directory: Path, org: str, key_for: Callable[[int | None], tuple[int, bytes]]
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.org = org
@@ -136,8 +144,9 @@ class Wal:
         self._next += 1
         path = self.dir / f"{self._seg:012d}.wal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        header = json.dumps({"org": self.org, "segment": self._seg,
-                             "key_version": version}).encode()
+        header = json.dumps(
+            {"org": self.org, "segment": self._seg, "key_version": version}
+        ).encode()
         os.write(fd, MAGIC + _U32.pack(len(header)) + header)
         os.fsync(fd)
         _fsync_dir(self.dir)
@@ -177,14 +186,14 @@ class Wal:
         """Decrypt every record of a segment; trim a torn tail; quarantine a corrupt segment."""
         data = Path(path).read_bytes()
         seg = int(Path(path).stem)
-        if len(data) < len(MAGIC) + 4 or data[:len(MAGIC)] != MAGIC:
+        if len(data) < len(MAGIC) + 4 or data[: len(MAGIC)] != MAGIC:
             if len(data) <= len(MAGIC) + 4:  # crashed while creating: nothing was acknowledged
                 return []
             raise self._quarantine(path, "bad segment header")
         (hlen,) = _U32.unpack_from(data, len(MAGIC))
         pos = len(MAGIC) + 4
         try:
-            header = json.loads(data[pos:pos + hlen])
+            header = json.loads(data[pos : pos + hlen])
         except ValueError:
             return []  # header torn: the segment never got a record
         pos += hlen
@@ -204,7 +213,7 @@ class Wal:
                 raise self._quarantine(path, f"bad frame length at record {recno}")
             if end > len(data):
                 break  # torn tail: written partly before a crash, never acknowledged
-            nonce, ct = data[pos + 4:pos + 16], data[pos + 16:end]
+            nonce, ct = data[pos + 4 : pos + 16], data[pos + 16 : end]
             try:
                 plain = aead.decrypt(nonce, ct, self._aad(seg, recno))
             except InvalidTag:
@@ -231,8 +240,9 @@ class Wal:
         qdir = self.dir / "quarantine"
         qdir.mkdir(exist_ok=True, mode=0o700)
         os.replace(path, qdir / Path(path).name)
-        log.error("ingest WAL segment %s of org %s quarantined: %s", Path(path).name, self.org,
-                  reason)
+        log.error(
+            "ingest WAL segment %s of org %s quarantined: %s", Path(path).name, self.org, reason
+        )
         return IntegrityError(f"WAL segment {Path(path).name} of org {self.org!r}: {reason}")
 
     def _aad(self, seg: int, recno: int) -> bytes:

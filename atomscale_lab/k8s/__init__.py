@@ -49,11 +49,21 @@ class K8sOptions:
     """Namespace of the Zero to JupyterHub release (hub and proxy pods)."""
     data_replicas: int = 2
     ingest_replicas: int = 2
-    data_command: list[str] = field(default_factory=lambda: [
-        "python", "-m", "atomscale_lab.hub.services.data"])
+    data_command: list[str] = field(
+        default_factory=lambda: ["python", "-m", "atomscale_lab.hub.services.data"]
+    )
     """The per-org data server's command (it listens on ``JUPYTERHUB_SERVICE_URL``)."""
-    ingest_command: list[str] = field(default_factory=lambda: [
-        "atomscale-lab", "ingest", "serve", "--host", ANY_ADDRESS, "--port", str(INGEST_PORT)])
+    ingest_command: list[str] = field(
+        default_factory=lambda: [
+            "atomscale-lab",
+            "ingest",
+            "serve",
+            "--host",
+            ANY_ADDRESS,
+            "--port",
+            str(INGEST_PORT),
+        ]
+    )
     node_pool_label: str | None = "atomscale-lab/org-pool"
     """Node label whose value is the org; ``None``: no per-org node pool."""
     node_pool_taint: str | None = "atomscale-lab/org"
@@ -90,8 +100,9 @@ def ingest_name(org: str) -> str:
 def check_org(org: str) -> str:
     """Refuse an org name that is not a valid org (and so not a valid namespace suffix)."""
     if not isinstance(org, str) or not _ORG.match(org):
-        raise ValidationError(f"invalid org name {org!r}: 2-32 of a-z, 0-9, '-', starting "
-                              "with a letter", field="org")
+        raise ValidationError(
+            f"invalid org name {org!r}: 2-32 of a-z, 0-9, '-', starting with a letter", field="org"
+        )
     return org
 
 
@@ -102,15 +113,25 @@ def org_labels(org: str, **extra: str) -> dict[str, str]:
 
 def pod_security_context(opts: K8sOptions) -> dict:
     """Pod-level settings of the restricted Pod Security Standard."""
-    return {"runAsNonRoot": True, "runAsUser": opts.uid, "runAsGroup": opts.gid,
-            "fsGroup": opts.gid, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": opts.uid,
+        "runAsGroup": opts.gid,
+        "fsGroup": opts.gid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def container_security_context(read_only_root: bool = True) -> dict:
     """Container-level settings of the restricted Pod Security Standard."""
-    return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "privileged": False,
-            "readOnlyRootFilesystem": read_only_root, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def node_placement(org: str, opts: K8sOptions) -> dict:
@@ -119,8 +140,9 @@ def node_placement(org: str, opts: K8sOptions) -> dict:
     if opts.node_pool_label:
         out["nodeSelector"] = {opts.node_pool_label: org}
     if opts.node_pool_taint:
-        out["tolerations"] = [{"key": opts.node_pool_taint, "operator": "Equal", "value": org,
-                               "effect": "NoSchedule"}]
+        out["tolerations"] = [
+            {"key": opts.node_pool_taint, "operator": "Equal", "value": org, "effect": "NoSchedule"}
+        ]
     return out
 
 
@@ -129,26 +151,47 @@ def _meta(name: str, org: str, **labels: str) -> dict:
 
 
 def _dns_egress() -> dict:
-    return {"to": [{"namespaceSelector": {"matchLabels": {
-                "kubernetes.io/metadata.name": "kube-system"}},
-            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    return {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
 
 
 def _hub_peer(opts: K8sOptions, component: str) -> dict:
-    return {"namespaceSelector": {"matchLabels": {
-                "kubernetes.io/metadata.name": opts.hub_namespace}},
-            "podSelector": {"matchLabels": {"component": component}}}
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": opts.hub_namespace}},
+        "podSelector": {"matchLabels": {"component": component}},
+    }
 
 
 def _backing_egress(opts: K8sOptions) -> list[dict]:
     rules = []
     if opts.services_namespace:
-        rules.append({"to": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": opts.services_namespace}}}]})
+        rules.append(
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": opts.services_namespace}
+                        }
+                    }
+                ]
+            }
+        )
     if opts.external_cidrs:
-        rules.append({"to": [{"ipBlock": {"cidr": c}} for c in opts.external_cidrs],
-                      "ports": [{"protocol": "TCP", "port": 443}]})
+        rules.append(
+            {
+                "to": [{"ipBlock": {"cidr": c}} for c in opts.external_cidrs],
+                "ports": [{"protocol": "TCP", "port": 443}],
+            }
+        )
     return rules
 
 
@@ -159,61 +202,126 @@ def network_policies(org: str, opts: K8sOptions) -> list[dict]:
     own_users = {"podSelector": {"matchLabels": {**USER_POD, ORG_LABEL: org}}}
 
     def policy(name, selector, ingress, egress):
-        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                "metadata": _meta(name, org),
-                "spec": {"podSelector": selector, "policyTypes": ["Ingress", "Egress"],
-                         "ingress": ingress, "egress": egress}}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(name, org),
+            "spec": {
+                "podSelector": selector,
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": ingress,
+                "egress": egress,
+            },
+        }
 
     return [
         policy("default-deny", {}, [], []),
-        policy("user-pods", {"matchLabels": {**USER_POD, ORG_LABEL: org}},
-               [{"from": [_hub_peer(opts, "proxy"), _hub_peer(opts, "hub")],
-                 "ports": [{"protocol": "TCP", "port": USER_PORT}]}],
-               [{"to": [{"podSelector": {"matchLabels": {**data, ORG_LABEL: org}}}],
-                 "ports": [{"protocol": "TCP", "port": DATA_PORT}]},
-                {"to": [_hub_peer(opts, "hub")],
-                 "ports": [{"protocol": "TCP", "port": HUB_API_PORT}]},
-                _dns_egress()]),
-        policy("data-server", {"matchLabels": {**data, ORG_LABEL: org}},
-               [{"from": [own_users, _hub_peer(opts, "hub"), _hub_peer(opts, "proxy")],
-                 "ports": [{"protocol": "TCP", "port": DATA_PORT}]}],
-               [{"to": [_hub_peer(opts, "hub")],
-                 "ports": [{"protocol": "TCP", "port": HUB_API_PORT}]},
-                _dns_egress(), *_backing_egress(opts)]),
-        policy("ingest", {"matchLabels": {**ingest, ORG_LABEL: org}},
-               [{"from": [_hub_peer(opts, "proxy")] + (
-                   [{"namespaceSelector": {"matchLabels": {
-                       "kubernetes.io/metadata.name": opts.ingress_namespace}}}]
-                   if opts.ingress_namespace else []),
-                 "ports": [{"protocol": "TCP", "port": INGEST_PORT}]}],
-               [_dns_egress(), *_backing_egress(opts)]
-               + ([{"to": [{"ipBlock": {"cidr": c}} for c in opts.api_server_cidrs],
-                    "ports": [{"protocol": "TCP", "port": 443},
-                              {"protocol": "TCP", "port": 6443}]}]
-                  if opts.api_server_cidrs else [])),
+        policy(
+            "user-pods",
+            {"matchLabels": {**USER_POD, ORG_LABEL: org}},
+            [
+                {
+                    "from": [_hub_peer(opts, "proxy"), _hub_peer(opts, "hub")],
+                    "ports": [{"protocol": "TCP", "port": USER_PORT}],
+                }
+            ],
+            [
+                {
+                    "to": [{"podSelector": {"matchLabels": {**data, ORG_LABEL: org}}}],
+                    "ports": [{"protocol": "TCP", "port": DATA_PORT}],
+                },
+                {
+                    "to": [_hub_peer(opts, "hub")],
+                    "ports": [{"protocol": "TCP", "port": HUB_API_PORT}],
+                },
+                _dns_egress(),
+            ],
+        ),
+        policy(
+            "data-server",
+            {"matchLabels": {**data, ORG_LABEL: org}},
+            [
+                {
+                    "from": [own_users, _hub_peer(opts, "hub"), _hub_peer(opts, "proxy")],
+                    "ports": [{"protocol": "TCP", "port": DATA_PORT}],
+                }
+            ],
+            [
+                {
+                    "to": [_hub_peer(opts, "hub")],
+                    "ports": [{"protocol": "TCP", "port": HUB_API_PORT}],
+                },
+                _dns_egress(),
+                *_backing_egress(opts),
+            ],
+        ),
+        policy(
+            "ingest",
+            {"matchLabels": {**ingest, ORG_LABEL: org}},
+            [
+                {
+                    "from": [_hub_peer(opts, "proxy")]
+                    + (
+                        [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {
+                                        "kubernetes.io/metadata.name": opts.ingress_namespace
+                                    }
+                                }
+                            }
+                        ]
+                        if opts.ingress_namespace
+                        else []
+                    ),
+                    "ports": [{"protocol": "TCP", "port": INGEST_PORT}],
+                }
+            ],
+            [_dns_egress(), *_backing_egress(opts)]
+            + (
+                [
+                    {
+                        "to": [{"ipBlock": {"cidr": c}} for c in opts.api_server_cidrs],
+                        "ports": [
+                            {"protocol": "TCP", "port": 443},
+                            {"protocol": "TCP", "port": 6443},
+                        ],
+                    }
+                ]
+                if opts.api_server_cidrs
+                else []
+            ),
+        ),
     ]
 
 
-def _container(name: str, command: list[str], port: int, env: list[dict], mounts: list[dict],
-               opts: K8sOptions) -> dict:
-    return {"name": name, "image": opts.image, "command": list(command),
-            "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-            "env": env, "envFrom": [{"secretRef": {"name": f"{name}-env", "optional": False}}],
-            "volumeMounts": [{"name": "tmp", "mountPath": TMP}, *mounts],
-            "securityContext": container_security_context(True),
-            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                          "limits": {"memory": "4Gi"}}}
+def _container(
+    name: str, command: list[str], port: int, env: list[dict], mounts: list[dict], opts: K8sOptions
+) -> dict:
+    return {
+        "name": name,
+        "image": opts.image,
+        "command": list(command),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": env,
+        "envFrom": [{"secretRef": {"name": f"{name}-env", "optional": False}}],
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP}, *mounts],
+        "securityContext": container_security_context(True),
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}},
+    }
 
 
 def _env(org: str, name: str, port: int, opts: K8sOptions) -> list[dict]:
     hub_api = f"http://hub.{opts.hub_namespace}.svc.cluster.local:{HUB_API_PORT}/hub/api"
-    return [{"name": "ATOMSCALE_ORG", "value": org},
-            {"name": "ATOMSCALE_HOME", "value": "/var/lib/atomscale"},
-            {"name": "JUPYTERHUB_SERVICE_NAME", "value": name},
-            {"name": "JUPYTERHUB_SERVICE_URL", "value": f"http://{ANY_ADDRESS}:{port}"},
-            {"name": "JUPYTERHUB_SERVICE_PREFIX", "value": f"/services/{name}/"},
-            {"name": "JUPYTERHUB_API_URL", "value": hub_api},
-            {"name": "HOME", "value": TMP}]
+    return [
+        {"name": "ATOMSCALE_ORG", "value": org},
+        {"name": "ATOMSCALE_HOME", "value": "/var/lib/atomscale"},
+        {"name": "JUPYTERHUB_SERVICE_NAME", "value": name},
+        {"name": "JUPYTERHUB_SERVICE_URL", "value": f"http://{ANY_ADDRESS}:{port}"},
+        {"name": "JUPYTERHUB_SERVICE_PREFIX", "value": f"/services/{name}/"},
+        {"name": "JUPYTERHUB_API_URL", "value": hub_api},
+        {"name": "HOME", "value": TMP},
+    ]
 
 
 def data_server(org: str, opts: K8sOptions) -> list[dict]:
@@ -226,30 +334,56 @@ def data_server(org: str, opts: K8sOptions) -> list[dict]:
         "enableServiceLinks": False,
         "securityContext": pod_security_context(opts),
         **node_placement(org, opts),
-        "containers": [{
-            **_container(name, opts.data_command, DATA_PORT,
-                         _env(org, name, DATA_PORT, opts),
-                         [{"name": "state", "mountPath": "/var/lib/atomscale"}], opts),
-            "readinessProbe": {"tcpSocket": {"port": DATA_PORT}, "periodSeconds": 5},
-        }],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                    {"name": "state", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "containers": [
+            {
+                **_container(
+                    name,
+                    opts.data_command,
+                    DATA_PORT,
+                    _env(org, name, DATA_PORT, opts),
+                    [{"name": "state", "mountPath": "/var/lib/atomscale"}],
+                    opts,
+                ),
+                "readinessProbe": {"tcpSocket": {"port": DATA_PORT}, "periodSeconds": 5},
+            }
+        ],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "state", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
     }
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
-         "spec": {"replicas": opts.data_replicas, "selector": {"matchLabels": sel},
-                  "strategy": {"type": "RollingUpdate",
-                               "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                  "template": {"metadata": {"labels": org_labels(org, **sel)},
-                               "spec": pod_spec}}},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
-         "spec": {"selector": sel, "ports": [{"name": "http", "port": DATA_PORT,
-                                              "targetPort": DATA_PORT, "protocol": "TCP"}]}},
-        {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
-         "spec": {"minAvailable": 1, "selector": {"matchLabels": sel}}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
+            "spec": {
+                "replicas": opts.data_replicas,
+                "selector": {"matchLabels": sel},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "template": {"metadata": {"labels": org_labels(org, **sel)}, "spec": pod_spec},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
+            "spec": {
+                "selector": sel,
+                "ports": [
+                    {"name": "http", "port": DATA_PORT, "targetPort": DATA_PORT, "protocol": "TCP"}
+                ],
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-data"}),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": sel}},
+        },
     ]
 
 
@@ -259,10 +393,15 @@ def ingest(org: str, opts: K8sOptions) -> list[dict]:
     sel = {"app.kubernetes.io/name": "atomscale-ingest", ORG_LABEL: org}
     env = _env(org, name, INGEST_PORT, opts) + [
         {"name": "ATOMSCALE_INGEST_LEASE", "value": f"{namespace_of(org)}/{name}"},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
-    claim = {"metadata": {"name": "wal", "labels": org_labels(org, **sel)},
-             "spec": {"accessModes": ["ReadWriteOnce"],
-                      "resources": {"requests": {"storage": opts.wal_size}}}}
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    claim = {
+        "metadata": {"name": "wal", "labels": org_labels(org, **sel)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": opts.wal_size}},
+        },
+    }
     if opts.storage_class:
         claim["spec"]["storageClassName"] = opts.storage_class
     pod_spec = {
@@ -273,39 +412,88 @@ def ingest(org: str, opts: K8sOptions) -> list[dict]:
         "enableServiceLinks": False,
         "securityContext": pod_security_context(opts),
         **node_placement(org, opts),
-        "containers": [{
-            **_container(name, opts.ingest_command, INGEST_PORT, env,
-                         [{"name": "wal", "mountPath": "/var/lib/atomscale/ingest"}], opts),
-            "readinessProbe": {"tcpSocket": {"port": INGEST_PORT}, "periodSeconds": 5},
-        }],
+        "containers": [
+            {
+                **_container(
+                    name,
+                    opts.ingest_command,
+                    INGEST_PORT,
+                    env,
+                    [{"name": "wal", "mountPath": "/var/lib/atomscale/ingest"}],
+                    opts,
+                ),
+                "readinessProbe": {"tcpSocket": {"port": INGEST_PORT}, "periodSeconds": 5},
+            }
+        ],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
     return [
-        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
-         "spec": {"leaseDurationSeconds": 15}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": _meta("atomscale-ingest-lease", org),
-         "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                    "resourceNames": [name], "verbs": ["get", "update", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta("atomscale-ingest-lease", org),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "atomscale-ingest-lease"},
-         "subjects": [{"kind": "ServiceAccount", "name": "atomscale-ingest",
-                       "namespace": namespace_of(org)}]},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
-         "spec": {"clusterIP": "None", "selector": sel,
-                  "ports": [{"name": "https", "port": INGEST_PORT, "targetPort": INGEST_PORT,
-                             "protocol": "TCP"}]}},
-        {"apiVersion": "apps/v1", "kind": "StatefulSet",
-         "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
-         "spec": {"serviceName": name, "replicas": opts.ingest_replicas,
-                  "selector": {"matchLabels": sel}, "podManagementPolicy": "Parallel",
-                  "template": {"metadata": {"labels": org_labels(org, **sel)},
-                               "spec": pod_spec},
-                  "volumeClaimTemplates": [claim]}},
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
+            "spec": {"leaseDurationSeconds": 15},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta("atomscale-ingest-lease", org),
+            "rules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "update", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("atomscale-ingest-lease", org),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "atomscale-ingest-lease",
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": "atomscale-ingest",
+                    "namespace": namespace_of(org),
+                }
+            ],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
+            "spec": {
+                "clusterIP": "None",
+                "selector": sel,
+                "ports": [
+                    {
+                        "name": "https",
+                        "port": INGEST_PORT,
+                        "targetPort": INGEST_PORT,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
+            "spec": {
+                "serviceName": name,
+                "replicas": opts.ingest_replicas,
+                "selector": {"matchLabels": sel},
+                "podManagementPolicy": "Parallel",
+                "template": {"metadata": {"labels": org_labels(org, **sel)}, "spec": pod_spec},
+                "volumeClaimTemplates": [claim],
+            },
+        },
     ]
 
 
@@ -314,29 +502,57 @@ def namespace(org: str) -> list[dict]:
     ns = namespace_of(org)
     psa = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "audit", "warn")}
     return [
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": ns, "labels": {**org_labels(org), **psa}}},
-        *({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(sa, org),
-           "automountServiceAccountToken": sa == "atomscale-ingest"}
-          for sa in ("atomscale-user", "atomscale-data", "atomscale-ingest")),
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {**org_labels(org), **psa}},
+        },
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": _meta(sa, org),
+                "automountServiceAccountToken": sa == "atomscale-ingest",
+            }
+            for sa in ("atomscale-user", "atomscale-data", "atomscale-ingest")
+        ),
     ]
 
 
 def hub_access(org: str, opts: K8sOptions, hub_service_account: str = "hub") -> list[dict]:
     """A Role in the org's namespace for the hub's service account to run user pods there."""
-    rules = [{"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "services",
-                                               "secrets"],
-              "verbs": ["get", "watch", "list", "create", "delete", "patch"]},
-             {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]}]
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "persistentvolumeclaims", "services", "secrets"],
+            "verbs": ["get", "watch", "list", "create", "delete", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]},
+    ]
     return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": _meta("atomscale-hub-spawner", org), "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta("atomscale-hub-spawner", org),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "atomscale-hub-spawner"},
-         "subjects": [{"kind": "ServiceAccount", "name": hub_service_account,
-                       "namespace": opts.hub_namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta("atomscale-hub-spawner", org),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("atomscale-hub-spawner", org),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "atomscale-hub-spawner",
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": hub_service_account,
+                    "namespace": opts.hub_namespace,
+                }
+            ],
+        },
     ]
 
 
@@ -346,8 +562,13 @@ def render(org: str, opts: K8sOptions | None = None) -> list[dict]:
     opts = opts or K8sOptions()
     if opts.data_replicas < 1 or opts.ingest_replicas < 1:
         raise ValidationError("replicas must be at least 1", field="replicas")
-    return [*namespace(org), *hub_access(org, opts), *network_policies(org, opts),
-            *data_server(org, opts), *ingest(org, opts)]
+    return [
+        *namespace(org),
+        *hub_access(org, opts),
+        *network_policies(org, opts),
+        *data_server(org, opts),
+        *ingest(org, opts),
+    ]
 
 
 def to_yaml(objects: list[dict]) -> str:

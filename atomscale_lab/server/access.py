@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # keep `import atomscale_lab.server.access` cheap and free of
     from atomscale_lab.vault.crypto import OrgKeys
     from atomscale_lab.vault.store import HeadStore
 
+
 @runtime_checkable
 class OrgAccess(Protocol):
     """What a user server needs from its deployment to serve one org.
@@ -63,15 +64,22 @@ class OrgAccess(Protocol):
     def actor(self, user: str) -> str:
         """The name audit events carry for the authenticated ``user`` (usually ``user`` itself)."""
 
-    def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
-                     actor: str) -> pd.DataFrame:
+    def context_join(
+        self, run_ids: Sequence[str], fields: Sequence[str], purpose: str, actor: str
+    ) -> pd.DataFrame:
         """Context labels (``run_id`` plus ``fields``) of ``run_ids``; audited as ``context.join``.
 
         ``purpose`` must be a non-empty statement of why; unknown fields raise ``ValidationError``.
         """
 
-    def audit_events(self, *, actor: str | None = None, action: str | None = None,
-                     limit: int = 100, offset: int = 0) -> list[dict]:
+    def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict]:
         """Recent audit events of the org (most recent first), optionally only ``actor``'s."""
 
     def org_config(self) -> dict:
@@ -106,8 +114,9 @@ class LocalAccess:
     def org_keys(self):
         """The org's data keys from the local key registry (audited as ``key.release``)."""
         keys = self.vault.org_keys(self.org)
-        self.audit().record(self.owner, "key.release", target="local-server",
-                            versions=sorted(keys.keys))
+        self.audit().record(
+            self.owner, "key.release", target="local-server", versions=sorted(keys.keys)
+        )
         return keys
 
     def heads(self):
@@ -129,8 +138,9 @@ class LocalAccess:
         import pandas as pd
 
         frame = pd.DataFrame({"run_id": pd.Series(list(dict.fromkeys(run_ids)), dtype=object)})
-        return self.vault.context(self.org).join(frame, fields=list(fields), purpose=purpose,
-                                                 actor=actor)
+        return self.vault.context(self.org).join(
+            frame, fields=list(fields), purpose=purpose, actor=actor
+        )
 
     def audit_events(self, *, actor=None, action=None, limit=100, offset=0):
         """Events of the local audit log."""

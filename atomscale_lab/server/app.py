@@ -82,8 +82,10 @@ class AtomscaleLab(ExtensionApp):
         self._retry_at = 0.0
         self._service_lock = threading.Lock()
         if not self.org:
-            self.service_error = ("no org configured: set c.AtomscaleLab.org or $ATOMSCALE_ORG "
-                                  "(or start with `atomscale-lab lab ORG`)")
+            self.service_error = (
+                "no org configured: set c.AtomscaleLab.org or $ATOMSCALE_ORG "
+                "(or start with `atomscale-lab lab ORG`)"
+            )
             self.log.warning("atomscale_lab: %s", self.service_error)
         else:
             self._start_service()
@@ -101,10 +103,15 @@ class AtomscaleLab(ExtensionApp):
             access = self._access
             self.service = OrgService(access, refresh_interval=self.refresh_interval)
             self.service_error = None
-            self.log.info("atomscale_lab: serving org %s (%s, key v%s)", self.org,
-                          type(access).__name__, self.service.key_version)
-            threading.Thread(target=self._warm, args=(self.service,), daemon=True,
-                             name="atomscale-warm").start()
+            self.log.info(
+                "atomscale_lab: serving org %s (%s, key v%s)",
+                self.org,
+                type(access).__name__,
+                self.service.key_version,
+            )
+            threading.Thread(
+                target=self._warm, args=(self.service,), daemon=True, name="atomscale-warm"
+            ).start()
         except (AtomscaleError, ImportError, ValueError, TypeError, TraitError) as e:
             self.service_error = f"org {self.org!r} is not available: {e}"
             self._error_exc = e

@@ -56,11 +56,13 @@ class RunQuery:
         if unknown:
             raise ValidationError(
                 f"unknown parameter {unknown[0]!r}; expected one of {', '.join(sorted(known))}",
-                field=unknown[0])
+                field=unknown[0],
+            )
         sort = params.get("sort") or "start"
         if sort not in SORTABLE:
             raise ValidationError(
-                f"cannot sort by {sort!r}; choose one of {', '.join(SORTABLE)}", field="sort")
+                f"cannot sort by {sort!r}; choose one of {', '.join(SORTABLE)}", field="sort"
+            )
         order = (params.get("order") or "desc").lower()
         if order not in ("asc", "desc"):
             raise ValidationError("order must be 'asc' or 'desc'", field="order")
@@ -70,10 +72,15 @@ class RunQuery:
             raise ValidationError("end is before start", field="end")
         return cls(
             **{k: parse_list(params.get(k)) for k in _MULTI},
-            start=start, end=end, q=(params.get("q") or "").strip(), sort=sort, order=order,
+            start=start,
+            end=end,
+            q=(params.get("q") or "").strip(),
+            sort=sort,
+            order=order,
             page=parse_int(params.get("page"), "page", 1),
-            per_page=parse_int(params.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1,
-                               MAX_PER_PAGE),
+            per_page=parse_int(
+                params.get("per_page"), "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE
+            ),
         )
 
 
@@ -108,8 +115,10 @@ class RunCatalog:
             enc = pc.dictionary_encode(t.column(c)).combine_chunks()
             codes = enc.indices.to_numpy(zero_copy_only=False)
             codes = np.where(enc.indices.is_null().to_numpy(zero_copy_only=False), -1, codes)
-            self._codes[c] = (codes.astype(np.int64),
-                              {v: i for i, v in enumerate(enc.dictionary.to_pylist())})
+            self._codes[c] = (
+                codes.astype(np.int64),
+                {v: i for i, v in enumerate(enc.dictionary.to_pylist())},
+            )
         self._start = _epoch_us(t.column("start"))
         self._end = _epoch_us(t.column("end"))
         parts = [pc.fill_null(t.column(c).cast(pa.string()), "") for c in _SEARCHED]
@@ -174,8 +183,10 @@ class RunCatalog:
         if asc is None:
             if column not in SORTABLE:
                 raise ValidationError(f"cannot sort by {column!r}", field="sort")
-            asc = pc.sort_indices(self.table, sort_keys=[
-                (column, "ascending", "at_end"), ("run_id", "ascending", "at_end")]).to_numpy()
+            asc = pc.sort_indices(
+                self.table,
+                sort_keys=[(column, "ascending", "at_end"), ("run_id", "ascending", "at_end")],
+            ).to_numpy()
             nulls = int(self.table.column(column).null_count)
             with self._lock:
                 self._orders[column] = asc
@@ -199,21 +210,24 @@ class RunCatalog:
             self.order(c, True)
         return self
 
-    def page_table(self, q: RunQuery,
-                   among: Collection[str] | None = None) -> tuple[int, pa.Table]:
+    def page_table(self, q: RunQuery, among: Collection[str] | None = None) -> tuple[int, pa.Table]:
         """``(total matches, the page's rows as an Arrow table)``; ``among`` limits the run ids."""
         m = self.mask(q, among)
         order = self.order(q.sort, q.order == "desc")
         hits = order[m[order]]
         lo = (q.page - 1) * q.per_page
-        page = hits[lo:lo + q.per_page]
+        page = hits[lo : lo + q.per_page]
         return int(len(hits)), self.table.take(pa.array(page, pa.int64()))
 
     def query(self, q: RunQuery) -> dict:
         """A page of runs: ``{total, page, per_page, runs}`` (JSON-ready)."""
         total, rows = self.page_table(q)
-        return {"total": total, "page": q.page, "per_page": q.per_page,
-                "runs": rows_to_records(rows) if rows.num_rows else []}
+        return {
+            "total": total,
+            "page": q.page,
+            "per_page": q.per_page,
+            "runs": rows_to_records(rows) if rows.num_rows else [],
+        }
 
 
 _NULL = np.iinfo(np.int64).min
@@ -264,8 +278,14 @@ def frame_json(table: pa.Table) -> dict:
     return {"columns": t.column_names, "data": data}
 
 
-def select_window(table: pa.Table, *, channels: tuple[str, ...] = (), start: datetime | None = None,
-                  end: datetime | None = None, time_column: str = "time") -> pa.Table:
+def select_window(
+    table: pa.Table,
+    *,
+    channels: tuple[str, ...] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    time_column: str = "time",
+) -> pa.Table:
     """Rows of the given channels with ``start <= time < end`` (whatever the store pruned)."""
     mask = None
 
@@ -275,11 +295,16 @@ def select_window(table: pa.Table, *, channels: tuple[str, ...] = (), start: dat
     if channels:
         mask = both(mask, pc.is_in(table.column("channel"), value_set=pa.array(channels)))
     if start is not None:
-        mask = both(mask, pc.greater_equal(table.column(time_column),
-                                           pa.scalar(start, pa.timestamp("us", tz="UTC"))))
+        mask = both(
+            mask,
+            pc.greater_equal(
+                table.column(time_column), pa.scalar(start, pa.timestamp("us", tz="UTC"))
+            ),
+        )
     if end is not None:
-        mask = both(mask, pc.less(table.column(time_column),
-                                        pa.scalar(end, pa.timestamp("us", tz="UTC"))))
+        mask = both(
+            mask, pc.less(table.column(time_column), pa.scalar(end, pa.timestamp("us", tz="UTC")))
+        )
     return table if mask is None else table.filter(mask)
 
 
@@ -297,8 +322,9 @@ def sorted_by_channel_time(table: pa.Table) -> bool:
     return bool(pc.all(pc.or_(later, pc.greater_equal(tm.slice(1), tm.slice(0, n - 1)))).as_py())
 
 
-def downsample(table: pa.Table, max_points: int, *, group: str = "channel", x: str = "time",
-               y: str = "value") -> pa.Table:
+def downsample(
+    table: pa.Table, max_points: int, *, group: str = "channel", x: str = "time", y: str = "value"
+) -> pa.Table:
     """At most ~``max_points`` rows per ``group``, keeping each bucket's minimum and maximum ``y``.
 
     Min/max decimation keeps spikes and steps visible in a plot (a stride would drop them). Rows
@@ -351,8 +377,13 @@ class Refreshing(Generic[T]):
     it), unless they ask to ``wait``. Concurrent callers share one rebuild.
     """
 
-    def __init__(self, build: Callable[[], T], version: Callable[[], Hashable],
-                 min_interval: float = 1.0, background: bool = True):
+    def __init__(
+        self,
+        build: Callable[[], T],
+        version: Callable[[], Hashable],
+        min_interval: float = 1.0,
+        background: bool = True,
+    ):
         self._build, self._version, self.min_interval = build, version, min_interval
         self.background = background
         self._value: T | None = None
@@ -395,13 +426,16 @@ class Refreshing(Generic[T]):
             self._checked = time.monotonic()
             if self._value is not None and v == self._seen:
                 return self._value
-            running = self._rebuilding if (self._rebuilding is not None
-                                            and self._rebuilding.is_alive()) else None
+            running = (
+                self._rebuilding
+                if (self._rebuilding is not None and self._rebuilding.is_alive())
+                else None
+            )
             if self._value is not None and self.background and not wait:
                 if running is None:
-                    self._rebuilding = threading.Thread(target=self._background, args=(v,),
-                                                        name="atomscale-catalogue",
-                                                        daemon=True)
+                    self._rebuilding = threading.Thread(
+                        target=self._background, args=(v,), name="atomscale-catalogue", daemon=True
+                    )
                     self._rebuilding.start()
                 return self._value
         if running is not None:

@@ -91,8 +91,9 @@ class AtomscaleHandler:
 
     async def finish_arrow(self, table: pa.Table, headers: dict | None = None) -> None:
         """Send ``table`` as an Arrow IPC stream, in chunks."""
-        chunks = await IOLoop.current().run_in_executor(None, _ipc_chunks, table,
-                                                        self.arrow_options())
+        chunks = await IOLoop.current().run_in_executor(
+            None, _ipc_chunks, table, self.arrow_options()
+        )
         self.set_header("Content-Type", ARROW_STREAM)
         self.set_header("Content-Length", str(sum(len(c) for c in chunks)))
         self.set_header("X-Rows", str(table.num_rows))
@@ -163,9 +164,14 @@ class JupyterApiHandler(ExtensionHandlerMixin, APIHandler):
 
 
 def _reason(e: AtomscaleError) -> str:
-    return {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-            413: "Payload Too Large", 503: "Service Unavailable"}.get(http_status(e),
-                                                                      "Internal Server Error")
+    return {
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        409: "Conflict",
+        413: "Payload Too Large",
+        503: "Service Unavailable",
+    }.get(http_status(e), "Internal Server Error")
 
 
 def arrow_compression(accept: str) -> str | None:
@@ -187,7 +193,7 @@ def _ipc_chunks(table: pa.Table, options: pa.ipc.IpcWriteOptions | None = None) 
     with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table, max_chunksize=65_536)
     buf = memoryview(sink.getvalue())
-    return [bytes(buf[i:i + _CHUNK]) for i in range(0, len(buf), _CHUNK)] or [b""]
+    return [bytes(buf[i : i + _CHUNK]) for i in range(0, len(buf), _CHUNK)] or [b""]
 
 
 class StatusHandler(AtomscaleHandler):
@@ -299,8 +305,12 @@ class MetrologyHandler(AtomscaleHandler):
     @authorized
     async def post(self):
         """Store derived metrology rows (an Arrow IPC body); answer 201 with what was written."""
-        doc = await self.call(OrgService.write_metrology, self.query_params(), self.request.body,
-                              self.request.headers.get("Content-Type"))
+        doc = await self.call(
+            OrgService.write_metrology,
+            self.query_params(),
+            self.request.body,
+            self.request.headers.get("Content-Type"),
+        )
         self.set_status(201)
         await self.finish_json(doc)
 
@@ -361,8 +371,9 @@ class TableHandler(AtomscaleHandler):
                     chunks = await pending
                 except (OSError, pa.ArrowException, ValueError) as e:
                     if not started:  # nothing sent yet: a clean error status is still possible
-                        raise web.HTTPError(500, "a data file failed decryption or decoding "
-                                                 "(tampered or corrupt)") from e
+                        raise web.HTTPError(
+                            500, "a data file failed decryption or decoding (tampered or corrupt)"
+                        ) from e
                     raise
                 if chunks is None:
                     break
@@ -517,8 +528,11 @@ def host_handlers(base: type, prefix: str = API_PREFIX) -> list[tuple[str, type]
     combined with the host ``base`` (routes first, so their methods win)."""
     out = []
     for template, route in ROUTES:
-        cls = type(route.__name__, (route, base), {"__doc__": route.__doc__,
-                                                     "__module__": route.__module__})
+        cls = type(
+            route.__name__,
+            (route, base),
+            {"__doc__": route.__doc__, "__module__": route.__module__},
+        )
         out.append((_pattern(template, prefix), cls))
     return out
 

@@ -21,8 +21,9 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def parse_int(value: str | None, name: str, default: int, lo: int = 1,
-              hi: int | None = None) -> int:
+def parse_int(
+    value: str | None, name: str, default: int, lo: int = 1, hi: int | None = None
+) -> int:
     """Parse an integer parameter within ``[lo, hi]``; ``ValidationError`` naming the limits."""
     if value is None or value == "":
         return default
@@ -60,8 +61,10 @@ def check_params(params: dict, allowed: set[str]) -> None:
     """Refuse a parameter outside ``allowed``, naming the ones expected."""
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ValidationError(f"unknown parameter {unknown[0]!r}; expected one of "
-                              f"{', '.join(sorted(allowed))}", field=unknown[0])
+        raise ValidationError(
+            f"unknown parameter {unknown[0]!r}; expected one of {', '.join(sorted(allowed))}",
+            field=unknown[0],
+        )
 
 
 def parse_bool(value: str | None, name: str) -> bool:

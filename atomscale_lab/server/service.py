@@ -52,8 +52,16 @@ from atomscale_lab.vault.store import READ_POOL
 
 log = logging.getLogger(__name__)
 
-METROLOGY_SCALARS = ("item_id", "run_id", "sample", "technique", "time", "result_name",
-                     "result_value", "result_unit")
+METROLOGY_SCALARS = (
+    "item_id",
+    "run_id",
+    "sample",
+    "technique",
+    "time",
+    "result_name",
+    "result_value",
+    "result_unit",
+)
 """The metrology columns listed in pages (spectra are fetched per item or on request)."""
 
 MAX_POINTS = 1_000_000
@@ -82,15 +90,20 @@ class OrgService:
         keys = access.org_keys()
         # ``refresh``: after ``org rotate-key`` the first unseen key version re-fetches the keys
         # (rate-limited), so a running server keeps serving without a restart.
-        self.store = OrgStore(Path(access.data_root), access.org,
-                              OrgCrypto(keys, refresh=access.org_keys), access.heads())
+        self.store = OrgStore(
+            Path(access.data_root),
+            access.org,
+            OrgCrypto(keys, refresh=access.org_keys),
+            access.heads(),
+        )
         del keys  # the CryptoFactory holds what it needs; drop our own reference
         self._write_lock = threading.Lock()
-        self.runs = Refreshing(self._build_catalog, lambda: self._log_version(RUNS.name),
-                               refresh_interval)
-        self.metrology_index = Refreshing(self._build_metrology_index,
-                                          lambda: self._log_version(METROLOGY.name),
-                                          refresh_interval)
+        self.runs = Refreshing(
+            self._build_catalog, lambda: self._log_version(RUNS.name), refresh_interval
+        )
+        self.metrology_index = Refreshing(
+            self._build_metrology_index, lambda: self._log_version(METROLOGY.name), refresh_interval
+        )
 
     @property
     def key_version(self) -> int:
@@ -110,8 +123,9 @@ class OrgService:
     def _build_catalog(self) -> RunCatalog:
         t0 = time.perf_counter()
         cat = RunCatalog(self.store.table(RUNS.name).read()).warm()
-        log.info("run catalogue of %s: %s runs in %.2f s", self.org, len(cat),
-                 time.perf_counter() - t0)
+        log.info(
+            "run catalogue of %s: %s runs in %.2f s", self.org, len(cat), time.perf_counter() - t0
+        )
         return cat
 
     def _build_metrology_index(self) -> pa.Table:
@@ -131,20 +145,24 @@ class OrgService:
     def require(self, user: str, permission: str, action: str, **detail) -> None:
         """Raise ``PermissionDenied`` (and audit the denial) unless ``user`` has ``permission``."""
         if permission not in self.permissions(user):
-            self.access.audit().record(self.actor(user), action, "denied",
-                                       permission=permission, **detail)
+            self.access.audit().record(
+                self.actor(user), action, "denied", permission=permission, **detail
+            )
             raise PermissionDenied(
-                f"{permission} permission in org {self.org!r} is needed for this request")
+                f"{permission} permission in org {self.org!r} is needed for this request"
+            )
 
-    def audited_read(self, user: str, table: str, run_ids: Sequence[str] | None, rows: int,
-                     **detail) -> None:
+    def audited_read(
+        self, user: str, table: str, run_ids: Sequence[str] | None, rows: int, **detail
+    ) -> None:
         """Record one ``data.read`` event."""
         ids = list(run_ids) if run_ids is not None else None
         if ids is not None and len(ids) > 100:  # keep events small; the count stays exact
             detail["run_count"] = len(ids)
             ids = ids[:100]
-        self.access.audit().record(self.actor(user), "data.read", table=table, run_ids=ids,
-                                   rows=int(rows), **detail)
+        self.access.audit().record(
+            self.actor(user), "data.read", table=table, run_ids=ids, rows=int(rows), **detail
+        )
 
     # --- answers --------------------------------------------------------------------------
 
@@ -156,10 +174,16 @@ class OrgService:
         perms = self.permissions(user)
         if not perms:
             self.require_member(user, "status.read")
-        doc = {"org": self.org, "region": self.access.region, "user": user,
-               "actor": self.actor(user), "role": role_of(perms), "permissions": sorted(perms),
-               "version": __version__,
-               "key": {"version": self.key_version, "fingerprint": self.key_fingerprint}}
+        doc = {
+            "org": self.org,
+            "region": self.access.region,
+            "user": user,
+            "actor": self.actor(user),
+            "role": role_of(perms),
+            "permissions": sorted(perms),
+            "version": __version__,
+            "key": {"version": self.key_version, "fingerprint": self.key_fingerprint},
+        }
         if "data:read" in perms:
             cats: dict = {c: {"rows": 0, "tables": {}} for c in CATEGORIES}
             for name in TABLES:
@@ -188,19 +212,20 @@ class OrgService:
             wanted = set(systems)
             among = [r for r, v in labels if v in wanted]
         elif purpose is not None:
-            raise ValidationError("purpose only goes with a context filter (material_system)",
-                                  field="purpose")
+            raise ValidationError(
+                "purpose only goes with a context filter (material_system)", field="purpose"
+            )
         total, rows = cat.page_table(q, among)
-        self.audited_read(user, RUNS.name, rows.column("run_id").to_pylist(), rows.num_rows,
-                          query="runs")
+        self.audited_read(
+            user, RUNS.name, rows.column("run_id").to_pylist(), rows.num_rows, query="runs"
+        )
         return {"total": total, "page": q.page, "per_page": q.per_page}, rows
 
     def facets(self, user: str) -> dict:
         """Distinct values of the categorical run columns, for filter pickers."""
         self.require(user, "data:read", "data.read", table=RUNS.name)
         cat = self.runs.get()
-        doc = {c: cat.values(c) for c in ("project", "instrument", "method", "operator",
-                                           "status")}
+        doc = {c: cat.values(c) for c in ("project", "instrument", "method", "operator", "status")}
         doc["total"] = len(cat)
         self.audited_read(user, RUNS.name, None, 0, query="facets")
         return doc
@@ -219,23 +244,32 @@ class OrgService:
         for _, v in labels:
             if v is not None:
                 counts[v] = counts.get(v, 0) + 1
-        return {"field": name, "total": len(cat), "unlabelled": len(cat) - sum(counts.values()),
-                "values": [{"value": v, "runs": counts[v]} for v in sorted(counts)]}
+        return {
+            "field": name,
+            "total": len(cat),
+            "unlabelled": len(cat) - sum(counts.values()),
+            "values": [{"value": v, "runs": counts[v]} for v in sorted(counts)],
+        }
 
-    def _context_labels(self, user: str, cat: RunCatalog, name: str,
-                        purpose) -> list[tuple[str, str | None]]:
+    def _context_labels(
+        self, user: str, cat: RunCatalog, name: str, purpose
+    ) -> list[tuple[str, str | None]]:
         """``(run_id, label)`` of every run in ``cat``, through one audited context join."""
         self.require(user, "context:join", "context.join", fields=[name])
         if name not in CONTEXT_FACETS:
-            raise ValidationError(f"field {name!r} is no context facet; choose one of "
-                                  f"{', '.join(CONTEXT_FACETS)}", field="field")
+            raise ValidationError(
+                f"field {name!r} is no context facet; choose one of {', '.join(CONTEXT_FACETS)}",
+                field="field",
+            )
         if not isinstance(purpose, str) or not purpose.strip():
-            raise ValidationError("purpose is required: say why the labels are needed",
-                                  field="purpose")
+            raise ValidationError(
+                "purpose is required: say why the labels are needed", field="purpose"
+            )
         ids = cat.run_ids()
         frame = self.access.context_join(ids, [name], purpose.strip(), self.actor(user))
-        found = dict(zip(frame["run_id"].astype(str), frame[name], strict=True)) \
-            if len(frame) else {}
+        found = (
+            dict(zip(frame["run_id"].astype(str), frame[name], strict=True)) if len(frame) else {}
+        )
         return [(r, _label(found.get(r))) for r in ids]
 
     def _known_run(self, run_id: str) -> dict:
@@ -262,8 +296,11 @@ class OrgService:
             "tool_state": sorted(pc.unique(tools.column("channel")).to_pylist()),
         }
         rec["metrology"] = rows_to_records(met.select(["item_id", "technique", "time"]))
-        rec["rows"] = {"process": series.num_rows, "tool_state": tools.num_rows,
-                       "metrology": met.num_rows}
+        rec["rows"] = {
+            "process": series.num_rows,
+            "tool_state": tools.num_rows,
+            "metrology": met.num_rows,
+        }
         self.audited_read(user, RUNS.name, [run_id], 1, query="run")
         return rec
 
@@ -275,8 +312,11 @@ class OrgService:
         channels = parse_list(params.get("channels"))
         start = parse_time(params.get("start"), "start")
         end = parse_time(params.get("end"), "end")
-        max_points = parse_int(params.get("max_points"), "max_points", 0, 2, MAX_POINTS) \
-            if params.get("max_points") else 0
+        max_points = (
+            parse_int(params.get("max_points"), "max_points", 0, 2, MAX_POINTS)
+            if params.get("max_points")
+            else 0
+        )
         self._check_run(run_id)
         flt = pc.field("channel").isin(list(channels)) if channels else None
         t = self.store.table(spec.name).read(run_ids=[run_id], start=start, end=end, filter=flt)
@@ -286,8 +326,7 @@ class OrgService:
             t = downsample(t, max_points)
         elif not sorted_by_channel_time(t):  # one file per run is already in this order
             t = t.sort_by([("channel", "ascending"), ("time", "ascending")])
-        self.audited_read(user, spec.name, [run_id], t.num_rows,
-                          channels=list(channels) or None)
+        self.audited_read(user, spec.name, [run_id], t.num_rows, channels=list(channels) or None)
         return t
 
     def metrology(self, user: str, params: dict) -> tuple[dict, pa.Table]:
@@ -306,8 +345,10 @@ class OrgService:
         if run_ids:
             mask = pc.is_in(idx.column("run_id"), value_set=pa.array(run_ids))
         if techniques:
-            m2 = pc.is_in(pc.utf8_lower(idx.column("technique")),
-                          value_set=pa.array([t.lower() for t in techniques]))
+            m2 = pc.is_in(
+                pc.utf8_lower(idx.column("technique")),
+                value_set=pa.array([t.lower() for t in techniques]),
+            )
             mask = m2 if mask is None else pc.and_(mask, m2)
         hits = idx if mask is None else idx.filter(mask)
         rows = page_of(hits, page, per_page)
@@ -315,14 +356,20 @@ class OrgService:
             ids = rows.column("item_id").to_pylist()
             full = self.store.table(METROLOGY.name).read(
                 run_ids=sorted(set(rows.column("run_id").to_pylist())),
-                filter=pc.field("item_id").isin(ids))
+                filter=pc.field("item_id").isin(ids),
+            )
             pos = pc.index_in(full.column("item_id"), value_set=pa.array(ids))
             full = full.append_column("_pos", pos).sort_by("_pos").drop_columns(["_pos"])
             rows = full.select(list(METROLOGY.schema.names))
         meta = {"total": hits.num_rows, "page": page, "per_page": per_page}
-        self.audited_read(user, METROLOGY.name,
-                          sorted(set(rows.column("run_id").to_pylist())), rows.num_rows,
-                          query="metrology", spectra=spectra)
+        self.audited_read(
+            user,
+            METROLOGY.name,
+            sorted(set(rows.column("run_id").to_pylist())),
+            rows.num_rows,
+            query="metrology",
+            spectra=spectra,
+        )
         return meta, rows
 
     def metrology_item(self, user: str, item_id: str) -> pa.Table:
@@ -336,8 +383,9 @@ class OrgService:
         if hit.num_rows == 0:
             raise NotFound(f"no metrology item {item_id!r} in org {self.org!r}")
         run_id = hit.column("run_id")[0].as_py()
-        t = self.store.table(METROLOGY.name).read(run_ids=[run_id],
-                                                  filter=pc.field("item_id") == item_id)
+        t = self.store.table(METROLOGY.name).read(
+            run_ids=[run_id], filter=pc.field("item_id") == item_id
+        )
         t = t.filter(pc.equal(t.column("item_id"), item_id)).slice(0, 1)
         self.audited_read(user, METROLOGY.name, [run_id], t.num_rows, item_id=item_id)
         return t.select(list(METROLOGY.schema.names))
@@ -358,8 +406,11 @@ class OrgService:
         if columns:
             bad = [c for c in columns if c not in spec.schema.names]
             if bad:
-                raise ValidationError(f"table {spec.name} has no column {bad[0]!r}; it has "
-                                      f"{', '.join(spec.schema.names)}", field="columns")
+                raise ValidationError(
+                    f"table {spec.name} has no column {bad[0]!r}; it has "
+                    f"{', '.join(spec.schema.names)}",
+                    field="columns",
+                )
         elif spec.name == RUNS.name:
             columns = [c for c in spec.schema.names if c != "updated_at"]
         start = parse_time(params.get("start"), "start")
@@ -376,13 +427,20 @@ class OrgService:
             # a whole append-only table: decrypt batch by batch while earlier ones are sent
             dataset = table.dataset()
             rows = sum(int(e["rows"]) for e in table.files())
-            batches = dataset.to_batches(columns=names, batch_size=STREAM_BATCH,
-                                         memory_pool=READ_POOL)
+            batches = dataset.to_batches(
+                columns=names, batch_size=STREAM_BATCH, memory_pool=READ_POOL
+            )
         self.audited_read(user, spec.name, run_ids, rows, query="table")
 
         def failed(sent: int, error: BaseException) -> None:
-            self.access.audit().record(self.actor(user), "data.read", "error", table=spec.name,
-                                       rows=int(sent), error=type(error).__name__)
+            self.access.audit().record(
+                self.actor(user),
+                "data.read",
+                "error",
+                table=spec.name,
+                rows=int(sent),
+                error=type(error).__name__,
+            )
 
         return schema, batches, failed
 
@@ -406,11 +464,13 @@ class OrgService:
             actor = own
         else:
             self.require(user, "audit:all", "audit.read", requested_actor=wanted)
-        events = self.access.audit_events(actor=actor, action=params.get("action") or None,
-                                          limit=limit, offset=offset)
+        events = self.access.audit_events(
+            actor=actor, action=params.get("action") or None, limit=limit, offset=offset
+        )
         scope = "all" if "audit:all" in perms else "own"
-        self.access.audit().record(own, "audit.read", scope=scope, actor_filter=actor,
-                                   events=len(events))
+        self.access.audit().record(
+            own, "audit.read", scope=scope, actor_filter=actor, events=len(events)
+        )
         return {"events": events, "limit": limit, "offset": offset, "scope": scope}
 
     def context_join(self, user: str, body) -> dict:
@@ -418,19 +478,26 @@ class OrgService:
         if not isinstance(body, dict):
             raise ValidationError("the body must be a JSON object {run_ids, fields, purpose}")
         run_ids, fields, purpose = body.get("run_ids"), body.get("fields"), body.get("purpose")
-        self.require(user, "context:join", "context.join",
-                     run_count=len(run_ids) if isinstance(run_ids, list) else None)
+        self.require(
+            user,
+            "context:join",
+            "context.join",
+            run_count=len(run_ids) if isinstance(run_ids, list) else None,
+        )
         if not isinstance(run_ids, list) or not all(isinstance(r, str) for r in run_ids):
             raise ValidationError("run_ids must be a list of run ids", field="run_ids")
         if len(run_ids) > MAX_JOIN_RUNS:
             raise ValidationError(f"at most {MAX_JOIN_RUNS} run ids per join", field="run_ids")
-        if not isinstance(fields, list) or not fields or not all(isinstance(f, str)
-                                                                 for f in fields):
-            raise ValidationError("fields must be a non-empty list of label names",
-                                  field="fields")
+        if (
+            not isinstance(fields, list)
+            or not fields
+            or not all(isinstance(f, str) for f in fields)
+        ):
+            raise ValidationError("fields must be a non-empty list of label names", field="fields")
         if not isinstance(purpose, str) or not purpose.strip():
-            raise ValidationError("purpose is required: say why the labels are needed",
-                                  field="purpose")
+            raise ValidationError(
+                "purpose is required: say why the labels are needed", field="purpose"
+            )
         frame = self.access.context_join(run_ids, fields, purpose.strip(), self.actor(user))
         return {"labels": _frame_records(frame)}
 
@@ -439,16 +506,18 @@ class OrgService:
     def require_member(self, user: str, action: str, **detail) -> None:
         """Raise ``PermissionDenied`` (audited) unless ``user`` has some permission here."""
         if not self.permissions(user):
-            self.access.audit().record(self.actor(user), action, "denied",
-                                       permission="any", **detail)
+            self.access.audit().record(
+                self.actor(user), action, "denied", permission="any", **detail
+            )
             raise PermissionDenied(f"no permission in org {self.org!r}: you have no role there")
 
     def describe(self, user: str) -> None:
         """Allow members only to read the API description (a non-member learns nothing)."""
         self.require_member(user, "openapi.read")
 
-    def write_metrology(self, user: str, params: dict, body: bytes,
-                        content_type: str | None) -> dict:
+    def write_metrology(
+        self, user: str, params: dict, body: bytes, content_type: str | None
+    ) -> dict:
         """Store derived metrology rows sent as an Arrow IPC stream (``data:write``).
 
         Every row must name a run of this org (``run_id`` fills rows that have none) and a new
@@ -469,8 +538,7 @@ class OrgService:
         seen: set[str] = set()
         for i in item_ids:
             if i in seen:
-                raise ValidationError(f"item_id {i!r} appears twice in the frame",
-                                      field="item_id")
+                raise ValidationError(f"item_id {i!r} appears twice in the frame", field="item_id")
             seen.add(i)
         rows = self._fill_sample(rows)
         with self._write_lock:
@@ -479,21 +547,40 @@ class OrgService:
             if pc.any(taken).as_py():
                 existing = set(idx.filter(taken).column("item_id").to_pylist())
                 first = next(i for i in item_ids if i in existing)
-                raise Conflict(f"metrology item {first!r} already exists in org {self.org!r} "
-                               f"({len(existing)} of the frame's item ids do); choose new ids")
+                raise Conflict(
+                    f"metrology item {first!r} already exists in org {self.org!r} "
+                    f"({len(existing)} of the frame's item ids do); choose new ids"
+                )
             actor = self.actor(user)
             extra = {"run_count": len(run_ids)} if len(run_ids) > 100 else {}
-            self.access.audit().record(actor, "data.write", table=METROLOGY.name,
-                                       run_ids=run_ids[:100], rows=rows.num_rows, **extra)
+            self.access.audit().record(
+                actor,
+                "data.write",
+                table=METROLOGY.name,
+                run_ids=run_ids[:100],
+                rows=rows.num_rows,
+                **extra,
+            )
             try:
                 commit = self.store.table(METROLOGY.name).write(rows, actor=actor)
             except Exception as e:
-                self.access.audit().record(actor, "data.write", "error", table=METROLOGY.name,
-                                           rows=0, error=type(e).__name__)
+                self.access.audit().record(
+                    actor,
+                    "data.write",
+                    "error",
+                    table=METROLOGY.name,
+                    rows=0,
+                    error=type(e).__name__,
+                )
                 raise
             self.metrology_index.get(wait=True)  # the writer's next read sees its rows
-        return {"table": METROLOGY.name, "rows": commit.rows, "commit": commit.seq,
-                "run_ids": run_ids, "item_ids": item_ids}
+        return {
+            "table": METROLOGY.name,
+            "rows": commit.rows,
+            "commit": commit.seq,
+            "run_ids": run_ids,
+            "item_ids": item_ids,
+        }
 
     def _fill_sample(self, rows: pa.Table) -> pa.Table:
         col = rows.column("sample")
@@ -503,8 +590,10 @@ class OrgService:
         ids = rows.column("run_id")
         # one catalogue lookup per run: building a run record is the expensive part
         of_run = {r: (cat.get(r) or {}).get("sample") for r in pc.unique(ids).to_pylist()}
-        samples = [s if s is not None else of_run[r]
-                   for s, r in zip(col.to_pylist(), ids.to_pylist(), strict=True)]
+        samples = [
+            s if s is not None else of_run[r]
+            for s, r in zip(col.to_pylist(), ids.to_pylist(), strict=True)
+        ]
         i = rows.schema.get_field_index("sample")
         return rows.set_column(i, "sample", pa.array(samples, pa.string()))
 
@@ -524,8 +613,7 @@ class OrgService:
         old = self.access.org_config()["config"]
         new = orgconfig.validate(body) if replace else orgconfig.merge(old, body)
         changed = orgconfig.changed_keys(old, new)
-        self.access.audit().record(self.actor(user), "config.change", keys=changed,
-                                   replace=replace)
+        self.access.audit().record(self.actor(user), "config.change", keys=changed, replace=replace)
         doc = self.access.set_org_config(new)
         return {**doc, "changed": changed}
 
@@ -539,8 +627,13 @@ class OrgService:
         ml_nm = parse_float(params.get("ml_nm"), "ml_nm", 0.01, 10.0)
         self._check_run(run_id)
         # an analysis stays valid until the series or tool-state table gets a commit
-        key = (run_id, max_points, ml_nm, self._log_version(SERIES.name),
-               self._log_version(TOOL_STATE.name))
+        key = (
+            run_id,
+            max_points,
+            ml_nm,
+            self._log_version(SERIES.name),
+            self._log_version(TOOL_STATE.name),
+        )
         with _RHEED_LOCK:
             cache = self.__dict__.setdefault("_rheed_cache", OrderedDict())
             hit = cache.get(key)
@@ -552,20 +645,26 @@ class OrgService:
             return doc
         channels = [_rheed.RHEED_CHANNEL, "growth_rate"]
         proc = self.store.table(SERIES.name).read(
-            run_ids=[run_id], filter=pc.field("channel").isin(channels))
+            run_ids=[run_id], filter=pc.field("channel").isin(channels)
+        )
         tools = self.store.table(TOOL_STATE.name).read(
-            run_ids=[run_id], filter=pc.starts_with(pc.field("channel"), "shutter_"))
+            run_ids=[run_id], filter=pc.starts_with(pc.field("channel"), "shutter_")
+        )
         result = _rheed.analyze_frames(proc.to_pandas(), tools.to_pandas(), ml_nm=ml_nm)
         trace = proc.filter(pc.equal(proc.column("channel"), _rheed.RHEED_CHANNEL))
         trace = trace.sort_by("time")
         if trace.num_rows > max_points:
             trace = downsample(trace, max_points)
-        doc = {"run_id": run_id,
-               "windows": _frame_records(result.windows),
-               "layers": _frame_records(result.layers),
-               "onset": None if result.onset is None else result.onset.isoformat(),
-               "trace": {"time": [t.isoformat() for t in trace.column("time").to_pylist()],
-                         "value": trace.column("value").to_pylist()}}
+        doc = {
+            "run_id": run_id,
+            "windows": _frame_records(result.windows),
+            "layers": _frame_records(result.layers),
+            "onset": None if result.onset is None else result.onset.isoformat(),
+            "trace": {
+                "time": [t.isoformat() for t in trace.column("time").to_pylist()],
+                "value": trace.column("value").to_pylist(),
+            },
+        }
         rows = proc.num_rows + tools.num_rows
         with _RHEED_LOCK:
             cache[key] = (doc, rows)
@@ -578,8 +677,10 @@ class OrgService:
 def _read_ipc(body: bytes, content_type: str | None) -> pa.Table:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != ARROW_STREAM:
-        raise ValidationError(f"send the frame as an Arrow IPC stream (Content-Type: "
-                              f"{ARROW_STREAM}), not {media or 'no content type'}")
+        raise ValidationError(
+            f"send the frame as an Arrow IPC stream (Content-Type: "
+            f"{ARROW_STREAM}), not {media or 'no content type'}"
+        )
     if len(body) > MAX_WRITE_BYTES:
         raise TooLarge(f"the frame is {len(body)} bytes; at most {MAX_WRITE_BYTES} per request")
     try:
@@ -589,8 +690,7 @@ def _read_ipc(body: bytes, content_type: str | None) -> pa.Table:
     if table.num_rows == 0:
         raise ValidationError("the frame has no rows")
     if table.num_rows > MAX_WRITE_ROWS:
-        raise TooLarge(f"the frame has {table.num_rows} rows; at most {MAX_WRITE_ROWS} per "
-                       "request")
+        raise TooLarge(f"the frame has {table.num_rows} rows; at most {MAX_WRITE_ROWS} per request")
     return table
 
 
@@ -599,13 +699,17 @@ def _with_run(frame: pa.Table, run: str) -> pa.Table:
     if "run_id" not in frame.column_names:
         return frame.append_column("run_id", pa.array([run] * frame.num_rows, pa.string()))
     ids = frame.column("run_id")
-    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type) \
-            and not pa.types.is_null(ids.type):
+    if (
+        not pa.types.is_string(ids.type)
+        and not pa.types.is_large_string(ids.type)
+        and not pa.types.is_null(ids.type)
+    ):
         raise ValidationError("field 'run_id' must be a string", field="run_id")
     other = {r for r in ids.to_pylist() if r is not None and r != run}
     if other:
-        raise ValidationError(f"the frame has rows of run {sorted(other)[0]!r}, not {run!r}",
-                              field="run_id")
+        raise ValidationError(
+            f"the frame has rows of run {sorted(other)[0]!r}, not {run!r}", field="run_id"
+        )
     filled = pa.array([r if r is not None else run for r in ids.to_pylist()], pa.string())
     return frame.set_column(frame.schema.get_field_index("run_id"), "run_id", filled)
 

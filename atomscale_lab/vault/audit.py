@@ -54,7 +54,10 @@ def _looks_like_key(text: str) -> bool:
     if _ROOT_KEY_TEXT.search(text):
         return True
     return bool(_B64_KEY.match(text)) and all(
-        any(test(c) for c in text) for test in (str.isupper, str.islower, str.isdigit))
+        any(test(c) for c in text) for test in (str.isupper, str.islower, str.isdigit)
+    )
+
+
 MAX_DETAIL_BYTES = 16_384
 
 
@@ -81,8 +84,9 @@ def clean_detail(detail: dict) -> dict:
 
 def _clean(name: str, value, depth: int = 0):
     if _SECRET_NAME.search(name):
-        raise ValidationError(f"audit detail {name!r} looks like a secret and is not recorded",
-                              field=name)
+        raise ValidationError(
+            f"audit detail {name!r} looks like a secret and is not recorded", field=name
+        )
     if depth > 6:
         raise ValidationError(f"audit detail {name!r} is nested too deeply", field=name)
     if value is None or isinstance(value, bool | int):
@@ -94,8 +98,9 @@ def _clean(name: str, value, depth: int = 0):
             raise ValidationError(f"audit detail {name!r} looks like key material", field=name)
         return value
     if isinstance(value, bytes | bytearray | memoryview):
-        raise ValidationError(f"audit detail {name!r} is binary; record a fingerprint instead",
-                              field=name)
+        raise ValidationError(
+            f"audit detail {name!r} is binary; record a fingerprint instead", field=name
+        )
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, PurePath):
@@ -109,8 +114,9 @@ def _clean(name: str, value, depth: int = 0):
         return [_clean(name, v, depth + 1) for v in items]
     if hasattr(value, "item"):  # numpy / pyarrow scalars
         return _clean(name, value.item(), depth + 1)
-    raise ValidationError(f"audit detail {name!r} of type {type(value).__name__} is not "
-                          "JSON-safe", field=name)
+    raise ValidationError(
+        f"audit detail {name!r} of type {type(value).__name__} is not JSON-safe", field=name
+    )
 
 
 def _canonical(obj: dict) -> bytes:
@@ -135,8 +141,10 @@ class AuditHeads:
         self._db = None
         self._pid = None
         with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS audit_heads (org TEXT PRIMARY KEY, "
-                       "count INTEGER NOT NULL, last_hash TEXT NOT NULL, updated TEXT NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS audit_heads (org TEXT PRIMARY KEY, "
+                "count INTEGER NOT NULL, last_hash TEXT NOT NULL, updated TEXT NOT NULL)"
+            )
 
     @contextlib.contextmanager
     def _connect(self):
@@ -151,8 +159,9 @@ class AuditHeads:
     def get(self, org: str) -> tuple[int, str] | None:
         """The last recorded head of ``org``'s log, or None."""
         with self._connect() as db:
-            row = db.execute("SELECT count, last_hash FROM audit_heads WHERE org = ?",
-                             (org,)).fetchone()
+            row = db.execute(
+                "SELECT count, last_hash FROM audit_heads WHERE org = ?", (org,)
+            ).fetchone()
         return (int(row[0]), row[1]) if row else None
 
     def advance(self, org: str, count: int, last_hash: str) -> None:
@@ -236,11 +245,13 @@ class AuditLog:
         file first; each caller still returns only after its own event is durable.
         """
         if outcome not in OUTCOMES:
-            raise ValidationError(f"audit outcome must be one of {', '.join(OUTCOMES)}",
-                                  field="outcome")
+            raise ValidationError(
+                f"audit outcome must be one of {', '.join(OUTCOMES)}", field="outcome"
+            )
         if not ACTION_RE.match(action or ""):
-            raise ValidationError(f"audit action {action!r} must be a dotted lower-case name",
-                                  field="action")
+            raise ValidationError(
+                f"audit action {action!r} must be a dotted lower-case name", field="action"
+            )
         if not actor or not isinstance(actor, str):
             raise ValidationError("audit actor is required", field="actor")
         clean = clean_detail(detail)
@@ -271,9 +282,14 @@ class AuditLog:
                 for item in batch:
                     seq += 1
                     event = {
-                        "seq": seq, "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-                        "org": self.org, "actor": item.actor, "action": item.action,
-                        "outcome": item.outcome, "detail": item.detail, "prev": prev,
+                        "seq": seq,
+                        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                        "org": self.org,
+                        "actor": item.actor,
+                        "action": item.action,
+                        "outcome": item.outcome,
+                        "detail": item.detail,
+                        "prev": prev,
                     }
                     event["mac"] = item.log._mac(_canonical(event))
                     line = _canonical(event)
@@ -284,8 +300,9 @@ class AuditLog:
                 while written < len(data):
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
-                for heads in {id(i.log.heads): i.log.heads for i in batch
-                              if i.log.heads is not None}.values():
+                for heads in {
+                    id(i.log.heads): i.log.heads for i in batch if i.log.heads is not None
+                }.values():
                     heads.advance(self.org, seq, prev)
             finally:
                 os.close(fd)  # also releases the lock
@@ -312,14 +329,15 @@ class AuditLog:
             body = buf.rstrip(b"\n")
             nl = body.rfind(b"\n")
             if nl >= 0 or pos == 0:
-                last = body[nl + 1:]
+                last = body[nl + 1 :]
                 break
         try:
             seq = int(json.loads(last)["seq"])
         except (ValueError, KeyError, TypeError):
             raise IntegrityError(
                 f"the audit log {self.path} ends with a malformed line; run "
-                "`atomscale-lab audit verify` and restore it from a backup") from None
+                "`atomscale-lab audit verify` and restore it from a backup"
+            ) from None
         return seq, _line_hash(last)
 
     def _lines(self) -> list[bytes]:
@@ -351,8 +369,14 @@ class AuditLog:
             if head:
                 yield head
 
-    def events(self, *, actor: str | None = None, action: str | None = None,
-               limit: int = 100, offset: int = 0) -> list[dict]:
+    def events(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict]:
         """Most recent events first, optionally filtered (``action`` may end with ``.*``).
 
         Pages are read from the end of the file: a recent page costs the same on a log of any
@@ -400,14 +424,19 @@ class AuditLog:
             if not isinstance(ev, dict) or set(ev) != set(FIELDS):
                 raise IntegrityError(f"{where}: unexpected fields")
             if not hmac.compare_digest(str(mac), self._mac(_canonical(ev))):
-                raise IntegrityError(f"{where}: MAC mismatch (the line was edited, or the log "
-                                     "belongs to another org or key)")
+                raise IntegrityError(
+                    f"{where}: MAC mismatch (the line was edited, or the log "
+                    "belongs to another org or key)"
+                )
             if ev["prev"] != prev:
-                raise IntegrityError(f"{where}: hash chain broken (a line before it was "
-                                     "deleted, inserted or moved)")
+                raise IntegrityError(
+                    f"{where}: hash chain broken (a line before it was deleted, inserted or moved)"
+                )
             if ev["seq"] != i:
-                raise IntegrityError(f"{where}: sequence number {ev['seq']} where {i} was "
-                                     "expected (lines were deleted or reordered)")
+                raise IntegrityError(
+                    f"{where}: sequence number {ev['seq']} where {i} was "
+                    "expected (lines were deleted or reordered)"
+                )
             if ev["org"] != self.org:
                 raise IntegrityError(f"{where}: event of org {ev['org']!r}")
             prev = _line_hash(line)
@@ -419,11 +448,13 @@ class AuditLog:
                     raise IntegrityError(
                         f"audit log of {self.org!r}, line {len(lines) + 1}: missing (the log "
                         f"has {len(lines)} lines but {count} were recorded; lines were cut off "
-                        "the end or the file was replaced)")
+                        "the end or the file was replaced)"
+                    )
                 if _line_hash(lines[count - 1]) != last_hash:
                     raise IntegrityError(
                         f"audit log of {self.org!r}, line {count}: does not match the recorded "
-                        "head (the log was replaced by another valid-looking log)")
+                        "head (the log was replaced by another valid-looking log)"
+                    )
         return len(lines)
 
 
@@ -449,8 +480,11 @@ class RateLimiter:
                 return (1.0 - tokens) / self.rate
             self._buckets[caller] = (tokens - 1.0, now)
             if len(self._buckets) > 10_000:  # bound memory: forget callers that are full again
-                full = [c for c, (t, ts) in self._buckets.items()
-                        if t + (now - ts) * self.rate >= self.burst]
+                full = [
+                    c
+                    for c, (t, ts) in self._buckets.items()
+                    if t + (now - ts) * self.rate >= self.burst
+                ]
                 for c in full:
                     del self._buckets[c]
             return 0.0
@@ -471,5 +505,6 @@ class MemoryAudit:
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
         """Keep the event (detail cleaned like the real log)."""
-        self.events.append({"actor": actor, "action": action, "outcome": outcome,
-                            "detail": clean_detail(detail)})
+        self.events.append(
+            {"actor": actor, "action": action, "outcome": outcome, "detail": clean_detail(detail)}
+        )

@@ -44,12 +44,14 @@ def check_fields(fields) -> list[str]:
     if not fields:
         raise ValidationError(
             f"name at least one context field; valid fields: {', '.join(CONTEXT_FIELDS)}",
-            field="fields")
+            field="fields",
+        )
     unknown = [f for f in fields if f not in CONTEXT_FIELDS]
     if unknown:
         raise ValidationError(
             f"unknown context field {unknown[0]!r}; valid fields: {', '.join(CONTEXT_FIELDS)}",
-            field="fields")
+            field="fields",
+        )
     return list(dict.fromkeys(fields))
 
 
@@ -62,8 +64,14 @@ class ContextStore:
     written before a context-key rotation stay readable.
     """
 
-    def __init__(self, context_root: Path, org: str, context_key: tuple[int, bytes],
-                 audit: AuditSink, heads=None):
+    def __init__(
+        self,
+        context_root: Path,
+        org: str,
+        context_key: tuple[int, bytes],
+        audit: AuditSink,
+        heads=None,
+    ):
         from atomscale_lab.vault.store import OrgTable
 
         self.root = Path(context_root)
@@ -84,15 +92,17 @@ class ContextStore:
         if stamp.null_count:
             now = pa.scalar(datetime.now(UTC), type=CONTEXT.schema.field("updated_at").type)
             filled = pc.fill_null(stamp, now)
-            table = table.set_column(table.schema.get_field_index("updated_at"), "updated_at",
-                                     filled)
+            table = table.set_column(
+                table.schema.get_field_index("updated_at"), "updated_at", filled
+            )
         runs = len(set(table.column("run_id").to_pylist()))
         fields = [f for f in CONTEXT_FIELDS if table.column(f).null_count < table.num_rows]
         try:
             self.table.write(table, actor=actor)
         except Exception as e:
-            self.audit.record(actor, "context.write", "error", runs=runs, fields=fields,
-                              error=type(e).__name__)
+            self.audit.record(
+                actor, "context.write", "error", runs=runs, fields=fields, error=type(e).__name__
+            )
             raise
         self.audit.record(actor, "context.write", runs=runs, rows=table.num_rows, fields=fields)
         return table.num_rows
@@ -105,18 +115,31 @@ class ContextStore:
             tbl = self.table.read(run_ids=ids).select(["run_id", *fields])
         return tbl.to_pandas()
 
-    def get(self, run_ids: Sequence[str] | None = None, *, actor: str,
-            fields: Sequence[str] | None = None, purpose: str = ""):
+    def get(
+        self,
+        run_ids: Sequence[str] | None = None,
+        *,
+        actor: str,
+        fields: Sequence[str] | None = None,
+        purpose: str = "",
+    ):
         """Labels as a DataFrame; audited as ``context.read``."""
         fields = list(CONTEXT_FIELDS) if fields is None else check_fields(fields)
         try:
             frame = self._read(run_ids, fields)
         except Exception as e:
-            self.audit.record(actor, "context.read", "error", fields=fields,
-                              purpose=purpose or None, error=type(e).__name__)
+            self.audit.record(
+                actor,
+                "context.read",
+                "error",
+                fields=fields,
+                purpose=purpose or None,
+                error=type(e).__name__,
+            )
             raise
-        self.audit.record(actor, "context.read", fields=fields, purpose=purpose or None,
-                          runs=len(frame))
+        self.audit.record(
+            actor, "context.read", fields=fields, purpose=purpose or None, runs=len(frame)
+        )
         return frame
 
     def join(self, frame, *, fields: Sequence[str], purpose: str, actor: str, on: str = "run_id"):
@@ -131,24 +154,44 @@ class ContextStore:
         try:
             fields = check_fields(fields)
             if not purpose:
-                raise ValidationError("a purpose is required to join context labels (say why "
-                                      "you need them; it is recorded in the audit log)",
-                                      field="purpose")
+                raise ValidationError(
+                    "a purpose is required to join context labels (say why "
+                    "you need them; it is recorded in the audit log)",
+                    field="purpose",
+                )
             if on not in frame.columns:
                 raise ValidationError(f"the frame has no {on!r} column to join on", field="on")
         except ValidationError as e:
-            self.audit.record(actor, "context.join", "denied", reason=str(e),
-                              fields=asked,
-                              purpose=purpose or None)
+            self.audit.record(
+                actor,
+                "context.join",
+                "denied",
+                reason=str(e),
+                fields=asked,
+                purpose=purpose or None,
+            )
             raise
         run_ids = [str(r) for r in dict.fromkeys(frame[on].dropna().tolist())]
         try:
             labels = self._read(run_ids, fields)
         except Exception as e:
-            self.audit.record(actor, "context.join", "error", fields=fields, purpose=purpose,
-                              runs=len(run_ids), error=type(e).__name__)
+            self.audit.record(
+                actor,
+                "context.join",
+                "error",
+                fields=fields,
+                purpose=purpose,
+                runs=len(run_ids),
+                error=type(e).__name__,
+            )
             raise
         out = join_labels(frame, labels, fields, on)
-        self.audit.record(actor, "context.join", fields=fields, purpose=purpose,
-                          runs=len(run_ids), labelled=len(labels))
+        self.audit.record(
+            actor,
+            "context.join",
+            fields=fields,
+            purpose=purpose,
+            runs=len(run_ids),
+            labelled=len(labels),
+        )
         return out

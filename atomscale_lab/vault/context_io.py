@@ -48,8 +48,7 @@ def _rows_of(path: Path) -> list[dict]:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValidationError(f"{path.name} is not valid JSON: {e}", field="file") from None
         if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
-            raise ValidationError(f"{path.name}: expected a JSON array of objects",
-                                  field="file")
+            raise ValidationError(f"{path.name}: expected a JSON array of objects", field="file")
         return doc
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -57,16 +56,18 @@ def _rows_of(path: Path) -> list[dict]:
         try:
             return pq.read_table(path).to_pylist()
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValidationError(f"{path.name} is not a readable Parquet file: {e}",
-                                  field="file") from None
+            raise ValidationError(
+                f"{path.name} is not a readable Parquet file: {e}", field="file"
+            ) from None
     if suffix in (".csv", ".tsv"):
         import csv
 
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
             return [{k: (v if v != "" else None) for k, v in row.items()} for row in reader]
-    raise ValidationError(f"{path.name}: label files are .csv, .tsv, .json or .parquet",
-                          field="file")
+    raise ValidationError(
+        f"{path.name}: label files are .csv, .tsv, .json or .parquet", field="file"
+    )
 
 
 def read_labels(path) -> list[dict]:
@@ -80,17 +81,22 @@ def read_labels(path) -> list[dict]:
         where = f"line {i + 2}" if path.suffix.lower() in (".csv", ".tsv") else f"row {i + 1}"
         unknown = [k for k in row if k not in ("run_id", *CONTEXT_FIELDS)]
         if unknown:
-            raise ValidationError(f"{path.name} {where}: unknown column {unknown[0]!r}; label "
-                                  f"columns are run_id, {', '.join(CONTEXT_FIELDS)}",
-                                  field=unknown[0], row=i)
+            raise ValidationError(
+                f"{path.name} {where}: unknown column {unknown[0]!r}; label "
+                f"columns are run_id, {', '.join(CONTEXT_FIELDS)}",
+                field=unknown[0],
+                row=i,
+            )
         run_id = row.get("run_id")
         if not run_id or not str(run_id).strip():
-            raise ValidationError(f"{path.name} {where}: run_id is required", field="run_id",
-                                  row=i)
+            raise ValidationError(f"{path.name} {where}: run_id is required", field="run_id", row=i)
         run_id = str(run_id).strip()
         if run_id in seen:
-            raise ValidationError(f"{path.name} {where}: run {run_id!r} is listed twice (first "
-                                  f"at {seen[run_id]})", field="run_id", row=i)
+            raise ValidationError(
+                f"{path.name} {where}: run {run_id!r} is listed twice (first at {seen[run_id]})",
+                field="run_id",
+                row=i,
+            )
         seen[run_id] = where
         rec = {"run_id": run_id}
         for f in CONTEXT_FIELDS:

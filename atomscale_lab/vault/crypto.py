@@ -99,8 +99,11 @@ class OrgKeys:
         ``{"org", "keys": {"<v>": b64}, "verify": {"<v>": b64}, "sign": {"version": v,
         "key": b64}}``; ``sign`` is absent for a reader.
         """
-        doc = {"org": self.org, "keys": {str(v): _b64e(k) for v, k in self.keys.items()},
-               "verify": {str(v): _b64e(k) for v, k in self.verify.items()}}
+        doc = {
+            "org": self.org,
+            "keys": {str(v): _b64e(k) for v, k in self.keys.items()},
+            "verify": {str(v): _b64e(k) for v, k in self.verify.items()},
+        }
         if self.signing is not None:
             doc["sign"] = {"version": self.signing[0], "key": _b64e(self.signing[1])}
         return doc
@@ -118,15 +121,18 @@ class OrgKeys:
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
             raise KeyUnavailable("the released org keys are malformed") from None
         if any(len(k) != _KEY_LEN for k in [*keys.values(), *verify.values()]) or (
-                signing is not None and len(signing[1]) != _KEY_LEN):
+            signing is not None and len(signing[1]) != _KEY_LEN
+        ):
             raise KeyUnavailable("the released org keys are malformed")
         if signing is not None and verify.get(signing[0]) != verify_key_of(signing[1]):
             raise KeyUnavailable("the released signing key does not match its verify key")
         return cls(org, keys, verify, signing)
 
     def __repr__(self) -> str:  # never show key bytes
-        return (f"OrgKeys(org={self.org!r}, versions={sorted(self.keys)}, "
-                f"verify={sorted(self.verify)}, writer={self.writer})")
+        return (
+            f"OrgKeys(org={self.org!r}, versions={sorted(self.keys)}, "
+            f"verify={sorted(self.verify)}, writer={self.writer})"
+        )
 
     __str__ = __repr__
 
@@ -145,8 +151,10 @@ class _OrgKmsClient(pe.KmsClient):
         owner = self._owner
         m = _MKID.match(mkid or "")
         if not m or m["org"] != owner.org or m["purpose"] != owner.purpose:
-            owner._fail(f"the file was encrypted for another org or purpose "
-                        f"({str(mkid)[:80]!r}), not {owner.org!r}")
+            owner._fail(
+                f"the file was encrypted for another org or purpose "
+                f"({str(mkid)[:80]!r}), not {owner.org!r}"
+            )
         v = int(m["version"])
         if not owner.ensure_version(v):
             owner._fail(f"data key version {v} of org {owner.org!r} is not available")
@@ -164,11 +172,14 @@ class _OrgKmsClient(pe.KmsClient):
         master = self._master(master_key_identifier)
         try:
             raw = base64.b64decode(wrapped_key)
-            return AESGCM(master).decrypt(raw[:_NONCE_LEN], raw[_NONCE_LEN:],
-                                          master_key_identifier.encode())
+            return AESGCM(master).decrypt(
+                raw[:_NONCE_LEN], raw[_NONCE_LEN:], master_key_identifier.encode()
+            )
         except (InvalidTag, ValueError, binascii.Error):
-            self._owner._fail(f"the data key of org {self._owner.org!r} does not match "
-                              "the file's key (wrong key or another org's file)")
+            self._owner._fail(
+                f"the data key of org {self._owner.org!r} does not match "
+                "the file's key (wrong key or another org's file)"
+            )
 
 
 class OrgCrypto:
@@ -184,8 +195,13 @@ class OrgCrypto:
     ours, never the underlying exception's.
     """
 
-    def __init__(self, keys: OrgKeys, purpose: str = "data",
-                 refresh: Callable[[], OrgKeys] | None = None, refresh_interval: float = 2.0):
+    def __init__(
+        self,
+        keys: OrgKeys,
+        purpose: str = "data",
+        refresh: Callable[[], OrgKeys] | None = None,
+        refresh_interval: float = 2.0,
+    ):
         if not isinstance(keys, OrgKeys) or not keys.keys:
             org = getattr(keys, "org", "?")
             raise KeyUnavailable(f"no data key is available for org {org!r}")
@@ -204,8 +220,10 @@ class OrgCrypto:
         # The token scopes pyarrow's key caches: org, purpose and the newest key version.
         token = f"atomscale:{self.org}:{purpose}:{keys.fingerprint()}"
         self._kms_conf = pe.KmsConnectionConfig(
-            kms_instance_id=f"atomscale-{self.org}", key_access_token=token,
-            custom_kms_conf={"org": self.org})
+            kms_instance_id=f"atomscale-{self.org}",
+            key_access_token=token,
+            custom_kms_conf={"org": self.org},
+        )
         self._dec_conf = pe.DecryptionConfiguration(cache_lifetime=timedelta(hours=12))
         self._derived: dict[tuple[str, int], bytes] = {}
         self._aeads: dict[tuple[str, int], AESGCM] = {}
@@ -252,8 +270,7 @@ class OrgCrypto:
             try:
                 fresh = self._refresh()
             except AtomscaleError as e:
-                log.warning("re-fetching the keys of org %s failed: %s", self.org,
-                            type(e).__name__)
+                log.warning("re-fetching the keys of org %s failed: %s", self.org, type(e).__name__)
                 return False
             if not isinstance(fresh, OrgKeys) or fresh.org != self.org or not fresh.keys:
                 return False
@@ -261,14 +278,17 @@ class OrgCrypto:
             # readable until this process ends. A reader stays a reader.
             old = self._keys
             signing = old.signing
-            if signing is not None and fresh.signing is not None and \
-                    fresh.signing[0] > signing[0]:
+            if signing is not None and fresh.signing is not None and fresh.signing[0] > signing[0]:
                 signing = fresh.signing
-            self._keys = OrgKeys(self.org, {**old.keys, **fresh.keys},
-                                 {**old.verify, **fresh.verify}, signing)
+            self._keys = OrgKeys(
+                self.org, {**old.keys, **fresh.keys}, {**old.verify, **fresh.verify}, signing
+            )
             if fresh.current > self.version:
-                log.info("org %s: data key version %s is now current in this process",
-                         self.org, fresh.current)
+                log.info(
+                    "org %s: data key version %s is now current in this process",
+                    self.org,
+                    fresh.current,
+                )
                 self.version = fresh.current
             return True
 
@@ -279,10 +299,15 @@ class OrgCrypto:
     def encryption_config(self, version: int | None = None) -> pe.EncryptionConfiguration:
         """The Parquet encryption configuration for new files."""
         return pe.EncryptionConfiguration(
-            footer_key=self.master_key_id(version), uniform_encryption=True,
-            encryption_algorithm="AES_GCM_V1", plaintext_footer=False, double_wrapping=True,
-            cache_lifetime=timedelta(minutes=10), internal_key_material=True,
-            data_key_length_bits=256)
+            footer_key=self.master_key_id(version),
+            uniform_encryption=True,
+            encryption_algorithm="AES_GCM_V1",
+            plaintext_footer=False,
+            double_wrapping=True,
+            cache_lifetime=timedelta(minutes=10),
+            internal_key_material=True,
+            data_key_length_bits=256,
+        )
 
     def _fail(self, reason: str):
         # pyarrow calls the KMS client from its own threads: keep the reason on the object.
@@ -299,7 +324,8 @@ class OrgCrypto:
     def file_encryption_properties(self, version: int | None = None):
         """Fresh ``FileEncryptionProperties`` (new data key per file) under the current version."""
         return self._factory.file_encryption_properties(
-            self._kms_conf, self.encryption_config(version))
+            self._kms_conf, self.encryption_config(version)
+        )
 
     def file_decryption_properties(self):
         """``FileDecryptionProperties`` for this org's files."""
@@ -315,8 +341,9 @@ class OrgCrypto:
         """``pyarrow.dataset.ParquetEncryptionConfig`` (one data key per written file)."""
         import pyarrow.dataset as ds
 
-        return ds.ParquetEncryptionConfig(self._factory, self._kms_conf,
-                                          self.encryption_config(version))
+        return ds.ParquetEncryptionConfig(
+            self._factory, self._kms_conf, self.encryption_config(version)
+        )
 
     def mac_key(self, purpose: str, version: int | None = None) -> bytes:
         """HKDF-derived key for MACs (e.g. ``purpose="commit-log"``); never the data key itself."""
@@ -327,8 +354,8 @@ class OrgCrypto:
         if hit is None:
             info = f"atomscale-lab/mac/{self.org}/{self.purpose}/v{v}/{purpose}".encode()
             hit = self._derived[(purpose, v)] = HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None,
-                info=info).derive(self._keys.keys[v])
+                algorithm=hashes.SHA256(), length=32, salt=None, info=info
+            ).derive(self._keys.keys[v])
         return hit
 
     def fingerprint(self, version: int | None = None) -> str:
@@ -352,7 +379,8 @@ class OrgCrypto:
         if self._keys.signing is None:
             raise PermissionDenied(
                 f"this process holds no commit-log signing key of org {self.org!r}: only "
-                "writers (ingest, the org's data server, the admin CLI) can change its data")
+                "writers (ingest, the org's data server, the admin CLI) can change its data"
+            )
         version, seed = self._keys.signing
         signer = self._signer
         if signer is None or signer[0] != version:
@@ -374,7 +402,8 @@ class OrgCrypto:
                     f"commit-log verify key version {version} of org {self.org!r} is not "
                     "available (the keys were loaded before a rotation, or come from before "
                     f"commit-log signing: reload them, or run `atomscale-lab org migrate "
-                    f"{self.org}`)")
+                    f"{self.org}`)"
+                )
             pub = self._verifiers[version] = Ed25519PublicKey.from_public_bytes(raw)
         try:
             pub.verify(signature, message)

@@ -67,7 +67,9 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ValidationError(
             f"invalid org name {name!r}: use 2-32 characters, lower-case letters, digits and "
-            "'-', starting with a letter", field="name")
+            "'-', starting with a letter",
+            field="name",
+        )
     return name
 
 
@@ -75,8 +77,9 @@ def check_region(region: str) -> str:
     """Return the normalised region or raise ``ValidationError`` naming the valid ones."""
     r = str(region or "").strip().lower()
     if r not in REGIONS:
-        raise ValidationError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}",
-                              field="region")
+        raise ValidationError(
+            f"unknown region {region!r}; choose one of {', '.join(REGIONS)}", field="region"
+        )
     return r
 
 
@@ -177,15 +180,18 @@ class Vault:
                 doc = _write_marker(Path(root), kind, s.region)
                 log.info("declared %s root %s as region %s", kind, root, doc["region"])
             if doc["kind"] != kind:
-                raise ConfigError(f"{root} is marked as a {doc['kind']} root but is configured "
-                                  f"as the {kind} root; check ATOMSCALE_DATA_ROOT and "
-                                  "ATOMSCALE_CONTEXT_ROOT")
+                raise ConfigError(
+                    f"{root} is marked as a {doc['kind']} root but is configured "
+                    f"as the {kind} root; check ATOMSCALE_DATA_ROOT and "
+                    "ATOMSCALE_CONTEXT_ROOT"
+                )
             docs[kind] = doc
         d, c = docs["data"]["region"], docs["context"]["region"]
         if d != c:
             raise ResidencyError(
                 f"the storage roots declare different regions: data root {s.data_root} is "
-                f"{d!r}, context root {s.context_root} is {c!r}; both must be in one region")
+                f"{d!r}, context root {s.context_root} is {c!r}; both must be in one region"
+            )
         return d
 
     def _check_residency(self, name: str, region: str) -> None:
@@ -193,7 +199,8 @@ class Vault:
         if region != roots:
             raise ResidencyError(
                 f"org {name!r} must stay in region {region!r}, but the storage roots "
-                f"({self.settings.data_root}, {self.settings.context_root}) are in {roots!r}")
+                f"({self.settings.data_root}, {self.settings.context_root}) are in {roots!r}"
+            )
 
     # -- org registry ---------------------------------------------------------------------------
 
@@ -217,9 +224,12 @@ class Vault:
         check_name(name)
         check_new_org(name)
         # Two orgs must never share a Unix group (it owns the org's files on a hub).
-        check_unix_free(unix_org_group(name), name,
-                        {unix_org_group(o["name"]): o["name"]
-                         for o in self.orgs(include_deleted=True)}, "org name")
+        check_unix_free(
+            unix_org_group(name),
+            name,
+            {unix_org_group(o["name"]): o["name"] for o in self.orgs(include_deleted=True)},
+            "org name",
+        )
         region = check_region(region)
         # Unwrapping the deployment audit key first proves the root key is the one the registry
         # uses; otherwise the new org's keys would be wrapped under a different root key.
@@ -227,8 +237,10 @@ class Vault:
         row = self._row(name)
         if row is not None:
             if row[3]:
-                raise OrgExists(f"org {name!r} was deleted on {row[3][:10]}; its name cannot be "
-                                "reused (choose another name)")
+                raise OrgExists(
+                    f"org {name!r} was deleted on {row[3][:10]}; its name cannot be "
+                    "reused (choose another name)"
+                )
             raise OrgExists(f"org {name!r} already exists")
         try:
             roots = self.roots_region()
@@ -238,16 +250,19 @@ class Vault:
                     f"({self.settings.data_root}, {self.settings.context_root}) are declared "
                     f"{roots!r}; its data would be stored outside its region (use storage roots "
                     f"declared {region!r}: ATOMSCALE_DATA_ROOT/ATOMSCALE_CONTEXT_ROOT on "
-                    f"{region!r} storage with ATOMSCALE_REGION={region})")
+                    f"{region!r} storage with ATOMSCALE_REGION={region})"
+                )
         except ResidencyError as e:
-            system.record(actor, "org.create", "denied", org_name=name,
-                                       region=region, reason=str(e))
+            system.record(
+                actor, "org.create", "denied", org_name=name, region=region, reason=str(e)
+            )
             raise
         self.keys.create_org(name)
         created = _now()
         try:
-            self._sql("INSERT INTO orgs (name, region, created) VALUES (?, ?, ?)",
-                             (name, region, created))
+            self._sql(
+                "INSERT INTO orgs (name, region, created) VALUES (?, ?, ?)", (name, region, created)
+            )
         except Exception:
             self.keys.shred(name)
             raise
@@ -262,8 +277,9 @@ class Vault:
         if include_deleted:
             rows = self._sql("SELECT name, region, created, deleted FROM orgs ORDER BY name")
             return [{"name": n, "region": r, "created": c, "deleted": d} for n, r, c, d in rows]
-        rows = self._sql("SELECT name, region, created FROM orgs WHERE deleted IS NULL "
-                         "ORDER BY name")
+        rows = self._sql(
+            "SELECT name, region, created FROM orgs WHERE deleted IS NULL ORDER BY name"
+        )
         return [{"name": n, "region": r, "created": c} for n, r, c in rows]
 
     def org_region(self, name: str) -> str:
@@ -275,15 +291,20 @@ class Vault:
         info = self._live(name)
         self._check_residency(name, info["region"])
         fps = self.keys.fingerprints(name)
-        info["keys"] = {p: [{"version": v, "fingerprint": f} for v, f in sorted(vs.items())]
-                        for p, vs in sorted(fps.items())}
+        info["keys"] = {
+            p: [{"version": v, "fingerprint": f} for v, f in sorted(vs.items())]
+            for p, vs in sorted(fps.items())
+        }
         info["data_root"] = str(Path(self.settings.data_root) / name)
         info["context_root"] = str(Path(self.settings.context_root) / name)
         tables = {}
         for t in [*self.store(name).tables(), self.context(name).table]:
             files = t.files()
-            tables[t.spec.name] = {"rows": int(t.num_rows()), "files": len(files),
-                                   "bytes": int(sum(_size(f) for f in files))}
+            tables[t.spec.name] = {
+                "rows": int(t.num_rows()),
+                "files": len(files),
+                "bytes": int(sum(_size(f) for f in files)),
+            }
         info["tables"] = tables
         info["totals"] = {k: sum(v[k] for v in tables.values()) for k in ("rows", "files", "bytes")}
         return info
@@ -323,16 +344,32 @@ class Vault:
                     sealed.append(t.spec.name)
             except (AtomscaleError, OSError) as e:
                 if strict:
-                    self.audit(name).record(actor, "org.migrate", "error", created=created,
-                                            tables=sealed, table=t.spec.name,
-                                            error=str(e)[:300])
+                    self.audit(name).record(
+                        actor,
+                        "org.migrate",
+                        "error",
+                        created=created,
+                        tables=sealed,
+                        table=t.spec.name,
+                        error=str(e)[:300],
+                    )
                     raise
                 failed[t.spec.name] = str(e)[:300]
-                log.warning("org %s: cannot seal %s now (%s); run `atomscale-lab org migrate`",
-                            name, t.spec.name, type(e).__name__)
+                log.warning(
+                    "org %s: cannot seal %s now (%s); run `atomscale-lab org migrate`",
+                    name,
+                    t.spec.name,
+                    type(e).__name__,
+                )
         if created or sealed or failed:
-            self.audit(name).record(actor, "org.migrate", "error" if failed else "allowed",
-                                    created=created, tables=sealed, failed=sorted(failed))
+            self.audit(name).record(
+                actor,
+                "org.migrate",
+                "error" if failed else "allowed",
+                created=created,
+                tables=sealed,
+                failed=sorted(failed),
+            )
         return {"created_key": created, "sealed": sealed, "failed": failed}
 
     def heads(self):
@@ -364,9 +401,11 @@ class Vault:
         self._check_residency(name, info["region"])
         versions = self.keys.versions(name).get("context", [])
         keys = self.org_keys(name).with_keys(
-            dict(self.keys.key(name, "context", v) for v in versions))
-        return ContextStore(Path(self.settings.context_root), name, keys, self.audit(name),
-                            heads=self.heads())
+            dict(self.keys.key(name, "context", v) for v in versions)
+        )
+        return ContextStore(
+            Path(self.settings.context_root), name, keys, self.audit(name), heads=self.heads()
+        )
 
     def audit(self, name: str):
         """The org's ``AuditLog``."""
@@ -390,8 +429,14 @@ class Vault:
 
     # -- admin actions --------------------------------------------------------------------------
 
-    def verify_org(self, name: str, *, deep: bool = False, actor: str = "admin",
-                   progress: Callable[[str], None] | None = None) -> dict:
+    def verify_org(
+        self,
+        name: str,
+        *,
+        deep: bool = False,
+        actor: str = "admin",
+        progress: Callable[[str], None] | None = None,
+    ) -> dict:
         """Verify the org's audit chain, every table's commit log and listed files (``deep``:
         decrypt every file in full). Returns ``{"audit": events, "tables": {name: files}}`` or
         raises ``IntegrityError`` naming the first fault; the outcome is audited."""
@@ -412,8 +457,14 @@ class Vault:
         audit.record(actor, "org.verify", deep=deep, tables=result["tables"])
         return result
 
-    def rotate_data_key(self, name: str, *, rewrite: bool = False, actor: str = "admin",
-                        progress: Callable[[str, int, int], None] | None = None) -> int:
+    def rotate_data_key(
+        self,
+        name: str,
+        *,
+        rewrite: bool = False,
+        actor: str = "admin",
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> int:
         """New data-key version; with ``rewrite`` re-encrypt all files under it. Returns version.
 
         ``progress(table, done, total)`` is called while rewriting.
@@ -436,13 +487,22 @@ class Vault:
                 total = len(t.files())
                 if progress:
                     progress(t.spec.name, 0, total)
-                cb = (lambda done, _t=t.spec.name, _n=total: progress(_t, done, _n)) \
-                    if progress else None
+                cb = (
+                    (lambda done, _t=t.spec.name, _n=total: progress(_t, done, _n))
+                    if progress
+                    else None
+                )
                 try:
                     t.rewrite(progress=cb, actor=actor)
                 except Exception as e:
-                    audit.record(actor, "key.rewrite", "error", key_version=version,
-                                 table=t.spec.name, error=type(e).__name__)
+                    audit.record(
+                        actor,
+                        "key.rewrite",
+                        "error",
+                        key_version=version,
+                        table=t.spec.name,
+                        error=type(e).__name__,
+                    )
                     raise
                 rewritten[t.spec.name] = total
             audit.record(actor, "key.rewrite", key_version=version, files=rewritten)
@@ -455,10 +515,12 @@ class Vault:
         count = self.keys.rewrap(new_kms)
         self._kms = new_kms
         for name in live:
-            self._audit_log(name).record(actor, "key.rotate_root", kms_key_id=new_kms.key_id,
-                                         keys=count)
-        self.system_audit().record(actor, "key.rotate_root", kms_key_id=new_kms.key_id,
-                                   keys=count, orgs=len(live))
+            self._audit_log(name).record(
+                actor, "key.rotate_root", kms_key_id=new_kms.key_id, keys=count
+            )
+        self.system_audit().record(
+            actor, "key.rotate_root", kms_key_id=new_kms.key_id, keys=count, orgs=len(live)
+        )
         return count
 
     def rotate_kms_key(self, *, rotate: bool = True, actor: str = "admin") -> int:
@@ -470,8 +532,10 @@ class Vault:
         kms = self.kms
         if rotate:
             if not hasattr(kms, "rotate"):
-                raise ConfigError(f"the KMS in use ({type(kms).__name__}) cannot rotate its own "
-                                  "key; use `atomscale-lab root-key rotate`")
+                raise ConfigError(
+                    f"the KMS in use ({type(kms).__name__}) cannot rotate its own "
+                    "key; use `atomscale-lab root-key rotate`"
+                )
             kms.rotate()
         live = [o["name"] for o in self.orgs()]
         self.system_audit()  # its keys are re-wrapped too
@@ -479,8 +543,7 @@ class Vault:
         action = "key.rotate_root" if rotate else "key.rewrap"
         for name in live:
             self._audit_log(name).record(actor, action, kms_key_id=kms.key_id, keys=count)
-        self.system_audit().record(actor, action, kms_key_id=kms.key_id, keys=count,
-                                   orgs=len(live))
+        self.system_audit().record(actor, action, kms_key_id=kms.key_id, keys=count, orgs=len(live))
         return count
 
     def delete_org(self, name: str, *, shred: bool, actor: str = "admin") -> None:
@@ -533,9 +596,11 @@ class Vault:
         doc = orgconfig.validate(config)
         updated = _now()
         self._sql(_CONFIG_SCHEMA)
-        self._sql("INSERT INTO org_config (name, doc, updated) VALUES (?, ?, ?) "
-                  "ON CONFLICT(name) DO UPDATE SET doc=excluded.doc, updated=excluded.updated",
-                  (name, json.dumps(doc), updated))
+        self._sql(
+            "INSERT INTO org_config (name, doc, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET doc=excluded.doc, updated=excluded.updated",
+            (name, json.dumps(doc), updated),
+        )
         return {"config": doc, "updated": updated}
 
     def close(self) -> None:

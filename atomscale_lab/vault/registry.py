@@ -54,8 +54,14 @@ def _aad(org: str, purpose: str, version: int) -> bytes:
     return f"atomscale-lab/org-key/{org}/{purpose}/v{version}".encode()
 
 
-def connect(db_path: Path, *, synchronous: str = "FULL", secure_delete: bool = False,
-            autocommit: bool = True, private: bool = True) -> sqlite3.Connection:
+def connect(
+    db_path: Path,
+    *,
+    synchronous: str = "FULL",
+    secure_delete: bool = False,
+    autocommit: bool = True,
+    private: bool = True,
+) -> sqlite3.Connection:
     """Open a SQLite file of the deployment in WAL mode, shareable across threads.
 
     Every registry (keys, API keys, log and audit heads, ingest state) opens its file here.
@@ -65,8 +71,12 @@ def connect(db_path: Path, *, synchronous: str = "FULL", secure_delete: bool = F
     """
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(db_path), timeout=30, check_same_thread=False,
-                           **({"isolation_level": None} if autocommit else {}))
+    conn = sqlite3.connect(
+        str(db_path),
+        timeout=30,
+        check_same_thread=False,
+        **({"isolation_level": None} if autocommit else {}),
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     if secure_delete:
@@ -127,15 +137,17 @@ class KeyRegistry:
         blob = self.kms.wrap(raw, _aad(org, purpose, version))
         self._db.execute(
             "INSERT INTO org_keys VALUES (?,?,?,?,?,?,?)",
-            (org, purpose, version, blob, self.kms.key_id, _key_fp(raw), _now()))
+            (org, purpose, version, blob, self.kms.key_id, _key_fp(raw), _now()),
+        )
 
     def create_org(self, org: str) -> None:
         """Create version 1 of the org's data, context and audit keys."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if self._db.execute("SELECT 1 FROM org_keys WHERE org=? LIMIT 1",
-                                    (org,)).fetchone():
+                if self._db.execute(
+                    "SELECT 1 FROM org_keys WHERE org=? LIMIT 1", (org,)
+                ).fetchone():
                     raise OrgExists(f"org {org!r} already has keys")
                 # A re-created org gets fresh keys; its old (shredded) data stays unreadable.
                 self._db.execute("DELETE FROM shredded_orgs WHERE org=?", (org,))
@@ -169,14 +181,17 @@ class KeyRegistry:
         """
         with self._lock:
             rows = self._db.execute(
-                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='data'",
-                (org,)).fetchall()
+                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='data'", (org,)
+            ).fetchall()
             if not rows:
                 raise self._missing(org)
             keys = {v: self._unwrap(org, "data", v, b) for v, b in rows}
-            seeds = {v: self._unwrap(org, "sign", v, b) for v, b in self._db.execute(
-                "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='sign'",
-                (org,)).fetchall()}
+            seeds = {
+                v: self._unwrap(org, "sign", v, b)
+                for v, b in self._db.execute(
+                    "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose='sign'", (org,)
+                ).fetchall()
+            }
         verify = {v: verify_key_of(k) for v, k in seeds.items()}
         top = max(seeds) if seeds and signing else None
         return OrgKeys(org, keys, verify, None if top is None else (top, seeds[top]))
@@ -187,11 +202,13 @@ class KeyRegistry:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if not self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='data'",
-                                        (org,)).fetchone():
+                if not self._db.execute(
+                    "SELECT 1 FROM org_keys WHERE org=? AND purpose='data'", (org,)
+                ).fetchone():
                     raise self._missing(org)
-                if self._db.execute("SELECT 1 FROM org_keys WHERE org=? AND purpose='sign'",
-                                    (org,)).fetchone():
+                if self._db.execute(
+                    "SELECT 1 FROM org_keys WHERE org=? AND purpose='sign'", (org,)
+                ).fetchone():
                     self._db.execute("COMMIT")
                     return False
                 self._insert(org, "sign", 1)
@@ -209,14 +226,21 @@ class KeyRegistry:
             if version is None:
                 row = self._db.execute(
                     "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose=? "
-                    "ORDER BY version DESC LIMIT 1", (org, purpose)).fetchone()
+                    "ORDER BY version DESC LIMIT 1",
+                    (org, purpose),
+                ).fetchone()
             else:
                 row = self._db.execute(
                     "SELECT version, wrapped FROM org_keys WHERE org=? AND purpose=? AND version=?",
-                    (org, purpose, version)).fetchone()
+                    (org, purpose, version),
+                ).fetchone()
             if row is None:
-                if version is not None and self._db.execute(
-                        "SELECT 1 FROM org_keys WHERE org=? LIMIT 1", (org,)).fetchone():
+                if (
+                    version is not None
+                    and self._db.execute(
+                        "SELECT 1 FROM org_keys WHERE org=? LIMIT 1", (org,)
+                    ).fetchone()
+                ):
                     raise KeyUnavailable(f"org {org!r} has no {purpose} key version {version}")
                 raise self._missing(org)
             return row[0], self._unwrap(org, purpose, row[0], row[1])
@@ -228,8 +252,8 @@ class KeyRegistry:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 (top,) = self._db.execute(
-                    "SELECT MAX(version) FROM org_keys WHERE org=? AND purpose=?",
-                    (org, purpose)).fetchone()
+                    "SELECT MAX(version) FROM org_keys WHERE org=? AND purpose=?", (org, purpose)
+                ).fetchone()
                 if top is None:
                     raise self._missing(org)
                 self._insert(org, purpose, top + 1)
@@ -245,7 +269,8 @@ class KeyRegistry:
         with self._lock:
             rows = self._db.execute(
                 "SELECT purpose, version FROM org_keys WHERE org=? ORDER BY purpose, version",
-                (org,)).fetchall()
+                (org,),
+            ).fetchall()
         if not rows:
             raise self._missing(org)
         out: dict[str, list[int]] = {p: [] for p in PURPOSES}
@@ -257,8 +282,8 @@ class KeyRegistry:
         """Non-secret fingerprints per purpose and version (as :meth:`OrgKeys.fingerprint`)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT purpose, version, fingerprint FROM org_keys WHERE org=?",
-                (org,)).fetchall()
+                "SELECT purpose, version, fingerprint FROM org_keys WHERE org=?", (org,)
+            ).fetchall()
         if not rows:
             raise self._missing(org)
         out: dict[str, dict[int, str]] = {}
@@ -269,8 +294,9 @@ class KeyRegistry:
     def orgs(self) -> list[str]:
         """Orgs that have keys."""
         with self._lock:
-            return [r[0] for r in self._db.execute(
-                "SELECT DISTINCT org FROM org_keys ORDER BY org")]
+            return [
+                r[0] for r in self._db.execute("SELECT DISTINCT org FROM org_keys ORDER BY org")
+            ]
 
     def rewrap(self, new_kms: Kms) -> int:
         """Re-wrap every stored key under ``new_kms`` (root-key rotation). Returns count."""
@@ -278,14 +304,16 @@ class KeyRegistry:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
-                    "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
+                    "SELECT org, purpose, version, wrapped FROM org_keys"
+                ).fetchall()
                 for org, purpose, version, blob in rows:
                     aad = _aad(org, purpose, version)
                     raw = self._unwrap(org, purpose, version, blob)
                     self._db.execute(
                         "UPDATE org_keys SET wrapped=?, kms_key_id=? "
                         "WHERE org=? AND purpose=? AND version=?",
-                        (new_kms.wrap(raw, aad), new_kms.key_id, org, purpose, version))
+                        (new_kms.wrap(raw, aad), new_kms.key_id, org, purpose, version),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -307,22 +335,25 @@ class KeyRegistry:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
-                    "SELECT org, purpose, version, wrapped FROM org_keys").fetchall()
+                    "SELECT org, purpose, version, wrapped FROM org_keys"
+                ).fetchall()
                 pairs = [(b, _aad(o, p, v)) for o, p, v, b in rows]
                 if hasattr(kms, "rewrap_many"):
                     new_blobs = kms.rewrap_many(pairs)
                 elif hasattr(kms, "rewrap"):
                     new_blobs = [kms.rewrap(blob, aad) for blob, aad in pairs]
                 else:
-                    new_blobs = [kms.wrap(self._unwrap(o, p, v, b), _aad(o, p, v))
-                                 for o, p, v, b in rows]
+                    new_blobs = [
+                        kms.wrap(self._unwrap(o, p, v, b), _aad(o, p, v)) for o, p, v, b in rows
+                    ]
                 if len(new_blobs) != len(rows):
                     raise RootKeyError("the KMS did not re-wrap every stored key")
                 for (org, purpose, version, _), new_blob in zip(rows, new_blobs, strict=True):
                     self._db.execute(
                         "UPDATE org_keys SET wrapped=?, kms_key_id=? "
                         "WHERE org=? AND purpose=? AND version=?",
-                        (new_blob, kms.key_id, org, purpose, version))
+                        (new_blob, kms.key_id, org, purpose, version),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -334,8 +365,11 @@ class KeyRegistry:
     def kms_key_ids(self) -> dict[str, int]:
         """How many stored keys each wrapping-key id made (no material)."""
         with self._lock:
-            return dict(self._db.execute(
-                "SELECT kms_key_id, COUNT(*) FROM org_keys GROUP BY kms_key_id").fetchall())
+            return dict(
+                self._db.execute(
+                    "SELECT kms_key_id, COUNT(*) FROM org_keys GROUP BY kms_key_id"
+                ).fetchall()
+            )
 
     def shred(self, org: str) -> None:
         """Destroy every key of ``org`` (overwrite, delete, VACUUM). Its data is then unreadable."""
@@ -344,10 +378,11 @@ class KeyRegistry:
             try:
                 self._db.execute(
                     "UPDATE org_keys SET wrapped=zeroblob(length(wrapped)), fingerprint='' "
-                    "WHERE org=?", (org,))
+                    "WHERE org=?",
+                    (org,),
+                )
                 self._db.execute("DELETE FROM org_keys WHERE org=?", (org,))
-                self._db.execute("INSERT OR REPLACE INTO shredded_orgs VALUES (?,?)",
-                                 (org, _now()))
+                self._db.execute("INSERT OR REPLACE INTO shredded_orgs VALUES (?,?)", (org, _now()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -78,9 +78,15 @@ class Settings:
         region = str(pick("region", ENV_REGION, "us")).lower()
         if region not in REGIONS:
             raise ConfigError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}")
-        s = cls(home=home, data_root=data_root, context_root=context_root, region=region,
-                extra={k: v for k, v in filecfg.items()
-                       if k not in ("data_root", "context_root", "region")})
+        s = cls(
+            home=home,
+            data_root=data_root,
+            context_root=context_root,
+            region=region,
+            extra={
+                k: v for k, v in filecfg.items() if k not in ("data_root", "context_root", "region")
+            },
+        )
         s.check_roots()
         return s
 

@@ -159,9 +159,9 @@ export function joinUrl(base: string, ...parts: string[]): string {
 export function apiUrl(
   baseUrl: string,
   segments: string[],
-  params: Record<string, QueryValue> = {}
+  params: Record<string, QueryValue> = {},
 ): string {
-  const path = segments.map(s => encodeURIComponent(s)).join('/');
+  const path = segments.map((s) => encodeURIComponent(s)).join('/');
   let url = joinUrl(baseUrl, API_PREFIX, path);
   const query = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
@@ -188,7 +188,7 @@ const STATUS_HINTS: Record<number, string> = {
   500: 'The server failed to answer',
   502: 'The server is unreachable behind its proxy',
   503: 'The data is unavailable right now (the organization key could not be obtained)',
-  504: 'The server took too long to answer'
+  504: 'The server took too long to answer',
 };
 
 /**
@@ -243,7 +243,7 @@ export class AtomscaleClient {
   async get<T>(
     segments: string[],
     params: Record<string, QueryValue> = {},
-    signal?: AbortSignal
+    signal?: AbortSignal,
   ): Promise<T> {
     const url = apiUrl(this.baseUrl, segments, params);
     let response: Response;
@@ -312,12 +312,12 @@ export class AtomscaleClient {
     runId: string,
     channels: string[],
     maxPoints?: number,
-    signal?: AbortSignal
+    signal?: AbortSignal,
   ): Promise<IFrame> {
     return this.get<IFrame>(
       ['runs', runId, 'process'],
       { channels: channels.join(','), max_points: maxPoints, format: 'json' },
-      signal
+      signal,
     );
   }
 }

@@ -3,11 +3,7 @@
  * extension, the settings registry and the notebook tracker.
  */
 
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
@@ -42,13 +38,13 @@ const atomscaleIcon = new LabIcon({ name: 'atomscale-lab:icon', svgstr: ICON_SVG
 async function openInNotebook(
   app: JupyterFrontEnd,
   tracker: INotebookTracker | null,
-  runId: string
+  runId: string,
 ): Promise<void> {
   const code = runSnippet(runId);
   let panel: NotebookPanel | null = tracker?.currentWidget ?? null;
   if (!panel) {
     panel = (await app.commands.execute('notebook:create-new', {
-      kernelName: 'python3'
+      kernelName: 'python3',
     })) as NotebookPanel;
     await panel.context.ready;
   }
@@ -86,25 +82,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
     registry: ISettingRegistry | null,
     tracker: INotebookTracker | null,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
   ) => {
     const serverSettings = ServerConnection.makeSettings();
     const client = new AtomscaleClient(serverSettings.baseUrl, (url, init) =>
-      ServerConnection.makeRequest(url, init, serverSettings)
+      ServerConnection.makeRequest(url, init, serverSettings),
     );
     const panel = new DataBrowserPanel(client);
     panel.title.icon = atomscaleIcon;
-    panel.onOpenInNotebook = runId => openInNotebook(app, tracker, runId);
+    panel.onOpenInNotebook = (runId) => openInNotebook(app, tracker, runId);
     app.shell.add(panel, 'left', { rank: 600 });
     restorer?.add(panel, panel.id);
 
     app.commands.addCommand(CommandIDs.open, {
       label: 'Show Atomscale Data Browser',
-      execute: () => app.shell.activateById(panel.id)
+      execute: () => app.shell.activateById(panel.id),
     });
     app.commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh Atomscale Data Browser',
-      execute: () => panel.refresh()
+      execute: () => panel.refresh(),
     });
     palette?.addItem({ command: CommandIDs.open, category: 'Atomscale' });
     palette?.addItem({ command: CommandIDs.refresh, category: 'Atomscale' });
@@ -112,15 +108,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (registry) {
       registry
         .load(PLUGIN_ID)
-        .then(async settings => {
+        .then(async (settings) => {
           let org: IOrgConfig | null = null;
           const apply = () =>
             panel.applySettings(
               withOrgDefaults(
                 readSettings(settings),
                 settings.user as Partial<IPanelSettings>,
-                org
-              )
+                org,
+              ),
             );
           apply();
           settings.changed.connect(apply);
@@ -132,11 +128,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
             console.warn('atomscale-lab: no org configuration', reason);
           }
         })
-        .catch(reason => {
+        .catch((reason) => {
           console.error('atomscale-lab: could not load settings', reason);
         });
     }
-  }
+  },
 };
 
 export default plugin;

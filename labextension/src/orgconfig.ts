@@ -26,7 +26,7 @@ export interface IOrgConfigDoc {
 export function withOrgDefaults(
   composite: IPanelSettings,
   user: Partial<IPanelSettings>,
-  org: IOrgConfig | null
+  org: IOrgConfig | null,
 ): IPanelSettings {
   const out = { ...composite };
   if (org && user.pageSize === undefined && Number.isInteger(org.sidebar_page_size)) {

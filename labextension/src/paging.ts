@@ -112,7 +112,7 @@ export class PagingState {
 
   /** The query for the current page; a context filter carries the sidebar's purpose. */
   query(): IRunQuery {
-    const joins = CONTEXT_FACETS.some(name => this.filters[name]);
+    const joins = CONTEXT_FACETS.some((name) => this.filters[name]);
     return {
       ...this.filters,
       ...(joins ? { purpose: SIDEBAR_PURPOSE } : {}),
@@ -120,7 +120,7 @@ export class PagingState {
       sort: this.sort,
       order: this.order,
       page: this.page,
-      per_page: this._perPage
+      per_page: this._perPage,
     };
   }
 
@@ -142,7 +142,7 @@ export class PagingState {
  */
 export function debounce<A extends unknown[]>(
   fn: (...args: A) => void,
-  wait: number
+  wait: number,
 ): ((...args: A) => void) & { cancel(): void; flush(): void } {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let pending: A | undefined;

@@ -6,14 +6,7 @@
 
 import { Widget } from '@lumino/widgets';
 
-import {
-  ApiError,
-  AtomscaleClient,
-  IRun,
-  IRunDetail,
-  IStatus,
-  SIDEBAR_PURPOSE
-} from './client';
+import { ApiError, AtomscaleClient, IRun, IRunDetail, IStatus, SIDEBAR_PURPOSE } from './client';
 import { formatCount, formatTime, formatValue } from './format';
 import { debounce, LatestOnly, PagingState, SORT_KEYS } from './paging';
 import { RheedPlot, rheedSummary } from './rheedplot';
@@ -42,7 +35,7 @@ export const DEFAULT_SETTINGS: IPanelSettings = {
   sortOrder: 'desc',
   plottedChannel: 'rheed_specular_intensity',
   maxPoints: 200,
-  searchDelay: 300
+  searchDelay: 300,
 };
 
 const SPARK_W = 240;
@@ -52,7 +45,7 @@ const SPARK_H = 48;
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   className = '',
-  text?: string
+  text?: string,
 ): HTMLElementTagNameMap[K] {
   const node = document.createElement(tag);
   if (className) {
@@ -247,7 +240,7 @@ export class DataBrowserPanel extends Widget {
         this._showError(
           'status',
           'This Jupyter server does not run the atomscale_lab server extension (HTTP 404); ' +
-            'start it with `atomscale-lab lab ORG` or enable the extension.'
+            'start it with `atomscale-lab lab ORG` or enable the extension.',
         );
       } else {
         this._showError('status', describe(err));
@@ -309,7 +302,7 @@ export class DataBrowserPanel extends Widget {
         return;
       }
       this._detailNode.replaceChildren(
-        el('div', 'jp-AtomscalePanel-error jp-mod-inline', describe(err))
+        el('div', 'jp-AtomscalePanel-error jp-mod-inline', describe(err)),
       );
       this._detailNode.dataset.state = 'error';
     }
@@ -353,7 +346,7 @@ export class DataBrowserPanel extends Widget {
     this._searchInput.title = 'Matches run id, project, sample, instrument, method and operator';
     this._searchInput.setAttribute('aria-label', 'Search runs');
     this._searchInput.addEventListener('input', () => this._search(this._searchInput.value));
-    this._searchInput.addEventListener('keydown', ev => {
+    this._searchInput.addEventListener('keydown', (ev) => {
       if (ev.key === 'Enter') {
         this._search.flush();
       }
@@ -378,7 +371,7 @@ export class DataBrowserPanel extends Widget {
       this._searchInput,
       el('span', 'jp-AtomscalePanel-sortLabel', 'Sort'),
       this._sortSelect,
-      this._orderButton
+      this._orderButton,
     );
     for (const name of FACETS) {
       const select = el('select', 'jp-AtomscalePanel-facet jp-mod-styled');
@@ -405,7 +398,7 @@ export class DataBrowserPanel extends Widget {
 
     this._listNode.setAttribute('role', 'listbox');
     this._listNode.setAttribute('aria-label', 'Runs');
-    this._listNode.addEventListener('click', ev => {
+    this._listNode.addEventListener('click', (ev) => {
       const li = (ev.target as HTMLElement).closest('li[data-run-id]') as HTMLElement | null;
       if (li?.dataset.runId) {
         void this.select(li.dataset.runId);
@@ -429,11 +422,11 @@ export class DataBrowserPanel extends Widget {
       tools,
       this._facetsNode,
       this._listNode,
-      pager
+      pager,
     );
 
     this._detailNode.appendChild(
-      el('div', 'jp-AtomscalePanel-placeholder', 'Select a run to see its summary.')
+      el('div', 'jp-AtomscalePanel-placeholder', 'Select a run to see its summary.'),
     );
 
     this.node.append(header, this._errorNode, cats, runs, this._detailNode);
@@ -443,7 +436,9 @@ export class DataBrowserPanel extends Widget {
     this._sortSelect.value = this._paging.sort;
     const desc = this._paging.order === 'desc';
     this._orderButton.textContent = desc ? '↓' : '↑';
-    this._orderButton.title = desc ? 'Descending (click for ascending)' : 'Ascending (click for descending)';
+    this._orderButton.title = desc
+      ? 'Descending (click for ascending)'
+      : 'Ascending (click for descending)';
     this._orderButton.setAttribute('aria-label', this._orderButton.title);
   }
 
@@ -475,8 +470,8 @@ export class DataBrowserPanel extends Widget {
       [
         'Key',
         status.key ? `v${status.key.version} · ${status.key.fingerprint}` : 'unavailable',
-        'key'
-      ]
+        'key',
+      ],
     ];
     if (status.role) {
       rows.push(['Role', status.role, 'role']);
@@ -493,7 +488,7 @@ export class DataBrowserPanel extends Widget {
       li.dataset.category = name;
       li.append(
         el('span', 'jp-AtomscalePanel-categoryName', name.replace('_', ' ')),
-        el('span', 'jp-AtomscalePanel-count', `${formatCount(cat.rows)} rows`)
+        el('span', 'jp-AtomscalePanel-count', `${formatCount(cat.rows)} rows`),
       );
       const tables = Object.entries(cat.tables ?? {});
       if (tables.length > 1) {
@@ -510,7 +505,7 @@ export class DataBrowserPanel extends Widget {
       li.dataset.runId = run.run_id;
       li.setAttribute('role', 'option');
       li.tabIndex = 0;
-      li.addEventListener('keydown', ev => {
+      li.addEventListener('keydown', (ev) => {
         if (ev.key === 'Enter' || ev.key === ' ') {
           ev.preventDefault();
           void this.select(run.run_id);
@@ -526,7 +521,7 @@ export class DataBrowserPanel extends Widget {
       const top = el('div', 'jp-AtomscalePanel-runTop');
       top.append(
         el('span', 'jp-AtomscalePanel-runId', run.run_id),
-        el('span', `jp-AtomscalePanel-status jp-mod-${run.status ?? 'unknown'}`, run.status ?? '')
+        el('span', `jp-AtomscalePanel-status jp-mod-${run.status ?? 'unknown'}`, run.status ?? ''),
       );
       const meta = [run.sample, run.instrument, formatTime(run.start)].filter(Boolean).join(' · ');
       li.append(top, el('div', 'jp-AtomscalePanel-runMeta', meta));
@@ -544,7 +539,7 @@ export class DataBrowserPanel extends Widget {
     const head = el('div', 'jp-AtomscalePanel-detailHead');
     head.append(
       el('h3', 'jp-AtomscalePanel-detailTitle', d.run_id),
-      el('span', `jp-AtomscalePanel-status jp-mod-${d.status ?? 'unknown'}`, d.status ?? '')
+      el('span', `jp-AtomscalePanel-status jp-mod-${d.status ?? 'unknown'}`, d.status ?? ''),
     );
     node.appendChild(head);
 
@@ -556,12 +551,12 @@ export class DataBrowserPanel extends Widget {
       ['Method', d.method],
       ['Operator', d.operator],
       ['Start', formatTime(d.start)],
-      ['End', d.end ? formatTime(d.end) : 'running']
+      ['End', d.end ? formatTime(d.end) : 'running'],
     ];
     if (d.rows) {
       fields.push([
         'Rows',
-        `process ${formatCount(d.rows.process)}, tool state ${formatCount(d.rows.tool_state)}`
+        `process ${formatCount(d.rows.process)}, tool state ${formatCount(d.rows.tool_state)}`,
       ]);
     }
     for (const [label, value] of fields) {
@@ -574,7 +569,7 @@ export class DataBrowserPanel extends Widget {
 
     for (const [cat, label] of [
       ['process', 'Process channels'],
-      ['tool_state', 'Tool-state channels']
+      ['tool_state', 'Tool-state channels'],
     ] as const) {
       const channels = d.channels?.[cat] ?? [];
       const box = el('div', 'jp-AtomscalePanel-channels');
@@ -593,7 +588,7 @@ export class DataBrowserPanel extends Widget {
 
     const met = el('div', 'jp-AtomscalePanel-metrology');
     met.appendChild(
-      el('h4', 'jp-AtomscalePanel-subheading', `Metrology (${(d.metrology ?? []).length})`)
+      el('h4', 'jp-AtomscalePanel-subheading', `Metrology (${(d.metrology ?? []).length})`),
     );
     const ul = el('ul', 'jp-AtomscalePanel-metrologyList');
     for (const item of d.metrology ?? []) {
@@ -608,7 +603,11 @@ export class DataBrowserPanel extends Widget {
     met.appendChild(ul);
     node.appendChild(met);
 
-    const open = el('button', 'jp-AtomscalePanel-open jp-Button jp-mod-styled jp-mod-accept', 'Open in notebook');
+    const open = el(
+      'button',
+      'jp-AtomscalePanel-open jp-Button jp-mod-styled jp-mod-accept',
+      'Open in notebook',
+    );
     open.title = 'Insert a cell that loads this run into the active notebook';
     open.addEventListener('click', async () => {
       if (!this.onOpenInNotebook) {
@@ -629,7 +628,7 @@ export class DataBrowserPanel extends Widget {
 
   private async _loadRheed(
     d: IRunDetail,
-    ticket: { id: number; signal: AbortSignal }
+    ticket: { id: number; signal: AbortSignal },
   ): Promise<void> {
     const box = this._detailNode.querySelector('.jp-AtomscalePanel-rheedBox') as HTMLElement | null;
     this.rheedPlot = null;
@@ -647,7 +646,7 @@ export class DataBrowserPanel extends Widget {
       box.append(
         el('h4', 'jp-AtomscalePanel-subheading', 'RHEED (UTC; wheel to zoom, drag to pan)'),
         plot.node,
-        el('div', 'jp-AtomscalePanel-rheedSummary', rheedSummary(doc))
+        el('div', 'jp-AtomscalePanel-rheedSummary', rheedSummary(doc)),
       );
       box.dataset.state = 'ready';
     } catch (err) {
@@ -659,7 +658,10 @@ export class DataBrowserPanel extends Widget {
     }
   }
 
-  private async _loadPlot(d: IRunDetail, ticket: { id: number; signal: AbortSignal }): Promise<void> {
+  private async _loadPlot(
+    d: IRunDetail,
+    ticket: { id: number; signal: AbortSignal },
+  ): Promise<void> {
     const plot = this._detailNode.querySelector('.jp-AtomscalePanel-plot') as HTMLElement | null;
     if (!plot) {
       return;
@@ -677,7 +679,7 @@ export class DataBrowserPanel extends Widget {
         d.run_id,
         [channel],
         this._settings.maxPoints,
-        ticket.signal
+        ticket.signal,
       );
       if (!this._detailReq.isCurrent(ticket)) {
         return;
@@ -687,12 +689,18 @@ export class DataBrowserPanel extends Widget {
       const ys = extent(series.v);
       const caption = el('div', 'jp-AtomscalePanel-plotCaption');
       caption.append(
-        el('span', 'jp-AtomscalePanel-plotChannel', series.unit ? `${channel} [${series.unit}]` : channel),
+        el(
+          'span',
+          'jp-AtomscalePanel-plotChannel',
+          series.unit ? `${channel} [${series.unit}]` : channel,
+        ),
         el(
           'span',
           'jp-AtomscalePanel-plotRange',
-          ys ? `${formatValue(ys[0])} – ${formatValue(ys[1])} · ${series.v.length} pts` : 'no values'
-        )
+          ys
+            ? `${formatValue(ys[0])} – ${formatValue(ys[1])} · ${series.v.length} pts`
+            : 'no values',
+        ),
       );
       plot.appendChild(caption);
       if (path) {

@@ -59,7 +59,7 @@ export function windowPath(
   v: number[],
   w: IWindow,
   width: number,
-  height: number
+  height: number,
 ): { d: string; points: number } {
   const idx: number[] = [];
   for (let i = 0; i < t.length; i++) {
@@ -93,11 +93,12 @@ export function utcClock(ms: number): string {
 
 /** One line about the first analysed window: period, rate, drift. */
 export function rheedSummary(doc: IRheed): string {
-  const w = doc.windows.find(x => x.status === 'ok');
+  const w = doc.windows.find((x) => x.status === 'ok');
   if (!w || w.period_s == null || w.rate_ml_s == null) {
     return doc.trace.time.length ? 'No RHEED oscillation found' : 'No RHEED trace in this run';
   }
-  let s = `period ${w.period_s.toFixed(3)} ± ${(w.period_err_s ?? 0).toFixed(3)} s · ` +
+  let s =
+    `period ${w.period_s.toFixed(3)} ± ${(w.period_err_s ?? 0).toFixed(3)} s · ` +
     `${w.rate_ml_s.toFixed(3)} ML/s`;
   if (w.rate_nm_s != null) {
     s += ` · ${w.rate_nm_s.toFixed(4)} nm/s`;
@@ -127,9 +128,9 @@ export class RheedPlot {
   constructor(doc: IRheed, width = 240, height = 70) {
     this._w = width;
     this._h = height;
-    this._t = doc.trace.time.map(s => Date.parse(s));
-    this._v = doc.trace.value.map(x => (x == null ? NaN : x));
-    this._layers = doc.layers.map(l => Date.parse(l.end));
+    this._t = doc.trace.time.map((s) => Date.parse(s));
+    this._v = doc.trace.value.map((x) => (x == null ? NaN : x));
+    this._layers = doc.layers.map((l) => Date.parse(l.end));
     const lo = this._t.length ? this._t[0] : 0;
     const hi = this._t.length ? this._t[this._t.length - 1] : 1;
     this.full = { lo, hi: hi > lo ? hi : lo + 1 };
@@ -149,7 +150,7 @@ export class RheedPlot {
     for (const [text, title, fn] of [
       ['+', 'Zoom in', () => this.zoom(0.5, 0.5)],
       ['−', 'Zoom out', () => this.zoom(2, 0.5)],
-      ['⟲', 'Whole trace', () => this.reset()]
+      ['⟲', 'Whole trace', () => this.reset()],
     ] as [string, string, () => void][]) {
       const b = document.createElement('button');
       b.className = 'jp-Button jp-mod-minimal jp-AtomscalePanel-rheedButton';
@@ -159,16 +160,16 @@ export class RheedPlot {
       b.addEventListener('click', fn);
       controls.appendChild(b);
     }
-    this._svg.addEventListener('wheel', ev => {
+    this._svg.addEventListener('wheel', (ev) => {
       ev.preventDefault();
       const r = this._svg.getBoundingClientRect();
       this.zoom(ev.deltaY < 0 ? 0.8 : 1.25, r.width ? (ev.clientX - r.left) / r.width : 0.5);
     });
     let dragX: number | null = null;
-    this._svg.addEventListener('pointerdown', ev => {
+    this._svg.addEventListener('pointerdown', (ev) => {
       dragX = ev.clientX;
     });
-    this._svg.addEventListener('pointerup', ev => {
+    this._svg.addEventListener('pointerup', (ev) => {
       const r = this._svg.getBoundingClientRect();
       if (dragX !== null && r.width && Math.abs(ev.clientX - dragX) > 2) {
         this.pan(-(ev.clientX - dragX) / r.width);
@@ -227,7 +228,7 @@ export class RheedPlot {
       p.setAttribute('vector-effect', 'non-scaling-stroke');
       this._svg.appendChild(p);
     }
-    const shown = this._layers.filter(x => x >= w.lo && x <= w.hi).length;
+    const shown = this._layers.filter((x) => x >= w.lo && x <= w.hi).length;
     this._label.textContent = `${utcClock(w.lo)}–${utcClock(w.hi)} UTC · ${((w.hi - w.lo) / 1000).toFixed(1)} s`;
     this.node.dataset.lo = String(Math.round(w.lo));
     this.node.dataset.hi = String(Math.round(w.hi));

@@ -25,6 +25,6 @@ export function runSnippet(runId: string): string {
     'display(plot_run(ws, run_id))',
     'display(ws.rheed(run_id)[["run_id", "window", "shutters", "period_s", "period_err_s",',
     '                         "rate_ml_s", "layers_observed", "drift", "status"]])',
-    'plot_rheed(ws, run_id)'
+    'plot_rheed(ws, run_id)',
   ].join('\n');
 }

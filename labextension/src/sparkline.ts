@@ -45,7 +45,7 @@ export function frameToSeries(frame: IFrame, channel: string): ISeries {
     }
   }
   rows.sort((a, b) => a[0] - b[0]);
-  return { t: rows.map(r => r[0]), v: rows.map(r => r[1]), unit };
+  return { t: rows.map((r) => r[0]), v: rows.map((r) => r[1]), unit };
 }
 
 /** Smallest and largest finite value, or null when there is none. */
@@ -76,7 +76,7 @@ export function sparklinePath(
   v: number[],
   width: number,
   height: number,
-  pad = 2
+  pad = 2,
 ): string {
   const n = Math.min(t.length, v.length);
   const ys = extent(v.slice(0, n));
@@ -93,7 +93,8 @@ export function sparklinePath(
     const x = useIndex || !Number.isFinite(t[i]) ? i : t[i];
     return pad + (n === 1 ? w / 2 : ((x - x0) / (x1 - x0)) * w);
   };
-  const yOf = (value: number) => (y0 === y1 ? pad + h / 2 : pad + h - ((value - y0) / (y1 - y0)) * h);
+  const yOf = (value: number) =>
+    y0 === y1 ? pad + h / 2 : pad + h - ((value - y0) / (y1 - y0)) * h;
   const parts: string[] = [];
   let penDown = false;
   for (let i = 0; i < n; i++) {

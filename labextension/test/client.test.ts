@@ -7,7 +7,7 @@ import {
   clampPerPage,
   errorMessage,
   joinUrl,
-  Requester
+  Requester,
 } from '../src/client';
 
 /** A requester that records calls and answers from a queue. */
@@ -39,21 +39,21 @@ const json = (body: unknown, status = 200) =>
 describe('URL building', () => {
   it('joins base and path with single slashes', () => {
     expect(joinUrl('http://h/user/ann/', '/atomscale/api/v1/', 'runs')).toBe(
-      'http://h/user/ann/atomscale/api/v1/runs'
+      'http://h/user/ann/atomscale/api/v1/runs',
     );
     expect(joinUrl('/', 'a')).toBe('/a');
   });
 
   it('puts endpoints under the base URL', () => {
     expect(apiUrl('http://127.0.0.1:8888/', ['status'])).toBe(
-      'http://127.0.0.1:8888/atomscale/api/v1/status'
+      'http://127.0.0.1:8888/atomscale/api/v1/status',
     );
     expect(apiUrl('http://h/user/ann/', ['runs'])).toBe('http://h/user/ann/atomscale/api/v1/runs');
   });
 
   it('encodes each path segment', () => {
     expect(apiUrl('/', ['runs', 'r/1 #2', 'process'])).toBe(
-      '/atomscale/api/v1/runs/r%2F1%20%232/process'
+      '/atomscale/api/v1/runs/r%2F1%20%232/process',
     );
   });
 
@@ -64,7 +64,7 @@ describe('URL building', () => {
       project: undefined,
       status: null,
       page: 2,
-      per_page: 50
+      per_page: 50,
     });
     const u = new URL(url, 'http://x');
     expect(u.pathname).toBe('/atomscale/api/v1/runs');
@@ -89,7 +89,10 @@ describe('URL building', () => {
 
 describe('error mapping', () => {
   it('prefers the server message', () => {
-    const e = errorMessage(404, JSON.stringify({ message: 'no run named r9', reason: 'Not Found' }));
+    const e = errorMessage(
+      404,
+      JSON.stringify({ message: 'no run named r9', reason: 'Not Found' }),
+    );
     expect(e).toBeInstanceOf(ApiError);
     expect(e.status).toBe(404);
     expect(e.reason).toBe('Not Found');
@@ -117,7 +120,7 @@ describe('error mapping', () => {
 
   it('uses the reason when there is no message', () => {
     expect(errorMessage(418, JSON.stringify({ reason: 'teapot' })).message).toBe(
-      'The request failed: teapot (HTTP 418)'
+      'The request failed: teapot (HTTP 418)',
     );
   });
 });
@@ -127,7 +130,13 @@ describe('AtomscaleClient', () => {
     const page = { total: 100000, page: 3, per_page: 50, runs: [{ run_id: 'r1' }] };
     const { calls, request } = fake(json(page));
     const client = new AtomscaleClient('http://h/', request);
-    const answer = await client.runs({ q: 'gan', page: 3, per_page: 50, sort: 'start', order: 'desc' });
+    const answer = await client.runs({
+      q: 'gan',
+      page: 3,
+      per_page: 50,
+      sort: 'start',
+      order: 'desc',
+    });
     expect(answer).toEqual(page);
     const u = new URL(calls[0]);
     expect(u.pathname).toBe('/atomscale/api/v1/runs');
@@ -136,23 +145,28 @@ describe('AtomscaleClient', () => {
       page: '3',
       per_page: '50',
       sort: 'start',
-      order: 'desc'
+      order: 'desc',
     });
   });
 
   it('asks for context facets with the field and a stated purpose', async () => {
-    const doc = { field: 'material_system', total: 3, unlabelled: 1, values: [{ value: 'GaAs', runs: 2 }] };
+    const doc = {
+      field: 'material_system',
+      total: 3,
+      unlabelled: 1,
+      values: [{ value: 'GaAs', runs: 2 }],
+    };
     const { calls, request } = fake(json(doc));
     const answer = await new AtomscaleClient('/', request).contextFacets(
       'material_system',
-      'sidebar facet'
+      'sidebar facet',
     );
     expect(answer).toEqual(doc);
     const u = new URL(calls[0], 'http://x');
     expect(u.pathname).toBe('/atomscale/api/v1/facets/context');
     expect(Object.fromEntries(u.searchParams)).toEqual({
       field: 'material_system',
-      purpose: 'sidebar facet'
+      purpose: 'sidebar facet',
     });
   });
 
@@ -185,7 +199,7 @@ describe('AtomscaleClient', () => {
     await expect(new AtomscaleClient('/', request).status()).rejects.toMatchObject({
       name: 'ApiError',
       status: 503,
-      message: 'org key unavailable (HTTP 503)'
+      message: 'org key unavailable (HTTP 503)',
     });
   });
 
@@ -193,7 +207,7 @@ describe('AtomscaleClient', () => {
     const { request } = fake(new TypeError('Failed to fetch'));
     await expect(new AtomscaleClient('/', request).status()).rejects.toMatchObject({
       status: 0,
-      message: expect.stringMatching(/Cannot reach/)
+      message: expect.stringMatching(/Cannot reach/),
     });
   });
 
@@ -206,7 +220,7 @@ describe('AtomscaleClient', () => {
   it('refuses an answer that is not JSON', async () => {
     const { request } = fake(new Response('<html>login</html>', { status: 200 }));
     await expect(new AtomscaleClient('/', request).status()).rejects.toMatchObject({
-      message: expect.stringMatching(/not JSON/)
+      message: expect.stringMatching(/not JSON/),
     });
   });
 });

@@ -11,14 +11,14 @@ const DEFAULT_SETTINGS: IPanelSettings = {
   sortOrder: 'desc',
   plottedChannel: 'rheed_specular_intensity',
   maxPoints: 200,
-  searchDelay: 300
+  searchDelay: 300,
 };
 
 const ORG: IOrgConfig = {
   instrument_names: { 'mbe-1': 'MBE 1' },
   default_project: null,
   units: { temperature: 'degC', pressure: 'Torr', thickness: 'nm' },
-  sidebar_page_size: 25
+  sidebar_page_size: 25,
 };
 
 describe('org configuration', () => {
@@ -37,7 +37,7 @@ describe('org configuration', () => {
 
   it('is read from the config route', async () => {
     const calls: string[] = [];
-    const request: Requester = async url => {
+    const request: Requester = async (url) => {
       calls.push(url);
       return new Response(JSON.stringify({ config: ORG, updated: null }), { status: 200 });
     };

@@ -59,7 +59,7 @@ describe('PagingState', () => {
     expect(p.query()).toMatchObject({
       instrument: 'MBE-1',
       material_system: 'GaAs/GaAs(001)',
-      purpose: 'sidebar facet'
+      purpose: 'sidebar facet',
     });
     p.setFilter('material_system', '');
     expect('purpose' in p.query()).toBe(false);

@@ -7,7 +7,7 @@ import {
   rheedSummary,
   utcClock,
   windowPath,
-  zoomWindow
+  zoomWindow,
 } from '../src/rheedplot';
 
 const full = { lo: 1000, hi: 61000 };
@@ -39,7 +39,7 @@ describe('panWindow', () => {
 });
 
 describe('windowPath', () => {
-  const t = [0, 1, 2, 3, 4, 5].map(x => x * 1000);
+  const t = [0, 1, 2, 3, 4, 5].map((x) => x * 1000);
   const v = [1, 0, 1, 0, 1, NaN];
 
   it('draws only the points inside the window, scaled to the box', () => {
@@ -65,19 +65,19 @@ describe('rheedSummary', () => {
         rate_ml_s: 0.8247,
         rate_nm_s: 0.2331,
         layers_observed: 38,
-        drift: true
-      }
+        drift: true,
+      },
     ],
     layers: [],
-    trace: { time: ['2026-01-01T00:00:00Z'], value: [1] }
+    trace: { time: ['2026-01-01T00:00:00Z'], value: [1] },
   };
 
   it('states period, rate, layers and drift', () => {
     expect(rheedSummary(doc)).toBe(
-      'period 1.213 ± 0.004 s · 0.825 ML/s · 0.2331 nm/s · 38 layers · drift vs recipe'
+      'period 1.213 ± 0.004 s · 0.825 ML/s · 0.2331 nm/s · 38 layers · drift vs recipe',
     );
     expect(rheedSummary({ ...doc, windows: [{ window: 0, status: 'no RHEED' }] })).toBe(
-      'No RHEED oscillation found'
+      'No RHEED oscillation found',
     );
     expect(utcClock(Date.parse('2026-01-01T12:04:31.5Z'))).toBe('12:04:31');
   });

@@ -12,7 +12,7 @@ describe('runSnippet', () => {
       '',
       'ws = Workspace()',
       'run_id = "acme-0007"',
-      'display(plot_run(ws, run_id))'
+      'display(plot_run(ws, run_id))',
     ]);
     expect(code).toContain('ws.rheed(run_id)');
     expect(code.trim().endsWith('plot_rheed(ws, run_id)')).toBe(true);

@@ -4,7 +4,7 @@ import { extent, frameToSeries, sparklinePath } from '../src/sparkline';
 
 /** The points of a path as [command, x, y]. */
 function points(d: string): [string, number, number][] {
-  return d.split(' ').map(p => {
+  return d.split(' ').map((p) => {
     const [x, y] = p.slice(1).split(',').map(Number);
     return [p[0], x, y];
   });
@@ -24,22 +24,22 @@ describe('sparklinePath', () => {
 
   it('scales x by time, not by index', () => {
     const pts = points(sparklinePath([0, 1, 10], [1, 2, 3], 100, 10, 0));
-    expect(pts.map(p => p[1])).toEqual([0, 10, 100]);
+    expect(pts.map((p) => p[1])).toEqual([0, 10, 100]);
   });
 
   it('falls back to even spacing when times are equal', () => {
     const pts = points(sparklinePath([5, 5, 5], [1, 2, 3], 100, 10, 0));
-    expect(pts.map(p => p[1])).toEqual([0, 50, 100]);
+    expect(pts.map((p) => p[1])).toEqual([0, 50, 100]);
   });
 
   it('draws a constant series flat through the middle', () => {
     const pts = points(sparklinePath([0, 1, 2], [7, 7, 7], 100, 20, 0));
-    expect(pts.every(p => p[2] === 10)).toBe(true);
+    expect(pts.every((p) => p[2] === 10)).toBe(true);
   });
 
   it('breaks the line at missing values', () => {
     const d = sparklinePath([0, 1, 2, 3], [1, NaN, 2, 3], 30, 10, 0);
-    expect(d.split(' ').map(p => p[0])).toEqual(['M', 'M', 'L']);
+    expect(d.split(' ').map((p) => p[0])).toEqual(['M', 'M', 'L']);
   });
 
   it('draws nothing for no finite values', () => {
@@ -56,7 +56,7 @@ describe('sparklinePath', () => {
 
   it('never leaves the box', () => {
     const t = Array.from({ length: 500 }, (_, i) => i * 1000);
-    const v = t.map(x => Math.sin(x / 7e3) * 1e6);
+    const v = t.map((x) => Math.sin(x / 7e3) * 1e6);
     for (const [, x, y] of points(sparklinePath(t, v, 240, 48, 2))) {
       expect(x).toBeGreaterThanOrEqual(2);
       expect(x).toBeLessThanOrEqual(238);
@@ -73,8 +73,8 @@ describe('frameToSeries', () => {
       ['r1', '2026-01-01T00:00:02+00:00', 'T', 3, 'K'],
       ['r1', '2026-01-01T00:00:00+00:00', 'T', 1, 'K'],
       ['r1', '2026-01-01T00:00:01+00:00', 'rate', 9, 'nm/s'],
-      ['r1', '2026-01-01T00:00:01+00:00', 'T', null, 'K']
-    ]
+      ['r1', '2026-01-01T00:00:01+00:00', 'T', null, 'K'],
+    ],
   };
 
   it('takes one channel, sorted by time, with its unit', () => {
@@ -83,7 +83,7 @@ describe('frameToSeries', () => {
     expect(s.t).toEqual([
       Date.parse('2026-01-01T00:00:00Z'),
       Date.parse('2026-01-01T00:00:01Z'),
-      Date.parse('2026-01-01T00:00:02Z')
+      Date.parse('2026-01-01T00:00:02Z'),
     ]);
     expect(s.v[0]).toBe(1);
     expect(Number.isNaN(s.v[1])).toBe(true);

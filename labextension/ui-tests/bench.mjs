@@ -17,7 +17,7 @@ const FLAGS = [
   '--disable-component-update',
   '--disable-sync',
   '--no-first-run',
-  '--disable-quic'
+  '--disable-quic',
 ];
 
 const profile = mkdtempSync(join(tmpdir(), 'atomscale-bench-chromium-'));
@@ -25,38 +25,38 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
   args: FLAGS,
-  viewport: { width: 1400, height: 900 }
+  viewport: { width: 1400, height: 900 },
 });
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   let listRequests = 0;
-  page.on('request', r => {
+  page.on('request', (r) => {
     if (/\/atomscale\/api\/v1\/runs(\?|$)/.test(r.url())) {
       listRequests++;
     }
   });
   await page.goto(`${LAB_URL}lab?token=${encodeURIComponent(process.env.LAB_TOKEN)}`);
   await page.waitForFunction(() => window.jupyterapp && window.jupyterapp.shell, null, {
-    timeout: 120_000
+    timeout: 120_000,
   });
   await page.evaluate(() => window.jupyterapp.restored);
-  const loads = () => page.$eval(PANEL, n => n.dataset.loads || '0');
-  const reloaded = before =>
+  const loads = () => page.$eval(PANEL, (n) => n.dataset.loads || '0');
+  const reloaded = (before) =>
     page.waitForFunction(
       ([sel, b]) => {
         const n = document.querySelector(sel);
         return n && n.dataset.listState === 'ready' && (n.dataset.loads || '0') !== b;
       },
       [PANEL, before],
-      { timeout: 60_000 }
+      { timeout: 60_000 },
     );
-  const median = xs => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
   let t = performance.now();
   await page.evaluate(() => window.jupyterapp.shell.activateById('atomscale-lab-browser'));
   await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-run`, { timeout: 120_000 });
   console.log(`panel_first_page_ms: ${(performance.now() - t).toFixed(0)}`);
-  console.log(`panel_total_runs: ${await page.$eval(PANEL, n => n.dataset.total)}`);
+  console.log(`panel_total_runs: ${await page.$eval(PANEL, (n) => n.dataset.total)}`);
 
   const pages = [];
   for (let i = 0; i < 15; i++) {
@@ -76,16 +76,18 @@ try {
   await reloaded(b);
   // includes the search delay setting (300 ms by default) before the request is sent
   console.log(`panel_search_after_last_key_ms: ${(performance.now() - t).toFixed(0)}`);
-  console.log(`panel_search_total: ${await page.$eval(PANEL, n => n.dataset.total)}`);
+  console.log(`panel_search_total: ${await page.$eval(PANEL, (n) => n.dataset.total)}`);
 
   b = await loads();
-  const first = await page.$eval(`${PANEL} .jp-AtomscalePanel-run`, li => li.dataset.runId);
+  const first = await page.$eval(`${PANEL} .jp-AtomscalePanel-run`, (li) => li.dataset.runId);
   t = performance.now();
   await page.click(`${PANEL} .jp-AtomscalePanel-run[data-run-id="${first}"]`);
   await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-detail[data-state="ready"]`);
   await page.waitForSelector(`${PANEL} .jp-AtomscalePanel-plot > *`);
   console.log(`panel_select_run_ms: ${(performance.now() - t).toFixed(0)}`);
-  console.log(`panel_rows_in_dom: ${await page.$$eval(`${PANEL} .jp-AtomscalePanel-run`, l => l.length)}`);
+  console.log(
+    `panel_rows_in_dom: ${await page.$$eval(`${PANEL} .jp-AtomscalePanel-run`, (l) => l.length)}`,
+  );
   console.log(`panel_list_requests: ${listRequests}`);
 } finally {
   await context.close();

@@ -37,8 +37,9 @@ def logged_in(stack):
     def get(user):
         if user not in stack.sessions:
             s = helpers.session(stack.ca)
-            r = helpers.login(s, stack.url, user, stack.passwords[user],
-                              helpers.fresh_totp(stack.idp, user))
+            r = helpers.login(
+                s, stack.url, user, stack.passwords[user], helpers.fresh_totp(stack.idp, user)
+            )
             assert helpers.on_hub(r, stack.url), (r.status_code, r.url, r.text[-500:])
             stack.sessions[user] = (s, helpers.api_token(s, stack.url, user))
         return stack.sessions[user]

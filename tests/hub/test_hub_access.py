@@ -22,14 +22,25 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def access(stack, logged_in, tmp_path, monkeypatch):
     """``access(user, org="acme")``: a HubAccess holding ``user``'s real API token."""
-    for var in ("ATOMSCALE_ORG", "ATOMSCALE_HUB_PUBLIC_URL", "JUPYTERHUB_API_TOKEN",
-                "JUPYTERHUB_USER", "ATOMSCALE_CA_BUNDLE"):
+    for var in (
+        "ATOMSCALE_ORG",
+        "ATOMSCALE_HUB_PUBLIC_URL",
+        "JUPYTERHUB_API_TOKEN",
+        "JUPYTERHUB_USER",
+        "ATOMSCALE_CA_BUNDLE",
+    ):
         monkeypatch.delenv(var, raising=False)
 
     def make(user, org="acme"):
         _, token = logged_in(user)
-        return HubAccess(org, hub_url=stack.url, token=token, ca_bundle=stack.ca,
-                         data_root=str(tmp_path), owner=user)
+        return HubAccess(
+            org,
+            hub_url=stack.url,
+            token=token,
+            ca_bundle=stack.ca,
+            data_root=str(tmp_path),
+            owner=user,
+        )
 
     return make
 
@@ -40,8 +51,9 @@ def test_hub_access_resolves_each_roles_permissions(stack, access, role):
     a = access(user)
     assert a.permissions(user) == set(ROLE_PERMISSIONS[role])
     # nobody else gets this server's permissions, and another org's token gives none in acme
-    assert a.permissions(stack.user("acme", "org-admin" if role != "org-admin" else "viewer")) \
-        == set()
+    assert (
+        a.permissions(stack.user("acme", "org-admin" if role != "org-admin" else "viewer")) == set()
+    )
     other = stack.user("beta", role)
     assert access(other, org="beta").permissions(other) == set(ROLE_PERMISSIONS[role])
     assert access(other, org="acme").permissions(other) == set()
@@ -50,8 +62,14 @@ def test_hub_access_resolves_each_roles_permissions(stack, access, role):
 def test_hub_access_refuses_another_org_than_the_servers(monkeypatch, stack, tmp_path):
     monkeypatch.setenv("ATOMSCALE_ORG", "beta")
     with pytest.raises(PermissionDenied, match="serves org 'beta'"):
-        HubAccess("acme", hub_url=stack.url, token="unused", ca_bundle=stack.ca,
-                  data_root=str(tmp_path), owner="x")
+        HubAccess(
+            "acme",
+            hub_url=stack.url,
+            token="unused",
+            ca_bundle=stack.ca,
+            data_root=str(tmp_path),
+            owner="x",
+        )
 
 
 def test_hub_access_keys_context_and_audit_follow_the_role(stack, access, logged_in):
@@ -64,8 +82,11 @@ def test_hub_access_keys_context_and_audit_follow_the_role(stack, access, logged
         _, token = logged_in(user)
         r = api(stack, token, "GET", "/services/atomscale-keys/orgs/acme/keys")
         assert r.status_code == 403 and "keys" not in r.json(), (user, r.status_code)
-    refused = {e["actor"] for e in stack.audit_events("acme", action="key.release")
-               if e["outcome"] == "denied"}
+    refused = {
+        e["actor"]
+        for e in stack.audit_events("acme", action="key.release")
+        if e["outcome"] == "denied"
+    }
     assert {sci, support, stack.user("beta", "scientist")} <= refused
     # Context labels: scientists only, and only for the server's owner.
     frame = a.context_join(["R-none"], ["film"], "identity test", actor=sci)
@@ -78,10 +99,14 @@ def test_hub_access_keys_context_and_audit_follow_the_role(stack, access, logged
     assert any(e["outcome"] == "denied" for e in denied), events_json(denied)
     # Audit events posted by a server carry the token's owner, whatever actor it reports.
     a.audit().record(sci, "data.read", table="process/runs", rows=1, marker="identity-own")
-    a.audit().record("mallory", "data.read", table="process/runs", rows=1,
-                     marker="identity-claimed")
-    mine = [e for e in stack.audit_events("acme", action="data.read")
-            if e.get("detail", {}).get("marker", "").startswith("identity-")]
+    a.audit().record(
+        "mallory", "data.read", table="process/runs", rows=1, marker="identity-claimed"
+    )
+    mine = [
+        e
+        for e in stack.audit_events("acme", action="data.read")
+        if e.get("detail", {}).get("marker", "").startswith("identity-")
+    ]
     assert {e["actor"] for e in mine} == {sci}, events_json(mine)
     claimed = [e for e in mine if e["detail"]["marker"] == "identity-claimed"]
     assert claimed and claimed[0]["detail"]["reported_actor"] == "mallory"
@@ -103,8 +128,11 @@ def test_rest_api_of_a_real_server_follows_the_role(stack, running, role):
         assert "categories" not in r.json() and r.json()["role"] == "support", r.text
         r = api(stack, token, "GET", f"{base}/runs")
         assert r.status_code == 403, r.text
-        denied = [e for e in stack.audit_events("acme", actor=user, action="data.read")
-                  if e["outcome"] == "denied"]
+        denied = [
+            e
+            for e in stack.audit_events("acme", actor=user, action="data.read")
+            if e["outcome"] == "denied"
+        ]
         assert denied, "support's refused read is not audited"
         r = api(stack, token, "GET", f"{base}/audit")
         assert r.status_code == 403, r.text
@@ -117,8 +145,13 @@ def test_rest_api_of_a_real_server_follows_the_role(stack, running, role):
     assert r.json()["role"] == role and set(r.json()["permissions"]) == set(perms)
     r = api(stack, token, "GET", f"{base}/runs")
     assert r.status_code == 200 and r.json()["total"] > 0, r.text
-    r = api(stack, token, "POST", f"{base}/context/join",
-            json={"run_ids": ["R-none"], "fields": ["film"], "purpose": "role check"})
+    r = api(
+        stack,
+        token,
+        "POST",
+        f"{base}/context/join",
+        json={"run_ids": ["R-none"], "fields": ["film"], "purpose": "role check"},
+    )
     assert r.status_code == (200 if "context:join" in perms else 403), r.text
     r = api(stack, token, "GET", f"{base}/audit")
     if perms & {"audit:read", "audit:all"}:

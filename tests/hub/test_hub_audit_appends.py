@@ -8,8 +8,13 @@ from tests.hub.test_hub_services import call, loop, services  # noqa: F401 - fix
 
 
 def _post(call, token, action, outcome="allowed", detail=None):  # noqa: F811
-    return call("atomscale-keys", "orgs/acme/audit", token, "POST",
-                {"action": action, "outcome": outcome, "detail": detail or {}})
+    return call(
+        "atomscale-keys",
+        "orgs/acme/audit",
+        token,
+        "POST",
+        {"action": action, "outcome": outcome, "detail": detail or {}},
+    )
 
 
 def test_allowed_events_need_the_role_that_can_do_them(call, vault):  # noqa: F811
@@ -25,8 +30,12 @@ def test_allowed_events_need_the_role_that_can_do_them(call, vault):  # noqa: F8
     assert _post(call, "support-acme", "widget.open")[0] == 403
     denied = vault.audit("acme").events(action="audit.write", limit=20)
     assert {(e["actor"], e["detail"]["attempted"]) for e in denied} == {
-        ("vic", "data.write"), ("vic", "config.change"), ("vic", "apikey.create"),
-        ("sup", "data.read"), ("sup", "widget.open")}
+        ("vic", "data.write"),
+        ("vic", "config.change"),
+        ("vic", "apikey.create"),
+        ("sup", "data.read"),
+        ("sup", "widget.open"),
+    }
     writes = vault.audit("acme").events(action="data.write", limit=20)
     assert {(e["actor"], e["outcome"]) for e in writes} == {("vic", "denied")}
 

@@ -84,17 +84,31 @@ def idp_key(jwks_server):
     jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="k1", alg="RS256", use="sig")
     srv.doc = {"keys": [jwk]}
-    a = AtomscaleAuthenticator(issuer=ISS, client_id=AUD, client_secret="unused",
-                               jwks_url=srv.url, ca_certs=str(certs.ca),
-                               known_orgs={"acme", "beta"}, jwks_cooldown=0)
+    a = AtomscaleAuthenticator(
+        issuer=ISS,
+        client_id=AUD,
+        client_secret="unused",
+        jwks_url=srv.url,
+        ca_certs=str(certs.ca),
+        known_orgs={"acme", "beta"},
+        jwks_cooldown=0,
+    )
     return key, a, srv
 
 
 def _token(key, kid="k1", **over):
     now = int(time.time())
-    claims = {"iss": ISS, "aud": AUD, "sub": "u1", "iat": now, "exp": now + 300,
-              "preferred_username": "acme-scientist", "org": "acme", "role": "scientist",
-              "amr": ["pwd", "otp", "mfa"]}
+    claims = {
+        "iss": ISS,
+        "aud": AUD,
+        "sub": "u1",
+        "iat": now,
+        "exp": now + 300,
+        "preferred_username": "acme-scientist",
+        "org": "acme",
+        "role": "scientist",
+        "amr": ["pwd", "otp", "mfa"],
+    }
     claims.update(over)
     claims = {k: v for k, v in claims.items() if v is not None}
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
@@ -103,9 +117,14 @@ def _token(key, kid="k1", **over):
 def _model(a, token):
     async def go():
         claims = await a.token_to_user({"id_token": token, "access_token": "x"})
-        model = {"name": claims["preferred_username"], "admin": None,
-                 "auth_state": {a.user_auth_state_key: claims,
-                                "token_response": {"id_token": token, "access_token": "x"}}}
+        model = {
+            "name": claims["preferred_username"],
+            "admin": None,
+            "auth_state": {
+                a.user_auth_state_key: claims,
+                "token_response": {"id_token": token, "access_token": "x"},
+            },
+        }
         model = await a.update_auth_model(model)
         model["groups"] = sorted(await a.get_user_groups(model["auth_state"]))
         return model
@@ -144,15 +163,35 @@ def test_forged_signature_is_refused_even_with_a_known_kid(idp_key):
 
 def test_unsigned_token_is_refused(idp_key):
     _, a, _ = idp_key
-    none_token = jwt.encode({"iss": ISS, "aud": AUD, "sub": "u", "exp": time.time() + 60,
-                             "iat": time.time(), "org": "acme", "role": "org-admin",
-                             "amr": ["mfa"]}, None, algorithm="none", headers={"kid": "k1"})
+    none_token = jwt.encode(
+        {
+            "iss": ISS,
+            "aud": AUD,
+            "sub": "u",
+            "exp": time.time() + 60,
+            "iat": time.time(),
+            "org": "acme",
+            "role": "org-admin",
+            "amr": ["mfa"],
+        },
+        None,
+        algorithm="none",
+        headers={"kid": "k1"},
+    )
     with pytest.raises(AuthRefused):
         _model(a, none_token)
 
 
-@pytest.mark.parametrize("over", [{"iss": "https://evil.test"}, {"aud": "other-client"},
-                                  {"exp": 1000}, {"exp": None}, {"aud": None}])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"iss": "https://evil.test"},
+        {"aud": "other-client"},
+        {"exp": 1000},
+        {"exp": None},
+        {"aud": None},
+    ],
+)
 def test_wrong_issuer_audience_or_expiry_is_refused(idp_key, over):
     key, a, _ = idp_key
     with pytest.raises(AuthRefused):
@@ -169,9 +208,14 @@ def test_unknown_kid_refetches_the_jwks(idp_key):
     assert _model(a, _token(rotated, kid="k2"))["groups"] == ["org:acme", "role:acme:scientist"]
 
 
-@pytest.mark.parametrize("over,msg", [({"org": "gamma"}, "not served by this hub"),
-                                      ({"org": None}, "no organization"),
-                                      ({"role": "root"}, "no valid role")])
+@pytest.mark.parametrize(
+    "over,msg",
+    [
+        ({"org": "gamma"}, "not served by this hub"),
+        ({"org": None}, "no organization"),
+        ({"role": "root"}, "no valid role"),
+    ],
+)
 def test_unknown_org_or_role_gets_a_clear_403(idp_key, over, msg):
     key, a, _ = idp_key
     with pytest.raises(AuthRefused, match=msg) as e:
@@ -202,11 +246,11 @@ class _User:
 def test_refresh_rechecks_the_stored_token(idp_key):
     key, a, _ = idp_key
     good = _token(key)
-    model = asyncio.run(a.refresh_user(_User({"token_response": {"id_token": good,
-                                                                  "access_token": "x"}})))
+    model = asyncio.run(
+        a.refresh_user(_User({"token_response": {"id_token": good, "access_token": "x"}}))
+    )
     assert model and model["groups"] == ["org:acme", "role:acme:scientist"]
-    for bad in (_token(key, amr=["pwd"]), _token(key, exp=int(time.time()) - 3600),
-                _token(_key())):
+    for bad in (_token(key, amr=["pwd"]), _token(key, exp=int(time.time()) - 3600), _token(_key())):
         state = {"token_response": {"id_token": bad, "access_token": "x"}}
         assert asyncio.run(a.refresh_user(_User(state))) is False
     assert asyncio.run(a.refresh_user(_User(None))) is False
@@ -215,8 +259,9 @@ def test_refresh_rechecks_the_stored_token(idp_key):
 def test_audit_hook_records_denials(idp_key):
     key, a, _ = idp_key
     seen = []
-    a.audit_hook = lambda org, actor, action, outcome, **d: seen.append((org, actor, action,
-                                                                        outcome))
+    a.audit_hook = lambda org, actor, action, outcome, **d: seen.append(
+        (org, actor, action, outcome)
+    )
     with pytest.raises(AuthRefused):
         _model(a, _token(key, amr=["pwd"]))
     assert seen == [("acme", "acme-scientist", "auth.login", "denied")]
@@ -227,8 +272,14 @@ def test_jwks_over_untrusted_tls_is_refused(idp_key):
     key, trusting, srv = idp_key
     token = _token(key)
     assert _model(trusting, token)["groups"] == ["org:acme", "role:acme:scientist"]
-    untrusting = AtomscaleAuthenticator(issuer=ISS, client_id=AUD, client_secret="unused",
-                                        jwks_url=srv.url, known_orgs={"acme"}, jwks_cooldown=0)
+    untrusting = AtomscaleAuthenticator(
+        issuer=ISS,
+        client_id=AUD,
+        client_secret="unused",
+        jwks_url=srv.url,
+        known_orgs={"acme"},
+        jwks_cooldown=0,
+    )
     with pytest.raises(AuthRefused, match="could not be verified") as e:
         _model(untrusting, token)
     assert e.value.status_code == 403
@@ -247,20 +298,34 @@ def test_roles_are_filtered_by_org_and_support_holds_no_data_scope():
     assert set(roles) == {"acme-org-admin", "acme-scientist", "acme-viewer", "acme-support"}
     for r in roles.values():
         assert all(s.endswith("!group=org:acme") for s in r["scopes"]), r
-        assert not any(s.split("!")[0] in ("tokens", "admin:users", "access:servers", "groups",
-                                           "admin:groups", "admin:auth_state")
-                       for s in r["scopes"]), r
+        assert not any(
+            s.split("!")[0]
+            in (
+                "tokens",
+                "admin:users",
+                "access:servers",
+                "groups",
+                "admin:groups",
+                "admin:auth_state",
+            )
+            for s in r["scopes"]
+        ), r
     support = set(roles["acme-support"]["scopes"])
     assert org_scope("config", "acme") in support
-    assert not {org_scope(p, "acme") for p in ("data:read", "data:write", "context:join",
-                                                "audit:all")} & support
+    assert (
+        not {org_scope(p, "acme") for p in ("data:read", "data:write", "context:join", "audit:all")}
+        & support
+    )
     assert org_scope("context:join", "acme") not in roles["acme-viewer"]["scopes"]
     assert org_scope("data:write", "acme") not in roles["acme-viewer"]["scopes"]
 
 
 def test_permissions_need_the_exact_org_filter():
-    scopes = [org_scope("data:read", "acme"), "custom:atomscale:context:join",
-              "custom:atomscale:config!group=org:acme-evil"]
+    scopes = [
+        org_scope("data:read", "acme"),
+        "custom:atomscale:context:join",
+        "custom:atomscale:config!group=org:acme-evil",
+    ]
     assert permissions_from_scopes(scopes, "acme") == {"data:read"}
     assert permissions_from_scopes(scopes, "beta") == set()
 

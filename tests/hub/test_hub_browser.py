@@ -38,14 +38,22 @@ def test_login_with_totp_in_chromium_reaches_jupyterlab(stack):
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": tempfile.mkdtemp(prefix="chromium-home-"),
-        "IDP_DIR": str(REPO / "idp"), "HUB_URL": stack.url, "LOGIN_USER": user,
+        "IDP_DIR": str(REPO / "idp"),
+        "HUB_URL": stack.url,
+        "LOGIN_USER": user,
         "LOGIN_PASSWORD": stack.passwords[user],
         "LOGIN_OTP": helpers.fresh_totp(stack.idp, user)(),
         "SPKI_PIN": _spki_pin(stack.st.certs / "server.crt"),
-        "SHOTS": str(shots), "PROFILE": tempfile.mkdtemp(prefix="chromium-profile-"),
+        "SHOTS": str(shots),
+        "PROFILE": tempfile.mkdtemp(prefix="chromium-profile-"),
     }
-    r = subprocess.run(["node", str(Path(__file__).with_name("browser_login.mjs"))], env=env,
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        ["node", str(Path(__file__).with_name("browser_login.mjs"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, f"{r.stderr}\n{stack.log_tail(30)}"
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert f"/user/{user}/lab" in result["url"]

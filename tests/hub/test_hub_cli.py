@@ -33,9 +33,13 @@ def test_add_support_creates_a_support_account_and_audits_it(capsys, users_file,
     name, password = out.split()
     assert name == "acme-support" and len(password) >= 12
     u = IdpUsers(users_file)
-    assert u.get("acme-support") == {"username": "acme-support", "org": "acme",
-                                     "role": "support", "mfa": True,
-                                     "email": "acme-support@acme.example"}
+    assert u.get("acme-support") == {
+        "username": "acme-support",
+        "org": "acme",
+        "role": "support",
+        "mfa": True,
+        "email": "acme-support@acme.example",
+    }
     assert stat.S_IMODE(os.stat(users_file).st_mode) == 0o600
     raw = users_file.read_text()
     assert password not in raw  # only a scrypt hash is stored
@@ -52,8 +56,20 @@ def test_add_support_for_an_unknown_org_is_refused(capsys, users_file):
 
 
 def test_users_add_list_totp(capsys, users_file):
-    rc, out, _ = _run(capsys, "hub", "users", "add", "acme-eve", "--org", "acme", "--role",
-                      "viewer", "--no-mfa", "--users-file", str(users_file))
+    rc, out, _ = _run(
+        capsys,
+        "hub",
+        "users",
+        "add",
+        "acme-eve",
+        "--org",
+        "acme",
+        "--role",
+        "viewer",
+        "--no-mfa",
+        "--users-file",
+        str(users_file),
+    )
     assert rc == 0
     rc, out, _ = _run(capsys, "hub", "users", "list", "--users-file", str(users_file))
     assert out.strip() == "acme-eve\tacme\tviewer\tNO-MFA"
@@ -63,14 +79,26 @@ def test_users_add_list_totp(capsys, users_file):
     assert out.strip() in {totp.at(now + d) for d in (-30, 0, 30)}
     rc, out, _ = _run(capsys, "totp", "acme-eve", "--uri", "--users-file", str(users_file))
     assert out.startswith("otpauth://totp/")
-    rc, _, err = _run(capsys, "hub", "users", "add", "Bad Name", "--org", "acme", "--role",
-                      "viewer", "--users-file", str(users_file))
+    rc, _, err = _run(
+        capsys,
+        "hub",
+        "users",
+        "add",
+        "Bad Name",
+        "--org",
+        "acme",
+        "--role",
+        "viewer",
+        "--users-file",
+        str(users_file),
+    )
     assert rc != 0 and "invalid user name" in err
 
 
 def test_hub_init_writes_a_deployment_without_secrets(capsys, tmp_path, vault):
-    rc, out, _ = _run(capsys, "hub", "init", str(tmp_path / "stack"), "--port", "18123",
-                      "--idp-port", "18124")
+    rc, out, _ = _run(
+        capsys, "hub", "init", str(tmp_path / "stack"), "--port", "18123", "--idp-port", "18124"
+    )
     assert rc == 0
     dep = tomllib.loads((tmp_path / "stack" / "hub" / "atomscale-hub.toml").read_text())
     assert dep["hub"]["public_url"] == "https://127.0.0.1:18123"

@@ -38,8 +38,12 @@ def test_example_deployment_configures_tls_everywhere_and_org_roles(deployment, 
     assert c.JupyterHub.internal_ssl is True
     assert c.ConfigurableHTTPProxy.api_url.startswith("https://")
     assert {s["name"] for s in c.JupyterHub.services} == {
-        "atomscale-keys", "atomscale-context", "atomscale-ingest", "atomscale-data-acme",
-        "atomscale-data-beta"}
+        "atomscale-keys",
+        "atomscale-context",
+        "atomscale-ingest",
+        "atomscale-data-acme",
+        "atomscale-data-beta",
+    }
     # the data servers: no secret in their environment, the servers' Python, one org each
     data = {s["name"]: s for s in c.JupyterHub.services if s["name"].startswith("atomscale-data")}
     for org in ("acme", "beta"):
@@ -51,8 +55,10 @@ def test_example_deployment_configures_tls_everywhere_and_org_roles(deployment, 
     assert "ATOMSCALE_DATA_ROOT" not in c.AtomscaleSpawner.atomscale_env
     assert all(s["url"].startswith("https://") for s in c.JupyterHub.services)
     assert {r["name"] for r in c.JupyterHub.load_roles} == {
-        f"{o}-{r}" for o in ("acme", "beta") for r in ("org-admin", "scientist", "viewer",
-                                                       "support")}
+        f"{o}-{r}"
+        for o in ("acme", "beta")
+        for r in ("org-admin", "scientist", "viewer", "support")
+    }
     a = c.AtomscaleAuthenticator
     assert a.require_mfa is True and a.known_orgs == {"acme", "beta"}
     assert a.issuer == "https://idp.lab.example"

@@ -32,15 +32,19 @@ def test_mfa_login_spawns_server_and_reads_data(stack, running):
     status = r.json()
     assert status["org"] == "acme"
     assert status["role"] == "scientist"
-    assert set(status["permissions"]) == {"data:read", "data:write", "context:join",
-                                          "audit:read"}
+    assert set(status["permissions"]) == {"data:read", "data:write", "context:join", "audit:read"}
     r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/runs")
     assert r.status_code == 200, r.text
     runs = r.json()
     assert runs["total"] == 4
     run_id = runs["runs"][0]["run_id"]
-    r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/runs/{run_id}/process",
-            params={"max_points": 50})
+    r = api(
+        stack,
+        token,
+        "GET",
+        f"/user/{user}/atomscale/api/v1/runs/{run_id}/process",
+        params={"max_points": 50},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["data"], "no process data came back"
     # the user's server holds no key: the org's data server got it, with its service identity
@@ -48,8 +52,9 @@ def test_mfa_login_spawns_server_and_reads_data(stack, running):
     allowed = {e["actor"] for e in released if e["outcome"] == "allowed"}
     assert allowed == {"service:atomscale-data-acme"}, events_json(released)
     # the reads were served and audited by the data server, naming the user
-    reads = [e for e in stack.audit_events("acme", actor=user, action="data.read")
-             if e["seq"] > since]
+    reads = [
+        e for e in stack.audit_events("acme", actor=user, action="data.read") if e["seq"] > since
+    ]
     assert reads, "data reads through the server are not audited"
     assert {e["detail"].get("via") for e in reads} == {"atomscale-data-acme"}, events_json(reads)
     logins = stack.audit_events("acme", actor=user, action="auth.login")
@@ -67,8 +72,13 @@ def test_context_join_through_service(stack, running):
     token = running(user)
     runs = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/runs").json()["runs"]
     ids = [r["run_id"] for r in runs[:2]]
-    r = api(stack, token, "POST", f"/user/{user}/atomscale/api/v1/context/join",
-            json={"run_ids": ids, "fields": ["film"], "purpose": "e2e check"})
+    r = api(
+        stack,
+        token,
+        "POST",
+        f"/user/{user}/atomscale/api/v1/context/join",
+        json={"run_ids": ids, "fields": ["film"], "purpose": "e2e check"},
+    )
     assert r.status_code == 200, r.text
     labels = r.json()["labels"]
     assert {row["run_id"] for row in labels} == set(ids)
@@ -93,8 +103,9 @@ def test_identity_provider_restart_with_a_new_key_is_followed(stack, logged_in):
     assert before != after, "a restarted provider must sign with a new key id"
     user = "beta-support"
     s = helpers.session(stack.ca)
-    r = helpers.login(s, stack.url, user, stack.passwords[user],
-                      helpers.fresh_totp(stack.idp, user))
+    r = helpers.login(
+        s, stack.url, user, stack.passwords[user], helpers.fresh_totp(stack.idp, user)
+    )
     assert helpers.on_hub(r, stack.url), (r.status_code, r.text[-300:])
 
 
@@ -125,16 +136,22 @@ def test_repeated_failures_lock_the_account_at_the_identity_provider(stack):
         r = helpers.login(helpers.session(stack.ca), stack.url, user, "wrong-password")
         assert r.status_code == 401
     s = helpers.session(stack.ca)
-    r = helpers.login(s, stack.url, user, stack.passwords[user],
-                      helpers.fresh_totp(stack.idp, user))
+    r = helpers.login(
+        s, stack.url, user, stack.passwords[user], helpers.fresh_totp(stack.idp, user)
+    )
     assert r.status_code == 429 and "Too many failed attempts" in r.text
     assert s.get(f"{stack.url}/hub/api/user", timeout=30).status_code == 403
 
 
 def test_unknown_org_is_refused_with_a_clear_page(stack):
     s = helpers.session(stack.ca)
-    r = helpers.login(s, stack.url, "gamma-user", stack.passwords["gamma-user"],
-                      helpers.fresh_totp(stack.idp, "gamma-user"))
+    r = helpers.login(
+        s,
+        stack.url,
+        "gamma-user",
+        stack.passwords["gamma-user"],
+        helpers.fresh_totp(stack.idp, "gamma-user"),
+    )
     assert r.status_code == 403
     assert "not served by this hub" in r.text
 
@@ -162,8 +179,13 @@ def test_role_of_org_a_is_refused_everything_of_org_b(stack, logged_in, running,
     assert r.status_code == 403, r.text
     assert "keys" not in r.json()
     # org B's context service
-    r = api(stack, token, "POST", "/services/atomscale-context/orgs/beta/join",
-            json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"})
+    r = api(
+        stack,
+        token,
+        "POST",
+        "/services/atomscale-context/orgs/beta/join",
+        json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"},
+    )
     assert r.status_code == 403, r.text
     # org B's audit log via the service
     r = api(stack, token, "GET", "/services/atomscale-keys/orgs/beta/audit")
@@ -175,8 +197,11 @@ def test_role_of_org_a_is_refused_everything_of_org_b(stack, logged_in, running,
     assert ("context.join", "denied") in actions, events_json(after)
     assert ("auth.server", "denied") in actions, events_json(after)  # B's data server
     # the refusals at B's server (its REST API included) are in B's log too, naming the caller
-    server_denials = [e for e in stack.audit_events("beta", actor=victim, action="auth.server")
-                      if e["detail"].get("reported_actor") == attacker]
+    server_denials = [
+        e
+        for e in stack.audit_events("beta", actor=victim, action="auth.server")
+        if e["detail"].get("reported_actor") == attacker
+    ]
     paths = {e["detail"]["path"] for e in server_denials}
     assert f"/user/{victim}/atomscale/api/v1/runs" in paths, events_json(server_denials)
     assert all(e["outcome"] == "denied" for e in server_denials)
@@ -197,8 +222,13 @@ def test_support_account_gets_no_data_key_and_no_context(stack, logged_in, runni
     token = running(user)
     r = api(stack, token, "GET", "/services/atomscale-keys/orgs/acme/keys")
     assert r.status_code == 403
-    r = api(stack, token, "POST", "/services/atomscale-context/orgs/acme/join",
-            json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"})
+    r = api(
+        stack,
+        token,
+        "POST",
+        "/services/atomscale-context/orgs/acme/join",
+        json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"},
+    )
     assert r.status_code == 403
     # its own server started and forwards, but the data server serves it no data
     r = api(stack, token, "GET", f"/user/{user}/atomscale/api/v1/runs")
@@ -214,15 +244,20 @@ def test_support_account_gets_no_data_key_and_no_context(stack, logged_in, runni
     running("acme-scientist")
     session, _ = logged_in(user)
     code, final = helpers.final_status(
-        session, f"{stack.url}/user/acme-scientist/atomscale/api/v1/status", token)
+        session, f"{stack.url}/user/acme-scientist/atomscale/api/v1/status", token
+    )
     assert code == 403, (code, final)
     r = api(stack, token, "POST", "/hub/api/users/acme-scientist/tokens", json={})
     assert r.status_code in (403, 404)
 
 
 def _concrete(template: str) -> str:
-    return (template.replace("{run_id}", "R-00001").replace("{item_id}", "M-00001-xrd")
-            .replace("{category}", "process").replace("{name}", "runs"))
+    return (
+        template.replace("{run_id}", "R-00001")
+        .replace("{item_id}", "M-00001-xrd")
+        .replace("{category}", "process")
+        .replace("{name}", "runs")
+    )
 
 
 def test_support_reads_no_data_through_any_route(stack, running):
@@ -241,11 +276,16 @@ def test_support_reads_no_data_through_any_route(stack, running):
             needs = set(paths["/" + template][method]["x-atomscale-permissions"])
             if template not in ("status", "openapi.json") and needs & ROLE_PERMISSIONS["support"]:
                 skipped += 1  # the role table lets support do it (the org's configuration, no
-                continue      # data): its statuses are checked in test_hub_role_matrix.py
-            kw = {"json": {"run_ids": ["R-00001"], "fields": ["film"], "purpose": "probe"}} \
-                if method != "get" else {}
-            for base in (f"/user/{user}/atomscale/api/v1/",
-                         "/services/atomscale-data-acme/atomscale/api/v1/"):
+                continue  # data): its statuses are checked in test_hub_role_matrix.py
+            kw = (
+                {"json": {"run_ids": ["R-00001"], "fields": ["film"], "purpose": "probe"}}
+                if method != "get"
+                else {}
+            )
+            for base in (
+                f"/user/{user}/atomscale/api/v1/",
+                "/services/atomscale-data-acme/atomscale/api/v1/",
+            ):
                 r = api(stack, token, method.upper(), base + _concrete(template), **kw)
                 if template in ("status", "openapi.json"):
                     # no data in either: the status names the role and holds no row counts
@@ -269,8 +309,13 @@ def test_viewer_gets_no_key_and_cannot_join_context(stack, logged_in):
     denied = stack.audit_events("acme", actor="acme-viewer", action="key.release")
     assert denied and denied[0]["outcome"] == "denied", events_json(denied)
     assert denied[0]["detail"]["kind"] == "user"
-    r = api(stack, token, "POST", "/services/atomscale-context/orgs/acme/join",
-            json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"})
+    r = api(
+        stack,
+        token,
+        "POST",
+        "/services/atomscale-context/orgs/acme/join",
+        json={"run_ids": ["x"], "fields": ["film"], "purpose": "probe"},
+    )
     assert r.status_code == 403
     denied = stack.audit_events("acme", actor="acme-viewer", action="context.join")
     assert denied and denied[0]["outcome"] == "denied"
@@ -290,8 +335,11 @@ def test_servers_of_different_orgs_cannot_read_each_other(stack, running):
     assert pid_a != pid_b
 
     def as_a(*cmd):
-        return subprocess.run(["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}",
-                               "--clear-groups", *cmd], capture_output=True, text=True)
+        return subprocess.run(
+            ["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}", "--clear-groups", *cmd],
+            capture_output=True,
+            text=True,
+        )
 
     # the servers really run as their own accounts
     assert os.stat(f"/proc/{pid_b}").st_uid == stack.accounts["beta-scientist"].uid
@@ -302,8 +350,12 @@ def test_servers_of_different_orgs_cannot_read_each_other(stack, running):
     assert r.returncode != 0 and "Permission denied" in r.stderr
     r = as_a("ls", str(stack.accounts["beta-scientist"].home))
     assert r.returncode != 0 and "Permission denied" in r.stderr
-    for private in (stack.home / "registry.sqlite", stack.home / "audit",
-                    stack.home / "context", stack.home / "idp" / "users.json"):
+    for private in (
+        stack.home / "registry.sqlite",
+        stack.home / "audit",
+        stack.home / "context",
+        stack.home / "idp" / "users.json",
+    ):
         r = as_a("cat" if private.suffix else "ls", str(private))
         assert r.returncode != 0 and "Permission denied" in r.stderr, private
     # A's own server's environment is readable by A (control: the check above can succeed)
@@ -326,8 +378,12 @@ def test_no_key_material_in_server_environment_or_command_line(stack, running):
         assert b"ATOMSCALE_ROOT_KEY" not in blob
         assert root_key not in blob
         for k in secrets:
-            for form in (k, base64.urlsafe_b64encode(k).rstrip(b"="), base64.b64encode(k),
-                         k.hex().encode()):
+            for form in (
+                k,
+                base64.urlsafe_b64encode(k).rstrip(b"="),
+                base64.b64encode(k),
+                k.hex().encode(),
+            ):
                 assert form not in blob
     assert b"OAUTH_CLIENT_SECRET" not in env and b"JUPYTERHUB_CRYPT_KEY" not in env
 
@@ -346,29 +402,68 @@ def test_ingest_runs_as_hub_service_and_feeds_the_org_server(stack, running):
     import sys
     from datetime import UTC, datetime, timedelta
 
-    env = {**os.environ, "ATOMSCALE_HOME": str(stack.home),
-           "ATOMSCALE_ROOT_KEY_FILE": str(stack.base / "root.key")}
-    r = subprocess.run([sys.executable, "-m", "atomscale_lab.cli.main", "apikey", "create", "acme",
-                        "--scope", "ingest:process", "--expires", "1d", "--name", "mbe1"],
-                       env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "ATOMSCALE_HOME": str(stack.home),
+        "ATOMSCALE_ROOT_KEY_FILE": str(stack.base / "root.key"),
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomscale_lab.cli.main",
+            "apikey",
+            "create",
+            "acme",
+            "--scope",
+            "ingest:process",
+            "--expires",
+            "1d",
+            "--name",
+            "mbe1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     key = r.stdout.strip()
     s = helpers.session(stack.ca)
     base = f"{stack.url}/services/atomscale-ingest"
     assert s.get(f"{base}/health", timeout=30).status_code == 200
-    bad = s.post(f"{base}/streams", headers={"Authorization": "Bearer ask_not-a-key"},
-                 json={"run_id": "x", "tool": "mbe1", "category": "process"}, timeout=30)
+    bad = s.post(
+        f"{base}/streams",
+        headers={"Authorization": "Bearer ask_not-a-key"},
+        json={"run_id": "x", "tool": "mbe1", "category": "process"},
+        timeout=30,
+    )
     assert bad.status_code == 401
     h = {"Authorization": f"Bearer {key}"}
-    r = s.post(f"{base}/streams", headers=h, timeout=30,
-               json={"run_id": "run-ingest-1", "tool": "mbe1", "category": "process"})
+    r = s.post(
+        f"{base}/streams",
+        headers=h,
+        timeout=30,
+        json={"run_id": "run-ingest-1", "tool": "mbe1", "category": "process"},
+    )
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [{"time": (t0 + timedelta(seconds=i)).isoformat(), "channel": "T", "value": float(i),
-             "unit": "C"} for i in range(20)]
-    r = s.post(f"{base}/streams/{sid}/batches", headers=h, timeout=30,
-               json={"batch_id": "b1", "rows": rows})
+    rows = [
+        {
+            "time": (t0 + timedelta(seconds=i)).isoformat(),
+            "channel": "T",
+            "value": float(i),
+            "unit": "C",
+        }
+        for i in range(20)
+    ]
+    r = s.post(
+        f"{base}/streams/{sid}/batches",
+        headers=h,
+        timeout=30,
+        json={"batch_id": "b1", "rows": rows},
+    )
     assert r.status_code == 200, r.text
     r = s.post(f"{base}/streams/{sid}/finalize", headers=h, timeout=60)
     assert r.status_code == 200, r.text
@@ -456,20 +551,37 @@ def test_scientists_kernel_gets_no_key_and_no_file_but_reads_through_the_api(sta
     token = running(user)
     home = stack.home
     log = home / "data" / "acme" / "process" / "runs" / "_log" / "commits.jsonl"
-    paths = [(str(p), p.is_dir()) for p in (home / "data", home / "data" / "acme", log.parent,
-                                             log, home / "context", home / "registry.sqlite")]
+    paths = [
+        (str(p), p.is_dir())
+        for p in (
+            home / "data",
+            home / "data" / "acme",
+            log.parent,
+            log,
+            home / "context",
+            home / "registry.sqlite",
+        )
+    ]
     assert [d for _, d in paths] == [True, True, True, False, True, False]
     before = len(stack.audit_events("acme", actor=user, action="key.release"))
     sock = stack.st.root / "hub" / "state" / "keys.sock"
     assert sock.is_socket()
-    out = helpers.run_in_kernel(stack.url, user, token, stack.ca,
-                                f"PATHS = {paths!r}\nSOCKET = {str(sock)!r}\n" + KERNEL_ATTACK,
-                                timeout=180)
+    out = helpers.run_in_kernel(
+        stack.url,
+        user,
+        token,
+        stack.ca,
+        f"PATHS = {paths!r}\nSOCKET = {str(sock)!r}\n" + KERNEL_ATTACK,
+        timeout=180,
+    )
     doc = json.loads(out.strip().splitlines()[-1])
     # the attack found the server's own token (in the kernel's environment and in /proc) ...
     pid = server_pid(stack, user)
-    server_env = dict(kv.split(b"=", 1) for kv in
-                      open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in kv)
+    server_env = dict(
+        kv.split(b"=", 1)
+        for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        if b"=" in kv
+    )
     server_token = server_env[b"JUPYTERHUB_API_TOKEN"].decode()
     tried = doc["tried"]
     assert hashlib.sha256(server_token.encode()).hexdigest()[:12] in tried, tried
@@ -522,10 +634,12 @@ def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
     acc = stack.accounts[user]
     data = stack.home / "data"
     runs = data / "acme" / "process" / "runs"
-    dirs = [data, data / "acme", runs, runs / "_log", stack.home / "context",
-            data / "beta"]
-    files = [runs / "_log" / "commits.jsonl", *sorted(runs.rglob("*.parquet"))[:1],
-             *sorted((stack.home / "context").rglob("commits.jsonl"))[:1]]
+    dirs = [data, data / "acme", runs, runs / "_log", stack.home / "context", data / "beta"]
+    files = [
+        runs / "_log" / "commits.jsonl",
+        *sorted(runs.rglob("*.parquet"))[:1],
+        *sorted((stack.home / "context").rglob("commits.jsonl"))[:1],
+    ]
     assert len(files) == 3
     snapshot = {f: (f.stat().st_size, f.stat().st_mode) for f in files}
 
@@ -534,15 +648,25 @@ def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
         os.setgid(acc.gid)
         os.setuid(acc.uid)
 
-    r = subprocess.run([sys.executable, "-I", "-c", UNIX_ATTACK,
-                        json.dumps({"dirs": [str(d) for d in dirs],
-                                    "files": [str(f) for f in files]})],
-                       preexec_fn=become, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            UNIX_ATTACK,
+            json.dumps({"dirs": [str(d) for d in dirs], "files": [str(f) for f in files]}),
+        ],
+        preexec_fn=become,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert len(res) == 3 * len(dirs) + 6 * len(files)
-    assert set(res.values()) == {"PermissionError"}, {k: v for k, v in res.items()
-                                                      if v != "PermissionError"}
+    assert set(res.values()) == {"PermissionError"}, {
+        k: v for k, v in res.items() if v != "PermissionError"
+    }
     assert {f: (f.stat().st_size, f.stat().st_mode) for f in files} == snapshot
     # control: the org's data-server account does reach its own org's files
     svc = stack.services["acme"]
@@ -552,9 +676,12 @@ def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
         os.setgid(svc.gid)
         os.setuid(svc.uid)
 
-    r = subprocess.run([sys.executable, "-I", "-c", "import sys; open(sys.argv[1],'rb').read(1)",
-                        str(files[0])], preexec_fn=become_service, capture_output=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; open(sys.argv[1],'rb').read(1)", str(files[0])],
+        preexec_fn=become_service,
+        capture_output=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -640,8 +767,13 @@ def test_data_server_serves_users_only_and_its_token_opens_only_its_orgs_keys(st
     denied = stack.audit_events("acme", actor="service:atomscale-data-beta", action="key.release")
     assert denied and denied[0]["outcome"] == "denied", events_json(denied)
     # nor another org's heads or audit log
-    r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/heads",
-            params={"table": "process/runs@00000000"})
+    r = api(
+        stack,
+        beta,
+        "GET",
+        "/services/atomscale-keys/orgs/acme/heads",
+        params={"table": "process/runs@00000000"},
+    )
     assert r.status_code == 403
     r = api(stack, beta, "GET", "/services/atomscale-keys/orgs/acme/audit")
     assert r.status_code == 403

@@ -88,8 +88,9 @@ def test_org_scope_filter_matches_the_member_group():
     assert permissions_from_scopes([scope], "acme") == {"data:read"}
 
 
-@pytest.mark.parametrize("org", ["org", "role", "hub", "atomscale-keys", "atomscale",
-                                 "svc-acme", "org-admin", "role-x"])
+@pytest.mark.parametrize(
+    "org", ["org", "role", "hub", "atomscale-keys", "atomscale", "svc-acme", "org-admin", "role-x"]
+)
 def test_reserved_org_names_are_refused(vault, org):
     with pytest.raises(ValidationError, match="reserved"):
         vault.create_org(org, "us")
@@ -116,8 +117,10 @@ def test_user_collision_and_reserved_user_names_are_refused(tmp_path, monkeypatc
     for reserved in ("atomscale-keys", "svc-acme", "org-acme"):
         with pytest.raises(ValidationError, match="reserved"):
             users.add(reserved, "acme", "scientist")
-    assert set(users.load()) == {"materials-growth-lab-scientist1",
-                                 "materials-growth-lab-scientist2"}
+    assert set(users.load()) == {
+        "materials-growth-lab-scientist1",
+        "materials-growth-lab-scientist2",
+    }
 
 
 def test_an_existing_unix_account_of_someone_else_is_not_reused(monkeypatch, tmp_path):
@@ -140,8 +143,15 @@ def test_authenticator_refuses_invalid_or_reserved_user_name_claims():
 
     a = AtomscaleAuthenticator(issuer="https://idp.test", client_id="x", known_orgs={"acme"})
     assert a.user_info_to_username({"preferred_username": "acme-scientist"}) == "acme-scientist"
-    for bad in ("Root", "a" * 70, "acme_scientist", "../etc", "atomscale-keys", "x",
-                "acme:org-admin"):
+    for bad in (
+        "Root",
+        "a" * 70,
+        "acme_scientist",
+        "../etc",
+        "atomscale-keys",
+        "x",
+        "acme:org-admin",
+    ):
         with pytest.raises(AuthRefused):
             a.user_info_to_username({"preferred_username": bad})
 
@@ -161,8 +171,9 @@ def test_authenticator_binds_the_user_to_its_subject():
 
     a = AtomscaleAuthenticator(issuer="https://idp.test", client_id="x", known_orgs={"acme"})
     seen = []
-    a.audit_hook = lambda org, actor, action, outcome, **d: seen.append((actor, outcome,
-                                                                        d.get("reason")))
+    a.audit_hook = lambda org, actor, action, outcome, **d: seen.append(
+        (actor, outcome, d.get("reason"))
+    )
     owner = {"iss": "https://idp.test", "sub": "u1"}
     bound = _Bound(a.subject(owner))
     asyncio.run(a.check_subject(bound, owner))  # the same subject: fine

@@ -25,8 +25,10 @@ def hub_expectation(template: str, method: str, role: str, user_org: str) -> tup
     caller with none is refused by the server's gate."""
     if not role_matrix.granted(role, user_org, SERVED):
         return role_matrix.REFUSED, NO_SCOPE
-    return (role_matrix.expected_status(template, method, role, user_org == SERVED),
-            role_matrix.audit_action(template, method))
+    return (
+        role_matrix.expected_status(template, method, role, user_org == SERVED),
+        role_matrix.audit_action(template, method),
+    )
 
 
 def test_expectations_cover_both_gates():
@@ -45,8 +47,13 @@ def _sample_ids(stack) -> dict[str, str]:
     try:
         st = v.store(SERVED)
         items = st.table("metrology/items").read(columns=["item_id", "run_id"]).to_pylist()
-        process = set(st.table("process/series").read(columns=["run_id"])
-                      .column("run_id").unique().to_pylist())
+        process = set(
+            st.table("process/series")
+            .read(columns=["run_id"])
+            .column("run_id")
+            .unique()
+            .to_pylist()
+        )
     finally:
         v.close()
     item = next(i for i in items if i["run_id"] in process)
@@ -55,12 +62,17 @@ def _sample_ids(stack) -> dict[str, str]:
 
 def _concrete(req: dict, ids: dict[str, str]) -> dict:
     """``sample_request``'s stand-in ids replaced by the served org's."""
+
     def sub(text):
         for a, b in ids.items():
             text = text.replace(a, b)
         return text
-    out = dict(req, path=[sub(x) for x in req["path"]],
-               params={k: sub(v) for k, v in req["params"].items()})
+
+    out = dict(
+        req,
+        path=[sub(x) for x in req["path"]],
+        params={k: sub(v) for k, v in req["params"].items()},
+    )
     if isinstance(req.get("body"), str):
         out["body"] = sub(req["body"])
     return out
@@ -94,10 +106,15 @@ def test_role_matrix_at_the_data_server(stack, logged_in, running, role, user_or
                 where = f"{method.upper()} {base}{template} as {user}"
                 before = _count(served_log, user)
                 before_own = _count(own_log, user) if user_org != SERVED else None
-                r = http.request(req["method"], stack.url + base + "/".join(req["path"]),
-                                 params=req["params"], data=req.get("body"),
-                                 headers={**req["headers"], "Authorization": f"token {token}"},
-                                 allow_redirects=False, timeout=60)
+                r = http.request(
+                    req["method"],
+                    stack.url + base + "/".join(req["path"]),
+                    params=req["params"],
+                    data=req.get("body"),
+                    headers={**req["headers"], "Authorization": f"token {token}"},
+                    allow_redirects=False,
+                    timeout=60,
+                )
                 new = served_log.events(actor=user, limit=100_000)
                 new = new[: len(new) - before]
                 denied = [e["action"] for e in new if e["outcome"] == "denied"]
@@ -106,12 +123,12 @@ def test_role_matrix_at_the_data_server(stack, logged_in, running, role, user_or
                     wrong.append(f"{where}: {r.status_code} (expected {status}) {r.text[:160]}")
                 if allowed and denied:
                     wrong.append(f"{where}: allowed, yet refusals were audited: {denied}")
-                if allowed and action in role_matrix.AUDITED_WHEN_ALLOWED \
-                        and action not in granted:
+                if allowed and action in role_matrix.AUDITED_WHEN_ALLOWED and action not in granted:
                     wrong.append(f"{where}: allowed but no {action} event: {granted}")
                 if not allowed and denied != [action]:
-                    wrong.append(f"{where}: expected one {action} refusal in {SERVED}'s log, "
-                                 f"got {denied}")
+                    wrong.append(
+                        f"{where}: expected one {action} refusal in {SERVED}'s log, got {denied}"
+                    )
                 if before_own is not None and _count(own_log, user) != before_own:
                     wrong.append(f"{where}: an event went to {user_org}'s log")
     finally:

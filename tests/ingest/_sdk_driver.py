@@ -22,8 +22,10 @@ def _plain(v):
 
 
 def _frame(df):
-    return {"columns": [str(c) for c in df.columns],
-            "data": {str(c): [_plain(x) for x in df[c].tolist()] for c in df.columns}}
+    return {
+        "columns": [str(c) for c in df.columns],
+        "data": {str(c): [_plain(x) for x in df[c].tolist()] for c in df.columns},
+    }
 
 
 def _result(r):
@@ -58,9 +60,11 @@ def main(doc):
     if op == "stream":
         from atomscale.streaming import TimeseriesStreamer
 
-        s = TimeseriesStreamer(api_key=os.environ["AS_API_KEY"],
-                               endpoint=os.environ["AS_API_ENDPOINT"],
-                               points_per_chunk=doc.get("points_per_chunk", 100))
+        s = TimeseriesStreamer(
+            api_key=os.environ["AS_API_KEY"],
+            endpoint=os.environ["AS_API_ENDPOINT"],
+            points_per_chunk=doc.get("points_per_chunk", 100),
+        )
         data_id = s.initialize(**doc.get("init", {}))
         t0 = time.perf_counter()
         for step in doc.get("steps", []):
@@ -70,12 +74,15 @@ def main(doc):
             elif kind == "push_multi":
                 s.push_multi(data_id, step["chunk_index"], step["channels"])
             elif kind == "run":
-                s.run(data_id, step["channel_name"],
-                      iter([tuple(c) for c in step["chunks"]]), step.get("units"))
+                s.run(
+                    data_id,
+                    step["channel_name"],
+                    iter([tuple(c) for c in step["chunks"]]),
+                    step.get("units"),
+                )
         if doc.get("finalize", True):
             s.finalize(data_id)
-        return {"data_id": data_id, "seconds": time.perf_counter() - t0,
-                "clock": s.clock_status()}
+        return {"data_id": data_id, "seconds": time.perf_counter() - t0, "clock": s.clock_status()}
     if op == "get_timed":
         client = Client(mute_bars=True)
         t0 = time.perf_counter()
@@ -88,26 +95,43 @@ def main(doc):
         from atomscale.streaming import TimeseriesStreamer
 
         n, per, chans = doc["points"], doc["points_per_chunk"], doc["channels"]
-        s = TimeseriesStreamer(api_key=os.environ["AS_API_KEY"],
-                               endpoint=os.environ["AS_API_ENDPOINT"], points_per_chunk=per)
+        s = TimeseriesStreamer(
+            api_key=os.environ["AS_API_KEY"],
+            endpoint=os.environ["AS_API_ENDPOINT"],
+            points_per_chunk=per,
+        )
         data_id = s.initialize(stream_name=doc["name"])
         t_start = 1.77e9
         chunks = []
         for k in range(n // (per * chans)):
             ts = [t_start + (k * per + i) * 0.001 for i in range(per)]
-            chunks.append({f"ch{c}": {"timestamps": ts, "values": [float(c + i) for i in
-                                                                   range(per)], "units": "V"}
-                           for c in range(chans)})
+            chunks.append(
+                {
+                    f"ch{c}": {
+                        "timestamps": ts,
+                        "values": [float(c + i) for i in range(per)],
+                        "units": "V",
+                    }
+                    for c in range(chans)
+                }
+            )
         t0 = time.perf_counter()
         if doc.get("mode") == "run":
-            s.run(data_id, "ch0", iter([(c["ch0"]["timestamps"], c["ch0"]["values"])
-                                        for c in chunks]), "V")
+            s.run(
+                data_id,
+                "ch0",
+                iter([(c["ch0"]["timestamps"], c["ch0"]["values"]) for c in chunks]),
+                "V",
+            )
         else:
             for k, c in enumerate(chunks):
                 s.push_multi(data_id, k, c)
         s.finalize(data_id)
-        return {"data_id": data_id, "seconds": time.perf_counter() - t0,
-                "points": len(chunks) * per * (1 if doc.get("mode") == "run" else chans)}
+        return {
+            "data_id": data_id,
+            "seconds": time.perf_counter() - t0,
+            "points": len(chunks) * per * (1 if doc.get("mode") == "run" else chans),
+        }
     raise SystemExit(f"unknown op {op!r}")
 
 

@@ -66,8 +66,13 @@ class Deployment:
         self.home, self.vault, self.recorder = home, vault, recorder
         self.keys = apikeys.for_vault(vault)
 
-    def key(self, org="acme", scopes="ingest:process,ingest:tool_state", expires=timedelta(days=1),
-            name=""):
+    def key(
+        self,
+        org="acme",
+        scopes="ingest:process,ingest:tool_state",
+        expires=timedelta(days=1),
+        name="",
+    ):
         """Issue a key and remember its plaintext."""
         key, _ = self.keys.create(org, scopes, expires, name=name)
         self.recorder.keys.append(key)

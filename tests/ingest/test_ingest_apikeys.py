@@ -49,8 +49,9 @@ def test_wrong_secret_unknown_and_malformed_are_refused(deployment):
     denied = deployment.vault.audit("acme").events(action="apikey.use")
     assert [e["detail"]["reason"] for e in denied] == ["wrong API key"]
     system = deployment.vault.system_audit().events(action="apikey.use", limit=10)
-    assert sorted(e["detail"]["reason"] for e in system) == [
-        "malformed or missing API key"] * 3 + ["unknown API key"]
+    assert sorted(e["detail"]["reason"] for e in system) == ["malformed or missing API key"] * 3 + [
+        "unknown API key"
+    ]
     assert all(e["outcome"] == "denied" for e in system)
 
 
@@ -60,7 +61,8 @@ def test_expired_and_revoked_keys_are_refused(deployment):
         deployment.vault.settings.registry_path,
         lambda org, v: apikeys.pepper_from_org_keys(deployment.vault.org_keys(org), v),
         audit_for=deployment.vault.audit,
-        now=lambda: datetime.now(UTC) + timedelta(minutes=2))
+        now=lambda: datetime.now(UTC) + timedelta(minutes=2),
+    )
     with pytest.raises(InvalidApiKey, match="expired"):
         later.authenticate(key, client="x")
     assert later.list("acme")[0]["state"] == "expired"

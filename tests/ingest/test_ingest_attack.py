@@ -27,8 +27,13 @@ ARROW = "application/vnd.apache.arrow.stream"
 
 
 def _open(svc, key, run_id="run-1", tool="mbe1", headers=None, **extra):
-    return svc.request("POST", "/streams", key, headers=dict(headers or {}),
-                       json={"run_id": run_id, "tool": tool, "category": "process", **extra})
+    return svc.request(
+        "POST",
+        "/streams",
+        key,
+        headers=dict(headers or {}),
+        json={"run_id": run_id, "tool": tool, "category": "process", **extra},
+    )
 
 
 def _tls(svc) -> ssl.SSLSocket:
@@ -38,9 +43,11 @@ def _tls(svc) -> ssl.SSLSocket:
 
 
 def _head(svc, sid, key, length, extra="") -> bytes:
-    return (f"POST /streams/{sid}/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+    return (
+        f"POST /streams/{sid}/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
 
 
 def _status(sock) -> int:
@@ -57,13 +64,14 @@ def _status(sock) -> int:
 def _bomb(rows=300_000, width=256) -> bytes:
     """A ZSTD-compressed Arrow stream of few rows that decodes to ~77 MB."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    t = pa.table({
-        "time": pa.array(np.full(rows, int(t0.timestamp() * 1e6)), pa.timestamp("us", "UTC")),
-        "channel": pa.array(["x" * width] * rows, pa.large_string()),
-    })
+    t = pa.table(
+        {
+            "time": pa.array(np.full(rows, int(t0.timestamp() * 1e6)), pa.timestamp("us", "UTC")),
+            "channel": pa.array(["x" * width] * rows, pa.large_string()),
+        }
+    )
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema,
-                           options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+    with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(t)
     return sink.getvalue().to_pybytes()
 
@@ -79,8 +87,9 @@ def test_a_batch_without_a_valid_key_is_refused_before_its_body_is_read(deployme
         s.sendall(_head(service, sid, "", 10_000_000))
         assert _status(s) == 401
     # A valid key is still asked for its body (and a small refused body still gets its 401).
-    r = service.request("POST", f"/streams/{sid}/batches", key[:-3] + "abc",
-                        json={"batch_id": "b", "rows": []})
+    r = service.request(
+        "POST", f"/streams/{sid}/batches", key[:-3] + "abc", json={"batch_id": "b", "rows": []}
+    )
     assert r.status_code == 401
     # the wrong secrets are charged to the key's org; the missing key to the deployment log
     events = deployment.vault.audit("acme").events(action="apikey.use")
@@ -89,9 +98,18 @@ def test_a_batch_without_a_valid_key_is_refused_before_its_body_is_read(deployme
 
 
 def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_key):
-    svc = Service(deployment.home, root_key, ["--max-client-connections", "2",
-                                             "--max-key-connections", "3",
-                                             "--trusted-proxy", "127.0.0.1"])
+    svc = Service(
+        deployment.home,
+        root_key,
+        [
+            "--max-client-connections",
+            "2",
+            "--max-key-connections",
+            "3",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+    )
     svc.start()
     held = []
     try:
@@ -108,8 +126,7 @@ def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_
         # wait until the service has authenticated both (they hold their slots, body pending)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            r = svc.request("GET", f"/streams/{sid}", key,
-                            headers={"X-Forwarded-For": "10.0.0.1"})
+            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.1"})
             if r.status_code == 429:
                 break
             time.sleep(0.05)
@@ -118,8 +135,7 @@ def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_
         hold("10.0.0.2")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            r = svc.request("GET", f"/streams/{sid}", key,
-                            headers={"X-Forwarded-For": "10.0.0.3"})
+            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.3"})
             if r.status_code == 429:
                 break
             time.sleep(0.05)
@@ -132,8 +148,7 @@ def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_
         held.clear()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            r = svc.request("GET", f"/streams/{sid}", key,
-                            headers={"X-Forwarded-For": "10.0.0.1"})
+            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.1"})
             if r.status_code == 200:
                 break
             time.sleep(0.05)
@@ -150,20 +165,34 @@ def test_a_decompression_bomb_is_refused_before_decoding(deployment, service):
     assert len(body) < 1_000_000 and size > 64 * 1024 * 1024 and rows == 300_000
     key = deployment.key()
     sid = _open(service, key).json()["id"]
-    r = service.request("POST", f"/streams/{sid}/batches", key, data=body,
-                        headers={"Content-Type": ARROW, "X-Batch-Id": "bomb"})
+    r = service.request(
+        "POST",
+        f"/streams/{sid}/batches",
+        key,
+        data=body,
+        headers={"Content-Type": ARROW, "X-Batch-Id": "bomb"},
+    )
     assert r.status_code == 413, r.text
     assert r.json()["field"] == "body"
     assert service.request("GET", f"/streams/{sid}", key).json()["rows"] == 0
     # an honest compressed batch still goes through
-    t = pa.table({"time": pa.array([datetime(2026, 1, 1, tzinfo=UTC)], pa.timestamp("us", "UTC")),
-                  "channel": ["T"], "value": [1.0]})
+    t = pa.table(
+        {
+            "time": pa.array([datetime(2026, 1, 1, tzinfo=UTC)], pa.timestamp("us", "UTC")),
+            "channel": ["T"],
+            "value": [1.0],
+        }
+    )
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema,
-                           options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+    with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(t)
-    r = service.request("POST", f"/streams/{sid}/batches", key, data=sink.getvalue().to_pybytes(),
-                        headers={"Content-Type": ARROW, "X-Batch-Id": "ok"})
+    r = service.request(
+        "POST",
+        f"/streams/{sid}/batches",
+        key,
+        data=sink.getvalue().to_pybytes(),
+        headers={"Content-Type": ARROW, "X-Batch-Id": "ok"},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -195,8 +224,9 @@ def test_open_streams_per_key_are_capped(deployment):
             core.open_stream(k, "r3", "t", "process")
         assert e.value.http_status == 429
         core.open_stream(other, "r9", "t", "process")  # the cap is per key
-        core.add_batch(k, a["id"], "b1", [{"time": "2026-01-01T00:00:00Z", "channel": "T",
-                                           "value": 1.0}])
+        core.add_batch(
+            k, a["id"], "b1", [{"time": "2026-01-01T00:00:00Z", "channel": "T", "value": 1.0}]
+        )
         core.finalize(k, a["id"])
         assert core.open_stream(k, "r3", "t", "process")["status"] == "active"
     finally:
@@ -211,22 +241,27 @@ def test_spoofed_client_headers_neither_escape_nor_aim_the_throttle(deployment, 
         good = deployment.key()
         bad = "ask_0123456789_" + "Z" * 43
         # An attacker rotating X-Real-Ip cannot escape the lockout of its own address...
-        codes = [svc.request("GET", "/streams/st_0000000000000000", bad,
-                             headers={"X-Real-Ip": f"10.9.0.{i}"}).status_code
-                 for i in range(11)]
+        codes = [
+            svc.request(
+                "GET", "/streams/st_0000000000000000", bad, headers={"X-Real-Ip": f"10.9.0.{i}"}
+            ).status_code
+            for i in range(11)
+        ]
         assert codes[:10] == [401] * 10 and codes[10] == 429
         # ...nor lock out an instrument by naming its address in X-Real-Ip, or by putting it
         # at the left of X-Forwarded-For (the proxy appends the real peer on the right).
         for _ in range(10):
-            svc.request("GET", "/streams/st_0000000000000000", bad,
-                        headers={"X-Real-Ip": "10.1.1.1",
-                                 "X-Forwarded-For": "10.1.1.1, 10.7.7.7"})
+            svc.request(
+                "GET",
+                "/streams/st_0000000000000000",
+                bad,
+                headers={"X-Real-Ip": "10.1.1.1", "X-Forwarded-For": "10.1.1.1, 10.7.7.7"},
+            )
         r = _open(svc, good, headers={"X-Forwarded-For": "10.1.1.1"})
         assert r.status_code == 201, r.text
         uses = deployment.vault.audit("acme").events(action="apikey.use", limit=1)
         assert uses[0]["detail"]["client"] == "10.1.1.1"
-        denied = [e for e in deployment.vault.system_audit().events(action="apikey.use",
-                                                                     limit=50)]
+        denied = [e for e in deployment.vault.system_audit().events(action="apikey.use", limit=50)]
         assert {e["detail"]["client"] for e in denied} <= {"127.0.0.1", "10.7.7.7"}
     finally:
         svc.stop()
@@ -255,10 +290,12 @@ def test_a_stream_cannot_rewrite_another_runs_record(deployment, service):
     runs = deployment.vault.store("acme").table("process/runs").read().to_pylist()
     target = runs[0]
     key = deployment.key()
-    r = _open(service, key, run_id=target["run_id"], operator="=HYPERLINK(\"x\")")
+    r = _open(service, key, run_id=target["run_id"], operator='=HYPERLINK("x")')
     assert r.status_code == 409, r.text
-    after = {x["run_id"]: x for x in
-             deployment.vault.store("acme").table("process/runs").read().to_pylist()}
+    after = {
+        x["run_id"]: x
+        for x in deployment.vault.store("acme").table("process/runs").read().to_pylist()
+    }
     assert after[target["run_id"]]["status"] == target["status"]
     assert after[target["run_id"]]["operator"] == target["operator"]
     # another key's run is not this key's either
@@ -284,9 +321,22 @@ def test_csv_export_neutralises_formulas(deployment, service, tmp_path, venv_bin
     assert _open(service, key, run_id="csv-hidden", operator=hidden).status_code == 201
     env = dict(os.environ, ATOMSCALE_HOME=str(deployment.home))
     out = tmp_path / "runs.csv"
-    subprocess.run([str(venv_bin / "atomscale-lab"), "export", "acme", "--category", "runs",
-                    "--format", "csv", "-o", str(out)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "export",
+            "acme",
+            "--category",
+            "runs",
+            "--format",
+            "csv",
+            "-o",
+            str(out),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     read = list(csv.DictReader(out.open(newline="")))
     assert len(read) == len(payloads) + 1  # no row smuggled in
     rows = {r["run_id"]: r for r in read}
@@ -295,8 +345,22 @@ def test_csv_export_neutralises_formulas(deployment, service, tmp_path, venv_bin
         assert cell == "'" + p, cell
     assert rows["csv-hidden"]["operator"] == hidden
     raw = tmp_path / "raw.csv"
-    subprocess.run([str(venv_bin / "atomscale-lab"), "export", "acme", "--category", "runs",
-                    "--format", "csv", "--raw-csv", "-o", str(raw)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "export",
+            "acme",
+            "--category",
+            "runs",
+            "--format",
+            "csv",
+            "--raw-csv",
+            "-o",
+            str(raw),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     rows = {r["run_id"]: r for r in csv.DictReader(raw.open(newline=""))}
     assert rows["csv-0"]["operator"] == payloads[0]

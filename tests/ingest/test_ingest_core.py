@@ -11,8 +11,10 @@ from atomscale_lab.ingest.core import IngestCore, StreamClosed
 
 def _rows(start, n):
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
-    return [{"time": t0 + timedelta(seconds=start + i), "channel": "T", "value": float(i)}
-            for i in range(n)]
+    return [
+        {"time": t0 + timedelta(seconds=start + i), "channel": "T", "value": float(i)}
+        for i in range(n)
+    ]
 
 
 def _status(deployment, run_id):
@@ -58,8 +60,10 @@ def test_run_stays_active_while_another_stream_of_it_is_open(deployment):
     assert _status(deployment, "run-2") == "active"
     core.finalize(key, b["id"])
     assert _status(deployment, "run-2") == "complete"
-    assert deployment.rows("acme", "tool_state/readings", "run-2").column(
-        "tool").to_pylist() == ["mbe1"] * 5
+    assert (
+        deployment.rows("acme", "tool_state/readings", "run-2").column("tool").to_pylist()
+        == ["mbe1"] * 5
+    )
     core.close()
 
 
@@ -147,15 +151,20 @@ def test_a_state_file_from_before_sealing_is_sealed_on_start(deployment):
     core.close()
     # what an older service wrote: the run id and the time range in plaintext
     db = sqlite3.connect(path)
-    db.execute("UPDATE streams SET run_id=?, run_box=NULL, time_box=NULL, min_time=?, "
-               "max_time=? WHERE id=?", ("run-legacy-77", before["min_time"],
-                                         before["max_time"], st["id"]))
+    db.execute(
+        "UPDATE streams SET run_id=?, run_box=NULL, time_box=NULL, min_time=?, "
+        "max_time=? WHERE id=?",
+        ("run-legacy-77", before["min_time"], before["max_time"], st["id"]),
+    )
     db.commit()
     db.close()
     core = IngestCore(deployment.vault)
     got = core.stream(key, st["id"])
-    assert (got["run_id"], got["min_time"], got["max_time"]) == \
-        ("run-legacy-77", before["min_time"], before["max_time"])
+    assert (got["run_id"], got["min_time"], got["max_time"]) == (
+        "run-legacy-77",
+        before["min_time"],
+        before["max_time"],
+    )
     assert core.open_stream(key, "run-legacy-77", "mbe1", "process")["id"] == st["id"]
     assert core.finalize(key, st["id"])["rows"] == 5
     core.close()

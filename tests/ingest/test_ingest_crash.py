@@ -22,11 +22,16 @@ ROWS = 500  # rows per batch
 def _batch(b):
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     n = ROWS
-    t = pa.table({
-        "time": pa.array([t0 + timedelta(milliseconds=b * n + i) for i in range(n)],
-                         pa.timestamp("us", tz="UTC")),
-        "channel": ["rheed_intensity"] * n,
-        "value": [float(b * n + i) for i in range(n)]})
+    t = pa.table(
+        {
+            "time": pa.array(
+                [t0 + timedelta(milliseconds=b * n + i) for i in range(n)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "channel": ["rheed_intensity"] * n,
+            "value": [float(b * n + i) for i in range(n)],
+        }
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, t.schema) as w:
         w.write_table(t)
@@ -61,17 +66,26 @@ def test_kill_9_loses_no_acknowledged_row_and_stores_none_twice(deployment, serv
     def client():
         while not stop.is_set():
             if state["sid"] is None:
-                r = send("POST", "/streams", json={"run_id": "crash-run", "tool": "mbe1",
-                                                   "category": "process"})
+                r = send(
+                    "POST",
+                    "/streams",
+                    json={"run_id": "crash-run", "tool": "mbe1", "category": "process"},
+                )
                 if r is not None and r.status_code == 201:
                     state["sid"] = r.json()["id"]
                 else:
                     time.sleep(0.05)
                 continue
             b = state["batch"]
-            r = send("POST", f"/streams/{state['sid']}/batches", data=_batch(b),
-                     headers={"Content-Type": "application/vnd.apache.arrow.stream",
-                              "X-Batch-Id": f"batch-{b:05d}"})
+            r = send(
+                "POST",
+                f"/streams/{state['sid']}/batches",
+                data=_batch(b),
+                headers={
+                    "Content-Type": "application/vnd.apache.arrow.stream",
+                    "X-Batch-Id": f"batch-{b:05d}",
+                },
+            )
             if r is not None and r.status_code == 200:
                 acked.add(b)
                 state["batch"] += 1  # only move on once this batch is acknowledged

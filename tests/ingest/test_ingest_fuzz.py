@@ -14,8 +14,7 @@ from tests.support.ingest import Service
 
 def ingest_spec() -> dict:
     """The checked-in OpenAPI document of the ingest service."""
-    return json.loads(resources.files("atomscale_lab.ingest").joinpath("openapi.json")
-                      .read_text())
+    return json.loads(resources.files("atomscale_lab.ingest").joinpath("openapi.json").read_text())
 
 
 def _route_template(pattern: str) -> str:
@@ -32,8 +31,11 @@ def test_the_document_matches_the_routes(tmp_path):
         if getattr(handler, "__module__", "") != ingest_service.__name__:
             continue  # routes other modules add describe themselves
         path = _route_template(rule.matcher.regex.pattern)
-        methods = {m.lower() for m in ("get", "post", "put", "patch", "delete")
-                   if getattr(handler, m) is not getattr(ingest_service.IngestHandler, m)}
+        methods = {
+            m.lower()
+            for m in ("get", "post", "put", "patch", "delete")
+            if getattr(handler, m) is not getattr(ingest_service.IngestHandler, m)
+        }
         routed[path] = methods
     documented = {p: set(ops) for p, ops in ingest_spec()["paths"].items()}
     assert routed == documented
@@ -45,10 +47,18 @@ def test_ingest_api_survives_fuzzing(deployment, root_key):
     try:
         key = deployment.key(scopes="ingest:process,ingest:tool_state,ingest:metrology")
         auth = {"Authorization": f"Bearer {key}"}
-        sid = svc.request("POST", "/streams", key, json={"run_id": "fz", "tool": "t",
-                                                         "category": "process"}).json()["id"]
-        failures = fuzz(ingest_spec(), svc.url, svc.http, auth, examples=50,
-                        path_values={"stream_id": sid}, verify=str(svc.cert))
+        sid = svc.request(
+            "POST", "/streams", key, json={"run_id": "fz", "tool": "t", "category": "process"}
+        ).json()["id"]
+        failures = fuzz(
+            ingest_spec(),
+            svc.url,
+            svc.http,
+            auth,
+            examples=50,
+            path_values={"stream_id": sid},
+            verify=str(svc.cert),
+        )
         assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
         assert svc.request("GET", "/health").status_code == 200
     finally:

@@ -27,9 +27,25 @@ def _rows(deployment, table, run=None):
 def test_cli_imports_csv_and_creates_the_run(deployment, tmp_path, venv_bin):
     f = tmp_path / "mbe1-tool.csv"
     f.write_text(CSV)
-    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", str(f),
-                          "--org", "acme", "--category", "tool_state", "--run", "G-0301",
-                          "--tool", "mbe1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "ingest",
+            "import",
+            str(f),
+            "--org",
+            "acme",
+            "--category",
+            "tool_state",
+            "--run",
+            "G-0301",
+            "--tool",
+            "mbe1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "imported 4 rows" in out.stdout
     t = _rows(deployment, "tool_state/readings", "G-0301")
@@ -72,9 +88,25 @@ def test_malformed_row_names_line_and_column_and_stores_nothing(deployment, tmp_
 def test_cli_error_is_one_line_with_exit_code(deployment, tmp_path, venv_bin):
     f = tmp_path / "bad.csv"
     f.write_text(CSV.replace("905.3", "n/a"))
-    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", str(f),
-                          "--org", "acme", "--category", "tool_state", "--run", "G-2",
-                          "--tool", "mbe1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "ingest",
+            "import",
+            str(f),
+            "--org",
+            "acme",
+            "--category",
+            "tool_state",
+            "--run",
+            "G-2",
+            "--tool",
+            "mbe1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith("atomscale-lab: error: line 3, column")
     assert _rows(deployment, "tool_state/readings").num_rows == 0
@@ -82,9 +114,14 @@ def test_cli_error_is_one_line_with_exit_code(deployment, tmp_path, venv_bin):
 
 def test_parquet_import_and_run_mismatch(deployment, tmp_path):
     n = 5000
-    t = pa.table({"time": pa.array(range(n), pa.int64()).cast(pa.timestamp("s", tz="UTC")),
-                  "channel": ["rheed_intensity"] * n, "value": [float(i) for i in range(n)],
-                  "run_id": ["G-9"] * n})
+    t = pa.table(
+        {
+            "time": pa.array(range(n), pa.int64()).cast(pa.timestamp("s", tz="UTC")),
+            "channel": ["rheed_intensity"] * n,
+            "value": [float(i) for i in range(n)],
+            "run_id": ["G-9"] * n,
+        }
+    )
     f = tmp_path / "series.parquet"
     pq.write_table(t, f)
     summary = import_file(deployment.vault, f, "acme", "process", "G-9")
@@ -120,31 +157,81 @@ def test_reimport_is_skipped_and_a_partial_overlap_refused(deployment, tmp_path,
     assert _rows(deployment, "tool_state/readings", "G-0401").num_rows == 4
 
 
-def test_import_sets_run_metadata_and_the_old_org_spelling_still_works(deployment, tmp_path,
-                                                                      venv_bin):
+def test_import_sets_run_metadata_and_the_old_org_spelling_still_works(
+    deployment, tmp_path, venv_bin
+):
     f = tmp_path / "log.csv"
     f.write_text(CSV)
-    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", str(f),
-                          "--org", "acme", "--category", "tool_state", "--run", "G-0500",
-                          "--tool", "mbe1", "--project", "aurora", "--sample", "S-77",
-                          "--method", "MBE", "--operator", "akim"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "ingest",
+            "import",
+            str(f),
+            "--org",
+            "acme",
+            "--category",
+            "tool_state",
+            "--run",
+            "G-0500",
+            "--tool",
+            "mbe1",
+            "--project",
+            "aurora",
+            "--sample",
+            "S-77",
+            "--method",
+            "MBE",
+            "--operator",
+            "akim",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     run = _rows(deployment, "process/runs", "G-0500").to_pylist()[-1]
-    assert (run["project"], run["sample"], run["method"], run["operator"]) == \
-        ("aurora", "S-77", "MBE", "akim")
+    assert (run["project"], run["sample"], run["method"], run["operator"]) == (
+        "aurora",
+        "S-77",
+        "MBE",
+        "akim",
+    )
     # re-importing with other metadata stores no rows but updates the record
-    summary = import_file(deployment.vault, f, "acme", "tool_state", "G-0500", tool="mbe1",
-                          metadata={"project": "borealis"})
+    summary = import_file(
+        deployment.vault,
+        f,
+        "acme",
+        "tool_state",
+        "G-0500",
+        tool="mbe1",
+        metadata={"project": "borealis"},
+    )
     assert summary["skipped"]
     rec = deployment.vault.store("acme").table("process/runs").read(run_ids=["G-0500"])
     assert rec.num_rows == 1 and rec.column("project").to_pylist() == ["borealis"]
     assert rec.column("sample").to_pylist() == ["S-77"]
     with pytest.raises(ValidationError, match="cannot set 'status'"):
-        import_file(deployment.vault, f, "acme", "tool_state", "G-0501",
-                    metadata={"status": "complete"})
+        import_file(
+            deployment.vault, f, "acme", "tool_state", "G-0501", metadata={"status": "complete"}
+        )
     # the org named twice is a usage error (exit 2)
-    out = subprocess.run([str(venv_bin / "atomscale-lab"), "ingest", "import", "acme", str(f),
-                          "--org", "acme", "--category", "tool_state", "--run", "G-0502"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            str(venv_bin / "atomscale-lab"),
+            "ingest",
+            "import",
+            "acme",
+            str(f),
+            "--org",
+            "acme",
+            "--category",
+            "tool_state",
+            "--run",
+            "G-0502",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2

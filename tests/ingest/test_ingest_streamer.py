@@ -13,8 +13,15 @@ from tests.support.ingest import Service
 
 def _rows(start, n):
     t0 = datetime(2026, 2, 1, tzinfo=UTC)
-    return [{"time": t0 + timedelta(seconds=start + i), "channel": "GROWTH_RATE_SECRET_NAME",
-             "value": float(start + i), "unit": "nm/s"} for i in range(n)]
+    return [
+        {
+            "time": t0 + timedelta(seconds=start + i),
+            "channel": "GROWTH_RATE_SECRET_NAME",
+            "value": float(start + i),
+            "unit": "nm/s",
+        }
+        for i in range(n)
+    ]
 
 
 def test_spool_while_down_then_replay_in_order(deployment, root_key):
@@ -22,8 +29,16 @@ def test_spool_while_down_then_replay_in_order(deployment, root_key):
     ensure_self_signed(svc.cert.parent)  # the service will use this certificate
     key = deployment.key()
     spool = deployment.home.parent / "spool"
-    kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.2,
-              max_retries=1, batch_rows=100, flush_interval=0.1, timeout=5)
+    kw = dict(
+        spool_dir=spool,
+        verify=str(svc.cert),
+        backoff=0.05,
+        max_backoff=0.2,
+        max_retries=1,
+        batch_rows=100,
+        flush_interval=0.1,
+        timeout=5,
+    )
     s1 = Streamer(svc.url, key, "run-down", "mbe1", "process", **kw)
     # push queues and returns (it never waits for the network; its cost: bench/ingest.py)
     for i in range(5):
@@ -84,9 +99,19 @@ def test_push_returns_while_the_sender_is_stuck_in_the_network(deployment, tmp_p
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    s = Streamer(f"https://127.0.0.1:{listener.getsockname()[1]}", deployment.key(), "run-stuck",
-                 "mbe1", "process", spool_dir=tmp_path / "spool", batch_rows=10,
-                 flush_interval=0.05, timeout=5, backoff=0.05, max_retries=1)
+    s = Streamer(
+        f"https://127.0.0.1:{listener.getsockname()[1]}",
+        deployment.key(),
+        "run-stuck",
+        "mbe1",
+        "process",
+        spool_dir=tmp_path / "spool",
+        batch_rows=10,
+        flush_interval=0.05,
+        timeout=5,
+        backoff=0.05,
+        max_retries=1,
+    )
     try:
         s.push(_rows(0, 10))  # a full batch: the sender cuts it and connects
         deadline = time.monotonic() + 60
@@ -105,9 +130,17 @@ def test_push_returns_while_the_sender_is_stuck_in_the_network(deployment, tmp_p
 
 def test_refused_batch_is_kept_aside_and_the_rest_goes_through(deployment, service):
     key = deployment.key()
-    s = Streamer(service.url, key, "run-bad", "mbe1", "process",
-                 spool_dir=deployment.home.parent / "sp", verify=str(service.cert),
-                 batch_rows=10, flush_interval=0.05)
+    s = Streamer(
+        service.url,
+        key,
+        "run-bad",
+        "mbe1",
+        "process",
+        spool_dir=deployment.home.parent / "sp",
+        verify=str(service.cert),
+        batch_rows=10,
+        flush_interval=0.05,
+    )
     s.push([{"time": "2026-02-01T00:00:00Z", "channel": "T", "value": 1.0}])
     s.flush(10)
     s.push([{"time": "2026-02-01T00:00:01Z", "channel": None, "value": 2.0}])  # no channel
@@ -123,9 +156,16 @@ def test_refused_batch_is_kept_aside_and_the_rest_goes_through(deployment, servi
 def test_a_revoked_key_keeps_the_spool(deployment, service):
     key = deployment.key()
     deployment.keys.revoke("acme", key.split("_")[1])
-    s = Streamer(service.url, key, "run-rev", "mbe1", "process",
-                 spool_dir=deployment.home.parent / "sp", verify=str(service.cert),
-                 flush_interval=0.05)
+    s = Streamer(
+        service.url,
+        key,
+        "run-rev",
+        "mbe1",
+        "process",
+        spool_dir=deployment.home.parent / "sp",
+        verify=str(service.cert),
+        flush_interval=0.05,
+    )
     s.push(time="2026-02-01T00:00:00Z", channel="T", value=1.0)
     assert s.close(timeout=5) is False
     assert s.fatal and "revoked" in s.fatal
@@ -142,8 +182,15 @@ def test_drain_sends_the_spools_of_every_run(deployment, root_key):
     ensure_self_signed(svc.cert.parent)
     key = deployment.key()
     spool = deployment.home.parent / "spool-drain"
-    kw = dict(spool_dir=spool, verify=str(svc.cert), backoff=0.05, max_backoff=0.1,
-              max_retries=0, flush_interval=0.05, timeout=5)
+    kw = dict(
+        spool_dir=spool,
+        verify=str(svc.cert),
+        backoff=0.05,
+        max_backoff=0.1,
+        max_retries=0,
+        flush_interval=0.05,
+        timeout=5,
+    )
     for run, cat in (("run-a", "process"), ("run-b", "tool_state")):
         s = Streamer(svc.url, key, run, "mbe1", cat, sample="S-" + run, **kw)
         s.push(_rows(0, 25))

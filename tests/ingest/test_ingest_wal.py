@@ -11,8 +11,13 @@ from atomscale_lab.ingest.wal import Wal, WalRecord
 
 
 def _rows(n, start=0):
-    return pa.table({"run_id": ["r1"] * n, "channel": ["T"] * n,
-                     "value": [float(i) for i in range(start, start + n)]})
+    return pa.table(
+        {
+            "run_id": ["r1"] * n,
+            "channel": ["T"] * n,
+            "value": [float(i) for i in range(start, start + n)],
+        }
+    )
 
 
 def _wal(tmp_path, org="acme", key=None):
@@ -23,8 +28,16 @@ def _wal(tmp_path, org="acme", key=None):
 def test_round_trip_and_ciphertext_only_on_disk(tmp_path):
     wal, key = _wal(tmp_path)
     marker = "UNIQUE-CHANNEL-NAME-123"
-    wal.append([WalRecord("s1", "b1", "process/series",
-                          pa.table({"run_id": ["r1"], "channel": [marker], "value": [1.0]}))])
+    wal.append(
+        [
+            WalRecord(
+                "s1",
+                "b1",
+                "process/series",
+                pa.table({"run_id": ["r1"], "channel": [marker], "value": [1.0]}),
+            )
+        ]
+    )
     wal.append([WalRecord("s1", "b2", "process/series", _rows(100))])
     segs = wal.rotate()
     assert len(segs) == 1

@@ -16,8 +16,10 @@ API = "atomscale/api/v1/"
 
 def _rows(n, start=0):
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    return [{"time": (t0 + timedelta(seconds=start + i)).isoformat(), "channel": "T",
-             "value": float(i)} for i in range(n)]
+    return [
+        {"time": (t0 + timedelta(seconds=start + i)).isoformat(), "channel": "T", "value": float(i)}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -35,8 +37,7 @@ def lab_server(deployment, root_key, tmp_path):
     stop_server(proc)
 
 
-def test_rotation_reaches_a_running_server_and_ingest(deployment, service, lab_server,
-                                                      venv_bin):
+def test_rotation_reaches_a_running_server_and_ingest(deployment, service, lab_server, venv_bin):
     import requests
 
     url, token, env = lab_server
@@ -52,16 +53,26 @@ def test_rotation_reaches_a_running_server_and_ingest(deployment, service, lab_s
     assert code == 200 and before["total"] == 4
     run0 = before["runs"][0]["run_id"]
     key = deployment.key()
-    r = service.request("POST", "/streams", key,
-                        json={"run_id": "live-1", "tool": "mbe1", "category": "process"})
+    r = service.request(
+        "POST", "/streams", key, json={"run_id": "live-1", "tool": "mbe1", "category": "process"}
+    )
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
-    assert service.request("POST", f"/streams/{sid}/batches", key,
-                           json={"batch_id": "b1", "rows": _rows(5)}).status_code == 200
+    assert (
+        service.request(
+            "POST", f"/streams/{sid}/batches", key, json={"batch_id": "b1", "rows": _rows(5)}
+        ).status_code
+        == 200
+    )
     old_version = max(deployment.vault.org_keys("acme").keys)
 
-    subprocess.run([str(venv_bin / "atomscale-lab"), "org", "rotate-key", "acme", "--rewrite"],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [str(venv_bin / "atomscale-lab"), "org", "rotate-key", "acme", "--rewrite"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert max(deployment.vault.org_keys("acme").keys) == old_version + 1
 
     # the server: pages and one-run reads of files rewritten under the new key
@@ -73,16 +84,21 @@ def test_rotation_reaches_a_running_server_and_ingest(deployment, service, lab_s
     status = http.get(url + API + "status", headers=auth, timeout=30).json()
     assert status["key"]["version"] == old_version + 1
     # the ingest service: the open stream goes on, finalizes, and its rows are stored
-    assert service.request("POST", f"/streams/{sid}/batches", key,
-                           json={"batch_id": "b2", "rows": _rows(5, 5)}).status_code == 200
+    assert (
+        service.request(
+            "POST", f"/streams/{sid}/batches", key, json={"batch_id": "b2", "rows": _rows(5, 5)}
+        ).status_code
+        == 200
+    )
     r = service.request("POST", f"/streams/{sid}/finalize", key)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "complete"
     assert deployment.rows("acme", "process/series", "live-1").num_rows == 10
     # a key issued after the rotation (its pepper comes from the new version) is accepted
     fresh = deployment.key()
-    r = service.request("POST", "/streams", fresh,
-                        json={"run_id": "live-2", "tool": "mbe1", "category": "process"})
+    r = service.request(
+        "POST", "/streams", fresh, json={"run_id": "live-2", "tool": "mbe1", "category": "process"}
+    )
     assert r.status_code == 201, r.text
     # and the server sees the ingested run
     code, latest = runs()

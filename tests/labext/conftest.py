@@ -37,8 +37,10 @@ MAX_POINTS = 120
 def labext():
     """The extension's source folder, with its Node packages installed."""
     if not (LABEXT / "node_modules" / ".bin" / "vitest").exists():
-        pytest.fail("labextension/node_modules is missing: run `make setup` "
-                    "(scripts/setup.d/60-labextension.sh installs the Node packages)")
+        pytest.fail(
+            "labextension/node_modules is missing: run `make setup` "
+            "(scripts/setup.d/60-labextension.sh installs the Node packages)"
+        )
     return LABEXT
 
 
@@ -74,8 +76,10 @@ def _write_settings(settings_dir: Path) -> None:
 
     put("atomscale-lab:plugin", {"pageSize": PAGE_SIZE, "maxPoints": MAX_POINTS})
     # No news or update checks from a test browser (there is no internet to ask anyway).
-    put("@jupyterlab/apputils-extension:notification",
-        {"fetchNews": "false", "checkForUpdates": False})
+    put(
+        "@jupyterlab/apputils-extension:notification",
+        {"fetchNews": "false", "checkForUpdates": False},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,27 +101,39 @@ def _lab(tmp_path_factory, role: str | None = None):
     home = base / "atomscale"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTER"))}
-    env.update({
-        "ATOMSCALE_HOME": str(home),
-        "ATOMSCALE_ROOT_KEY": generate_root_key(),
-        "HOME": str(base),
-        "JUPYTER_CONFIG_DIR": str(base / "jupyter-config"),
-        "JUPYTER_DATA_DIR": str(base / "jupyter-data"),
-        "JUPYTER_RUNTIME_DIR": str(base / "jupyter-runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(base / "lab-settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(base / "lab-workspaces"),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    })
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(home),
+            "ATOMSCALE_ROOT_KEY": generate_root_key(),
+            "HOME": str(base),
+            "JUPYTER_CONFIG_DIR": str(base / "jupyter-config"),
+            "JUPYTER_DATA_DIR": str(base / "jupyter-data"),
+            "JUPYTER_RUNTIME_DIR": str(base / "jupyter-runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(base / "lab-settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(base / "lab-workspaces"),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
     if role is not None:  # the tests' role access class: one role's permissions, real stores
         env["ATOMSCALE_TEST_ROLE"] = role
         env["PYTHONPATH"] = str(ROOT)  # the repository: tests.support.labdata
     bindir = Path(sys.executable).parent
     cli = str(bindir / "atomscale-lab")
-    subprocess.run([cli, "org", "create", ORG, "--region", "us"], env=env, check=True,
-                   capture_output=True, timeout=60)
-    subprocess.run([cli, "demo-data", ORG, "--runs", str(RUNS), "--points", "300"], env=env,
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [cli, "org", "create", ORG, "--region", "us"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [cli, "demo-data", ORG, "--runs", str(RUNS), "--points", "300"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     _write_settings(base / "lab-settings")
     notebooks = base / "notebooks"
     notebooks.mkdir()
@@ -127,26 +143,50 @@ def _lab(tmp_path_factory, role: str | None = None):
     log_path = base / "lab.log"
     with open(log_path, "wb") as logf:
         # `atomscale-lab lab ORG` replaces itself with jupyter lab: the pid stays the server's.
-        extra = ["--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-                 "--LabApp.expose_app_in_browser=True",
-                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                 "--LabApp.extension_manager=readonly"]
-        argv = ([cli, "lab", ORG, "--ip", "127.0.0.1", "--port", str(port), "--no-browser",
-                 "--allow-root", "--root-dir", str(notebooks)]
-                + [f"--jupyter-option={opt}" for opt in extra])
+        extra = [
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ]
+        argv = [
+            cli,
+            "lab",
+            ORG,
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-browser",
+            "--allow-root",
+            "--root-dir",
+            str(notebooks),
+        ] + [f"--jupyter-option={opt}" for opt in extra]
         if role is not None:
             # the same command line as `atomscale-lab lab`, with the role access class instead
             # of the owner's (a second access_class option would be refused, not override)
             from atomscale_lab.cli.lab import lab_command
 
-            argv = [a if not a.startswith("--AtomscaleLab.access_class=")
-                    else "--AtomscaleLab.access_class=tests.support.labdata.RoleAccess"
-                    for a in lab_command(ORG, port=port, ip="127.0.0.1", no_browser=True,
-                                         root_dir=str(notebooks),
-                                         extra=[*extra, "--allow-root"])]
+            argv = [
+                a
+                if not a.startswith("--AtomscaleLab.access_class=")
+                else "--AtomscaleLab.access_class=tests.support.labdata.RoleAccess"
+                for a in lab_command(
+                    ORG,
+                    port=port,
+                    ip="127.0.0.1",
+                    no_browser=True,
+                    root_dir=str(notebooks),
+                    extra=[*extra, "--allow-root"],
+                )
+            ]
         proc = subprocess.Popen(
             argv,
-            env=env, cwd=notebooks, stdout=logf, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=notebooks,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -154,22 +194,36 @@ def _lab(tmp_path_factory, role: str | None = None):
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"jupyter lab exited ({proc.returncode}):\n"
-                            + log_path.read_text(errors="replace")[-3000:])
+                pytest.fail(
+                    f"jupyter lab exited ({proc.returncode}):\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
             try:
-                r = requests.get(url + "atomscale/api/v1/status",
-                                 headers={"Authorization": f"token {token}"}, timeout=5)
+                r = requests.get(
+                    url + "atomscale/api/v1/status",
+                    headers={"Authorization": f"token {token}"},
+                    timeout=5,
+                )
                 if r.status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("jupyter lab did not answer within 90 s:\n"
-                            + log_path.read_text(errors="replace")[-3000:])
+                pytest.fail(
+                    "jupyter lab did not answer within 90 s:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
             time.sleep(0.5)
-        yield {"url": url, "token": token, "home": home, "log": log_path,
-               "settings_dir": base / "lab-settings", "page_size": PAGE_SIZE,
-               "max_points": MAX_POINTS, "runs": RUNS}
+        yield {
+            "url": url,
+            "token": token,
+            "home": home,
+            "log": log_path,
+            "settings_dir": base / "lab-settings",
+            "page_size": PAGE_SIZE,
+            "max_points": MAX_POINTS,
+            "runs": RUNS,
+        }
     finally:
         _stop(proc)
 

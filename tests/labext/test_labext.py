@@ -22,16 +22,19 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 def snippet(run_id: str) -> str:
     """The cell "Open in notebook" must insert (kept in step with src/snippet.ts)."""
-    return "\n".join([
-        "from atomscale_lab import Workspace",
-        "from atomscale_lab.client.widgets import plot_rheed, plot_run",
-        "",
-        "ws = Workspace()",
-        f"run_id = {json.dumps(run_id)}",
-        "display(plot_run(ws, run_id))",
-        'display(ws.rheed(run_id)[["run_id", "window", "shutters", "period_s", "period_err_s",',
-        '                         "rate_ml_s", "layers_observed", "drift", "status"]])',
-        "plot_rheed(ws, run_id)"])
+    return "\n".join(
+        [
+            "from atomscale_lab import Workspace",
+            "from atomscale_lab.client.widgets import plot_rheed, plot_run",
+            "",
+            "ws = Workspace()",
+            f"run_id = {json.dumps(run_id)}",
+            "display(plot_run(ws, run_id))",
+            'display(ws.rheed(run_id)[["run_id", "window", "shutters", "period_s", "period_err_s",',
+            '                         "rate_ml_s", "layers_observed", "drift", "status"]])',
+            "plot_rheed(ws, run_id)",
+        ]
+    )
 
 
 def test_unit_tests_pass(labext, artifacts):
@@ -39,32 +42,60 @@ def test_unit_tests_pass(labext, artifacts):
     report = artifacts / "vitest.json"
     report.unlink(missing_ok=True)
     r = subprocess.run(
-        [str(labext / "node_modules" / ".bin" / "vitest"), "run", "--reporter=json",
-         f"--outputFile={report}"],
-        cwd=labext, capture_output=True, text=True, timeout=180,
+        [
+            str(labext / "node_modules" / ".bin" / "vitest"),
+            "run",
+            "--reporter=json",
+            f"--outputFile={report}",
+        ],
+        cwd=labext,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert report.exists(), r.stdout[-2000:] + r.stderr[-2000:]
     doc = json.loads(report.read_text())
-    failed = [f"{t['fullName']}: {t.get('failureMessages')}" for suite in doc["testResults"]
-              for t in suite["assertionResults"] if t["status"] != "passed"]
+    failed = [
+        f"{t['fullName']}: {t.get('failureMessages')}"
+        for suite in doc["testResults"]
+        for t in suite["assertionResults"]
+        if t["status"] != "passed"
+    ]
     assert not failed, "\n".join(failed)
     assert r.returncode == 0, r.stderr[-2000:]
     assert doc["numPassedTests"] >= 40
     files = {Path(s["name"]).name for s in doc["testResults"]}
-    assert {"client.test.ts", "paging.test.ts", "sparkline.test.ts", "snippet.test.ts",
-            "rheedplot.test.ts"} <= files
+    assert {
+        "client.test.ts",
+        "paging.test.ts",
+        "sparkline.test.ts",
+        "snippet.test.ts",
+        "rheedplot.test.ts",
+    } <= files
 
 
 def test_typescript_type_checks(labext):
     """The sources compile under the strict tsconfig."""
-    r = subprocess.run([str(labext / "node_modules" / ".bin" / "tsc"), "--noEmit"],
-                       cwd=labext, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [str(labext / "node_modules" / ".bin" / "tsc"), "--noEmit"],
+        cwd=labext,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
 
 
 def _newest(paths):
-    return max((f.stat().st_mtime for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
-                if f.is_file()), default=0)
+    return max(
+        (
+            f.stat().st_mtime
+            for p in paths
+            for f in ([p] if p.is_file() else p.rglob("*"))
+            if f.is_file()
+        ),
+        default=0,
+    )
 
 
 def test_extension_is_installed_and_current(labext):
@@ -75,17 +106,23 @@ def test_extension_is_installed_and_current(labext):
     sources = [labext / "src", labext / "style", labext / "schema", labext / "package.json"]
     assert _newest([built]) >= _newest(sources), (
         "the build is older than labextension/ sources: run `make setup` "
-        "(or `npm run build` in labextension/ and `pip install -e .`)")
+        "(or `npm run build` in labextension/ and `pip install -e .`)"
+    )
 
-    r = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
     line = next((ln for ln in out.splitlines() if ln.strip().startswith("atomscale-lab ")), "")
     assert "enabled" in line and "OK" in line, out
 
     installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "atomscale-lab"
     assert json.loads((installed / "package.json").read_text()) == json.loads(
-        (built / "package.json").read_text()), "the installed extension is not the current build"
+        (built / "package.json").read_text()
+    ), "the installed extension is not the current build"
     assert (installed / "install.json").exists()
     schema = json.loads((installed / "schemas" / "atomscale-lab" / "plugin.json").read_text())
     assert {"pageSize", "defaultSort", "plottedChannel"} <= set(schema["properties"])
@@ -120,18 +157,33 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     for old in artifacts.glob("*.png"):
         old.unlink()
     out = tmp_path / "observations.json"
-    env = {"LAB_URL": lab["url"], "LAB_TOKEN": lab["token"], "SEARCH_Q": query,
-           "FACET_INSTRUMENT": "MBE-1", "MATERIAL_SYSTEM": material,
-           "ARTIFACTS": str(artifacts), "OUT": str(out), "CHROMIUM": CHROMIUM,
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run(["node", "ui-tests/run.mjs"], cwd=labext, env=env, capture_output=True,
-                       text=True, timeout=240)
+    env = {
+        "LAB_URL": lab["url"],
+        "LAB_TOKEN": lab["token"],
+        "SEARCH_Q": query,
+        "FACET_INSTRUMENT": "MBE-1",
+        "MATERIAL_SYSTEM": material,
+        "ARTIFACTS": str(artifacts),
+        "OUT": str(out),
+        "CHROMIUM": CHROMIUM,
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    r = subprocess.run(
+        ["node", "ui-tests/run.mjs"],
+        cwd=labext,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     obs = json.loads(out.read_text()) if out.exists() else {}
     (artifacts / "observations.json").write_text(json.dumps(obs, indent=2))
     assert r.returncode == 0, (
         f"browser run failed at {obs.get('failedStep')!r}: {obs.get('error', '')[:1500]}\n"
         f"{r.stdout[-1500:]}\n{r.stderr[-1500:]}\nserver log:\n"
-        + lab["log"].read_text(errors="replace")[-2000:])
+        + lab["log"].read_text(errors="replace")[-2000:]
+    )
     assert obs["steps"][-1] == "done"
 
     # header: org, residency, key version + fingerprint; categories with row counts
@@ -156,7 +208,7 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     # search narrows the list with one debounced request
     assert obs["searchRuns"] == [x["run_id"] for x in found["runs"]]
     assert obs["searchTotal"] == found["total"] < RUNS
-    searches = [q["q"][0] for q in sent[:obs["requestsUntilSearch"]] if "q" in q]
+    searches = [q["q"][0] for q in sent[: obs["requestsUntilSearch"]] if "q" in q]
     assert searches == [query], searches
     assert all(q.get("page") == ["1"] for q in sent if "q" in q)
 
@@ -205,8 +257,9 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     facets = api.get("facets")
     for name in ("project", "instrument", "method", "status"):
         assert obs["facetOptions"][name] == ["", *facets[name]], name
-    mbe = api.get("runs", instrument="MBE-1", sort="start", order="desc", page=1,
-                  per_page=PAGE_SIZE)
+    mbe = api.get(
+        "runs", instrument="MBE-1", sort="start", order="desc", page=1, per_page=PAGE_SIZE
+    )
     assert obs["unfilteredTotal"] == RUNS
     assert obs["facetTotal"] == mbe["total"] < RUNS
     assert obs["facetRuns"] == [x["run_id"] for x in mbe["runs"]]
@@ -217,9 +270,17 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     assert "context:join" in status["permissions"]
     assert obs["materialOptions"][0]["value"] == ""
     assert {o["value"]: o["text"] for o in obs["materialOptions"][1:]} == {
-        v: f"{v} ({n})" for v, n in sorted(counts.items())}
-    by_label = api.get("runs", material_system=material, purpose="expected values",
-                       sort="start", order="desc", page=1, per_page=PAGE_SIZE)
+        v: f"{v} ({n})" for v, n in sorted(counts.items())
+    }
+    by_label = api.get(
+        "runs",
+        material_system=material,
+        purpose="expected values",
+        sort="start",
+        order="desc",
+        page=1,
+        per_page=PAGE_SIZE,
+    )
     assert obs["materialTotal"] == by_label["total"] == counts[material]
     assert obs["materialRuns"] == [x["run_id"] for x in by_label["runs"]]
     assert obs["materialRuns"] and all(labels[r] == material for r in obs["materialRuns"])
@@ -253,8 +314,14 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
     assert _luminance(theme["darkBg"]) < 0.3
     assert _luminance(theme["darkText"]) > 0.5
 
-    for name in ("panel-light.png", "panel-search.png", "run-summary.png",
-                 "open-in-notebook.png", "rheed-zoomed.png", "panel-dark.png"):
+    for name in (
+        "panel-light.png",
+        "panel-search.png",
+        "run-summary.png",
+        "open-in-notebook.png",
+        "rheed-zoomed.png",
+        "panel-dark.png",
+    ):
         png = artifacts / name
         assert png.exists() and png.stat().st_size > 10_000, name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -264,8 +331,11 @@ def test_panel_in_browser(labext, artifacts, lab, api, tmp_path):
 
 
 def _material_systems(api, run_ids: list[str]) -> dict[str, str | None]:
-    r = api.s.post(api.base + "context/join", timeout=30, json={
-        "run_ids": run_ids, "fields": ["material_system"], "purpose": "expected values"})
+    r = api.s.post(
+        api.base + "context/join",
+        timeout=30,
+        json={"run_ids": run_ids, "fields": ["material_system"], "purpose": "expected values"},
+    )
     assert r.status_code == 200, r.text[:300]
     found = {x["run_id"]: x.get("material_system") for x in r.json()["labels"]}
     return {rid: found.get(rid) for rid in run_ids}
@@ -273,25 +343,39 @@ def _material_systems(api, run_ids: list[str]) -> dict[str, str | None]:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_viewer_sees_no_material_system_facet(labext, artifacts, viewer_lab, viewer_api,
-                                              tmp_path):
+def test_viewer_sees_no_material_system_facet(labext, artifacts, viewer_lab, viewer_api, tmp_path):
     """A viewer (data:read, no context:join) gets the plain facets only; the server refuses."""
     lab, api = viewer_lab, viewer_api
     status = api.get("status")
     assert status["role"] == "viewer" and "context:join" not in status["permissions"]
     facets = api.get("facets")
     out = tmp_path / "observations.json"
-    env = {"LAB_URL": lab["url"], "LAB_TOKEN": lab["token"], "SEARCH_Q": "x",
-           "FACET_INSTRUMENT": "MBE-1", "MODE": "viewer",
-           "ARTIFACTS": str(artifacts), "OUT": str(out), "CHROMIUM": CHROMIUM,
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run(["node", "ui-tests/run.mjs"], cwd=labext, env=env, capture_output=True,
-                       text=True, timeout=240)
+    env = {
+        "LAB_URL": lab["url"],
+        "LAB_TOKEN": lab["token"],
+        "SEARCH_Q": "x",
+        "FACET_INSTRUMENT": "MBE-1",
+        "MODE": "viewer",
+        "ARTIFACTS": str(artifacts),
+        "OUT": str(out),
+        "CHROMIUM": CHROMIUM,
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    r = subprocess.run(
+        ["node", "ui-tests/run.mjs"],
+        cwd=labext,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     obs = json.loads(out.read_text()) if out.exists() else {}
     assert r.returncode == 0, (
         f"browser run failed at {obs.get('failedStep')!r}: {obs.get('error', '')[:1500]}\n"
         f"{r.stdout[-1500:]}\n{r.stderr[-1500:]}\nserver log:\n"
-        + lab["log"].read_text(errors="replace")[-2000:])
+        + lab["log"].read_text(errors="replace")[-2000:]
+    )
     assert obs["steps"][-1] == "done"
     assert obs["role"] == "viewer"
     assert obs["viewerFacets"] == ["project", "instrument", "method", "status"]
@@ -301,8 +385,12 @@ def test_viewer_sees_no_material_system_facet(labext, artifacts, viewer_lab, vie
     audit = lab["home"] / "audit" / "acme.jsonl"
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     denied = [e for e in events if e["action"] == "context.join"]
-    assert denied and all(e["outcome"] == "denied" and e["actor"] == "viewer-user"
-                          and e["detail"]["permission"] == "context:join" for e in denied)
+    assert denied and all(
+        e["outcome"] == "denied"
+        and e["actor"] == "viewer-user"
+        and e["detail"]["permission"] == "context:join"
+        for e in denied
+    )
 
 
 def _ms(iso: str) -> int:

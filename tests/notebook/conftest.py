@@ -74,15 +74,24 @@ def live_server(lab_data, tmp_path_factory):
     """A real jupyter server subprocess serving ``acme``."""
     root = tmp_path_factory.mktemp("lab-root")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
-    env.update({"ATOMSCALE_HOME": str(lab_data["home"]),
-                "ATOMSCALE_ROOT_KEY": lab_data["root_key"],
-                "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
-                "JUPYTER_CONFIG_DIR": str(root / ".config"),
-                "JUPYTER_DATA_DIR": str(root / ".data")})
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(lab_data["home"]),
+            "ATOMSCALE_ROOT_KEY": lab_data["root_key"],
+            "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+            "JUPYTER_CONFIG_DIR": str(root / ".config"),
+            "JUPYTER_DATA_DIR": str(root / ".data"),
+        }
+    )
     proc, url, token = start_server(env, root, ORG, root / "server.log")
     try:
-        yield {"url": url, "token": token, "root_dir": root, "proc": proc,
-               "log": root / "server.log"}
+        yield {
+            "url": url,
+            "token": token,
+            "root_dir": root,
+            "proc": proc,
+            "log": root / "server.log",
+        }
     finally:
         stop_server(proc)
         shutil.rmtree(root / ".runtime", ignore_errors=True)
@@ -96,17 +105,40 @@ def demo_server(tmp_path_factory, venv_bin):
 
     base = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
-    env.update({"ATOMSCALE_HOME": str(base / "home"), "ATOMSCALE_ROOT_KEY": generate_root_key(),
-                "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_CONFIG_DIR": str(base / "cfg"),
-                "JUPYTER_DATA_DIR": str(base / "data")})
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(base / "home"),
+            "ATOMSCALE_ROOT_KEY": generate_root_key(),
+            "JUPYTER_RUNTIME_DIR": str(base / "rt"),
+            "JUPYTER_CONFIG_DIR": str(base / "cfg"),
+            "JUPYTER_DATA_DIR": str(base / "data"),
+        }
+    )
     cli = str(venv_bin / "atomscale-lab")
     csv = base / "tool-log.csv"
-    csv.write_text("time,channel,value,setpoint,unit\n"
-                   "2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n"
-                   "2026-03-01T10:01:00Z,chamber_pressure,3e-10,,Torr\n")
-    for cmd in (["org", "create", "acme", "--region", "us"], ["demo-data", "acme", "--runs", "24"],
-                ["ingest", "import", "acme", str(csv), "--category", "tool_state",
-                 "--run", "A-0000-toollog", "--tool", "MBE-1", "--project", "aurora"]):
+    csv.write_text(
+        "time,channel,value,setpoint,unit\n"
+        "2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n"
+        "2026-03-01T10:01:00Z,chamber_pressure,3e-10,,Torr\n"
+    )
+    for cmd in (
+        ["org", "create", "acme", "--region", "us"],
+        ["demo-data", "acme", "--runs", "24"],
+        [
+            "ingest",
+            "import",
+            "acme",
+            str(csv),
+            "--category",
+            "tool_state",
+            "--run",
+            "A-0000-toollog",
+            "--tool",
+            "MBE-1",
+            "--project",
+            "aurora",
+        ],
+    ):
         subprocess.run([cli, *cmd], env=env, check=True, capture_output=True, timeout=300)
     proc, url, token = start_server(env, base, "acme", base / "server.log")
     try:
@@ -123,16 +155,35 @@ def sparse_server(tmp_path_factory, venv_bin):
 
     base = tmp_path_factory.mktemp("sparse")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
-    env.update({"ATOMSCALE_HOME": str(base / "home"), "ATOMSCALE_ROOT_KEY": generate_root_key(),
-                "JUPYTER_RUNTIME_DIR": str(base / "rt"), "JUPYTER_CONFIG_DIR": str(base / "cfg"),
-                "JUPYTER_DATA_DIR": str(base / "data")})
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(base / "home"),
+            "ATOMSCALE_ROOT_KEY": generate_root_key(),
+            "JUPYTER_RUNTIME_DIR": str(base / "rt"),
+            "JUPYTER_CONFIG_DIR": str(base / "cfg"),
+            "JUPYTER_DATA_DIR": str(base / "data"),
+        }
+    )
     cli = str(venv_bin / "atomscale-lab")
     csv = base / "tool-log.csv"
-    csv.write_text("time,channel,value,setpoint,unit\n"
-                   "2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n")
-    for cmd in (["org", "create", "sparse", "--region", "us"],
-                ["ingest", "import", "sparse", str(csv), "--category", "tool_state",
-                 "--run", "T-1", "--tool", "MBE-1"]):
+    csv.write_text(
+        "time,channel,value,setpoint,unit\n2026-03-01T10:00:00Z,chamber_pressure,2e-10,,Torr\n"
+    )
+    for cmd in (
+        ["org", "create", "sparse", "--region", "us"],
+        [
+            "ingest",
+            "import",
+            "sparse",
+            str(csv),
+            "--category",
+            "tool_state",
+            "--run",
+            "T-1",
+            "--tool",
+            "MBE-1",
+        ],
+    ):
         subprocess.run([cli, *cmd], env=env, check=True, capture_output=True, timeout=300)
     proc, url, token = start_server(env, base, "sparse", base / "server.log")
     try:

@@ -26,8 +26,13 @@ def test_discovery_from_the_environment(live_server, monkeypatch):
 
 def test_discovery_of_the_token_from_the_server_runtime_file(live_server, monkeypatch):
     # what a kernel started by the server sees: the URL the extension exported, no token
-    for var in ("ATOMSCALE_LAB_TOKEN", "JUPYTERHUB_API_TOKEN", "JUPYTER_TOKEN",
-                "JUPYTERHUB_SERVICE_URL", "JUPYTER_SERVER_URL"):
+    for var in (
+        "ATOMSCALE_LAB_TOKEN",
+        "JUPYTERHUB_API_TOKEN",
+        "JUPYTER_TOKEN",
+        "JUPYTERHUB_SERVICE_URL",
+        "JUPYTER_SERVER_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ATOMSCALE_LAB_URL", live_server["url"])
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(live_server["root_dir"] / ".runtime"))
@@ -50,8 +55,9 @@ def test_runs_all_pages_and_limits(ws):
         whole = ws.runs(sort=sort, order=order)  # one stream of the runs table
         paged = ws.runs(sort=sort, order=order, limit=10_000)  # server pages
         assert list(whole.run_id) == list(paged.run_id), (sort, order)
-    assert list(ws.runs(limit=7, sort="run_id", order="asc").run_id) == \
-        [f"R-{i:05d}" for i in range(7)]
+    assert list(ws.runs(limit=7, sort="run_id", order="asc").run_id) == [
+        f"R-{i:05d}" for i in range(7)
+    ]
     mbe = ws.runs(instrument=["mbe-1"], status="complete")
     assert set(mbe.instrument) == {"mbe-1"} and set(mbe.status) == {"complete"}
     assert len(ws.runs(start=pd.Timestamp("2025-01-13"), end="2025-01-14T00:00:00Z")) == 3
@@ -91,8 +97,11 @@ def test_dataset_from_duckdb_and_polars(ws):
     data = ws.dataset("process/series", columns=["run_id", "channel", "value"])  # noqa: F841
     n = duckdb.sql("select count(*) from data where channel = 'growth_rate'").fetchall()[0][0]
     assert n == 30 * 240
-    top = (pl.scan_pyarrow_dataset(ws.dataset("runs"))
-           .filter(pl.col("project") == "ito-films").collect())
+    top = (
+        pl.scan_pyarrow_dataset(ws.dataset("runs"))
+        .filter(pl.col("project") == "ito-films")
+        .collect()
+    )
     assert top.height == 10
     assert ws.table("tool_state", run_ids=["R-00001"]).num_rows == 240
 
@@ -118,14 +127,14 @@ def test_search_and_get_facade(ws):
     assert items[0].metrology.technique.iloc[0] in ("XRD", "XPS")
 
 
-
 def test_workspace_asks_for_compressed_arrow_and_reads_it(ws):
     import pyarrow as pa
 
     t, r = ws._arrow("runs/R-00004/process")
     assert r.headers["X-Arrow-Compression"] == "zstd"
-    plain = ws._session.get(f"{ws.url}atomscale/api/v1/runs/R-00004/process",
-                            params={"format": "arrow"}, timeout=60)
+    plain = ws._session.get(
+        f"{ws.url}atomscale/api/v1/runs/R-00004/process", params={"format": "arrow"}, timeout=60
+    )
     assert "X-Arrow-Compression" not in plain.headers
     assert len(plain.content) > int(r.headers["Content-Length"])
     assert t.num_rows > 0 and t.equals(pa.ipc.open_stream(plain.content).read_all())

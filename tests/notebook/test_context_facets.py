@@ -19,10 +19,16 @@ PURPOSE = "sidebar facet"
 def jp_server_config(lab_env):
     """The extension with an access class whose users have ATOMSCALE_TEST_ROLE's permissions."""
     return {
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
-                      "allow_unauthenticated_access": False},
-        "AtomscaleLab": {"org": "acme", "access_class": "tests.support.labdata.RoleAccess",
-                         "scrub_root_key": False, "export_url": False},
+        "ServerApp": {
+            "jpserver_extensions": {"atomscale_lab": True},
+            "allow_unauthenticated_access": False,
+        },
+        "AtomscaleLab": {
+            "org": "acme",
+            "access_class": "tests.support.labdata.RoleAccess",
+            "scrub_root_key": False,
+            "export_url": False,
+        },
     }
 
 
@@ -58,8 +64,9 @@ async def test_scientist_counts_and_filters_by_material_system(jp_fetch, monkeyp
     assert len(expected) == 3  # the fixture's three material systems
 
     before = len(joins(lab_env, "scientist-user"))
-    code, doc = await code_of(jp_fetch, "facets", "context",
-                              params={"field": "material_system", "purpose": PURPOSE})
+    code, doc = await code_of(
+        jp_fetch, "facets", "context", params={"field": "material_system", "purpose": PURPOSE}
+    )
     assert code == 200, doc
     assert {v["value"]: v["runs"] for v in doc["values"]} == dict(expected)
     assert [v["value"] for v in doc["values"]] == sorted(expected)
@@ -74,31 +81,52 @@ async def test_scientist_counts_and_filters_by_material_system(jp_fetch, monkeyp
     system = sorted(expected)[1]
     want = sorted(r for r, v in labels.items() if v == system)
     before = len(joins(lab_env, "scientist-user"))
-    code, page = await code_of(jp_fetch, "runs", params={
-        "material_system": system, "purpose": PURPOSE, "sort": "run_id", "order": "asc",
-        "per_page": "500"})
+    code, page = await code_of(
+        jp_fetch,
+        "runs",
+        params={
+            "material_system": system,
+            "purpose": PURPOSE,
+            "sort": "run_id",
+            "order": "asc",
+            "per_page": "500",
+        },
+    )
     assert code == 200, page
     assert [r["run_id"] for r in page["runs"]] == want and page["total"] == len(want)
     (event,) = joins(lab_env, "scientist-user")[before:]
     assert event["outcome"] == "allowed" and event["detail"]["purpose"] == PURPOSE
     # combined with another filter: the intersection
     project = page["runs"][0]["project"]
-    code, both = await code_of(jp_fetch, "runs", params={
-        "material_system": system, "purpose": PURPOSE, "project": project, "per_page": "500"})
+    code, both = await code_of(
+        jp_fetch,
+        "runs",
+        params={
+            "material_system": system,
+            "purpose": PURPOSE,
+            "project": project,
+            "per_page": "500",
+        },
+    )
     assert code == 200
     assert {r["run_id"] for r in both["runs"]} == {
-        r["run_id"] for r in page["runs"] if r["project"] == project}
-    code, none = await code_of(jp_fetch, "runs", params={
-        "material_system": "Unobtainium/none", "purpose": PURPOSE})
+        r["run_id"] for r in page["runs"] if r["project"] == project
+    }
+    code, none = await code_of(
+        jp_fetch, "runs", params={"material_system": "Unobtainium/none", "purpose": PURPOSE}
+    )
     assert code == 200 and none["total"] == 0 and none["runs"] == []
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"field": "material_system"}, "purpose"),
-    ({"field": "material_system", "purpose": "  "}, "purpose"),
-    ({"field": "film_colour", "purpose": PURPOSE}, "field"),
-    ({"purpose": PURPOSE, "page": "2"}, "page"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"field": "material_system"}, "purpose"),
+        ({"field": "material_system", "purpose": "  "}, "purpose"),
+        ({"field": "film_colour", "purpose": PURPOSE}, "field"),
+        ({"purpose": PURPOSE, "page": "2"}, "page"),
+    ],
+)
 async def test_bad_context_facet_requests_are_400(jp_fetch, monkeypatch, params, field):
     monkeypatch.setenv("ATOMSCALE_TEST_ROLE", "scientist")
     code, doc = await code_of(jp_fetch, "facets", "context", params=params)
@@ -118,8 +146,9 @@ async def test_viewer_gets_no_material_system_facet(jp_fetch, monkeypatch, lab_e
     before = len(joins(lab_env, "viewer-user"))
     code, doc = await code_of(jp_fetch, "facets", "context", params={"purpose": PURPOSE})
     assert code == 403 and "context:join" in doc["message"] and "values" not in doc
-    code, doc = await code_of(jp_fetch, "runs", params={
-        "material_system": "GaAs/GaAs(001)", "purpose": PURPOSE})
+    code, doc = await code_of(
+        jp_fetch, "runs", params={"material_system": "GaAs/GaAs(001)", "purpose": PURPOSE}
+    )
     assert code == 403 and "context:join" in doc["message"] and "runs" not in doc
     new = joins(lab_env, "viewer-user")[before:]
     assert [e["outcome"] for e in new] == ["denied", "denied"]

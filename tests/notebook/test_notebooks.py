@@ -21,15 +21,20 @@ def run_notebook(name, server, tmp_path, probe: str | None = None):
     """Execute a notebook; ``probe`` is a cell appended by the test that prints one JSON line of
     values computed from the notebook's variables (the test reads the science, not the prose)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         f"{name} is committed with outputs"
+    )
     if probe:
-        nb.cells.append(nbformat.v4.new_code_cell(
-            "import json as _json\nprint('PROBE ' + _json.dumps(" + probe + ", default=str))"))
+        nb.cells.append(
+            nbformat.v4.new_code_cell(
+                "import json as _json\nprint('PROBE ' + _json.dumps(" + probe + ", default=str))"
+            )
+        )
     env = kernel_env(server["url"], server["token"])
     env.pop("ATOMSCALE_HOME", None)
-    client = NotebookClient(nb, timeout=180, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute(env=env)
     return nb
 
@@ -42,15 +47,22 @@ def probed(nb) -> dict:
 
 
 def outputs(nb, mime):
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if mime in o.get("data", {})]
+    return [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})
+    ]
 
 
 def test_quickstart_on_an_org_with_a_run_without_process_data(demo_server, tmp_path):
     # the newest run was imported from a tool log and has no process data (it used to crash)
-    nb = run_notebook("quickstart.ipynb", demo_server, tmp_path, probe=(
-        "{'status': status, 'first_run': runs.run_id.iloc[0], 'run_id': run_id, "
-        "'channels': channels, 'rheed': analysis.to_dict('records') if has_rheed else None}"))
+    nb = run_notebook(
+        "quickstart.ipynb",
+        demo_server,
+        tmp_path,
+        probe=(
+            "{'status': status, 'first_run': runs.run_id.iloc[0], 'run_id': run_id, "
+            "'channels': channels, 'rheed': analysis.to_dict('records') if has_rheed else None}"
+        ),
+    )
     got = probed(nb)
     assert got["status"]["org"] == "acme" and got["status"]["role"] == "org-admin"
     assert got["first_run"] == "A-0000-toollog"  # sorted first, and skipped for plotting
@@ -66,10 +78,16 @@ def test_quickstart_on_an_org_with_a_run_without_process_data(demo_server, tmp_p
 
 
 def test_compare_runs_by_xrd_finds_the_temperature_correlation(demo_server, tmp_path):
-    nb = run_notebook("compare-runs-by-xrd.ipynb", demo_server, tmp_path, probe=(
-        "{'instrument': instrument, 'r': r, 'n': len(mine), "
-        "'widths': sorted(summary.fwhm.round(4).tolist()), "
-        "'per_instrument': per_instrument.reset_index().to_dict('records')}"))
+    nb = run_notebook(
+        "compare-runs-by-xrd.ipynb",
+        demo_server,
+        tmp_path,
+        probe=(
+            "{'instrument': instrument, 'r': r, 'n': len(mine), "
+            "'widths': sorted(summary.fwhm.round(4).tolist()), "
+            "'per_instrument': per_instrument.reset_index().to_dict('records')}"
+        ),
+    )
     got = probed(nb)
     # hotter growth within the window, fewer defects: a clear negative correlation on the MBE
     assert got["instrument"] == "MBE-1" and got["n"] >= 6
@@ -82,11 +100,17 @@ def test_compare_runs_by_xrd_finds_the_temperature_correlation(demo_server, tmp_
 
 
 def test_join_materials_context(demo_server, tmp_path):
-    nb = run_notebook("join-materials-context.ipynb", demo_server, tmp_path, probe=(
-        "{'last': {'actor': last['actor'], 'action': last['action'], "
-        "'outcome': last['outcome'], 'purpose': last['detail'].get('purpose')}, "
-        "'groups': {k: [float(v) for v in g.result_value] "
-        "for k, g in labelled.groupby('material_system')}}"))
+    nb = run_notebook(
+        "join-materials-context.ipynb",
+        demo_server,
+        tmp_path,
+        probe=(
+            "{'last': {'actor': last['actor'], 'action': last['action'], "
+            "'outcome': last['outcome'], 'purpose': last['detail'].get('purpose')}, "
+            "'groups': {k: [float(v) for v in g.result_value] "
+            "for k, g in labelled.groupby('material_system')}}"
+        ),
+    )
     got = probed(nb)
     assert got["last"]["action"] == "context.join" and got["last"]["outcome"] == "allowed"
     assert got["last"]["purpose"] == "compare XRD peak widths across materials systems"
@@ -100,11 +124,17 @@ def test_join_materials_context(demo_server, tmp_path):
 
 
 def test_rheed_and_compare_runs_recovers_the_periods(demo_server, tmp_path):
-    nb = run_notebook("rheed-and-compare-runs.ipynb", demo_server, tmp_path, probe=(
-        "{'ok': ok[['run_id', 'period_s', 'period_err_s', 'logged_period_s', 'drift']]"
-        ".to_dict('records'), 'n_rheed': len(rheed_runs), 'same': same, "
-        "'features': features.columns.tolist(), 'like': like.run_id.tolist(), "
-        "'window': [str(x) for x in (explorer.window or ())]}"))
+    nb = run_notebook(
+        "rheed-and-compare-runs.ipynb",
+        demo_server,
+        tmp_path,
+        probe=(
+            "{'ok': ok[['run_id', 'period_s', 'period_err_s', 'logged_period_s', 'drift']]"
+            ".to_dict('records'), 'n_rheed': len(rheed_runs), 'same': same, "
+            "'features': features.columns.tolist(), 'like': like.run_id.tolist(), "
+            "'window': [str(x) for x in (explorer.window or ())]}"
+        ),
+    )
     got = probed(nb)
     ok = got["ok"]
     assert len(ok) >= 12 and got["n_rheed"] >= len(ok)
@@ -112,8 +142,9 @@ def test_rheed_and_compare_runs_recovers_the_periods(demo_server, tmp_path):
         assert row["period_s"] == pytest.approx(row["logged_period_s"], rel=0.02), row
         assert 0 < row["period_err_s"] < 0.02 * row["period_s"]
     assert any(row["drift"] for row in ok)  # the demo has drifting cells
-    assert "RHEED rate [ML/s]" in got["features"] and "substrate temperature [°C]" in \
-        got["features"]
+    assert (
+        "RHEED rate [ML/s]" in got["features"] and "substrate temperature [°C]" in got["features"]
+    )
     assert len(got["like"]) == 3 and got["same"][0] not in got["like"]
     assert outputs(nb, "application/vnd.jupyter.widget-view+json")
 

@@ -17,10 +17,16 @@ API = ("atomscale", "api", "v1")
 def jp_server_config(lab_env):
     """The extension with an access class whose users have ATOMSCALE_TEST_ROLE's permissions."""
     return {
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
-                      "allow_unauthenticated_access": False},
-        "AtomscaleLab": {"org": "acme", "access_class": "tests.support.labdata.RoleAccess",
-                         "scrub_root_key": False, "export_url": False},
+        "ServerApp": {
+            "jpserver_extensions": {"atomscale_lab": True},
+            "allow_unauthenticated_access": False,
+        },
+        "AtomscaleLab": {
+            "org": "acme",
+            "access_class": "tests.support.labdata.RoleAccess",
+            "scrub_root_key": False,
+            "export_url": False,
+        },
     }
 
 
@@ -48,8 +54,9 @@ async def test_viewer_reads_data_but_not_context_or_audit(jp_fetch, monkeypatch,
     assert code == 403 and "context:join" in doc["message"]
     code, _ = await code_of(jp_fetch, "audit")
     assert code == 403
-    denied = [e for e in audit_lines(lab_env)
-              if e["actor"] == "viewer-user" and e["outcome"] == "denied"]
+    denied = [
+        e for e in audit_lines(lab_env) if e["actor"] == "viewer-user" and e["outcome"] == "denied"
+    ]
     assert {e["action"] for e in denied} >= {"context.join", "audit.read"}
 
 
@@ -57,13 +64,22 @@ async def test_support_reads_no_data(jp_fetch, monkeypatch, lab_env):
     monkeypatch.setenv("ATOMSCALE_TEST_ROLE", "support")
     code, doc = await code_of(jp_fetch, "status")
     assert code == 200 and doc["role"] == "support" and "categories" not in doc
-    for path in (("runs",), ("runs", "R-00001"), ("runs", "R-00001", "process"),
-                 ("metrology",), ("tables", "process", "series"), ("facets",)):
+    for path in (
+        ("runs",),
+        ("runs", "R-00001"),
+        ("runs", "R-00001", "process"),
+        ("metrology",),
+        ("tables", "process", "series"),
+        ("facets",),
+    ):
         code, doc = await code_of(jp_fetch, *path)
         assert code == 403, path
         assert "data:read" in doc["message"]
-    denied = [e for e in audit_lines(lab_env)
-              if e["actor"] == "support-user" and e["action"] == "data.read"]
+    denied = [
+        e
+        for e in audit_lines(lab_env)
+        if e["actor"] == "support-user" and e["action"] == "data.read"
+    ]
     assert denied and all(e["outcome"] == "denied" for e in denied)
 
 

@@ -24,10 +24,18 @@ def own_home(lab_env, tmp_path, monkeypatch):
 
 @pytest.fixture
 def jp_server_config(own_home):
-    return {"ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
-                          "allow_unauthenticated_access": False},
-            "AtomscaleLab": {"org": "beta", "scrub_root_key": False, "export_url": False,
-                             "refresh_interval": 0.0}}
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"atomscale_lab": True},
+            "allow_unauthenticated_access": False,
+        },
+        "AtomscaleLab": {
+            "org": "beta",
+            "scrub_root_key": False,
+            "export_url": False,
+            "refresh_interval": 0.0,
+        },
+    }
 
 
 async def runs(jp_fetch, **params):
@@ -61,11 +69,15 @@ async def test_new_runs_and_status_changes_appear(jp_fetch, own_home):
 
     # a later version of a run record wins (the run finished with an error)
     row = t.to_pylist()[0]
-    row.update(status="error", end=row["start"] + timedelta(hours=1),
-               updated_at=row["start"] + timedelta(hours=1))
+    row.update(
+        status="error",
+        end=row["start"] + timedelta(hours=1),
+        updated_at=row["start"] + timedelta(hours=1),
+    )
     table.write(pa.Table.from_pylist([row], schema=t.schema), actor="test")
-    errored = await eventually(jp_fetch, lambda d: new_id in {r["run_id"] for r in d["runs"]},
-                               status="error")
+    errored = await eventually(
+        jp_fetch, lambda d: new_id in {r["run_id"] for r in d["runs"]}, status="error"
+    )
     assert new_id in {r["run_id"] for r in errored["runs"]}
     detail = json.loads((await jp_fetch("atomscale", "api", "v1", "runs", new_id)).body)
     assert detail["status"] == "error"

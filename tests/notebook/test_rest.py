@@ -48,8 +48,9 @@ async def test_status(jp_fetch, lab_env):
 async def test_runs_pages_cover_every_run_once(jp_fetch):
     seen = []
     for page in (1, 2, 3, 4):
-        doc = await get_json(jp_fetch, "runs", per_page="12", page=str(page), sort="run_id",
-                             order="asc")
+        doc = await get_json(
+            jp_fetch, "runs", per_page="12", page=str(page), sort="run_id", order="asc"
+        )
         assert doc["total"] == 30 and doc["per_page"] == 12
         seen += [r["run_id"] for r in doc["runs"]]
     assert seen == [f"R-{i:05d}" for i in range(30)]
@@ -66,8 +67,9 @@ async def test_runs_filters(jp_fetch):
     doc = await get_json(jp_fetch, "runs", q="s-0000", sort="sample", order="asc")
     assert [r["sample"] for r in doc["runs"]] == [f"S-{i:05d}" for i in range(10)]
     # runs 0..2 start at 08:00, 14:00 and 20:00; run 3 starts the next day
-    doc = await get_json(jp_fetch, "runs", start="2025-01-06T00:00:00Z",
-                         end="2025-01-06T20:30:00+00:00")
+    doc = await get_json(
+        jp_fetch, "runs", start="2025-01-06T00:00:00Z", end="2025-01-06T20:30:00+00:00"
+    )
     assert sorted(r["run_id"] for r in doc["runs"]) == ["R-00000", "R-00001", "R-00002"]
     doc = await get_json(jp_fetch, "runs", project="no-such-project")
     assert doc["total"] == 0 and doc["runs"] == []
@@ -76,17 +78,20 @@ async def test_runs_filters(jp_fetch):
     assert r.headers["Cache-Control"] == "no-store"  # decrypted data stays out of caches
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"sort": "colour"}, "sort"),
-    ({"start": "last tuesday"}, "start"),
-    ({"end": "2025-13-01"}, "end"),
-    ({"per_page": "501"}, "per_page"),
-    ({"per_page": "0"}, "per_page"),
-    ({"page": "x"}, "page"),
-    ({"order": "sideways"}, "order"),
-    ({"colour": "red"}, "colour"),
-    ({"format": "xml"}, "format"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"sort": "colour"}, "sort"),
+        ({"start": "last tuesday"}, "start"),
+        ({"end": "2025-13-01"}, "end"),
+        ({"per_page": "501"}, "per_page"),
+        ({"per_page": "0"}, "per_page"),
+        ({"page": "x"}, "page"),
+        ({"order": "sideways"}, "order"),
+        ({"colour": "red"}, "colour"),
+        ({"format": "xml"}, "format"),
+    ],
+)
 async def test_runs_bad_input_is_400(jp_fetch, params, field):
     code, doc = await status_of(jp_fetch, "runs", **params)
     assert code == 400
@@ -109,9 +114,16 @@ async def test_run_detail(jp_fetch):
     assert doc["rows"] == {"process": 720, "tool_state": 240, "metrology": 2}
 
 
-@pytest.mark.parametrize("path", [("runs", "R-99999"), ("runs", "R-99999", "process"),
-                                  ("runs", "R-99999", "tool_state"), ("metrology", "M-nope"),
-                                  ("tables", "process", "nope")])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("runs", "R-99999"),
+        ("runs", "R-99999", "process"),
+        ("runs", "R-99999", "tool_state"),
+        ("metrology", "M-nope"),
+        ("tables", "process", "nope"),
+    ],
+)
 async def test_unknown_things_are_404(jp_fetch, path):
     code, doc = await status_of(jp_fetch, *path)
     assert code == 404
@@ -136,12 +148,19 @@ async def test_process_json_and_arrow_agree(jp_fetch):
 
 
 async def test_process_window_and_downsampling(jp_fetch):
-    t, _ = await get_arrow(jp_fetch, "runs", "R-00004", "process",
-                           start="2025-01-07T08:00:00Z", end="2025-01-07T08:09:30Z")
+    t, _ = await get_arrow(
+        jp_fetch,
+        "runs",
+        "R-00004",
+        "process",
+        start="2025-01-07T08:00:00Z",
+        end="2025-01-07T08:09:30Z",
+    )
     assert t.num_rows == 3 * 19  # 30 s steps; the end is exclusive
     full, _ = await get_arrow(jp_fetch, "runs", "R-00004", "process", channels="rheed_intensity")
-    small, _ = await get_arrow(jp_fetch, "runs", "R-00004", "process",
-                               channels="rheed_intensity", max_points="40")
+    small, _ = await get_arrow(
+        jp_fetch, "runs", "R-00004", "process", channels="rheed_intensity", max_points="40"
+    )
     assert 20 <= small.num_rows <= 44
     v, s = full.column("value").to_pylist(), small.column("value").to_pylist()
     assert max(s) == max(v) and min(s) == min(v)  # extremes survive decimation
@@ -173,8 +192,9 @@ async def test_whole_table_as_arrow(jp_fetch):
     assert sorted(set(t.column("run_id").to_pylist())) == [f"R-{i:05d}" for i in range(30)]
     t, _ = await get_arrow(jp_fetch, "tables", "process", "runs")
     assert t.num_rows == 30 and "updated_at" not in t.column_names
-    t, _ = await get_arrow(jp_fetch, "tables", "metrology", "items", run_id="R-00003",
-                           columns="item_id,technique")
+    t, _ = await get_arrow(
+        jp_fetch, "tables", "metrology", "items", run_id="R-00003", columns="item_id,technique"
+    )
     assert sorted(t.column("item_id").to_pylist()) == ["M-00003-xps", "M-00003-xrd"]
     code, _ = await status_of(jp_fetch, "tables", "process", "series", format="json")
     assert code == 400
@@ -183,17 +203,23 @@ async def test_whole_table_as_arrow(jp_fetch):
 
 
 async def test_context_join(jp_fetch):
-    body = json.dumps({"run_ids": ["R-00001", "R-00002", "R-00029"],
-                       "fields": ["film", "substrate"], "purpose": "compare ITO growth"})
+    body = json.dumps(
+        {
+            "run_ids": ["R-00001", "R-00002", "R-00029"],
+            "fields": ["film", "substrate"],
+            "purpose": "compare ITO growth",
+        }
+    )
     r = await jp_fetch(*API, "context", "join", method="POST", body=body)
     labels = {x["run_id"]: x for x in json.loads(r.body)["labels"]}
     assert labels["R-00001"]["film"] == "ITO" and labels["R-00002"]["substrate"] == "Si(001)"
     assert labels["R-00029"]["film"] == "SrTiO3"
-    for bad in ({"run_ids": ["R-00001"], "fields": ["film"], "purpose": " "},
-                {"run_ids": "R-00001", "fields": ["film"], "purpose": "x"},
-                {"run_ids": ["R-00001"], "fields": ["colour"], "purpose": "x"}):
-        code, _ = await status_of(jp_fetch, "context", "join", method="POST",
-                                  body=json.dumps(bad))
+    for bad in (
+        {"run_ids": ["R-00001"], "fields": ["film"], "purpose": " "},
+        {"run_ids": "R-00001", "fields": ["film"], "purpose": "x"},
+        {"run_ids": ["R-00001"], "fields": ["colour"], "purpose": "x"},
+    ):
+        code, _ = await status_of(jp_fetch, "context", "join", method="POST", body=json.dumps(bad))
         assert code == 400, bad
     code, _ = await status_of(jp_fetch, "context", "join", method="POST", body="{not json")
     assert code == 400
@@ -226,8 +252,12 @@ async def test_facets(jp_fetch):
 
 
 def _concrete(template):
-    return template.replace("{run_id}", "R-00001").replace("{item_id}", "M-00001-xrd") \
-        .replace("{category}", "process").replace("{name}", "runs")
+    return (
+        template.replace("{run_id}", "R-00001")
+        .replace("{item_id}", "M-00001-xrd")
+        .replace("{category}", "process")
+        .replace("{name}", "runs")
+    )
 
 
 @pytest.mark.parametrize("template, handler", handlers.ROUTES)
@@ -236,19 +266,30 @@ async def test_every_route_refuses_anonymous_requests(jp_fetch, template, handle
     assert methods, f"{handler.__name__} serves nothing"
     for m in methods:
         kw = {"body": "{}"} if m in ("post", "put", "patch") else {}
-        code, _ = await status_of(jp_fetch, *_concrete(template).split("/"), method=m.upper(),
-                                  headers={"Authorization": ""}, **kw)
+        code, _ = await status_of(
+            jp_fetch,
+            *_concrete(template).split("/"),
+            method=m.upper(),
+            headers={"Authorization": ""},
+            **kw,
+        )
         assert code in (401, 403), (template, m, code)
-        code, _ = await status_of(jp_fetch, *_concrete(template).split("/"), method=m.upper(),
-                                  headers={"Authorization": "token not-the-token"}, **kw)
+        code, _ = await status_of(
+            jp_fetch,
+            *_concrete(template).split("/"),
+            method=m.upper(),
+            headers={"Authorization": "token not-the-token"},
+            **kw,
+        )
         assert code in (401, 403), (template, m, code)
 
 
 def test_every_handler_method_carries_both_decorators():
     for _, handler in handlers.ROUTES:
         src = inspect.getsource(handler)
-        for m in re.finditer(r"\n((?:    @.*\n)*)    (?:async )?def (get|post|put|patch|delete)\(",
-                             src):
+        for m in re.finditer(
+            r"\n((?:    @.*\n)*)    (?:async )?def (get|post|put|patch|delete)\(", src
+        ):
             decorators = m.group(1)
             assert "@web.authenticated" in decorators, (handler.__name__, m.group(2))
             assert "@authorized" in decorators, (handler.__name__, m.group(2))
@@ -257,10 +298,15 @@ def test_every_handler_method_carries_both_decorators():
 
 def test_openapi_paths_match_the_handlers():
     spec = handlers.openapi_spec()
-    documented = {(path.lstrip("/"), method) for path, ops in spec["paths"].items()
-                  for method in ops}
-    served = {(t, m) for t, h in handlers.ROUTES
-              for m in ("get", "post", "put", "patch", "delete") if m in vars(h)}
+    documented = {
+        (path.lstrip("/"), method) for path, ops in spec["paths"].items() for method in ops
+    }
+    served = {
+        (t, m)
+        for t, h in handlers.ROUTES
+        for m in ("get", "post", "put", "patch", "delete")
+        if m in vars(h)
+    }
     assert documented == served
 
 
@@ -274,14 +320,13 @@ async def test_openapi_is_served_and_the_app_registers_every_route(jp_fetch, jp_
     assert patterns == {p for p, _ in handlers.default_handlers}
 
 
-
-
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 async def test_arrow_answers_are_compressed_only_when_asked(jp_fetch, codec):
     accept = f"{handlers.ARROW_STREAM}; compression={codec}"
     plain = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"})
-    packed = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"},
-                            headers={"Accept": accept})
+    packed = await jp_fetch(
+        *API, "runs", "R-00004", "process", params={"format": "arrow"}, headers={"Accept": accept}
+    )
     assert "X-Arrow-Compression" not in plain.headers
     assert packed.headers["X-Arrow-Compression"] == codec
     assert len(packed.body) < len(plain.body) / 1.5
@@ -289,10 +334,17 @@ async def test_arrow_answers_are_compressed_only_when_asked(jp_fetch, codec):
     b = pa.ipc.open_stream(packed.body).read_all()
     assert a.num_rows > 0 and a.equals(b)
     # streamed tables too; an unknown codec gets the uncompressed stream every reader reads
-    t = await jp_fetch(*API, "tables", "process", "series", params={"format": "arrow"},
-                       headers={"Accept": accept})
+    t = await jp_fetch(
+        *API, "tables", "process", "series", params={"format": "arrow"}, headers={"Accept": accept}
+    )
     assert t.headers["X-Arrow-Compression"] == codec
     assert pa.ipc.open_stream(t.body).read_all().num_rows > a.num_rows
-    odd = await jp_fetch(*API, "runs", "R-00004", "process", params={"format": "arrow"},
-                         headers={"Accept": f"{handlers.ARROW_STREAM}; compression=snappy"})
+    odd = await jp_fetch(
+        *API,
+        "runs",
+        "R-00004",
+        "process",
+        params={"format": "arrow"},
+        headers={"Accept": f"{handlers.ARROW_STREAM}; compression=snappy"},
+    )
     assert "X-Arrow-Compression" not in odd.headers and odd.body == plain.body

@@ -29,9 +29,14 @@ def tamper_server(tmp_path, monkeypatch):
         labdata.fill_org(vault, "acme", runs=6, points=60)
         vault.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
-    env.update({"ATOMSCALE_HOME": str(home), "ATOMSCALE_ROOT_KEY": key,
-                "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-                "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")})
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(home),
+            "ATOMSCALE_ROOT_KEY": key,
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+        }
+    )
     proc, url, token = start_server(env, tmp_path, "acme", tmp_path / "server.log")
     try:
         yield {"url": url, "token": token, "home": home, "proc": proc}
@@ -45,8 +50,9 @@ def test_flipped_byte_is_a_clear_500_and_the_server_survives(tamper_server):
     s.headers["Authorization"] = f"token {tamper_server['token']}"
     api = tamper_server["url"] + "atomscale/api/v1/"
     assert s.get(api + "runs/R-00001/process", timeout=30).status_code == 200
-    files = sorted(Path(tamper_server["home"], "data", "acme", "process", "series").rglob(
-        "*.parquet"))
+    files = sorted(
+        Path(tamper_server["home"], "data", "acme", "process", "series").rglob("*.parquet")
+    )
     assert files
     for f in files:  # flip one byte in the middle of every series file
         data = bytearray(f.read_bytes())

@@ -116,8 +116,13 @@ def test_side_by_side_and_similar_runs(ws, mbe_runs):
     feats = compare.run_features(ws, mbe_runs[:4])
     table = compare.side_by_side(feats)
     assert list(table.columns) == mbe_runs[:4]
-    for row in ("cell_Ga_temperature setpoint [°C]", "substrate temperature [°C]",
-                "RHEED rate [ML/s]", "XRD film_peak_fwhm [°]", "AFM rms_roughness [nm]"):
+    for row in (
+        "cell_Ga_temperature setpoint [°C]",
+        "substrate temperature [°C]",
+        "RHEED rate [ML/s]",
+        "XRD film_peak_fwhm [°]",
+        "AFM rms_roughness [nm]",
+    ):
         assert row in table.index and table.loc[row].notna().all(), row
     d = compare.distances(feats, mbe_runs[0])
     assert mbe_runs[0] not in d.index and (d >= 0).all() and d.is_monotonic_increasing
@@ -127,8 +132,9 @@ def test_side_by_side_and_similar_runs(ws, mbe_runs):
 
 
 def test_metrology_viewer_escapes_run_ids():
-    items = pd.DataFrame({"run_id": ["<img src=x onerror=alert(1)>", "R-1"],
-                          "peaks": [[31.5], [32.0]]})
+    items = pd.DataFrame(
+        {"run_id": ["<img src=x onerror=alert(1)>", "R-1"], "peaks": [[31.5], [32.0]]}
+    )
     out = peaks_html(items)
     assert "<img" not in out and "&lt;img src=x onerror=alert(1)&gt;: 31.50" in out
     assert "R-1: 32.00" in out
@@ -141,31 +147,36 @@ def test_rest_rheed_route(demo_server, mbe_runs):
     s.trust_env = False
     s.headers["Authorization"] = f"token {demo_server['token']}"
     base = demo_server["url"] + "atomscale/api/v1/runs/"
-    r = s.get(base + mbe_runs[0] + "/rheed", params={"max_points": 100, "ml_nm": 0.28267},
-              timeout=30)
+    r = s.get(
+        base + mbe_runs[0] + "/rheed", params={"max_points": 100, "ml_nm": 0.28267}, timeout=30
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     w = doc["windows"][0]
     assert w["status"] == "ok" and w["rate_nm_s"] == pytest.approx(w["rate_ml_s"] * 0.28267)
     assert len(doc["layers"]) == w["layers_observed"]
     assert 50 <= len(doc["trace"]["time"]) <= 110 and len(doc["trace"]["value"]) == len(
-        doc["trace"]["time"])
+        doc["trace"]["time"]
+    )
     assert doc["trace"]["time"] == sorted(doc["trace"]["time"])
-    assert s.get(base + "A-0000-toollog/rheed", timeout=30).json()["windows"][0]["status"] == \
-        "no RHEED"
+    assert (
+        s.get(base + "A-0000-toollog/rheed", timeout=30).json()["windows"][0]["status"]
+        == "no RHEED"
+    )
     assert s.get(base + "nope/rheed", timeout=30).status_code == 404
-    assert s.get(base + mbe_runs[0] + "/rheed", params={"ml_nm": "x"}, timeout=30).status_code \
-        == 400
-    assert s.get(base + mbe_runs[0] + "/rheed", params={"bogus": 1}, timeout=30).status_code \
-        == 400
+    assert (
+        s.get(base + mbe_runs[0] + "/rheed", params={"ml_nm": "x"}, timeout=30).status_code == 400
+    )
+    assert s.get(base + mbe_runs[0] + "/rheed", params={"bogus": 1}, timeout=30).status_code == 400
     assert requests.get(base + mbe_runs[0] + "/rheed", timeout=30).status_code in (401, 403)
     # a repeated request is answered from the server's cache, and is audited all the same
     ws = Workspace(url=demo_server["url"], token=demo_server["token"])
 
     def rheed_reads():
         ev = ws.audit(action="data.read", limit=500)
-        return sum(1 for d in ev.detail if d.get("query") == "rheed"
-                   and d.get("run_ids") == [mbe_runs[1]])
+        return sum(
+            1 for d in ev.detail if d.get("query") == "rheed" and d.get("run_ids") == [mbe_runs[1]]
+        )
 
     before = rheed_reads()
     first = s.get(base + mbe_runs[1] + "/rheed", timeout=30).json()

@@ -11,8 +11,12 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def frame(pairs):
-    return pa.table({"channel": pa.array([c for c, _ in pairs]),
-                     "time": pa.array([T0 + timedelta(seconds=s) for _, s in pairs], TS)})
+    return pa.table(
+        {
+            "channel": pa.array([c for c, _ in pairs]),
+            "time": pa.array([T0 + timedelta(seconds=s) for _, s in pairs], TS),
+        }
+    )
 
 
 def test_sorted_frames_are_recognised():
@@ -42,8 +46,18 @@ def test_series_of_a_run_written_in_two_commits_is_ordered(tmp_path, monkeypatch
     series = store.table("process/series")
     # later times first, in a separate commit (file): the merged read is out of order
     for secs in ((10, 11, 12), (0, 1, 2)):
-        series.write([{"run_id": "r1", "time": T0 + timedelta(seconds=s), "channel": ch,
-                       "value": float(s)} for s in secs for ch in ("temp", "rheed")])
+        series.write(
+            [
+                {
+                    "run_id": "r1",
+                    "time": T0 + timedelta(seconds=s),
+                    "channel": ch,
+                    "value": float(s),
+                }
+                for s in secs
+                for ch in ("temp", "rheed")
+            ]
+        )
     svc = OrgService(LocalAccess("acme", vault=v, owner="me"))
     t = svc.series("me", "r1", "process", {})
     assert t.num_rows == 12

@@ -76,13 +76,19 @@ def tokens():
 def jp_server_config(roles_env, tokens):
     """Serve acme to the token users, with permissions from their roles' hub scopes."""
     return {
-        "ServerApp": {"jpserver_extensions": {"atomscale_lab": True},
-                      "allow_unauthenticated_access": False,
-                      "identity_provider_class": "tests.support.roles.TokenUsers"},
+        "ServerApp": {
+            "jpserver_extensions": {"atomscale_lab": True},
+            "allow_unauthenticated_access": False,
+            "identity_provider_class": "tests.support.roles.TokenUsers",
+        },
         "TokenUsers": {"users": {t: u for u, t in tokens.items()}},
-        "AtomscaleLab": {"org": "acme", "access_class": "tests.support.roles.ScopeAccess",
-                         "scrub_root_key": False, "export_url": False,
-                         "refresh_interval": 0.0},
+        "AtomscaleLab": {
+            "org": "acme",
+            "access_class": "tests.support.roles.ScopeAccess",
+            "scrub_root_key": False,
+            "export_url": False,
+            "refresh_interval": 0.0,
+        },
     }
 
 
@@ -91,8 +97,11 @@ def call(jp_fetch, tokens):
     """Send one API request as a test user; returns ``(status, body bytes)``."""
 
     async def send(user, method, *path, params=None, body=None, headers=None):
-        kw = {"method": method, "params": params or {},
-              "headers": {**(headers or {}), "Authorization": f"token {tokens[user]}"}}
+        kw = {
+            "method": method,
+            "params": params or {},
+            "headers": {**(headers or {}), "Authorization": f"token {tokens[user]}"},
+        }
         if body is not None:
             kw["body"] = body
         try:

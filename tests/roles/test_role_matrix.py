@@ -46,23 +46,34 @@ async def test_role_matrix(call, audit_lines, role, same_org):
     for case in role_matrix.cases(role, same_org):
         req = sample_request(case.template, case.method)
         before = {org: len(audit_lines(org)) for org in ("acme", "beta")}
-        code, body = await call(user, req["method"], *req["path"], params=req["params"],
-                                body=req.get("body"), headers=req["headers"])
-        new = audit_lines("acme")[before["acme"]:]
+        code, body = await call(
+            user,
+            req["method"],
+            *req["path"],
+            params=req["params"],
+            body=req.get("body"),
+            headers=req["headers"],
+        )
+        new = audit_lines("acme")[before["acme"] :]
         denied = [(e["actor"], e["action"]) for e in new if e["outcome"] == "denied"]
         if code != case.expected:
             wrong.append(f"{case}: {code} (expected {case.expected}) {body[:200]!r}")
         if case.allowed and denied:
             wrong.append(f"{case}: allowed, yet refusals were audited: {denied}")
         allowed = [(e["actor"], e["action"]) for e in new if e["outcome"] == "allowed"]
-        if case.allowed and case.audit_action in role_matrix.AUDITED_WHEN_ALLOWED \
-                and (user, case.audit_action) not in allowed:
+        if (
+            case.allowed
+            and case.audit_action in role_matrix.AUDITED_WHEN_ALLOWED
+            and (user, case.audit_action) not in allowed
+        ):
             wrong.append(f"{case}: allowed but no {case.audit_action} event of {user}: {allowed}")
         if any(actor != user for actor, _ in allowed + denied):
             wrong.append(f"{case}: an event names someone else: {allowed + denied}")
         if not case.allowed and denied != [(user, case.audit_action)]:
-            wrong.append(f"{case}: expected one {case.audit_action} refusal of {user} in acme's "
-                         f"log, got {denied}")
+            wrong.append(
+                f"{case}: expected one {case.audit_action} refusal of {user} in acme's "
+                f"log, got {denied}"
+            )
         if len(audit_lines("beta")) != before["beta"]:
             wrong.append(f"{case}: an event went to beta's log")
     assert not wrong, "\n".join(wrong)
@@ -73,10 +84,19 @@ async def test_a_user_of_no_org_is_refused_everything_and_audited(call, audit_li
     for template, method in role_matrix.operations():
         req = sample_request(template, method)
         before = len(audit_lines("acme"))
-        code, _ = await call("stranger", req["method"], *req["path"], params=req["params"],
-                             body=req.get("body"), headers=req["headers"])
-        denied = [(e["actor"], e["action"]) for e in audit_lines("acme")[before:]
-                  if e["outcome"] == "denied"]
+        code, _ = await call(
+            "stranger",
+            req["method"],
+            *req["path"],
+            params=req["params"],
+            body=req.get("body"),
+            headers=req["headers"],
+        )
+        denied = [
+            (e["actor"], e["action"])
+            for e in audit_lines("acme")[before:]
+            if e["outcome"] == "denied"
+        ]
         if code != 403 or denied != [("stranger", role_matrix.audit_action(template, method))]:
             wrong.append(f"{method.upper()} {template}: {code}, {denied}")
     assert not wrong, "\n".join(wrong)

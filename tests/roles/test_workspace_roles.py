@@ -29,26 +29,40 @@ def server(roles_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("roles-lab")
     tokens = {user_name(r, "acme"): secrets.token_hex(16) for r in ROLES}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB_"))}
-    env.update({"ATOMSCALE_HOME": str(roles_home["home"]),
-                "ATOMSCALE_ROOT_KEY": roles_home["root_key"],
-                "PYTHONPATH": str(HERE.parents[1]),  # the repository: tests.support
-                "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
-                "JUPYTER_CONFIG_DIR": str(root / ".config"),
-                "JUPYTER_DATA_DIR": str(root / ".data")})
+    env.update(
+        {
+            "ATOMSCALE_HOME": str(roles_home["home"]),
+            "ATOMSCALE_ROOT_KEY": roles_home["root_key"],
+            "PYTHONPATH": str(HERE.parents[1]),  # the repository: tests.support
+            "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+            "JUPYTER_CONFIG_DIR": str(root / ".config"),
+            "JUPYTER_DATA_DIR": str(root / ".data"),
+        }
+    )
     users = json.dumps({t: u for u, t in tokens.items()})
     port = free_port()
-    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ip=127.0.0.1",
-           f"--port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-           '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
-           "--ServerApp.identity_provider_class=tests.support.roles.TokenUsers",
-           f"--TokenUsers.users={users}", "--AtomscaleLab.org=acme",
-           "--AtomscaleLab.access_class=tests.support.roles.ScopeAccess"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        '--ServerApp.jpserver_extensions={"atomscale_lab": True}',
+        "--ServerApp.identity_provider_class=tests.support.roles.TokenUsers",
+        f"--TokenUsers.users={users}",
+        "--AtomscaleLab.org=acme",
+        "--AtomscaleLab.access_class=tests.support.roles.ScopeAccess",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}/"
     wait_ready(proc, url, tokens[user_name("org-admin", "acme")], log_path)
     try:
@@ -65,14 +79,16 @@ def workspace(server, role):
 def test_a_scientist_writes_a_derived_result_from_a_notebook(server):
     ws = workspace(server, "scientist")
     # what a notebook computes: a fitted RHEED oscillation period per run, naive times (UTC)
-    frame = pd.DataFrame({
-        "technique": ["RHEED-fit", "RHEED-fit"],
-        "result_name": ["oscillation_period", "growth_rate"],
-        "result_value": [3.75, 0.27],
-        "result_unit": ["s", "nm/min"],
-        "x": [np.linspace(0, 60, 5).tolist(), None],
-        "y": [np.cos(np.linspace(0, 60, 5)).tolist(), None],
-    })
+    frame = pd.DataFrame(
+        {
+            "technique": ["RHEED-fit", "RHEED-fit"],
+            "result_name": ["oscillation_period", "growth_rate"],
+            "result_value": [3.75, 0.27],
+            "result_unit": ["s", "nm/min"],
+            "x": [np.linspace(0, 60, 5).tolist(), None],
+            "y": [np.cos(np.linspace(0, 60, 5)).tolist(), None],
+        }
+    )
     done = ws.write_metrology(frame, run="R-00003")
     assert done["rows"] == 2 and done["run_ids"] == ["R-00003"]
     got = ws.metrology(run_id="R-00003", technique="RHEED-fit", with_spectra=True)
@@ -92,12 +108,15 @@ def test_a_scientist_writes_a_derived_result_from_a_notebook(server):
     with pytest.raises(ValidationError, match="technique"):
         ws.write_metrology(frame.drop(columns=["technique"]), run="R-00003")
     # a measured time without a zone is UTC
-    timed = frame.assign(time=pd.to_datetime(["2025-01-07 10:00:00", "2025-01-07 10:05:00.5"],
-                                             format="ISO8601"))
+    timed = frame.assign(
+        time=pd.to_datetime(["2025-01-07 10:00:00", "2025-01-07 10:05:00.5"], format="ISO8601")
+    )
     done = ws.write_metrology(timed, run="R-00004")
     got = ws.metrology(run_id="R-00004", technique="RHEED-fit").set_index("item_id")
     assert got.loc[done["item_ids"], "time"].tolist() == [
-        pd.Timestamp("2025-01-07 10:00", tz="UTC"), pd.Timestamp("2025-01-07 10:05:00.5", tz="UTC")]
+        pd.Timestamp("2025-01-07 10:00", tz="UTC"),
+        pd.Timestamp("2025-01-07 10:05:00.5", tz="UTC"),
+    ]
 
 
 @pytest.mark.parametrize("role", ["viewer", "support"])

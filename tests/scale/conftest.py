@@ -52,9 +52,14 @@ def aws_env(moto, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")  # for the tests' own boto3 calls
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN",
-                "ATOMSCALE_ROOT_KEY", "ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_AWS_KMS_KEY_ID",
-                "ATOMSCALE_AWS_KMS_PREVIOUS_KEY_IDS"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "ATOMSCALE_ROOT_KEY",
+        "ATOMSCALE_ROOT_KEY_FILE",
+        "ATOMSCALE_AWS_KMS_KEY_ID",
+        "ATOMSCALE_AWS_KMS_PREVIOUS_KEY_IDS",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ATOMSCALE_KMS", "atomscale_lab.vault.kms.aws:AwsKms")
     return moto
@@ -69,7 +74,8 @@ def kubeconfig(tmp_path_factory):
         "clusters:\n- name: offline\n  cluster: {server: 'https://127.0.0.1:9'}\n"
         "users:\n- name: offline\n  user: {token: offline}\n"
         "contexts:\n- name: offline\n  context: {cluster: offline, user: offline}\n"
-        "current-context: offline\n")
+        "current-context: offline\n"
+    )
     from kubernetes_asyncio.config import kube_config
 
     # The client reads $KUBECONFIG once, at import: point its default at the file.

@@ -55,8 +55,9 @@ def assert_restricted(spec, org):
         assert not spec.get(host)
     assert not any("hostPath" in v for v in spec.get("volumes", []))
     assert spec["nodeSelector"] == {"atomscale-lab/org-pool": org}
-    assert spec["tolerations"] == [{"key": "atomscale-lab/org", "operator": "Equal",
-                                    "value": org, "effect": "NoSchedule"}]
+    assert spec["tolerations"] == [
+        {"key": "atomscale-lab/org", "operator": "Equal", "value": org, "effect": "NoSchedule"}
+    ]
 
 
 @pytest.mark.parametrize("org", ORGS)
@@ -88,11 +89,19 @@ def test_org_manifests_are_valid_restricted_and_isolated(org):
             mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
             assert mounts[claim["metadata"]["name"]] == "/var/lib/atomscale/ingest"
     lease = next(o for o in objects if o["kind"] == "Lease")
-    role = next(o for o in objects if o["kind"] == "Role"
-                and o["metadata"]["name"] == "atomscale-ingest-lease")
-    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                              "resourceNames": [lease["metadata"]["name"]],
-                              "verbs": ["get", "update", "patch"]}]
+    role = next(
+        o
+        for o in objects
+        if o["kind"] == "Role" and o["metadata"]["name"] == "atomscale-ingest-lease"
+    )
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease["metadata"]["name"]],
+            "verbs": ["get", "update", "patch"],
+        }
+    ]
 
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
     deny = policies.pop("default-deny")["spec"]
@@ -107,9 +116,14 @@ def test_org_manifests_are_valid_restricted_and_isolated(org):
                 assert peer["podSelector"]["matchLabels"][ORG_LABEL] == org
     # User pods reach the org's data server, the hub API and DNS: nothing else.
     user_egress = policies["user-pods"]["spec"]["egress"]
-    targets = [(tuple(sorted(peer.get("podSelector", {}).get("matchLabels", {}).items())),
-                tuple(p["port"] for p in rule["ports"]))
-               for rule in user_egress for peer in rule["to"]]
+    targets = [
+        (
+            tuple(sorted(peer.get("podSelector", {}).get("matchLabels", {}).items())),
+            tuple(p["port"] for p in rule["ports"]),
+        )
+        for rule in user_egress
+        for peer in rule["to"]
+    ]
     assert targets == [
         ((("app.kubernetes.io/name", "atomscale-data"), (ORG_LABEL, org)), (8080,)),
         ((("component", "hub"),), (8081,)),
@@ -131,11 +145,28 @@ def test_strict_validation_catches_mistakes():
 
 
 def test_cli_render_prints_the_manifests(capsys):
-    assert main(["k8s", "render", "beta", "--data-replicas", "4",
-                 "--data-command", "python -m atomscale_lab.hub.services.data --org beta"]) == 0
+    assert (
+        main(
+            [
+                "k8s",
+                "render",
+                "beta",
+                "--data-replicas",
+                "4",
+                "--data-command",
+                "python -m atomscale_lab.hub.services.data --org beta",
+            ]
+        )
+        == 0
+    )
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    expected = render("beta", K8sOptions(data_replicas=4, data_command=[
-        "python", "-m", "atomscale_lab.hub.services.data", "--org", "beta"]))
+    expected = render(
+        "beta",
+        K8sOptions(
+            data_replicas=4,
+            data_command=["python", "-m", "atomscale_lab.hub.services.data", "--org", "beta"],
+        ),
+    )
     assert docs == expected
     assert main(["k8s", "render", "Not_An_Org"]) == 1
     assert capsys.readouterr().out == ""
@@ -188,8 +219,9 @@ def pod_of(user, config=None, **traits):
     from kubernetes_asyncio.client import ApiClient
 
     async def build():
-        sp = AtomscaleKubeSpawner(user=user, hub=Hub(), config=config or Config(), _mock=True,
-                                  **traits)
+        sp = AtomscaleKubeSpawner(
+            user=user, hub=Hub(), config=config or Config(), _mock=True, **traits
+        )
         try:
             pod = await sp.get_pod_manifest()
             return sp, ApiClient().sanitize_for_serialization(pod)
@@ -205,14 +237,21 @@ def hostile_config():
     c.KubeSpawner.privileged = True
     c.KubeSpawner.allow_privilege_escalation = True
     c.KubeSpawner.automount_service_account_token = True
-    c.KubeSpawner.container_security_context = {"capabilities": {"add": ["NET_ADMIN"]},
-                                                "readOnlyRootFilesystem": False}
+    c.KubeSpawner.container_security_context = {
+        "capabilities": {"add": ["NET_ADMIN"]},
+        "readOnlyRootFilesystem": False,
+    }
     c.KubeSpawner.extra_pod_config = {"hostNetwork": True, "hostPID": True}
     c.KubeSpawner.node_selector = {"atomscale-lab/org-pool": "beta"}
-    c.KubeSpawner.tolerations = [{"key": "atomscale-lab/org", "operator": "Equal",
-                                  "value": "beta", "effect": "NoSchedule"}]
-    c.KubeSpawner.environment = {"ATOMSCALE_ROOT_KEY": "ask1:secret", "VAULT_TOKEN": "s.x",
-                                 "AWS_SECRET_ACCESS_KEY": "x", "LAB_NAME": "thin films"}
+    c.KubeSpawner.tolerations = [
+        {"key": "atomscale-lab/org", "operator": "Equal", "value": "beta", "effect": "NoSchedule"}
+    ]
+    c.KubeSpawner.environment = {
+        "ATOMSCALE_ROOT_KEY": "ask1:secret",
+        "VAULT_TOKEN": "s.x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "LAB_NAME": "thin films",
+    }
     c.KubeSpawner.uid = 1000
     c.KubeSpawner.fs_gid = 1000
     return c
@@ -235,14 +274,16 @@ def test_user_pods_of_two_orgs(kubeconfig, config):
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["ATOMSCALE_ORG"] == org
         assert env["ATOMSCALE_DATA_SERVER_URL"] == (
-            f"http://atomscale-data-{org}.atomscale-{org}.svc.cluster.local:8080")
+            f"http://atomscale-data-{org}.atomscale-{org}.svc.cluster.local:8080"
+        )
         assert not any(k.startswith(("ATOMSCALE_ROOT_KEY", "VAULT_", "AWS_")) for k in env)
         mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
         assert "/tmp" in mounts
     assert sp_a.namespace != sp_b.namespace
     if config:
         assert {e["name"]: e.get("value") for e in pod_a["spec"]["containers"][0]["env"]}[
-            "LAB_NAME"] == "thin films"
+            "LAB_NAME"
+        ] == "thin films"
 
 
 def test_user_pod_refusals(kubeconfig):

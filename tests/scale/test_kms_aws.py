@@ -32,8 +32,10 @@ def new_key(alias=None):
 def stored(home):
     db = sqlite3.connect(str(home / "registry.sqlite"))
     try:
-        return db.execute("SELECT org, purpose, version, wrapped, kms_key_id FROM org_keys "
-                          "ORDER BY org, purpose, version").fetchall()
+        return db.execute(
+            "SELECT org, purpose, version, wrapped, kms_key_id FROM org_keys "
+            "ORDER BY org, purpose, version"
+        ).fetchall()
     finally:
         db.close()
 
@@ -55,7 +57,8 @@ def test_org_lifecycle_rotate_and_rewrap(home, aws_env, monkeypatch):
     v = Vault(Settings.load(home))
     assert v.kms.key_id == f"aws-kms:{arn}"
     v.store("acme").table("process/runs").write(
-        demo.build(3, seed=1, points_per_run=60).runs, actor="t")
+        demo.build(3, seed=1, points_per_run=60).runs, actor="t"
+    )
     keys = {p: v.keys.key("acme", p)[1] for p in ("data", "context", "audit")}
     v.close()
     before = stored(home)
@@ -79,8 +82,9 @@ def test_encryption_context_binds_org_and_purpose(tmp_path, aws_env):
     reg = KeyRegistry(tmp_path / "registry.sqlite", kms)
     reg.create_org("acme")
     reg.create_org("beta")
-    blob = reg._db.execute("SELECT wrapped FROM org_keys WHERE org='acme' AND "
-                           "purpose='data'").fetchone()[0]
+    blob = reg._db.execute(
+        "SELECT wrapped FROM org_keys WHERE org='acme' AND purpose='data'"
+    ).fetchone()[0]
     assert len(kms.unwrap(blob, b"atomscale-lab/org-key/acme/data/v1")) == 32
     for aad in (b"atomscale-lab/org-key/beta/data/v1", b"atomscale-lab/org-key/acme/context/v1"):
         with pytest.raises(RootKeyError, match="not bound to this org and purpose"):
@@ -106,15 +110,17 @@ def test_planted_key_of_another_kms_key_is_refused_and_keys_move(home, aws_env, 
     data = v.org_keys("acme").keys[1]
     # An attacker who can write the registry and use some other KMS key plants a key it knows.
     planted = AwsKms(boto3.client("kms"), second).wrap(
-        b"\x01" * 32, b"atomscale-lab/org-key/acme/data/v1")
-    good = v.keys._db.execute("SELECT wrapped FROM org_keys WHERE org='acme' AND "
-                              "purpose='data'").fetchone()[0]
-    v.keys._db.execute("UPDATE org_keys SET wrapped=? WHERE org='acme' AND purpose='data'",
-                       (planted,))
+        b"\x01" * 32, b"atomscale-lab/org-key/acme/data/v1"
+    )
+    good = v.keys._db.execute(
+        "SELECT wrapped FROM org_keys WHERE org='acme' AND purpose='data'"
+    ).fetchone()[0]
+    v.keys._db.execute(
+        "UPDATE org_keys SET wrapped=? WHERE org='acme' AND purpose='data'", (planted,)
+    )
     with pytest.raises(RootKeyError, match="does not use"):
         v.keys.org_keys("acme")
-    v.keys._db.execute("UPDATE org_keys SET wrapped=? WHERE org='acme' AND purpose='data'",
-                       (good,))
+    v.keys._db.execute("UPDATE org_keys SET wrapped=? WHERE org='acme' AND purpose='data'", (good,))
     v.close()
 
     # Moving to the second key: the first is accepted as "previous" while re-wrapping.

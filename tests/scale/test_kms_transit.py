@@ -23,21 +23,28 @@ def rows(vault, org="acme"):
 
 def write_runs(vault, n, org="acme", seed=1):
     vault.store(org).table("process/runs").write(
-        demo.build(n, seed=seed, points_per_run=60).runs, actor="t")
+        demo.build(n, seed=seed, points_per_run=60).runs, actor="t"
+    )
 
 
 def stored(home):
     db = sqlite3.connect(str(home / "registry.sqlite"))
     try:
-        return db.execute("SELECT org, purpose, version, wrapped, kms_key_id FROM org_keys "
-                          "ORDER BY org, purpose, version").fetchall()
+        return db.execute(
+            "SELECT org, purpose, version, wrapped, kms_key_id FROM org_keys "
+            "ORDER BY org, purpose, version"
+        ).fetchall()
     finally:
         db.close()
 
 
 def forms(key: bytes):
-    return [key, key.hex().encode(), base64.b64encode(key),
-            base64.urlsafe_b64encode(key).rstrip(b"=")]
+    return [
+        key,
+        key.hex().encode(),
+        base64.b64encode(key),
+        base64.urlsafe_b64encode(key).rstrip(b"="),
+    ]
 
 
 def test_org_lifecycle_rotate_rewrap_and_retire(home, vault_env, capsys):
@@ -83,17 +90,22 @@ def test_wrong_org_or_purpose_context_is_refused(tmp_path, vault_env):
     reg = KeyRegistry(tmp_path / "registry.sqlite", kms)
     reg.create_org("acme")
     reg.create_org("beta")
-    acme_data = reg._db.execute("SELECT wrapped FROM org_keys WHERE org='acme' AND "
-                                "purpose='data'").fetchone()[0]
+    acme_data = reg._db.execute(
+        "SELECT wrapped FROM org_keys WHERE org='acme' AND purpose='data'"
+    ).fetchone()[0]
     good = b"atomscale-lab/org-key/acme/data/v1"
     assert len(kms.unwrap(acme_data, good)) == 32
-    for aad in (b"atomscale-lab/org-key/beta/data/v1", b"atomscale-lab/org-key/acme/audit/v1",
-                b"atomscale-lab/org-key/acme/data/v2"):
+    for aad in (
+        b"atomscale-lab/org-key/beta/data/v1",
+        b"atomscale-lab/org-key/acme/audit/v1",
+        b"atomscale-lab/org-key/acme/data/v2",
+    ):
         with pytest.raises(RootKeyError, match="not bound to this org and purpose"):
             kms.unwrap(acme_data, aad)
     # Planting acme's wrapped data key into beta's row does not hand beta acme's key.
-    reg._db.execute("UPDATE org_keys SET wrapped=? WHERE org='beta' AND purpose='data'",
-                    (acme_data,))
+    reg._db.execute(
+        "UPDATE org_keys SET wrapped=? WHERE org='beta' AND purpose='data'", (acme_data,)
+    )
     with pytest.raises(RootKeyError):
         reg.org_keys("beta")
     assert len(reg.org_keys("acme").keys[1]) == 32
@@ -102,8 +114,9 @@ def test_wrong_org_or_purpose_context_is_refused(tmp_path, vault_env):
     kms.rotate()
     with pytest.raises(RootKeyError, match="re-wrap every stored key"):
         reg.rewrap_in_kms()
-    assert reg._db.execute("SELECT wrapped FROM org_keys ORDER BY org, purpose").fetchall() \
-        == before
+    assert (
+        reg._db.execute("SELECT wrapped FROM org_keys ORDER BY org, purpose").fetchall() == before
+    )
     # A re-wrap binds through the same context: it refuses the wrong one as well.
     with pytest.raises(RootKeyError):
         kms.rewrap(acme_data, b"atomscale-lab/org-key/beta/data/v1")
@@ -127,23 +140,26 @@ def test_registry_alone_holds_no_usable_key(home, vault_env):
     reg.close()
     client = hvac.Client(url=vault_env[0], token=vault_env[1])
     weak = client.auth.token.create(policies=["default"], ttl="5m")["auth"]["client_token"]
-    kms = VaultTransitKms(hvac.Client(url=vault_env[0], token=weak),
-                          key=VaultTransitKms.from_env().key)
+    kms = VaultTransitKms(
+        hvac.Client(url=vault_env[0], token=weak), key=VaultTransitKms.from_env().key
+    )
     reg = KeyRegistry(home / "registry.sqlite", kms)
     with pytest.raises(RootKeyError, match="refused"):
         reg.org_keys("acme")
     reg.close()
     # The transit key itself cannot be exported: it never reaches the deployment.
     with pytest.raises(hvac.exceptions.VaultError):
-        client.secrets.transit.export_key(name=kms.key, key_type="encryption-key",
-                                          mount_point="transit")
+        client.secrets.transit.export_key(
+            name=kms.key, key_type="encryption-key", mount_point="transit"
+        )
 
 
 def test_unsafe_transit_keys_are_refused(vault_env):
     client = hvac.Client(url=vault_env[0], token=vault_env[1])
     client.secrets.transit.create_key(name="plain", mount_point="transit")
-    client.secrets.transit.create_key(name="exportable", derived=True, exportable=True,
-                                      mount_point="transit")
+    client.secrets.transit.create_key(
+        name="exportable", derived=True, exportable=True, mount_point="transit"
+    )
     with pytest.raises(ConfigError, match="not a derived key"):
         VaultTransitKms(client, key="plain").refresh()
     with pytest.raises(ConfigError, match="can be exported"):

@@ -48,6 +48,9 @@ def test_service_env_is_empty_without_an_external_kms():
 
 def test_binding_fields():
     assert aad_fields(b"atomscale-lab/org-key/acme/data/v3") == {
-        "atomscale-lab": "atomscale-lab/org-key/acme/data/v3", "org": "acme",
-        "purpose": "data", "version": "3"}
+        "atomscale-lab": "atomscale-lab/org-key/acme/data/v3",
+        "org": "acme",
+        "purpose": "data",
+        "version": "3",
+    }
     assert aad_fields(b"something else") == {"atomscale-lab": "something else"}

@@ -42,8 +42,13 @@ def test_periods_recovered_across_many_runs(data):
         w = result.windows.iloc[0]
         assert w.status == "ok", (run_id, result.notes)
         true_t = truth["ml_time"]
-        kind = ("damped" if truth["rheed_damped"]
-                else "noisy" if truth["rheed_noise"] > 0.01 else "clean")
+        kind = (
+            "damped"
+            if truth["rheed_damped"]
+            else "noisy"
+            if truth["rheed_noise"] > 0.01
+            else "clean"
+        )
         tol = 0.02 if kind == "clean" else 0.03
         assert w.period_s == pytest.approx(true_t, rel=tol), (run_id, kind)
         assert abs(w.period_s - true_t) < 4 * w.period_err_s + 0.002 * true_t, (run_id, kind)
@@ -73,7 +78,10 @@ def test_growth_windows_follow_the_shutters():
     w = rheed.growth_windows(shutters)
     # As alone sets the ambient; growth windows change with the group-III shutters
     assert [(x["start"], x["end"], x["shutters"]) for x in w] == [
-        (30.0, 50.0, ("Ga",)), (50.0, 70.0, ("Al", "Ga")), (70.0, 80.0, ("Ga",))]
+        (30.0, 50.0, ("Ga",)),
+        (50.0, 70.0, ("Al", "Ga")),
+        (70.0, 80.0, ("Ga",)),
+    ]
     only_ambient = {"shutter_N_plasma": (t, ((t >= 20) & (t < 60)).astype(float))}
     assert [(x["start"], x["end"]) for x in rheed.growth_windows(only_ambient)] == [(20.0, 60.0)]
 

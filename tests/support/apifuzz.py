@@ -42,22 +42,36 @@ def _arrow_bodies():
     from atomscale_lab.schema import METROLOGY
 
     wrong = _ipc(pa.table({"x": [1, 2, 3]}))
-    return st.one_of(st.binary(max_size=512),
-                     st.sampled_from([wrong, wrong[: len(wrong) // 2],
-                                      _ipc(METROLOGY.schema.empty_table())]))
+    return st.one_of(
+        st.binary(max_size=512),
+        st.sampled_from([wrong, wrong[: len(wrong) // 2], _ipc(METROLOGY.schema.empty_table())]),
+    )
 
 
 # schemathesis has no serializer for Arrow bodies: generate them (its documented hook)
 schemathesis.openapi.media_type(ARROW_STREAM, _arrow_bodies())
 
 _ANSWER_5XX = re.compile(r"[\]\s]5\d\d (GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /")
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
-def fuzz(doc: dict, base_url: str, session: requests.Session, headers: dict, *,
-         examples: int = 25, path_values: dict | None = None, timeout: float = 30,
-         **call_kwargs) -> dict[str, str]:
+def fuzz(
+    doc: dict,
+    base_url: str,
+    session: requests.Session,
+    headers: dict,
+    *,
+    examples: int = 25,
+    path_values: dict | None = None,
+    timeout: float = 30,
+    **call_kwargs,
+) -> dict[str, str]:
     """``{operation: failure}`` for every operation that broke (empty when none did).
 
     ``path_values``: real values for path parameters (e.g. an existing run id), drawn as often
@@ -76,12 +90,23 @@ def fuzz(doc: dict, base_url: str, session: requests.Session, headers: dict, *,
             if pinned and mode is GenerationMode.POSITIVE:
                 strategies.append(op.as_strategy(generation_mode=mode, path_parameters=pinned))
 
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            report_multiple_bugs=False,
+        )
         @given(case=st.one_of(strategies))
         def run(case):
-            response = case.call(base_url=base_url, session=session, headers=dict(headers),
-                                 timeout=timeout, **call_kwargs)
+            response = case.call(
+                base_url=base_url,
+                session=session,
+                headers=dict(headers),
+                timeout=timeout,
+                **call_kwargs,
+            )
             case.validate_response(response, checks=CHECKS)
 
         try:
@@ -97,7 +122,10 @@ def server_errors(log_text: str) -> list[str]:
     """Lines of a server log that show an unhandled exception or a 5xx answer."""
     bad = []
     for line in log_text.splitlines():
-        if "Traceback (most recent call last)" in line or "Uncaught exception" in line \
-                or _ANSWER_5XX.search(line):
+        if (
+            "Traceback (most recent call last)" in line
+            or "Uncaught exception" in line
+            or _ANSWER_5XX.search(line)
+        ):
             bad.append(line)
     return bad

@@ -33,8 +33,7 @@ def _post_form(s, resp, data):
     m = FORM_ACTION.search(resp.text)
     if not m:
         raise LoginFailed(f"no form on {resp.url} (status {resp.status_code})", resp)
-    return s.post(urljoin(resp.url, unescape(m.group(1))), data=data, verify=s.verify,
-                  timeout=60)
+    return s.post(urljoin(resp.url, unescape(m.group(1))), data=data, verify=s.verify, timeout=60)
 
 
 def login(s, hub_url, username, password, otp=None, *, next_path="/hub/home"):
@@ -67,9 +66,13 @@ def xsrf_headers(s, hub_url):
 
 def api_token(s, hub_url, username, note="e2e") -> str:
     """Create an API token of the logged-in user through the hub API (cookie auth)."""
-    r = s.post(f"{hub_url}/hub/api/users/{username}/tokens", json={"note": note},
-               headers={**xsrf_headers(s, hub_url), "Referer": f"{hub_url}/hub/token"},
-               verify=s.verify, timeout=30)
+    r = s.post(
+        f"{hub_url}/hub/api/users/{username}/tokens",
+        json={"note": note},
+        headers={**xsrf_headers(s, hub_url), "Referer": f"{hub_url}/hub/token"},
+        verify=s.verify,
+        timeout=30,
+    )
     r.raise_for_status()
     return r.json()["token"]
 
@@ -129,18 +132,37 @@ async def _execute(ws_url, token, ca, code, timeout) -> tuple[str, str]:
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
-    req = HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}, ca_certs=ca,
-                      request_timeout=timeout)
+    req = HTTPRequest(
+        ws_url, headers={"Authorization": f"token {token}"}, ca_certs=ca, request_timeout=timeout
+    )
     ws = await websocket_connect(req)
     msg_id = uuid.uuid4().hex
-    await ws.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "",
-                   "session": uuid.uuid4().hex, "version": "5.3",
-                   "date": datetime.now(UTC).isoformat()},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-    }))
+    await ws.write_message(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": datetime.now(UTC).isoformat(),
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "buffers": [],
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": True,
+                },
+            }
+        )
+    )
     out, err = [], []
     deadline = time.monotonic() + timeout
     try:
@@ -155,8 +177,9 @@ async def _execute(ws_url, token, ca, code, timeout) -> tuple[str, str]:
             if kind == "stream":
                 (out if content["name"] == "stdout" else err).append(content["text"])
             elif kind == "error":
-                raise AssertionError("code failed in the kernel:\n"
-                                     + "\n".join(content["traceback"]))
+                raise AssertionError(
+                    "code failed in the kernel:\n" + "\n".join(content["traceback"])
+                )
             elif kind == "status" and content["execution_state"] == "idle":
                 return "".join(out), "".join(err)
     finally:
@@ -170,13 +193,15 @@ def run_in_kernel(hub_url, user, token, ca, code, timeout=120) -> str:
 
     s = session(ca)
     h = {"Authorization": f"token {token}"}
-    r = s.post(f"{hub_url}/user/{user}/api/kernels", headers=h, json={"name": "python3"},
-               timeout=60)
+    r = s.post(
+        f"{hub_url}/user/{user}/api/kernels", headers=h, json={"name": "python3"}, timeout=60
+    )
     assert r.status_code == 201, (r.status_code, r.text[:300])
     kid = r.json()["id"]
     try:
-        ws_url = hub_url.replace("https://", "wss://", 1) + \
-            f"/user/{user}/api/kernels/{kid}/channels"
+        ws_url = (
+            hub_url.replace("https://", "wss://", 1) + f"/user/{user}/api/kernels/{kid}/channels"
+        )
         out, _err = asyncio.run(_execute(ws_url, token, ca, code, timeout))
         return out
     finally:

@@ -44,8 +44,12 @@ from atomscale_lab.hub.users import (
 from tests.support import hub_helpers as helpers
 
 ORGS = ("acme", "beta")
-ROLE_USER = {"org-admin": "admin", "scientist": "scientist", "viewer": "viewer",
-             "support": "support"}
+ROLE_USER = {
+    "org-admin": "admin",
+    "scientist": "scientist",
+    "viewer": "viewer",
+    "support": "support",
+}
 # Numeric ids of the test accounts: distinct per run (several runs may share a machine, and
 # teardown ends leftover processes by uid).
 UID_BASE = 200_000 + (os.getpid() % 20_000) * 50
@@ -126,8 +130,13 @@ class Stack:
 
 
 def _cli(*args, env):
-    r = subprocess.run([sys.executable, "-m", "atomscale_lab.cli.main", *args], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "atomscale_lab.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, f"atomscale-lab {' '.join(args)} failed: {r.stderr}"
     return r.stdout
 
@@ -138,16 +147,25 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict,
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
     assert len(groups) < 10 and len(users) < 40
     accounts = {}
-    services = {org: Account(service_account(org), UID_BASE + 40 + i, UID_BASE + 40 + i,
-                             Path("/nonexistent"))
-                for i, org in enumerate(sorted(groups))}
+    services = {
+        org: Account(
+            service_account(org), UID_BASE + 40 + i, UID_BASE + 40 + i, Path("/nonexistent")
+        )
+        for i, org in enumerate(sorted(groups))
+    }
     names = {unix_name(u) for u in users} | {a.name for a in services.values()}
     gnames = {org_group(org) for org in groups} | {a.name for a in services.values()}
     # Accounts of the same names on the host (e.g. from `make demo`) are hidden, not reused.
-    passwd = [ln for ln in Path("/etc/passwd").read_text().splitlines()
-              if ln and ln.split(":")[0] not in names]
-    group = [ln for ln in Path("/etc/group").read_text().splitlines()
-             if ln and ln.split(":")[0] not in gnames]
+    passwd = [
+        ln
+        for ln in Path("/etc/passwd").read_text().splitlines()
+        if ln and ln.split(":")[0] not in names
+    ]
+    group = [
+        ln
+        for ln in Path("/etc/group").read_text().splitlines()
+        if ln and ln.split(":")[0] not in gnames
+    ]
     homes = base / "homes"
     homes.mkdir(mode=0o755)
     for i, (user, org) in enumerate(sorted(users.items())):
@@ -162,8 +180,10 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict,
     for org, gid in groups.items():
         group.append(f"{org_group(org)}:x:{gid}:")
     for org, acc in services.items():
-        passwd.append(f"{acc.name}:x:{acc.uid}:{acc.gid}:atomscale-lab data server of {org}:"
-                      f"{acc.home}:/usr/sbin/nologin")
+        passwd.append(
+            f"{acc.name}:x:{acc.uid}:{acc.gid}:atomscale-lab data server of {org}:"
+            f"{acc.home}:/usr/sbin/nologin"
+        )
         group.append(f"{acc.name}:x:{acc.gid}:")
     (base / "passwd").write_text("\n".join(passwd) + "\n")
     (base / "group").write_text("\n".join(group) + "\n")
@@ -222,8 +242,13 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
     (base / "root.key").touch(mode=0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMSCALE_")}
     env["ATOMSCALE_HOME"] = str(home)
-    key = subprocess.run([sys.executable, "-m", "atomscale_lab.cli.main", "root-key", "generate"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "atomscale_lab.cli.main", "root-key", "generate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (base / "root.key").write_text(key)
     env["ATOMSCALE_ROOT_KEY_FILE"] = str(base / "root.key")
     for org in ORGS:
@@ -273,14 +298,36 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
     state = st.root / "hub" / "state"
     state.mkdir(parents=True, exist_ok=True)
     # A private mount namespace in which the overlay passwd/group are the system's.
-    wrapped = ["unshare", "-m", "--propagation", "private", "--", "sh", "-c",
-               'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 '
-               '&& exec "$@"', "sh", str(passwd), str(group), *hargv]
-    hub_proc = subprocess.Popen(wrapped, env=henv, cwd=state, stdout=hub_log,
-                                stderr=subprocess.STDOUT)
-    s = Stack(st=st, base=base, home=home, idp=idp, passwords=passwords, accounts=accounts,
-              groups=groups, hub_pid=hub_proc.pid, idp_pid=idp_proc.pid, logs=logs,
-              services=services)
+    wrapped = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"',
+        "sh",
+        str(passwd),
+        str(group),
+        *hargv,
+    ]
+    hub_proc = subprocess.Popen(
+        wrapped, env=henv, cwd=state, stdout=hub_log, stderr=subprocess.STDOUT
+    )
+    s = Stack(
+        st=st,
+        base=base,
+        home=home,
+        idp=idp,
+        passwords=passwords,
+        accounts=accounts,
+        groups=groups,
+        hub_pid=hub_proc.pid,
+        idp_pid=idp_proc.pid,
+        logs=logs,
+        services=services,
+    )
     procs = {"idp": idp_proc}
 
     def kid():
@@ -292,19 +339,38 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
         _stop(procs["idp"].pid, 5)
         procs["idp"] = subprocess.Popen(iargv, env=ienv, stdout=idp_log, stderr=subprocess.STDOUT)
         s.idp_pid = procs["idp"].pid
-        _wait_http(f"{st.issuer}/.well-known/openid-configuration", st.ca, 30, procs["idp"],
-                   "IdP", s.log_tail)
+        _wait_http(
+            f"{st.issuer}/.well-known/openid-configuration",
+            st.ca,
+            30,
+            procs["idp"],
+            "IdP",
+            s.log_tail,
+        )
         return before, kid()
 
     s.idp_restart = restart
     try:
-        _wait_http(f"{st.issuer}/.well-known/openid-configuration", st.ca, 30, idp_proc, "IdP",
-                   s.log_tail)
-        _wait_http(f"{st.public_url}/services/atomscale-context/health", st.ca, 120, hub_proc,
-                   "hub", s.log_tail)
+        _wait_http(
+            f"{st.issuer}/.well-known/openid-configuration", st.ca, 30, idp_proc, "IdP", s.log_tail
+        )
+        _wait_http(
+            f"{st.public_url}/services/atomscale-context/health",
+            st.ca,
+            120,
+            hub_proc,
+            "hub",
+            s.log_tail,
+        )
         for org in services:
-            _wait_http(f"{st.public_url}/services/atomscale-data-{org}/health", st.ca, 60,
-                       hub_proc, f"data server of {org}", s.log_tail)
+            _wait_http(
+                f"{st.public_url}/services/atomscale-data-{org}/health",
+                st.ca,
+                60,
+                hub_proc,
+                f"data server of {org}",
+                s.log_tail,
+            )
         yield s
     finally:
         _stop(hub_proc.pid)
@@ -314,8 +380,9 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
         # The hub stops its proxy, services and servers; if it could not (killed), end what is
         # left of this deployment: processes of our accounts, or whose command line or
         # environment names this deployment's folder.
-        leftovers = {pid for acc in [*accounts.values(), *services.values()]
-                     for pid in _pids_of_uid(acc.uid)}
+        leftovers = {
+            pid for acc in [*accounts.values(), *services.values()] for pid in _pids_of_uid(acc.uid)
+        }
         leftovers |= _pids_mentioning(str(base))
         for pid in leftovers - {os.getpid()}:
             try:
@@ -367,8 +434,14 @@ def server_pid(stack, user) -> int:
 def api(stack, token, method, path, **kw):
     """A request to the hub's public URL with ``token``."""
     s = helpers.session(stack.ca)
-    return s.request(method, stack.url + path, headers={"Authorization": f"token {token}"},
-                     allow_redirects=False, timeout=60, **kw)
+    return s.request(
+        method,
+        stack.url + path,
+        headers={"Authorization": f"token {token}"},
+        allow_redirects=False,
+        timeout=60,
+        **kw,
+    )
 
 
 def events_json(events):

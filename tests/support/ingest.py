@@ -33,9 +33,20 @@ class Service:
         env.pop("ATOMSCALE_ROOT_KEY_FILE", None)
         self.log = open(self.home / f"service-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atomscale_lab.ingest.service", "--port", str(self.port),
-             "--flush-interval", "0.2", *self.extra],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "atomscale_lab.ingest.service",
+                "--port",
+                str(self.port),
+                "--flush-interval",
+                "0.2",
+                *self.extra,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.starts += 1
         if wait:
             self.wait_ready()
@@ -45,8 +56,10 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}: "
-                                   + (self.home / f"service-{self.starts - 1}.log").read_text())
+                raise RuntimeError(
+                    f"service exited with {self.proc.returncode}: "
+                    + (self.home / f"service-{self.starts - 1}.log").read_text()
+                )
             try:
                 if self.cert.exists():
                     self.http.get(self.url + "/health", verify=str(self.cert), timeout=1)
@@ -80,5 +93,6 @@ class Service:
         headers = kw.pop("headers", {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return self.http.request(method, self.url + path, headers=headers,
-                                 verify=str(self.cert), timeout=30, **kw)
+        return self.http.request(
+            method, self.url + path, headers=headers, verify=str(self.cert), timeout=30, **kw
+        )

@@ -17,8 +17,11 @@ T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 INSTRUMENTS = [("mbe-1", "MBE"), ("pld-2", "PLD"), ("sputter-3", "sputtering")]
 PROJECTS = ["gaas-qw", "ito-films", "sto-buffer"]
 OPERATORS = ["ana", "ben", "chen"]
-PROCESS_CHANNELS = [("rheed_intensity", "a.u."), ("substrate_temp", "degC"),
-                    ("growth_rate", "nm/min")]
+PROCESS_CHANNELS = [
+    ("rheed_intensity", "a.u."),
+    ("substrate_temp", "degC"),
+    ("growth_rate", "nm/min"),
+]
 TOOL_CHANNELS = [("cell_temp", "degC"), ("chamber_pressure", "Torr")]
 
 
@@ -41,17 +44,20 @@ def runs_table(n: int) -> pa.Table:
     if n:
         status[-1] = "active"
         end[-1] = None
-    return pa.table({
-        "run_id": [run_id(int(i)) for i in idx],
-        "project": [PROJECTS[i % 3] for i in idx],
-        "sample": [f"S-{i:05d}" for i in idx],
-        "instrument": [INSTRUMENTS[i % 3][0] for i in idx],
-        "method": [INSTRUMENTS[i % 3][1] for i in idx],
-        "operator": [OPERATORS[(i // 3) % 3] for i in idx],
-        "start": pa.array(start, TS), "end": pa.array(end, TS),
-        "status": status,
-        "updated_at": pa.array(start, TS),
-    })
+    return pa.table(
+        {
+            "run_id": [run_id(int(i)) for i in idx],
+            "project": [PROJECTS[i % 3] for i in idx],
+            "sample": [f"S-{i:05d}" for i in idx],
+            "instrument": [INSTRUMENTS[i % 3][0] for i in idx],
+            "method": [INSTRUMENTS[i % 3][1] for i in idx],
+            "operator": [OPERATORS[(i // 3) % 3] for i in idx],
+            "start": pa.array(start, TS),
+            "end": pa.array(end, TS),
+            "status": status,
+            "updated_at": pa.array(start, TS),
+        }
+    )
 
 
 def series_table(runs: list[int], points: int) -> pa.Table:
@@ -78,8 +84,15 @@ def series_table(runs: list[int], points: int) -> pa.Table:
 
 def tool_table(runs: list[int], points: int) -> pa.Table:
     """Tool state: cell temperature and chamber pressure with setpoints, one point a minute."""
-    cols: dict[str, list] = {"run_id": [], "tool": [], "time": [], "channel": [], "value": [],
-                             "setpoint": [], "unit": []}
+    cols: dict[str, list] = {
+        "run_id": [],
+        "tool": [],
+        "time": [],
+        "channel": [],
+        "value": [],
+        "setpoint": [],
+        "unit": [],
+    }
     n = max(points // 2, 2)
     k = np.arange(n)
     for i in runs:
@@ -109,35 +122,73 @@ def metrology_table(runs: list[int]) -> pa.Table:
     be = np.linspace(0, 100, 200)
     for i in runs:
         p = xrd_peak(i)
-        y = 10 + 1000 * np.exp(-((two_theta - p) ** 2) / (2 * 0.15 ** 2))
-        rows.append({"item_id": f"M-{i:05d}-xrd", "run_id": run_id(i), "sample": f"S-{i:05d}",
-                     "technique": "XRD", "time": T0 + timedelta(hours=6 * i + 4),
-                     "x": two_theta.tolist(), "y": y.tolist(), "x_unit": "deg", "y_unit": "counts",
-                     "peaks": [p], "result_name": "fwhm", "result_value": 0.35 + 0.01 * (i % 5),
-                     "result_unit": "deg"})
+        y = 10 + 1000 * np.exp(-((two_theta - p) ** 2) / (2 * 0.15**2))
+        rows.append(
+            {
+                "item_id": f"M-{i:05d}-xrd",
+                "run_id": run_id(i),
+                "sample": f"S-{i:05d}",
+                "technique": "XRD",
+                "time": T0 + timedelta(hours=6 * i + 4),
+                "x": two_theta.tolist(),
+                "y": y.tolist(),
+                "x_unit": "deg",
+                "y_unit": "counts",
+                "peaks": [p],
+                "result_name": "fwhm",
+                "result_value": 0.35 + 0.01 * (i % 5),
+                "result_unit": "deg",
+            }
+        )
         if i % 3 == 0:
             y2 = 50 + 400 * np.exp(-((be - 41.0) ** 2) / 2.0)
-            rows.append({"item_id": f"M-{i:05d}-xps", "run_id": run_id(i),
-                         "sample": f"S-{i:05d}", "technique": "XPS",
-                         "time": T0 + timedelta(hours=6 * i + 5), "x": be.tolist(),
-                         "y": y2.tolist(), "x_unit": "eV", "y_unit": "counts", "peaks": [41.0],
-                         "result_name": "ga_fraction", "result_value": 0.5,
-                         "result_unit": ""})
+            rows.append(
+                {
+                    "item_id": f"M-{i:05d}-xps",
+                    "run_id": run_id(i),
+                    "sample": f"S-{i:05d}",
+                    "technique": "XPS",
+                    "time": T0 + timedelta(hours=6 * i + 5),
+                    "x": be.tolist(),
+                    "y": y2.tolist(),
+                    "x_unit": "eV",
+                    "y_unit": "counts",
+                    "peaks": [41.0],
+                    "result_name": "ga_fraction",
+                    "result_value": 0.5,
+                    "result_unit": "",
+                }
+            )
     return pa.Table.from_pylist(rows)
 
 
 def labels(runs: list[int]) -> list[dict]:
     """Materials-system labels of the runs."""
     films = [("GaAs", "GaAs(001)"), ("ITO", "glass"), ("SrTiO3", "Si(001)")]
-    return [{"run_id": run_id(i), "sample": f"S-{i:05d}",
-             "material_system": f"{films[i % 3][0]}/{films[i % 3][1]}",
-             "film": films[i % 3][0], "substrate": films[i % 3][1],
-             "layer_stack": [films[i % 3][1], films[i % 3][0]],
-             "target_formula": films[i % 3][0], "tags": ["demo"], "notes": ""} for i in runs]
+    return [
+        {
+            "run_id": run_id(i),
+            "sample": f"S-{i:05d}",
+            "material_system": f"{films[i % 3][0]}/{films[i % 3][1]}",
+            "film": films[i % 3][0],
+            "substrate": films[i % 3][1],
+            "layer_stack": [films[i % 3][1], films[i % 3][0]],
+            "target_formula": films[i % 3][0],
+            "tags": ["demo"],
+            "notes": "",
+        }
+        for i in runs
+    ]
 
 
-def fill_org(vault, org: str, runs: int = 30, points: int = 240, detail_runs: int | None = None,
-             actor: str = "test") -> None:
+def fill_org(
+    vault,
+    org: str,
+    runs: int = 30,
+    points: int = 240,
+    detail_runs: int | None = None,
+    actor: str = "test",
+) -> None:
     """Write ``runs`` runs; series, tool state and metrology for the first ``detail_runs``."""
     store = vault.store(org)
     store.table("process/runs").write(runs_table(runs), actor=actor)

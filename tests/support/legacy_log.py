@@ -40,13 +40,28 @@ def last_line(table: OrgTable) -> tuple[int, str, int]:
     return json.loads(lines[-1])["seq"], hashlib.sha256(lines[-1]).hexdigest(), len(data)
 
 
-def legacy_line(crypto: OrgCrypto, table_name: str, seq: int, prev: str, added: list[dict],
-                removed: list[str], actor: str) -> bytes:
+def legacy_line(
+    crypto: OrgCrypto,
+    table_name: str,
+    seq: int,
+    prev: str,
+    added: list[dict],
+    removed: list[str],
+    actor: str,
+) -> bytes:
     """One HMAC-only line with plaintext statistics, MACed with the data key alone."""
     kv = crypto.version
-    body = {"seq": seq, "prev": prev, "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "actor": actor, "op": "add", "added": added, "removed": removed,
-            "key_version": kv, "kfp": crypto.fingerprint(kv)}
+    body = {
+        "seq": seq,
+        "prev": prev,
+        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "op": "add",
+        "added": added,
+        "removed": removed,
+        "key_version": kv,
+        "kfp": crypto.fingerprint(kv),
+    }
     key = crypto.mac_key(f"commit-log/{table_name}", kv)
     body["mac"] = hmac.new(key, _canon(body), hashlib.sha256).hexdigest()
     return _canon(body) + b"\n"

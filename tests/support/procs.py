@@ -65,15 +65,29 @@ def bao_server(tmp: Path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp)}  # the dev server writes ~/.vault-token
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [get_binary_path(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
-             f"-dev-root-token-id={token}", "-dev-no-store-token"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
+            [
+                get_binary_path(),
+                "server",
+                "-dev",
+                f"-dev-listen-address=127.0.0.1:{port}",
+                f"-dev-root-token-id={token}",
+                "-dev-no-store-token",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     addr = f"http://127.0.0.1:{port}"
     http = http_session()
     try:
-        wait_until(lambda: http.get(f"{addr}/v1/sys/health", timeout=2).status_code == 200,
-                   proc, "bao server", log)
+        wait_until(
+            lambda: http.get(f"{addr}/v1/sys/health", timeout=2).status_code == 200,
+            proc,
+            "bao server",
+            log,
+        )
         hvac.Client(url=addr, token=token).sys.enable_secrets_engine("transit", path="transit")
         yield addr, token
     finally:
@@ -87,14 +101,22 @@ def moto_server(tmp: Path):
     log = tmp / "moto.log"
     exe = Path(sys.executable).parent / "moto_server"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     http = http_session()
     try:
-        wait_until(lambda: http.get(f"{url}/moto-api/", timeout=2).status_code == 200,
-                   proc, "moto server", log)
+        wait_until(
+            lambda: http.get(f"{url}/moto-api/", timeout=2).status_code == 200,
+            proc,
+            "moto server",
+            log,
+        )
         yield url
     finally:
         stop(proc)

@@ -38,8 +38,9 @@ _SERVED, _OTHER = "org-a", "org-b"
 """Stand-in org names: only whether the user's org is the served one matters."""
 
 
-AUDITED_WHEN_ALLOWED = frozenset({"data.read", "data.write", "context.join", "config.change",
-                                  "audit.read"})
+AUDITED_WHEN_ALLOWED = frozenset(
+    {"data.read", "data.write", "context.join", "config.change", "audit.read"}
+)
 """Actions recorded when allowed too (the architecture: every data read, context join, config
 change and audit read is an event, allowed or denied); reading status, the API description or the
 configuration is not."""
@@ -89,8 +90,10 @@ def required_permissions(template: str, method: str) -> frozenset[str]:
     perms = frozenset(operation_doc(template, method)["x-atomscale-permissions"])
     unknown = perms - set(PERMISSIONS)
     if not perms or unknown:
-        raise ValueError(f"{method.upper()} {template} declares {sorted(perms)}; every "
-                         f"operation needs one or more of {PERMISSIONS}")
+        raise ValueError(
+            f"{method.upper()} {template} declares {sorted(perms)}; every "
+            f"operation needs one or more of {PERMISSIONS}"
+        )
     return perms
 
 
@@ -137,8 +140,15 @@ def cases(role: str | None = None, same_org: bool | None = None) -> list[Case]:
     for r in roles() if role is None else (role,):
         for same in (True, False) if same_org is None else (same_org,):
             for template, method in operations():
-                out.append(Case(template, method, r, same,
-                                required_permissions(template, method),
-                                audit_action(template, method),
-                                expected_status(template, method, r, same)))
+                out.append(
+                    Case(
+                        template,
+                        method,
+                        r,
+                        same,
+                        required_permissions(template, method),
+                        audit_action(template, method),
+                        expected_status(template, method, r, same),
+                    )
+                )
     return out

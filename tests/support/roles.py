@@ -66,23 +66,25 @@ class ScopeAccess(LocalAccess):
 
 def metrology_body(run_id: str = "R-00001", n: int = 1) -> bytes:
     """An Arrow IPC stream of ``n`` derived results with new item ids (no run id column)."""
-    t = pa.table({
-        "item_id": [f"D-{uuid.uuid4().hex[:12]}" for _ in range(n)],
-        "technique": ["RHEED-fit"] * n,
-        "time": pa.array([1_736_150_400_000_000 + i for i in range(n)],
-                         pa.timestamp("us", tz="UTC")),
-        "result_name": ["oscillation_period"] * n,
-        "result_value": [4.2 + i for i in range(n)],
-        "result_unit": ["s"] * n,
-    })
+    t = pa.table(
+        {
+            "item_id": [f"D-{uuid.uuid4().hex[:12]}" for _ in range(n)],
+            "technique": ["RHEED-fit"] * n,
+            "time": pa.array(
+                [1_736_150_400_000_000 + i for i in range(n)], pa.timestamp("us", tz="UTC")
+            ),
+            "result_name": ["oscillation_period"] * n,
+            "result_value": [4.2 + i for i in range(n)],
+            "result_unit": ["s"] * n,
+        }
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, t.schema) as w:
         w.write_table(t)
     return sink.getvalue().to_pybytes()
 
 
-PATH_VALUES = {"run_id": "R-00001", "item_id": "M-00001-xrd", "category": "process",
-               "name": "runs"}
+PATH_VALUES = {"run_id": "R-00001", "item_id": "M-00001-xrd", "category": "process", "name": "runs"}
 
 
 def sample_request(template: str, method: str) -> dict:
@@ -98,8 +100,9 @@ def sample_request(template: str, method: str) -> dict:
         kw["body"] = metrology_body()
         kw["headers"]["Content-Type"] = ARROW_STREAM
     elif (template, method) == ("context/join", "post"):
-        kw["body"] = json.dumps({"run_ids": ["R-00001"], "fields": ["film"],
-                                 "purpose": "role matrix"})
+        kw["body"] = json.dumps(
+            {"run_ids": ["R-00001"], "fields": ["film"], "purpose": "role matrix"}
+        )
     elif template == "config" and method in ("put", "patch"):
         kw["body"] = json.dumps({"sidebar_page_size": 100, "units": {"pressure": "mbar"}})
     elif method in ("post", "put", "patch"):

@@ -38,34 +38,52 @@ def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True) -> Or
     return OrgStore(tmp / "data", org, OrgCrypto(reg.org_keys(org)), hs)
 
 
-def series(n_runs: int, rows_per_run: int, *, prefix: str = "run", seed: int = 0,
-           t_offset_s: int = 0) -> pa.Table:
+def series(
+    n_runs: int, rows_per_run: int, *, prefix: str = "run", seed: int = 0, t_offset_s: int = 0
+) -> pa.Table:
     """``n_runs × rows_per_run`` rows of process/series; run ``i`` starts at hour ``i``."""
     rng = np.random.default_rng(seed)
     n = n_runs * rows_per_run
     run_idx = np.repeat(np.arange(n_runs), rows_per_run)
     step = np.tile(np.arange(rows_per_run), n_runs)
     times = T0 + (run_idx * 3600 + step + t_offset_s).astype("timedelta64[s]")
-    return pa.table({
-        "run_id": pa.array([f"{prefix}-{i:04d}" for i in run_idx]),
-        "time": pa.array(times).cast(pa.timestamp("us", tz="UTC")),
-        "channel": pa.array(np.where(step % 2 == 0, "substrate_T", "rheed_I")),
-        "value": pa.array(rng.random(n)),
-        "unit": pa.array(np.where(step % 2 == 0, "K", "a.u.")),
-    })
+    return pa.table(
+        {
+            "run_id": pa.array([f"{prefix}-{i:04d}" for i in run_idx]),
+            "time": pa.array(times).cast(pa.timestamp("us", tz="UTC")),
+            "channel": pa.array(np.where(step % 2 == 0, "substrate_T", "rheed_I")),
+            "value": pa.array(rng.random(n)),
+            "unit": pa.array(np.where(step % 2 == 0, "K", "a.u.")),
+        }
+    )
 
 
-def run_reader(tmp: Path, keys: OrgKeys, org: str = "a", table: str = "process/series",
-               mode: str = "read", heads: bool = True, timeout: float = 60):
+def run_reader(
+    tmp: Path,
+    keys: OrgKeys,
+    org: str = "a",
+    table: str = "process/series",
+    mode: str = "read",
+    heads: bool = True,
+    timeout: float = 60,
+):
     """Read ``table`` of ``org`` in a child process; returns the CompletedProcess.
 
     The child prints ``rows: N`` and exits 0, or prints the error and exits with the error's
     ``exit_code`` (IntegrityError → 5, KeyUnavailable → 4).
     """
-    args = [sys.executable, str(READER), str(tmp / "data"), org, table, mode,
-            str(tmp / "registry.sqlite") if heads else "-"]
-    return subprocess.run(args, input=json.dumps(keys.to_json()), capture_output=True,
-                          text=True, timeout=timeout)
+    args = [
+        sys.executable,
+        str(READER),
+        str(tmp / "data"),
+        org,
+        table,
+        mode,
+        str(tmp / "registry.sqlite") if heads else "-",
+    ]
+    return subprocess.run(
+        args, input=json.dumps(keys.to_json()), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def use_deployment(monkeypatch, home, root_key: str) -> None:
@@ -73,6 +91,12 @@ def use_deployment(monkeypatch, home, root_key: str) -> None:
     else: no other root-key file, roots, region, server URL or org from the outer environment)."""
     monkeypatch.setenv("ATOMSCALE_HOME", str(home))
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", root_key)
-    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
-                "ATOMSCALE_REGION", "ATOMSCALE_LAB_URL", "ATOMSCALE_ORG"):
+    for var in (
+        "ATOMSCALE_ROOT_KEY_FILE",
+        "ATOMSCALE_DATA_ROOT",
+        "ATOMSCALE_CONTEXT_ROOT",
+        "ATOMSCALE_REGION",
+        "ATOMSCALE_LAB_URL",
+        "ATOMSCALE_ORG",
+    ):
         monkeypatch.delenv(var, raising=False)

@@ -44,8 +44,11 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     # Wrap the store's steps in this child only (the parent reads with the unmodified code).
-    write_parquet, append, advance = (store_mod.write_parquet, OrgTable._append,
-                                      SqliteHeadStore.advance)
+    write_parquet, append, advance = (
+        store_mod.write_parquet,
+        OrgTable._append,
+        SqliteHeadStore.advance,
+    )
 
     def write_parquet_at(*a, **kw):
         write_parquet(*a, **kw)
@@ -68,8 +71,9 @@ def main() -> None:
     OrgTable._append = append_at
     SqliteHeadStore.advance = advance_at
 
-    t = OrgStore(Path(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))) \
-        .table("process/series")
+    t = OrgStore(Path(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))).table(
+        "process/series"
+    )
     print("ready", flush=True)
     k = first
     while True:

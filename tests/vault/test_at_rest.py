@@ -24,8 +24,9 @@ def test_no_identifying_strings_at_rest(tmp_path):
     st.table("process/series").compact(min_rows=10**9)
     v.verify_org("acme")
     runs = data.runs.to_pandas()
-    needles = {str(x) for col in ("run_id", "sample", "operator", "project")
-               for x in runs[col].unique()}
+    needles = {
+        str(x) for col in ("run_id", "sample", "operator", "project") for x in runs[col].unique()
+    }
     assert len(needles) >= 6 * 2
     # the data is there and readable
     assert st.table("process/series").read(run_ids=[runs.run_id[0]]).num_rows > 0
@@ -68,24 +69,46 @@ def test_ingest_registry_files_hold_no_identifying_strings(tmp_path):
     v = Vault(s, kms=LocalKms(generate_root_key()))
     v.create_org("acme", "us")
     store = apikeys.for_vault(v)
-    plain, _ = store.create("acme", "ingest:process,ingest:tool_state,read:tool_state",
-                            timedelta(days=1), name="at-rest")
+    plain, _ = store.create(
+        "acme",
+        "ingest:process,ingest:tool_state,read:tool_state",
+        timedelta(days=1),
+        name="at-rest",
+    )
     key = store.authenticate(plain, client="test")
-    run, sample, tag, stream_name = ("run-zirconia-4471", "sample-hafnia-9823",
-                                     "tag-calib-5530", "growth-yttria-6612")
+    run, sample, tag, stream_name = (
+        "run-zirconia-4471",
+        "sample-hafnia-9823",
+        "tag-calib-5530",
+        "growth-yttria-6612",
+    )
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
 
     core = IngestCore(v)
-    st = core.open_stream(key, run, "mbe1", "process", sample=sample, project="proj-ceria-1",
-                          operator="op-lanthana-2")
-    core.add_batch(key, st["id"], "1", [{"time": t0 + timedelta(seconds=i), "channel": "T",
-                                         "value": float(i)} for i in range(20)])
+    st = core.open_stream(
+        key, run, "mbe1", "process", sample=sample, project="proj-ceria-1", operator="op-lanthana-2"
+    )
+    core.add_batch(
+        key,
+        st["id"],
+        "1",
+        [{"time": t0 + timedelta(seconds=i), "channel": "T", "value": float(i)} for i in range(20)],
+    )
     sdk = SdkApi(core)
     _, made = sdk.create_sample(key, {"name": sample + "-sdk"})
     tid = sdk.create_tag(key, {"name": tag})["id"]
     data_id = sdk.initialize(key, {"stream_name": stream_name})["data_id"]
-    sdk.chunk(key, {"data_id": data_id, "chunk_index": 0, "channel_name": "T",
-                    "timestamps": [t0.timestamp()], "values": [1.0]}, multi=False)
+    sdk.chunk(
+        key,
+        {
+            "data_id": data_id,
+            "chunk_index": 0,
+            "channel_name": "T",
+            "timestamps": [t0.timestamp()],
+            "values": [1.0],
+        },
+        multi=False,
+    )
     sdk.attach_tags(key, {"data_ids": [data_id], "tag_ids": [tid]})
     sdk.finalize(key, data_id)
     core.close()

@@ -89,10 +89,18 @@ def test_append_after_verify_keeps_chain(log):
 
 def test_secret_names_and_values_are_refused(log):
     before = log.path.read_bytes()
-    for detail in ({"token": "abc"}, {"api_key": "x"}, {"root_key": "x"}, {"password": "x"},
-                   {"client_secret": "x"}, {"nested": {"data_key": "x"}},
-                   {"blob": b"\x00" * 32}, {"value": "ask1:" + "A" * 43},
-                   {"value": "q3Zx9_Lk2PwR7tYv-Bn4Hs8Jd1Fg6Ma0Ce5Ui2Oo7Rb"}, {"obj": object()}):
+    for detail in (
+        {"token": "abc"},
+        {"api_key": "x"},
+        {"root_key": "x"},
+        {"password": "x"},
+        {"client_secret": "x"},
+        {"nested": {"data_key": "x"}},
+        {"blob": b"\x00" * 32},
+        {"value": "ask1:" + "A" * 43},
+        {"value": "q3Zx9_Lk2PwR7tYv-Bn4Hs8Jd1Fg6Ma0Ce5Ui2Oo7Rb"},
+        {"obj": object()},
+    ):
         with pytest.raises(ValidationError):
             log.record("admin", "config.change", **detail)
     assert log.path.read_bytes() == before
@@ -111,8 +119,12 @@ def test_no_key_material_in_log(tmp_path):
     raw = lg.path.read_bytes()
     import base64
 
-    for form in (key, key.hex().encode(), base64.b64encode(key),
-                 base64.urlsafe_b64encode(key).rstrip(b"=")):
+    for form in (
+        key,
+        key.hex().encode(),
+        base64.b64encode(key),
+        base64.urlsafe_b64encode(key).rstrip(b"="),
+    ):
         assert form not in raw
     ev = json.loads(raw.splitlines()[0])
     assert set(ev) == {"seq", "ts", "org", "actor", "action", "outcome", "detail", "prev", "mac"}

@@ -17,8 +17,10 @@ def _full_scan(log, actor=None, action=None):
     for ev in reversed(events):
         if actor is not None and ev["actor"] != actor:
             continue
-        if action is not None and not (ev["action"] == action or (
-                action.endswith(".*") and ev["action"].startswith(action[:-1]))):
+        if action is not None and not (
+            ev["action"] == action
+            or (action.endswith(".*") and ev["action"].startswith(action[:-1]))
+        ):
             continue
         out.append(ev["seq"])
     return out
@@ -27,15 +29,21 @@ def _full_scan(log, actor=None, action=None):
 def test_pages_match_a_full_scan(tmp_path):
     log = AuditLog(tmp_path / "a.log", "acme", b"k" * 32)
     for i in range(700):
-        log.record(f"user{i % 7}", "data.read" if i % 3 else "config.change",
-                   detail="x" * (i % 50), i=i)
-    for actor, action in ((None, None), ("user3", None), (None, "config.*"),
-                          ("user1", "data.read")):
+        log.record(
+            f"user{i % 7}", "data.read" if i % 3 else "config.change", detail="x" * (i % 50), i=i
+        )
+    for actor, action in (
+        (None, None),
+        ("user3", None),
+        (None, "config.*"),
+        ("user1", "data.read"),
+    ):
         expected = _full_scan(log, actor, action)
         for offset, limit in ((0, 10), (5, 100), (95, 50), (len(expected) - 3, 10)):
-            got = [e["seq"] for e in log.events(actor=actor, action=action, limit=limit,
-                                                offset=offset)]
-            assert got == expected[offset:offset + limit], (actor, action, offset, limit)
+            got = [
+                e["seq"] for e in log.events(actor=actor, action=action, limit=limit, offset=offset)
+            ]
+            assert got == expected[offset : offset + limit], (actor, action, offset, limit)
     assert log.verify() == 700
 
 
@@ -70,9 +78,11 @@ def test_a_recent_page_reads_only_the_end_of_a_long_log(tmp_path, monkeypatch):
         return Counting(f) if str(path) == str(log.path) else f
 
     monkeypatch.setattr(audit_mod, "open", counting_open, raising=False)
-    monkeypatch.setattr(type(log.path), "read_bytes",
-                        lambda self: (read.append(self.stat().st_size), real_open(self, "rb")
-                                      .read())[1])
+    monkeypatch.setattr(
+        type(log.path),
+        "read_bytes",
+        lambda self: (read.append(self.stat().st_size), real_open(self, "rb").read())[1],
+    )
     events = log.events(limit=20)
     assert [e["seq"] for e in events] == list(range(3000, 2980, -1))
     assert 0 < sum(read) < size / 10, (sum(read), size)
@@ -90,8 +100,10 @@ def test_concurrent_records_share_one_fsync_and_stay_chained(tmp_path, monkeypat
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
     with group.writer:  # hold the file: ten threads queue their events meanwhile
-        threads = [threading.Thread(target=log.record, args=(f"u{i}", "data.read"),
-                                    kwargs={"n": i}) for i in range(10)]
+        threads = [
+            threading.Thread(target=log.record, args=(f"u{i}", "data.read"), kwargs={"n": i})
+            for i in range(10)
+        ]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30

@@ -60,8 +60,13 @@ def test_one_spelling_for_the_org_and_for_output_formats(parser):
 
 
 def run(venv_bin, *args, env=None):
-    return subprocess.run([str(venv_bin / "atomscale-lab"), *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [str(venv_bin / "atomscale-lab"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_usage_errors_exit_2(home, root_key, venv_bin):
@@ -79,16 +84,27 @@ def test_usage_errors_exit_2(home, root_key, venv_bin):
     assert [o["name"] for o in json.loads(new.stdout)] == ["acme"]
 
 
-def test_context_set_and_import_write_the_context_store(vault, home, root_key, venv_bin,
-                                                        tmp_path):
+def test_context_set_and_import_write_the_context_store(vault, home, root_key, venv_bin, tmp_path):
     from atomscale_lab.cli import demo
 
     vault.create_org("acme", "us")
     data = demo.build(3, seed=2, points_per_run=60)
     vault.store("acme").table("process/runs").write(data.runs, actor="t")
     ids = data.runs.column("run_id").to_pylist()
-    r = run(venv_bin, "context", "set", "acme", "--run", ids[0], "--material-system",
-            "GaAs/AlGaAs", "--film", "Al0.30Ga0.70As", "--tags", "hemt; calibration")
+    r = run(
+        venv_bin,
+        "context",
+        "set",
+        "acme",
+        "--run",
+        ids[0],
+        "--material-system",
+        "GaAs/AlGaAs",
+        "--film",
+        "Al0.30Ga0.70As",
+        "--tags",
+        "hemt; calibration",
+    )
     assert r.returncode == 0, r.stderr
     r = run(venv_bin, "context", "set", "acme", "--run", ids[0], "--notes", "smooth 2x4")
     assert r.returncode == 0, r.stderr
@@ -98,9 +114,11 @@ def test_context_set_and_import_write_the_context_store(vault, home, root_key, v
     assert run(venv_bin, "context", "set", "acme", "--run", "NOPE", "--film", "x").returncode == 3
 
     f = tmp_path / "labels.csv"
-    f.write_text("run_id,material_system,substrate,layer_stack\n"
-                 f"{ids[1]},GaN/Al2O3,Al2O3(0001),\"[\"\"AlN 30 nm\"\", \"\"GaN 500 nm\"\"]\"\n"
-                 f"{ids[0]},,GaAs(001),GaAs buffer 200 nm; AlGaAs 50 nm\n")
+    f.write_text(
+        "run_id,material_system,substrate,layer_stack\n"
+        f'{ids[1]},GaN/Al2O3,Al2O3(0001),"[""AlN 30 nm"", ""GaN 500 nm""]"\n'
+        f"{ids[0]},,GaAs(001),GaAs buffer 200 nm; AlGaAs 50 nm\n"
+    )
     r = run(venv_bin, "context", "import", "acme", str(f))
     assert r.returncode == 0, r.stderr
     got = vault.context("acme").get(ids[:2], actor="t").set_index("run_id")

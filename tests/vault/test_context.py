@@ -23,8 +23,10 @@ by chance in megabytes of ciphertext; six bytes do not (2^-48 per position)."""
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     home = tmp_path_factory.mktemp("ctx") / "home"
-    vault = Vault(Settings(home=home, data_root=home / "data", context_root=home / "context"),
-                  kms=LocalKms(generate_root_key()))
+    vault = Vault(
+        Settings(home=home, data_root=home / "data", context_root=home / "context"),
+        kms=LocalKms(generate_root_key()),
+    )
     vault.create_org("acme", "us")
     data = demo.build(runs=16, seed=7, points_per_run=200)
     demo_written = demo.generate(vault, "acme", runs=16, seed=7, points_per_run=200)
@@ -39,7 +41,7 @@ def label_strings(labels) -> set[str]:
             if f == "sample":  # the sample name is raw data too (process/runs)
                 continue
             v = row[f]
-            for s in (v if isinstance(v, list) else [v]):
+            for s in v if isinstance(v, list) else [v]:
                 if isinstance(s, str) and len(s) >= MIN_LEN:
                     out.add(s)
     return out
@@ -52,12 +54,21 @@ def files_under(root: Path):
 def test_join_is_audited_and_never_logs_values(world):
     vault, data = world
     runs = vault.store("acme").table("process/runs").to_pandas()
-    out = vault.context("acme").join(runs, fields=["material_system", "sample", "tags"],
-                                     purpose="compare growth rates by system", actor="alice")
+    out = vault.context("acme").join(
+        runs,
+        fields=["material_system", "sample", "tags"],
+        purpose="compare growth rates by system",
+        actor="alice",
+    )
     assert len(out) == len(runs) and list(out.run_id) == list(runs.run_id)
     assert "sample_label" in out.columns and (out.sample_label == out["sample"]).all()
-    expected = dict(zip(data.labels.column("run_id").to_pylist(),
-                        data.labels.column("material_system").to_pylist(), strict=True))
+    expected = dict(
+        zip(
+            data.labels.column("run_id").to_pylist(),
+            data.labels.column("material_system").to_pylist(),
+            strict=True,
+        )
+    )
     assert list(out.material_system) == [expected[r] for r in out.run_id]
     ev = vault.audit("acme").events(action="context.join", limit=1)[0]
     assert ev["actor"] == "alice" and ev["outcome"] == "allowed"
@@ -108,8 +119,12 @@ def test_no_label_string_outside_the_context_store(world):
     # Exercise everything that writes files: a join, a read, an export-like read of raw tables.
     ctx = vault.context("acme")
     ctx.get(["MBE-1-0001"], actor="carol", purpose="check")
-    ctx.join(pd.DataFrame({"run_id": data.runs.column("run_id").to_pylist()}),
-             fields=list(CONTEXT_FIELDS), purpose="full review", actor="carol")
+    ctx.join(
+        pd.DataFrame({"run_id": data.runs.column("run_id").to_pylist()}),
+        fields=list(CONTEXT_FIELDS),
+        purpose="full review",
+        actor="carol",
+    )
     strings = label_strings(data.labels)
     assert len(strings) >= 15
     home, croot = vault.settings.home, vault.settings.context_root

@@ -24,7 +24,7 @@ class ReversingKms:
         prefix = b"R" + aad + b"|"
         if not blob.startswith(prefix):
             raise RootKeyError("the root key does not match the stored keys")
-        return blob[len(prefix):][::-1]
+        return blob[len(prefix) :][::-1]
 
 
 def test_generated_root_key_format():
@@ -35,12 +35,15 @@ def test_generated_root_key_format():
     assert generate_root_key() != k
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("", "empty"),
-    ("ask1:not base64!!", "not valid base64url"),
-    ("ask1:" + "A" * 10, "must be 32 bytes"),
-    (generate_root_key() + ";ask1:abcd", "root key #2"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("", "empty"),
+        ("ask1:not base64!!", "not valid base64url"),
+        ("ask1:" + "A" * 10, "must be 32 bytes"),
+        (generate_root_key() + ";ask1:abcd", "root key #2"),
+    ],
+)
 def test_malformed_root_key_is_one_line_error(text, msg):
     with pytest.raises(RootKeyError, match=msg) as ei:
         LocalKms(text)
@@ -179,8 +182,12 @@ def test_org_keys_never_show_bytes():
 
 def _write(path, crypto, n=1000):
     t = pa.table({"x": list(range(n))})
-    with pq.ParquetWriter(path, t.schema, encryption_properties=crypto.file_encryption_properties(),
-                          compression="zstd") as w:
+    with pq.ParquetWriter(
+        path,
+        t.schema,
+        encryption_properties=crypto.file_encryption_properties(),
+        compression="zstd",
+    ) as w:
         w.write_table(t)
     return t
 

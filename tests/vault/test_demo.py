@@ -107,12 +107,24 @@ def test_film_peak_width_narrows_with_growth_temperature():
 
 def test_xrd_and_xps_peaks_where_the_materials_put_them(data):
     m = data.metrology.to_pandas()
-    expected_substrate = {"GaAs/AlGaAs": 66.05, "GaN/Al2O3": 41.68,
-                          "La0.7Sr0.3MnO3/SrTiO3": 46.47, "TiN/Si": 69.13}
-    film_peak = {"GaAs/AlGaAs": (65.80, 66.00), "GaN/Al2O3": (34.50, 34.65),
-                 "La0.7Sr0.3MnO3/SrTiO3": (46.9, 47.4), "TiN/Si": (42.45, 42.75)}
-    core = {"GaAs/AlGaAs": (19.0, 41.0), "GaN/Al2O3": (20.0, 397.0),
-            "La0.7Sr0.3MnO3/SrTiO3": (133.0, 459.0, 529.6), "TiN/Si": (455.0, 397.0)}
+    expected_substrate = {
+        "GaAs/AlGaAs": 66.05,
+        "GaN/Al2O3": 41.68,
+        "La0.7Sr0.3MnO3/SrTiO3": 46.47,
+        "TiN/Si": 69.13,
+    }
+    film_peak = {
+        "GaAs/AlGaAs": (65.80, 66.00),
+        "GaN/Al2O3": (34.50, 34.65),
+        "La0.7Sr0.3MnO3/SrTiO3": (46.9, 47.4),
+        "TiN/Si": (42.45, 42.75),
+    }
+    core = {
+        "GaAs/AlGaAs": (19.0, 41.0),
+        "GaN/Al2O3": (20.0, 397.0),
+        "La0.7Sr0.3MnO3/SrTiO3": (133.0, 459.0, 529.6),
+        "TiN/Si": (455.0, 397.0),
+    }
     seen = set()
     for run_id, truth in data.truth.items():
         system = truth["system"]
@@ -154,8 +166,9 @@ def test_tool_state_is_plausible(data):
         # The readback lags a rising setpoint, and tracks it once it settles.
         assert (ramping.value < ramping.setpoint).mean() > 0.8
         sp = g.setpoint.to_numpy()
-        settled = np.array([i >= 15 and np.all(sp[i - 15:i + 1] == sp[i])
-                            for i in range(len(sp))])
+        settled = np.array(
+            [i >= 15 and np.all(sp[i - 15 : i + 1] == sp[i]) for i in range(len(sp))]
+        )
         if settled.any():
             assert np.abs(g.value.to_numpy() - sp)[settled].max() < 2
             settled_runs += 1

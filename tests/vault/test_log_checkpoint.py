@@ -32,8 +32,13 @@ def env(tmp_path, monkeypatch):
 
 def _fresh(tmp, reg, heads=True, reader=True):
     keys = reg.org_keys("a")
-    return OrgTable(tmp / "data", "a", SERIES, OrgCrypto(keys.reader() if reader else keys),
-                 SqliteHeadStore(tmp / "registry.sqlite") if heads else None)
+    return OrgTable(
+        tmp / "data",
+        "a",
+        SERIES,
+        OrgCrypto(keys.reader() if reader else keys),
+        SqliteHeadStore(tmp / "registry.sqlite") if heads else None,
+    )
 
 
 def _ckpt(t):
@@ -99,11 +104,12 @@ def test_forged_checkpoint_is_refused(env):
     tmp, reg, t = env
     doc = json.loads(_ckpt(t).read_bytes())
     doc.pop("sig")
-    doc["files"] = base64.b64encode(t.crypto.seal(
-        "commit-log-checkpoint/process/series", 1, _canon([]), b"a/process/series/checkpoint/8")
+    doc["files"] = base64.b64encode(
+        t.crypto.seal(
+            "commit-log-checkpoint/process/series", 1, _canon([]), b"a/process/series/checkpoint/8"
+        )
     ).decode()  # an empty table: every row hidden
-    sig = Ed25519PrivateKey.generate().sign(_sign_message("a", "process/series", "checkpoint",
-                                                          doc))
+    sig = Ed25519PrivateKey.generate().sign(_sign_message("a", "process/series", "checkpoint", doc))
     _ckpt(t).write_bytes(_canon(dict(doc, sig=base64.b64encode(sig).decode())))
     with pytest.raises(IntegrityError, match="checkpoint failed its signature"):
         _fresh(tmp, reg).read()

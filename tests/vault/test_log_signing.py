@@ -34,22 +34,24 @@ INTEGRITY = 5
 
 def _vault(tmp_path, key_text: str | None = None) -> Vault:
     home = tmp_path / "home"
-    return Vault(Settings(home=home, data_root=home / "data", context_root=home / "context"),
-                 kms=LocalKms(key_text or generate_root_key()))
+    return Vault(
+        Settings(home=home, data_root=home / "data", context_root=home / "context"),
+        kms=LocalKms(key_text or generate_root_key()),
+    )
 
 
 def _planted_file(table: OrgTable, crypto: OrgCrypto) -> dict:
     """An encrypted file with the data key, as the attacker can make it (rows of a fake run)."""
     forger = OrgTable(table.root, table.org, table.spec, crypto)
-    return forger._write_file(None if not table.spec.bucketed else 3,
-                              series(1, 5, prefix="forged"))
+    return forger._write_file(None if not table.spec.bucketed else 3, series(1, 5, prefix="forged"))
 
 
 def _forge_hmac_line(table: OrgTable, keys: OrgKeys) -> None:
     crypto = data_key_only(keys)
     seq, digest, _ = last_line(table)
-    line = legacy_line(crypto, table.spec.name, seq + 1, digest, [_planted_file(table, crypto)],
-                       [], "acme-admin")
+    line = legacy_line(
+        crypto, table.spec.name, seq + 1, digest, [_planted_file(table, crypto)], [], "acme-admin"
+    )
     with open(table._log_path, "ab") as f:
         f.write(line)
 
@@ -60,17 +62,35 @@ def _forge_signed_line(table: OrgTable, keys: OrgKeys) -> None:
     entry = _planted_file(table, crypto)
     seq, digest, _ = last_line(table)
     kv = crypto.version
-    stats = {"actor": "acme-admin", "files": {entry["path"]: {
-        k: entry[k] for k in ("rows", "tmin", "tmax", "run_ids", "run_min", "run_max")}}}
-    body = {"seq": seq + 1, "prev": digest, "ts": "2026-12-01T00:00:00+00:00", "op": "add",
-            "added": [{k: entry[k] for k in ("path", "size", "fp", "kv", "bucket")}],
-            "removed": [], "key_version": kv, "kfp": crypto.fingerprint(kv),
-            "sv": max(keys.verify), "ck": 0,
-            "stats": base64.b64encode(crypto.seal(
-                f"commit-log-stats/{table.spec.name}", kv, _canon(stats),
-                f"{table.org}/{table.spec.name}/line/{seq + 1}".encode())).decode()}
-    sig = Ed25519PrivateKey.generate().sign(_sign_message(table.org, table.spec.name, "line",
-                                                          body))
+    stats = {
+        "actor": "acme-admin",
+        "files": {
+            entry["path"]: {
+                k: entry[k] for k in ("rows", "tmin", "tmax", "run_ids", "run_min", "run_max")
+            }
+        },
+    }
+    body = {
+        "seq": seq + 1,
+        "prev": digest,
+        "ts": "2026-12-01T00:00:00+00:00",
+        "op": "add",
+        "added": [{k: entry[k] for k in ("path", "size", "fp", "kv", "bucket")}],
+        "removed": [],
+        "key_version": kv,
+        "kfp": crypto.fingerprint(kv),
+        "sv": max(keys.verify),
+        "ck": 0,
+        "stats": base64.b64encode(
+            crypto.seal(
+                f"commit-log-stats/{table.spec.name}",
+                kv,
+                _canon(stats),
+                f"{table.org}/{table.spec.name}/line/{seq + 1}".encode(),
+            )
+        ).decode(),
+    }
+    sig = Ed25519PrivateKey.generate().sign(_sign_message(table.org, table.spec.name, "line", body))
     with open(table._log_path, "ab") as f:
         f.write(_canon(dict(body, sig=base64.b64encode(sig).decode())) + b"\n")
 
@@ -114,8 +134,12 @@ def test_reader_without_signing_key_cannot_write(tmp_path):
     t.write(series(2, 10))
     viewer = OrgTable(t.root, "a", SERIES, OrgCrypto(reg.org_keys("a").reader()))
     assert viewer.read().num_rows == 20
-    for attempt in (lambda: viewer.write(series(1, 5, prefix="v")), viewer.compact,
-                    viewer.rewrite, viewer.seal):
+    for attempt in (
+        lambda: viewer.write(series(1, 5, prefix="v")),
+        viewer.compact,
+        viewer.rewrite,
+        viewer.seal,
+    ):
         with pytest.raises(PermissionDenied, match="signing key"):
             attempt()
     assert t.read().num_rows == 20
@@ -136,8 +160,7 @@ def test_forged_line_is_refused_by_every_reader(tmp_path, forge):
     data_root = v.settings.data_root
     (tmp_path / "data").symlink_to(data_root)
     for mode in ("read", "dataset", "verify"):
-        _refused(run_reader(tmp_path, keys.reader(), org="acme", mode=mode, heads=False),
-                 "line")
+        _refused(run_reader(tmp_path, keys.reader(), org="acme", mode=mode, heads=False), "line")
     for deep in (False, True):
         with pytest.raises(IntegrityError, match="process/series: commit log line"):
             v.verify_org("acme", deep=deep)
@@ -160,8 +183,7 @@ def test_forged_log_for_an_empty_table_is_refused(tmp_path):
     with pytest.raises(IntegrityError, match="not signed"):
         victim.read()
     # a whole new log, made with the data key alone, for a table nobody wrote yet
-    other = OrgStore(tmp_path / "data", "a", OrgCrypto(reg.org_keys("a"))).table(
-        "metrology/items")
+    other = OrgStore(tmp_path / "data", "a", OrgCrypto(reg.org_keys("a"))).table("metrology/items")
     crypto = data_key_only(reg.org_keys("a"))
     line = legacy_line(crypto, other.spec.name, 1, "0" * 64, [], [], "acme-admin")
     other._log_path.parent.mkdir(parents=True)
@@ -192,8 +214,9 @@ def test_signatures_survive_rotation_rewrite_compaction_and_gc(tmp_path):
     assert all("sig" in x and "mac" not in x for x in lines)
     assert lines[-1]["sv"] == 2
     # a writer still holding the retired signing key cannot append any more
-    stale = OrgTable(t.root, "acme", SERIES, OrgCrypto(OrgKeys(
-        "acme", new.keys, new.verify, old.signing)))
+    stale = OrgTable(
+        t.root, "acme", SERIES, OrgCrypto(OrgKeys("acme", new.keys, new.verify, old.signing))
+    )
     with pytest.raises(KeyUnavailable, match="rotated"):
         stale.write(series(1, 5, prefix="stale"))
     # and a line it signed by hand is refused (retired key)
@@ -235,8 +258,10 @@ def _legacy_deployment(tmp_path, key_text: str | None = None):
         legacy_write(t, table)
         legacy_write(t, table.slice(0, 1))  # a second line: a chain, not a single line
     ctx_keys = OrgKeys("acme", dict([v.keys.key("acme", "context", 1)]))
-    legacy_write(OrgTable(v.settings.context_root, "acme", CONTEXT,
-                       OrgCrypto(ctx_keys, purpose="context")), data.labels)
+    legacy_write(
+        OrgTable(v.settings.context_root, "acme", CONTEXT, OrgCrypto(ctx_keys, purpose="context")),
+        data.labels,
+    )
     run_ids = data.runs.column("run_id").to_pylist()
     return v, data, run_ids
 
@@ -287,11 +312,17 @@ def test_first_use_migrates_automatically(tmp_path):
     assert v.keys.org_keys("acme").writer
     t.write(series(1, 7, prefix="new"))
     assert t.num_rows() == _expected(data)["process/series"] + 7
-    fresh = OrgTable(t.root, "acme", SERIES, OrgCrypto(v.org_keys("acme").reader()),
-                  SqliteHeadStore(v.settings.registry_path))
+    fresh = OrgTable(
+        t.root,
+        "acme",
+        SERIES,
+        OrgCrypto(v.org_keys("acme").reader()),
+        SqliteHeadStore(v.settings.registry_path),
+    )
     col = data.series.column("run_id").to_pylist()
-    assert fresh.read(run_ids=[run_ids[0]]).num_rows == \
-        col.count(run_ids[0]) + (col[0] == run_ids[0])
+    assert fresh.read(run_ids=[run_ids[0]]).num_rows == col.count(run_ids[0]) + (
+        col[0] == run_ids[0]
+    )
 
 
 def test_legacy_reader_cannot_read_signed_logs(tmp_path):
@@ -318,8 +349,13 @@ def test_org_migrate_command(tmp_path, monkeypatch):
     v, data, run_ids = _legacy_deployment(tmp_path, key)
     monkeypatch.setenv("ATOMSCALE_HOME", str(v.settings.home))
     monkeypatch.setenv("ATOMSCALE_ROOT_KEY", key)
-    for var in ("ATOMSCALE_ROOT_KEY_FILE", "ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT",
-                "ATOMSCALE_REGION", "ATOMSCALE_KMS"):
+    for var in (
+        "ATOMSCALE_ROOT_KEY_FILE",
+        "ATOMSCALE_DATA_ROOT",
+        "ATOMSCALE_CONTEXT_ROOT",
+        "ATOMSCALE_REGION",
+        "ATOMSCALE_KMS",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert cli.main(["org", "migrate", "acme"]) == 0
     assert v.keys.org_keys("acme").writer

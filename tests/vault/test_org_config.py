@@ -15,12 +15,16 @@ def test_configuration_persists_per_org_outside_the_data_root(vault, home):
     assert vault.org_config("acme") == {"config": orgconfig.defaults(), "updated": None}
 
     def roots():
-        return {p: p.stat().st_mtime_ns for root in ("data", "context")
-                for p in (home / root).rglob("*")}
+        return {
+            p: p.stat().st_mtime_ns
+            for root in ("data", "context")
+            for p in (home / root).rglob("*")
+        }
 
     before = roots()
-    stored = vault.set_org_config("acme", {"sidebar_page_size": 20,
-                                           "instrument_names": {"mbe-1": "MBE one"}})
+    stored = vault.set_org_config(
+        "acme", {"sidebar_page_size": 20, "instrument_names": {"mbe-1": "MBE one"}}
+    )
     assert stored["updated"] and stored["config"]["sidebar_page_size"] == 20
     vault.close()
     again = Vault(Settings.load(home))
@@ -40,8 +44,10 @@ def test_bad_configuration_is_refused_and_the_old_one_kept(vault):
     with pytest.raises(ValidationError, match="colour"):
         vault.set_org_config("acme", {"colour": "blue"})
     with pytest.raises(TooLarge):
-        vault.set_org_config("acme", {"default_project": "x", "instrument_names": {
-            f"i{n}": "y" * 80 for n in range(200)}})
+        vault.set_org_config(
+            "acme",
+            {"default_project": "x", "instrument_names": {f"i{n}": "y" * 80 for n in range(200)}},
+        )
     assert vault.org_config("acme")["config"]["sidebar_page_size"] == 20
 
 

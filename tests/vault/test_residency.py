@@ -12,8 +12,12 @@ from atomscale_lab.vault.settings import Settings
 
 def make(tmp_path, region="us", **kw):
     home = tmp_path / "home"
-    s = Settings(home=home, data_root=kw.get("data_root", home / "data"),
-                 context_root=kw.get("context_root", home / "context"), region=region)
+    s = Settings(
+        home=home,
+        data_root=kw.get("data_root", home / "data"),
+        context_root=kw.get("context_root", home / "context"),
+        region=region,
+    )
     return Vault(s, kms=LocalKms(kw.get("key") or generate_root_key()))
 
 
@@ -22,7 +26,10 @@ def test_markers_written_on_first_use(tmp_path):
     v.create_org("acme", "us")
     assert read_marker(v.settings.data_root)["kind"] == "data"
     assert read_marker(v.settings.context_root) == {
-        **read_marker(v.settings.context_root), "region": "us", "kind": "context"}
+        **read_marker(v.settings.context_root),
+        "region": "us",
+        "kind": "context",
+    }
 
 
 def test_other_region_refused(tmp_path):
@@ -91,8 +98,9 @@ def test_overlapping_roots_refused(tmp_path, ctx, monkeypatch):
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
     monkeypatch.setenv("ATOMSCALE_DATA_ROOT", str(home / "data"))
-    monkeypatch.setenv("ATOMSCALE_CONTEXT_ROOT", str((home / "data" / ctx).resolve()
-                                                     if ctx != "." else home))
+    monkeypatch.setenv(
+        "ATOMSCALE_CONTEXT_ROOT", str((home / "data" / ctx).resolve() if ctx != "." else home)
+    )
     with pytest.raises(ConfigError, match="must be separate"):
         Settings.load(home)
     s = Settings(home=home, data_root=home / "data", context_root=home / "data" / "c")

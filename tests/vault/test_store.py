@@ -39,8 +39,10 @@ def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg):
     df = t.to_pandas(run_ids=["run-0003"])
     assert len(df) == 250 and set(df.run_id) == {"run-0003"}
     dset = t.dataset()
-    got = duckdb.sql("select run_id, count(*) n, sum(value) s from dset "
-                     "where run_id = 'run-0007' group by run_id").fetchall()
+    got = duckdb.sql(
+        "select run_id, count(*) n, sum(value) s from dset "
+        "where run_id = 'run-0007' group by run_id"
+    ).fetchall()
     want = pc.sum(data.filter(pc.equal(data["run_id"], "run-0007"))["value"]).as_py()
     assert got[0][:2] == ("run-0007", 250) and got[0][2] == pytest.approx(want)
     n = pl.scan_pyarrow_dataset(dset).filter(pl.col("channel") == "rheed_I").collect().height
@@ -92,13 +94,33 @@ def test_bad_input_loses_nothing(tmp_path, reg):
 def test_keyed_table_returns_latest_row(tmp_path, reg):
     runs = store(tmp_path, reg).table("runs")
     t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
-    runs.write([{"run_id": "r1", "start": t0, "status": "active", "updated_at": t0},
-                {"run_id": "r2", "start": t0, "status": "active", "updated_at": t0}])
-    runs.write([{"run_id": "r1", "start": t0, "status": "complete",
-                 "updated_at": t0 + dt.timedelta(minutes=5)}])
+    runs.write(
+        [
+            {"run_id": "r1", "start": t0, "status": "active", "updated_at": t0},
+            {"run_id": "r2", "start": t0, "status": "active", "updated_at": t0},
+        ]
+    )
+    runs.write(
+        [
+            {
+                "run_id": "r1",
+                "start": t0,
+                "status": "complete",
+                "updated_at": t0 + dt.timedelta(minutes=5),
+            }
+        ]
+    )
     # an older update arriving late must not win
-    runs.write([{"run_id": "r1", "start": t0, "status": "error",
-                 "updated_at": t0 + dt.timedelta(minutes=1)}])
+    runs.write(
+        [
+            {
+                "run_id": "r1",
+                "start": t0,
+                "status": "error",
+                "updated_at": t0 + dt.timedelta(minutes=1),
+            }
+        ]
+    )
     got = {r["run_id"]: r["status"] for r in runs.read().to_pylist()}
     assert got == {"r1": "complete", "r2": "active"}
     active = runs.read(filter=pc.field("status") == "active")
@@ -269,10 +291,20 @@ def test_head_store_never_goes_back(tmp_path):
 
 def test_metrology_spectra_round_trip(tmp_path, reg):
     t = store(tmp_path, reg).table("metrology/items")
-    rows = [{"item_id": f"xrd-{i}", "run_id": f"run-{i % 3}", "technique": "XRD",
-             "time": dt.datetime(2026, 3, 2, i, tzinfo=UTC), "x": [20.0 + j for j in range(50)],
-             "y": [float(j * i) for j in range(50)], "peaks": [30.1], "result_name": "fwhm",
-             "result_value": 0.1 * i} for i in range(12)]
+    rows = [
+        {
+            "item_id": f"xrd-{i}",
+            "run_id": f"run-{i % 3}",
+            "technique": "XRD",
+            "time": dt.datetime(2026, 3, 2, i, tzinfo=UTC),
+            "x": [20.0 + j for j in range(50)],
+            "y": [float(j * i) for j in range(50)],
+            "peaks": [30.1],
+            "result_name": "fwhm",
+            "result_value": 0.1 * i,
+        }
+        for i in range(12)
+    ]
     t.write(rows)
     got = t.read(run_ids=["run-1"]).to_pylist()
     assert sorted(r["item_id"] for r in got) == ["xrd-1", "xrd-10", "xrd-4", "xrd-7"]
@@ -292,8 +324,12 @@ def test_keyed_table_tie_goes_to_the_later_write(tmp_path, reg):
     runs = store(tmp_path, reg).table("runs")
     t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
     for i in range(12):
-        runs.write([{"run_id": f"r{j}", "start": t0, "status": f"s{i}", "updated_at": t0}
-                    for j in range(20)])
+        runs.write(
+            [
+                {"run_id": f"r{j}", "start": t0, "status": f"s{i}", "updated_at": t0}
+                for j in range(20)
+            ]
+        )
     assert {r["status"] for r in runs.read().to_pylist()} == {"s11"}
     runs.compact(min_rows=1000)
     assert {r["status"] for r in runs.read().to_pylist()} == {"s11"} and runs.num_rows() == 20

@@ -28,9 +28,20 @@ WRITER = "tests.vault._vault_writer"
 ROOT = Path(__file__).resolve().parents[2]
 BATCH_ROWS = 8 * 300
 # (point, occurrence): where each round's writer is killed (see _vault_writer.py).
-SCHEDULE = [("committed", 1), ("write.tmp", 1), ("write.placed", 1), ("write.logged", 1),
-            ("write.tmp", 6), ("compact.tmp", 1), ("compact.placed", 1), ("compact.logged", 1),
-            ("write.placed", 3), ("write.logged", 5), ("committed", 6), ("write.tmp", 13)]
+SCHEDULE = [
+    ("committed", 1),
+    ("write.tmp", 1),
+    ("write.placed", 1),
+    ("write.logged", 1),
+    ("write.tmp", 6),
+    ("compact.tmp", 1),
+    ("compact.placed", 1),
+    ("compact.logged", 1),
+    ("write.placed", 3),
+    ("write.logged", 5),
+    ("committed", 6),
+    ("write.tmp", 13),
+]
 
 
 def _batches(table: OrgTable) -> Counter:
@@ -49,10 +60,22 @@ def test_kill_minus_nine_at_chosen_points(tmp_path):
     for rnd, (point, n) in enumerate(SCHEDULE):
         first = rnd * 1000
         p = subprocess.Popen(
-            [sys.executable, "-m", WRITER, str(tmp_path / "data"), str(head_db), str(first),
-             point, str(n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=str(ROOT))
+            [
+                sys.executable,
+                "-m",
+                WRITER,
+                str(tmp_path / "data"),
+                str(head_db),
+                str(first),
+                point,
+                str(n),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+        )
         p.stdin.write(json.dumps(keys.to_json()))
         p.stdin.close()
         out = []
@@ -94,7 +117,8 @@ def test_kill_minus_nine_at_chosen_points(tmp_path):
             assert leftovers == 0, f"a kill at {point} left {leftovers} unlisted files"
         assert not list((t.path / "_tmp").glob("*"))
         assert {f["path"] for f in t.files()} == {
-            q.relative_to(t.path).as_posix() for q in t.path.rglob("part-*.parquet")}
+            q.relative_to(t.path).as_posix() for q in t.path.rglob("part-*.parquet")
+        }
     # Every kill landed where it was aimed: 10 in the middle of a write, 2 between commits.
     assert landed == Counter(committed=2, tmp=4, placed=3, logged=3)
     assert sum(v for k, v in landed.items() if k != "committed") == 10

@@ -38,8 +38,11 @@ def counts(vault, org="acme"):
 
 
 def key_forms(key: bytes):
-    return [key.hex(), base64.b64encode(key).decode(),
-            base64.urlsafe_b64encode(key).decode().rstrip("=")]
+    return [
+        key.hex(),
+        base64.b64encode(key).decode(),
+        base64.urlsafe_b64encode(key).decode().rstrip("="),
+    ]
 
 
 def test_names_and_duplicates(tmp_path, v):
@@ -76,7 +79,8 @@ def test_rotate_data_key_keeps_rows(v):
     assert counts(v) == before
     # New writes use v2, old files stay under v1.
     v.store("acme").table("process/runs").write(
-        demo.build(1, seed=99, points_per_run=60).runs, actor="t")
+        demo.build(1, seed=99, points_per_run=60).runs, actor="t"
+    )
     kvs = {f["kv"] for f in v.store("acme").table("process/runs").files()}
     assert kvs == {1, 2}
     seen = []
@@ -90,8 +94,12 @@ def test_rotate_data_key_keeps_rows(v):
     events = v.audit("acme").events(limit=20)
     actions = [e["action"] for e in events]
     # each rotation adds a data-key and a signing-key version
-    assert sorted(e["detail"]["purpose"] for e in events if e["action"] == "key.rotate") == \
-        ["data", "data", "sign", "sign"]
+    assert sorted(e["detail"]["purpose"] for e in events if e["action"] == "key.rotate") == [
+        "data",
+        "data",
+        "sign",
+        "sign",
+    ]
     assert "key.rewrite" in actions
     assert v.audit("acme").verify() >= 5
 
@@ -127,8 +135,13 @@ def test_delete_with_shred(tmp_path, v):
     data_dir = v.settings.data_root / "acme"
     assert any(data_dir.rglob("*.parquet"))
     v.delete_org("acme", shred=True, actor="admin")
-    for call in (lambda: v.store("acme"), lambda: v.context("acme"), lambda: v.audit("acme"),
-                 lambda: v.org_info("acme"), lambda: v.org_keys("acme")):
+    for call in (
+        lambda: v.store("acme"),
+        lambda: v.context("acme"),
+        lambda: v.audit("acme"),
+        lambda: v.org_info("acme"),
+        lambda: v.org_keys("acme"),
+    ):
         with pytest.raises(UnknownOrg, match="deleted"):
             call()
     reg = KeyRegistry(v.settings.registry_path, v.kms)
@@ -144,8 +157,7 @@ def test_delete_with_shred(tmp_path, v):
     with pytest.raises(OrgExists, match="cannot be reused"):
         v.create_org("acme", "us")
     last = v.system_audit().events(limit=1)[0]
-    assert last["action"] == "org.delete" and last["detail"] == {"org_name": "acme",
-                                                                  "shred": True}
+    assert last["action"] == "org.delete" and last["detail"] == {"org_name": "acme", "shred": True}
     assert v.system_audit().verify() >= 2
 
 

@@ -35,8 +35,13 @@ class Cli:
                 e.pop(k, None)
             else:
                 e[k] = v
-        p = subprocess.run([str(self.exe), *args], env=e, capture_output=True,
-                           input=stdin.encode() if stdin is not None else None, timeout=120)
+        p = subprocess.run(
+            [str(self.exe), *args],
+            env=e,
+            capture_output=True,
+            input=stdin.encode() if stdin is not None else None,
+            timeout=120,
+        )
         out = p.stdout if binary else p.stdout.decode()
         err = p.stderr.decode()
         if ok:
@@ -74,8 +79,17 @@ def test_root_key_generate(run):
 
 
 def test_help_everywhere(run):
-    for args in ([], ["org"], ["org", "create"], ["org", "delete"], ["export"], ["audit", "show"],
-                 ["context", "show"], ["root-key", "rotate"], ["demo-data"]):
+    for args in (
+        [],
+        ["org"],
+        ["org", "create"],
+        ["org", "delete"],
+        ["export"],
+        ["audit", "show"],
+        ["context", "show"],
+        ["root-key", "rotate"],
+        ["demo-data"],
+    ):
         _, out, _ = run(*args, "--help")
         assert "usage: atomscale-lab" in out
 
@@ -111,12 +125,31 @@ def test_exports(run, tmp_path):
     assert len(rows) == n_run and {r["run_id"] for r in rows} == {a_run}
 
     target = tmp_path / "series.parquet"
-    _, out, _ = run("export", "acme", "--category", "process", "--run", a_run,
-                    "--format", "parquet", "--output", str(target))
+    _, out, _ = run(
+        "export",
+        "acme",
+        "--category",
+        "process",
+        "--run",
+        a_run,
+        "--format",
+        "parquet",
+        "--output",
+        str(target),
+    )
     t = pq.read_table(target)
     assert t.num_rows == n_run and (target.stat().st_mode & 0o077) == 0
-    rc, _, err = run("export", "acme", "--category", "process", "--format", "parquet",
-                     "--output", str(target), ok=False)
+    rc, _, err = run(
+        "export",
+        "acme",
+        "--category",
+        "process",
+        "--format",
+        "parquet",
+        "--output",
+        str(target),
+        ok=False,
+    )
     assert rc == 1 and "exists" in one_line_error(err)
 
     _, out, _ = run("export", "acme", "--category", "metrology", "--format", "csv")
@@ -124,15 +157,19 @@ def test_exports(run, tmp_path):
     xrd = m[m.technique == "XRD"].iloc[0]
     assert len(json.loads(xrd["x"])) == len(json.loads(xrd["y"])) > 100
 
-    _, out, _ = run("export", "acme", "--category", "tool_state", "--format", "parquet",
-                    binary=True)
-    assert pq.read_table(io.BytesIO(out)).num_rows == v.store("acme").table(
-        "tool_state/readings").num_rows()
+    _, out, _ = run(
+        "export", "acme", "--category", "tool_state", "--format", "parquet", binary=True
+    )
+    assert (
+        pq.read_table(io.BytesIO(out)).num_rows
+        == v.store("acme").table("tool_state/readings").num_rows()
+    )
 
     rc, _, err = run("export", "acme", "--category", "bogus", "--format", "csv", ok=False)
     assert rc == 1 and "unknown category" in one_line_error(err)
-    rc, _, err = run("export", "acme", "--category", "runs", "--run", "nope", "--format", "csv",
-                     ok=False)
+    rc, _, err = run(
+        "export", "acme", "--category", "runs", "--run", "nope", "--format", "csv", ok=False
+    )
     assert rc == 3 and "not found" in one_line_error(err)
     exports = v.audit("acme").events(action="data.export", limit=20)
     assert len(exports) >= 5 and exports[-1]["detail"]["format"] == "csv"
@@ -141,8 +178,9 @@ def test_exports(run, tmp_path):
 def test_context_show_is_audited(run):
     v = run.vault()
     a_run = sorted(v.store("acme").table("process/runs").run_ids())[0]
-    _, out, _ = run("context", "show", "acme", "--run", a_run, "--format", "json",
-                    "--purpose", "label audit")
+    _, out, _ = run(
+        "context", "show", "acme", "--run", a_run, "--format", "json", "--purpose", "label audit"
+    )
     doc = json.loads(out)
     assert doc["run_id"] == a_run and doc["material_system"] and isinstance(doc["tags"], list)
     _, text, _ = run("context", "show", "acme", "--run", a_run)
@@ -170,8 +208,12 @@ def test_user_errors_are_one_line(run):
         (("org", "show", "nope"), {}, 3, "unknown org"),
         (("org", "show", "acme"), {"ATOMSCALE_ROOT_KEY_FILE": None}, 2, "no root key"),
         (("org", "show", "acme"), {"ATOMSCALE_ROOT_KEY": "ask1:not-a-key"}, 2, "root key"),
-        (("org", "show", "acme"), {"ATOMSCALE_ROOT_KEY_FILE": "/nonexistent/key"}, 2,
-         "cannot read the root key file"),
+        (
+            ("org", "show", "acme"),
+            {"ATOMSCALE_ROOT_KEY_FILE": "/nonexistent/key"},
+            2,
+            "cannot read the root key file",
+        ),
         (("org", "create", "beta", "--region", "mars"), {}, 1, "unknown region"),
         (("org", "create", "beta", "--region", "eu"), {}, 1, "cannot create org 'beta'"),
         (("org", "create", "Beta!", "--region", "us"), {}, 1, "invalid org name"),
@@ -187,11 +229,23 @@ def test_user_errors_are_one_line(run):
         assert text in line, (args, line)
         assert "ask1:" not in line
     wrong = generate_root_key()
-    rc, _, err = run("org", "show", "acme", env={"ATOMSCALE_ROOT_KEY": wrong,
-                                                 "ATOMSCALE_ROOT_KEY_FILE": None}, ok=False)
+    rc, _, err = run(
+        "org",
+        "show",
+        "acme",
+        env={"ATOMSCALE_ROOT_KEY": wrong, "ATOMSCALE_ROOT_KEY_FILE": None},
+        ok=False,
+    )
     assert rc == 2 and "does not match" in one_line_error(err) and wrong not in err
-    rc, _, err = run("org", "create", "beta", "--region", "us",
-                     env={"ATOMSCALE_ROOT_KEY": wrong, "ATOMSCALE_ROOT_KEY_FILE": None}, ok=False)
+    rc, _, err = run(
+        "org",
+        "create",
+        "beta",
+        "--region",
+        "us",
+        env={"ATOMSCALE_ROOT_KEY": wrong, "ATOMSCALE_ROOT_KEY_FILE": None},
+        ok=False,
+    )
     assert rc == 2 and "does not match" in one_line_error(err)
     _, out, _ = run("org", "list")
     assert "beta" not in out
@@ -229,8 +283,9 @@ def test_rotations_keep_every_row(run, tmp_path):
     assert rc == 2 and "does not match" in one_line_error(err)
     run.key_file.write_text(new_key)
     _, out, _ = run("org", "show", "acme", "--json")
-    assert {k: t["rows"] for k, t in json.loads(out)["tables"].items()
-            if k != "context/labels"} == before
+    assert {
+        k: t["rows"] for k, t in json.loads(out)["tables"].items() if k != "context/labels"
+    } == before
     newer = tmp_path / "newer.key"
     _, k3, _ = run("root-key", "generate")
     newer.write_text(k3)
@@ -269,13 +324,19 @@ def test_plugins_register(monkeypatch, tmp_path, capsys):
         "    p = org_subparsers.add_parser('hello')\n"
         "    p.set_defaults(func=lambda args: print('hello from org') or 7)\n"
         "    q = subparsers.add_parser('ping')\n"
-        "    q.set_defaults(func=lambda args: print('pong'))\n")
+        "    q.set_defaults(func=lambda args: print('pong'))\n"
+    )
     one = tmp_path / "plugmod_one_arg.py"
-    one.write_text("def register(subparsers):\n"
-                   "    subparsers.add_parser('solo').set_defaults(func=lambda a: 0)\n")
+    one.write_text(
+        "def register(subparsers):\n"
+        "    subparsers.add_parser('solo').set_defaults(func=lambda a: 0)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "PLUGINS", ["plugmod_cli_test", "plugmod_one_arg",
-                                         "atomscale_lab.no_such_module", "no_pkg.sub"])
+    monkeypatch.setattr(
+        cli,
+        "PLUGINS",
+        ["plugmod_cli_test", "plugmod_one_arg", "atomscale_lab.no_such_module", "no_pkg.sub"],
+    )
     assert cli.main(["org", "hello"]) == 7
     assert cli.main(["ping"]) == 0
     assert cli.main(["solo"]) == 0
@@ -292,12 +353,18 @@ def test_no_key_material_in_logs_or_output(run):
         for purpose, versions in v.keys.versions(org).items():
             for ver in versions:
                 key = v.keys.key(org, purpose, ver)[1]
-                secrets_ += [key.hex(), base64.b64encode(key).decode().rstrip("="),
-                             base64.urlsafe_b64encode(key).decode().rstrip("=")]
+                secrets_ += [
+                    key.hex(),
+                    base64.b64encode(key).decode().rstrip("="),
+                    base64.urlsafe_b64encode(key).decode().rstrip("="),
+                ]
     assert len(secrets_) > 6
     texts = [p.read_text() for p in (run.home / "audit").glob("*.jsonl")]
-    for args in (("org", "show", "acme", "--json"), ("audit", "show", "acme", "--json"),
-                 ("org", "list", "--json")):
+    for args in (
+        ("org", "show", "acme", "--json"),
+        ("audit", "show", "acme", "--json"),
+        ("org", "list", "--json"),
+    ):
         _, out, err = run(*args)
         texts += [out, err]
     for text in texts:

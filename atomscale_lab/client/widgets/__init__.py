@@ -13,12 +13,21 @@ from atomscale_lab.client.widgets.figures import Plot
 from atomscale_lab.client.widgets.live import LiveRun
 from atomscale_lab.client.widgets.metrology import MetrologyViewer
 from atomscale_lab.client.widgets.science import (
-           RheedExplorer,
-           overlay,
-           plot_metrology,
-           plot_rheed,
-           plot_run,
+    RheedExplorer,
+    overlay,
+    plot_metrology,
+    plot_rheed,
+    plot_run,
 )
 
-__all__ = ["LiveRun", "MetrologyViewer", "Plot", "RheedExplorer", "RunBrowser", "overlay",
-           "plot_metrology", "plot_rheed", "plot_run"]
+__all__ = [
+    "LiveRun",
+    "MetrologyViewer",
+    "Plot",
+    "RheedExplorer",
+    "RunBrowser",
+    "overlay",
+    "plot_metrology",
+    "plot_rheed",
+    "plot_run",
+]

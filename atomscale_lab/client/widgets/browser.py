@@ -15,11 +15,22 @@ from atomscale_lab.client.widgets.plots import image_output, series_figure, text
 from atomscale_lab.errors import AtomscaleError
 
 ALL = "(all)"
-SORTS = [("newest first", ("start", "desc")), ("oldest first", ("start", "asc")),
-         ("run id", ("run_id", "asc")), ("sample", ("sample", "asc")),
-         ("project", ("project", "asc")), ("status", ("status", "asc"))]
-_COLS = [("run_id", 8), ("project", 8), ("sample", 8), ("instrument", 10), ("start", 16),
-         ("status", 8)]
+SORTS = [
+    ("newest first", ("start", "desc")),
+    ("oldest first", ("start", "asc")),
+    ("run id", ("run_id", "asc")),
+    ("sample", ("sample", "asc")),
+    ("project", ("project", "asc")),
+    ("status", ("status", "asc")),
+]
+_COLS = [
+    ("run_id", 8),
+    ("project", 8),
+    ("sample", 8),
+    ("instrument", 10),
+    ("start", 16),
+    ("status", 8),
+]
 """Columns of the run table and their minimum widths (a page widens them to fit, up to 28)."""
 
 
@@ -68,21 +79,28 @@ class RunBrowser(W.VBox):
         self._quiet = False
 
         facets = self.ws.facets()
-        self.search = W.Text(placeholder="search run, sample, project…", description="Search",
-                             continuous_update=False, layout=W.Layout(width="320px"))
+        self.search = W.Text(
+            placeholder="search run, sample, project…",
+            description="Search",
+            continuous_update=False,
+            layout=W.Layout(width="320px"),
+        )
         self.project = W.Dropdown(options=[ALL, *facets["project"]], description="Project")
-        self.instrument = W.Dropdown(options=[ALL, *facets["instrument"]],
-                                     description="Instrument")
+        self.instrument = W.Dropdown(options=[ALL, *facets["instrument"]], description="Instrument")
         self.status = W.Dropdown(options=[ALL, *facets["status"]], description="Status")
         self.sort = W.Dropdown(options=SORTS, value=SORTS[0][1], description="Sort")
         self.prev_button = W.Button(description="◀ prev", layout=W.Layout(width="80px"))
         self.next_button = W.Button(description="next ▶", layout=W.Layout(width="80px"))
         self.page_label = W.HTML()
-        self.progress = W.IntProgress(value=0, min=0, max=1, bar_style="info",
-                                      layout=W.Layout(width="160px", visibility="hidden"))
+        self.progress = W.IntProgress(
+            value=0,
+            min=0,
+            max=1,
+            bar_style="info",
+            layout=W.Layout(width="160px", visibility="hidden"),
+        )
         self.header = W.HTML(_header([w for _, w in _COLS]))
-        self.table = W.Select(options=[], rows=per_page,
-                              layout=W.Layout(width="100%"))
+        self.table = W.Select(options=[], rows=per_page, layout=W.Layout(width="100%"))
         self.table.add_class("atomscale-run-table")
         self.detail = W.HTML()
         self.output = W.Output(layout=W.Layout(min_height="60px"))
@@ -93,13 +111,17 @@ class RunBrowser(W.VBox):
         self.next_button.on_click(lambda _: self.go(self.page + 1))
         self.table.observe(self._on_select, names="value")
 
-        style = W.HTML("<style>.atomscale-run-table select{font-family:monospace;"
-                       "font-size:12px}</style>")
-        controls = W.VBox([W.HBox([self.search, self.project]),
-                           W.HBox([self.instrument, self.status, self.sort])])
+        style = W.HTML(
+            "<style>.atomscale-run-table select{font-family:monospace;font-size:12px}</style>"
+        )
+        controls = W.VBox(
+            [W.HBox([self.search, self.project]), W.HBox([self.instrument, self.status, self.sort])]
+        )
         pager = W.HBox([self.prev_button, self.page_label, self.next_button, self.progress])
-        super().__init__(children=[style, controls, pager, self.header, self.table, self.detail,
-                                   self.output], **kwargs)
+        super().__init__(
+            children=[style, controls, pager, self.header, self.table, self.detail, self.output],
+            **kwargs,
+        )
         self.refresh()
 
     # --- listing ----------------------------------------------------------------------------
@@ -158,8 +180,7 @@ class RunBrowser(W.VBox):
         finally:
             self._quiet = False
         self._busy(False)
-        self.page_label.value = (f"&nbsp;page {self.page} of {self.pages} "
-                                 f"({self.total} runs)&nbsp;")
+        self.page_label.value = f"&nbsp;page {self.page} of {self.pages} ({self.total} runs)&nbsp;"
         self.prev_button.disabled = self.page <= 1
         self.next_button.disabled = self.page >= self.pages
 
@@ -195,7 +216,8 @@ class RunBrowser(W.VBox):
         self.detail.value = (
             f"<b>{_esc(run_id)}</b> · {_esc(rec.get('sample'))} · {_esc(rec.get('instrument'))}"
             f" ({_esc(rec.get('method'))}) · {_esc(rec.get('operator'))} · "
-            f"{_esc(rec.get('status'))}<br><small>metrology: {_esc(met) or 'none'}</small>")
+            f"{_esc(rec.get('status'))}<br><small>metrology: {_esc(met) or 'none'}</small>"
+        )
         fig = series_figure(proc, tools, title=f"{run_id} — {rec.get('sample') or ''}")
         self.output.outputs = (image_output(fig, f"<figure: {run_id}>"),)
         self._busy(False)
@@ -203,8 +225,7 @@ class RunBrowser(W.VBox):
 
     def refresh_label(self) -> None:
         """Restore the page label after a load."""
-        self.page_label.value = (f"&nbsp;page {self.page} of {self.pages} "
-                                 f"({self.total} runs)&nbsp;")
+        self.page_label.value = f"&nbsp;page {self.page} of {self.pages} ({self.total} runs)&nbsp;"
 
 
 def _esc(v) -> str:

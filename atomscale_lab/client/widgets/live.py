@@ -22,7 +22,7 @@ FINAL = ("complete", "error")
 
 
 def _esc(text) -> str:
-    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class LiveRun(W.VBox):
@@ -33,9 +33,19 @@ class LiveRun(W.VBox):
     ``keep`` bounds the rows held in memory per channel. ``frame`` is what has been seen so far.
     """
 
-    def __init__(self, workspace, run_id: str, *, channels=None, category: str = "process",
-                 interval: float = 2.0, max_points: int = 2000, keep: int = 20_000,
-                 autostart: bool = True, **kwargs):
+    def __init__(
+        self,
+        workspace,
+        run_id: str,
+        *,
+        channels=None,
+        category: str = "process",
+        interval: float = 2.0,
+        max_points: int = 2000,
+        keep: int = 20_000,
+        autostart: bool = True,
+        **kwargs,
+    ):
         if category not in ("process", "tool_state"):
             raise ValueError("category must be 'process' or 'tool_state'")
         self.ws, self.run_id, self.category = workspace, run_id, category
@@ -51,11 +61,13 @@ class LiveRun(W.VBox):
         self._lock = threading.Lock()
         self.status_line = W.HTML(value=f"<b>{_esc(run_id)}</b>: waiting for the first poll…")
         self.plot = W.Output(layout=W.Layout(min_height="200px"))
-        self.stop_button = W.Button(description="Stop following", icon="stop",
-                                    layout=W.Layout(width="160px"))
+        self.stop_button = W.Button(
+            description="Stop following", icon="stop", layout=W.Layout(width="160px")
+        )
         self.stop_button.on_click(lambda _b: self.stop())
-        super().__init__(children=[W.HBox([self.status_line, self.stop_button]), self.plot],
-                         **kwargs)
+        super().__init__(
+            children=[W.HBox([self.status_line, self.stop_button]), self.plot], **kwargs
+        )
         if autostart:
             self.start()
 
@@ -71,8 +83,11 @@ class LiveRun(W.VBox):
         """One round: fetch the run's status and new rows, redraw. Returns the new row count."""
         with self._lock:
             run = self.ws.run(self.run_id)
-            status = (run.get("run") or run).get("status", "unknown") if isinstance(run, dict) \
+            status = (
+                (run.get("run") or run).get("status", "unknown")
+                if isinstance(run, dict)
                 else "unknown"
+            )
             new = self._fetch(self._since)
             added = self._merge(new)
             self.status = status
@@ -107,13 +122,19 @@ class LiveRun(W.VBox):
 
     def _render(self, added: int) -> None:
         last = self._since.strftime("%H:%M:%S UTC") if self._since is not None else "—"
-        colour = {"active": "#1a7f37", "interrupted": "#b35900", "finalizing": "#0550ae",
-                  "complete": "#57606a", "error": "#cf222e"}.get(self.status, "#57606a")
+        colour = {
+            "active": "#1a7f37",
+            "interrupted": "#b35900",
+            "finalizing": "#0550ae",
+            "complete": "#57606a",
+            "error": "#cf222e",
+        }.get(self.status, "#57606a")
         self.status_line.value = (
             f"<b>{_esc(self.run_id)}</b> · <span style='color:{colour}'>{_esc(self.status)}"
             f"</span> · {len(self.frame):,} rows (+{added:,}) · last point {last} · "
             f"checked {datetime.now(UTC).strftime('%H:%M:%S')}"
-            + ("" if self.status not in FINAL else " · stopped following"))
+            + ("" if self.status not in FINAL else " · stopped following")
+        )
         if added or self.polls == 1:
             if self.frame.empty:
                 self.plot.outputs = (text_output("no rows yet"),)
@@ -129,8 +150,7 @@ class LiveRun(W.VBox):
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"live-{self.run_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"live-{self.run_id}", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -141,8 +161,9 @@ class LiveRun(W.VBox):
                 self.error = None
             except Exception as e:  # keep following through a server restart
                 self.error = str(e)
-                self.status_line.value = (f"<b>{_esc(self.run_id)}</b> · cannot reach the "
-                                          f"server ({_esc(e)}); retrying")
+                self.status_line.value = (
+                    f"<b>{_esc(self.run_id)}</b> · cannot reach the server ({_esc(e)}); retrying"
+                )
             self._stop.wait(max(0.05, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:

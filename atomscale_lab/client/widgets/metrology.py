@@ -47,10 +47,15 @@ class MetrologyViewer(W.VBox):
             run_ids = list(self.ws.runs(limit=10)["run_id"])
         self.index = self.ws.metrology(run_id=run_ids)
         techniques = sorted(set(self.index["technique"])) if len(self.index) else []
-        self.technique = W.Dropdown(options=techniques, description="Technique",
-                                    value=_pick(technique, techniques))
-        self.runs = W.SelectMultiple(options=run_ids, value=tuple(run_ids), rows=min(8, len(
-            run_ids) or 1), description="Runs")
+        self.technique = W.Dropdown(
+            options=techniques, description="Technique", value=_pick(technique, techniques)
+        )
+        self.runs = W.SelectMultiple(
+            options=run_ids,
+            value=tuple(run_ids),
+            rows=min(8, len(run_ids) or 1),
+            description="Runs",
+        )
         self.log_y = W.Checkbox(value=self.technique.value == "XRD", description="log y")
         self.status = W.HTML()
         self.output = W.Output(layout=W.Layout(min_height="60px"))
@@ -59,8 +64,10 @@ class MetrologyViewer(W.VBox):
         for w in (self.runs, self.log_y):
             w.observe(lambda _: self.refresh(), names="value")
         self.technique.observe(self._on_technique, names="value")
-        super().__init__(children=[W.HBox([self.technique, self.log_y]), self.runs, self.status,
-                                   self.output], **kwargs)
+        super().__init__(
+            children=[W.HBox([self.technique, self.log_y]), self.runs, self.status, self.output],
+            **kwargs,
+        )
         self.refresh()
 
     def _on_technique(self, change) -> None:
@@ -95,10 +102,16 @@ class MetrologyViewer(W.VBox):
         self.plot = Plot(fig)
         self.output.outputs = (self.plot.output(),)
         if tech == "AFM" or "x" not in self.items or self.items["x"].isna().all():
-            self.status.value = "<small>" + "; ".join(
-                f"{html.escape(str(r.run_id))}: {r.result_name} {r.result_value:.3g} "
-                f"{html.escape(str(r.result_unit or ''))}" for r in self.items.itertuples()
-                if r.result_value == r.result_value) + "</small>"
+            self.status.value = (
+                "<small>"
+                + "; ".join(
+                    f"{html.escape(str(r.run_id))}: {r.result_name} {r.result_value:.3g} "
+                    f"{html.escape(str(r.result_unit or ''))}"
+                    for r in self.items.itertuples()
+                    if r.result_value == r.result_value
+                )
+                + "</small>"
+            )
             return
         self.status.value = peaks_html(self.items)
 

@@ -35,8 +35,14 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
     fig = Figure(figsize=(9, height * n + 0.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     if not panels:
-        axes[0].text(0.5, 0.5, "no process data or tool state for this run", ha="center",
-                     va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no process data or tool state for this run",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
         axes[0].set_axis_off()
     for ax, (kind, ch, g) in zip(axes, panels, strict=False):
         t = pd.to_datetime(g["time"], utc=True).dt.tz_convert(None)
@@ -51,13 +57,23 @@ def series_figure(process: pd.DataFrame, tools: pd.DataFrame, title: str = "") -
         unit = g["unit"].dropna().iloc[0] if "unit" in g and g["unit"].notna().any() else ""
         # the channel name inside the panel: long names would collide as y labels
         unit = {"degC": "°C", "deg": "°"}.get(unit, unit)
-        ax.text(0.005, 0.96, f"{ch} [{unit}]" if unit else ch, transform=ax.transAxes,
-                va="top", ha="left", fontsize="small",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        ax.text(
+            0.005,
+            0.96,
+            f"{ch} [{unit}]" if unit else ch,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize="small",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
         ax.tick_params(which="both", labelsize="x-small")
         ax.grid(alpha=0.3)
-        if ch == "chamber_pressure" or (g["value"] > 0).all() and g["value"].max() / max(
-                g["value"].min(), 1e-300) > 1e3:
+        if (
+            ch == "chamber_pressure"
+            or (g["value"] > 0).all()
+            and g["value"].max() / max(g["value"].min(), 1e-300) > 1e3
+        ):
             ax.set_yscale("log")
     axes[-1].set_xlabel("time (UTC)", fontsize="small")
     if title:
@@ -70,8 +86,14 @@ def spectra_figure(items: pd.DataFrame, log_y: bool = False, title: str = "") ->
     fig = Figure(figsize=(9, 4.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     if items is None or items.empty:
-        ax.text(0.5, 0.5, "no spectra for this selection", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no spectra for this selection",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return fig
     drawn = 0
@@ -88,11 +110,24 @@ def spectra_figure(items: pd.DataFrame, log_y: bool = False, title: str = "") ->
             py = np.interp(peaks, x[order], y[order])
             ax.plot(peaks, py, "v", color=color, ms=7, mec="black", mew=0.5)
             for p, v in zip(peaks, py, strict=True):
-                ax.annotate(f"{p:.2f}", (p, v), textcoords="offset points", xytext=(0, 8 + 10 * k),
-                            ha="center", fontsize="x-small", color=color)
+                ax.annotate(
+                    f"{p:.2f}",
+                    (p, v),
+                    textcoords="offset points",
+                    xytext=(0, 8 + 10 * k),
+                    ha="center",
+                    fontsize="x-small",
+                    color=color,
+                )
     if not drawn:
-        ax.text(0.5, 0.5, "these items have no spectra (scalar results only)", ha="center",
-                va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "these items have no spectra (scalar results only)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return fig
     first = items.iloc[0]
@@ -116,9 +151,14 @@ def png_bytes(fig: Figure) -> bytes:
 
 def image_output(fig: Figure, text: str = "") -> dict:
     """A ``display_data`` output holding the figure as PNG (for an ``Output`` widget's outputs)."""
-    return {"output_type": "display_data", "metadata": {},
-            "data": {"image/png": base64.b64encode(png_bytes(fig)).decode("ascii"),
-                     "text/plain": text or "<figure>"}}
+    return {
+        "output_type": "display_data",
+        "metadata": {},
+        "data": {
+            "image/png": base64.b64encode(png_bytes(fig)).decode("ascii"),
+            "text/plain": text or "<figure>",
+        },
+    }
 
 
 def text_output(text: str) -> dict:

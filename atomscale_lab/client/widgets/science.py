@@ -31,13 +31,17 @@ def plot_run(ws, run_id: str, max_points: int = 2000):
 
     from atomscale_lab.client.widgets.plots import png_bytes, series_figure
 
-    fig = series_figure(ws.process(run_id, max_points=max_points),
-                        ws.tool_state(run_id, max_points=max_points), title=run_id)
+    fig = series_figure(
+        ws.process(run_id, max_points=max_points),
+        ws.tool_state(run_id, max_points=max_points),
+        title=run_id,
+    )
     return Image(data=png_bytes(fig), format="png")
 
 
-def plot_rheed(ws, run_id: str, *, ml_nm: float | None = None, material: str | None = None,
-               static: bool = True) -> Plot:
+def plot_rheed(
+    ws, run_id: str, *, ml_nm: float | None = None, material: str | None = None, static: bool = True
+) -> Plot:
     """A run's RHEED intensity with growth windows and layers shaded and the analysis in the
     title."""
     result = ws.rheed_result(run_id, ml_nm=ml_nm or rheed.monolayer_nm(material))
@@ -47,11 +51,14 @@ def plot_rheed(ws, run_id: str, *, ml_nm: float | None = None, material: str | N
 def _rheed_overlay_part(ws, rid: str, at: str, max_points: int):
     """One run's RHEED trace, event time and layers from the server's analysis (one request)."""
     doc = ws.rheed_server(rid, max_points=max_points)
-    trace = pd.DataFrame({"time": pd.to_datetime(pd.Series(doc["trace"]["time"],
-                                                           dtype="str"), utc=True),
-                          "channel": rheed.RHEED_CHANNEL,
-                          "value": pd.Series(doc["trace"]["value"], dtype=float),
-                          "unit": "a.u."})
+    trace = pd.DataFrame(
+        {
+            "time": pd.to_datetime(pd.Series(doc["trace"]["time"], dtype="str"), utc=True),
+            "channel": rheed.RHEED_CHANNEL,
+            "value": pd.Series(doc["trace"]["value"], dtype=float),
+            "unit": "a.u.",
+        }
+    )
     ev = None
     if at == "growth_start" and doc.get("onset"):
         ev = pd.Timestamp(doc["onset"])
@@ -69,10 +76,14 @@ def _overlay_part(ws, rid: str, channel: str, at: str):
     channels = rec.get("channels", {})
     shutters = [c for c in channels.get("tool_state", []) if c.startswith("shutter_")]
     tools = ws.tool_state(rid, channels=shutters) if shutters else None
-    want = [c for c in {channel, rheed.RHEED_CHANNEL, "growth_rate"}
-            if c in channels.get("process", [])]
-    proc = ws.process(rid, channels=want) if want else pd.DataFrame(
-        columns=["time", "channel", "value", "unit"])
+    want = [
+        c for c in {channel, rheed.RHEED_CHANNEL, "growth_rate"} if c in channels.get("process", [])
+    ]
+    proc = (
+        ws.process(rid, channels=want)
+        if want
+        else pd.DataFrame(columns=["time", "channel", "value", "unit"])
+    )
     result = rheed.analyze_frames(proc, tools)
     ev = compare.event_time(proc, tools, at, result)
     if channel in channels.get("process", []):
@@ -84,9 +95,13 @@ def _overlay_part(ws, rid: str, channel: str, at: str):
     return frame, ev, result.layers
 
 
-def overlay_data(ws, run_ids: Sequence[str], channel: str = rheed.RHEED_CHANNEL,
-                 at: str = "growth_start", max_points: int = 2000
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def overlay_data(
+    ws,
+    run_ids: Sequence[str],
+    channel: str = rheed.RHEED_CHANNEL,
+    at: str = "growth_start",
+    max_points: int = 2000,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Aligned long frames of ``channel`` and the RHEED layers (``t0_s``/``t1_s``) of the runs.
 
     The runs are fetched in parallel; a RHEED overlay aligned at growth start or shutter opening
@@ -112,19 +127,33 @@ def overlay_data(ws, run_ids: Sequence[str], channel: str = rheed.RHEED_CHANNEL,
             frames[rid] = frame
         events[rid] = ev
         if len(ly) and ev is not None:
-            layer_frames.append(pd.DataFrame({
-                "run_id": rid, "layer": ly["layer"].to_numpy(),
-                "t0_s": (pd.to_datetime(ly["start"], utc=True) - ev).dt.total_seconds(),
-                "t1_s": (pd.to_datetime(ly["end"], utc=True) - ev).dt.total_seconds()}))
+            layer_frames.append(
+                pd.DataFrame(
+                    {
+                        "run_id": rid,
+                        "layer": ly["layer"].to_numpy(),
+                        "t0_s": (pd.to_datetime(ly["start"], utc=True) - ev).dt.total_seconds(),
+                        "t1_s": (pd.to_datetime(ly["end"], utc=True) - ev).dt.total_seconds(),
+                    }
+                )
+            )
     data = compare.aligned(frames, events)
-    layers = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame(
-        columns=["run_id", "layer", "t0_s", "t1_s"])
+    layers = (
+        pd.concat(layer_frames, ignore_index=True)
+        if layer_frames
+        else pd.DataFrame(columns=["run_id", "layer", "t0_s", "t1_s"])
+    )
     return data, layers
 
 
-def overlay(ws, run_ids: Sequence[str], channel: str = rheed.RHEED_CHANNEL,
-            at: str = "growth_start", window: tuple[float, float] | None = None,
-            static: bool = True) -> Plot:
+def overlay(
+    ws,
+    run_ids: Sequence[str],
+    channel: str = rheed.RHEED_CHANNEL,
+    at: str = "growth_start",
+    window: tuple[float, float] | None = None,
+    static: bool = True,
+) -> Plot:
     """Several runs' ``channel`` overlaid on seconds from an event (``growth_start``,
     ``shutter_open``, ``run_start``), layers shaded; ``window`` = (from, to) seconds."""
     data, layers = overlay_data(ws, run_ids, channel, at)
@@ -134,8 +163,7 @@ def overlay(ws, run_ids: Sequence[str], channel: str = rheed.RHEED_CHANNEL,
     return Plot(overlay_figure(data, channel, layers, at=at), static=static)
 
 
-def plot_metrology(ws, run_ids: Sequence[str] | str, technique: str,
-                   static: bool = True) -> Plot:
+def plot_metrology(ws, run_ids: Sequence[str] | str, technique: str, static: bool = True) -> Plot:
     """XRD (log, offset, labelled), XPS (reversed binding energy, core levels) or AFM
     (roughness) of some runs."""
     items = ws.metrology(run_id=run_ids, technique=technique, with_spectra=True)
@@ -149,8 +177,15 @@ class RheedExplorer(W.VBox):
     oscillation analysis on that window only; ``table`` shows it and ``analysis`` holds it.
     """
 
-    def __init__(self, workspace, run_id: str, *, ml_nm: float | None = None,
-                 material: str | None = None, **kwargs):
+    def __init__(
+        self,
+        workspace,
+        run_id: str,
+        *,
+        ml_nm: float | None = None,
+        material: str | None = None,
+        **kwargs,
+    ):
         self.ws, self.run_id = workspace, run_id
         self.ml_nm = ml_nm or rheed.monolayer_nm(material)
         self.full = workspace.rheed_result(run_id, ml_nm=self.ml_nm)
@@ -184,10 +219,12 @@ class RheedExplorer(W.VBox):
         t = pd.to_datetime(trace["time"], utc=True)
         part = trace[(t >= lo) & (t <= hi)]
         proc = part.assign(channel=rheed.RHEED_CHANNEL)
-        recipe = self.full.windows["recipe_rate_ml_s"].iloc[0] if len(self.full.windows) \
-            else None
-        recipe = None if recipe is None or (isinstance(recipe, float) and np.isnan(recipe)) \
+        recipe = self.full.windows["recipe_rate_ml_s"].iloc[0] if len(self.full.windows) else None
+        recipe = (
+            None
+            if recipe is None or (isinstance(recipe, float) and np.isnan(recipe))
             else float(recipe)
+        )
         self.analysis = rheed.analyze_frames(proc, None, ml_nm=self.ml_nm, recipe_rate=recipe)
         self._show(self.analysis, f"{lo:%H:%M:%S} – {hi:%H:%M:%S} UTC")
 
@@ -200,7 +237,8 @@ class RheedExplorer(W.VBox):
         nm = f"{r.rate_nm_s:.4f} nm/s" if pd.notna(r.rate_nm_s) else "nm/s: give ml_nm"
         self.table.value = (
             f"<b>{what}</b>: period {r.period_s:.4f} ± {r.period_err_s:.4f} s · "
-            f"{r.rate_ml_s:.4f} ML/s · {nm} · {int(r.layers_observed)} layers observed")
+            f"{r.rate_ml_s:.4f} ML/s · {nm} · {int(r.layers_observed)} layers observed"
+        )
 
 
 def _utc(v) -> pd.Timestamp:

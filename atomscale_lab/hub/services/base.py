@@ -50,8 +50,9 @@ class Deps:
         if self.hub_auth is None:
             from jupyterhub.services.auth import HubAuth
 
-            self.hub_auth = HubAuth(cache_max_age=int(os.environ.get(
-                "ATOMSCALE_TOKEN_CACHE_SECONDS", "10")))
+            self.hub_auth = HubAuth(
+                cache_max_age=int(os.environ.get("ATOMSCALE_TOKEN_CACHE_SECONDS", "10"))
+            )
         if self.vault is None and self.need_vault:
             from atomscale_lab.vault.facade import Vault
 
@@ -162,8 +163,9 @@ class ServiceHandler(web.RequestHandler):
     def audit(self, org: str, actor: str, action: str, outcome: str, **detail) -> None:
         """Record a decision in the org's audit log (the service's own errors are logged)."""
         try:
-            self.vault.audit(org).record(actor, action, outcome, service=self.settings["name"],
-                                         **detail)
+            self.vault.audit(org).record(
+                actor, action, outcome, service=self.settings["name"], **detail
+            )
         except Exception:
             log.exception("could not audit %s %s for %s in %s", action, outcome, actor, org)
             raise
@@ -176,8 +178,13 @@ class ServiceHandler(web.RequestHandler):
     def log_exception(self, typ, value, tb):
         """Expected errors are one line; unexpected ones keep their traceback."""
         if isinstance(value, web.HTTPError | AtomscaleError):
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path,
-                     getattr(value, "status_code", http_status(value)), value)
+            log.info(
+                "%s %s -> %s: %s",
+                self.request.method,
+                self.request.path,
+                getattr(value, "status_code", http_status(value)),
+                value,
+            )
         else:
             super().log_exception(typ, value, tb)
 
@@ -245,8 +252,12 @@ class ServiceApp:
                 local.add_socket(bind_unix_socket(path, mode=0o666))
                 log.info("%s listening on %s too", self.name, path)
             asyncio.ensure_future(app.settings["deps"].ready())
-            log.info("%s listening on %s (TLS %s)", self.name, url.geturl(),
-                     "on" if url.scheme == "https" else "off")
+            log.info(
+                "%s listening on %s (TLS %s)",
+                self.name,
+                url.geturl(),
+                "on" if url.scheme == "https" else "off",
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -47,10 +47,12 @@ class JoinHandler(ServiceHandler):
         if not isinstance(fields, list) or not fields:
             raise web.HTTPError(400, "fields must be a non-empty list of label names")
         frame = pd.DataFrame({"run_id": pd.Series(list(dict.fromkeys(run_ids)), dtype=object)})
-        joined = self.vault.context(org).join(frame, fields=fields,
-                                              purpose=str(doc.get("purpose", "")), actor=user)
-        self.finish(json.dumps({"labels": json.loads(joined.to_json(orient="records",
-                                                                     date_format="iso"))}))
+        joined = self.vault.context(org).join(
+            frame, fields=fields, purpose=str(doc.get("purpose", "")), actor=user
+        )
+        self.finish(
+            json.dumps({"labels": json.loads(joined.to_json(orient="records", date_format="iso"))})
+        )
 
 
 ROUTES = [(rf"orgs/{ORG}/join", JoinHandler)]

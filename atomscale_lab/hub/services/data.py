@@ -94,15 +94,18 @@ class ServiceHeadStore:
 
     def get(self, org: str, table: str) -> tuple[int, str] | None:
         """Latest known head, or None."""
-        doc = self.access._call("GET", KEYS_SERVICE, f"orgs/{org}/heads",
-                                params={"table": table})
+        doc = self.access._call("GET", KEYS_SERVICE, f"orgs/{org}/heads", params={"table": table})
         head = (doc or {}).get("head")
         return (int(head[0]), str(head[1])) if head else None
 
     def advance(self, org: str, table: str, seq: int, digest: str) -> None:
         """Record a newer head (the registry never goes backwards)."""
-        self.access._call("POST", KEYS_SERVICE, f"orgs/{org}/heads",
-                          json={"table": table, "seq": int(seq), "digest": str(digest)})
+        self.access._call(
+            "POST",
+            KEYS_SERVICE,
+            f"orgs/{org}/heads",
+            json={"table": table, "seq": int(seq), "digest": str(digest)},
+        )
 
 
 class ServiceAuditSink:
@@ -113,9 +116,12 @@ class ServiceAuditSink:
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
         """Post one event (fails closed: an unrecorded read is not served)."""
-        self.access._call("POST", KEYS_SERVICE, f"orgs/{self.access.org}/audit",
-                          json={"actor": str(actor), "action": action, "outcome": outcome,
-                                "detail": detail})
+        self.access._call(
+            "POST",
+            KEYS_SERVICE,
+            f"orgs/{self.access.org}/audit",
+            json={"actor": str(actor), "action": action, "outcome": outcome, "detail": detail},
+        )
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -144,22 +150,21 @@ class DataServerAccess(HubAccess):
 
     def __init__(self, org: str | None = None, *, keys_socket: str | None = None, **kw):
         org = org or _env("ATOMSCALE_ORG")
-        kw.setdefault("owner", os.environ.get("JUPYTERHUB_SERVICE_NAME") or
-                      data_service_name(org))
+        kw.setdefault("owner", os.environ.get("JUPYTERHUB_SERVICE_NAME") or data_service_name(org))
         kw.setdefault("data_root", _env("ATOMSCALE_DATA_ROOT"))
         super().__init__(org, **kw)
         self.keys_socket = keys_socket or os.environ.get("ATOMSCALE_KEYS_SOCKET") or None
         self._local = threading.local()
         self._audit = ServiceAuditSink(self)
 
-    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None,
-              **kw):
+    def _call(self, method: str, service: str | None, path: str, *, token: str | None = None, **kw):
         if service == KEYS_SERVICE and token is None and self.keys_socket:
             return self._socket_call(method, path, **kw)
         return super()._call(method, service, path, token=token, **kw)
 
-    def _socket_call(self, method: str, path: str, *, params: dict | None = None,
-                     json: dict | None = None):
+    def _socket_call(
+        self, method: str, path: str, *, params: dict | None = None, json: dict | None = None
+    ):
         url = f"/services/{KEYS_SERVICE}/{path}"
         if params:
             url += "?" + urlencode(params)
@@ -177,8 +182,10 @@ class DataServerAccess(HubAccess):
                 conn.close()
                 self._local.conn = None
                 if attempt == 2:
-                    raise KeyUnavailable(f"the hub service {KEYS_SERVICE} is unreachable on its "
-                                         f"socket: {type(e).__name__}") from None
+                    raise KeyUnavailable(
+                        f"the hub service {KEYS_SERVICE} is unreachable on its "
+                        f"socket: {type(e).__name__}"
+                    ) from None
                 continue
             return answer(r.status, r.reason, data, KEYS_SERVICE)
         return None
@@ -204,8 +211,7 @@ class DataServerAccess(HubAccess):
         """Audit events name the caller (the :class:`Caller` itself, a string)."""
         return user
 
-    def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str,
-                     actor: str):
+    def context_join(self, run_ids: Sequence[str], fields: Sequence[str], purpose: str, actor: str):
         """Labels from the context service, asked with the caller's own token (audited there
         as the caller)."""
         if not isinstance(actor, Caller):
@@ -300,9 +306,15 @@ class DataApiHandler(web.RequestHandler):
         perms = permissions_from_scopes(model.get("scopes", []), org)
         caller = Caller(str(model["name"]), perms, token)
         if not perms:
-            await asyncio.to_thread(self.settings["audit"], caller, "auth.server", "denied",
-                                    reason="no scope in this org",
-                                    path=self.request.path[:200], method=self.request.method)
+            await asyncio.to_thread(
+                self.settings["audit"],
+                caller,
+                "auth.server",
+                "denied",
+                reason="no scope in this org",
+                path=self.request.path[:200],
+                method=self.request.method,
+            )
             raise web.HTTPError(403, f"no access to org {org!r}")
         self._caller = caller
 
@@ -350,8 +362,13 @@ class DataApiHandler(web.RequestHandler):
     def log_exception(self, typ, value, tb):
         """Expected errors are one line; unexpected ones keep their traceback."""
         if isinstance(value, web.HTTPError):
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path,
-                     value.status_code, value.log_message)
+            log.info(
+                "%s %s -> %s: %s",
+                self.request.method,
+                self.request.path,
+                value.status_code,
+                value.log_message,
+            )
         else:
             super().log_exception(typ, value, tb)
 
@@ -362,8 +379,9 @@ class DataServiceApp(ServiceApp):
     def __init__(self, org: str | None = None, holder: OrgServiceHolder | None = None):
         self.org = org or os.environ.get("ATOMSCALE_ORG", "")
         self.holder = holder or OrgServiceHolder()
-        super().__init__(data_service_name(self.org),
-                         host_handlers(DataApiHandler, API_PREFIX.lstrip("/")))
+        super().__init__(
+            data_service_name(self.org), host_handlers(DataApiHandler, API_PREFIX.lstrip("/"))
+        )
 
     def make_app(self, vault=None, hub_auth=None) -> web.Application:
         """The Tornado application; no vault (this service holds no root key)."""

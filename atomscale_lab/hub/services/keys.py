@@ -46,12 +46,16 @@ NAME = "atomscale-keys"
 ORG = r"(?P<org>[a-z][a-z0-9-]{1,31})"
 # Actions a user server may record on its own behalf (key releases and context joins are recorded
 # by the services that perform them; org and key administration by the admin CLI).
-SERVER_ACTIONS = re.compile(r"^(data\.(read|write|query|export)|config\.(change|read)|apikey\.("
-                            r"create|use|revoke)|auth\.server|widget\.[a-z_]+|audit\.read|"
-                            r"context\.join|status\.read|openapi\.read)$")
+SERVER_ACTIONS = re.compile(
+    r"^(data\.(read|write|query|export)|config\.(change|read)|apikey\.("
+    r"create|use|revoke)|auth\.server|widget\.[a-z_]+|audit\.read|"
+    r"context\.join|status\.read|openapi\.read)$"
+)
 # Actions the org's data server records for its callers (key releases are recorded here).
-DATA_SERVER_ACTIONS = re.compile(r"^(data|config|audit|context|apikey|widget|auth|status|"
-                                 r"openapi)\.[a-z_][a-z_.]{0,40}$")
+DATA_SERVER_ACTIONS = re.compile(
+    r"^(data|config|audit|context|apikey|widget|auth|status|"
+    r"openapi)\.[a-z_][a-z_.]{0,40}$"
+)
 HEAD_NAME = re.compile(r"[a-z_]+/[a-z0-9_]+@[0-9A-Za-z_-]{1,64}")
 RESERVED = {"actor", "org", "action", "outcome", "service", "via", "seq", "ts", "prev", "mac"}
 
@@ -86,8 +90,12 @@ class KeysServiceHandler(ServiceHandler):
             return None
         for o in self.vault.orgs():
             if service_account(o["name"]) == account:
-                return {"kind": "service", "name": data_service_name(o["name"]), "scopes": [],
-                        "via": "unix-socket"}
+                return {
+                    "kind": "service",
+                    "name": data_service_name(o["name"]),
+                    "scopes": [],
+                    "via": "unix-socket",
+                }
         return None
 
 
@@ -100,16 +108,25 @@ class KeysHandler(KeysServiceHandler):
         who = _identity(model)
         known = any(o["name"] == org for o in self.vault.orgs())
         if model.get("kind") != "service" or model.get("name") not in key_holders(org):
-            reason = ("keys are released to the org's services only"
-                      if model.get("kind", "user") == "user" else
-                      "this service does not hold this org's keys")
+            reason = (
+                "keys are released to the org's services only"
+                if model.get("kind", "user") == "user"
+                else "this service does not hold this org's keys"
+            )
             if known:  # recorded where it belongs if the org exists
                 self.deny(org, who, "key.release", reason, kind=str(model.get("kind", "user")))
             raise web.HTTPError(403, reason)
         self.known_org(org)
         keys = self.vault.org_keys(org)
-        self.audit(org, who, "key.release", "allowed", versions=sorted(keys.keys),
-                   current=keys.current, fingerprint=keys.fingerprint())
+        self.audit(
+            org,
+            who,
+            "key.release",
+            "allowed",
+            versions=sorted(keys.keys),
+            current=keys.current,
+            fingerprint=keys.fingerprint(),
+        )
         self.finish(keys.to_json())
 
 
@@ -120,8 +137,12 @@ class HeadsHandler(KeysServiceHandler):
         model = await self.token_owner()
         if model.get("kind") != "service" or model.get("name") not in key_holders(org):
             if any(o["name"] == org for o in self.vault.orgs()):
-                self.deny(org, _identity(model), "heads.access",
-                          "commit-log heads are for the org's services only")
+                self.deny(
+                    org,
+                    _identity(model),
+                    "heads.access",
+                    "commit-log heads are for the org's services only",
+                )
             raise web.HTTPError(403, "commit-log heads are for the org's services only")
         self.known_org(org)
         return model
@@ -144,8 +165,12 @@ class HeadsHandler(KeysServiceHandler):
         doc = self.json_body()
         table = self._table(doc.get("table"))
         seq, digest = doc.get("seq"), doc.get("digest")
-        if not isinstance(seq, int) or seq < 1 or not isinstance(digest, str) or \
-                not re.fullmatch(r"[0-9a-f]{64}", digest):
+        if (
+            not isinstance(seq, int)
+            or seq < 1
+            or not isinstance(digest, str)
+            or not re.fullmatch(r"[0-9a-f]{64}", digest)
+        ):
             raise web.HTTPError(400, "seq must be a positive integer and digest a sha256 hex")
         self.heads.advance(org, table, seq, digest)
         self.finish({"head": list(self.heads.get(org, table) or [])})
@@ -202,8 +227,9 @@ class AuditHandler(KeysServiceHandler):
 
         model = await self.token_owner()
         if len(self.request.body or b"") > 4 * self.MAX_DETAIL:
-            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
-                                "bytes of detail")
+            raise web.HTTPError(
+                413, f"an audit event may carry at most {self.MAX_DETAIL} bytes of detail"
+            )
         doc = self.json_body()
         action = str(doc.get("action", ""))
         outcome = str(doc.get("outcome", "allowed"))
@@ -226,8 +252,13 @@ class AuditHandler(KeysServiceHandler):
                 raise web.HTTPError(429, "too many audit events from this token; retry shortly")
             allowed, via = SERVER_ACTIONS, "server"
         if not allowed.match(action):
-            self.deny(org, _identity(model), "audit.write",
-                      "this caller may not record this action", attempted=action[:64])
+            self.deny(
+                org,
+                _identity(model),
+                "audit.write",
+                "this caller may not record this action",
+                attempted=action[:64],
+            )
         if outcome not in ("allowed", "denied", "error"):
             raise web.HTTPError(400, "outcome must be allowed, denied or error")
         if not isinstance(detail, dict):
@@ -235,13 +266,20 @@ class AuditHandler(KeysServiceHandler):
         if outcome == "allowed" and perms is not None:
             for pattern, needs in self.ACTION_NEEDS:
                 if pattern.match(action) and not perms & needs:
-                    self.deny(org, user, "audit.write", "the token's role cannot perform "
-                              "this action", attempted=action, held=sorted(perms))
+                    self.deny(
+                        org,
+                        user,
+                        "audit.write",
+                        "the token's role cannot perform this action",
+                        attempted=action,
+                        held=sorted(perms),
+                    )
         # the service sets these itself; a caller cannot override them through the detail
         detail = {str(k)[:64]: v for k, v in detail.items() if k not in RESERVED}
         if len(json.dumps(detail, default=str)) > self.MAX_DETAIL:
-            raise web.HTTPError(413, f"an audit event may carry at most {self.MAX_DETAIL} "
-                                "bytes of detail")
+            raise web.HTTPError(
+                413, f"an audit event may carry at most {self.MAX_DETAIL} bytes of detail"
+            )
         self.audit(org, user, action, outcome, via=via, **detail)
         self.set_status(201)
         self.finish({"recorded": True})
@@ -262,16 +300,22 @@ class AuditHandler(KeysServiceHandler):
                 raise web.HTTPError(403, "no audit scope for this org")
             if "audit:all" not in perms:
                 if actor not in (None, user):
-                    self.deny(org, user, "audit.read", "reading others' events needs audit:all",
-                              requested_actor=actor[:64])
+                    self.deny(
+                        org,
+                        user,
+                        "audit.read",
+                        "reading others' events needs audit:all",
+                        requested_actor=actor[:64],
+                    )
                 actor = user
         try:
             limit = min(int(self.get_argument("limit", "100")), 1000)
             offset = max(int(self.get_argument("offset", "0")), 0)
         except ValueError:
             raise web.HTTPError(400, "limit and offset must be integers") from None
-        events = self.vault.audit(org).events(actor=actor, action=self.get_argument("action", None),
-                                              limit=limit, offset=offset)
+        events = self.vault.audit(org).events(
+            actor=actor, action=self.get_argument("action", None), limit=limit, offset=offset
+        )
         self.finish({"events": events})
 
 

@@ -49,10 +49,9 @@ _FP_LABEL = b"atomscale-lab key fingerprint v1"
 _EMPTY = "the root key is empty (make one with `atomscale-lab root-key generate`)"
 
 
-
-
 _AAD = re.compile(
-    r"^atomscale-lab/org-key/(?P<org>[^/]+)/(?P<purpose>[a-z]+)/v(?P<version>[0-9]+)$")
+    r"^atomscale-lab/org-key/(?P<org>[^/]+)/(?P<purpose>[a-z]+)/v(?P<version>[0-9]+)$"
+)
 
 
 def aad_fields(aad: bytes) -> dict[str, str]:
@@ -136,7 +135,7 @@ def parse_root_keys(text: str) -> list[bytes]:
     for i, part in enumerate(p.strip() for p in text.strip().split(";")):
         if not part:
             continue
-        body = part[len(ROOT_KEY_PREFIX):] if part.startswith(ROOT_KEY_PREFIX) else part
+        body = part[len(ROOT_KEY_PREFIX) :] if part.startswith(ROOT_KEY_PREFIX) else part
         try:
             raw = _b64d(body)
             if _b64e(raw) != body.rstrip("="):

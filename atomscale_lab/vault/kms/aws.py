@@ -51,13 +51,15 @@ class AwsKms:
         try:
             import boto3
         except ImportError:
-            raise ConfigError("the AWS KMS plug-in needs boto3 "
-                              "(pip install 'atomscale-lab[kms]')") from None
+            raise ConfigError(
+                "the AWS KMS plug-in needs boto3 (pip install 'atomscale-lab[kms]')"
+            ) from None
         key_id = os.environ.get(ENV_KEY_ID, "").strip()
         if not key_id:
             raise ConfigError(f"{ENV_KEY_ID} is not set (the KMS key that wraps org keys)")
-        previous = tuple(k.strip() for k in os.environ.get(ENV_PREVIOUS, "").split(",")
-                         if k.strip())
+        previous = tuple(
+            k.strip() for k in os.environ.get(ENV_PREVIOUS, "").split(",") if k.strip()
+        )
         # boto3 reads AWS_ENDPOINT_URL, credentials and AWS_DEFAULT_REGION itself; not AWS_REGION.
         region = os.environ.get("AWS_REGION", "").strip() or None
         return cls(boto3.client("kms", region_name=region), key_id, previous)
@@ -70,26 +72,34 @@ class AwsKms:
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("InvalidCiphertextException", "IncorrectKeyException"):
-                raise RootKeyError(f"AWS KMS could not {what}: the stored key is not bound to "
-                                   "this org and purpose, or was made by another key") from None
+                raise RootKeyError(
+                    f"AWS KMS could not {what}: the stored key is not bound to "
+                    "this org and purpose, or was made by another key"
+                ) from None
             if code in ("NotFoundException", "DisabledException", "KMSInvalidStateException"):
-                raise ConfigError(f"AWS KMS could not {what}: the key is missing or disabled "
-                                  f"({code})") from None
+                raise ConfigError(
+                    f"AWS KMS could not {what}: the key is missing or disabled ({code})"
+                ) from None
             if code in ("AccessDeniedException", "UnrecognizedClientException"):
-                raise RootKeyError(f"AWS KMS refused to {what} (credentials or key policy: "
-                                   f"{code})") from None
+                raise RootKeyError(
+                    f"AWS KMS refused to {what} (credentials or key policy: {code})"
+                ) from None
             log.warning("AWS KMS call %s failed: %s", what, code)
             raise RootKeyError(f"AWS KMS could not {what} ({code or 'error'})") from None
         except BotoCoreError as e:
             log.warning("AWS KMS call %s failed: %s", what, type(e).__name__)
-            raise RootKeyError(f"AWS KMS is unavailable ({type(e).__name__}) while trying to "
-                               f"{what}") from None
+            raise RootKeyError(
+                f"AWS KMS is unavailable ({type(e).__name__}) while trying to {what}"
+            ) from None
 
     def _describe(self, key_id: str) -> str:
-        meta = self._call("describe the key", self._client.describe_key,
-                          KeyId=key_id)["KeyMetadata"]
-        if meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT" or \
-                meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
+        meta = self._call("describe the key", self._client.describe_key, KeyId=key_id)[
+            "KeyMetadata"
+        ]
+        if (
+            meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT"
+            or meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT"
+        ):
             raise ConfigError(f"KMS key {key_id!r} is not a symmetric encryption key")
         if meta.get("Origin") == "EXTERNAL":
             log.info("KMS key %s has imported key material", meta["Arn"])
@@ -103,25 +113,37 @@ class AwsKms:
     def _unpack(self, blob: bytes) -> tuple[str, bytes]:
         if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 2:
             raise RootKeyError("a stored key is not in the AWS KMS format (wrong KMS?)")
-        n = int.from_bytes(blob[len(_MAGIC):len(_MAGIC) + 2], "big")
+        n = int.from_bytes(blob[len(_MAGIC) : len(_MAGIC) + 2], "big")
         start = len(_MAGIC) + 2
-        arn = blob[start:start + n].decode("ascii", "replace")
+        arn = blob[start : start + n].decode("ascii", "replace")
         if arn not in self._known:
-            raise RootKeyError("a stored key was wrapped by a KMS key this deployment does not "
-                               f"use ({arn[:120]}); add it to {ENV_PREVIOUS} if it is yours")
-        return arn, blob[start + n:]
+            raise RootKeyError(
+                "a stored key was wrapped by a KMS key this deployment does not "
+                f"use ({arn[:120]}); add it to {ENV_PREVIOUS} if it is yours"
+            )
+        return arn, blob[start + n :]
 
     def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt under the current key with the binding as ``EncryptionContext``."""
-        resp = self._call("encrypt", self._client.encrypt, KeyId=self.arn, Plaintext=plaintext,
-                          EncryptionContext=aad_fields(aad))
+        resp = self._call(
+            "encrypt",
+            self._client.encrypt,
+            KeyId=self.arn,
+            Plaintext=plaintext,
+            EncryptionContext=aad_fields(aad),
+        )
         return self._pack(self.arn, resp["CiphertextBlob"])
 
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
         """Decrypt with the key named in the blob and the same binding; ``RootKeyError`` if not."""
         arn, ct = self._unpack(blob)
-        resp = self._call("decrypt", self._client.decrypt, KeyId=arn, CiphertextBlob=ct,
-                          EncryptionContext=aad_fields(aad))
+        resp = self._call(
+            "decrypt",
+            self._client.decrypt,
+            KeyId=arn,
+            CiphertextBlob=ct,
+            EncryptionContext=aad_fields(aad),
+        )
         if resp.get("KeyId") not in (None, arn):
             raise RootKeyError("AWS KMS decrypted a stored key with an unexpected key")
         return resp["Plaintext"]
@@ -130,9 +152,15 @@ class AwsKms:
         """Re-encrypt inside AWS KMS under the current key (and its newest key material)."""
         arn, ct = self._unpack(blob)
         ctx = aad_fields(aad)
-        resp = self._call("re-encrypt", self._client.re_encrypt, CiphertextBlob=ct,
-                          SourceKeyId=arn, SourceEncryptionContext=ctx,
-                          DestinationKeyId=self.arn, DestinationEncryptionContext=ctx)
+        resp = self._call(
+            "re-encrypt",
+            self._client.re_encrypt,
+            CiphertextBlob=ct,
+            SourceKeyId=arn,
+            SourceEncryptionContext=ctx,
+            DestinationKeyId=self.arn,
+            DestinationEncryptionContext=ctx,
+        )
         return self._pack(self.arn, resp["CiphertextBlob"])
 
     def rotate(self) -> str:

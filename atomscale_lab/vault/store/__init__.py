@@ -13,6 +13,18 @@ from atomscale_lab.vault.store.files import (
 from atomscale_lab.vault.store.log import CHECKPOINT_EVERY, Commit, HeadStore, SqliteHeadStore
 from atomscale_lab.vault.store.table import OrgStore, OrgTable
 
-__all__ = ["CHECKPOINT_EVERY", "COMPRESSION", "N_BUCKETS", "READ_POOL", "Commit", "HeadStore",
-           "OrgStore", "OrgTable", "SqliteHeadStore", "bucket_of", "file_fingerprint", "prepare",
-           "write_parquet"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "COMPRESSION",
+    "N_BUCKETS",
+    "READ_POOL",
+    "Commit",
+    "HeadStore",
+    "OrgStore",
+    "OrgTable",
+    "SqliteHeadStore",
+    "bucket_of",
+    "file_fingerprint",
+    "prepare",
+    "write_parquet",
+]

@@ -81,9 +81,13 @@ def row_group_rows(table: pa.Table) -> int:
 
 def write_parquet(path: Path, table: pa.Table, encryption_properties=None) -> None:
     """Write one Parquet file the way the store does (zstd, row groups, stats), and fsync."""
-    with pq.ParquetWriter(str(path), table.schema, compression=COMPRESSION,
-                          encryption_properties=encryption_properties,
-                          write_statistics=True) as w:
+    with pq.ParquetWriter(
+        str(path),
+        table.schema,
+        compression=COMPRESSION,
+        encryption_properties=encryption_properties,
+        write_statistics=True,
+    ) as w:
         w.write_table(table, row_group_size=row_group_rows(table))
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -108,13 +108,15 @@ class SqliteHeadStore:
         self._db = connect(self.db_path, private=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS log_heads (org TEXT NOT NULL, tbl TEXT NOT NULL, "
-            "seq INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (org, tbl))")
+            "seq INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (org, tbl))"
+        )
 
     def get(self, org: str, table: str) -> tuple[int, str] | None:
         """Latest known head, or None."""
         with self._lock:
-            row = self._db.execute("SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?",
-                                   (org, table)).fetchone()
+            row = self._db.execute(
+                "SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?", (org, table)
+            ).fetchone()
         return (row[0], row[1]) if row else None
 
     def advance(self, org: str, table: str, seq: int, digest: str) -> None:
@@ -123,7 +125,8 @@ class SqliteHeadStore:
             self._db.execute(
                 "INSERT INTO log_heads VALUES (?,?,?,?) ON CONFLICT (org, tbl) DO UPDATE SET "
                 "seq=excluded.seq, digest=excluded.digest WHERE excluded.seq > log_heads.seq",
-                (org, table, seq, digest))
+                (org, table, seq, digest),
+            )
 
     def forget(self, org: str) -> None:
         """Drop the heads of a deleted org."""
@@ -153,9 +156,23 @@ class _State:
     checkpoint known to exist and ``ck_said`` the newest one a line announced.
     """
 
-    __slots__ = ("files", "seq", "digest", "key_version", "sign_version", "size", "ino",
-                 "signed", "sealed", "ck_file", "ck_sv", "ck_said", "digests", "legacy",
-                 "_sorted")
+    __slots__ = (
+        "files",
+        "seq",
+        "digest",
+        "key_version",
+        "sign_version",
+        "size",
+        "ino",
+        "signed",
+        "sealed",
+        "ck_file",
+        "ck_sv",
+        "ck_said",
+        "digests",
+        "legacy",
+        "_sorted",
+    )
 
     def __init__(self):
         self.files: dict[str, dict] = {}
@@ -232,7 +249,8 @@ def _check_crypto(org: str, crypto: OrgCrypto | None) -> None:
         raise KeyUnavailable(f"no data key for org {org!r}: its data cannot be read")
     if crypto.org != org:
         raise KeyUnavailable(
-            f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data")
+            f"the key of org {crypto.org!r} cannot read or write org {org!r}'s data"
+        )
 
 
 class CommitLog:
@@ -248,7 +266,6 @@ class CommitLog:
             return None
         return (st.st_size, st.st_mtime_ns)
 
-
     def _mac(self, body: dict, version: int) -> str:
         key = self.crypto.mac_key(f"commit-log/{self.spec.name}", version)
         return hmac.new(key, _canon(body), hashlib.sha256).hexdigest()
@@ -259,8 +276,13 @@ class CommitLog:
     def _aad(self, kind: str, seq: int) -> bytes:
         return f"{self.org}/{self.spec.name}/{kind}/{seq}".encode()
 
-    def _load(self, *, strict_heads: bool = True, allow_unsealed: bool = False,
-              use_checkpoint: bool = True) -> _State:
+    def _load(
+        self,
+        *,
+        strict_heads: bool = True,
+        allow_unsealed: bool = False,
+        use_checkpoint: bool = True,
+    ) -> _State:
         """Verify the log from the newest checkpoint (or incrementally, when only appended to
         since the last load); check the heads. Never re-reads lines it has verified."""
         with self._mutex:
@@ -276,8 +298,7 @@ class CommitLog:
                         self._check_signed_head(cached, allow_unsealed)
                         self._check_heads(cached, strict=False, use_store=False)
                         return cached
-                    if (cached is not None and cached.ino == st.st_ino
-                            and st.st_size > cached.size):
+                    if cached is not None and cached.ino == st.st_ino and st.st_size > cached.size:
                         state, skip = cached.copy(), False
                     else:
                         state, skip = self._start(st.st_size, use_checkpoint)
@@ -303,8 +324,10 @@ class CommitLog:
                 # since, or it was removed or replaced by an older one.
                 newer = self._read_checkpoint(allow_retired=True)
                 if newer is None or newer.seq < state.ck_said:
-                    raise self._fail(f"the checkpoint at commit {state.ck_said} named by the log "
-                                     "is missing or was replaced by an older one")
+                    raise self._fail(
+                        f"the checkpoint at commit {state.ck_said} named by the log "
+                        "is missing or was replaced by an older one"
+                    )
                 state.ck_file, state.ck_sv = newer.seq, newer.sign_version
             self._check_signed_head(state, allow_unsealed)
             self._check_heads(state, strict=strict_heads)
@@ -320,7 +343,8 @@ class CommitLog:
             raise self._fail(
                 f"commit log line {state.seq} is not signed (forged with the data key alone, "
                 f"or the table predates commit-log signing: run `atomscale-lab org migrate "
-                f"{self.org}`)")
+                f"{self.org}`)"
+            )
 
     def _start(self, log_size: int, use_checkpoint: bool) -> tuple[_State, bool]:
         """The state to read the log from: the newest valid checkpoint, or the empty log."""
@@ -353,22 +377,28 @@ class CommitLog:
             blob = _unb64(doc["files"])
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise self._fail("the commit-log checkpoint is corrupt") from None
-        if not self.crypto.verify_signature(sv, _sign_message(self.org, self.spec.name,
-                                                              "checkpoint", doc), sig):
-            raise self._fail("the commit-log checkpoint failed its signature check "
-                             "(edited or forged)")
+        if not self.crypto.verify_signature(
+            sv, _sign_message(self.org, self.spec.name, "checkpoint", doc), sig
+        ):
+            raise self._fail(
+                "the commit-log checkpoint failed its signature check (edited or forged)"
+            )
         if sv < max(self.crypto.keys.verify) and not allow_retired:
             return None
         if kv not in self.crypto.keys.keys:
-            raise KeyUnavailable(f"data key version {kv} of org {self.org!r} is not available "
-                                 f"({self.spec.name} was written with it)")
-        plain = self.crypto.unseal(f"commit-log-checkpoint/{self.spec.name}", kv, blob,
-                                   self._aad("checkpoint", seq))
+            raise KeyUnavailable(
+                f"data key version {kv} of org {self.org!r} is not available "
+                f"({self.spec.name} was written with it)"
+            )
+        plain = self.crypto.unseal(
+            f"commit-log-checkpoint/{self.spec.name}", kv, blob, self._aad("checkpoint", seq)
+        )
         if plain is None:
             if doc.get("kfp") != self.crypto.fingerprint(kv):
                 raise KeyUnavailable(
                     f"the data key given for org {self.org!r} does not match "
-                    f"{self.spec.name}'s files (wrong key or another org's data)")
+                    f"{self.spec.name}'s files (wrong key or another org's data)"
+                )
             raise self._fail("the commit-log checkpoint's file list fails authentication")
         state = _State()
         for e in json.loads(plain):
@@ -398,14 +428,17 @@ class CommitLog:
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise self._fail(f"commit log line {lineno} is corrupt") from None
             if seq != state.seq + 1 or prev != state.digest:
-                raise self._fail(f"commit log line {lineno} does not continue the chain "
-                                 "(lines removed, reordered or inserted)")
+                raise self._fail(
+                    f"commit log line {lineno} does not continue the chain "
+                    "(lines removed, reordered or inserted)"
+                )
             if kv < state.key_version:
                 raise self._fail(f"commit log line {lineno} uses a retired key version")
             if kv not in self.crypto.keys.keys and not _ensure_version(self.crypto, kv):
                 raise KeyUnavailable(
                     f"data key version {kv} of org {self.org!r} is not available "
-                    f"({self.spec.name} was written with it)")
+                    f"({self.spec.name} was written with it)"
+                )
             if sig is None:
                 added = self._check_legacy(state, doc, mac, kv, lineno)
             else:
@@ -426,8 +459,10 @@ class CommitLog:
     def _check_legacy(self, state: _State, doc: dict, mac, kv: int, lineno: int) -> list:
         """A line from before commit-log signing: HMAC only, statistics in plaintext."""
         if state.sealed:
-            raise self._fail(f"commit log line {lineno} is not signed, but the log was sealed "
-                             "by signed lines before it (forged with the data key alone?)")
+            raise self._fail(
+                f"commit log line {lineno} is not signed, but the log was sealed "
+                "by signed lines before it (forged with the data key alone?)"
+            )
         if not hmac.compare_digest(str(mac), self._mac(doc, kv)):
             self._check_kfp(doc, kv)
             raise self._fail(f"commit log line {lineno} failed its MAC check (edited)")
@@ -442,7 +477,8 @@ class CommitLog:
         if doc.get("kfp") != kfp:
             raise KeyUnavailable(
                 f"the data key given for org {self.org!r} does not match "
-                f"{self.spec.name}'s files (wrong key or another org's data)")
+                f"{self.spec.name}'s files (wrong key or another org's data)"
+            )
 
     def _check_signed(self, state: _State, doc: dict, sig, kv: int, lineno: int) -> list:
         """A signed line: Ed25519 signature over the body, statistics sealed with the data key."""
@@ -455,14 +491,17 @@ class CommitLog:
         if sv < state.sign_version:
             raise self._fail(f"commit log line {lineno} is signed with a retired signing key")
         if not self.crypto.verify_signature(
-                sv, _sign_message(self.org, self.spec.name, "line", doc), signature):
-            raise self._fail(f"commit log line {lineno} failed its signature check "
-                             "(edited, or forged without the org's signing key)")
-        plain = self.crypto.unseal(f"commit-log-stats/{self.spec.name}", kv, blob,
-                                   self._aad("line", doc["seq"]))
+            sv, _sign_message(self.org, self.spec.name, "line", doc), signature
+        ):
+            raise self._fail(
+                f"commit log line {lineno} failed its signature check "
+                "(edited, or forged without the org's signing key)"
+            )
+        plain = self.crypto.unseal(
+            f"commit-log-stats/{self.spec.name}", kv, blob, self._aad("line", doc["seq"])
+        )
         if plain is None:
-            raise self._fail(f"commit log line {lineno} has statistics that fail "
-                             "authentication")
+            raise self._fail(f"commit log line {lineno} has statistics that fail authentication")
         try:
             stats = json.loads(plain)["files"]
             added = [dict(e, **stats[e["path"]]) for e in doc["added"]]
@@ -473,8 +512,7 @@ class CommitLog:
         state.ck_said = max(state.ck_said, ck)
         return added
 
-    def _check_heads(self, state: _State, *, strict: bool = True,
-                     use_store: bool = True) -> None:
+    def _check_heads(self, state: _State, *, strict: bool = True, use_store: bool = True) -> None:
         seen = []
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
@@ -486,13 +524,16 @@ class CommitLog:
                 seen.append(tuple(h))
         for seq, digest in seen:
             if state.seq < seq:
-                raise self._fail(f"commit log was rolled back (it ends at commit {state.seq}, "
-                                 f"but commit {seq} was seen before)")
+                raise self._fail(
+                    f"commit log was rolled back (it ends at commit {state.seq}, "
+                    f"but commit {seq} was seen before)"
+                )
             # Lines before the retained ones are covered by signatures and checkpoints.
             mine = state.digests.get(seq)
             if strict and seq >= 1 and mine is not None and mine != digest:
-                raise self._fail(f"commit log was rewritten (commit {seq} differs from "
-                                 "the one seen before)")
+                raise self._fail(
+                    f"commit log was rewritten (commit {seq} differs from the one seen before)"
+                )
         with _HW_LOCK:
             old = _HIGH_WATER.get(self._hw_key)
             if not old or old[0] < state.seq:
@@ -503,16 +544,18 @@ class CommitLog:
                 self.heads.advance(self.org, self._head_name, state.seq, state.digest)
                 self._advanced = state.seq
             except sqlite3.Error as e:
-                log.warning("cannot record the commit-log head of %s/%s: %s",
-                            self.org, self.spec.name, e)
+                log.warning(
+                    "cannot record the commit-log head of %s/%s: %s", self.org, self.spec.name, e
+                )
 
     def _require_writer(self) -> None:
         """Refuse a write before any file is made when this process cannot sign."""
         if self.crypto.sign_version is None:
             self.crypto.sign(b"")  # raises PermissionDenied with the reason
 
-    def _append(self, state: _State, op: str, actor: str, added: list[dict],
-                removed: list[str]) -> _State:
+    def _append(
+        self, state: _State, op: str, actor: str, added: list[dict], removed: list[str]
+    ) -> _State:
         """Append one signed line (caller holds the table lock) and advance the heads;
         write a checkpoint when one is due."""
         sv = self.crypto.sign_version
@@ -522,19 +565,31 @@ class CommitLog:
             sv = self.crypto.sign_version
         kv = self.crypto.version
         if sv < state.sign_version:
-            raise KeyUnavailable(f"the signing key this process holds for org {self.org!r} "
-                                 "was rotated; reload the org's keys")
+            raise KeyUnavailable(
+                f"the signing key this process holds for org {self.org!r} "
+                "was rotated; reload the org's keys"
+            )
         seq = state.seq + 1
-        stats = {"actor": str(actor),
-                 "files": {e["path"]: {k: e.get(k) for k in _STAT_KEYS} for e in added}}
+        stats = {
+            "actor": str(actor),
+            "files": {e["path"]: {k: e.get(k) for k in _STAT_KEYS} for e in added},
+        }
         body = {
-            "seq": seq, "prev": state.digest,
-            "ts": datetime.now(UTC).isoformat(timespec="microseconds"), "op": op,
-            "added": [{k: e.get(k) for k in _PUBLIC_KEYS} for e in added], "removed": removed,
-            "key_version": kv, "kfp": self.crypto.fingerprint(kv), "sv": sv,
+            "seq": seq,
+            "prev": state.digest,
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "op": op,
+            "added": [{k: e.get(k) for k in _PUBLIC_KEYS} for e in added],
+            "removed": removed,
+            "key_version": kv,
+            "kfp": self.crypto.fingerprint(kv),
+            "sv": sv,
             "ck": state.ck_file,
-            "stats": _b64(self.crypto.seal(f"commit-log-stats/{self.spec.name}", kv,
-                                           _canon(stats), self._aad("line", seq))),
+            "stats": _b64(
+                self.crypto.seal(
+                    f"commit-log-stats/{self.spec.name}", kv, _canon(stats), self._aad("line", seq)
+                )
+            ),
         }
         _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "line", body))
         line = _canon(dict(body, sig=_b64(signature)))
@@ -556,8 +611,9 @@ class CommitLog:
         new = self._load(strict_heads=False)
         if new.seq != seq:
             raise self._fail("commit log changed during a commit (concurrent writer?)")
-        if CHECKPOINT_EVERY and (new.seq - new.ck_file >= CHECKPOINT_EVERY
-                                 or (new.ck_file and new.ck_sv < sv)):
+        if CHECKPOINT_EVERY and (
+            new.seq - new.ck_file >= CHECKPOINT_EVERY or (new.ck_file and new.ck_sv < sv)
+        ):
             self._write_checkpoint(new)
         return new
 
@@ -566,14 +622,23 @@ class CommitLog:
         kv = self.crypto.version
         files = [state.files[p] for p in sorted(state.files)]
         doc = {
-            "v": 1, "seq": state.seq, "digest": state.digest,
+            "v": 1,
+            "seq": state.seq,
+            "digest": state.digest,
             "offset": state.size if offset is None else offset,
-            "key_version": kv, "kfp": self.crypto.fingerprint(kv), "sv": self.crypto.sign_version,
-            "files": _b64(self.crypto.seal(f"commit-log-checkpoint/{self.spec.name}", kv,
-                                           _canon(files), self._aad("checkpoint", state.seq))),
+            "key_version": kv,
+            "kfp": self.crypto.fingerprint(kv),
+            "sv": self.crypto.sign_version,
+            "files": _b64(
+                self.crypto.seal(
+                    f"commit-log-checkpoint/{self.spec.name}",
+                    kv,
+                    _canon(files),
+                    self._aad("checkpoint", state.seq),
+                )
+            ),
         }
-        _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "checkpoint",
-                                                      doc))
+        _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "checkpoint", doc))
         tmp = self._ckpt_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -55,8 +55,14 @@ log = logging.getLogger(__name__)
 class OrgTable(CommitLog):
     """One table of one org. All reads and writes go through here."""
 
-    def __init__(self, root: Path, org: str, spec: TableSpec, crypto: OrgCrypto,
-                 heads: HeadStore | None = None):
+    def __init__(
+        self,
+        root: Path,
+        org: str,
+        spec: TableSpec,
+        crypto: OrgCrypto,
+        heads: HeadStore | None = None,
+    ):
         _check_crypto(org, crypto)
         self.root = Path(root)
         self.org = org
@@ -104,11 +110,15 @@ class OrgTable(CommitLog):
         except _BadFile as e:
             raise self._fail(f"file {rel} {e}") from None
         if size != entry["size"]:
-            raise self._fail(f"file {rel} has {size} bytes, the commit log says "
-                             f"{entry['size']} (truncated or replaced)")
+            raise self._fail(
+                f"file {rel} has {size} bytes, the commit log says "
+                f"{entry['size']} (truncated or replaced)"
+            )
         if size != entry["size"] or fp != entry["fp"]:
-            raise self._fail(f"file {rel} does not match its fingerprint in the commit log "
-                             "(swapped, replaced or modified)")
+            raise self._fail(
+                f"file {rel} does not match its fingerprint in the commit log "
+                "(swapped, replaced or modified)"
+            )
         self._verified[rel] = sig
         return path
 
@@ -128,9 +138,19 @@ class OrgTable(CommitLog):
         tcol = part.column(self.spec.time_column)
         mm = pc.min_max(tcol.cast(pa.int64()))
         runs = pc.unique(part.column("run_id")) if "run_id" in part.column_names else None
-        entry = {"path": rel, "rows": part.num_rows, "size": size, "bucket": bucket,
-                 "tmin": mm["min"].as_py(), "tmax": mm["max"].as_py(), "fp": fp,
-                 "kv": self.crypto.version, "run_ids": None, "run_min": None, "run_max": None}
+        entry = {
+            "path": rel,
+            "rows": part.num_rows,
+            "size": size,
+            "bucket": bucket,
+            "tmin": mm["min"].as_py(),
+            "tmax": mm["max"].as_py(),
+            "fp": fp,
+            "kv": self.crypto.version,
+            "run_ids": None,
+            "run_min": None,
+            "run_max": None,
+        }
         if runs is not None and len(runs):
             runs = runs.drop_null()
             rmm = pc.min_max(runs)
@@ -165,12 +185,25 @@ class OrgTable(CommitLog):
                 self._discard(added)
                 raise
         rows = sum(e["rows"] for e in added)
-        log.debug("%s/%s: commit %s added %s files, %s rows", self.org, self.spec.name,
-                  state.seq, len(added), rows)
+        log.debug(
+            "%s/%s: commit %s added %s files, %s rows",
+            self.org,
+            self.spec.name,
+            state.seq,
+            len(added),
+            rows,
+        )
         return Commit(state.seq, len(added), rows)
 
-    def _replace(self, groups: list[tuple[int | None, list[dict]]], actor: str, op: str,
-                 target_rows: int, dedupe: bool, progress=None) -> Commit | None:
+    def _replace(
+        self,
+        groups: list[tuple[int | None, list[dict]]],
+        actor: str,
+        op: str,
+        target_rows: int,
+        dedupe: bool,
+        progress=None,
+    ) -> Commit | None:
         """Rewrite groups of listed files into new files (caller holds the lock); one commit."""
         state = self._load()
         added, removed = [], []
@@ -196,8 +229,9 @@ class OrgTable(CommitLog):
         self._discard([{"path": p} for p in removed])
         return Commit(state.seq, len(added), sum(e["rows"] for e in added))
 
-    def compact(self, *, target_rows: int = 1_000_000, min_rows: int = 100_000,
-                actor: str = "system") -> Commit | None:
+    def compact(
+        self, *, target_rows: int = 1_000_000, min_rows: int = 100_000, actor: str = "system"
+    ) -> Commit | None:
         """Merge files smaller than ``min_rows`` per partition; returns None when nothing to do."""
         self._require_writer()
         with self._locked():
@@ -206,14 +240,18 @@ class OrgTable(CommitLog):
             for e in state.ordered():
                 if e["rows"] < min_rows:
                     by_bucket.setdefault(e.get("bucket"), []).append(e)
-            groups = [(b, es) for b, es in sorted(by_bucket.items(), key=lambda kv: str(kv[0]))
-                      if len(es) > 1]
+            groups = [
+                (b, es)
+                for b, es in sorted(by_bucket.items(), key=lambda kv: str(kv[0]))
+                if len(es) > 1
+            ]
             if not groups:
                 return None
             return self._replace(groups, actor, "replace", target_rows, dedupe=True)
 
-    def rewrite(self, *, progress=None, only_older: bool = False,
-                actor: str = "system") -> Commit | None:
+    def rewrite(
+        self, *, progress=None, only_older: bool = False, actor: str = "system"
+    ) -> Commit | None:
         """Re-encrypt every listed file under the crypto's current key version, in one commit
         that replaces them (data-key rotation with ``--rewrite``); rows are unchanged.
         ``progress`` is called with the number of files done after each one. None if empty.
@@ -224,13 +262,14 @@ class OrgTable(CommitLog):
         self._require_writer()
         with self._locked():
             state = self._load()
-            groups = [(e.get("bucket"), [e])
-                      for e in sorted(state.files.values(), key=lambda e: e["path"])
-                      if not only_older or e.get("kv", 0) < self.crypto.version]
+            groups = [
+                (e.get("bucket"), [e])
+                for e in sorted(state.files.values(), key=lambda e: e["path"])
+                if not only_older or e.get("kv", 0) < self.crypto.version
+            ]
             if not groups:
                 return None
-            return self._replace(groups, actor, "replace", 1 << 62, dedupe=False,
-                                 progress=progress)
+            return self._replace(groups, actor, "replace", 1 << 62, dedupe=False, progress=progress)
 
     def gc(self) -> int:
         """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
@@ -265,12 +304,14 @@ class OrgTable(CommitLog):
     def _format(self) -> ds.ParquetFileFormat:
         if self._fmt is None:
             opts = ds.ParquetFragmentScanOptions(
-                decryption_config=self.crypto.dataset_decryption_config())
+                decryption_config=self.crypto.dataset_decryption_config()
+            )
             self._fmt = ds.ParquetFileFormat(default_fragment_scan_options=opts)
         return self._fmt
 
-    def select_files(self, *, run_ids: Sequence[str] | None = None, start=None,
-                     end=None) -> list[dict]:
+    def select_files(
+        self, *, run_ids: Sequence[str] | None = None, start=None, end=None
+    ) -> list[dict]:
         """Listed files that may hold rows of ``run_ids`` in ``[start, end)`` (from the log)."""
         return self._select(self._load(), run_ids, _to_us(start), _to_us(end))
 
@@ -288,7 +329,8 @@ class OrgTable(CommitLog):
                     if want.isdisjoint(e["run_ids"]):
                         continue
                 elif e.get("run_min") is not None and not any(
-                        e["run_min"] <= r <= e["run_max"] for r in want):
+                    e["run_min"] <= r <= e["run_max"] for r in want
+                ):
                     continue
             if t0 is not None and e.get("tmax") is not None and e["tmax"] < t0:
                 continue
@@ -308,11 +350,9 @@ class OrgTable(CommitLog):
             add(pc.field("run_id").isin(pa.array(list(run_ids), pa.string())))
         tcol = self.spec.time_column
         if t0 is not None:
-            add(pc.field(tcol) >= pa.scalar(t0, pa.int64()).cast(self.spec.schema.field(
-                tcol).type))
+            add(pc.field(tcol) >= pa.scalar(t0, pa.int64()).cast(self.spec.schema.field(tcol).type))
         if t1 is not None:
-            add(pc.field(tcol) < pa.scalar(t1, pa.int64()).cast(self.spec.schema.field(
-                tcol).type))
+            add(pc.field(tcol) < pa.scalar(t1, pa.int64()).cast(self.spec.schema.field(tcol).type))
         if extra is not None:
             add(extra)
         return expr
@@ -346,8 +386,9 @@ class OrgTable(CommitLog):
             kerr = self.crypto.key_error()
             if kerr is not None:
                 raise kerr from None
-            raise self._fail(f"file {rel} has a footer that fails authentication "
-                             "(tampered)") from None
+            raise self._fail(
+                f"file {rel} has a footer that fails authentication (tampered)"
+            ) from None
         self._frags[rel] = (sig, frag, now)
         return frag
 
@@ -364,16 +405,19 @@ class OrgTable(CommitLog):
                 raise kerr from None
             bad = self._culprit(entries)
             log.warning("%s/%s: read failed (%s)", self.org, self.spec.name, type(e).__name__)
-            raise self._fail(f"file {bad} failed decryption or decoding (tampered or corrupt)"
-                             if bad else "a file failed decryption or decoding "
-                             "(tampered or corrupt)") from None
+            raise self._fail(
+                f"file {bad} failed decryption or decoding (tampered or corrupt)"
+                if bad
+                else "a file failed decryption or decoding (tampered or corrupt)"
+            ) from None
 
     def _culprit(self, entries: list[dict]) -> str | None:
         fmt = self._format()
         for e in entries:
             try:
-                ds.dataset(str(self.path / e["path"]), schema=self.spec.schema,
-                           format=fmt).to_table()
+                ds.dataset(
+                    str(self.path / e["path"]), schema=self.spec.schema, format=fmt
+                ).to_table()
             except Exception:  # noqa: BLE001 - only locating the bad file
                 return e["path"]
         return None
@@ -384,8 +428,9 @@ class OrgTable(CommitLog):
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
             return schema.empty_table()
-        return self._scan(entries, lambda d: d.to_table(columns=columns, filter=expr,
-                                                        memory_pool=READ_POOL))
+        return self._scan(
+            entries, lambda d: d.to_table(columns=columns, filter=expr, memory_pool=READ_POOL)
+        )
 
     def _latest(self, table: pa.Table) -> pa.Table:
         """Keep the newest version of each key (latest ``updated_at``, then the later write)."""
@@ -407,9 +452,15 @@ class OrgTable(CommitLog):
         t = t.filter(mask).drop_columns([order])
         return t.sort_by([(c, "ascending") for c in self.spec.sort_by])
 
-    def read(self, *, run_ids: Sequence[str] | None = None, start: datetime | None = None,
-             end: datetime | None = None, columns: Sequence[str] | None = None,
-             filter=None) -> pa.Table:
+    def read(
+        self,
+        *,
+        run_ids: Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        columns: Sequence[str] | None = None,
+        filter=None,
+    ) -> pa.Table:
         """Read matching rows; run/time filters prune files via the log and row groups via stats.
 
         Tables with a ``key`` return only the latest version of each key.
@@ -417,8 +468,9 @@ class OrgTable(CommitLog):
         if columns is not None:
             unknown = [c for c in columns if c not in self.spec.schema.names]
             if unknown:
-                raise ValidationError(f"unknown column {unknown[0]!r} in {self.spec.name}",
-                                      field=unknown[0])
+                raise ValidationError(
+                    f"unknown column {unknown[0]!r} in {self.spec.name}", field=unknown[0]
+                )
             columns = list(columns)
         t0, t1 = _to_us(start), _to_us(end)
         if run_ids is not None:
@@ -428,14 +480,14 @@ class OrgTable(CommitLog):
             entries = self._select(state, run_ids, t0, t1)
             try:
                 if not self.spec.key:
-                    return self._read_files(entries, columns,
-                                            self._expr(run_ids, t0, t1, filter))
+                    return self._read_files(entries, columns, self._expr(run_ids, t0, t1, filter))
                 # Versioned rows: filter on the key only before choosing the newest version.
                 pre = run_ids if "run_id" in self.spec.key else None
                 if pre is None:
                     entries = self._select(state, None, None, None)
-                latest = self._latest(self._read_files(entries, None,
-                                                       self._expr(pre, None, None, None)))
+                latest = self._latest(
+                    self._read_files(entries, None, self._expr(pre, None, None, None))
+                )
                 post = self._expr(None if pre is not None else run_ids, t0, t1, filter)
                 if post is not None:
                     latest = ds.dataset(latest).to_table(filter=post)
@@ -533,7 +585,6 @@ class OrgTable(CommitLog):
             for e in entries:
                 self._fragment(e)
 
-
     def _check_replay(self, state: _State) -> None:
         """Replay a log that starts at its first commit and compare with the checkpointed state:
         a checkpoint that disagrees with the lines it summarises is refused."""
@@ -556,17 +607,20 @@ class OrgTable(CommitLog):
         def same(a: dict, b: dict) -> bool:
             return all(a.get(k) == b.get(k) for k in pick)
 
-        if (full.seq, full.digest) != (state.seq, state.digest) or full.files.keys() != \
-                state.files.keys() or not all(same(full.files[p], e)
-                                              for p, e in state.files.items()):
+        if (
+            (full.seq, full.digest) != (state.seq, state.digest)
+            or full.files.keys() != state.files.keys()
+            or not all(same(full.files[p], e) for p, e in state.files.items())
+        ):
             raise self._fail("the commit-log checkpoint does not match the log's lines")
 
 
 class OrgStore:
     """All raw-data tables of one org (never context)."""
 
-    def __init__(self, data_root: Path, org: str, crypto: OrgCrypto,
-                 heads: HeadStore | None = None):
+    def __init__(
+        self, data_root: Path, org: str, crypto: OrgCrypto, heads: HeadStore | None = None
+    ):
         _check_crypto(org, crypto)
         self.data_root = Path(data_root)
         self.org = org
@@ -584,8 +638,9 @@ class OrgStore:
             lookup_spec(name)  # raises ValidationError naming the valid tables
             raise ValidationError(f"{name!r} is not a raw-data table", field="table")
         if name not in self._tables:
-            self._tables[name] = OrgTable(self.data_root, self.org, TABLES[name], self.crypto,
-                                       self.heads)
+            self._tables[name] = OrgTable(
+                self.data_root, self.org, TABLES[name], self.crypto, self.heads
+            )
         return self._tables[name]
 
     def tables(self) -> Iterable[OrgTable]:
