@@ -149,6 +149,18 @@ RUN_COLUMNS = (
 )
 """Columns of a run record as the API shows it (``updated_at`` is internal)."""
 
+METROLOGY_SCALARS = (
+    "item_id",
+    "run_id",
+    "sample",
+    "technique",
+    "time",
+    "result_name",
+    "result_value",
+    "result_unit",
+)
+"""The metrology columns listed in pages (spectra are fetched per item or on request)."""
+
 CATEGORY_TABLES = {
     "process": "process/series",
     "tool_state": "tool_state/readings",

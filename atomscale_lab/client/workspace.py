@@ -40,7 +40,7 @@ from atomscale_lab.errors import (
 )
 from atomscale_lab.errors import ValidationError as _ValidationError
 from atomscale_lab.labels import join_labels
-from atomscale_lab.schema import ARROW_STREAM, RUN_COLUMNS, TABLE_ALIASES
+from atomscale_lab.schema import ARROW_STREAM, METROLOGY_SCALARS, RUN_COLUMNS, TABLE_ALIASES
 from atomscale_lab.tls import hub_ssl
 
 API = "atomscale/api/v1/"
@@ -383,18 +383,7 @@ class Workspace:
                 break
             page += 1
         if not frames:
-            return pd.DataFrame(
-                columns=[
-                    "item_id",
-                    "run_id",
-                    "sample",
-                    "technique",
-                    "time",
-                    "result_name",
-                    "result_value",
-                    "result_unit",
-                ]
-            )
+            return pd.DataFrame(columns=list(METROLOGY_SCALARS))
         return _frame(pa.concat_tables(frames))
 
     def metrology_item(self, item_id: str) -> dict:

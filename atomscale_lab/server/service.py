@@ -27,7 +27,16 @@ from atomscale_lab.errors import (
     ValidationError,
 )
 from atomscale_lab.permissions import role_of
-from atomscale_lab.schema import ARROW_STREAM, METROLOGY, RUNS, SERIES, TABLES, TOOL_STATE, conform
+from atomscale_lab.schema import (
+    ARROW_STREAM,
+    METROLOGY,
+    METROLOGY_SCALARS,
+    RUNS,
+    SERIES,
+    TABLES,
+    TOOL_STATE,
+    conform,
+)
 from atomscale_lab.server.access import OrgAccess
 from atomscale_lab.server.catalog import (
     MAX_PER_PAGE,
@@ -52,17 +61,6 @@ from atomscale_lab.vault.store import READ_POOL
 
 log = logging.getLogger(__name__)
 
-METROLOGY_SCALARS = (
-    "item_id",
-    "run_id",
-    "sample",
-    "technique",
-    "time",
-    "result_name",
-    "result_value",
-    "result_unit",
-)
-"""The metrology columns listed in pages (spectra are fetched per item or on request)."""
 
 MAX_POINTS = 1_000_000
 STREAM_BATCH = 131_072
