@@ -278,36 +278,6 @@ def frame_json(table: pa.Table) -> dict:
     return {"columns": t.column_names, "data": data}
 
 
-def select_window(
-    table: pa.Table,
-    *,
-    channels: tuple[str, ...] = (),
-    start: datetime | None = None,
-    end: datetime | None = None,
-    time_column: str = "time",
-) -> pa.Table:
-    """Rows of the given channels with ``start <= time < end`` (whatever the store pruned)."""
-    mask = None
-
-    def both(a, b):
-        return b if a is None else pc.and_(a, b)
-
-    if channels:
-        mask = both(mask, pc.is_in(table.column("channel"), value_set=pa.array(channels)))
-    if start is not None:
-        mask = both(
-            mask,
-            pc.greater_equal(
-                table.column(time_column), pa.scalar(start, pa.timestamp("us", tz="UTC"))
-            ),
-        )
-    if end is not None:
-        mask = both(
-            mask, pc.less(table.column(time_column), pa.scalar(end, pa.timestamp("us", tz="UTC")))
-        )
-    return table if mask is None else table.filter(mask)
-
-
 def sorted_by_channel_time(table: pa.Table) -> bool:
     """True when rows are already ordered by ``channel`` then ``time`` (checking is ~10x cheaper
     than sorting; the store writes each run's rows in this order)."""

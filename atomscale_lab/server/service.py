@@ -46,7 +46,6 @@ from atomscale_lab.server.catalog import (
     downsample,
     page_of,
     rows_to_records,
-    select_window,
     sorted_by_channel_time,
 )
 from atomscale_lab.server.params import (
@@ -318,7 +317,6 @@ class OrgService:
         self._check_run(run_id)
         flt = pc.field("channel").isin(list(channels)) if channels else None
         t = self.store.table(spec.name).read(run_ids=[run_id], start=start, end=end, filter=flt)
-        t = select_window(t, channels=channels, start=start, end=end)
         t = t.select(list(spec.schema.names))
         if max_points:
             t = downsample(t, max_points)
