@@ -97,13 +97,12 @@ def live_server(lab_data, tmp_path_factory):
         shutil.rmtree(root / ".runtime", ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def demo_server(tmp_path_factory, venv_bin):
-    """A home with org acme holding the packaged demo data (24 runs), served by a jupyter
-    server; also holds a run imported from a tool-state CSV (no process data)."""
+def _fresh_home(tmp_path_factory, name: str):
+    """A new folder and an environment with its own home, root key and Jupyter folders (nothing
+    of the test process's atomscale or hub settings)."""
     from atomscale_lab.vault.kms import generate_root_key
 
-    base = tmp_path_factory.mktemp("demo")
+    base = tmp_path_factory.mktemp(name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
     env.update(
         {
@@ -114,6 +113,14 @@ def demo_server(tmp_path_factory, venv_bin):
             "JUPYTER_DATA_DIR": str(base / "data"),
         }
     )
+    return base, env
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory, venv_bin):
+    """A home with org acme holding the packaged demo data (24 runs), served by a jupyter
+    server; also holds a run imported from a tool-state CSV (no process data)."""
+    base, env = _fresh_home(tmp_path_factory, "demo")
     cli = str(venv_bin / "atomscale-lab")
     csv = base / "tool-log.csv"
     csv.write_text(
@@ -151,19 +158,7 @@ def demo_server(tmp_path_factory, venv_bin):
 def sparse_server(tmp_path_factory, venv_bin):
     """A jupyter server for org ``sparse``, whose only run was imported from a tool-state CSV (no
     process data, no metrology, no labels): the notebooks must run on it too."""
-    from atomscale_lab.vault.kms import generate_root_key
-
-    base = tmp_path_factory.mktemp("sparse")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATOMSCALE_", "JUPYTERHUB"))}
-    env.update(
-        {
-            "ATOMSCALE_HOME": str(base / "home"),
-            "ATOMSCALE_ROOT_KEY": generate_root_key(),
-            "JUPYTER_RUNTIME_DIR": str(base / "rt"),
-            "JUPYTER_CONFIG_DIR": str(base / "cfg"),
-            "JUPYTER_DATA_DIR": str(base / "data"),
-        }
-    )
+    base, env = _fresh_home(tmp_path_factory, "sparse")
     cli = str(venv_bin / "atomscale-lab")
     csv = base / "tool-log.csv"
     csv.write_text(
