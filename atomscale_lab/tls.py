@@ -193,6 +193,16 @@ class HubSsl:
     keyfile: str | None = None
     client_ca: str | None = None
 
+    @classmethod
+    def of(cls, hub_auth) -> HubSsl:
+        """The files named by a ``jupyterhub.services.auth.HubAuth``'s ``certfile``,
+        ``keyfile`` and ``client_ca`` traits (configurable, defaulting to the same variables)."""
+        return cls(
+            certfile=hub_auth.certfile or None,
+            keyfile=hub_auth.keyfile or None,
+            client_ca=hub_auth.client_ca or None,
+        )
+
     @property
     def has_cert(self) -> bool:
         """Both the certificate and its key are given."""

@@ -6,6 +6,9 @@ client holds nothing of the vault or the server.
     hub, k8s                              JupyterHub hooks, hub services, Kubernetes rendering
                                           (one layer: the spawner uses the renderer's pieces)
     server, ingest                        the data API and the ingest service (HTTP surfaces)
+    runtime                               the services' HTTP runtime: JSON errors, TLS, shutdown
+                                          (its own layer, not base: the vault and the kernel
+                                          client must not reach Tornado through it)
     vault                                 keys, stores, context, audit (no HTTP, no hub)
     client                                what a kernel uses (beside the vault: REST only)
     base                                  errors, schema, permissions, names, tls, … (no package)
@@ -24,11 +27,12 @@ ALLOWED = {
     "base": {"base"},
     "vault": {"base", "vault"},
     "client": {"base", "client"},
-    "server": {"base", "vault", "server"},
-    "ingest": {"base", "vault", "ingest"},
-    "hub": {"base", "vault", "server", "ingest", "hub", "k8s"},
+    "runtime": {"base", "runtime"},
+    "server": {"base", "vault", "runtime", "server"},
+    "ingest": {"base", "vault", "runtime", "ingest"},
+    "hub": {"base", "vault", "runtime", "server", "ingest", "hub", "k8s"},
     "k8s": {"base", "vault", "hub", "k8s"},
-    "cli": {"base", "vault", "client", "server", "ingest", "hub", "k8s", "cli"},
+    "cli": {"base", "vault", "client", "runtime", "server", "ingest", "hub", "k8s", "cli"},
 }
 """Which layers a module of each layer may import."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from atomscale_lab.errors import ValidationError
 from atomscale_lab.hub.users import ROLES, IdpUsers, check_name
@@ -194,12 +193,11 @@ def cmd_init(args) -> int:
 
 
 def cmd_start(args) -> int:
-    """Run the hub (with the deployment file in $ATOMSCALE_HUB_CONFIG or --config)."""
-    if args.config:
-        os.environ["ATOMSCALE_HUB_CONFIG"] = str(Path(args.config).resolve())
-    from atomscale_lab.hub.app import AtomscaleHub
+    """Run the hub with the deployment file ``--config`` (else $ATOMSCALE_HUB_CONFIG), passed
+    on the hub's command line."""
+    from atomscale_lab.hub.app import AtomscaleHub, hub_argv
 
-    AtomscaleHub.launch_instance(["-f", str(Path(__file__).with_name("default_config.py"))])
+    AtomscaleHub.launch_instance(hub_argv(args.config))
     return 0
 
 

@@ -24,10 +24,12 @@ import shutil
 import time
 from pathlib import Path
 
+from jupyterhub import app as _hub_app
 from jupyterhub import objects as _objects
 from jupyterhub import utils as _utils
 from jupyterhub.app import JupyterHub
 from jupyterhub.services import service as _service
+from traitlets import Dict, Unicode
 
 
 async def wait_for_http_server(url, timeout=10, ssl_context=None):
@@ -83,11 +85,34 @@ _service._ServiceSpawner = ServiceSpawner
 
 
 class AtomscaleHub(JupyterHub):
-    """JupyterHub whose managed-service readiness check uses a client TLS context."""
+    """JupyterHub whose managed-service readiness check uses a client TLS context, and which
+    names atomscale-lab's deployment file (``--deployment``) for its configuration file."""
+
+    aliases = Dict({**_hub_app.aliases, "deployment": "AtomscaleHub.deployment_file"})
+
+    deployment_file = Unicode(
+        "",
+        config=True,
+        help="""The atomscale-lab deployment file (TOML) the configuration file applies.
+
+        Empty: ``$ATOMSCALE_HUB_CONFIG``, else ``deploy/atomscale-hub.toml``. On the command
+        line: ``--deployment=/etc/atomscale/atomscale-hub.toml``.
+        """,
+    )
 
     async def start_service(self, service_name, service, ssl_context=None):
         """Start or poll a service; ``ssl_context`` is rebuilt for the client side."""
         return await super().start_service(service_name, service, None)
+
+
+def hub_argv(deployment: str | Path | None = None) -> list[str]:
+    """The command line of ``atomscale-lab hub start``: the packaged configuration file and,
+    if given, the deployment file (an absolute path, so the hub's working folder does not
+    matter)."""
+    argv = ["-f", str(Path(__file__).with_name("default_config.py"))]
+    if deployment:
+        argv.append(f"--deployment={Path(deployment).resolve()}")
+    return argv
 
 
 main = AtomscaleHub.launch_instance

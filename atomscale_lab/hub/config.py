@@ -31,10 +31,25 @@ SERVICE_ENV = (
 )
 
 
+def hub_deployment_file() -> str | None:
+    """The deployment file given to the hub running in this process (``AtomscaleHub
+    --deployment``, see :func:`atomscale_lab.hub.app.hub_argv`), or None."""
+    app = sys.modules.get("jupyterhub.app")  # not imported: no hub runs in this process
+    if app is None or not app.JupyterHub.initialized():
+        return None
+    return getattr(app.JupyterHub.instance(), "deployment_file", "") or None
+
+
 def load_deployment(path: str | Path | None = None) -> dict:
-    """Read the deployment file (``$ATOMSCALE_HUB_CONFIG`` by default); relative paths in it are
-    taken relative to the file's folder."""
-    p = Path(path or os.environ.get(ENV_DEPLOYMENT) or "deploy/atomscale-hub.toml")
+    """Read the deployment file: ``path``, else the one the running hub was given
+    (``--deployment``), else ``$ATOMSCALE_HUB_CONFIG``, else ``deploy/atomscale-hub.toml``;
+    relative paths in it are taken relative to the file's folder."""
+    p = Path(
+        path
+        or hub_deployment_file()
+        or os.environ.get(ENV_DEPLOYMENT)
+        or "deploy/atomscale-hub.toml"
+    )
     try:
         doc = tomllib.loads(p.read_text())
     except FileNotFoundError:

@@ -7,12 +7,11 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from tornado import web
-
-from atomscale_lab.errors import AtomscaleError, ValidationError, http_status
+from atomscale_lab.errors import AtomscaleError, http_status
 from atomscale_lab.ingest.apikeys import ApiKeyStore, Throttled
 from atomscale_lab.ingest.core import IngestCore
 from atomscale_lab.ingest.guard import ConnectionLimits, client_address
+from atomscale_lab.runtime import JsonHandler
 
 log = logging.getLogger("atomscale_lab.ingest")
 
@@ -20,13 +19,16 @@ DEFAULT_MAX_DECODED = 64 * 1024 * 1024
 """Largest decoded size of one Arrow batch (the bytes its columns take once decompressed)."""
 
 
-class IngestHandler(web.RequestHandler):
-    """Turns ``atomscale_lab.errors`` into JSON errors; runs blocking work in the pool.
+class IngestHandler(JsonHandler):
+    """The ingest service's handlers on the services' runtime (JSON errors with the error's
+    class as ``reason``); runs blocking work in the pool.
 
     Every request takes a slot of its client address (and, once authenticated, of its key) in
     the app's :class:`ConnectionLimits`, given back when the request ends or its connection
     closes.
     """
+
+    logger = log
 
     def initialize(
         self,
@@ -80,8 +82,7 @@ class IngestHandler(web.RequestHandler):
 
     def set_default_headers(self):
         """JSON, never cached, HTTPS only."""
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
+        super().set_default_headers()
         self.set_header("Strict-Transport-Security", "max-age=31536000")
 
     async def run(self, fn, *args, **kw):
@@ -99,36 +100,31 @@ class IngestHandler(web.RequestHandler):
         return info
 
     def fail(self, exc: AtomscaleError):
-        """Finish with the status the exception stands for."""
-        status = http_status(exc)
-        body = {"message": str(exc), "reason": type(exc).__name__}
-        for attr in ("field", "row"):
-            if getattr(exc, attr, None) is not None:
-                body[attr] = getattr(exc, attr)
-        if isinstance(exc, Throttled) or getattr(exc, "retry_after", None):
-            self.set_header("Retry-After", str(exc.retry_after))
-        if status == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="atomscale-ingest"')
-        if status >= 500:
+        """Finish with the status the exception stands for (a server-side one is logged)."""
+        if http_status(exc) >= 500:
             log.error(
                 "ingest request %s %s failed: %s", self.request.method, self.request.path, exc
             )
-        self.set_status(status)
-        self.finish(json.dumps(body))
+        super().fail(exc)
+
+    def error_body(self, status_code: int, exc: BaseException | None) -> dict:
+        """The runtime's body; ``reason`` names the domain error's class (``HTTPError`` for
+        Tornado's own refusals, whose message is the status's reason phrase)."""
+        body = super().error_body(status_code, exc)
+        if isinstance(exc, AtomscaleError):
+            body["reason"] = type(exc).__name__
+        else:
+            body.update(message=self._reason, reason="HTTPError")
+        return body
 
     def write_error(self, status_code, **kwargs):
-        """Answer an error as JSON (``{"error", "message"}``)."""
-        self.finish(json.dumps({"message": self._reason, "reason": "HTTPError"}))
-
-    def json_body(self, body: bytes | None = None) -> dict:
-        """The request body as a JSON object, or a ``ValidationError``."""
-        try:
-            doc = json.loads((self.request.body if body is None else body) or b"{}")
-        except ValueError as e:
-            raise ValidationError(f"the body is not valid JSON: {e}", field="body") from None
-        if not isinstance(doc, dict):
-            raise ValidationError("the body must be a JSON object", field="body")
-        return doc
+        """Add ``Retry-After`` to a throttled request and the key scheme to a 401."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Throttled) or getattr(exc, "retry_after", None):
+            self.set_header("Retry-After", str(exc.retry_after))
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="atomscale-ingest"')
+        super().write_error(status_code, **kwargs)
 
     def reply(self, doc: dict, status: int = 200):
         """Finish with a JSON document."""

@@ -24,26 +24,24 @@ import argparse
 import asyncio
 import hashlib
 import ipaddress
-import json
 import logging
 import os
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
-from tornado import httpserver, web
+from tornado import web
 
-from atomscale_lab.errors import AtomscaleError, ValidationError
+from atomscale_lab.errors import AtomscaleError, NotFound, ValidationError
 from atomscale_lab.ingest.apikeys import ApiKeyStore
 from atomscale_lab.ingest.core import BatchTooLarge, IngestCore
 from atomscale_lab.ingest.guard import ConnectionLimits, check_ipc, parse_networks
 from atomscale_lab.ingest.handler import DEFAULT_MAX_DECODED, IngestHandler
 from atomscale_lab.ingest.options import add_serve_arguments
+from atomscale_lab.runtime import listen, serve_until_signal, server_tls
 from atomscale_lab.schema import ARROW_STREAM
-from atomscale_lab.tls import ensure_self_signed, hub_ssl, server_context
+from atomscale_lab.tls import hub_ssl
 
 log = logging.getLogger("atomscale_lab.ingest")
 
@@ -253,8 +251,7 @@ def make_app(
 
 class _NotFound(IngestHandler):
     def prepare(self):
-        self.set_status(404)
-        self.finish(json.dumps({"message": "no such endpoint", "reason": "NotFound"}))
+        self.fail(NotFound("no such endpoint"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -276,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args, vault=None, ready=None) -> None:
-    """Run the service until SIGTERM/SIGINT; flush the WAL on the way out."""
+    """Run the service until SIGTERM/SIGINT (the services' runtime, :mod:`atomscale_lab.runtime`);
+    flush the WAL on the way out."""
     from atomscale_lab.ingest.apikeys import FailureThrottle, for_vault
     from atomscale_lab.vault.facade import Vault
 
@@ -320,43 +318,36 @@ async def serve(args, vault=None, ready=None) -> None:
             )
         log.warning("serving plain HTTP on %s: only behind a TLS-terminating proxy", host)
     else:
-        hub = hub_ssl()
-        client_ca = None
-        if args.certfile:
-            certfile, keyfile = Path(args.certfile), Path(args.keyfile or args.certfile)
-        elif hub.has_cert:
-            # JupyterHub internal_ssl: the hub's internal certificate, and only clients with a
-            # certificate of the hub's internal CA (the proxy) may connect.
-            certfile, keyfile, client_ca = Path(hub.certfile), Path(hub.keyfile), hub.client_ca
-        else:
-            certfile, keyfile = ensure_self_signed(core.state_dir / "tls")
-        ssl_ctx = server_context(certfile, keyfile, client_ca)
+        # The named certificate; else JupyterHub's internal_ssl one (then only clients with a
+        # certificate of the hub's internal CA, the proxy, may connect); else a self-signed one.
+        ssl_ctx = server_tls(
+            hub_ssl(),
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            self_signed_dir=core.state_dir / "tls",
+        )
     # xheaders stays off: Tornado would believe a client-sent X-Real-Ip. The handlers read
     # X-Forwarded-For themselves, and only from trusted proxies.
-    server = httpserver.HTTPServer(
+    servers = listen(
         app,
-        ssl_options=ssl_ctx,
+        port,
+        host,
+        tls=ssl_ctx,
         xheaders=False,
         max_body_size=1 << 20,  # JSON requests; see batches
         idle_connection_timeout=300,
     )
-    server.listen(port, address=host)
     core.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     scheme = "http" if args.plain_http else "https"
     log.info("atomscale ingest listening on %s://%s:%s%s", scheme, host, port, base_url)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    log.info("atomscale ingest stopping: flushing the WAL")
-    server.stop()
-    await server.close_all_connections()
-    pool.shutdown(wait=True)
-    core.close()
-    keys.close()
+
+    def close() -> None:
+        # open requests have drained: flush the WAL, then let go of the key store
+        pool.shutdown(wait=True)
+        core.close()
+        keys.close()
+
+    await serve_until_signal(servers, "atomscale ingest", on_stop=close, ready=ready)
 
 
 def main(argv=None) -> int:

@@ -182,6 +182,19 @@ class _OrgKmsClient(pe.KmsClient):
             )
 
 
+def key_refusal(exc: BaseException | None) -> KeyUnavailable | None:
+    """The KMS client's refusal behind ``exc`` (``exc`` itself or an exception it was raised
+    from or while handling), or None: how a read failure that wrapped a refusal is told apart
+    from a tampered file."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyUnavailable):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class OrgCrypto:
     """One pyarrow ``CryptoFactory`` per org, plus the org's KMS connection config.
 
@@ -190,9 +203,10 @@ class OrgCrypto:
     old commit-log lines and seal commit-log statistics, and signs (writers) and verifies
     commit-log lines with the org's Ed25519 keys.
 
-    When the KMS client refuses a key, pyarrow wraps the refusal in its own exception; callers
-    (the store) turn that into :class:`KeyUnavailable` with :meth:`key_error`, whose message is
-    ours, never the underlying exception's.
+    When the KMS client refuses a key it raises :class:`KeyUnavailable` with the reason (ours,
+    never the underlying exception's); pyarrow hands that exception on to the thread that asked
+    for the read, so each caller gets its own refusal (:func:`key_refusal` finds it where another
+    layer wrapped it). Nothing about a refusal is kept on this object.
     """
 
     def __init__(
@@ -209,8 +223,6 @@ class OrgCrypto:
         self.org = keys.org
         self.purpose = purpose
         self.version = keys.current
-        self._last_error: str | None = None
-        self._error_lock = threading.Lock()
         # After a rotation elsewhere (``org rotate-key``) files and log lines name a version this
         # process has not seen: fetch the org's keys again, at most once per interval.
         self._refresh, self._refresh_interval = refresh, refresh_interval
@@ -310,16 +322,9 @@ class OrgCrypto:
         )
 
     def _fail(self, reason: str):
-        # pyarrow calls the KMS client from its own threads: keep the reason on the object.
-        with self._error_lock:
-            self._last_error = reason
+        # pyarrow calls the KMS client from its own threads and re-raises the client's own
+        # exception in the thread that asked: the reason travels with it, not on this object.
         raise KeyUnavailable(reason)
-
-    def key_error(self) -> KeyUnavailable | None:
-        """The last refusal of the KMS client (cleared on read), or None."""
-        with self._error_lock:
-            reason, self._last_error = self._last_error, None
-        return KeyUnavailable(reason) if reason else None
 
     def file_encryption_properties(self, version: int | None = None):
         """Fresh ``FileEncryptionProperties`` (new data key per file) under the current version."""

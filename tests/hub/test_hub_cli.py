@@ -108,3 +108,39 @@ def test_hub_init_writes_a_deployment_without_secrets(capsys, tmp_path, vault):
     assert secrets["client_secret"] not in text and secrets["crypt_key"] not in text
     for private in ("secrets.json", "idp/clients.json", "certs/server.key"):
         assert stat.S_IMODE(os.stat(tmp_path / "stack" / private).st_mode) == 0o600, private
+
+
+def test_hub_start_gives_the_deployment_file_to_the_hub_not_the_environment(
+    capsys, tmp_path, vault, monkeypatch
+):
+    from atomscale_lab.hub.app import AtomscaleHub
+
+    rc, out, _ = _run(
+        capsys, "hub", "init", str(tmp_path / "stack"), "--port", "18125", "--idp-port", "18126"
+    )
+    assert rc == 0
+    deployment = tmp_path / "stack" / "hub" / "atomscale-hub.toml"
+    # an environment naming another (missing) file must not win over --config
+    monkeypatch.setenv("ATOMSCALE_HUB_CONFIG", str(tmp_path / "elsewhere.toml"))
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET", "s3cret-value")
+    environ_before = dict(os.environ)
+    loaded = {}
+
+    def initialize_only(argv):
+        # what JupyterHub.initialize does first: the command line, then the configuration file
+        hub = AtomscaleHub.instance()
+        hub.parse_command_line(argv)
+        hub.load_config_file(hub.config_file)
+        loaded.update(deployment=hub.deployment_file, bind_url=hub.config.JupyterHub.bind_url)
+
+    monkeypatch.setattr(AtomscaleHub, "launch_instance", staticmethod(initialize_only))
+    try:
+        rc, _, err = _run(capsys, "hub", "start", "--config", str(deployment))
+    finally:
+        AtomscaleHub.clear_instance()
+    assert rc == 0, err
+    assert loaded == {
+        "deployment": str(deployment.resolve()),
+        "bind_url": "https://127.0.0.1:18125/",
+    }
+    assert dict(os.environ) == environ_before

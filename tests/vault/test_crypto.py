@@ -1,13 +1,14 @@
 """Root key parsing, the local KMS, the KMS plug-in loader, the key registry and OrgCrypto."""
 
 import sqlite3
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from atomscale_lab.errors import ConfigError, KeyUnavailable, OrgExists, RootKeyError, UnknownOrg
-from atomscale_lab.vault.crypto import PURPOSES, OrgCrypto, OrgKeys
+from atomscale_lab.vault.crypto import PURPOSES, OrgCrypto, OrgKeys, key_refusal
 from atomscale_lab.vault.kms import LocalKms, generate_root_key, load_kms, parse_root_keys
 from atomscale_lab.vault.registry import KeyRegistry
 
@@ -244,3 +245,51 @@ def test_mac_keys_are_derived():
     assert k != OrgCrypto(OrgKeys("b", keys.keys)).mac_key("commit-log")
     with pytest.raises(KeyUnavailable):
         c.mac_key("commit-log", 5)
+
+
+def test_concurrent_refusals_each_reach_their_own_reader(tmp_path):
+    # Two threads read through one OrgCrypto and are refused for different reasons; neither
+    # looks at its reason before both were refused. Each still gets its own: the reason travels
+    # with the exception, nothing about a refusal is kept on the shared object.
+    reg = KeyRegistry(tmp_path / "r.sqlite", LocalKms(generate_root_key()))
+    reg.create_org("a")
+    reg.create_org("b")
+    foreign = tmp_path / "b.parquet"
+    _write(foreign, OrgCrypto(reg.org_keys("b")))
+    v1 = reg.org_keys("a").keys[1]
+    reg.rotate("a")
+    newer = tmp_path / "a-v2.parquet"
+    _write(newer, OrgCrypto(reg.org_keys("a")))
+    reader = OrgCrypto(OrgKeys("a", {1: v1}))  # holds version 1 only, cannot fetch more
+    both_refused = threading.Barrier(2, timeout=60)
+    got: dict[str, BaseException] = {}
+
+    def read(name, path):
+        try:
+            pq.read_table(path, decryption_properties=reader.file_decryption_properties())
+        except Exception as e:  # noqa: BLE001 - recorded and asserted on below
+            both_refused.wait()  # the other thread has been refused too by now
+            got[name] = key_refusal(e) or e
+
+    threads = [
+        threading.Thread(target=read, args=(name, path))
+        for name, path in (("newer", newer), ("foreign", foreign))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not any(t.is_alive() for t in threads)
+    assert isinstance(got["foreign"], KeyUnavailable), got["foreign"]
+    assert "another org" in str(got["foreign"]) and "version 2" not in str(got["foreign"])
+    assert isinstance(got["newer"], KeyUnavailable), got["newer"]
+    assert "version 2" in str(got["newer"]) and "another org" not in str(got["newer"])
+    # a refusal another layer wrapped is found behind the wrapper; a plain read error is none
+    try:
+        try:
+            raise got["newer"]
+        except KeyUnavailable as inner:
+            raise OSError("the read failed") from inner
+    except OSError as outer:
+        assert key_refusal(outer) is got["newer"]
+    assert key_refusal(OSError("truncated file")) is None

@@ -1,4 +1,5 @@
-"""What the hub-managed services share: token checks against the hub, JSON errors, TLS, shutdown.
+"""What the hub-managed services share: token checks against the hub and audited decisions, on
+the services' runtime (:mod:`atomscale_lab.runtime`: JSON errors, TLS, shutdown).
 
 A request carries a hub API token (``Authorization: token …``, normally a user server's own
 ``JUPYTERHUB_API_TOKEN``). The service asks the hub whom the token belongs to and which scopes it
@@ -17,22 +18,20 @@ answers within a second is seen a few seconds earlier.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import signal
 import socket
 import ssl
 import struct
 from functools import cached_property
 
 from tornado import web
-from tornado.httpserver import HTTPServer
 from tornado.log import enable_pretty_logging
 
-from atomscale_lab.errors import AtomscaleError, UnknownOrg, http_status
+from atomscale_lab.errors import UnknownOrg
 from atomscale_lab.hub.roles import permissions_from_scopes
-from atomscale_lab.tls import hub_ssl
+from atomscale_lab.runtime import JsonHandler, listen, serve_until_signal, server_tls
+from atomscale_lab.tls import HubSsl, hub_ssl
 
 log = logging.getLogger("atomscale.hub.service")
 
@@ -67,8 +66,11 @@ class Deps:
         await asyncio.shield(self._loading)
 
 
-class ServiceHandler(web.RequestHandler):
-    """Base handler: JSON in and out, token → hub user model, audited decisions."""
+class ServiceHandler(JsonHandler):
+    """Base handler of the hub services: the runtime's JSON errors, token → hub user model,
+    audited decisions."""
+
+    logger = log
 
     async def prepare(self):
         """Wait for the HubAuth and Vault of this service."""
@@ -84,32 +86,6 @@ class ServiceHandler(web.RequestHandler):
         """The deployment's :class:`~atomscale_lab.vault.facade.Vault` (root key from the
         environment)."""
         return self.settings["deps"].vault
-
-    def check_xsrf_cookie(self):
-        """Token-authenticated API: no cookies are accepted, so no XSRF check applies."""
-
-    def set_default_headers(self):
-        """JSON answers that no cache keeps."""
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-
-    def write_error(self, status_code, **kwargs):
-        """``{"message", "reason"}`` bodies, like the server extension's REST API."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
-        if isinstance(exc, AtomscaleError):
-            message = str(exc)
-        self.finish(json.dumps({"message": message, "reason": self._reason}))
-
-    def json_body(self) -> dict:
-        """The request body as a JSON object (400 if it is not one)."""
-        try:
-            doc = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(doc, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return doc
 
     def peer_uid(self) -> int | None:
         """The uid of the process at the other end of a Unix-socket request (kernel-verified,
@@ -175,26 +151,6 @@ class ServiceHandler(web.RequestHandler):
         self.audit(org, actor, action, "denied", reason=reason, **detail)
         raise web.HTTPError(403, reason)
 
-    def log_exception(self, typ, value, tb):
-        """Expected errors are one line; unexpected ones keep their traceback."""
-        if isinstance(value, web.HTTPError | AtomscaleError):
-            log.info(
-                "%s %s -> %s: %s",
-                self.request.method,
-                self.request.path,
-                getattr(value, "status_code", http_status(value)),
-                value,
-            )
-        else:
-            super().log_exception(typ, value, tb)
-
-    def send_error(self, status_code=500, **kwargs):
-        """Map atomscale errors to their HTTP status."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, AtomscaleError):
-            status_code = http_status(exc)
-        super().send_error(status_code, **kwargs)
-
 
 class HealthHandler(web.RequestHandler):
     """``GET health``: 200 when the service runs (no auth, no data)."""
@@ -225,49 +181,47 @@ class ServiceApp:
         handlers += [(self.prefix + pattern, cls) for pattern, cls in self.routes]
         return web.Application(handlers, deps=Deps(vault, hub_auth, need_vault), name=self.name)
 
-    def ssl_context(self) -> ssl.SSLContext | None:
+    def ssl_context(self, hub_auth=None) -> ssl.SSLContext | None:
         """Mutual TLS with the hub's internal certificates when ``internal_ssl`` is on: only
-        clients holding a certificate of the hub's internal CA (the proxy, the hub) connect."""
-        return hub_ssl().server_context()
+        clients holding a certificate of the hub's internal CA (the proxy, the hub) connect.
+
+        The files are the ``certfile``/``keyfile``/``client_ca`` traits of the service's
+        ``HubAuth`` when one is at hand; a service started by the hub listens before its
+        ``HubAuth`` is imported (that import takes seconds), so there the same variables are
+        read through :func:`atomscale_lab.tls.hub_ssl`.
+        """
+        hub = HubSsl.of(hub_auth) if hub_auth is not None else hub_ssl()
+        return server_tls(hub)
 
     def run(self) -> None:
-        """Listen on ``JUPYTERHUB_SERVICE_URL`` until SIGTERM/SIGINT."""
+        """Listen on ``JUPYTERHUB_SERVICE_URL`` (and the Unix socket named by ``socket_env``)
+        until SIGTERM/SIGINT."""
         from urllib.parse import urlparse
 
         enable_pretty_logging()
         logging.getLogger().setLevel(logging.INFO)
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+        path = os.environ.get(self.socket_env) if self.socket_env else None
 
         async def main():
             app = self.make_app()
-            server = HTTPServer(app, ssl_options=self.ssl_context(), xheaders=True)
-            server.listen(url.port, address=url.hostname or "127.0.0.1")
-            local = None
-            path = os.environ.get(self.socket_env) if self.socket_env else None
-            if path:
-                from tornado.netutil import bind_unix_socket
-
-                # anyone may connect; each request is identified by its peer's Unix account
-                local = HTTPServer(app)
-                local.add_socket(bind_unix_socket(path, mode=0o666))
-                log.info("%s listening on %s too", self.name, path)
-            asyncio.ensure_future(app.settings["deps"].ready())
+            deps = app.settings["deps"]
+            servers = listen(
+                app,
+                url.port,
+                url.hostname or "127.0.0.1",
+                tls=self.ssl_context(deps.hub_auth),
+                unix_socket=path or None,
+                xheaders=True,
+            )
+            asyncio.ensure_future(deps.ready())
             log.info(
-                "%s listening on %s (TLS %s)",
+                "%s listening on %s (TLS %s)%s",
                 self.name,
                 url.geturl(),
                 "on" if url.scheme == "https" else "off",
+                f" and on {path}" if path else "",
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            log.info("%s stopping", self.name)
-            server.stop()
-            if local is not None:
-                local.stop()
-                await asyncio.wait_for(local.close_all_connections(), 5)
-            await asyncio.wait_for(server.close_all_connections(), 5)
+            await serve_until_signal(servers, self.name, drain_seconds=5)
 
         asyncio.run(main())

@@ -45,6 +45,7 @@ from atomscale_lab.errors import AtomscaleError, KeyUnavailable, PermissionDenie
 from atomscale_lab.hub.access import KEYS_SERVICE, HubAccess, _env, answer
 from atomscale_lab.hub.roles import data_service_name, permissions_from_scopes
 from atomscale_lab.hub.services.base import ServiceApp
+from atomscale_lab.runtime import JsonHandler
 from atomscale_lab.server.handlers import (
     API_PREFIX,
     _reason,
@@ -282,9 +283,11 @@ class _ScopesDecide:
         return user is not None
 
 
-class DataApiHandler(web.RequestHandler):
-    """Host base of the REST routes in the data server: hub-token identity, JSON errors."""
+class DataApiHandler(JsonHandler):
+    """Host base of the REST routes in the data server: hub-token identity, the runtime's JSON
+    errors."""
 
+    logger = log
     authorizer = _ScopesDecide()
     _caller: Caller | None = None
 
@@ -327,9 +330,6 @@ class DataApiHandler(web.RequestHandler):
         """The caller (a string carrying its permissions)."""
         return self._caller
 
-    def check_xsrf_cookie(self):
-        """Token-authenticated API: no cookies are accepted, so no XSRF check applies."""
-
     def query_params(self) -> dict[str, str]:
         """Query parameters (the last value of each), without ``token``."""
         return request_params(self)
@@ -351,26 +351,6 @@ class DataApiHandler(web.RequestHandler):
         except AtomscaleError as e:
             raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
         return await run_service_call(service, self._caller, method, *args)
-
-    def write_error(self, status_code, **kwargs):
-        """``{"message", "reason"}`` bodies, like the server extension's REST API."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": message, "reason": self._reason}))
-
-    def log_exception(self, typ, value, tb):
-        """Expected errors are one line; unexpected ones keep their traceback."""
-        if isinstance(value, web.HTTPError):
-            log.info(
-                "%s %s -> %s: %s",
-                self.request.method,
-                self.request.path,
-                value.status_code,
-                value.log_message,
-            )
-        else:
-            super().log_exception(typ, value, tb)
 
 
 class DataServiceApp(ServiceApp):

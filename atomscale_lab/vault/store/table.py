@@ -25,7 +25,7 @@ from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.schema import TABLES, TableSpec
 from atomscale_lab.schema import spec as lookup_spec
-from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.crypto import OrgCrypto, key_refusal
 from atomscale_lab.vault.store.files import (
     _LOCAL_FS,
     _TMP,
@@ -382,8 +382,8 @@ class OrgTable(CommitLog):
             frag.ensure_complete_metadata()
         except KeyUnavailable:
             raise
-        except (OSError, pa.ArrowException):
-            kerr = self.crypto.key_error()
+        except (OSError, pa.ArrowException) as e:
+            kerr = key_refusal(e)
             if kerr is not None:
                 raise kerr from None
             raise self._fail(
@@ -400,7 +400,7 @@ class OrgTable(CommitLog):
         except KeyUnavailable:
             raise
         except (OSError, pa.ArrowException, ValueError) as e:
-            kerr = self.crypto.key_error()
+            kerr = key_refusal(e)
             if kerr is not None:
                 raise kerr from None
             bad = self._culprit(entries)
