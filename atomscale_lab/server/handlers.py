@@ -35,7 +35,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from atomscale_lab.errors import AtomscaleError, http_status
+from atomscale_lab.errors import AtomscaleError, IntegrityError, http_status
 from atomscale_lab.schema import ARROW_STREAM
 from atomscale_lab.server.catalog import frame_json, rows_to_records
 from atomscale_lab.server.service import OrgService
@@ -120,13 +120,20 @@ async def run_service_call(service: OrgService, user, method: Callable, *args):
     service is a reference that imports, type checkers and readers can follow.
 
     Answers from memory (catalogue pages, facets) get their own small pool: under load they would
-    otherwise queue behind file reads and decryption on the shared one.
+    otherwise queue behind file reads and decryption on the shared one. A refusal because stored
+    data failed verification (:class:`~atomscale_lab.errors.IntegrityError`: a rolled-back or
+    tampered log) stays a 500 ("Integrity Check Failed") and is audited once as
+    ``data.integrity`` (:meth:`OrgService.refuse_integrity`).
     """
     try:
         fn = partial(method, service, user, *args)
         pool = _FAST_POOL if method in FAST_METHODS else None
         return await IOLoop.current().run_in_executor(pool, fn)
     except AtomscaleError as e:
+        if isinstance(e, IntegrityError):  # stored data failed verification: audited refusal
+            await IOLoop.current().run_in_executor(
+                None, service.refuse_integrity, user, method.__name__, e
+            )
         raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
 
 
@@ -164,6 +171,8 @@ class JupyterApiHandler(ExtensionHandlerMixin, APIHandler):
 
 
 def _reason(e: AtomscaleError) -> str:
+    if isinstance(e, IntegrityError):  # names the cause: not a bug of the server, an alarm
+        return "Integrity Check Failed"
     return {
         400: "Bad Request",
         403: "Forbidden",

@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 
 from atomscale_lab import CATEGORIES, __version__, orgconfig
 from atomscale_lab.errors import (
+    AtomscaleError,
     Conflict,
+    IntegrityError,
     NotFound,
     PermissionDenied,
     TooLarge,
@@ -160,6 +162,21 @@ class OrgService:
         self.access.audit().record(
             self.actor(user), "data.read", table=table, run_ids=ids, rows=int(rows), **detail
         )
+
+    def refuse_integrity(self, user: str, request: str, error: IntegrityError) -> None:
+        """Record a request refused because stored data failed verification (a rolled-back,
+        truncated or tampered log or file): one ``data.integrity`` event, denied, naming the
+        caller and the reason. A failure to record it is logged: the refusal stands anyway."""
+        try:
+            self.access.audit().record(
+                self.actor(user),
+                "data.integrity",
+                "denied",
+                reason=str(error)[:500],
+                request=request,
+            )
+        except AtomscaleError as e:
+            log.warning("could not audit an integrity refusal of %s: %s", request, e)
 
     # --- answers --------------------------------------------------------------------------
 

@@ -739,7 +739,15 @@ def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, runn
         r = api(stack, token, "GET", url, params={"format": "arrow"})
         assert r.status_code == 500, (r.status_code, r.text[:300])
         assert "rolled back" in r.json()["message"]
+        assert r.json()["reason"] == "Integrity Check Failed"
         assert _data_server_pids(stack, "acme") == [pid]  # the fresh one answered
+        v = stack.vault()
+        try:  # one audited refusal in acme's log, naming the caller
+            events = v.audit("acme").events(action="data.integrity")
+        finally:
+            v.close()
+        assert [(e["actor"], e["outcome"]) for e in events] == [(user, "denied")], events
+        assert "rolled back" in events[0]["detail"]["reason"]
     finally:
         log.write_bytes(new_log)  # the log the central heads name, for the tests that follow
     r = api(stack, token, "GET", url, params={"format": "arrow"})
