@@ -114,3 +114,16 @@ def test_intact_log_is_served_and_audited_as_a_read(vault, loop, monkeypatch):
     assert not vault.audit("acme").events(action="data.integrity")
     (ev,) = vault.audit("acme").events(actor="ann", action="data.read")
     assert ev["detail"]["table"] == TABLE
+
+
+def test_an_empty_table_is_an_empty_arrow_stream(vault, loop, monkeypatch):
+    # nothing is flushed before the stream's end: the answer must still be a complete stream
+    vault.create_org("acme", "us")
+    fill_org(vault, "acme", runs=3, points=20, detail_runs=0)
+    server, base = _start(vault, loop, monkeypatch)
+    try:
+        code, ctype, body = _get(loop, base + URL, "sci-acme")
+    finally:
+        server.stop()
+    assert code == 200 and ctype == ARROW_STREAM, body[:200]
+    assert pa.ipc.open_stream(body).read_all().num_rows == 0

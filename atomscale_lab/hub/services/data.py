@@ -334,6 +334,13 @@ class DataApiHandler(JsonHandler):
         """Query parameters (the last value of each), without ``token``."""
         return request_params(self)
 
+    def finish(self, chunk=None, set_content_type: str | None = None):
+        """Finish, naming the body's type as jupyter-server's ``APIHandler.finish`` does (the
+        routes call it so; Tornado's own ``finish`` has no such argument)."""
+        if set_content_type:
+            self.set_header("Content-Type", set_content_type)
+        return super().finish(chunk)
+
     def get_json_body(self):
         """The request body as JSON (None when empty), as jupyter-server's ``APIHandler``."""
         if not self.request.body:
