@@ -80,20 +80,27 @@ class JsonHandler(web.RequestHandler):
     def fail(self, exc: AtomscaleError) -> None:
         """Answer ``exc`` now (for handlers that catch domain errors themselves, e.g. in
         ``prepare`` before a body is read)."""
+        self._log_expected(exc)
         self.send_error(exc_info=(type(exc), exc, exc.__traceback__))
 
     def log_exception(self, typ, value, tb):
         """Expected errors are one line; unexpected ones keep their traceback."""
         if isinstance(value, web.HTTPError | AtomscaleError):
-            self.logger.info(
-                "%s %s -> %s: %s",
-                self.request.method,
-                self.request.path,
-                getattr(value, "status_code", None) or http_status(value),
-                value,
-            )
+            self._log_expected(value)
         else:
             super().log_exception(typ, value, tb)
+
+    def _log_expected(self, error: Exception) -> None:
+        # a server-side refusal (integrity, keys unavailable) is an error for whoever runs it
+        status = getattr(error, "status_code", None) or http_status(error)
+        self.logger.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "%s %s -> %s: %s",
+            self.request.method,
+            self.request.path,
+            status,
+            error,
+        )
 
     def json_body(self, body: bytes | None = None) -> dict:
         """The request body (or ``body``) as a JSON object; a ``ValidationError`` (400) if it is

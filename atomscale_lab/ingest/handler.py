@@ -7,7 +7,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from atomscale_lab.errors import AtomscaleError, http_status
+from atomscale_lab.errors import AtomscaleError
 from atomscale_lab.ingest.apikeys import ApiKeyStore, Throttled
 from atomscale_lab.ingest.core import IngestCore
 from atomscale_lab.ingest.guard import ConnectionLimits, client_address
@@ -98,14 +98,6 @@ class IngestHandler(JsonHandler):
         )
         self._enter("key", info.prefix)
         return info
-
-    def fail(self, exc: AtomscaleError):
-        """Finish with the status the exception stands for (a server-side one is logged)."""
-        if http_status(exc) >= 500:
-            log.error(
-                "ingest request %s %s failed: %s", self.request.method, self.request.path, exc
-            )
-        super().fail(exc)
 
     def error_body(self, status_code: int, exc: BaseException | None) -> dict:
         """The runtime's body; ``reason`` names the domain error's class (``HTTPError`` for

@@ -1,6 +1,7 @@
 """The HTTPS ingest service (Tornado): a thin layer over :class:`~.core.IngestCore`.
 
-Endpoints (``Authorization: Bearer ask_…`` on all but ``health``; the org comes from the key):
+Endpoints (``Authorization: Bearer ask_…`` on all but ``health``; the org comes from the key;
+a domain error is answered by the runtime, :mod:`atomscale_lab.runtime`, with its status):
 
 - ``POST /streams`` ``{"run_id", "tool", "category", "project"?, "sample"?, "method"?,
   "operator"?}`` → 201 stream
@@ -63,24 +64,21 @@ class StreamsHandler(IngestHandler):
 
     async def post(self):
         """Open a stream; the run record becomes ``active``."""
-        try:
-            doc = self.json_body()
-            key = await self.key(None, "stream.open")
-            fields = {k: doc.get(k) for k in ("project", "sample", "method", "operator")}
-            extra = set(doc) - {"run_id", "tool", "category", *fields}
-            if extra:
-                raise ValidationError(f"unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
-            st = await self.run(
-                self.core.open_stream,
-                key,
-                doc.get("run_id"),
-                doc.get("tool"),
-                doc.get("category"),
-                **fields,
-            )
-            self.reply(st, 201)
-        except AtomscaleError as e:
-            self.fail(e)
+        doc = self.json_body()
+        key = await self.key(None, "stream.open")
+        fields = {k: doc.get(k) for k in ("project", "sample", "method", "operator")}
+        extra = set(doc) - {"run_id", "tool", "category", *fields}
+        if extra:
+            raise ValidationError(f"unknown field {sorted(extra)[0]!r}", field=sorted(extra)[0])
+        st = await self.run(
+            self.core.open_stream,
+            key,
+            doc.get("run_id"),
+            doc.get("tool"),
+            doc.get("category"),
+            **fields,
+        )
+        self.reply(st, 201)
 
 
 class StreamHandler(IngestHandler):
@@ -88,11 +86,8 @@ class StreamHandler(IngestHandler):
 
     async def get(self, stream_id):
         """Return the stream (rows accepted, rows flushed, status)."""
-        try:
-            key = await self.key(None, "stream.get")
-            self.reply(await self.run(self.core.stream, key, stream_id))
-        except AtomscaleError as e:
-            self.fail(e)
+        key = await self.key(None, "stream.get")
+        self.reply(await self.run(self.core.stream, key, stream_id))
 
 
 class FinalizeHandler(IngestHandler):
@@ -100,11 +95,8 @@ class FinalizeHandler(IngestHandler):
 
     async def post(self, stream_id):
         """Flush the stream's rows and mark it (and, if last, its run) complete."""
-        try:
-            key = await self.key(None, "stream.finalize")
-            self.reply(await self.run(self.core.finalize, key, stream_id))
-        except AtomscaleError as e:
-            self.fail(e)
+        key = await self.key(None, "stream.finalize")
+        self.reply(await self.run(self.core.finalize, key, stream_id))
 
 
 @web.stream_request_body
@@ -156,20 +148,16 @@ class BatchesHandler(IngestHandler):
 
     async def post(self, stream_id):
         """Validate, write to the WAL (fsynced), acknowledge."""
-        try:
-            if self._refused is not None:
-                raise self._refused
-            if self._too_big:
-                raise BatchTooLarge(
-                    f"the batch is larger than {self.max_body} bytes; send smaller batches",
-                    field="body",
-                )
-            body = b"".join(self._chunks)
-            self._chunks = []
-            ack = await self.run(self._accept, self._key, stream_id, body)
-            self.reply(ack)
-        except AtomscaleError as e:
-            self.fail(e)
+        if self._refused is not None:
+            raise self._refused
+        if self._too_big:
+            raise BatchTooLarge(
+                f"the batch is larger than {self.max_body} bytes; send smaller batches",
+                field="body",
+            )
+        body = b"".join(self._chunks)
+        self._chunks = []
+        self.reply(await self.run(self._accept, self._key, stream_id, body))
 
     def _accept(self, key, stream_id, body: bytes):
         digest = hashlib.sha256(body).hexdigest()
@@ -343,6 +331,7 @@ async def serve(args, vault=None, ready=None) -> None:
 
     def close() -> None:
         # open requests have drained: flush the WAL, then let go of the key store
+        log.info("atomscale ingest stopping: flushing the WAL")
         pool.shutdown(wait=True)
         core.close()
         keys.close()
