@@ -69,8 +69,9 @@ class PgCluster:
             _as_owner(cmd), check=True, capture_output=True, text=True, timeout=120, **kw
         )
 
-    def start(self) -> PgCluster:
-        """initdb (trust auth, superuser ``atomscale``) and start on a free port."""
+    def start(self, *, durable: bool = False) -> PgCluster:
+        """initdb (trust auth, superuser ``atomscale``) and start on a free port; ``durable``
+        keeps fsync on (benchmarks), the tests turn it off."""
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         os.chmod(self.dir, 0o700)
@@ -90,7 +91,7 @@ class PgCluster:
         self.port = free_port()
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
-            "-c fsync=off -c max_connections=200"
+            f"-c fsync={'on' if durable else 'off'} -c max_connections=200"
         )
         self._run(
             [

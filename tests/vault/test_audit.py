@@ -133,8 +133,7 @@ def _append_many(tmp_path, database, key, n):
 def test_concurrent_appends_keep_chain(tmp_path, database):
     """Several processes append to one org's log: one gapless chain, every event kept."""
     key = secrets.token_bytes(32)
-    # A forked child must not share the parent's database connections: spawn on PostgreSQL.
-    ctx = multiprocessing.get_context("spawn" if isinstance(database, str) else "fork")
+    ctx = multiprocessing.get_context("fork")  # children open their own connections
     procs = [ctx.Process(target=_append_many, args=(tmp_path, database, key, 40)) for _ in range(3)]
     for p in procs:
         p.start()

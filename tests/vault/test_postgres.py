@@ -147,8 +147,9 @@ def test_key_registry_lifecycle_and_shred(database):
 # -- heads: compare-and-swap ------------------------------------------------------------------
 
 
-def _race_swap(target, i, out):
+def _race_swap(target, i, go, out):
     store = DatabaseHeadStore(target)
+    go.wait(60)  # every writer is connected: swap at once
     out.put((i, store.swap("acme", "process/runs@1", (1, D1), (2, f"{i:064x}"))))
 
 
@@ -156,11 +157,13 @@ def test_two_writers_never_both_advance_from_one_head(database):
     store = DatabaseHeadStore(database)
     assert store.swap("acme", "process/runs@1", None, (1, D1))
     assert not store.swap("acme", "process/runs@1", None, (1, D2))  # a head exists already
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_race_swap, args=(database, i, out)) for i in range(6)]
+    # Forked children open their own connections (psycopg leaves inherited ones alone).
+    ctx = multiprocessing.get_context("fork")
+    out, go = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_race_swap, args=(database, i, go, out)) for i in range(6)]
     for p in procs:
         p.start()
+    go.set()
     results = dict(out.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(300)
@@ -197,7 +200,7 @@ def _advance_many(target, worker, n):
 
 
 def test_concurrent_advances_lose_no_step(database):
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")
     with ctx.Pool(3) as pool:
         won = pool.starmap(_advance_many, [(database, w, 25) for w in range(3)], chunksize=1)
     assert won == [25, 25, 25]

@@ -123,19 +123,18 @@ class DatabaseHeadStore:
     def advance(self, org: str, table: str, seq: int, digest: str) -> None:
         """Record a newer head (never goes backwards); refuse a different digest at the stored
         ``seq`` (two writers advanced from the same head)."""
-        with self._db.tx() as tx:
-            cur = tx.execute(
-                "INSERT INTO log_heads (org, tbl, seq, digest) VALUES (?,?,?,?) "
-                "ON CONFLICT (org, tbl) DO UPDATE SET seq=excluded.seq, digest=excluded.digest "
-                "WHERE excluded.seq > log_heads.seq",
-                (org, table, seq, digest),
-            )
-            if cur.rowcount:
-                return
-            row = tx.execute(
-                "SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?", (org, table)
-            ).fetchone()
-        if row is not None and int(row[0]) == seq and row[1] != digest:
+        moved = self._db.execute(
+            "INSERT INTO log_heads (org, tbl, seq, digest) VALUES (?,?,?,?) "
+            "ON CONFLICT (org, tbl) DO UPDATE SET seq=excluded.seq, digest=excluded.digest "
+            "WHERE excluded.seq > log_heads.seq",
+            (org, table, seq, digest),
+        ).rowcount
+        if moved:
+            return
+        # Not moved: the same head again, a newer one, or a fork at this seq. (A head that moved
+        # further meanwhile is newer: readers check that log's digests themselves.)
+        row = self.get(org, table)
+        if row is not None and row[0] == seq and row[1] != digest:
             raise IntegrityError(
                 f"commit log of {org}/{table}: commit {seq} was already recorded with another "
                 "digest (two writers committed from the same head)"
