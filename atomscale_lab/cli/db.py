@@ -15,8 +15,9 @@ COMPONENT_MODULES = ["atomscale_lab.ingest"]
 """Packages outside the vault that may register migrations of their own on import."""
 
 
-def _database(args):
-    from atomscale_lab.vault.db import Database
+def _database(args, *, create: bool):
+    from atomscale_lab.errors import ConfigError
+    from atomscale_lab.vault.db import Database, is_database_url
     from atomscale_lab.vault.settings import Settings
 
     for name in COMPONENT_MODULES:  # their migrations register on import
@@ -25,7 +26,10 @@ def _database(args):
         except ImportError:
             pass
     settings = Settings.load(getattr(args, "home", None))
-    return Database(settings.database)
+    target = settings.database
+    if not create and not is_database_url(target) and not target.exists():
+        raise ConfigError(f"no registry at {target} yet (`atomscale-lab db upgrade` creates it)")
+    return Database(target)
 
 
 def cmd_db_upgrade(args) -> int:
@@ -33,7 +37,7 @@ def cmd_db_upgrade(args) -> int:
     from atomscale_lab.cli import common as cli
     from atomscale_lab.vault.migrations import upgrade
 
-    db = _database(args)
+    db = _database(args, create=True)
     done = upgrade(db)
     if args.format == "json":
         cli.print_json({c: {"from": a, "to": b} for c, (a, b) in done.items()})
@@ -50,7 +54,7 @@ def cmd_db_status(args) -> int:
     from atomscale_lab.cli import common as cli
     from atomscale_lab.vault.migrations import status
 
-    db = _database(args)
+    db = _database(args, create=False)
     st = status(db)
     behind = [c for c, (have, need) in st.items() if have < need]
     if args.format == "json":

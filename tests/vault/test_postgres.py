@@ -122,6 +122,12 @@ def test_db_cli_status_and_upgrade(venv_bin, home, pg_url):
     env["ATOMSCALE_DATABASE_URL"] = "mysql://nope"
     bad = run("status")
     assert bad.returncode == ConfigError.exit_code and bad.stdout == ""
+    # The embedded SQLite registry: status does not create it, upgrade does.
+    del env["ATOMSCALE_DATABASE_URL"]
+    registry = home / "registry.sqlite"
+    assert run("status").returncode == ConfigError.exit_code and not registry.exists()
+    assert json.loads(run("upgrade").stdout)["audit"] == {"from": 0, "to": 1}
+    assert registry.exists() and run("status").returncode == 0
 
 
 # -- key registry -----------------------------------------------------------------------------
