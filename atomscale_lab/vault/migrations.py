@@ -106,10 +106,16 @@ def status(db: Database) -> dict[str, tuple[int, int]]:
 def upgrade(db: Database, only: list[str] | None = None) -> dict[str, tuple[int, int]]:
     """Apply the missing migrations of every component (or of ``only``); returns
     ``{component: (from, to)}`` for the components that changed."""
-    db.sql(_SCHEMA_VERSION)
+    if not _has_versions(db):
+        db.sql(_SCHEMA_VERSION)
+    # A read first: an up-to-date component costs no write transaction (every open of an
+    # embedded registry comes through here).
+    current = dict(db.sql("SELECT component, version FROM schema_version"))
     done = {}
     for comp, migrations in sorted(_REGISTRY.components.items()):
         if only is not None and comp not in only:
+            continue
+        if current.get(comp) == len(migrations):
             continue
         with db.tx() as tx:
             db.serialize(tx, "atomscale-lab/schema")
