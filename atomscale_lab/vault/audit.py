@@ -333,7 +333,7 @@ class AuditLog:
         advisory lock; the (org, seq) key refuses a second event at a sequence number)."""
         db = self.db
         try:
-            with db.tx() as tx:
+            with db.tx(pipeline=True) as tx:  # two round trips: lock + read, then writes
                 db.serialize(tx, f"atomscale-lab/audit/{self.org}")
                 row = tx.execute(
                     "SELECT seq, line FROM audit_events WHERE org = ? ORDER BY seq DESC LIMIT 1",

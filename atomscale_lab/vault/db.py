@@ -25,22 +25,19 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
 from atomscale_lab.errors import ConfigError
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import psycopg
-    except ImportError:
-        return (sqlite3.Error,)
-    return (sqlite3.Error, psycopg.Error)
+def db_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a database driver raises: SQLite's, and psycopg's once it is in use (checked
+    when called, so that an embedded deployment never pays for importing psycopg)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error, psycopg.Error) if psycopg is not None else (sqlite3.Error,)
 
-
-DB_ERRORS = _driver_errors()
-"""Exceptions a database driver raises (SQLite's, and psycopg's when installed)."""
 
 SQLITE = "sqlite"
 POSTGRES = "postgres"
@@ -230,10 +227,12 @@ class Database:
             return Rows(cur.fetchall() if cur.description is not None else [], cur.rowcount)
 
     @contextlib.contextmanager
-    def tx(self):
+    def tx(self, *, pipeline: bool = False):
         """One write transaction; yields a connection with ``execute``. On SQLite ``BEGIN
         IMMEDIATE`` holding the lock throughout; on PostgreSQL a transaction on one pooled
-        connection (rolled back on an exception)."""
+        connection (rolled back on an exception). ``pipeline`` (PostgreSQL): statements are
+        sent without waiting for each result (a ``fetch`` waits), so a transaction costs a
+        round trip per read instead of per statement; do not read ``rowcount`` in one."""
         if self.dialect == SQLITE:
             with self.lock:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -244,8 +243,12 @@ class Database:
                     raise
                 self.conn.execute("COMMIT")
             return
-        with _pool(self.url, self._pool_size).connection() as conn, conn.transaction():
-            yield _PgConn(conn)
+        with _pool(self.url, self._pool_size).connection() as conn:
+            with contextlib.ExitStack() as stack:
+                if pipeline:
+                    stack.enter_context(conn.pipeline())
+                stack.enter_context(conn.transaction())
+                yield _PgConn(conn)
 
     def serialize(self, tx, name: str) -> None:
         """Serialise transactions that name the same ``name`` until the end of ``tx``."""

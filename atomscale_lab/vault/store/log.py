@@ -69,7 +69,7 @@ from atomscale_lab.errors import IntegrityError, KeyUnavailable
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.vault.crypto import OrgCrypto
-from atomscale_lab.vault.db import DB_ERRORS, Database, is_database_url
+from atomscale_lab.vault.db import Database, db_errors, is_database_url
 from atomscale_lab.vault.migrations import ensure
 from atomscale_lab.vault.store.files import (
     _PATH_RE,
@@ -581,7 +581,7 @@ class CommitLog:
             try:
                 self.heads.advance(self.org, self._head_name, state.seq, state.digest)
                 self._advanced = state.seq
-            except DB_ERRORS as e:
+            except db_errors() as e:
                 log.warning(
                     "cannot record the commit-log head of %s/%s: %s", self.org, self.spec.name, e
                 )
