@@ -66,6 +66,20 @@ def test_an_older_schema_upgrades_in_order_and_keeps_rows(database, monkeypatch)
     assert upgrade(db) == {}
 
 
+def test_a_registry_from_before_versioning_opens_and_keeps_its_keys(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    kms = LocalKms(generate_root_key())
+    reg = KeyRegistry(path, kms)
+    reg.create_org("acme")
+    keys = reg.org_keys("acme")
+    reg.close()
+    db = Database(path)
+    db.sql("DROP TABLE schema_version")  # what the release before versioned schemas left
+    db.close()
+    assert KeyRegistry(path, kms).org_keys("acme") == keys
+    assert status(Database(path))["keys"] == (1, 1)
+
+
 def test_a_failing_migration_leaves_the_old_version(database, monkeypatch):
     db = Database(database)
     v1 = Migration(1, ["CREATE TABLE probe2 (k TEXT PRIMARY KEY)"])
