@@ -38,6 +38,8 @@ SECRET_PREFIXES = (
     "VAULT_",
     "BAO_",
     "AWS_",
+    "ATOMSCALE_DATABASE_URL",
+    "PGPASS",
 )
 
 

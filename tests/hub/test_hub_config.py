@@ -71,6 +71,24 @@ def test_example_deployment_configures_tls_everywhere_and_org_roles(deployment, 
     assert "s3cret-value" not in str(c.JupyterHub.services)
 
 
+def test_the_database_url_reaches_the_hub_services_only(deployment, pg_url, monkeypatch):
+    from atomscale_lab.hub.spawner import SECRET_PREFIXES
+    from tests.support.postgres import upgraded
+
+    monkeypatch.setenv("ATOMSCALE_DATABASE_URL", upgraded(pg_url))
+    c = Config()
+    configure(c, deployment)
+    by_name = {s["name"]: s for s in c.JupyterHub.services}
+    for name in ("atomscale-keys", "atomscale-context", "atomscale-ingest"):
+        assert by_name[name]["environment"]["ATOMSCALE_DATABASE_URL"] == pg_url
+    for name, svc in by_name.items():
+        if name.startswith("atomscale-data"):
+            assert pg_url not in str(svc["environment"])
+    assert pg_url not in str(c.AtomscaleSpawner.atomscale_env)
+    # a user server's environment is scrubbed of it (and of libpq's password variables)
+    assert all(k.startswith(SECRET_PREFIXES) for k in ("ATOMSCALE_DATABASE_URL", "PGPASSWORD"))
+
+
 def test_missing_settings_are_named(deployment):
     del deployment["oidc"]["issuer"]
     with pytest.raises(ConfigError, match="oidc.issuer"):

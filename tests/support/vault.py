@@ -18,24 +18,31 @@ import pyarrow as pa
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.registry import KeyRegistry
-from atomscale_lab.vault.store import OrgStore, SqliteHeadStore
+from atomscale_lab.vault.store import DatabaseHeadStore, OrgStore
 
 READER = Path(__file__).parents[1] / "vault" / "_vault_read.py"
 T0 = np.datetime64("2026-03-01T00:00:00", "us")
 
 
-def make_keys(tmp: Path, orgs=("a", "b")) -> KeyRegistry:
-    """A key registry with fresh keys for ``orgs`` under a new root key."""
-    reg = KeyRegistry(tmp / "registry.sqlite", LocalKms(generate_root_key()))
+def make_keys(tmp: Path, orgs=("a", "b"), database=None) -> KeyRegistry:
+    """A key registry with fresh keys for ``orgs`` under a new root key (in ``database``: a
+    ``database`` fixture value; default the SQLite file ``tmp/registry.sqlite``)."""
+    reg = KeyRegistry(database or tmp / "registry.sqlite", LocalKms(generate_root_key()))
     for org in orgs:
         reg.create_org(org)
     return reg
 
 
 def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True) -> OrgStore:
-    """The org's store under ``tmp/data`` (head store in the registry file when ``heads``)."""
-    hs = SqliteHeadStore(tmp / "registry.sqlite") if heads else None
+    """The org's store under ``tmp/data`` (head store in the registry's database when
+    ``heads``)."""
+    hs = head_store(tmp, reg) if heads else None
     return OrgStore(tmp / "data", org, OrgCrypto(reg.org_keys(org)), hs)
+
+
+def head_store(tmp: Path, reg: KeyRegistry) -> DatabaseHeadStore:
+    """A head store in the same database as ``reg`` (PostgreSQL, or ``tmp/registry.sqlite``)."""
+    return DatabaseHeadStore(reg._db if reg._db.is_postgres else tmp / "registry.sqlite")
 
 
 def series(

@@ -12,18 +12,18 @@ import pytest
 from atomscale_lab.errors import IntegrityError
 from atomscale_lab.schema import SERIES
 from atomscale_lab.vault.crypto import OrgCrypto
-from atomscale_lab.vault.store import OrgTable, SqliteHeadStore
+from atomscale_lab.vault.store import OrgTable
 from atomscale_lab.vault.store import log as store_log
 from atomscale_lab.vault.store.log import _canon, _sign_message
-from tests.support.vault import make_keys, series, store
+from tests.support.vault import head_store, make_keys, series, store
 
 EVERY = 4
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, database):
     monkeypatch.setattr(store_log, "CHECKPOINT_EVERY", EVERY)
-    reg = make_keys(tmp_path)
+    reg = make_keys(tmp_path, database=database)
     t = store(tmp_path, reg).table("process/series")
     for i in range(10):
         t.write(series(2, 5, prefix=f"c{i:02d}"))
@@ -37,7 +37,7 @@ def _fresh(tmp, reg, heads=True, reader=True):
         "a",
         SERIES,
         OrgCrypto(keys.reader() if reader else keys),
-        SqliteHeadStore(tmp / "registry.sqlite") if heads else None,
+        head_store(tmp, reg) if heads else None,
     )
 
 

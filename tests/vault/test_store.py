@@ -16,7 +16,7 @@ from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import N_BUCKETS, OrgTable, SqliteHeadStore, bucket_of
-from tests.support.vault import make_keys, series, store
+from tests.support.vault import head_store, make_keys, series, store
 
 UTC = dt.UTC
 
@@ -26,8 +26,9 @@ def _sorted(t: pa.Table) -> pa.Table:
 
 
 @pytest.fixture
-def reg(tmp_path):
-    return make_keys(tmp_path)
+def reg(tmp_path, database):
+    """Keys (and, through ``store``, heads) in SQLite, and once more in PostgreSQL."""
+    return make_keys(tmp_path, database=database)
 
 
 def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg):
@@ -215,7 +216,7 @@ def test_root_key_rewrap_keeps_every_row(tmp_path, reg):
     t.write(data)
     new = LocalKms(generate_root_key())
     reg.rewrap(new)
-    reg2 = KeyRegistry(tmp_path / "registry.sqlite", new)
+    reg2 = KeyRegistry(reg._db, new)  # a second registry on the same database
     assert _sorted(store(tmp_path, reg2).table("process/series").read()).equals(_sorted(data))
 
 
@@ -251,7 +252,7 @@ def test_readers_advance_the_head_store(tmp_path, reg):
     t.write(series(2, 5, prefix="x"))
     reader = store(tmp_path, reg).table("process/series")
     reader.read()
-    hs = SqliteHeadStore(tmp_path / "registry.sqlite")
+    hs = head_store(tmp_path, reg)
     (name,) = [n for (n,) in hs._db.execute("SELECT tbl FROM log_heads WHERE org='a'")]
     assert name.startswith("process/series@") and hs.get("a", name)[0] == 2
 
