@@ -5,6 +5,7 @@ import asyncio
 import copy
 from pathlib import Path
 from unittest.mock import Mock
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -188,6 +189,14 @@ def test_deploy_files_are_valid(monkeypatch):
     assert {r["name"] for r in c.JupyterHub.load_roles} >= {"acme-scientist", "beta-viewer"}
     assert c.AtomscaleAuthenticator.known_orgs == {"acme", "beta"}
     assert values["hub"]["config"]["AtomscaleAuthenticator"]["require_mfa"] is True
+    # JupyterHub's own database on PostgreSQL, its password from a Secret, never in the values
+    db = values["hub"]["db"]
+    assert db["type"] == "other" and db["url"].startswith("postgresql+psycopg://")
+    assert urlsplit(db["url"]).password is None and urlsplit(db["url"]).path == "/jupyterhub"
+    assert values["hub"]["extraEnv"]["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert {"protocol": "TCP", "port": 5432} in [
+        p for rule in values["hub"]["networkPolicy"]["egress"] for p in rule["ports"]
+    ]
 
 
 class _Group:
