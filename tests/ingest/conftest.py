@@ -7,6 +7,10 @@
   so the check holds whatever order the tests run in.
 - ``deployment``: a vault on a temporary home with orgs ``acme`` and ``beta`` and an
   ``ApiKeyStore``; ``deployment.key(org, scopes)`` issues a key and records its plaintext.
+- ``state_backend``: where ingest keeps its state. Here the embedded default (SQLite files); a
+  suite about state overrides it with ``db_backend`` (once on SQLite, once on a fresh
+  PostgreSQL schema through ``ATOMSCALE_DATABASE_URL``; the ingest service subprocesses inherit
+  it).
 - ``service``: starts the ingest service as a subprocess on 127.0.0.1 (a free port) for that
   deployment; ``service.kill()`` sends SIGKILL, ``service.start()`` starts it again. Always stopped
   by pid.
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import atomscale_lab.ingest  # noqa: F401 - registers the ingest migrations before `db upgrade`
 from tests.support.ingest import Service
 
 
@@ -85,8 +90,14 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(home, root_key, key_recorder):
-    """A deployment with orgs acme and beta."""
+def state_backend(home):
+    """The embedded default: no database URL (see the module docstring)."""
+    return None
+
+
+@pytest.fixture
+def deployment(home, root_key, key_recorder, state_backend):
+    """A deployment with orgs acme and beta (its state where ``state_backend`` says)."""
     from atomscale_lab.vault.facade import Vault
     from atomscale_lab.vault.settings import Settings
 
