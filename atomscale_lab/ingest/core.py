@@ -189,6 +189,9 @@ class IngestCore(WalFlusher):
         self._pending: set[tuple[str, str]] = set()
         self._dirty: dict[tuple[str, str], float] = {}
         self._last_compact = time.monotonic()
+        self._last_adopt = time.monotonic()
+        self.adopt_interval = 1.0
+        """Seconds between looks for orgs whose owner died (shared state database only)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None

@@ -279,7 +279,9 @@ class WalFlusher:
         replica always replays, lease or not (the batches in it are claimed for it).
         """
         self._seal_plaintext_streams()
-        if not getattr(self.lease, "shared", False):
+        if getattr(self.lease, "shared", False):
+            self.adopt_orphans()
+        else:
             self._interrupt_live(None)
         with self._flush_lock:
             for org in self._wal_orgs():
@@ -287,6 +289,27 @@ class WalFlusher:
                     self._recover_org(org)
                 except Exception as e:  # the service must start for the other orgs
                     self._flush_failed(org, e)
+
+    def adopt_orphans(self) -> list[str]:
+        """Take over every org that has live streams and no owner (its replica died): they
+        become interrupted here at once, not only when a client comes back. Returns the orgs
+        taken over."""
+        from atomscale_lab.ingest.lease import NotLeaseHolder
+
+        taken = []
+        for (org,) in self._sql(
+            "SELECT DISTINCT org FROM streams WHERE status IN ('active', 'finalizing')"
+        ):
+            if org in self._owned:
+                continue
+            try:
+                self.own(org)
+                taken.append(org)
+            except NotLeaseHolder:
+                continue  # a live replica owns it
+            except AtomscaleError:
+                log.exception("ingest: could not take org %s over", org)
+        return taken
 
     def _interrupt_live(self, org: str | None) -> None:
         """Mark the live streams of ``org`` (None: of every org) and their runs interrupted."""
@@ -374,6 +397,11 @@ class WalFlusher:
             try:
                 self.flush()
                 self.check_idle()
+                if getattr(self.lease, "shared", False) and (
+                    time.monotonic() - self._last_adopt > self.adopt_interval
+                ):
+                    self._last_adopt = time.monotonic()
+                    self.adopt_orphans()
                 if time.monotonic() - self._last_compact > self.compact_interval:
                     self._last_compact = time.monotonic()
                     self.compact()

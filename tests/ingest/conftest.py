@@ -90,9 +90,17 @@ class Deployment:
 
 
 @pytest.fixture
-def state_backend(home):
-    """The embedded default: no database URL (see the module docstring)."""
-    return None
+def state_backend(request, home, monkeypatch):
+    """The embedded default (None), or with ``parametrize("state_backend", ["sqlite",
+    "postgres"], indirect=True)`` each in turn: the URL of a fresh upgraded PostgreSQL schema
+    set as ``ATOMSCALE_DATABASE_URL``."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    from tests.support.postgres import upgraded
+
+    url = upgraded(request.getfixturevalue("pg_url"))
+    monkeypatch.setenv("ATOMSCALE_DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture
