@@ -89,20 +89,14 @@ def test_org_manifests_are_valid_restricted_and_isolated(org):
             (claim,) = o["spec"]["volumeClaimTemplates"]
             mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
             assert mounts[claim["metadata"]["name"]] == "/var/lib/atomscale/ingest"
-    lease = next(o for o in objects if o["kind"] == "Lease")
-    role = next(
-        o
-        for o in objects
-        if o["kind"] == "Role" and o["metadata"]["name"] == "atomscale-ingest-lease"
-    )
-    assert role["rules"] == [
-        {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "resourceNames": [lease["metadata"]["name"]],
-            "verbs": ["get", "update", "patch"],
-        }
+    # the org lease is a PostgreSQL advisory lock: no pod of the org has a Kubernetes API token
+    assert not [
+        o for o in objects if o["kind"] in ("Lease", "Role") and "lease" in yaml.safe_dump(o)
     ]
+    for o, spec in pod_specs(objects):
+        assert spec["automountServiceAccountToken"] is False, o["metadata"]["name"]
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
+    assert accounts and all(a["automountServiceAccountToken"] is False for a in accounts)
 
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
     deny = policies.pop("default-deny")["spec"]

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 from urllib.parse import unquote
 
+import atomscale_lab.ingest  # noqa: F401 - its migrations are part of the schema upgraded below
 from atomscale_lab.cli import demo
 from atomscale_lab.vault.facade import Vault
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
