@@ -4,6 +4,8 @@
 - ``home``: an empty ``ATOMSCALE_HOME`` in a temporary folder (data and context roots inside it).
 - ``vault``: a ``Vault`` on ``home`` with ``root_key``.
 - ``venv_bin``: the folder of the project's executables (``atomscale-lab``, ``jupyter`` …).
+- ``postgres_cluster``, ``pg_url``, ``database``, ``db_backend``: the private PostgreSQL cluster
+  and per-backend fixtures (:mod:`tests.support.postgres`).
 
 Suites for one area live in their own folder with their own ``conftest.py``.
 """
@@ -13,6 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.postgres import (  # noqa: F401 - fixtures shared by every suite
+    database,
+    db_backend,
+    pg_url,
+    postgres_cluster,
+)
 
 
 @pytest.fixture
@@ -32,7 +41,12 @@ def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     h.mkdir()
     monkeypatch.setenv("ATOMSCALE_HOME", str(h))
-    for var in ("ATOMSCALE_DATA_ROOT", "ATOMSCALE_CONTEXT_ROOT", "ATOMSCALE_REGION"):
+    for var in (
+        "ATOMSCALE_DATA_ROOT",
+        "ATOMSCALE_CONTEXT_ROOT",
+        "ATOMSCALE_REGION",
+        "ATOMSCALE_DATABASE_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     return h
 

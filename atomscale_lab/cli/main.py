@@ -54,7 +54,7 @@ from atomscale_lab.cli.common import (
 from atomscale_lab.errors import AtomscaleError, NotFound, RootKeyError, ValidationError
 
 PLUGINS = ["atomscale_lab.cli.lab", "atomscale_lab.cli.ingest", "atomscale_lab.cli.hub"]
-PLUGINS += ["atomscale_lab.cli.kms", "atomscale_lab.cli.k8s"]
+PLUGINS += ["atomscale_lab.cli.kms", "atomscale_lab.cli.k8s", "atomscale_lab.cli.db"]
 """Modules that may add commands through ``register(subparsers, org_subparsers)``."""
 ENV_NEW_ROOT_KEY = "ATOMSCALE_NEW_ROOT_KEY"
 

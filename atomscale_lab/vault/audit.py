@@ -12,6 +12,12 @@ Beyond the chain, the tail is anchored: after each append the log's ``(count, ha
 line)`` is stored in the ``audit_heads`` table of a SQLite file outside the audit folder (the
 registry), so cutting lines off the end is detected as well as editing, deleting or reordering
 lines inside.
+
+With a PostgreSQL deployment database (``AuditLog(..., db=Database(url))``) the chain lives in the
+insert-only table ``audit_events`` instead of the file: one row per event, ``(org, seq)`` unique,
+``line`` the same canonical record (same hash chain, same MAC), appends serialised per org by a
+transaction-scoped advisory lock, and the head written in the same transaction. Pages are read
+from the newest row.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from typing import Protocol
 
 from atomscale_lab.errors import IntegrityError, ValidationError
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
-from atomscale_lab.vault.registry import connect
+from atomscale_lab.vault.db import Database, connect, is_database_url
+from atomscale_lab.vault.migrations import ensure
 
 OUTCOMES = ("allowed", "denied", "error")
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+$")
@@ -128,23 +135,35 @@ def _line_hash(line: bytes) -> str:
 
 
 class AuditHeads:
-    """``(count, last line hash)`` of each org's log in SQLite, never going backwards.
+    """``(count, last line hash)`` of each org's log in the deployment database, never going
+    backwards (``db``: the SQLite registry file, a ``postgresql://`` URL or a :class:`Database`).
 
-    The connection is kept open (WAL, ``synchronous=NORMAL``): the log line is fsynced before its
-    head is written, so a head lost in a crash only leaves the log ahead of it, which verifies.
+    On SQLite the connection is kept open (WAL, ``synchronous=NORMAL``): the log line is fsynced
+    before its head is written, so a head lost in a crash only leaves the log ahead of it, which
+    verifies. On PostgreSQL the head is written in the transaction that inserts the events.
     """
 
-    def __init__(self, db_path: Path):
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, db: Path | str | Database):
+        if isinstance(db, Database) and db.is_postgres:
+            self.database: Database | None = db
+        elif is_database_url(db):
+            self.database = Database(db)
+        else:
+            self.database = None
         self._lock = threading.Lock()
         self._db = None
         self._pid = None
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS audit_heads (org TEXT PRIMARY KEY, "
-                "count INTEGER NOT NULL, last_hash TEXT NOT NULL, updated TEXT NOT NULL)"
-            )
+        if self.database is not None:
+            self.db_path = None
+            ensure(self.database, "audit")
+            return
+        self.db_path = Path(db.path if isinstance(db, Database) else db)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        schema = Database(self.db_path, synchronous="NORMAL", private=False)
+        try:
+            ensure(schema, "audit")
+        finally:
+            schema.close()
 
     @contextlib.contextmanager
     def _connect(self):
@@ -156,30 +175,36 @@ class AuditHeads:
             with self._db:
                 yield self._db
 
+    def _sql(self, query: str, args=()) -> list:
+        if self.database is not None:
+            return self.database.sql(query, args)
+        with self._connect() as db:
+            return db.execute(query, args).fetchall()
+
     def get(self, org: str) -> tuple[int, str] | None:
         """The last recorded head of ``org``'s log, or None."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT count, last_hash FROM audit_heads WHERE org = ?", (org,)
-            ).fetchone()
-        return (int(row[0]), row[1]) if row else None
+        rows = self._sql("SELECT count, last_hash FROM audit_heads WHERE org = ?", (org,))
+        return (int(rows[0][0]), rows[0][1]) if rows else None
 
-    def advance(self, org: str, count: int, last_hash: str) -> None:
-        """Record a longer log; a shorter one is ignored (the head never moves back)."""
-        now = datetime.now(UTC).isoformat()
-        with self._connect() as db:
-            db.execute(
-                "INSERT INTO audit_heads (org, count, last_hash, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(org) DO UPDATE SET count = excluded.count, "
-                "last_hash = excluded.last_hash, updated = excluded.updated "
-                "WHERE excluded.count > audit_heads.count",
-                (org, count, last_hash, now),
-            )
+    _ADVANCE = (
+        "INSERT INTO audit_heads (org, count, last_hash, updated) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(org) DO UPDATE SET count = excluded.count, "
+        "last_hash = excluded.last_hash, updated = excluded.updated "
+        "WHERE excluded.count > audit_heads.count"
+    )
+
+    def advance(self, org: str, count: int, last_hash: str, tx=None) -> None:
+        """Record a longer log; a shorter one is ignored (the head never moves back). ``tx``: a
+        transaction of the same database to write it in."""
+        args = (org, count, last_hash, datetime.now(UTC).isoformat())
+        if tx is not None:
+            tx.execute(self._ADVANCE, args)
+        else:
+            self._sql(self._ADVANCE, args)
 
     def forget(self, org: str) -> None:
         """Drop the head of a deleted org."""
-        with self._connect() as db:
-            db.execute("DELETE FROM audit_heads WHERE org = ?", (org,))
+        self._sql("DELETE FROM audit_heads WHERE org = ?", (org,))
 
 
 class _Pending:
@@ -221,18 +246,31 @@ class AuditLog:
     only edits, deletions inside the log and reordering are detected.
     """
 
-    def __init__(self, path: Path, org: str, key: bytes, heads: AuditHeads | Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        org: str,
+        key: bytes,
+        heads: AuditHeads | Path | str | None = None,
+        db: Database | None = None,
+    ):
         if not isinstance(key, bytes | bytearray) or len(key) < 16:
             raise ValidationError("the audit key must be at least 16 bytes")
         self.path = Path(path)
         self.org = org
         self._key = bytes(key)
         if heads is not None and not isinstance(heads, AuditHeads):
-            heads = AuditHeads(Path(heads))
+            heads = AuditHeads(heads if is_database_url(heads) else Path(heads))
         self.heads = heads
+        if db is not None and not db.is_postgres:
+            db = None  # on SQLite deployments the chain stays in the JSONL file
+        if db is not None:
+            ensure(db, "audit")
+        self.db = db
 
     def __repr__(self) -> str:
-        return f"AuditLog(org={self.org!r}, path={str(self.path)!r})"
+        where = repr(self.db) if self.db is not None else str(self.path)
+        return f"AuditLog(org={self.org!r}, at={where!r})"
 
     def _mac(self, body: bytes) -> str:
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
@@ -269,8 +307,72 @@ class AuditLog:
         if item.error is not None:
             raise item.error
 
+    def _chain(self, batch: list[_Pending], seq: int, prev: str) -> list[tuple[int, bytes]]:
+        """``(seq, canonical line)`` of each event of ``batch``, continuing ``(seq, prev)``."""
+        out = []
+        for item in batch:
+            seq += 1
+            event = {
+                "seq": seq,
+                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "org": self.org,
+                "actor": item.actor,
+                "action": item.action,
+                "outcome": item.outcome,
+                "detail": item.detail,
+                "prev": prev,
+            }
+            event["mac"] = item.log._mac(_canonical(event))
+            line = _canonical(event)
+            out.append((seq, line))
+            prev = _line_hash(line)
+        return out
+
+    def _write_rows(self, batch: list[_Pending]) -> None:
+        """Chain and insert ``batch`` in one PostgreSQL transaction, serialised per org (an
+        advisory lock; the (org, seq) key refuses a second event at a sequence number)."""
+        db = self.db
+        try:
+            with db.tx() as tx:
+                db.serialize(tx, f"atomscale-lab/audit/{self.org}")
+                row = tx.execute(
+                    "SELECT seq, line FROM audit_events WHERE org = ? ORDER BY seq DESC LIMIT 1",
+                    (self.org,),
+                ).fetchone()
+                if row:
+                    seq, prev = int(row[0]), _line_hash(row[1].encode())
+                else:
+                    seq, prev = 0, genesis(self.org)
+                lines = self._chain(batch, seq, prev)
+                tx.executemany(
+                    "INSERT INTO audit_events (org, seq, actor, action, line) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (self.org, n, item.actor, item.action, line.decode())
+                        for (n, line), item in zip(lines, batch, strict=True)
+                    ],
+                )
+                last_seq, last_line = lines[-1]
+                for heads in {
+                    id(i.log.heads): i.log.heads for i in batch if i.log.heads is not None
+                }.values():
+                    same_db = heads.database is not None and heads.database.url == db.url
+                    heads.advance(
+                        self.org, last_seq, _line_hash(last_line), tx=tx if same_db else None
+                    )
+        except BaseException as e:
+            for item in batch:
+                item.error = e
+            raise
+        finally:
+            for item in batch:
+                item.done = True
+
     def _write_batch(self, batch: list[_Pending]) -> None:
         """Chain, write and fsync ``batch`` (this process's pending events) under the file lock."""
+        if self.db is not None:
+            self._write_rows(batch)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
@@ -278,23 +380,9 @@ class AuditLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 seq, prev = self._tail(fd)
-                lines = []
-                for item in batch:
-                    seq += 1
-                    event = {
-                        "seq": seq,
-                        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-                        "org": self.org,
-                        "actor": item.actor,
-                        "action": item.action,
-                        "outcome": item.outcome,
-                        "detail": item.detail,
-                        "prev": prev,
-                    }
-                    event["mac"] = item.log._mac(_canonical(event))
-                    line = _canonical(event)
-                    lines.append(line)
-                    prev = _line_hash(line)
+                chained = self._chain(batch, seq, prev)
+                lines = [line for _, line in chained]
+                seq, prev = chained[-1][0], _line_hash(lines[-1])
                 data = b"".join(line + b"\n" for line in lines)
                 written = 0
                 while written < len(data):
@@ -340,7 +428,31 @@ class AuditLog:
             ) from None
         return seq, _line_hash(last)
 
+    def _row_lines(self) -> list[bytes]:
+        """The chain's records from the table, in sequence order; a row whose columns disagree
+        with its MACed record is refused."""
+        rows = self.db.sql(
+            "SELECT seq, actor, action, line FROM audit_events WHERE org = ? ORDER BY seq",
+            (self.org,),
+        )
+        out = []
+        for i, (seq, actor, action, line) in enumerate(rows, start=1):
+            try:
+                ev = json.loads(line)
+                same = (ev["seq"], ev["actor"], ev["action"]) == (int(seq), actor, action)
+            except (ValueError, KeyError, TypeError):
+                same = True  # verify() names the record itself as invalid
+            if not same:
+                raise IntegrityError(
+                    f"audit log of {self.org!r}, line {i}: the row (event {seq}) differs from "
+                    "its MACed record (the table was edited or rows were moved)"
+                )
+            out.append(line.encode())
+        return out
+
     def _lines(self) -> list[bytes]:
+        if self.db is not None:
+            return self._row_lines()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -348,8 +460,32 @@ class AuditLog:
         # A torn final write (no newline) is kept: verify() reports it as a bad line.
         return [ln for ln in data.split(b"\n") if ln] if data else []
 
+    def _reverse_rows(self, page: int = 500):
+        before = None
+        while True:
+            if before is None:
+                rows = self.db.sql(
+                    "SELECT seq, line FROM audit_events WHERE org = ? ORDER BY seq DESC LIMIT ?",
+                    (self.org, page),
+                )
+            else:
+                rows = self.db.sql(
+                    "SELECT seq, line FROM audit_events WHERE org = ? AND seq < ? "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (self.org, before, page),
+                )
+            for _, line in rows:
+                yield line.encode()
+            if len(rows) < page:
+                return
+            before = rows[-1][0]
+
     def _reverse_lines(self, block: int = 1 << 16):
-        """The log's lines, last first, read in blocks from the end of the file."""
+        """The log's lines, last first, read in blocks from the end of the file (on PostgreSQL,
+        in pages of rows from the newest)."""
+        if self.db is not None:
+            yield from self._reverse_rows()
+            return
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - closed below, generator-scoped
         except FileNotFoundError:

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,16 +45,6 @@ SYSTEM_ORG = "_deployment"
 """Pseudo-org of the deployment audit log (org names cannot start with ``_``)."""
 AUDIT_KEY_VERSION = 1
 """The audit chain is MACed with version 1 of the org's audit key for the log's whole life."""
-
-_ORGS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS orgs (
-    name TEXT PRIMARY KEY, region TEXT NOT NULL, created TEXT NOT NULL, deleted TEXT)
-"""
-
-_CONFIG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS org_config (
-    name TEXT PRIMARY KEY, doc TEXT NOT NULL, updated TEXT NOT NULL)
-"""
 
 
 def _now() -> str:
@@ -125,24 +114,22 @@ class Vault:
         The KMS (and with it the root key) is only loaded when a key is needed, so listing orgs
         works without it.
         """
-        from atomscale_lab.vault.registry import connect
+        from atomscale_lab.vault.db import Database
+        from atomscale_lab.vault.migrations import ensure
 
         self.settings = settings if settings is not None else Settings.load()
         self.settings.check_roots()
         self._kms = kms
         self._keys = None
-        self._db = connect(self.settings.registry_path, secure_delete=True)
-        self._db_lock = threading.RLock()
-        self._sql(_ORGS_SCHEMA)
-        self._heads = AuditHeads(self.settings.registry_path)
+        self._db = Database(self.settings.database, secure_delete=True)
+        ensure(self._db, "orgs")
+        self._heads = AuditHeads(self._db if self._db.is_postgres else self.settings.registry_path)
 
     def __repr__(self) -> str:
         return f"Vault(home={str(self.settings.home)!r})"
 
     def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
-        # One connection shared by the threads of a hub service: serialise its use.
-        with self._db_lock:
-            return self._db.execute(sql, params).fetchall()
+        return self._db.sql(sql, params)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -161,7 +148,7 @@ class Vault:
         if self._keys is None:
             from atomscale_lab.vault.registry import KeyRegistry
 
-            self._keys = KeyRegistry(self.settings.registry_path, self.kms)
+            self._keys = KeyRegistry(self.settings.database, self.kms)
         return self._keys
 
     # -- residency ------------------------------------------------------------------------------
@@ -374,9 +361,9 @@ class Vault:
 
     def heads(self):
         """The commit-log head store (in the registry, outside the data root)."""
-        from atomscale_lab.vault.store import SqliteHeadStore
+        from atomscale_lab.vault.store import DatabaseHeadStore
 
-        return SqliteHeadStore(self.settings.registry_path)
+        return DatabaseHeadStore(self._db if self._db.is_postgres else self.settings.registry_path)
 
     def crypto(self, name: str):
         """The org's data ``OrgCrypto``."""
@@ -414,7 +401,13 @@ class Vault:
 
     def _audit_log(self, name: str) -> AuditLog:
         _, key = self.keys.key(name, "audit", AUDIT_KEY_VERSION)
-        return AuditLog(self.settings.audit_root / f"{name}.jsonl", name, key, heads=self._heads)
+        return AuditLog(
+            self.settings.audit_root / f"{name}.jsonl",
+            name,
+            key,
+            heads=self._heads,
+            db=self._db if self._db.is_postgres else None,
+        )
 
     def system_audit(self) -> AuditLog:
         """The deployment audit log (org creation and deletion, root-key rotation)."""
@@ -576,7 +569,6 @@ class Vault:
         from atomscale_lab import orgconfig
 
         self._live(name)
-        self._sql(_CONFIG_SCHEMA)
         rows = self._sql("SELECT doc, updated FROM org_config WHERE name=?", (name,))
         if not rows:
             return {"config": orgconfig.defaults(), "updated": None}
@@ -595,7 +587,6 @@ class Vault:
         self._live(name)
         doc = orgconfig.validate(config)
         updated = _now()
-        self._sql(_CONFIG_SCHEMA)
         self._sql(
             "INSERT INTO org_config (name, doc, updated) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET doc=excluded.doc, updated=excluded.updated",

@@ -23,6 +23,7 @@ ENV_ROOT_KEY_FILE = "ATOMSCALE_ROOT_KEY_FILE"
 ENV_DATA_ROOT = "ATOMSCALE_DATA_ROOT"
 ENV_CONTEXT_ROOT = "ATOMSCALE_CONTEXT_ROOT"
 ENV_REGION = "ATOMSCALE_REGION"
+ENV_DATABASE_URL = "ATOMSCALE_DATABASE_URL"
 
 
 def default_home() -> Path:
@@ -43,11 +44,19 @@ class Settings:
     context_root: Path
     region: str = "us"
     extra: dict = field(default_factory=dict)
+    database_url: str | None = None
+    """``postgresql://...``: the registries, heads and the audit chain live in PostgreSQL
+    (``ATOMSCALE_DATABASE_URL`` or ``database_url`` in ``atomscale.toml``); None: SQLite."""
 
     @property
     def registry_path(self) -> Path:
         """SQLite file of the key registry and other registries."""
         return self.home / "registry.sqlite"
+
+    @property
+    def database(self) -> Path | str:
+        """Where the registries live: the PostgreSQL URL, else the SQLite registry file."""
+        return self.database_url or self.registry_path
 
     @property
     def audit_root(self) -> Path:
@@ -78,14 +87,25 @@ class Settings:
         region = str(pick("region", ENV_REGION, "us")).lower()
         if region not in REGIONS:
             raise ConfigError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}")
+        database_url = pick("database_url", ENV_DATABASE_URL, None) or None
+        if database_url is not None and not str(database_url).startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError(
+                f"{ENV_DATABASE_URL} / database_url must be a postgresql:// URL "
+                "(leave it unset for the embedded SQLite registry)"
+            )
         s = cls(
             home=home,
             data_root=data_root,
             context_root=context_root,
             region=region,
             extra={
-                k: v for k, v in filecfg.items() if k not in ("data_root", "context_root", "region")
+                k: v
+                for k, v in filecfg.items()
+                if k not in ("data_root", "context_root", "region", "database_url")
             },
+            database_url=database_url,
         )
         s.check_roots()
         return s

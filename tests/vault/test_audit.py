@@ -8,24 +8,57 @@ import pytest
 
 from atomscale_lab.errors import IntegrityError, ValidationError
 from atomscale_lab.vault.audit import AuditHeads, AuditLog
+from atomscale_lab.vault.db import Database
 
 
 @pytest.fixture
-def log(tmp_path):
-    key = secrets.token_bytes(32)
-    heads = AuditHeads(tmp_path / "registry.sqlite")
-    lg = AuditLog(tmp_path / "audit" / "acme.jsonl", "acme", key, heads=heads)
+def log(tmp_path, database):
+    lg = open_log(tmp_path, database, "acme", secrets.token_bytes(32))
     for i in range(6):
         lg.record(f"user{i % 2}", "data.read", table="process/series", rows=i * 10)
     return lg
 
 
+def open_log(tmp_path, database, org, key):
+    """An org's log on ``database``: the JSONL file + SQLite heads, or the PostgreSQL table."""
+    path = tmp_path / "audit" / f"{org}.jsonl"
+    if isinstance(database, str):
+        return AuditLog(path, org, key, heads=AuditHeads(database), db=Database(database))
+    return AuditLog(path, org, key, heads=AuditHeads(database))
+
+
+# The attacker's view: the log's records as lines, rewritten wholesale (on PostgreSQL by the
+# database owner, who can do what the application role cannot).
+
+
 def lines(lg):
-    return lg.path.read_bytes().splitlines(keepends=True)
+    if lg.db is None:
+        return lg.path.read_bytes().splitlines(keepends=True)
+    rows = lg.db.sql("SELECT line FROM audit_events WHERE org = ? ORDER BY seq", (lg.org,))
+    return [r[0].encode() + b"\n" for r in rows]
 
 
-def write(lg, ls):
-    lg.path.write_bytes(b"".join(ls))
+def write(lg, ls, org=None):
+    if lg.db is None:
+        lg.path.write_bytes(b"".join(ls))
+        return
+    org = org or lg.org
+    with lg.db.tx() as tx:
+        tx.execute("DELETE FROM audit_events WHERE org = ?", (org,))
+        for i, line in enumerate(ls, start=1):
+            ev = json.loads(line)
+            tx.execute(
+                "INSERT INTO audit_events (org, seq, actor, action, line) VALUES (?,?,?,?,?)",
+                (org, i, ev["actor"], ev["action"], line.rstrip(b"\n").decode()),
+            )
+
+
+def same_storage(lg, org, key):
+    """Another ``AuditLog`` over the same storage; on PostgreSQL ``lg``'s rows are first copied
+    under ``org`` (a planted chain)."""
+    if lg.db is not None and org != lg.org:
+        write(lg, lines(lg), org=org)
+    return AuditLog(lg.path, org, key, db=lg.db)
 
 
 def test_intact_log_verifies(log):
@@ -60,7 +93,10 @@ def test_delete_last_is_detected(log):
 
 
 def test_delete_whole_file_is_detected(log):
-    log.path.unlink()
+    if log.db is None:
+        log.path.unlink()
+    else:
+        write(log, [])
     with pytest.raises(IntegrityError, match="line 1: missing"):
         log.verify()
 
@@ -74,10 +110,10 @@ def test_reorder_is_detected(log):
 
 
 def test_other_key_or_org_fails(log, tmp_path):
-    other = AuditLog(log.path, "acme", secrets.token_bytes(32))
+    other = same_storage(log, "acme", secrets.token_bytes(32))
     with pytest.raises(IntegrityError, match="line 1: MAC mismatch"):
         other.verify()
-    renamed = AuditLog(log.path, "beta", log._key)
+    renamed = same_storage(log, "beta", log._key)
     with pytest.raises(IntegrityError, match="line 1"):
         renamed.verify()
 
@@ -88,7 +124,7 @@ def test_append_after_verify_keeps_chain(log):
 
 
 def test_secret_names_and_values_are_refused(log):
-    before = log.path.read_bytes()
+    before = lines(log)
     for detail in (
         {"token": "abc"},
         {"api_key": "x"},
@@ -103,7 +139,7 @@ def test_secret_names_and_values_are_refused(log):
     ):
         with pytest.raises(ValidationError):
             log.record("admin", "config.change", **detail)
-    assert log.path.read_bytes() == before
+    assert lines(log) == before
     # Ordinary names of that length are fine.
     log.record("admin", "config.change", name="instrument-feed-for-the-growth-chamber-mbe1")
     with pytest.raises(ValidationError):
@@ -112,11 +148,11 @@ def test_secret_names_and_values_are_refused(log):
         log.record("admin", "data.read", outcome="maybe")
 
 
-def test_no_key_material_in_log(tmp_path):
+def test_no_key_material_in_log(tmp_path, database):
     key = secrets.token_bytes(32)
-    lg = AuditLog(tmp_path / "a.jsonl", "acme", key, heads=tmp_path / "r.sqlite")
+    lg = open_log(tmp_path, database, "acme", key)
     lg.record("admin", "key.release", key_version=2, fingerprint="0123abcd")
-    raw = lg.path.read_bytes()
+    raw = b"".join(lines(lg))
     import base64
 
     for form in (
@@ -131,20 +167,24 @@ def test_no_key_material_in_log(tmp_path):
     assert ev["detail"] == {"key_version": 2, "fingerprint": "0123abcd"}
 
 
-def _append_many(path, key, heads, n):
-    lg = AuditLog(path, "acme", key, heads=heads)
+def _append_many(tmp_path, database, key, n):
+    lg = open_log(tmp_path, database, "acme", key)
     for i in range(n):
         lg.record("worker", "data.write", i=i)
 
 
-def test_concurrent_appends_keep_chain(tmp_path):
+def test_concurrent_appends_keep_chain(tmp_path, database):
+    """Several processes append to one org's log: one gapless chain, every event kept."""
     key = secrets.token_bytes(32)
-    path, heads = tmp_path / "acme.jsonl", tmp_path / "r.sqlite"
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append_many, args=(path, key, heads, 40)) for _ in range(3)]
+    # A forked child must not share the parent's database connections: spawn on PostgreSQL.
+    ctx = multiprocessing.get_context("spawn" if isinstance(database, str) else "fork")
+    procs = [ctx.Process(target=_append_many, args=(tmp_path, database, key, 40)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(300)  # a deadline, not a speed goal: a loaded machine may take long
         assert p.exitcode == 0
-    assert AuditLog(path, "acme", key, heads=heads).verify() == 120
+    lg = open_log(tmp_path, database, "acme", key)
+    assert lg.verify() == 120
+    assert [e["seq"] for e in lg.events(limit=200)] == list(range(120, 0, -1))
+    assert sorted(e["detail"]["i"] for e in lg.events(limit=200)) == sorted(list(range(40)) * 3)

@@ -7,12 +7,14 @@ import builtins
 
 from atomscale_lab.vault import audit as audit_mod
 from atomscale_lab.vault.audit import AuditLog
+from atomscale_lab.vault.db import Database
+from tests.vault.test_audit import lines, open_log
 
 
 def _full_scan(log, actor=None, action=None):
     import json
 
-    events = [json.loads(ln) for ln in log.path.read_bytes().split(b"\n") if ln]
+    events = [json.loads(ln) for ln in b"".join(lines(log)).split(b"\n") if ln]
     out = []
     for ev in reversed(events):
         if actor is not None and ev["actor"] != actor:
@@ -26,8 +28,8 @@ def _full_scan(log, actor=None, action=None):
     return out
 
 
-def test_pages_match_a_full_scan(tmp_path):
-    log = AuditLog(tmp_path / "a.log", "acme", b"k" * 32)
+def test_pages_match_a_full_scan(tmp_path, database):
+    log = open_log(tmp_path, database, "acme", b"k" * 32)
     for i in range(700):
         log.record(
             f"user{i % 7}", "data.read" if i % 3 else "config.change", detail="x" * (i % 50), i=i
@@ -113,5 +115,58 @@ def test_concurrent_records_share_one_fsync_and_stay_chained(tmp_path, monkeypat
     for t in threads:
         t.join(30)
     assert len(syncs) == 1  # one write and one fsync for the ten events
+    assert log.verify() == 11
+    assert sorted(e["detail"]["n"] for e in log.events(limit=20)) == list(range(-1, 10))
+
+
+def test_a_recent_page_reads_only_the_newest_rows_on_postgres(tmp_path, pg_url, monkeypatch):
+    from tests.support.postgres import upgraded
+
+    log = open_log(tmp_path, upgraded(pg_url), "acme", b"k" * 32)
+    for i in range(1200):
+        log.record("ann", "data.read", table="process/series", run_ids=[f"run-{i}"], rows=i)
+    read = []
+    real_sql = Database.sql
+
+    def counting_sql(self, query, args=()):
+        rows = real_sql(self, query, args)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(Database, "sql", counting_sql)
+    events = log.events(limit=20)
+    assert [e["seq"] for e in events] == list(range(1200, 1180, -1))
+    assert 0 < sum(read) <= 500, sum(read)  # one page of rows, not the log
+    assert [e["seq"] for e in log.events(limit=5, offset=1195)] == [5, 4, 3, 2, 1]
+
+
+def test_concurrent_records_share_one_transaction_on_postgres(tmp_path, pg_url, monkeypatch):
+    import threading
+    import time
+
+    from tests.support.postgres import upgraded
+
+    log = open_log(tmp_path, upgraded(pg_url), "acme", b"k" * 32)
+    log.record("ann", "data.read", n=-1)
+    group = audit_mod._group_of(log.path)
+    batches = []
+    real_write = AuditLog._write_rows
+    monkeypatch.setattr(
+        AuditLog, "_write_rows", lambda self, b: (batches.append(len(b)), real_write(self, b))[1]
+    )
+    with group.writer:  # hold the log: ten threads queue their events meanwhile
+        threads = [
+            threading.Thread(target=log.record, args=(f"u{i}", "data.read"), kwargs={"n": i})
+            for i in range(10)
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(group.pending) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(group.pending) == 10
+    for t in threads:
+        t.join(30)
+    assert batches == [10]  # one transaction for the ten events
     assert log.verify() == 11
     assert sorted(e["detail"]["n"] for e in log.events(limit=20)) == list(range(-1, 10))

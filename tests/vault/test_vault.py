@@ -20,14 +20,21 @@ from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.settings import Settings
 
 
-def settings(tmp_path):
+def settings(tmp_path, database_url=None):
     home = tmp_path / "home"
-    return Settings(home=home, data_root=home / "data", context_root=home / "context")
+    return Settings(
+        home=home,
+        data_root=home / "data",
+        context_root=home / "context",
+        database_url=database_url,
+    )
 
 
 @pytest.fixture
-def v(tmp_path):
-    vault = Vault(settings(tmp_path), kms=LocalKms(generate_root_key()))
+def v(tmp_path, database):
+    """A Vault with demo data, once with the SQLite registry and once on PostgreSQL."""
+    url = database if isinstance(database, str) else None
+    vault = Vault(settings(tmp_path, url), kms=LocalKms(generate_root_key()))
     vault.create_org("acme", "us")
     demo.generate(vault, "acme", runs=6, seed=2, points_per_run=120)
     return vault
@@ -109,16 +116,16 @@ def test_rotate_root_key(tmp_path, v):
     new_key_text = generate_root_key()
     n = v.rotate_root_key(LocalKms(new_key_text))
     assert n >= 6  # acme and the deployment log: data, context, audit
-    again = Vault(settings(tmp_path), kms=LocalKms(new_key_text))
+    again = Vault(v.settings, kms=LocalKms(new_key_text))
     assert counts(again) == before
     assert again.audit("acme").events(limit=1)[0]["action"] == "key.rotate_root"
-    stale = Vault(settings(tmp_path), kms=LocalKms(generate_root_key()))
+    stale = Vault(v.settings, kms=LocalKms(generate_root_key()))
     with pytest.raises(RootKeyError):
         stale.org_keys("acme")
 
 
 def test_wrong_root_key_cannot_create_orgs(tmp_path, v):
-    stale = Vault(settings(tmp_path), kms=LocalKms(generate_root_key()))
+    stale = Vault(v.settings, kms=LocalKms(generate_root_key()))
     with pytest.raises(RootKeyError):
         stale.create_org("beta", "us")
     assert [o["name"] for o in v.orgs()] == ["acme"]
@@ -127,10 +134,7 @@ def test_wrong_root_key_cannot_create_orgs(tmp_path, v):
 
 
 def test_delete_with_shred(tmp_path, v):
-    import sqlite3
-
-    with sqlite3.connect(v.settings.registry_path) as db:
-        blobs = [r[0] for r in db.execute("SELECT wrapped FROM org_keys WHERE org='acme'")]
+    blobs = [bytes(r[0]) for r in v._db.sql("SELECT wrapped FROM org_keys WHERE org='acme'")]
     assert len(blobs) == 4  # data, context, audit, sign
     data_dir = v.settings.data_root / "acme"
     assert any(data_dir.rglob("*.parquet"))
@@ -144,10 +148,12 @@ def test_delete_with_shred(tmp_path, v):
     ):
         with pytest.raises(UnknownOrg, match="deleted"):
             call()
-    reg = KeyRegistry(v.settings.registry_path, v.kms)
+    reg = KeyRegistry(v.settings.database, v.kms)
     with pytest.raises(KeyUnavailable, match="destroyed"):
         reg.org_keys("acme")
-    # The wrapped keys are gone from the registry files themselves, not only from its tables.
+    assert v._db.sql("SELECT COUNT(*) FROM org_keys WHERE org='acme'")[0][0] == 0
+    # The wrapped keys are gone from the registry files themselves, not only from its tables
+    # (PostgreSQL has no secure_delete: there the rows are deleted and vacuumed, see the docs).
     for path in v.settings.home.glob("registry.sqlite*"):
         raw = path.read_bytes()
         for blob in blobs:

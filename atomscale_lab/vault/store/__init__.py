@@ -10,7 +10,13 @@ from atomscale_lab.vault.store.files import (
     prepare,
     write_parquet,
 )
-from atomscale_lab.vault.store.log import CHECKPOINT_EVERY, Commit, HeadStore, SqliteHeadStore
+from atomscale_lab.vault.store.log import (
+    CHECKPOINT_EVERY,
+    Commit,
+    DatabaseHeadStore,
+    HeadStore,
+    SqliteHeadStore,
+)
 from atomscale_lab.vault.store.table import OrgStore, OrgTable
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "N_BUCKETS",
     "READ_POOL",
     "Commit",
+    "DatabaseHeadStore",
     "HeadStore",
     "OrgStore",
     "OrgTable",

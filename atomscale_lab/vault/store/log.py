@@ -59,7 +59,6 @@ import hmac
 import json
 import logging
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +69,8 @@ from atomscale_lab.errors import IntegrityError, KeyUnavailable
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.vault.crypto import OrgCrypto
-from atomscale_lab.vault.registry import connect
+from atomscale_lab.vault.db import DB_ERRORS, Database, is_database_url
+from atomscale_lab.vault.migrations import ensure
 from atomscale_lab.vault.store.files import (
     _PATH_RE,
 )
@@ -98,40 +98,79 @@ class HeadStore(Protocol):
         """Record a newer head (never goes backwards)."""
 
 
-class SqliteHeadStore:
-    """``HeadStore`` in a SQLite file (default: the registry)."""
+class DatabaseHeadStore:
+    """``HeadStore`` in the deployment database: a SQLite file (default: the registry) or
+    PostgreSQL (``db``: a path, a ``postgresql://`` URL or a :class:`Database`).
 
-    def __init__(self, db_path: Path):
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = connect(self.db_path, private=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS log_heads (org TEXT NOT NULL, tbl TEXT NOT NULL, "
-            "seq INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (org, tbl))"
-        )
+    Advancing is a compare-and-swap in one statement: the row changes only if the new ``seq`` is
+    greater than the stored one, so of two writers that both advance from the same head to the
+    same ``seq`` with different digests (a forked log) one wins and the other gets an
+    ``IntegrityError``; :meth:`swap` is the explicit form (``expect`` the current head).
+    """
+
+    def __init__(self, db: Path | str | Database):
+        if not isinstance(db, Database):
+            db = Database(db if is_database_url(db) else Path(db), private=False)
+        self._db = db
+        self.db_path = db.path
+        ensure(db, "heads")
 
     def get(self, org: str, table: str) -> tuple[int, str] | None:
         """Latest known head, or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?", (org, table)
-            ).fetchone()
-        return (row[0], row[1]) if row else None
+        rows = self._db.sql("SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?", (org, table))
+        return (int(rows[0][0]), rows[0][1]) if rows else None
 
     def advance(self, org: str, table: str, seq: int, digest: str) -> None:
-        """Record a newer head (never goes backwards)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO log_heads VALUES (?,?,?,?) ON CONFLICT (org, tbl) DO UPDATE SET "
-                "seq=excluded.seq, digest=excluded.digest WHERE excluded.seq > log_heads.seq",
+        """Record a newer head (never goes backwards); refuse a different digest at the stored
+        ``seq`` (two writers advanced from the same head)."""
+        with self._db.tx() as tx:
+            cur = tx.execute(
+                "INSERT INTO log_heads (org, tbl, seq, digest) VALUES (?,?,?,?) "
+                "ON CONFLICT (org, tbl) DO UPDATE SET seq=excluded.seq, digest=excluded.digest "
+                "WHERE excluded.seq > log_heads.seq",
                 (org, table, seq, digest),
             )
+            if cur.rowcount:
+                return
+            row = tx.execute(
+                "SELECT seq, digest FROM log_heads WHERE org=? AND tbl=?", (org, table)
+            ).fetchone()
+        if row is not None and int(row[0]) == seq and row[1] != digest:
+            raise IntegrityError(
+                f"commit log of {org}/{table}: commit {seq} was already recorded with another "
+                "digest (two writers committed from the same head)"
+            )
+
+    def swap(
+        self, org: str, table: str, expect: tuple[int, str] | None, new: tuple[int, str]
+    ) -> bool:
+        """Compare-and-swap: set the head to ``new`` only if it is ``expect`` now (None: no head
+        yet) and ``new`` is newer. Returns whether this call moved it."""
+        seq, digest = new
+        if expect is not None and seq <= expect[0]:
+            return False
+        with self._db.tx() as tx:
+            if expect is None:
+                cur = tx.execute(
+                    "INSERT INTO log_heads (org, tbl, seq, digest) VALUES (?,?,?,?) "
+                    "ON CONFLICT (org, tbl) DO NOTHING",
+                    (org, table, seq, digest),
+                )
+            else:
+                cur = tx.execute(
+                    "UPDATE log_heads SET seq=?, digest=? WHERE org=? AND tbl=? AND seq=? "
+                    "AND digest=?",
+                    (seq, digest, org, table, expect[0], expect[1]),
+                )
+            return cur.rowcount == 1
 
     def forget(self, org: str) -> None:
         """Drop the heads of a deleted org."""
-        with self._lock:
-            self._db.execute("DELETE FROM log_heads WHERE org=?", (org,))
+        self._db.sql("DELETE FROM log_heads WHERE org=?", (org,))
+
+
+SqliteHeadStore = DatabaseHeadStore
+"""The former name of :class:`DatabaseHeadStore`."""
 
 
 @dataclass(frozen=True)
@@ -543,7 +582,7 @@ class CommitLog:
             try:
                 self.heads.advance(self.org, self._head_name, state.seq, state.digest)
                 self._advanced = state.seq
-            except sqlite3.Error as e:
+            except DB_ERRORS as e:
                 log.warning(
                     "cannot record the commit-log head of %s/%s: %s", self.org, self.spec.name, e
                 )
