@@ -38,6 +38,9 @@ SECRET_PREFIXES = (
     "VAULT_",
     "BAO_",
     "AWS_",
+    "ATOMSCALE_DATABASE_URL",  # may carry the database password
+    "ATOMSCALE_HUB_DB_URL",
+    "PGPASS",  # PGPASSWORD, PGPASSFILE
 )
 
 

@@ -9,7 +9,7 @@ PRECISION``: ``REAL`` would round it to seconds). Never edit an applied step: ap
 
 from __future__ import annotations
 
-from atomscale_lab.vault.migrations import Migration, register
+from atomscale_lab.vault.migrations import APP_TABLES, Migration, register
 
 COMPONENT = "ingest"
 
@@ -63,4 +63,21 @@ register(
         postgres=_V1,
         note="API keys, streams, batch claims, flush intents, SDK records",
     ),
+)
+
+# What the application role may do on the ingest tables (``app_role_grants``): claims, chunks and
+# SDK records are only added; flush intents come and go; nothing of an API key is ever deleted.
+APP_TABLES.update(
+    {
+        "apikeys": "SELECT, INSERT, UPDATE",
+        "streams": "SELECT, INSERT, UPDATE",
+        "batches": "SELECT, INSERT",
+        "flushes": "SELECT, INSERT, UPDATE, DELETE",
+        "items": "SELECT, INSERT",
+        "chunks": "SELECT, INSERT",
+        "samples": "SELECT, INSERT",
+        "tags": "SELECT, INSERT",
+        "item_tags": "SELECT, INSERT",
+        "tracking": "SELECT, INSERT, UPDATE",
+    }
 )

@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 
 from atomscale_lab.ingest.lease import AdvisoryLease, LocalLease
-from atomscale_lab.vault.registry import Database
+from atomscale_lab.vault.db import Database
 
 
 def replica_id(state_dir: Path) -> str:

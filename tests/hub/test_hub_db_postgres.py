@@ -69,6 +69,8 @@ c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.ConfigurableHTTPProxy.command = {proxy_command()!r}
 c.ConfigurableHTTPProxy.pid_file = {str(tmp_path / "proxy.pid")!r}
 c.JupyterHub.cookie_secret_file = {str(tmp_path / "cookie_secret")!r}
+# only the database matters here: users are made through the API, nobody logs in
+c.JupyterHub.authenticator_class = "null"
 c.JupyterHub.services = [{{"name": "probe", "api_token": os.environ["PROBE_TOKEN"]}}]
 c.JupyterHub.load_roles = [{{"name": "probe", "scopes": ["admin:users"], "services": ["probe"]}}]
 """

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
-from atomscale_lab.ingest import apikeys
+from atomscale_lab.ingest import apikeys, statedb
 from atomscale_lab.ingest.apikeys import InvalidApiKey, Throttled
 
 
@@ -64,6 +64,7 @@ def test_expired_and_revoked_keys_are_refused(deployment):
         lambda org, v: apikeys.pepper_from_org_keys(deployment.vault.org_keys(org), v),
         audit_for=deployment.vault.audit,
         now=lambda: datetime.now(UTC) + timedelta(minutes=2),
+        database=statedb.shared(deployment.vault.settings),  # None: the registry file
     )
     with pytest.raises(InvalidApiKey, match="expired"):
         later.authenticate(key, client="x")
