@@ -200,6 +200,12 @@ class AdvisoryLease:
             self._held = set()
             if self._conn is not None:
                 try:
+                    # released now: the server ends a closed session a moment after the client
+                    # returns, and a successor asking in that moment would be refused
+                    self._conn.execute("SELECT pg_advisory_unlock_all()")
+                except Exception:  # noqa: S110 - broken: the server drops the locks anyway
+                    pass
+                try:
                     self._conn.close()
                 finally:
                     self._conn = None

@@ -58,7 +58,7 @@ def _connect(url):
     return connect
 
 
-def test_advisory_lease_one_holder_and_takeover_on_close(state_backend):
+def test_advisory_lease_one_holder_and_takeover_on_close(state_backend, postgres_cluster):
     lost = []
     a = AdvisoryLease(_connect(state_backend), on_lost=lost.extend, check_interval=0.1)
     b = AdvisoryLease(_connect(state_backend), check_interval=0.1)
@@ -68,9 +68,17 @@ def test_advisory_lease_one_holder_and_takeover_on_close(state_backend):
         assert b.acquire("beta") and not a.acquire("beta")  # per org
         a.release("acme")
         assert b.acquire("acme") and not a.acquire("acme")
-        b.close()  # the session ends: PostgreSQL drops both locks
+        b.close()  # a clean stop gives both orgs up at once
         assert a.acquire("acme") and a.acquire("beta")
         assert a.held() == {"acme", "beta"}
+        # a session that ends without a word (its process died): PostgreSQL drops its locks
+        c = AdvisoryLease(_connect(state_backend), check_interval=0.1)
+        a.release("acme")
+        assert c.acquire("acme") and not a.acquire("acme")
+        (pid,) = c._conn.execute("SELECT pg_backend_pid()").fetchone()
+        postgres_cluster.execute(f"SELECT pg_terminate_backend({int(pid)})")
+        _until(lambda: a.acquire("acme"), timeout=10)
+        c.close()
     finally:
         a.close()
         b.close()
@@ -219,7 +227,7 @@ def test_a_batch_in_two_wals_is_stored_by_its_claimant_only(deployment, tmp_path
     st = a.open_stream(key, "run-claim", "mbe1", "process")
     table = a.conform(st, _rows(0, 5))
     a._wal("acme").append([WalRecord(st["id"], "b0", CATEGORY_TABLE["process"], table, "d0")])
-    a.lease.close()  # "dies": its lease goes, its WAL stays
+    a.lease.close()  # gives its lease up (as its death would); its WAL stays
     a._owned.clear()
 
     b = IngestCore(deployment.vault, tmp_path / "b")
