@@ -242,3 +242,38 @@ def test_a_batch_in_two_wals_is_stored_by_its_claimant_only(deployment, tmp_path
     assert b.finalize(key, st["id"])["rows"] == 5
     a.close()
     b.close()
+
+
+def test_ingest_tables_come_from_db_upgrade_and_the_app_role_can_use_them(
+    home, root_key, pg_url, postgres_cluster, monkeypatch, tmp_path
+):
+    """The ingest schema is a numbered component of ``atomscale-lab db upgrade``; before it a
+    service refuses and names the command; the documented application role can run ingest (and
+    cannot delete a batch claim)."""
+    import psycopg
+
+    from atomscale_lab.cli.main import main
+    from atomscale_lab.errors import ConfigError
+    from atomscale_lab.ingest import statedb
+    from atomscale_lab.vault.db import Database
+    from atomscale_lab.vault.migrations import app_role_grants, status
+    from atomscale_lab.vault.settings import Settings
+
+    monkeypatch.setenv("ATOMSCALE_DATABASE_URL", pg_url)
+    with pytest.raises(ConfigError, match="db upgrade"):
+        statedb.shared(Settings.load(home))
+    assert main(["db", "upgrade"]) == 0
+    assert status(Database(pg_url))["ingest"] == (1, 1)
+    assert statedb.shared(Settings.load(home)) is not None
+
+    schema = pg_url.rsplit("%3D", 1)[1]
+    role = f"app_{schema}"
+    postgres_cluster.execute(f"CREATE ROLE {role} LOGIN", *app_role_grants(role, schema))
+    app_url = pg_url.replace("postgresql://atomscale@", f"postgresql://{role}@")
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO batches (stream_id, batch_id, rows, digest, accepted, wal) "
+            "VALUES ('st_1', 'b1', 1, 'd', 'now', 'r-1')"
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM batches")
