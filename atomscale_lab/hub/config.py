@@ -31,7 +31,7 @@ SERVICE_ENV = (
     "ATOMSCALE_CONTEXT_ROOT",
     "ATOMSCALE_REGION",
     "ATOMSCALE_TOKEN_CACHE_SECONDS",
-    "ATOMSCALE_DATABASE_URL",  # the services' shared state database (PostgreSQL), if any
+    "ATOMSCALE_DATABASE_URL",
 )
 
 
