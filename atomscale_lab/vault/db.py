@@ -124,7 +124,8 @@ _POOLS_LOCK = threading.Lock()
 
 
 def _pool(url: str, max_size: int):
-    """One pool per URL and process (a pool's connections must not cross a fork)."""
+    """One pool per URL and process: a forked child opens its own (psycopg leaves inherited
+    connections alone when a child drops them, so the parent's sessions survive)."""
     key = (url, os.getpid())
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
@@ -164,6 +165,22 @@ def close_pools() -> None:
         pool.close()
 
 
+class Rows(list):
+    """The rows of one statement, with the cursor methods callers of ``execute`` use."""
+
+    def __init__(self, rows, rowcount: int = -1):
+        super().__init__(rows)
+        self.rowcount = rowcount
+
+    def fetchone(self):
+        """The first row, or None."""
+        return self[0] if self else None
+
+    def fetchall(self) -> list:
+        """Every row."""
+        return list(self)
+
+
 class Database:
     """A registry's database: a SQLite file (``target`` a path) or PostgreSQL (a URL).
 
@@ -200,12 +217,17 @@ class Database:
 
     def sql(self, query: str, args=()) -> list:
         """Run one statement (``?`` placeholders); returns all rows (empty for a write)."""
+        return list(self.execute(query, args))
+
+    def execute(self, query: str, args=()) -> Rows:
+        """Run one statement (autocommit); returns its :class:`Rows` (also ``rowcount``)."""
         if self.dialect == SQLITE:
             with self.lock:
-                return self.conn.execute(query, args).fetchall()
+                cur = self.conn.execute(query, args)
+                return Rows(cur.fetchall(), cur.rowcount)
         with _pool(self.url, self._pool_size).connection() as conn:
             cur = conn.execute(_pg_query(query), tuple(args))
-            return cur.fetchall() if cur.description is not None else []
+            return Rows(cur.fetchall() if cur.description is not None else [], cur.rowcount)
 
     @contextlib.contextmanager
     def tx(self):

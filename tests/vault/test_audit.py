@@ -7,8 +7,7 @@ import secrets
 import pytest
 
 from atomscale_lab.errors import IntegrityError, ValidationError
-from atomscale_lab.vault.audit import AuditHeads, AuditLog
-from atomscale_lab.vault.db import Database
+from tests.support.auditlog import lines, open_log, same_storage, write
 
 
 @pytest.fixture
@@ -17,48 +16,6 @@ def log(tmp_path, database):
     for i in range(6):
         lg.record(f"user{i % 2}", "data.read", table="process/series", rows=i * 10)
     return lg
-
-
-def open_log(tmp_path, database, org, key):
-    """An org's log on ``database``: the JSONL file + SQLite heads, or the PostgreSQL table."""
-    path = tmp_path / "audit" / f"{org}.jsonl"
-    if isinstance(database, str):
-        return AuditLog(path, org, key, heads=AuditHeads(database), db=Database(database))
-    return AuditLog(path, org, key, heads=AuditHeads(database))
-
-
-# The attacker's view: the log's records as lines, rewritten wholesale (on PostgreSQL by the
-# database owner, who can do what the application role cannot).
-
-
-def lines(lg):
-    if lg.db is None:
-        return lg.path.read_bytes().splitlines(keepends=True)
-    rows = lg.db.sql("SELECT line FROM audit_events WHERE org = ? ORDER BY seq", (lg.org,))
-    return [r[0].encode() + b"\n" for r in rows]
-
-
-def write(lg, ls, org=None):
-    if lg.db is None:
-        lg.path.write_bytes(b"".join(ls))
-        return
-    org = org or lg.org
-    with lg.db.tx() as tx:
-        tx.execute("DELETE FROM audit_events WHERE org = ?", (org,))
-        for i, line in enumerate(ls, start=1):
-            ev = json.loads(line)
-            tx.execute(
-                "INSERT INTO audit_events (org, seq, actor, action, line) VALUES (?,?,?,?,?)",
-                (org, i, ev["actor"], ev["action"], line.rstrip(b"\n").decode()),
-            )
-
-
-def same_storage(lg, org, key):
-    """Another ``AuditLog`` over the same storage; on PostgreSQL ``lg``'s rows are first copied
-    under ``org`` (a planted chain)."""
-    if lg.db is not None and org != lg.org:
-        write(lg, lines(lg), org=org)
-    return AuditLog(lg.path, org, key, db=lg.db)
 
 
 def test_intact_log_verifies(log):

@@ -8,7 +8,7 @@ import builtins
 from atomscale_lab.vault import audit as audit_mod
 from atomscale_lab.vault.audit import AuditLog
 from atomscale_lab.vault.db import Database
-from tests.vault.test_audit import lines, open_log
+from tests.support.auditlog import lines, open_log
 
 
 def _full_scan(log, actor=None, action=None):

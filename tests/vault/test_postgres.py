@@ -21,8 +21,8 @@ from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.migrations import Migration, app_role_grants, status, upgrade
 from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import DatabaseHeadStore
+from tests.support.auditlog import open_log
 from tests.support.postgres import upgraded
-from tests.vault.test_audit import open_log
 
 D1, D2, D3 = ("1" * 64, "2" * 64, "3" * 64)
 
@@ -310,3 +310,26 @@ def test_vault_on_postgres_keeps_no_local_audit_file(tmp_path, db_backend, root_
         assert files == set() and not v.settings.registry_path.exists()
         assert isinstance(v.audit("acme"), AuditLog) and v.audit("acme").db is not None
         assert AuditHeads(db_backend).get("acme")[0] == 2
+
+
+def test_a_forked_child_does_not_end_the_parents_sessions(pg_url):
+    import gc
+
+    from atomscale_lab.vault import db as db_mod
+
+    url = upgraded(pg_url)
+    store = DatabaseHeadStore(url)
+    store.advance("acme", "t@1", 1, D1)
+    pid = os.fork()
+    if pid == 0:  # the child drops every inherited connection, then works on its own
+        code = 1
+        try:
+            db_mod._POOLS.clear()
+            gc.collect()
+            DatabaseHeadStore(url).advance("acme", "t@1", 2, D2)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status_ = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status_) == 0
+    assert store.get("acme", "t@1") == (2, D2)  # the parent's pooled session still works
