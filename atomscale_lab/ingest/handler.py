@@ -110,8 +110,15 @@ class IngestHandler(web.RequestHandler):
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="atomscale-ingest"')
         if status >= 500:
-            log.error(
-                "ingest request %s %s failed: %s", self.request.method, self.request.path, exc
+            # a retryable 503 (another replica owns the org, the store is behind) is expected
+            # behaviour, not a failure of the service
+            level = logging.WARNING if getattr(exc, "retry_after", None) else logging.ERROR
+            log.log(
+                level,
+                "ingest request %s %s failed: %s",
+                self.request.method,
+                self.request.path,
+                exc,
             )
         self.set_status(status)
         self.finish(json.dumps(body))
