@@ -91,10 +91,17 @@ class JsonHandler(web.RequestHandler):
             super().log_exception(typ, value, tb)
 
     def _log_expected(self, error: Exception) -> None:
-        # a server-side refusal (integrity, keys unavailable) is an error for whoever runs it
+        # a server-side refusal (integrity, keys unavailable) is an error for whoever runs it;
+        # a retryable one (another replica owns the org, the store is behind) is expected
         status = getattr(error, "status_code", None) or http_status(error)
+        if status < 500:
+            level = logging.INFO
+        elif getattr(error, "retry_after", None):
+            level = logging.WARNING
+        else:
+            level = logging.ERROR
         self.logger.log(
-            logging.ERROR if status >= 500 else logging.INFO,
+            level,
             "%s %s -> %s: %s",
             self.request.method,
             self.request.path,

@@ -112,7 +112,8 @@ def register(subparsers) -> None:
         "--api-server-cidr",
         action="append",
         metavar="CIDR",
-        help="the Kubernetes API server, for ingest's Lease (default 0.0.0.0/0)",
+        help="let ingest reach the Kubernetes API at this network (default: not at all; its "
+        "lease is in PostgreSQL); repeatable",
     )
     r.add_argument(
         "--ingress-namespace",

@@ -19,6 +19,9 @@ from pathlib import Path
 from atomscale_lab.errors import ConfigError
 
 ENV_DEPLOYMENT = "ATOMSCALE_HUB_CONFIG"
+ENV_HUB_DB = "ATOMSCALE_HUB_DB_URL"
+"""JupyterHub's own database (an SQLAlchemy URL, e.g. PostgreSQL); default: SQLite in the hub's
+state folder."""
 SERVICE_ENV = (
     "ATOMSCALE_HOME",
     "ATOMSCALE_ROOT_KEY",
@@ -71,6 +74,33 @@ def _need(section: dict, key: str, where: str):
     if key not in section or section[key] in ("", None):
         raise ConfigError(f"the deployment file needs {where}.{key}")
     return section[key]
+
+
+def hub_db_url(hub: dict, state: Path) -> str:
+    """JupyterHub's database URL: ``$ATOMSCALE_HUB_DB_URL``, else ``[hub] db_url`` of the
+    deployment file (no password there: give it in the variable, or as ``PGPASSWORD``), else
+    ``jupyterhub.sqlite`` in the state folder.
+
+    ``postgresql://`` is given SQLAlchemy's psycopg 3 driver (``postgresql+psycopg://``; plain
+    ``postgresql://`` would ask for psycopg2). Use a database of its own (e.g. ``jupyterhub``
+    beside the deployment's ``ATOMSCALE_DATABASE_URL`` database on the same server).
+    """
+    from urllib.parse import urlsplit
+
+    url = os.environ.get(ENV_HUB_DB) or ""
+    if not url and hub.get("db_url"):
+        url = str(hub["db_url"])
+        if urlsplit(url).password:
+            raise ConfigError(
+                "[hub] db_url holds a password: secrets are never in the deployment file; "
+                f"set {ENV_HUB_DB} (or PGPASSWORD) in the hub's environment instead"
+            )
+    if not url:
+        return f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain) :]
+    return url
 
 
 def proxy_command() -> list[str]:
@@ -148,7 +178,7 @@ def configure(c, dep: dict | None = None) -> None:
     c.JupyterHub.internal_ssl = True
     c.JupyterHub.internal_certs_location = str(state / "internal-ssl")
     c.JupyterHub.trusted_alt_names = ["IP:127.0.0.1", "DNS:localhost"]
-    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.db_url = hub_db_url(hub, state)
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.cleanup_servers = True
     c.ConfigurableHTTPProxy.command = proxy_command()

@@ -29,6 +29,7 @@ from atomscale_lab.names import org_of_group
 SECRET_PREFIXES = (
     "ATOMSCALE_ROOT_KEY",
     "ATOMSCALE_KMS",
+    "ATOMSCALE_HUB_DB_URL",  # JupyterHub's own database (may carry its password)
     "OAUTH_",
     "JUPYTERHUB_CRYPT_KEY",
     "CONFIGPROXY_AUTH_TOKEN",

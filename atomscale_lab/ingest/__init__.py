@@ -3,6 +3,8 @@
 ``Streamer`` is imported lazily so that ``import atomscale_lab.ingest`` stays cheap on a tool PC.
 """
 
+from atomscale_lab.ingest import migrations as _migrations  # noqa: F401 - registers the schema
+
 __all__ = ["Streamer"]
 
 

@@ -21,7 +21,6 @@ import hmac
 import logging
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -197,7 +196,8 @@ def _iso(dt: datetime) -> str:
 
 
 class ApiKeyStore:
-    """API keys of every org in the registry SQLite file.
+    """API keys of every org in the registry: the SQLite file ``db_path``, or ``database`` (the
+    deployment's state database, e.g. PostgreSQL; its ``apikeys`` table comes from a migration).
 
     ``pepper_for(org, version)`` returns ``(version, pepper)`` (``version=None``: current);
     ``audit_for(org)`` returns the org's audit sink. Both come from the vault in production.
@@ -205,19 +205,21 @@ class ApiKeyStore:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | None,
         pepper_for: Callable[[str, int | None], tuple[int, bytes]],
         audit_for: Callable[[str], object] | None = None,
         throttle: FailureThrottle | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         org_alive: Callable[[str], bool] | None = None,
         system_audit: Callable[[], object] | None = None,
+        database=None,
     ):
-        from atomscale_lab.vault.registry import connect
+        from atomscale_lab.ingest import statedb
 
-        self._conn = connect(Path(db_path), secure_delete=True)
-        self._conn.executescript(_SCHEMA)
-        self._db_lock = threading.Lock()
+        if database is None:
+            database = statedb.sqlite_database(Path(db_path), secure_delete=True)
+            database.conn.executescript(_SCHEMA)
+        self._db = database
         self._pepper_for = pepper_for
         self._peppers: dict[tuple[str, int], bytes] = {}
         self._audit_for = audit_for
@@ -237,32 +239,29 @@ class ApiKeyStore:
             raise ValidationError("an API key must expire within 730 days", field="expires")
         name = (name or "").strip()[:64]
         version, pepper = self._pepper(org, None)
-        with self._db_lock:
-            for _ in range(5):
-                prefix = secrets.token_hex(5)
-                key = f"ask_{prefix}_{secrets.token_urlsafe(32)}"
-                created = self._now()
-                try:
-                    self._conn.execute(
-                        "INSERT INTO apikeys (prefix, org, name, scopes, digest, key_version, "
-                        "created, expires, created_by) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            prefix,
-                            org,
-                            name,
-                            ",".join(scopes),
-                            self._digest(pepper, key),
-                            version,
-                            _iso(created),
-                            _iso(created + expires_in),
-                            actor,
-                        ),
-                    )
-                    break
-                except sqlite3.IntegrityError:  # prefix collision: draw again
-                    continue
-            else:  # pragma: no cover - 2**40 prefixes
-                raise AtomscaleError("could not allocate an API key prefix")
+        for _ in range(5):
+            prefix = secrets.token_hex(5)
+            key = f"ask_{prefix}_{secrets.token_urlsafe(32)}"
+            created = self._now()
+            if self._db.sql(
+                "INSERT INTO apikeys (prefix, org, name, scopes, digest, key_version, "
+                "created, expires, created_by) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT DO NOTHING RETURNING prefix",
+                (
+                    prefix,
+                    org,
+                    name,
+                    ",".join(scopes),
+                    self._digest(pepper, key),
+                    version,
+                    _iso(created),
+                    _iso(created + expires_in),
+                    actor,
+                ),
+            ):
+                break  # else a prefix collision: draw again
+        else:  # pragma: no cover - 2**40 prefixes
+            raise AtomscaleError("could not allocate an API key prefix")
         self._audit(
             org,
             actor,
@@ -277,23 +276,19 @@ class ApiKeyStore:
 
     def list(self, org: str) -> list[dict]:
         """Every key of ``org`` (newest first): prefix, name, scopes, dates, state — no secret."""
-        with self._db_lock:
-            rows = self._conn.execute(
-                "SELECT prefix FROM apikeys WHERE org=? ORDER BY created DESC, prefix", (org,)
-            ).fetchall()
+        rows = self._db.sql(
+            "SELECT prefix FROM apikeys WHERE org=? ORDER BY created DESC, prefix", (org,)
+        )
         return [self._get(r[0]) for r in rows]
 
     def revoke(self, org: str, prefix: str, *, actor: str = "admin") -> dict:
         """Revoke the key ``prefix`` of ``org`` (a key of another org is reported as not found)."""
-        with self._db_lock:
-            cur = self._conn.execute(
-                "UPDATE apikeys SET revoked=? WHERE prefix=? AND org=? AND revoked IS NULL",
-                (_iso(self._now()), prefix, org),
-            )
-            changed = cur.rowcount
-            exists = self._conn.execute(
-                "SELECT 1 FROM apikeys WHERE prefix=? AND org=?", (prefix, org)
-            ).fetchone()
+        changed = self._db.sql(
+            "UPDATE apikeys SET revoked=? WHERE prefix=? AND org=? AND revoked IS NULL "
+            "RETURNING prefix",
+            (_iso(self._now()), prefix, org),
+        )
+        exists = self._db.sql("SELECT 1 FROM apikeys WHERE prefix=? AND org=?", (prefix, org))
         if not exists:
             self._audit(org, actor, "apikey.revoke", "denied", prefix=prefix, reason="not found")
             raise NotFound(f"org {org!r} has no API key with prefix {prefix!r}")
@@ -319,15 +314,14 @@ class ApiKeyStore:
         if not m:
             self._fail(client, None, None, "malformed or missing API key")
         prefix = m.group(1)
-        with self._db_lock:
-            row = self._conn.execute(
-                "SELECT org, name, scopes, digest, key_version, expires, revoked "
-                "FROM apikeys WHERE prefix=?",
-                (prefix,),
-            ).fetchone()
-        if row is None:
+        rows = self._db.sql(
+            "SELECT org, name, scopes, digest, key_version, expires, revoked "
+            "FROM apikeys WHERE prefix=?",
+            (prefix,),
+        )
+        if not rows:
             self._fail(client, None, prefix, "unknown API key")
-        org, name, scopes, digest, version, expires, revoked = row
+        org, name, scopes, digest, version, expires, revoked = rows[0]
         if self._org_alive is not None and not self._org_alive(org):
             # A deleted (crypto-shredded) org: its keys die with it, even if a pepper is cached.
             self.forget_org(org)
@@ -400,10 +394,7 @@ class ApiKeyStore:
         if now - self._last_used_written.get(prefix, -1e9) < 60:
             return
         self._last_used_written[prefix] = now
-        with self._db_lock:
-            self._conn.execute(
-                "UPDATE apikeys SET last_used=? WHERE prefix=?", (_iso(self._now()), prefix)
-            )
+        self._db.sql("UPDATE apikeys SET last_used=? WHERE prefix=?", (_iso(self._now()), prefix))
 
     def _pepper(self, org: str, version: int | None) -> tuple[int, bytes]:
         if version is not None and (org, version) in self._peppers:
@@ -422,14 +413,14 @@ class ApiKeyStore:
         return hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
 
     def _get(self, prefix: str) -> dict:
-        with self._db_lock:
-            row = self._conn.execute(
-                "SELECT prefix, org, name, scopes, created, expires, last_used, revoked, "
-                "created_by FROM apikeys WHERE prefix=?",
-                (prefix,),
-            ).fetchone()
-        if row is None:
+        rows = self._db.sql(
+            "SELECT prefix, org, name, scopes, created, expires, last_used, revoked, "
+            "created_by FROM apikeys WHERE prefix=?",
+            (prefix,),
+        )
+        if not rows:
             raise NotFound(f"no API key with prefix {prefix!r}")
+        row = rows[0]
         rec = dict(
             zip(
                 (
@@ -465,7 +456,9 @@ class ApiKeyStore:
 
     def close(self) -> None:
         """Close the registry connection."""
-        self._conn.close()
+        from atomscale_lab.ingest import statedb
+
+        statedb.close(self._db)
 
 
 def for_vault(vault, **kw) -> ApiKeyStore:
@@ -479,9 +472,12 @@ def for_vault(vault, **kw) -> ApiKeyStore:
         except UnknownOrg:
             return False
 
+    from atomscale_lab.ingest import statedb
+
     return ApiKeyStore(
         vault.settings.registry_path,
         lambda org, v: pepper_from_org_keys(vault.org_keys(org), v),
+        database=statedb.shared(vault.settings),
         audit_for=vault.audit,
         org_alive=alive,
         system_audit=vault.system_audit,

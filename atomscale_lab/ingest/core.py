@@ -38,10 +38,11 @@ from atomscale_lab.errors import (
     NotFound,
     ValidationError,
 )
+from atomscale_lab.ingest import statedb
 from atomscale_lab.ingest.flushing import WalFlusher, _iso, _now
+from atomscale_lab.ingest.lease import Lease, NotLeaseHolder
 from atomscale_lab.ingest.sealed import RegistrySeal
 from atomscale_lab.ingest.wal import Wal, WalRecord, wal_key
-from atomscale_lab.vault.registry import Database
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS flushes (
     org TEXT NOT NULL, segments TEXT NOT NULL, tbl TEXT NOT NULL, rows INTEGER NOT NULL,
     state TEXT NOT NULL, started TEXT NOT NULL, PRIMARY KEY (org, segments, tbl));
 """
+_WAL_COLUMNS = (("batches", "wal"), ("flushes", "wal"))
+"""Which replica's WAL holds a batch (``batches.wal``: the batch's claim) and a flush intent
+(``flushes.wal``): several replicas share one state database at scale (``statedb.py``)."""
 _SEALED_COLUMNS = ("run_box", "time_box")
 """Nothing identifying in ``streams`` at rest: ``run_id`` holds a keyed hash of the run id (for
 lookups), ``run_box`` the sealed run id, ``time_box`` the sealed ``[min, max]`` row times
@@ -157,6 +161,8 @@ class IngestCore(WalFlusher):
         max_batch_rows: int = 500_000,
         max_wal_bytes: int = 2 << 30,
         max_open_streams: int = 64,
+        lease: Lease | None = None,
+        replica: str | None = None,
     ):
         self.vault = vault
         self.state_dir = Path(state_dir or Path(vault.settings.home) / "ingest")
@@ -165,16 +171,15 @@ class IngestCore(WalFlusher):
         self.compact_interval, self.max_batch_rows = compact_interval, max_batch_rows
         self.max_wal_bytes = max_wal_bytes
         self.max_open_streams = max_open_streams
-        self._database = Database(self.state_dir / "state.sqlite")
-        self._db = self._database.conn
-        self._db.executescript(_SCHEMA)
-        have = {r[1] for r in self._db.execute("PRAGMA table_info(streams)")}
-        for col in _SEALED_COLUMNS:
-            if col not in have:  # a state file from before sealing
-                self._db.execute(f"ALTER TABLE streams ADD COLUMN {col} TEXT")
-        with contextlib.suppress(OSError):
-            os.chmod(self.state_dir / "state.sqlite", 0o600)
-        self._db_lock = self._database.lock
+        self.replica = replica or statedb.replica_id(self.state_dir)
+        self._database = statedb.open_state(vault.settings, self.state_dir, "state")
+        if statedb.is_sqlite(self._database):
+            self._init_sqlite()
+        # in-process guard of the pending set and of select-then-insert (one owner per org
+        # across processes is the lease's job)
+        self._db_lock = self._database.lock or threading.RLock()
+        self._owned: set[str] = set()
+        self.lease = lease or statedb.make_lease(vault.settings, on_lost=self._lease_lost)
         self._flush_lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._org_locks: dict[str, threading.RLock] = {}
@@ -184,6 +189,9 @@ class IngestCore(WalFlusher):
         self._pending: set[tuple[str, str]] = set()
         self._dirty: dict[tuple[str, str], float] = {}
         self._last_compact = time.monotonic()
+        self._last_adopt = time.monotonic()
+        self.adopt_interval = 1.0
+        """Seconds between looks for orgs whose owner died (shared state database only)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,12 +201,49 @@ class IngestCore(WalFlusher):
         self._seal = RegistrySeal(self._keys, "state")
         self.recover()
 
+    def _init_sqlite(self) -> None:
+        """The embedded state file: tables, and columns added since older files were made (at
+        scale the same tables come from the database's numbered migrations)."""
+        db = self._database.conn
+        db.executescript(_SCHEMA)
+        for table, cols in (("streams", _SEALED_COLUMNS), *((t, (c,)) for t, c in _WAL_COLUMNS)):
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for col in cols:
+                if col not in have:  # a state file from before sealing / before replicas
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
+        # intents of a file from before replicas are this (the only) replica's
+        db.execute("UPDATE flushes SET wal=? WHERE wal IS NULL", (self.replica,))
+        with contextlib.suppress(OSError):
+            os.chmod(self.state_dir / "state.sqlite", 0o600)
+
+    # -- ownership ----------------------------------------------------------------------------
+    def own(self, org: str) -> None:
+        """Make sure this replica owns ``org`` before writing for it; raise ``NotLeaseHolder``
+        (503) while another replica does. Taking an org over marks its live streams interrupted
+        (their previous owner is gone; the next batch makes them active again)."""
+        if org in self._owned and self.lease.holds(org):
+            return
+        with self._org_lock(org):
+            if org in self._owned and self.lease.holds(org):
+                return
+            if not self.lease.acquire(org):
+                raise NotLeaseHolder(
+                    f"another ingest replica owns org {org!r} right now; retry shortly"
+                )
+            if getattr(self.lease, "shared", False):
+                self._interrupt_live(org)
+            self._owned.add(org)
+
+    def _lease_lost(self, orgs: set[str]) -> None:
+        self._owned -= set(orgs)
+        log.error("ingest: lost the lease of %s org(s); refusing their writes", len(orgs))
+
     # -- plumbing -----------------------------------------------------------------------------
     def _sql(self, query: str, args=()) -> list:
         return self._database.sql(query, args)
 
     def _tx(self):
-        """One SQLite transaction (the connection is in autocommit mode otherwise)."""
+        """One transaction of the state database (autocommit otherwise)."""
         return self._database.tx()
 
     def _org_lock(self, org: str) -> threading.RLock:
@@ -249,6 +294,7 @@ class IngestCore(WalFlusher):
             if k not in ("project", "sample", "method", "operator") or not isinstance(v, str):
                 raise ValidationError(f"unknown or non-text stream field {k!r}", field=k)
         org = key.org
+        self.own(org)
         now = _iso(_now())
         self._check_run_owner(key, run_id)
         run_tag = self._run_tag(org, run_id)
@@ -444,6 +490,7 @@ class IngestCore(WalFlusher):
 
         Returns ``{"batch_id", "rows", "duplicate"}``; a retried batch id is not stored again.
         """
+        self.own(key.org)
         stream = self.stream(key, stream_id)
         key.require(f"ingest:{stream['category']}")
         check_id(batch_id, "batch_id")
@@ -476,14 +523,19 @@ class IngestCore(WalFlusher):
             )
             now = time.time()
             with self._tx() as db:
+                # the claim: this replica's WAL holds the batch (see flushing.py)
                 new = db.execute(
-                    "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                    (stream_id, batch_id, table.num_rows, digest, _iso(_now())),
+                    "INSERT INTO batches (stream_id, batch_id, rows, digest, accepted, wal) "
+                    "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (stream_id, batch_id, table.num_rows, digest, _iso(_now()), self.replica),
                 ).rowcount
                 n = table.num_rows if new else 0  # else the flusher has counted it already
                 # the time range is sealed: widened here, inside the transaction
+                # read-modify-write: on PostgreSQL (read committed) lock the row first
+                lock = "" if statedb.is_sqlite(self._database) else " FOR UPDATE"
                 (box,) = db.execute(
-                    "SELECT time_box FROM streams WHERE id=?", (stream_id,)
+                    "SELECT time_box FROM streams WHERE id=?" + lock,  # noqa: S608 - no input
+                    (stream_id,),
                 ).fetchone()
                 lo, hi = self._times(key.org, stream_id, box)
                 lo = min(x for x in (lo, _iso(tmin)) if x is not None)
@@ -510,6 +562,7 @@ class IngestCore(WalFlusher):
 
     def finalize(self, key, stream_id: str) -> dict:
         """Flush the stream's rows, mark it complete and close its run when no stream is left."""
+        self.own(key.org)
         stream = self.stream(key, stream_id)
         key.require(f"ingest:{stream['category']}")
         if stream["status"] == "complete":
@@ -588,5 +641,6 @@ class IngestCore(WalFlusher):
         finally:
             for wal in self._wals.values():
                 wal.close()
+            self.lease.close()
             with self._db_lock:
-                self._db.close()
+                self._database.close()

@@ -22,6 +22,7 @@ from atomscale_lab.errors import (
     NotFound,
     UnknownOrg,
 )
+from atomscale_lab.ingest import statedb
 from atomscale_lab.ingest.wal import Wal, WalRecord
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class WalFlusher:
                 (org,),
             ):
                 self._set_status(sid, "error", "the org was deleted")
-            self._sql("DELETE FROM flushes WHERE org=?", (org,))
+            self._sql("DELETE FROM flushes WHERE org=? AND wal=?", (org, self.replica))
             log.warning("ingest: org %s was deleted; its unflushed batches were dropped", org)
             raise e
 
@@ -97,7 +98,7 @@ class WalFlusher:
             n,
             exc,
         )
-        if n == self.max_flush_failures:
+        if n == self.max_flush_failures and self.lease.holds(org):
             reason = f"rows cannot be stored: {type(exc).__name__}: {exc}"[:300]
             for sid, box in self._sql(
                 "SELECT id, run_box FROM streams WHERE org=? AND status IN "
@@ -125,32 +126,46 @@ class WalFlusher:
                 readable.append(p)
             except IntegrityError:
                 self.flush_errors += 1  # quarantined and logged by the WAL
-        with self._tx():
+        # Claim every batch for this WAL; a batch another replica claimed first (a client
+        # retried it there after this one died unacknowledged) is that replica's to store.
+        mine = []
+        with self._tx() as db:
+            owners = self._claims(db, records)
             for r in records:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?)",
-                    (r.stream_id, r.batch_id, r.rows.num_rows, r.digest, _iso(_now())),
-                )
-                if cur.rowcount == 1:  # acknowledged (or not) but never counted: a crash
-                    self._db.execute(
-                        "UPDATE streams SET rows=rows+?, batches=batches+1 WHERE id=?",
-                        (r.rows.num_rows, r.stream_id),
+                ident = (r.stream_id, r.batch_id)
+                if ident not in owners:  # acknowledged (or not) but never counted: a crash
+                    cur = db.execute(
+                        "INSERT INTO batches (stream_id, batch_id, rows, digest, accepted, wal) "
+                        "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                        (*ident, r.rows.num_rows, r.digest, _iso(_now()), self.replica),
                     )
+                    if cur.rowcount == 1:
+                        db.execute(
+                            "UPDATE streams SET rows=rows+?, batches=batches+1 WHERE id=?",
+                            (r.rows.num_rows, r.stream_id),
+                        )
+                        owners[ident] = self.replica
+                    else:  # claimed between the look-up and now
+                        owners.update(self._claims(db, [r]))
+                if owners[ident] in (None, self.replica):  # None: a file from before replicas
+                    mine.append(r)
+        records = mine
         groups: dict[str, list[pa.Table]] = defaultdict(list)
         for r in records:
             groups[r.table].append(r.rows)
         done = {
             t
             for (t,) in self._sql(
-                "SELECT tbl FROM flushes WHERE org=? AND segments=? AND state='done'",
-                (org, seg_key),
+                "SELECT tbl FROM flushes WHERE wal=? AND org=? AND segments=? AND state='done'",
+                (self.replica, org, seg_key),
             )
         }
         doubt = {
             t
             for (t,) in self._sql(
-                "SELECT tbl FROM flushes WHERE org=? AND segments=? AND state='committing'",
-                (org, seg_key),
+                "SELECT tbl FROM flushes WHERE wal=? AND org=? AND segments=? "
+                "AND state='committing'",
+                (self.replica, org, seg_key),
             )
         }
         committed = 0
@@ -168,15 +183,12 @@ class WalFlusher:
                         name,
                     )
                 else:
-                    self._sql(
-                        "INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
-                        (org, seg_key, name, data.num_rows, "committing", _iso(_now())),
-                    )
+                    self._intent(org, seg_key, name, data.num_rows, "committing")
                     table.write(data, actor="ingest")
                     committed += data.num_rows
             self._sql(
-                "UPDATE flushes SET state='done' WHERE org=? AND segments=? AND tbl=?",
-                (org, seg_key, name),
+                "UPDATE flushes SET state='done' WHERE wal=? AND org=? AND segments=? AND tbl=?",
+                (self.replica, org, seg_key, name),
             )
             self._dirty.setdefault((org, name), time.monotonic())
         per_stream = Counter()
@@ -184,21 +196,50 @@ class WalFlusher:
             per_stream[r.stream_id] += r.rows.num_rows
         # One transaction marks the whole set done and counts its rows; only then are the
         # segments deleted, and only after that the intents (a crash in between is harmless).
-        with self._tx():
+        with self._tx() as db:
             for sid, n in per_stream.items():
-                self._db.execute(
-                    "UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?", (n, sid)
-                )
-            self._db.execute(
-                "INSERT OR REPLACE INTO flushes VALUES (?,?,?,?,?,?)",
-                (org, seg_key, "*", len(records), "done", _iso(_now())),
-            )
+                db.execute("UPDATE streams SET flushed_rows=flushed_rows+? WHERE id=?", (n, sid))
+            self._intent(org, seg_key, "*", len(records), "done", db)
         self._finish(org, wal, seg_key, segs)
         return committed
 
+    @staticmethod
+    def _claims(db, records: list[WalRecord]) -> dict[tuple[str, str], str | None]:
+        """``(stream, batch id) → wal`` of the claims that exist for ``records``."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            wanted[r.stream_id].add(r.batch_id)
+        out = {}
+        for sid, ids in wanted.items():
+            ids = sorted(ids)
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                q = f"SELECT batch_id, wal FROM batches WHERE stream_id=? AND batch_id IN ({marks})"  # noqa: S608 - placeholders only
+                for bid, wal in db.execute(q, (sid, *part)).fetchall():
+                    out[(sid, bid)] = wal
+        return out
+
+    def _intent(self, org: str, seg_key: str, tbl: str, rows: int, state: str, db=None) -> None:
+        """Record (or replace) the flush intent of this replica for ``(segments, tbl)``."""
+        args = (self.replica, org, seg_key, tbl)
+        if db is None:
+            with self._tx() as db:
+                return self._intent(org, seg_key, tbl, rows, state, db)
+        where = "WHERE wal=? AND org=? AND segments=? AND tbl=?"
+        db.execute(f"DELETE FROM flushes {where}", args)  # noqa: S608 - placeholders only
+        db.execute(
+            "INSERT INTO flushes (wal, org, segments, tbl, rows, state, started) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (*args, rows, state, _iso(_now())),
+        )
+
     def _finish(self, org: str, wal: Wal, seg_key: str, segs: list[Path]) -> None:
         wal.remove(segs)
-        self._sql("DELETE FROM flushes WHERE org=? AND segments=?", (org, seg_key))
+        self._sql(
+            "DELETE FROM flushes WHERE wal=? AND org=? AND segments=?",
+            (self.replica, org, seg_key),
+        )
 
     @staticmethod
     def _already_committed(table, data: pa.Table) -> bool:
@@ -231,23 +272,55 @@ class WalFlusher:
 
     # -- restart and background work ---------------------------------------------------------
     def recover(self) -> None:
-        """After a (re)start: mark streams that were live as interrupted and replay the WALs."""
+        """After a (re)start: mark streams that were live as interrupted and replay the WALs.
+
+        With a shared state database the streams of an org are marked when this replica takes
+        the org over (:meth:`own`), not here: another replica may own them. Its own WAL a
+        replica always replays, lease or not (the batches in it are claimed for it).
+        """
         self._seal_plaintext_streams()
-        live = self._sql(
-            "SELECT id, org, run_box FROM streams WHERE status IN ('active', 'finalizing')"
-        )
-        for sid, org, box in live:
-            self._set_status(sid, "interrupted")
-            try:
-                self._update_run(org, self._run_of(org, sid, box), "interrupted", actor="ingest")
-            except AtomscaleError:
-                log.exception("ingest: could not mark stream %s of org %s interrupted", sid, org)
+        if getattr(self.lease, "shared", False):
+            self.adopt_orphans()
+        else:
+            self._interrupt_live(None)
         with self._flush_lock:
             for org in self._wal_orgs():
                 try:
                     self._recover_org(org)
                 except Exception as e:  # the service must start for the other orgs
                     self._flush_failed(org, e)
+
+    def adopt_orphans(self) -> list[str]:
+        """Take over every org that has live streams and no owner (its replica died): they
+        become interrupted here at once, not only when a client comes back. Returns the orgs
+        taken over."""
+        from atomscale_lab.ingest.lease import NotLeaseHolder
+
+        taken = []
+        for (org,) in self._sql(
+            "SELECT DISTINCT org FROM streams WHERE status IN ('active', 'finalizing')"
+        ):
+            if org in self._owned:
+                continue
+            try:
+                self.own(org)
+                taken.append(org)
+            except NotLeaseHolder:
+                continue  # a live replica owns it
+            except AtomscaleError:
+                log.exception("ingest: could not take org %s over", org)
+        return taken
+
+    def _interrupt_live(self, org: str | None) -> None:
+        """Mark the live streams of ``org`` (None: of every org) and their runs interrupted."""
+        q = "SELECT id, org, run_box FROM streams WHERE status IN ('active', 'finalizing')"
+        live = self._sql(q, ()) if org is None else self._sql(q + " AND org=?", (org,))
+        for sid, o, box in live:
+            self._set_status(sid, "interrupted")
+            try:
+                self._update_run(o, self._run_of(o, sid, box), "interrupted", actor="ingest")
+            except AtomscaleError:
+                log.exception("ingest: could not mark stream %s of org %s interrupted", sid, o)
 
     def _seal_plaintext_streams(self) -> None:
         """Seal the run ids and time ranges of a state file from before sealing (per org; an
@@ -274,17 +347,21 @@ class WalFlusher:
                 )
             except AtomscaleError as e:
                 log.warning("ingest: could not seal stream %s of org %s yet: %s", sid, org, e)
-        if old:
+        if old and statedb.is_sqlite(self._database):
             with self._db_lock:
-                self._db.execute("VACUUM")  # the plaintext must not stay in free pages
+                # the plaintext must not stay in free pages
+                self._database.conn.execute("VACUUM")
 
     def _recover_org(self, org: str) -> None:
         self._check_org(org)
         wal = self._wal(org)
-        for (seg_key,) in self._sql("SELECT DISTINCT segments FROM flushes WHERE org=?", (org,)):
+        for (seg_key,) in self._sql(
+            "SELECT DISTINCT segments FROM flushes WHERE wal=? AND org=?", (self.replica, org)
+        ):
             segs = [wal.dir / f"{s}.wal" for s in seg_key.split(",")]
             finished = self._sql(
-                "SELECT 1 FROM flushes WHERE org=? AND segments=? AND tbl='*'", (org, seg_key)
+                "SELECT 1 FROM flushes WHERE wal=? AND org=? AND segments=? AND tbl='*'",
+                (self.replica, org, seg_key),
             )
             if finished:
                 self._finish(org, wal, seg_key, segs)
@@ -301,6 +378,7 @@ class WalFlusher:
             "SELECT id, org, run_box FROM streams WHERE status='active' AND last_batch < ?",
             (cutoff,),
         )
+        idle = [r for r in idle if self.lease.holds(r[1])]  # another replica's are its own
         for sid, org, box in idle:
             self._set_status(sid, "interrupted")
             self._update_run(org, self._run_of(org, sid, box), "interrupted", actor="ingest")
@@ -319,6 +397,11 @@ class WalFlusher:
             try:
                 self.flush()
                 self.check_idle()
+                if getattr(self.lease, "shared", False) and (
+                    time.monotonic() - self._last_adopt > self.adopt_interval
+                ):
+                    self._last_adopt = time.monotonic()
+                    self.adopt_orphans()
                 if time.monotonic() - self._last_compact > self.compact_interval:
                     self._last_compact = time.monotonic()
                     self.compact()

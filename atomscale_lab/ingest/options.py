@@ -20,6 +20,11 @@ def add_serve_arguments(p):
         action="store_true",
         help="serve plain HTTP (loopback only, behind a TLS-terminating proxy)",
     )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="folder of this replica's WAL, state and TLS files (default: $ATOMSCALE_HOME/ingest)",
+    )
     p.add_argument("--base-url", default=None, help="URL prefix (default: hub service prefix)")
     p.add_argument(
         "--flush-interval",

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from atomscale_lab import schema
 from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
+from atomscale_lab.ingest import statedb
 from atomscale_lab.ingest.sdkrecords import SdkRecords
 from atomscale_lab.ingest.sdkstate import (
     _META_COLUMNS,
@@ -55,7 +56,9 @@ class SdkApi(SdkRecords, SdkStreaming):
 
     def __init__(self, core):
         self.core = core
-        self.state = SdkState(core.state_dir / "sdk.sqlite")
+        self.state = SdkState(
+            core.state_dir / "sdk.sqlite", database=statedb.shared(core.vault.settings)
+        )
         self._seal = RegistrySeal(core._keys, "sdk")
         self._init_lock = threading.Lock()
         self._cond = threading.Condition()

@@ -72,7 +72,7 @@ class SdkRecords:
         if sid in known:
             return False, {"physical_sample_id": sid, "id": sid, "name": known[sid]["name"]}
         self.state.sql(
-            "INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?)",
+            "INSERT INTO samples VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
             (
                 sid,
                 key.org,
@@ -155,7 +155,8 @@ class SdkRecords:
                 "UPDATE tracking SET active=0 WHERE org=? AND project_id=?", (key.org, project_id)
             )
         self.state.sql(
-            "INSERT OR REPLACE INTO tracking VALUES (?,?,?,?,?)",
+            "INSERT INTO tracking VALUES (?,?,?,?,?) ON CONFLICT (org, project_id, sample_id) "
+            "DO UPDATE SET active=excluded.active, updated=excluded.updated",
             (key.org, project_id, sid, int(active), _now()),
         )
         self.audit(key, "sdk.tracking", project_id=project_id, sample_id=sid, active=active)
@@ -184,7 +185,7 @@ class SdkRecords:
         tid = entity_id(key.org, "tag", name)
         if not self.state.sql("SELECT 1 FROM tags WHERE id=?", (tid,)):
             self.state.sql(
-                "INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?)",
+                "INSERT INTO tags VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (
                     tid,
                     key.org,
@@ -215,7 +216,7 @@ class SdkRecords:
         for i in ids:
             for t in tag_ids:
                 self.state.sql(
-                    "INSERT OR IGNORE INTO item_tags VALUES (?,?,?)",
+                    "INSERT INTO item_tags VALUES (?,?,?) ON CONFLICT DO NOTHING",
                     (key.org, self._did(key.org, i), t),
                 )
         self.audit(key, "sdk.tag_attach", data_ids=ids, tag_ids=tag_ids)

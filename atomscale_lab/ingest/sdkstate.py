@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 from datetime import UTC, datetime
 
 import numpy as np
 
 from atomscale_lab.errors import ValidationError
-from atomscale_lab.vault.registry import Database
+from atomscale_lab.ingest import statedb
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,17 @@ class _TagIndex:
 
 
 class SdkState:
-    """The compatibility layer's own records in ``sdk.sqlite`` beside the ingest state."""
+    """The compatibility layer's own records in ``sdk.sqlite`` beside the ingest state, or in
+    ``database`` (the deployment's shared state database, tables from its migrations)."""
 
-    def __init__(self, path):
-        self._database = Database(path)
-        self._db = self._database.conn
-        self._db.executescript(_SCHEMA)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600)
-        self._lock = self._database.lock
+    def __init__(self, path, database=None):
+        if database is None:  # the embedded default: a SQLite file beside the ingest state
+            database = statedb.sqlite_database(path)
+            database.conn.executescript(_SCHEMA)
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)
+        self._database = database
+        self._lock = database.lock or threading.RLock()
 
     def sql(self, query: str, args=()) -> list:
         """Run one statement; returns all rows."""
@@ -157,5 +160,4 @@ class SdkState:
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        statedb.close(self._database)

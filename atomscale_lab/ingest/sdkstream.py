@@ -177,13 +177,11 @@ class SdkStreaming:
         tag = hashlib.sha256("\x00".join(pending).encode()).hexdigest()[:16]
         ack = self.core.add_batch(key, stream_id, f"sdk.{idx}.{tag}", table)
         with self.state.tx() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?)",
-                [
-                    (key.org, self._did(key.org, data_id), n, idx, parsed[n][3], len(parsed[n][0]))
-                    for n in pending
-                ],
-            )
+            for n in pending:
+                db.execute(
+                    "INSERT INTO chunks VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (key.org, self._did(key.org, data_id), n, idx, parsed[n][3], len(parsed[n][0])),
+                )
         return {
             "data_id": data_id,
             "chunk_index": idx,

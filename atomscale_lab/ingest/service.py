@@ -274,6 +274,7 @@ async def serve(args, vault=None, ready=None) -> None:
     base_url = args.base_url or os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
     core = IngestCore(
         vault,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
         flush_interval=args.flush_interval,
         idle_timeout=args.idle_timeout,
         compact_interval=args.compact_interval,

@@ -7,9 +7,9 @@ gets its own namespace ``atomscale-<org>`` holding
   that lets the hub's service account manage them;
 - the org's data server ``atomscale-data-<org>``: a Deployment with replicas (stateless readers),
   a Service and a PodDisruptionBudget;
-- the org's ingest: a StatefulSet with one write-ahead-log volume per replica, and a
-  ``coordination.k8s.io`` Lease ``atomscale-ingest-<org>`` that names the replica owning the org
-  (its service account may touch that one Lease and nothing else);
+- the org's ingest: a StatefulSet with one write-ahead-log volume per replica; the replica that
+  owns the org holds its lease in the shared PostgreSQL database (an advisory lock, see
+  ``atomscale_lab.ingest.lease``), so ingest needs no Kubernetes API token;
 - NetworkPolicies: everything denied by default; user pods reach only their org's data server,
   the hub's API and DNS; the data server and ingest are reached only from the org's user pods and
   the hub's namespace.
@@ -74,8 +74,8 @@ class K8sOptions:
     """Namespace of in-cluster PostgreSQL / OpenBao / object storage that servers may reach."""
     external_cidrs: list[str] = field(default_factory=list)
     """Outside addresses (cloud KMS, S3) servers may reach on 443."""
-    api_server_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
-    """Where ingest reaches the Kubernetes API for its Lease (narrow it to the API server)."""
+    api_server_cidrs: list[str] = field(default_factory=list)
+    """Where ingest may reach the Kubernetes API (none by default: its lease is in PostgreSQL)."""
     ingress_namespace: str | None = "ingress-nginx"
     """Namespace of the ingress controller that forwards instrument traffic to ingest."""
     uid: int = 1000
@@ -93,7 +93,7 @@ def data_server_name(org: str) -> str:
 
 
 def ingest_name(org: str) -> str:
-    """The name of the org's ingest StatefulSet, Service and Lease."""
+    """The name of the org's ingest StatefulSet and Service."""
     return f"atomscale-ingest-{org}"
 
 
@@ -388,11 +388,12 @@ def data_server(org: str, opts: K8sOptions) -> list[dict]:
 
 
 def ingest(org: str, opts: K8sOptions) -> list[dict]:
-    """The org's ingest: StatefulSet (one WAL volume per replica), Service, Lease and its Role."""
+    """The org's ingest: StatefulSet (one WAL volume per replica) and Service. Replicas share
+    the state database (``ATOMSCALE_DATABASE_URL`` from their Secret); the org's lease is a
+    PostgreSQL advisory lock held by one replica at a time."""
     name = ingest_name(org)
     sel = {"app.kubernetes.io/name": "atomscale-ingest", ORG_LABEL: org}
     env = _env(org, name, INGEST_PORT, opts) + [
-        {"name": "ATOMSCALE_INGEST_LEASE", "value": f"{namespace_of(org)}/{name}"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     claim = {
@@ -406,9 +407,7 @@ def ingest(org: str, opts: K8sOptions) -> list[dict]:
         claim["spec"]["storageClassName"] = opts.storage_class
     pod_spec = {
         "serviceAccountName": "atomscale-ingest",
-        # The one pod kind with an API token: it must renew the org's Lease (its Role allows
-        # exactly that object).
-        "automountServiceAccountToken": True,
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(opts),
         **node_placement(org, opts),
@@ -428,42 +427,6 @@ def ingest(org: str, opts: K8sOptions) -> list[dict]:
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
     }
     return [
-        {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": _meta(name, org, **{"app.kubernetes.io/name": "atomscale-ingest"}),
-            "spec": {"leaseDurationSeconds": 15},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta("atomscale-ingest-lease", org),
-            "rules": [
-                {
-                    "apiGroups": ["coordination.k8s.io"],
-                    "resources": ["leases"],
-                    "resourceNames": [name],
-                    "verbs": ["get", "update", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta("atomscale-ingest-lease", org),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "atomscale-ingest-lease",
-            },
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": "atomscale-ingest",
-                    "namespace": namespace_of(org),
-                }
-            ],
-        },
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -512,7 +475,7 @@ def namespace(org: str) -> list[dict]:
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
                 "metadata": _meta(sa, org),
-                "automountServiceAccountToken": sa == "atomscale-ingest",
+                "automountServiceAccountToken": False,
             }
             for sa in ("atomscale-user", "atomscale-data", "atomscale-ingest")
         ),

@@ -7,6 +7,10 @@
   so the check holds whatever order the tests run in.
 - ``deployment``: a vault on a temporary home with orgs ``acme`` and ``beta`` and an
   ``ApiKeyStore``; ``deployment.key(org, scopes)`` issues a key and records its plaintext.
+- ``state_backend``: where ingest keeps its state. Here the embedded default (SQLite files); a
+  suite about state overrides it with ``db_backend`` (once on SQLite, once on a fresh
+  PostgreSQL schema through ``ATOMSCALE_DATABASE_URL``; the ingest service subprocesses inherit
+  it).
 - ``service``: starts the ingest service as a subprocess on 127.0.0.1 (a free port) for that
   deployment; ``service.kill()`` sends SIGKILL, ``service.start()`` starts it again. Always stopped
   by pid.
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import atomscale_lab.ingest  # noqa: F401 - registers the ingest migrations before `db upgrade`
 from tests.support.ingest import Service
 
 
@@ -85,8 +90,22 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(home, root_key, key_recorder):
-    """A deployment with orgs acme and beta."""
+def state_backend(request, home, monkeypatch):
+    """The embedded default (None), or with ``parametrize("state_backend", ["sqlite",
+    "postgres"], indirect=True)`` each in turn: the URL of a fresh upgraded PostgreSQL schema
+    set as ``ATOMSCALE_DATABASE_URL``."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    from tests.support.postgres import upgraded
+
+    url = upgraded(request.getfixturevalue("pg_url"))
+    monkeypatch.setenv("ATOMSCALE_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture
+def deployment(home, root_key, key_recorder, state_backend):
+    """A deployment with orgs acme and beta (its state where ``state_backend`` says)."""
     from atomscale_lab.vault.facade import Vault
     from atomscale_lab.vault.settings import Settings
 

@@ -1,23 +1,25 @@
 """API keys: issue, store only a peppered hash, authenticate, expire, revoke, throttle, audit."""
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from atomscale_lab.errors import NotFound, PermissionDenied, ValidationError
-from atomscale_lab.ingest import apikeys
+from atomscale_lab.ingest import apikeys, statedb
 from atomscale_lab.ingest.apikeys import InvalidApiKey, Throttled
+
+
+@pytest.fixture
+def state_backend(db_backend):
+    """These tests run once per backend: SQLite files, then a PostgreSQL schema."""
+    return db_backend
 
 
 def test_key_format_and_only_digest_stored(deployment):
     key = deployment.key(name="mbe1 logger")
     assert apikeys.KEY_RE.match(key)
     prefix = key.split("_")[1]
-    db = sqlite3.connect(deployment.vault.settings.registry_path)
-    row = db.execute("SELECT * FROM apikeys WHERE prefix=?", (prefix,)).fetchone()
-    db.close()
-    assert row is not None
+    (row,) = deployment.keys._db.sql("SELECT * FROM apikeys WHERE prefix=?", (prefix,))
     assert all(key not in str(v) and key.split("_", 2)[2] not in str(v) for v in row)
     listed = deployment.keys.list("acme")
     assert [k["prefix"] for k in listed] == [prefix]
@@ -62,6 +64,7 @@ def test_expired_and_revoked_keys_are_refused(deployment):
         lambda org, v: apikeys.pepper_from_org_keys(deployment.vault.org_keys(org), v),
         audit_for=deployment.vault.audit,
         now=lambda: datetime.now(UTC) + timedelta(minutes=2),
+        database=statedb.shared(deployment.vault.settings),  # None: the registry file
     )
     with pytest.raises(InvalidApiKey, match="expired"):
         later.authenticate(key, client="x")

@@ -9,6 +9,12 @@ from atomscale_lab.errors import NotFound, ValidationError
 from atomscale_lab.ingest.core import IngestCore, StreamClosed
 
 
+@pytest.fixture
+def state_backend(db_backend):
+    """These tests run once per backend: SQLite files, then a PostgreSQL schema."""
+    return db_backend
+
+
 def _rows(start, n):
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
     return [
@@ -139,6 +145,7 @@ def test_back_pressure_when_the_wal_is_behind(deployment):
     core.close()
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # a file from before
 def test_a_state_file_from_before_sealing_is_sealed_on_start(deployment):
     import sqlite3
 

@@ -452,6 +452,7 @@ def test_timeseries_streamer_lands_once_and_reads_back(deployment, http_service,
     assert events(deployment, "acme", "sdk.stream_finalize")
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
 def test_stream_links_sample_project_tags_and_clock(deployment, http_service):
     seed(deployment.vault, "acme", "A-1", sample="GaAs-001", project="qw")
     key = deployment.key("acme", "ingest:tool_state," + READ)
@@ -595,6 +596,7 @@ def test_channels_split_by_scope_and_clashing_names_qualified(deployment, tmp_pa
         core.close()
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
 def test_sdk_chunks_survive_kill_and_retries_after_restart_store_once(deployment, root_key):
     svc = HttpService(deployment.home, root_key)
     svc.extra += ["--flush-interval", "60"]  # acknowledged chunks sit in the WAL when killed

@@ -266,7 +266,7 @@ def test_keys_of_another_org_expired_revoked_or_wrong_scope(deployment, service)
     )
     assert r.status_code == 401 and "revoked" in r.json()["message"]
     short = deployment.key("acme", expires=timedelta(minutes=1))
-    deployment.keys._conn.execute(
+    deployment.keys._db.sql(
         "UPDATE apikeys SET expires=? WHERE prefix=?",
         ("2020-01-01T00:00:00+00:00", short.split("_")[1]),
     )

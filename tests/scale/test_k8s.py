@@ -5,6 +5,7 @@ import asyncio
 import copy
 from pathlib import Path
 from unittest.mock import Mock
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -88,20 +89,14 @@ def test_org_manifests_are_valid_restricted_and_isolated(org):
             (claim,) = o["spec"]["volumeClaimTemplates"]
             mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
             assert mounts[claim["metadata"]["name"]] == "/var/lib/atomscale/ingest"
-    lease = next(o for o in objects if o["kind"] == "Lease")
-    role = next(
-        o
-        for o in objects
-        if o["kind"] == "Role" and o["metadata"]["name"] == "atomscale-ingest-lease"
-    )
-    assert role["rules"] == [
-        {
-            "apiGroups": ["coordination.k8s.io"],
-            "resources": ["leases"],
-            "resourceNames": [lease["metadata"]["name"]],
-            "verbs": ["get", "update", "patch"],
-        }
+    # the org lease is a PostgreSQL advisory lock: no pod of the org has a Kubernetes API token
+    assert not [
+        o for o in objects if o["kind"] in ("Lease", "Role") and "lease" in yaml.safe_dump(o)
     ]
+    for o, spec in pod_specs(objects):
+        assert spec["automountServiceAccountToken"] is False, o["metadata"]["name"]
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
+    assert accounts and all(a["automountServiceAccountToken"] is False for a in accounts)
 
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
     deny = policies.pop("default-deny")["spec"]
@@ -188,6 +183,14 @@ def test_deploy_files_are_valid(monkeypatch):
     assert {r["name"] for r in c.JupyterHub.load_roles} >= {"acme-scientist", "beta-viewer"}
     assert c.AtomscaleAuthenticator.known_orgs == {"acme", "beta"}
     assert values["hub"]["config"]["AtomscaleAuthenticator"]["require_mfa"] is True
+    # JupyterHub's own database on PostgreSQL, its password from a Secret, never in the values
+    db = values["hub"]["db"]
+    assert db["type"] == "other" and db["url"].startswith("postgresql+psycopg://")
+    assert urlsplit(db["url"]).password is None and urlsplit(db["url"]).path == "/jupyterhub"
+    assert values["hub"]["extraEnv"]["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert {"protocol": "TCP", "port": 5432} in [
+        p for rule in values["hub"]["networkPolicy"]["egress"] for p in rule["ports"]
+    ]
 
 
 class _Group:

@@ -17,11 +17,14 @@ from tests.support.net import free_port
 class Service:
     """The ingest service as a subprocess of the test."""
 
-    def __init__(self, home: Path, root_key: str, extra_args=()):
+    def __init__(self, home: Path, root_key: str, extra_args=(), state_dir: Path | None = None):
         self.home, self.root_key, self.extra = home, root_key, list(extra_args)
+        if state_dir is not None:  # one replica of several: its own WAL, state and TLS files
+            self.extra += ["--state-dir", str(state_dir)]
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
-        self.cert = home / "ingest" / "tls" / "cert.pem"
+        self.cert = (state_dir or home / "ingest") / "tls" / "cert.pem"
+        self.log_name = "service" if state_dir is None else f"service-{Path(state_dir).name}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.http = requests.Session()
@@ -31,7 +34,7 @@ class Service:
         """Start the service (and wait until it answers)."""
         env = dict(os.environ, ATOMSCALE_HOME=str(self.home), ATOMSCALE_ROOT_KEY=self.root_key)
         env.pop("ATOMSCALE_ROOT_KEY_FILE", None)
-        self.log = open(self.home / f"service-{self.starts}.log", "wb")  # noqa: SIM115
+        self.log = open(self.home / f"{self.log_name}-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -58,7 +61,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"service exited with {self.proc.returncode}: "
-                    + (self.home / f"service-{self.starts - 1}.log").read_text()
+                    + (self.home / f"{self.log_name}-{self.starts - 1}.log").read_text()
                 )
             try:
                 if self.cert.exists():

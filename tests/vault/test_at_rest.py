@@ -6,7 +6,10 @@ its events are checked to hold no sample, operator or project string.
 """
 
 import sqlite3
+import subprocess
+from urllib.parse import unquote
 
+import atomscale_lab.ingest  # noqa: F401 - its migrations are part of the schema upgraded below
 from atomscale_lab.cli import demo
 from atomscale_lab.vault.facade import Vault
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
@@ -54,10 +57,11 @@ def test_no_identifying_strings_at_rest(tmp_path):
     assert not [n for n in names if n.encode() in raw]
 
 
-def test_ingest_registry_files_hold_no_identifying_strings(tmp_path):
-    """``ingest/state.sqlite`` and ``ingest/sdk.sqlite`` after a stream of the ingest API and one of
-    the SDK layer (sample, tag, chunks, finalize): no run id, sample or tag name in any byte, and
-    every name still comes back through the APIs (also after a restart)."""
+def test_ingest_registry_files_hold_no_identifying_strings(tmp_path, db_backend, request):
+    """``ingest/state.sqlite`` and ``ingest/sdk.sqlite`` (with ``ATOMSCALE_DATABASE_URL``: a
+    ``pg_dump`` of the database) after a stream of the ingest API and one of the SDK layer (sample,
+    tag, chunks, finalize): no run id, sample or tag name, nor the API key, in any byte, and every
+    name still comes back through the APIs (also after a restart)."""
     from datetime import UTC, datetime, timedelta
 
     from atomscale_lab.ingest import apikeys
@@ -65,7 +69,9 @@ def test_ingest_registry_files_hold_no_identifying_strings(tmp_path):
     from atomscale_lab.ingest.sdkapi import SdkApi
 
     home = tmp_path / "home"
-    s = Settings(home=home, data_root=home / "data", context_root=home / "context")
+    s = Settings(
+        home=home, data_root=home / "data", context_root=home / "context", database_url=db_backend
+    )
     v = Vault(s, kms=LocalKms(generate_root_key()))
     v.create_org("acme", "us")
     store = apikeys.for_vault(v)
@@ -130,6 +136,29 @@ def test_ingest_registry_files_hold_no_identifying_strings(tmp_path):
     sdk.state.close()
 
     needles = {run, sample, sample + "-sdk", tag, data_id, "proj-ceria-1", "op-lanthana-2"}
+    needles |= {plain, plain.split("_", 2)[2]}
+    if db_backend:  # everything is in the database: dump it whole (schema, rows, indexes)
+        schema = unquote(db_backend).split("search_path=")[1]
+        bindir = request.getfixturevalue("postgres_cluster").bindir
+        dump = subprocess.run(
+            [str(bindir / "pg_dump"), "-n", schema, db_backend],
+            check=True,
+            capture_output=True,
+        ).stdout
+        assert b"COPY " in dump and b"apikeys" in dump and b"item_tags" in dump
+        assert s.database_url and len(store.list("acme")) == 1
+        hits = {
+            part.split(b" ", 1)[0].decode(): [n for n in needles if n.encode() in part]
+            for part in dump.split(b"\nCOPY ")[1:]
+        }
+        # the audit chain names runs (as its JSONL form does), never samples, operators,
+        # projects or the key; every other table names nothing
+        audit = next(t for t in hits if t.endswith(".audit_events"))
+        allowed = {run, data_id}
+        hits[audit] = [n for n in hits[audit] if n not in allowed]
+        assert {t: h for t, h in hits.items() if h} == {}
+        assert not list((home / "ingest").glob("*.sqlite*"))
+        return
     files = sorted((home / "ingest").glob("*.sqlite*"))
     assert {p.name for p in files} >= {"state.sqlite", "sdk.sqlite"}
     for p in files:
