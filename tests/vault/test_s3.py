@@ -491,3 +491,24 @@ def test_shred_deletes_the_orgs_objects(tmp_path, s3):
     v.delete_org("acme", shred=True)
     assert not s3.keys(data, "acme/") and not s3.keys(ctx, "acme/")
     assert v.store("beta").table("process/series").read().num_rows == 10
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(s3, monkeypatch):
+    import atomscale_lab.vault.store.objects as objects
+
+    root = s3.root()
+    objects.check_conditional_writes(root)  # moto honours If-None-Match
+    left = s3.client.list_objects_v2(Bucket=root.bucket, Prefix=root.key(".atomscale-probe"))
+    assert left.get("KeyCount", 0) == 0  # the probe cleans up after itself
+    # the same requests without the condition, as a store that ignores it would treat them
+    client = objects.S3Medium(root).client
+    real = client.put_object
+
+    def unconditional(**kw):
+        kw.pop("IfNoneMatch", None)
+        return real(**kw)
+
+    monkeypatch.setattr(client, "put_object", unconditional)
+    monkeypatch.setattr(objects, "_CAS_CHECKED", set())
+    with pytest.raises(ConfigError, match="ignores conditional writes"):
+        objects.check_conditional_writes(root)

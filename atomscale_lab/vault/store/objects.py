@@ -258,6 +258,40 @@ def check_residency(root: S3Root, region: str) -> None:
         )
 
 
+_CAS_CHECKED: set[tuple] = set()
+
+
+def check_conditional_writes(root: S3Root) -> None:
+    """Refuse a store that ignores ``If-None-Match: *`` (two writers could then both win one
+    sequence number and a commit would be lost): put a probe object twice, once per process and
+    bucket."""
+    import uuid
+
+    ident = (root.config.endpoint_name(), root.bucket)
+    if ident in _CAS_CHECKED:
+        return
+    m = S3Medium(root)
+    probe = f".atomscale-probe/{uuid.uuid4().hex}"
+    try:
+        first = m.put(probe, b"1")
+        second = m.put(probe, b"2")
+    finally:
+        m.delete(probe)
+    if first is None or second is not None:
+        raise ConfigError(
+            f"the object store at {root.config.endpoint_name()} ignores conditional writes "
+            f"(If-None-Match) on bucket {root.bucket!r}: commits could be lost; use a store "
+            "that supports them (AWS S3, MinIO, SeaweedFS, ...)"
+        )
+    _CAS_CHECKED.add(ident)
+
+
+def check_root(root: S3Root, region: str) -> None:
+    """Everything a root must hold before use: residency, then conditional writes."""
+    check_residency(root, region)
+    check_conditional_writes(root)
+
+
 class _TailFile:
     """A seekable view of an object of which the last bytes are in memory; reads before them
     are ranged GETs (the 4-byte head of a file longer than the tail)."""
