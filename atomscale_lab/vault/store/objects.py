@@ -390,12 +390,28 @@ class S3Medium:
                 yield obj["Key"][cut:], obj
 
     def list_data(self) -> list[tuple[str, float]]:
-        """``(rel, mtime)`` of every object outside ``_log/`` and ``_tmp/``."""
-        out = []
-        for rel, obj in self._list():
-            if rel.split("/", 1)[0] in (_LOG, _TMP):
-                continue
-            out.append((rel, obj["LastModified"].timestamp()))
+        """``(rel, mtime)`` of every object outside ``_log/`` and ``_tmp/``: the top level with
+        a delimiter, then each folder but those (a long log is never paged through)."""
+        base = self.root.key("")
+        top = f"{base}/" if base else ""
+        out, folders = [], []
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.root.bucket, Prefix=top, Delimiter="/"
+        )
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                out.append((obj["Key"][len(top) :], obj["LastModified"].timestamp()))
+            for cp in page.get("CommonPrefixes", ()):
+                name = cp["Prefix"][len(top) :]
+                if name.rstrip("/") not in (_LOG, _TMP):
+                    folders.append(name)
+
+        def one(folder):
+            return [(rel, obj["LastModified"].timestamp()) for rel, obj in self._list(folder)]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for found in pool.map(one, folders):
+                out.extend(found)
         return out
 
     def clear_tmp(self, older_than: float | None = None) -> int:
