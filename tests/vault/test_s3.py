@@ -512,3 +512,22 @@ def test_a_store_that_ignores_conditional_writes_is_refused(s3, monkeypatch):
     monkeypatch.setattr(objects, "_CAS_CHECKED", set())
     with pytest.raises(ConfigError, match="ignores conditional writes"):
         objects.check_conditional_writes(root)
+
+
+def test_single_user_server_serves_an_s3_root(tmp_path, s3):
+    from atomscale_lab.server.access import LocalAccess
+    from atomscale_lab.server.service import OrgService
+
+    v = Vault(
+        Settings(home=tmp_path, data_root=s3.root(), context_root=s3.root()),
+        kms=LocalKms(generate_root_key()),
+    )
+    v.create_org("acme", "us")
+    runs = v.store("acme").table("process/runs")
+    runs.write([{"run_id": "r1", "start": "2026-03-01T00:00:00+00:00", "status": "active"}])
+    svc = OrgService(LocalAccess("acme", vault=v, owner="alice"), refresh_interval=0)
+    assert len(svc.runs.get(wait=True)) == 1
+    version = svc._log_version("process/runs")
+    runs.write([{"run_id": "r2", "start": "2026-03-01T01:00:00+00:00", "status": "active"}])
+    assert svc._log_version("process/runs") != version  # the catalogue sees the new commit
+    assert len(svc.runs.get(wait=True)) == 2
