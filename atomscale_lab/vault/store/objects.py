@@ -184,7 +184,8 @@ def _clients(config: S3Config):
                 )
             kw["endpoint_url"] = config.endpoint_url
             fs_kw.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-        region = config.region or "us-east-1"
+        # unset: each library's own default (AWS_DEFAULT_REGION, ~/.aws/config, ...)
+        region = config.region or None
         client = boto3.session.Session().client(
             "s3",
             region_name=region,
