@@ -33,11 +33,23 @@ def make_keys(tmp: Path, orgs=("a", "b"), database=None) -> KeyRegistry:
     return reg
 
 
-def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True) -> OrgStore:
-    """The org's store under ``tmp/data`` (head store in the registry's database when
-    ``heads``)."""
+def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True, root=None) -> OrgStore:
+    """The org's store under ``root`` (default ``tmp/data``; an ``S3Root`` for object storage),
+    head store in the registry's database when ``heads``."""
     hs = head_store(tmp, reg) if heads else None
-    return OrgStore(tmp / "data", org, OrgCrypto(reg.org_keys(org)), hs)
+    return OrgStore(tmp / "data" if root is None else root, org, OrgCrypto(reg.org_keys(org)), hs)
+
+
+def wipe(root, org: str) -> None:
+    """Remove everything of ``org`` under a data root (a folder or an ``s3://`` root)."""
+    import shutil
+
+    if isinstance(root, Path):
+        shutil.rmtree(root / org, ignore_errors=True)
+    else:
+        from atomscale_lab.vault.store.objects import S3Medium
+
+        S3Medium(root.child(org)).delete_all()
 
 
 def head_store(tmp: Path, reg: KeyRegistry) -> DatabaseHeadStore:
@@ -73,23 +85,31 @@ def run_reader(
     mode: str = "read",
     heads: bool = True,
     timeout: float = 60,
+    root=None,
+    env: dict | None = None,
 ):
     """Read ``table`` of ``org`` in a child process; returns the CompletedProcess.
 
     The child prints ``rows: N`` and exits 0, or prints the error and exits with the error's
-    ``exit_code`` (IntegrityError → 5, KeyUnavailable → 4).
+    ``exit_code`` (IntegrityError → 5, KeyUnavailable → 4). ``root`` defaults to ``tmp/data``
+    (an ``s3://`` root needs the AWS variables in ``env``).
     """
     args = [
         sys.executable,
         str(READER),
-        str(tmp / "data"),
+        str(tmp / "data" if root is None else root),
         org,
         table,
         mode,
         str(tmp / "registry.sqlite") if heads else "-",
     ]
     return subprocess.run(
-        args, input=json.dumps(keys.to_json()), capture_output=True, text=True, timeout=timeout
+        args,
+        input=json.dumps(keys.to_json()),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
