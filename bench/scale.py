@@ -484,10 +484,10 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args()
     if args.quick:
-        args.rows = args.rows or [200_000]
-        args.s3_rows = args.s3_rows or [200_000]
+        args.rows = args.rows or [40_000]
+        args.s3_rows = args.s3_rows or [40_000]
         args.commits = args.commits or [1000]
-        args.chunk_rows = min(args.chunk_rows, 100_000)
+        args.chunk_rows = min(args.chunk_rows, 2 * RUN_ROWS)
         args.reps, args.scan_reps, args.cold_reps, args.log_reps = 4, 2, 1, 2
     args.rows = args.rows or [1_000_000, 10_000_000]
     args.s3_rows = args.s3_rows or [10_000_000]
