@@ -42,7 +42,9 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import inspect
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -413,19 +415,74 @@ def case_s3(work: Path, args) -> None:
     run_s3(work, args, s3_support)
 
 
-def run_s3(work: Path, args, s3_support) -> None:  # filled in once S3 roots exist
-    """Placeholder until the S3 fixture's interface is known."""
-    fact("s3", "skipped: S3 case not wired")
+def _children_rss_mb() -> float:
+    """Resident memory of this process's direct children (the moto server), in MB."""
+    me, total = str(os.getpid()), 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == me and "VmRSS" in fields:
+            total += int(fields["VmRSS"].split()[0])
+    return total / 1024
+
+
+def run_s3(work: Path, args, s3_support) -> None:
+    """Both sides in one bucket of a moto server: the store under an ``s3://`` root, the
+    plaintext twins under another prefix, written and read through ``pyarrow.fs.S3FileSystem``."""
+    reg = new_registry(work)
+    with s3_support.s3_server(work) as s3:
+        cfg = s3.config
+        fs = pafs.S3FileSystem(
+            endpoint_override=cfg.endpoint_url,
+            scheme="http" if cfg.endpoint_url.startswith("http:") else "https",
+            access_key=cfg.access_key_id,
+            secret_key=cfg.secret_access_key,
+            region=cfg.region,
+        )
+        for rows in args.s3_rows:
+            root = s3.root("bench-data", f"enc-{rows}")
+            table = OrgTable(
+                root,
+                ORG,
+                BENCH,
+                OrgCrypto(reg.org_keys(ORG)),
+                SqliteHeadStore(work / f"heads-{rows}.sqlite"),
+            )
+            tw = Twins(table, fs, f"bench-data/plain-{rows}")
+            t0 = time.perf_counter()
+            tw.build(rows, args.chunk_rows)
+            fact(f"s3_{rows}_generate_s", f"{time.perf_counter() - t0:.0f}")
+            for side in ("plain", "enc"):
+                fact(f"s3_{rows}_write_{side}_rows_per_s", f"{tw.rows / tw.write_s[side]:,.0f}")
+            fact(f"s3_{rows}_moto_rss_mb", f"{_children_rss_mb():.0f}")
+            measure_twins("s3", tw, args.reps, args.scan_reps, 0)
+            fact(f"s3_{rows}_wall_s", f"{time.perf_counter() - t0:.0f}")
+            fact(f"s3_{rows}_moto_rss_mb_after_reads", f"{_children_rss_mb():.0f}")
+            fact(
+                f"s3_{rows}_max_rss_mb",
+                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",
+            )
+            del tw, table
+            gc.collect()
 
 
 def case_ingest(work: Path, args) -> None:
-    """Ingest rows/s with SQLite vs PostgreSQL state, from ``bench/ingest_state.py``."""
+    """Ingest rows/s with SQLite vs PostgreSQL state: ``bench/ingest_state.py``'s ``measure``."""
     mod = _load_optional("ingest_state")
-    if mod is None or not hasattr(mod, "main"):
-        fact("ingest", "skipped: this tree has no bench/ingest_state.py")
+    fn = getattr(mod, "measure", None)
+    if fn is None:
+        fact("ingest", "skipped: this tree has no bench/ingest_state.py with measure()")
         return
-    fact("ingest", "see bench/ingest_state.py's output above")
-    mod.main()
+    kw = {"batches": 40, "repeat": 1, "kills": 1} if args.quick else {}
+    accepted = inspect.signature(fn).parameters
+    t0 = time.perf_counter()
+    out = fn(**{k: v for k, v in kw.items() if k in accepted})
+    for k, v in out.items():
+        fact(f"ingest_{k}", v)
+    fact("ingest_wall_s", f"{time.perf_counter() - t0:.0f}")
 
 
 CASES = {"local": case_local, "log": case_log, "s3": case_s3, "ingest": case_ingest}
@@ -456,6 +513,11 @@ def print_table() -> None:
             f"| {r.case} | {r.rows:,} | {what} | {mmm(r.plain)} | {mmm(r.enc)} "
             f"| {ratio(r.plain, r.enc)} | {cpu} |"
         )
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    for name, value in FACTS:
+        print(f"| {name} | {value} |")
 
 
 def _ints(s: str) -> list[int]:
