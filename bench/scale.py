@@ -304,6 +304,15 @@ def measure_twins(case: str, tw: Twins, reps: int, scan_reps: int, cold_reps: in
         check_run,
     )
     fact(f"{case}_{n}_one_run_files_opened", len(tw.table.last_read_files))
+    # The part of a one-run query that grows with the table: picking its files from the log.
+    sel = []
+    for r in picks:
+        t = time.perf_counter()
+        tw.table.select_files(run_ids=[r])
+        sel.append(time.perf_counter() - t)
+    RESULTS.append(
+        Result(case, n, "  of which: file selection from the log", [], sel, note="encrypted only")
+    )
 
     if cold_ctx is not None and cold_reps:
         heads_db, keys, drop = cold_ctx
