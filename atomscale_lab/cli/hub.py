@@ -137,7 +137,8 @@ def cmd_users_sync(args) -> int:
         ensure_unix_user(u["username"], args.org, args.home_base)
     v = open_vault(args)
     try:
-        share_org_data(v.settings.data_root, args.org)
+        if isinstance(v.settings.data_root, Path):  # an s3:// root has no Unix owners
+            share_org_data(v.settings.data_root, args.org)
         lock_home(v.settings)
     finally:
         v.close()

@@ -28,7 +28,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
@@ -117,7 +116,12 @@ class HubAccess:
         self._token = token or _env("JUPYTERHUB_API_TOKEN")
         self.ca_bundle = ca_bundle or os.environ.get("ATOMSCALE_CA_BUNDLE") or True
         root = data_root or os.environ.get("ATOMSCALE_DATA_ROOT")
-        self.data_root = Path(root) if root else None
+        if root:
+            from atomscale_lab.vault.store.media import as_root
+
+            self.data_root = as_root(root)
+        else:
+            self.data_root = None
         self.region = region or os.environ.get("ATOMSCALE_REGION", "us")
         self.owner = owner or _env("JUPYTERHUB_USER")
         self.timeout = timeout

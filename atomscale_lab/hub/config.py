@@ -300,6 +300,9 @@ def _data_service(
             # keys, heads and audit through the key service's Unix socket (identity: the
             # service account); only when it runs as one
             **({"ATOMSCALE_KEYS_SOCKET": keys_socket} if run_as and keys_socket else {}),
+            # an s3:// data root: where the store is, never credentials (the service account's
+            # own AWS credential chain: ~/.aws, an instance or workload role)
+            **_s3_env(settings.data_root),
         },
         "display": False,
     }
@@ -314,6 +317,17 @@ def _data_service(
             ) from None
         service["user"] = account
     return service
+
+
+def _s3_env(root) -> dict:
+    """The non-secret S3 settings of an ``s3://`` root for a service's environment."""
+    from atomscale_lab.vault.store.objects import S3Root
+
+    if not isinstance(root, S3Root):
+        return {}
+    cfg = root.config
+    env = {"AWS_ENDPOINT_URL": cfg.endpoint_url, "AWS_REGION": cfg.region}
+    return {k: v for k, v in env.items() if v}
 
 
 def _ingest_service(dep: dict, env: dict, py: str) -> dict:

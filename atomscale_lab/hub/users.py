@@ -317,7 +317,7 @@ def lock_home(settings) -> None:
         (home / "idp", 0o700),
         (settings.data_root, 0o711),
     ):
-        if Path(p).exists():
+        if isinstance(p, (str, Path)) and Path(p).exists():  # s3:// roots have no modes
             os.chmod(p, mode)
 
 

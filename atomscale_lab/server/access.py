@@ -103,7 +103,7 @@ class LocalAccess:
         self.vault = vault if vault is not None else Vault()
         self.org = org
         self.region = self.vault.org_region(org)  # raises UnknownOrg for a missing/deleted org
-        self.data_root = Path(self.vault.settings.data_root)
+        self.data_root = self.vault.settings.data_root
         self.owner = owner or _login_name()
         self._audit = None
 

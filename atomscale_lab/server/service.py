@@ -13,7 +13,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,6 +80,11 @@ class OrgService:
     def __init__(self, access: OrgAccess, *, refresh_interval: float = 1.0):
         from atomscale_lab.vault.crypto import OrgCrypto
         from atomscale_lab.vault.store import OrgStore
+        from atomscale_lab.vault.store.media import as_root
+        from atomscale_lab.vault.store.objects import S3Root, check_residency
+
+        if isinstance(as_root(access.data_root), S3Root):
+            check_residency(as_root(access.data_root), access.region)
 
         self.access = access
         self.org = access.org
@@ -88,7 +92,7 @@ class OrgService:
         # ``refresh``: after ``org rotate-key`` the first unseen key version re-fetches the keys
         # (rate-limited), so a running server keeps serving without a restart.
         self.store = OrgStore(
-            Path(access.data_root),
+            as_root(access.data_root),
             access.org,
             OrgCrypto(keys, refresh=access.org_keys),
             access.heads(),

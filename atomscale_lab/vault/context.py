@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -66,15 +65,16 @@ class ContextStore:
 
     def __init__(
         self,
-        context_root: Path,
+        context_root,
         org: str,
         context_key: tuple[int, bytes],
         audit: AuditSink,
         heads=None,
     ):
         from atomscale_lab.vault.store import OrgTable
+        from atomscale_lab.vault.store.media import as_root
 
-        self.root = Path(context_root)
+        self.root = as_root(context_root)
         self.org = org
         self.audit = audit
         self._crypto = OrgCrypto(_context_keys(org, context_key), purpose="context")

@@ -83,11 +83,21 @@ def check_region(region: str) -> str:
     return r
 
 
-def read_marker(root: Path) -> dict | None:
-    """The residency marker of a storage root, or None if the root has none yet."""
-    path = Path(root) / MARKER
+def read_marker(root) -> dict | None:
+    """The residency marker of a storage root (a folder or an ``s3://`` root), or None if the
+    root has none yet."""
+    from atomscale_lab.vault.store.media import as_root, join
+
+    root = as_root(root)
+    path = join(root, MARKER)
     try:
-        doc = json.loads(path.read_text())
+        if isinstance(root, Path):
+            doc = json.loads(path.read_text())
+        else:
+            got = _object_medium(root).get(MARKER)
+            if got is None:
+                return None
+            doc = json.loads(got[0])
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -97,9 +107,20 @@ def read_marker(root: Path) -> dict | None:
     return doc
 
 
-def _write_marker(root: Path, kind: str, region: str) -> dict:
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _object_medium(root):
+    from atomscale_lab.vault.store.objects import S3Medium
+
+    return S3Medium(root)
+
+
+def _write_marker(root, kind: str, region: str) -> dict:
     doc = {"region": region, "kind": kind, "created": _now()}
+    if not isinstance(root, Path):
+        # A conditional put keeps the marker of whoever wrote it first, like link() below.
+        if _object_medium(root).put(MARKER, json.dumps(doc).encode()) is None:
+            return read_marker(root) or doc
+        return doc
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".marker-")
     try:
         with os.fdopen(fd, "w") as f:
@@ -172,12 +193,17 @@ class Vault:
         Raises ``ResidencyError`` if the markers disagree and ``ConfigError`` if a root's marker
         names the other kind (the roots were swapped).
         """
+        from atomscale_lab.vault.store.media import as_root
+        from atomscale_lab.vault.store.objects import S3Root, check_residency
+
         s = self.settings
         docs = {}
         for kind, root in (("data", s.data_root), ("context", s.context_root)):
+            if isinstance(root, S3Root):
+                check_residency(root, s.region)  # the bucket's own region, not only the marker
             doc = read_marker(root)
             if doc is None:
-                doc = _write_marker(Path(root), kind, s.region)
+                doc = _write_marker(as_root(root), kind, s.region)
                 log.info("declared %s root %s as region %s", kind, root, doc["region"])
             if doc["kind"] != kind:
                 raise ConfigError(
@@ -267,7 +293,8 @@ class Vault:
             self.keys.shred(name)
             raise
         for root in (self.settings.data_root, self.settings.context_root):
-            (Path(root) / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+            if isinstance(root, Path):  # object storage has no folders to make
+                (root / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.audit(name).record(actor, "org.create", region=region)
         system.record(actor, "org.create", org_name=name, region=region)
         return {"name": name, "region": region, "created": created}
@@ -295,8 +322,10 @@ class Vault:
             p: [{"version": v, "fingerprint": f} for v, f in sorted(vs.items())]
             for p, vs in sorted(fps.items())
         }
-        info["data_root"] = str(Path(self.settings.data_root) / name)
-        info["context_root"] = str(Path(self.settings.context_root) / name)
+        from atomscale_lab.vault.store.media import join
+
+        info["data_root"] = str(join(self.settings.data_root, name))
+        info["context_root"] = str(join(self.settings.context_root, name))
         tables = {}
         for t in [*self.store(name).tables(), self.context(name).table]:
             files = t.files()
@@ -391,7 +420,7 @@ class Vault:
 
         info = self._live(name)
         self._check_residency(name, info["region"])
-        return OrgStore(Path(self.settings.data_root), name, self.crypto(name), heads=self.heads())
+        return OrgStore(self.settings.data_root, name, self.crypto(name), heads=self.heads())
 
     def context(self, name: str):
         """The org's ``ContextStore``."""
@@ -404,7 +433,7 @@ class Vault:
             dict(self.keys.key(name, "context", v) for v in versions)
         )
         return ContextStore(
-            Path(self.settings.context_root), name, keys, self.audit(name), heads=self.heads()
+            self.settings.context_root, name, keys, self.audit(name), heads=self.heads()
         )
 
     def audit(self, name: str):
@@ -565,7 +594,10 @@ class Vault:
         system.record(actor, "org.delete", org_name=name, shred=bool(shred))
         if shred:
             for root in (self.settings.data_root, self.settings.context_root):
-                shutil.rmtree(Path(root) / name, ignore_errors=True)
+                if isinstance(root, Path):
+                    shutil.rmtree(root / name, ignore_errors=True)
+                else:
+                    _object_medium(root.child(name)).delete_all()
             self._heads.forget(name)
             self.heads().forget(name)
 

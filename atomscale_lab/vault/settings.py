@@ -17,6 +17,34 @@ from atomscale_lab.errors import ConfigError, RootKeyError
 REGIONS = ("us", "eu", "uk", "ca", "jp", "au")
 """Regions a storage root may declare."""
 
+_CLOUD_REGIONS = {
+    "eu-west-2": "uk",  # London
+    "ap-northeast-1": "jp",  # Tokyo
+    "ap-northeast-3": "jp",  # Osaka
+    "ap-southeast-2": "au",  # Sydney
+    "ap-southeast-4": "au",  # Melbourne
+}
+_CLOUD_PREFIXES = (("us-", "us"), ("eu-", "eu"), ("ca-", "ca"), ("uk-", "uk"))
+
+
+def residency_of(cloud_region: str | None) -> str | None:
+    """The region (one of :data:`REGIONS`) an object store's region lies in, or None.
+
+    ``eu-west-2`` (London) is ``uk``, other ``eu-*`` are ``eu``; ``us-*`` (incl. GovCloud) are
+    ``us``; ``ca-*`` are ``ca``; Tokyo/Osaka are ``jp``, Sydney/Melbourne ``au``. A store that
+    names one of :data:`REGIONS` itself (on-premises S3 servers) maps to it.
+    """
+    r = str(cloud_region or "").strip().lower()
+    if r in REGIONS:
+        return r
+    if r in _CLOUD_REGIONS:
+        return _CLOUD_REGIONS[r]
+    for prefix, region in _CLOUD_PREFIXES:
+        if r.startswith(prefix):
+            return region
+    return None
+
+
 ENV_HOME = "ATOMSCALE_HOME"
 ENV_ROOT_KEY = "ATOMSCALE_ROOT_KEY"
 ENV_ROOT_KEY_FILE = "ATOMSCALE_ROOT_KEY_FILE"
@@ -39,8 +67,8 @@ class Settings:
     """
 
     home: Path
-    data_root: Path
-    context_root: Path
+    data_root: Path  # or an ``S3Root`` for ``s3://bucket/prefix``
+    context_root: Path  # likewise
     region: str = "us"
     extra: dict = field(default_factory=dict)
 
@@ -73,8 +101,8 @@ class Settings:
                 return os.environ[env]
             return filecfg.get(name, default)
 
-        data_root = Path(pick("data_root", ENV_DATA_ROOT, home / "data")).expanduser()
-        context_root = Path(pick("context_root", ENV_CONTEXT_ROOT, home / "context")).expanduser()
+        data_root = _root(pick("data_root", ENV_DATA_ROOT, home / "data"), filecfg)
+        context_root = _root(pick("context_root", ENV_CONTEXT_ROOT, home / "context"), filecfg)
         region = str(pick("region", ENV_REGION, "us")).lower()
         if region not in REGIONS:
             raise ConfigError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}")
@@ -84,20 +112,48 @@ class Settings:
             context_root=context_root,
             region=region,
             extra={
-                k: v for k, v in filecfg.items() if k not in ("data_root", "context_root", "region")
+                k: v
+                for k, v in filecfg.items()
+                if k not in ("data_root", "context_root", "region", "s3")
             },
         )
         s.check_roots()
         return s
 
     def check_roots(self) -> None:
-        """Refuse a context root equal to, inside, or containing the data root."""
-        d, c = self.data_root.resolve(), self.context_root.resolve()
+        """Refuse a context root equal to, inside, or containing the data root (for
+        ``s3://`` roots: the same bucket with one prefix inside the other)."""
+        from atomscale_lab.vault.store.objects import S3Root
+
+        d, c = self.data_root, self.context_root
+        if isinstance(d, S3Root) or isinstance(c, S3Root):
+            if isinstance(d, S3Root) and isinstance(c, S3Root) and d.overlaps(c):
+                raise ConfigError(
+                    f"the context root ({c}) must be separate from the data root ({d}): "
+                    "neither may be the other or lie inside it"
+                )
+            return
+        d, c = d.resolve(), c.resolve()
         if d == c or d in c.parents or c in d.parents:
             raise ConfigError(
                 f"the context root ({c}) must be separate from the data root ({d}): "
                 "neither may be the other or lie inside it"
             )
+
+
+def _root(value, filecfg: dict):
+    """A local path (``~`` expanded) or, for ``s3://bucket/prefix``, an ``S3Root`` configured
+    from the AWS variables and the ``[s3]`` table of ``filecfg``."""
+    if isinstance(value, str) and value.startswith("s3://"):
+        from atomscale_lab.vault.store.objects import S3Config, S3Root
+
+        return S3Root.parse(value, S3Config.load(filecfg))
+    if not isinstance(value, (str, Path)):
+        from atomscale_lab.vault.store.objects import S3Root
+
+        if isinstance(value, S3Root):
+            return value
+    return Path(value).expanduser()
 
 
 def load_root_key_text(explicit: str | None = None) -> str:

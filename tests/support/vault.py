@@ -32,10 +32,23 @@ def make_keys(tmp: Path, orgs=("a", "b")) -> KeyRegistry:
     return reg
 
 
-def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True) -> OrgStore:
-    """The org's store under ``tmp/data`` (head store in the registry file when ``heads``)."""
+def store(tmp: Path, reg: KeyRegistry, org: str = "a", heads: bool = True, root=None) -> OrgStore:
+    """The org's store under ``root`` (default ``tmp/data``; an ``S3Root`` for object storage),
+    head store in the registry file when ``heads``."""
     hs = SqliteHeadStore(tmp / "registry.sqlite") if heads else None
-    return OrgStore(tmp / "data", org, OrgCrypto(reg.org_keys(org)), hs)
+    return OrgStore(tmp / "data" if root is None else root, org, OrgCrypto(reg.org_keys(org)), hs)
+
+
+def wipe(root, org: str) -> None:
+    """Remove everything of ``org`` under a data root (a folder or an ``s3://`` root)."""
+    import shutil
+
+    if isinstance(root, Path):
+        shutil.rmtree(root / org, ignore_errors=True)
+    else:
+        from atomscale_lab.vault.store.objects import S3Medium
+
+        S3Medium(root.child(org)).delete_all()
 
 
 def series(

@@ -1,16 +1,18 @@
 """Child process for the crash test: commit batches until stopped at a chosen point.
 
 Usage: ``_vault_writer.py DATA_ROOT HEAD_DB FIRST_BATCH POINT N`` with org ``a``'s keys as JSON on
-stdin. Prints ``ready`` once set up, then ``committed K`` after each batch K is committed. Each
-batch is 8 runs × 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds several
-files; after every fifth batch a compaction replaces small files.
+stdin; DATA_ROOT is a folder or an ``s3://`` root (reached with the AWS variables). Prints
+``ready`` once set up, then ``committed K`` after each batch K is committed. Each batch is 8 runs
+× 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds several files; after
+every fifth batch a compaction replaces small files.
 
 When the writer reaches the N-th occurrence of POINT it prints ``at POINT K`` and stops itself
 (SIGSTOP), so that the parent's SIGKILL lands exactly there. Points (``write.*`` during a batch's
 commit, ``compact.*`` during a compaction):
 
 - ``committed``: right after a batch was committed and reported;
-- ``<op>.tmp``: an encrypted file is complete in ``_tmp/`` but not yet renamed into place;
+- ``<op>.tmp``: an encrypted file is complete in ``_tmp/`` but not yet renamed into place (on
+  object storage: a data object was uploaded, the others and the commit not yet);
 - ``<op>.placed``: all new files are in place, the commit-log line is not written;
 - ``<op>.logged``: the commit-log line is written and synced, the head store not yet advanced.
 """
@@ -21,9 +23,11 @@ import signal
 import sys
 from pathlib import Path
 
-import atomscale_lab.vault.store.table as store_mod  # where OrgTable writes its files
+import atomscale_lab.vault.store.media as media_mod  # where a local table writes its files
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.store import OrgStore, OrgTable, SqliteHeadStore
+from atomscale_lab.vault.store.media import as_root
+from atomscale_lab.vault.store.objects import S3Medium
 from tests.support.vault import series
 
 RUNS, ROWS = 8, 300
@@ -44,8 +48,9 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     # Wrap the store's steps in this child only (the parent reads with the unmodified code).
-    write_parquet, append, advance = (
-        store_mod.write_parquet,
+    write_parquet, put_object, append, advance = (
+        media_mod.write_parquet,
+        S3Medium.write_file,
         OrgTable._append,
         SqliteHeadStore.advance,
     )
@@ -53,6 +58,11 @@ def main() -> None:
     def write_parquet_at(*a, **kw):
         write_parquet(*a, **kw)
         at("tmp")
+
+    def put_object_at(*a, **kw):
+        out = put_object(*a, **kw)
+        at("tmp")
+        return out
 
     def append_at(self, *a, **kw):
         at("placed")
@@ -67,11 +77,12 @@ def main() -> None:
             at("logged")
         return advance(self, *a, **kw)
 
-    store_mod.write_parquet = write_parquet_at
+    media_mod.write_parquet = write_parquet_at
+    S3Medium.write_file = put_object_at
     OrgTable._append = append_at
     SqliteHeadStore.advance = advance_at
 
-    t = OrgStore(Path(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))).table(
+    t = OrgStore(as_root(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))).table(
         "process/series"
     )
     print("ready", flush=True)

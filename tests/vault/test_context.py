@@ -1,4 +1,6 @@
-"""Context labels: separate root and key, audited joins, and no label ever outside the store."""
+"""Context labels: separate root and key, audited joins, and no label ever outside the store.
+
+Every test runs once per backend: local folders, and data and context roots on S3 (moto)."""
 
 import json
 from pathlib import Path
@@ -14,19 +16,23 @@ from atomscale_lab.vault.facade import Vault
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.settings import Settings
 from atomscale_lab.vault.store import OrgTable
+from atomscale_lab.vault.store.media import medium
 
 MIN_LEN = 6
 """Label strings shorter than this are not searched for: a 3-byte film name like "GaN" turns up
 by chance in megabytes of ciphertext; six bytes do not (2^-48 per position)."""
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", "s3"])
+def world(request, tmp_path_factory):
     home = tmp_path_factory.mktemp("ctx") / "home"
-    vault = Vault(
-        Settings(home=home, data_root=home / "data", context_root=home / "context"),
-        kms=LocalKms(generate_root_key()),
-    )
+    if request.param == "local":
+        data_root, context_root = home / "data", home / "context"
+    else:
+        s3 = request.getfixturevalue("s3")
+        data_root, context_root = s3.root(), s3.root()
+    settings = Settings(home=home, data_root=data_root, context_root=context_root)
+    vault = Vault(settings, kms=LocalKms(generate_root_key()))
     vault.create_org("acme", "us")
     data = demo.build(runs=16, seed=7, points_per_run=200)
     demo_written = demo.generate(vault, "acme", runs=16, seed=7, points_per_run=200)
@@ -49,6 +55,13 @@ def label_strings(labels) -> set[str]:
 
 def files_under(root: Path):
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+def blobs(root, s3=None) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of every file (or object) under a storage root."""
+    if isinstance(root, Path):
+        return [(str(p), p.read_bytes()) for p in files_under(root)]
+    return [(k, s3.get(root, k)) for k in s3.keys(root)]
 
 
 def test_join_is_audited_and_never_logs_values(world):
@@ -110,11 +123,11 @@ def test_context_needs_the_context_key(world):
     wrong = OrgTable(s.context_root, "acme", CONTEXT, data_crypto, None)
     with pytest.raises(AtomscaleError):
         wrong.read()
-    assert (s.context_root / "acme" / CONTEXT.name).is_dir()
-    assert not (s.data_root / "acme" / "context").exists()
+    assert medium(s.context_root, "acme", CONTEXT.name).list_data()
+    assert not medium(s.data_root, "acme", "context").list_data()
 
 
-def test_no_label_string_outside_the_context_store(world):
+def test_no_label_string_outside_the_context_store(world, request):
     vault, data = world
     # Exercise everything that writes files: a join, a read, an export-like read of raw tables.
     ctx = vault.context("acme")
@@ -128,12 +141,18 @@ def test_no_label_string_outside_the_context_store(world):
     strings = label_strings(data.labels)
     assert len(strings) >= 15
     home, croot = vault.settings.home, vault.settings.context_root
-    outside = [p for p in files_under(home) if croot not in p.parents]
-    inside = files_under(croot)
+    s3 = None if isinstance(croot, Path) else request.getfixturevalue("s3")
+    outside = [
+        (str(p), p.read_bytes())
+        for p in files_under(home)
+        if not isinstance(croot, Path) or croot not in p.parents
+    ]
+    if s3 is not None:
+        outside += blobs(vault.settings.data_root, s3)
+    inside = blobs(croot, s3)
     assert len(outside) > 20 and len(inside) >= 2
-    assert any(p.suffix == ".jsonl" and "audit" in p.parts for p in outside)
-    for p in outside + inside:
-        raw = p.read_bytes()
+    assert any(n.endswith(".jsonl") and "/audit/" in n for n, _ in outside)
+    for name, raw in outside + inside:
         for s in strings:
             for form in (s.encode(), s.encode("utf-16-le"), json.dumps(s).encode()):
-                assert form not in raw, (str(p), s)
+                assert form not in raw, (name, s)

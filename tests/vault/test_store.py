@@ -1,4 +1,7 @@
-"""Encrypted tables: round trips, pruning, keyed rows, rotation, compaction, gc, isolation."""
+"""Encrypted tables: round trips, pruning, keyed rows, rotation, compaction, gc, isolation.
+
+Tests taking ``data_root`` run once per backend (a local folder, and S3 on moto); the gc test
+is about local leftovers (``_tmp/``; object storage's gc grace is in ``test_s3``)."""
 
 import datetime as dt
 import threading
@@ -16,7 +19,7 @@ from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.kms import LocalKms, generate_root_key
 from atomscale_lab.vault.registry import KeyRegistry
 from atomscale_lab.vault.store import N_BUCKETS, OrgTable, SqliteHeadStore, bucket_of
-from tests.support.vault import make_keys, series, store
+from tests.support.vault import make_keys, series, store, wipe
 
 UTC = dt.UTC
 
@@ -30,8 +33,8 @@ def reg(tmp_path):
     return make_keys(tmp_path)
 
 
-def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     data = series(40, 250)
     c = t.write(data, actor="alice")
     assert c.seq == 1 and c.rows == data.num_rows and 1 < c.files <= N_BUCKETS
@@ -52,12 +55,12 @@ def test_round_trip_table_pandas_duckdb_polars(tmp_path, reg):
     assert t.files()[0]["fp"] and all(f["kv"] == 1 for f in t.files())
     # files on disk are encrypted and hold no plaintext run ids
     for f in t.files():
-        raw = (t.path / f["path"]).read_bytes()
+        raw = t.medium.read_bytes(f["path"])
         assert raw[:4] == b"PARE" and b"run-00" not in raw
 
 
-def test_filters_prune_files(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_filters_prune_files(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     for k in range(3):  # three commits, each touching every bucket of its runs
         t.write(series(64, 50, seed=k, t_offset_s=k * 30))
     total = len(t.files())
@@ -80,8 +83,8 @@ def test_filters_prune_files(tmp_path, reg):
         t.read(columns=["nope"])
 
 
-def test_bad_input_loses_nothing(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_bad_input_loses_nothing(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     t.write(series(2, 10))
     with pytest.raises(ValidationError, match="unknown field 'bogus'"):
         t.write([{"run_id": "x", "time": "2026-01-01T00:00:00+00:00", "bogus": 1}])
@@ -91,8 +94,8 @@ def test_bad_input_loses_nothing(tmp_path, reg):
     assert t.write([]).rows == 0
 
 
-def test_keyed_table_returns_latest_row(tmp_path, reg):
-    runs = store(tmp_path, reg).table("runs")
+def test_keyed_table_returns_latest_row(tmp_path, reg, data_root):
+    runs = store(tmp_path, reg, root=data_root).table("runs")
     t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
     runs.write(
         [
@@ -134,8 +137,8 @@ def test_keyed_table_returns_latest_row(tmp_path, reg):
     assert {r["run_id"]: r["status"] for r in runs.read().to_pylist()} == got
 
 
-def test_compaction_keeps_rows_and_reduces_files(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_compaction_keeps_rows_and_reduces_files(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     parts = [series(16, 20, seed=k, prefix=f"b{k}") for k in range(8)]
     for p in parts:
         t.write(p)
@@ -147,8 +150,7 @@ def test_compaction_keeps_rows_and_reduces_files(tmp_path, reg):
     assert after < before and after <= N_BUCKETS
     assert _sorted(t.read()).equals(want)
     assert t.compact(min_rows=100_000) is None
-    assert not list(t.path.glob("_tmp/*"))
-    assert len(list(t.path.rglob("part-*.parquet"))) == after  # replaced files were removed
+    assert len(t.medium.list_data()) == after  # replaced files were removed, nothing staged
     t.verify(deep=True)
 
 
@@ -166,28 +168,28 @@ def test_gc_removes_only_unlisted(tmp_path, reg):
     assert t.read().num_rows == 40
 
 
-def test_other_org_and_missing_key_refused(tmp_path, reg):
-    t = store(tmp_path, reg, "a").table("process/series")
+def test_other_org_and_missing_key_refused(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, "a", root=data_root).table("process/series")
     t.write(series(3, 10))
     with pytest.raises(KeyUnavailable, match="org 'b'.*org 'a'"):
-        OrgTable(tmp_path / "data", "a", SERIES, OrgCrypto(reg.org_keys("b")))
+        OrgTable(data_root, "a", SERIES, OrgCrypto(reg.org_keys("b")))
     forged = OrgCrypto(OrgKeys("a", reg.org_keys("b").keys))
     with pytest.raises(KeyUnavailable, match="does not match"):
-        OrgTable(tmp_path / "data", "a", SERIES, forged).read()
+        OrgTable(data_root, "a", SERIES, forged).read()
     with pytest.raises(KeyUnavailable, match="no data key"):
-        OrgTable(tmp_path / "data", "a", SERIES, None)
+        OrgTable(data_root, "a", SERIES, None)
     with pytest.raises(KeyUnavailable):
         OrgCrypto(OrgKeys("a", {}))
     # b's own table is separate and empty
-    assert store(tmp_path, reg, "b").table("process/series").read().num_rows == 0
+    assert store(tmp_path, reg, "b", root=data_root).table("process/series").read().num_rows == 0
 
 
-def test_data_key_rotation_keeps_every_row(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_data_key_rotation_keeps_every_row(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     d1 = series(10, 20, prefix="old")
     t.write(d1)
     reg.rotate("a")
-    t2 = store(tmp_path, reg).table("process/series")
+    t2 = store(tmp_path, reg, root=data_root).table("process/series")
     d2 = series(10, 20, prefix="new")
     t2.write(d2)
     assert {f["kv"] for f in t2.files()} == {1, 2}
@@ -203,66 +205,71 @@ def test_data_key_rotation_keeps_every_row(tmp_path, reg):
     # the rewritten files no longer need version 1 to decrypt
     v2_only = OrgCrypto(OrgKeys("a", {2: reg.org_keys("a").keys[2]}))
     for f in t2.files():
-        path = t2.path / f["path"]
-        got = pq.read_table(path, decryption_properties=v2_only.file_decryption_properties())
+        got = pq.read_table(
+            t2.medium.fs_path(f["path"]),
+            filesystem=t2.medium.fs,
+            decryption_properties=v2_only.file_decryption_properties(),
+        )
         assert got.num_rows == f["rows"]
     assert t2.rewrite(only_older=True) is None
 
 
-def test_root_key_rewrap_keeps_every_row(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_root_key_rewrap_keeps_every_row(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     data = series(12, 30)
     t.write(data)
     new = LocalKms(generate_root_key())
     reg.rewrap(new)
     reg2 = KeyRegistry(tmp_path / "registry.sqlite", new)
-    assert _sorted(store(tmp_path, reg2).table("process/series").read()).equals(_sorted(data))
+    assert _sorted(store(tmp_path, reg2, root=data_root).table("process/series").read()).equals(
+        _sorted(data)
+    )
 
 
-def test_shred_makes_nothing_readable(tmp_path, reg):
-    t = store(tmp_path, reg).table("process/series")
+def test_shred_makes_nothing_readable(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     t.write(series(5, 10))
     reg.shred("a")
     with pytest.raises(KeyUnavailable, match="destroyed"):
-        store(tmp_path, reg)
+        store(tmp_path, reg, root=data_root)
     reg.create_org("a")  # same name, fresh keys: the old files stay unreadable
     with pytest.raises(KeyUnavailable):
-        store(tmp_path, reg, heads=False).table("process/series").read()
+        store(tmp_path, reg, heads=False, root=data_root).table("process/series").read()
 
 
-def test_org_recreated_under_same_name_starts_fresh(tmp_path, reg):
-    import shutil
-
-    t = store(tmp_path, reg).table("process/series")
+def test_org_recreated_under_same_name_starts_fresh(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("process/series")
     t.write(series(3, 10))
     t.write(series(3, 10, prefix="more"))
     reg.shred("a")
-    shutil.rmtree(tmp_path / "data" / "a")
+    wipe(data_root, "a")
     reg.create_org("a")
-    t2 = store(tmp_path, reg).table("process/series")  # same process, same head store
+    t2 = store(tmp_path, reg, root=data_root).table(
+        "process/series"
+    )  # same process, same head store
     assert t2.read().num_rows == 0
     assert t2.write(series(2, 5)).seq == 1
     assert t2.read().num_rows == 10
 
 
-def test_readers_advance_the_head_store(tmp_path, reg):
-    t = store(tmp_path, reg, heads=False).table("process/series")
+def test_readers_advance_the_head_store(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, heads=False, root=data_root).table("process/series")
     t.write(series(2, 5))
     t.write(series(2, 5, prefix="x"))
-    reader = store(tmp_path, reg).table("process/series")
+    reader = store(tmp_path, reg, root=data_root).table("process/series")
     reader.read()
     hs = SqliteHeadStore(tmp_path / "registry.sqlite")
     (name,) = [n for (n,) in hs._db.execute("SELECT tbl FROM log_heads WHERE org='a'")]
     assert name.startswith("process/series@") and hs.get("a", name)[0] == 2
 
 
-def test_concurrent_writers_serialize(tmp_path, reg):
-    st = store(tmp_path, reg)
+def test_concurrent_writers_serialize(tmp_path, reg, data_root):
+    st = store(tmp_path, reg, root=data_root)
     errors = []
 
     def writer(k):
         try:
-            t = OrgTable(tmp_path / "data", "a", SERIES, st.crypto)  # own instance per thread
+            t = OrgTable(data_root, "a", SERIES, st.crypto)  # own instance per thread
             for j in range(4):
                 t.write(series(4, 10, prefix=f"w{k}-{j}"))
         except Exception as e:  # pragma: no cover - reported below
@@ -289,8 +296,8 @@ def test_head_store_never_goes_back(tmp_path):
     assert hs.get("b", "process/series") is None
 
 
-def test_metrology_spectra_round_trip(tmp_path, reg):
-    t = store(tmp_path, reg).table("metrology/items")
+def test_metrology_spectra_round_trip(tmp_path, reg, data_root):
+    t = store(tmp_path, reg, root=data_root).table("metrology/items")
     rows = [
         {
             "item_id": f"xrd-{i}",
@@ -320,8 +327,8 @@ def test_row_groups_shrink_for_wide_rows():
     assert 256 <= row_group_rows(wide) < 2000
 
 
-def test_keyed_table_tie_goes_to_the_later_write(tmp_path, reg):
-    runs = store(tmp_path, reg).table("runs")
+def test_keyed_table_tie_goes_to_the_later_write(tmp_path, reg, data_root):
+    runs = store(tmp_path, reg, root=data_root).table("runs")
     t0 = dt.datetime(2026, 3, 1, tzinfo=UTC)
     for i in range(12):
         runs.write(

@@ -79,16 +79,27 @@ def row_group_rows(table: pa.Table) -> int:
     return max(256, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 
-def write_parquet(path: Path, table: pa.Table, encryption_properties=None) -> None:
-    """Write one Parquet file the way the store does (zstd, row groups, stats), and fsync."""
+def _encode(where, table: pa.Table, encryption_properties) -> None:
     with pq.ParquetWriter(
-        str(path),
+        where,
         table.schema,
         compression=COMPRESSION,
         encryption_properties=encryption_properties,
         write_statistics=True,
     ) as w:
         w.write_table(table, row_group_size=row_group_rows(table))
+
+
+def parquet_bytes(table: pa.Table, encryption_properties=None) -> pa.Buffer:
+    """One Parquet file as :func:`write_parquet` writes it, in memory (uploaded in one PUT)."""
+    sink = pa.BufferOutputStream()
+    _encode(sink, table, encryption_properties)
+    return sink.getvalue()
+
+
+def write_parquet(path: Path, table: pa.Table, encryption_properties=None) -> None:
+    """Write one Parquet file the way the store does (zstd, row groups, stats), and fsync."""
+    _encode(str(path), table, encryption_properties)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -103,22 +114,27 @@ def file_fingerprint(path: Path) -> tuple[int, str]:
     or too short to be one.
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 12:
-            raise _BadFile("is truncated (too short to be a Parquet file)")
-        head = f.read(4)
-        f.seek(size - 8)
-        trailer = f.read(8)
-        if trailer[4:] == b"PAR1" or head == b"PAR1":
-            raise _BadFile("is a plaintext Parquet file, not an encrypted one (planted file?)")
-        if head != _MAGIC or trailer[4:] != _MAGIC:
-            raise _BadFile("is not an encrypted Parquet file (no PARE magic: truncated or planted)")
-        footer_len = int.from_bytes(trailer[:4], "little")
-        if footer_len + 12 > size:
-            raise _BadFile("is truncated (its footer length points outside the file)")
-        tail_len = min(size, max(footer_len + 8, _FP_MIN_TAIL))
-        f.seek(size - tail_len)
-        tail = f.read(tail_len)
+        return fingerprint_stream(f, os.fstat(f.fileno()).st_size)
+
+
+def fingerprint_stream(f, size: int) -> tuple[int, str]:
+    """:func:`file_fingerprint` of an open seekable file ``f`` of ``size`` bytes (a local file
+    or a pyarrow input file on object storage: two ranged reads, head and tail)."""
+    if size < 12:
+        raise _BadFile("is truncated (too short to be a Parquet file)")
+    head = f.read(4)
+    f.seek(size - 8)
+    trailer = f.read(8)
+    if trailer[4:] == b"PAR1" or head == b"PAR1":
+        raise _BadFile("is a plaintext Parquet file, not an encrypted one (planted file?)")
+    if head != _MAGIC or trailer[4:] != _MAGIC:
+        raise _BadFile("is not an encrypted Parquet file (no PARE magic: truncated or planted)")
+    footer_len = int.from_bytes(trailer[:4], "little")
+    if footer_len + 12 > size:
+        raise _BadFile("is truncated (its footer length points outside the file)")
+    tail_len = min(size, max(footer_len + 8, _FP_MIN_TAIL))
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
     h = hashlib.sha256(b"atomscale-lab file fp v1\0")
     h.update(size.to_bytes(8, "little"))
     h.update(tail)

@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from atomscale_lab.errors import IntegrityError, KeyUnavailable
+from atomscale_lab.errors import Conflict, IntegrityError, KeyUnavailable
 from atomscale_lab.fsutil import fsync_dir as _fsync_dir
 from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.vault.crypto import OrgCrypto
@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 
 _GENESIS = "0" * 64
 _LOG = "_log"
+_CKPT = f"{_LOG}/checkpoint.json"
+"""The checkpoint's key on object storage (locally ``_ckpt_path``)."""
+_MAX_RETRIES = 10_000
 CHECKPOINT_EVERY = 64
 """A writer signs a checkpoint of the table's state every this many commits (0: never), so that
 a fresh reader verifies at most this many lines. Also written when the signing key rotated."""
@@ -86,6 +89,10 @@ _KEEP_DIGESTS = 4096
 _HIGH_WATER: dict[str, tuple[int, str]] = {}
 """Newest (seq, line hash) this process has seen per table folder: a rolled-back log is refused."""
 _HW_LOCK = threading.Lock()
+
+
+class _RolledBack(IntegrityError):
+    """The log ends before a head seen earlier (internal: object-storage loads look twice)."""
 
 
 class HeadStore(Protocol):
@@ -259,7 +266,11 @@ class CommitLog:
 
     def log_version(self) -> tuple[int, int] | None:
         """``(size, mtime_ns)`` of the commit log, None before the first commit: the log is
-        append-only, so this changes with every commit (a cheap "has anything changed?")."""
+        append-only, so this changes with every commit (a cheap "has anything changed?").
+        On object storage: ``(seq, digest)`` of the verified head (one listing)."""
+        if self._m.objects:
+            state = self._load()
+            return (state.seq, state.digest) if state.seq else None
         try:
             st = self._log_path.stat()
         except FileNotFoundError:
@@ -285,6 +296,12 @@ class CommitLog:
     ) -> _State:
         """Verify the log from the newest checkpoint (or incrementally, when only appended to
         since the last load); check the heads. Never re-reads lines it has verified."""
+        if self._m.objects:
+            return self._load_objects(
+                strict_heads=strict_heads,
+                allow_unsealed=allow_unsealed,
+                use_checkpoint=use_checkpoint,
+            )
         with self._mutex:
             cached = self._state_cache if use_checkpoint else None
             try:
@@ -346,6 +363,82 @@ class CommitLog:
                 f"{self.org}`)"
             )
 
+    def _load_objects(
+        self, *, strict_heads: bool, allow_unsealed: bool, use_checkpoint: bool
+    ) -> _State:
+        """:meth:`_load` on object storage: list the commit objects after the cached head (or
+        the checkpoint), fetch and verify only those. The listing starts one before the head,
+        so a head object deleted or replaced since (its ETag differs) forces a full reload,
+        which the heads then refuse.
+
+        A head recorded by another writer between our listing and the check is not a rollback:
+        the head is recorded after its object is visible, so a second look finds it.
+        """
+        try:
+            return self._load_objects_once(strict_heads, allow_unsealed, use_checkpoint)
+        except _RolledBack:
+            with self._mutex:
+                if use_checkpoint:
+                    self._state_cache, self._log_sig = None, None
+            return self._load_objects_once(strict_heads, allow_unsealed, use_checkpoint)
+
+    def _load_objects_once(
+        self, strict_heads: bool, allow_unsealed: bool, use_checkpoint: bool
+    ) -> _State:
+        m = self._m
+        with self._mutex:
+            cached = self._state_cache if use_checkpoint else None
+            state, new, etag = None, [], None
+            if cached is not None:
+                listing = m.list_log(after=max(cached.seq - 1, 0))
+                if cached.seq == 0:
+                    ok, new = True, listing
+                else:
+                    ok = bool(listing) and listing[0] == self._log_sig
+                    new = listing[1:]
+                if ok and not new:
+                    self._check_signed_head(cached, allow_unsealed)
+                    self._check_heads(cached, strict=False, use_store=False)
+                    return cached
+                if ok:
+                    state, etag = cached.copy(), (self._log_sig or (0, None))[1]
+            if state is None:
+                ck = self._read_checkpoint() if use_checkpoint else None
+                state = ck if ck is not None else _State()
+                listing = m.list_log(after=max(state.seq - 1, 0))
+                new = listing
+                if state.seq:
+                    if not listing or listing[0][0] != state.seq:
+                        raise self._fail(
+                            f"commit object {state.seq}, the head of the checkpoint, is missing"
+                        )
+                    etag, new = listing[0][1], listing[1:]
+            if new:
+                bodies = m.get_log([q for q, _ in new])
+                for (seq, _), (body, _) in zip(new, bodies, strict=True):
+                    if not body or b"\n" in body:
+                        raise self._fail(f"commit object {seq} is missing or corrupt")
+                    self._apply(state, body + b"\n", len(body) + 1)
+                    if state.seq != seq:
+                        raise self._fail(
+                            f"commit object {seq} holds commit {state.seq} (moved or swapped)"
+                        )
+                etag = new[-1][1]
+            if use_checkpoint and state.ck_said > state.ck_file:
+                newer = self._read_checkpoint(allow_retired=True)
+                if newer is None or newer.seq < state.ck_said:
+                    raise self._fail(
+                        f"the checkpoint at commit {state.ck_said} named by the log "
+                        "is missing or was replaced by an older one"
+                    )
+                state.ck_file, state.ck_sv = newer.seq, newer.sign_version
+            self._check_signed_head(state, allow_unsealed)
+            self._check_heads(state, strict=strict_heads)
+            if use_checkpoint:
+                self._state_cache = state
+                self._log_sig = (state.seq, etag)
+            return state
+
     def _start(self, log_size: int, use_checkpoint: bool) -> tuple[_State, bool]:
         """The state to read the log from: the newest valid checkpoint, or the empty log."""
         ck = self._read_checkpoint() if use_checkpoint else None
@@ -365,10 +458,16 @@ class CommitLog:
         cannot forge one; the log is replayed instead) unless ``allow_retired``; any other
         fault is refused.
         """
-        try:
-            raw = self._ckpt_path.read_bytes()
-        except FileNotFoundError:
-            return None
+        if self._m.objects:
+            got = self._m.get(_CKPT)
+            if got is None:
+                return None
+            raw = got[0]
+        else:
+            try:
+                raw = self._ckpt_path.read_bytes()
+            except FileNotFoundError:
+                return None
         try:
             doc = json.loads(raw)
             sig = _unb64(doc.pop("sig"))
@@ -524,9 +623,9 @@ class CommitLog:
                 seen.append(tuple(h))
         for seq, digest in seen:
             if state.seq < seq:
-                raise self._fail(
-                    f"commit log was rolled back (it ends at commit {state.seq}, "
-                    f"but commit {seq} was seen before)"
+                raise _RolledBack(
+                    f"{self.org}/{self.spec.name}: commit log was rolled back (it ends at commit "
+                    f"{state.seq}, but commit {seq} was seen before)"
                 )
             # Lines before the retained ones are covered by signatures and checkpoints.
             mine = state.digests.get(seq)
@@ -557,19 +656,61 @@ class CommitLog:
         self, state: _State, op: str, actor: str, added: list[dict], removed: list[str]
     ) -> _State:
         """Append one signed line (caller holds the table lock) and advance the heads;
-        write a checkpoint when one is due."""
-        sv = self.crypto.sign_version
-        if sv is None:
-            self._require_writer()
-        if sv < state.sign_version and _ensure_sign_version(self.crypto, state.sign_version):
+        write a checkpoint when one is due. On object storage a lost race for the sequence
+        number reloads the log, re-checks the commit against it and tries the next number."""
+        for _ in range(_MAX_RETRIES):
             sv = self.crypto.sign_version
-        kv = self.crypto.version
-        if sv < state.sign_version:
-            raise KeyUnavailable(
-                f"the signing key this process holds for org {self.org!r} "
-                "was rotated; reload the org's keys"
-            )
-        seq = state.seq + 1
+            if sv is None:
+                self._require_writer()
+            if sv < state.sign_version and _ensure_sign_version(self.crypto, state.sign_version):
+                sv = self.crypto.sign_version
+            kv = self.crypto.version
+            if sv < state.sign_version:
+                raise KeyUnavailable(
+                    f"the signing key this process holds for org {self.org!r} "
+                    "was rotated; reload the org's keys"
+                )
+            if kv < state.key_version:
+                raise KeyUnavailable(
+                    f"the data key this process holds for org {self.org!r} "
+                    "was rotated; reload the org's keys"
+                )
+            seq = state.seq + 1
+            line = self._line(state, seq, op, actor, added, removed, kv, sv)
+            if not self._m.objects:
+                new = self._append_local(state, seq, line)
+                break
+            etag = self._m.put(self._m.log_key(seq), line)
+            if etag is not None:
+                new = state.copy()
+                self._apply(new, line + b"\n", len(line) + 1)
+                self._check_heads(new, strict=False)
+                with self._mutex:
+                    cur = self._state_cache
+                    if cur is None or cur.seq < new.seq:
+                        self._state_cache, self._log_sig = new, (new.seq, etag)
+                break
+            state = self._rebase(state, removed)
+        else:
+            raise Conflict(f"{self.org}/{self.spec.name}: too many concurrent commits")
+        if CHECKPOINT_EVERY and (
+            new.seq - new.ck_file >= CHECKPOINT_EVERY or (new.ck_file and new.ck_sv < sv)
+        ):
+            self._write_checkpoint(new)
+        return new
+
+    def _line(
+        self,
+        state: _State,
+        seq: int,
+        op: str,
+        actor: str,
+        added: list[dict],
+        removed: list[str],
+        kv: int,
+        sv: int,
+    ) -> bytes:
+        """The signed log line of commit ``seq`` continuing ``state``."""
         stats = {
             "actor": str(actor),
             "files": {e["path"]: {k: e.get(k) for k in _STAT_KEYS} for e in added},
@@ -592,7 +733,10 @@ class CommitLog:
             ),
         }
         _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "line", body))
-        line = _canon(dict(body, sig=_b64(signature)))
+        return _canon(dict(body, sig=_b64(signature)))
+
+    def _append_local(self, state: _State, seq: int, line: bytes) -> _State:
+        """Append ``line`` to ``commits.jsonl`` (under the table's flock) and reload."""
         _mkdirs(self._log_path.parent)
         new_file = not self._log_path.exists()
         # group-writable within the umask: in hub mode the folder's group is the org's
@@ -611,10 +755,29 @@ class CommitLog:
         new = self._load(strict_heads=False)
         if new.seq != seq:
             raise self._fail("commit log changed during a commit (concurrent writer?)")
-        if CHECKPOINT_EVERY and (
-            new.seq - new.ck_file >= CHECKPOINT_EVERY or (new.ck_file and new.ck_sv < sv)
-        ):
-            self._write_checkpoint(new)
+        return new
+
+    def _rebase(self, state: _State, removed: list[str]) -> _State:
+        """After losing a sequence number: the newer log, if the commit still applies to it.
+
+        Added files never collide (fresh names). Removed files must still be listed, and a
+        rewrite of a keyed table must not jump over newer row versions (the compacted file
+        would count as the later write): both raise ``Conflict`` (the caller discards).
+        """
+        new = self._load()
+        if new.seq <= state.seq:
+            raise self._fail(
+                f"commit object {state.seq + 1} exists but is not part of the verified log"
+            )
+        gone = [p for p in removed if p not in new.files]
+        if gone:
+            raise Conflict(
+                f"{self.org}/{self.spec.name}: {gone[0]} was replaced by a concurrent commit"
+            )
+        if removed and self.spec.key and any(e["seq"] > state.seq for e in new.files.values()):
+            raise Conflict(
+                f"{self.org}/{self.spec.name}: rows were written during a rewrite; try again"
+            )
         return new
 
     def _write_checkpoint(self, state: _State, offset: int | None = None) -> None:
@@ -639,6 +802,10 @@ class CommitLog:
             ),
         }
         _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "checkpoint", doc))
+        if self._m.objects:
+            self._put_checkpoint(state.seq, _canon(dict(doc, sig=_b64(signature))))
+            state.ck_file, state.ck_sv = state.seq, doc["sv"]
+            return
         tmp = self._ckpt_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -650,11 +817,28 @@ class CommitLog:
         _fsync_dir(self._ckpt_path.parent)
         state.ck_file, state.ck_sv = state.seq, doc["sv"]
 
+    def _put_checkpoint(self, seq: int, body: bytes) -> None:
+        """Replace the checkpoint object by compare-and-swap, never with an older one (two
+        writers may checkpoint at once; a checkpoint going back would look like an attack)."""
+        for _ in range(16):
+            got = self._m.get(_CKPT)
+            etag = None
+            if got is not None:
+                try:
+                    if int(json.loads(got[0])["seq"]) >= seq:
+                        return
+                except (ValueError, KeyError, TypeError):
+                    pass  # a corrupt one is replaced
+                etag = got[1]
+            if self._m.put(_CKPT, body, if_match=etag) is not None:
+                return
+
     def seal(self, *, actor: str = "system", scrub: bool = True) -> bool:
         """Sign the log's head so that unsigned lines are refused from now on (migration from
         HMAC-only logs, and after a signing-key rotation). With ``scrub``, a log that still
         holds lines with plaintext statistics is restarted from a signed checkpoint and those
-        lines are dropped. Returns True when something was written."""
+        lines are dropped (on object storage: their objects are deleted, except the head's).
+        Returns True when something was written."""
         self._require_writer()
         with self._locked():
             state = self._load(allow_unsealed=True)
@@ -672,6 +856,8 @@ class CommitLog:
     def _legacy_prefix(self) -> bool:
         """True when the log file still starts with a line from before signing (a scrub that
         stopped after its first checkpoint)."""
+        if self._m.objects:
+            return False  # objects of scrubbed lines are deleted after the checkpoint
         try:
             with open(self._log_path, "rb") as f:
                 first = f.readline()
@@ -685,6 +871,14 @@ class CommitLog:
     def _scrub(self, state: _State) -> None:
         """Drop a sealed log's lines from before signing: checkpoint, empty log, checkpoint."""
         self._write_checkpoint(state)
+        if self._m.objects:
+            for seq, _ in self._m.list_log(0):
+                if seq < state.seq:
+                    self._m.delete(self._m.log_key(seq))
+            with self._mutex:
+                self._state_cache, self._log_sig = None, None
+            self._load()
+            return
         tmp = self._log_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -714,5 +908,9 @@ class CommitLog:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
 
-    def _locked(self) -> CommitLog._Locked:
+    def _locked(self):
+        # On object storage the conditional put serialises writers; this lock only keeps one
+        # table object's own threads from racing each other for nothing.
+        if self._m.objects:
+            return self._wlock
         return CommitLog._Locked(self)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -21,25 +21,20 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from atomscale_lab.errors import IntegrityError, KeyUnavailable, ValidationError
-from atomscale_lab.fsutil import fsync_dir as _fsync_dir
-from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.schema import TABLES, TableSpec
 from atomscale_lab.schema import spec as lookup_spec
 from atomscale_lab.vault.crypto import OrgCrypto
 from atomscale_lab.vault.store.files import (
-    _LOCAL_FS,
-    _TMP,
     _WARM_TTL,
     MAX_LISTED_RUN_IDS,
     READ_POOL,
     _BadFile,
     _to_us,
     bucket_of,
-    file_fingerprint,
     prepare,
-    write_parquet,
 )
 from atomscale_lab.vault.store.log import (
+    _CKPT,
     _LOG,
     _STAT_KEYS,
     Commit,
@@ -48,6 +43,7 @@ from atomscale_lab.vault.store.log import (
     _check_crypto,
     _State,
 )
+from atomscale_lab.vault.store.media import as_root, medium
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +53,33 @@ class OrgTable(CommitLog):
 
     def __init__(
         self,
-        root: Path,
+        root,
         org: str,
         spec: TableSpec,
         crypto: OrgCrypto,
         heads: HeadStore | None = None,
     ):
+        """``root``: a ``Path`` or an ``S3Root`` (``s3://bucket/prefix`` text also works)."""
         _check_crypto(org, crypto)
-        self.root = Path(root)
+        self.root = as_root(root)
         self.org = org
         self.spec = spec
         self.crypto = crypto
         self.heads = heads
-        self.path = self.root / org / spec.name
-        self._log_path = self.path / _LOG / "commits.jsonl"
-        self._lock_path = self.path / _LOG / "lock"
-        self._ckpt_path = self.path / _LOG / "checkpoint.json"
+        self._m = medium(self.root, org, spec.name)
+        self.path: Path | None = getattr(self._m, "path", None)
+        """The table's folder (local roots only; see ``_m`` for either kind)."""
+        if self.path is not None:
+            self._log_path = self.path / _LOG / "commits.jsonl"
+            self._lock_path = self.path / _LOG / "lock"
+            self._ckpt_path = self.path / _LOG / "checkpoint.json"
+        self._wlock = threading.RLock()
         self._kfps: dict[int, str] = {}
         # Heads are bound to the org's first key: an org deleted and created again under the same
         # name (fresh keys, empty folders) starts a new history instead of looking rolled back.
         self._epoch = crypto.fingerprint(min(crypto.keys.keys))[:8]
         self._head_name = f"{spec.name}@{self._epoch}"
-        self._hw_key = f"{self.path.resolve()}@{self._epoch}"
+        self._hw_key = f"{self._m.identity()}@{self._epoch}"
         self._advanced = 0
         self._state_cache: _State | None = None
         self._log_sig: tuple | None = None
@@ -92,21 +93,25 @@ class OrgTable(CommitLog):
     def __repr__(self) -> str:
         return f"OrgTable(org={self.org!r}, name={self.spec.name!r})"
 
+    @property
+    def medium(self):
+        """Where the table's files live (``LocalMedium`` or ``S3Medium``, see ``media``)."""
+        return self._m
+
     # -- files ------------------------------------------------------------------------------
 
-    def _check_file(self, entry: dict, *, cached: bool = True) -> Path:
-        """Size, magic and fingerprint of a listed file (cached by path/size/mtime/inode)."""
+    def _check_file(self, entry: dict, *, cached: bool = True) -> str:
+        """Size, magic and fingerprint of a listed file (cached by path/size/mtime/inode);
+        returns its path for the medium's pyarrow file system."""
         rel = entry["path"]
-        path = self.path / rel
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise self._fail(f"listed file {rel} is missing") from None
-        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry["fp"])
+        st = self._m.stat(rel)
+        if st is None:
+            raise self._fail(f"listed file {rel} is missing")
+        sig = (*st, entry["fp"])
         if cached and self._verified.get(rel) == sig:
-            return path
+            return self._m.fs_path(rel)
         try:
-            size, fp = file_fingerprint(path)
+            size, fp = self._m.fingerprint(rel)
         except _BadFile as e:
             raise self._fail(f"file {rel} {e}") from None
         if size != entry["size"]:
@@ -120,21 +125,14 @@ class OrgTable(CommitLog):
                 "(swapped, replaced or modified)"
             )
         self._verified[rel] = sig
-        return path
+        return self._m.fs_path(rel)
 
     def _write_file(self, bucket: int | None, part: pa.Table) -> dict:
-        """Encrypt one part into ``_tmp/``, fsync, rename into place; returns its log entry."""
+        """Encrypt one part and put it in place atomically (locally: ``_tmp/``, fsync, rename;
+        on object storage: one PUT); returns its log entry."""
         name = f"part-{uuid.uuid4().hex}.parquet"
         rel = name if bucket is None else f"bucket={bucket:02d}/{name}"
-        tmp_dir = self.path / _TMP
-        _mkdirs(tmp_dir)
-        tmp = tmp_dir / name
-        write_parquet(tmp, part, self.crypto.file_encryption_properties())
-        size, fp = file_fingerprint(tmp)
-        final = self.path / rel
-        _mkdirs(final.parent)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        size, fp = self._m.write_file(rel, part, self.crypto.file_encryption_properties())
         tcol = part.column(self.spec.time_column)
         mm = pc.min_max(tcol.cast(pa.int64()))
         runs = pc.unique(part.column("run_id")) if "run_id" in part.column_names else None
@@ -159,12 +157,23 @@ class OrgTable(CommitLog):
                 entry["run_ids"] = sorted(runs.to_pylist())
         return entry
 
+    def _write_parallel(self, parts, added: list[dict]) -> None:
+        """Upload parts concurrently (object storage: each PUT is a round trip); every file
+        that made it is in ``added`` even when another failed, so that it is discarded."""
+        with ThreadPoolExecutor(max_workers=min(8, len(parts))) as pool:
+            futures = [pool.submit(self._write_file, b, p) for b, p in parts]
+        error = None
+        for f in futures:
+            try:
+                added.append(f.result())
+            except BaseException as e:  # noqa: BLE001 - re-raised below after collecting
+                error = error or e
+        if error is not None:
+            raise error
+
     def _discard(self, entries: Iterable[dict]) -> None:
         for e in entries:
-            try:
-                os.unlink(self.path / e["path"])
-            except FileNotFoundError:
-                pass
+            self._m.delete(e["path"])
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -178,8 +187,11 @@ class OrgTable(CommitLog):
                 return Commit(state.seq, 0, 0)
             added = []
             try:
-                for bucket, part in parts:
-                    added.append(self._write_file(bucket, part))
+                if self._m.objects and len(parts) > 1:
+                    self._write_parallel(parts, added)
+                else:
+                    for bucket, part in parts:
+                        added.append(self._write_file(bucket, part))
                 state = self._append(state, "add", actor, added, [])
             except BaseException:
                 self._discard(added)
@@ -271,33 +283,29 @@ class OrgTable(CommitLog):
                 return None
             return self._replace(groups, actor, "replace", 1 << 62, dedupe=False, progress=progress)
 
-    def gc(self) -> int:
-        """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count."""
+    def gc(self, *, now: float | None = None, grace: float | None = None) -> int:
+        """Remove unlisted files (leftovers of crashed writes, replaced files). Returns count.
+
+        On object storage only objects older than ``grace`` seconds (default: the root's
+        ``gc_grace``, 1 h) go: another writer may have uploaded files whose commit is still on
+        its way (locally, writers hold the table lock gc takes). ``now`` (epoch seconds)
+        defaults to the clock.
+        """
+        if self._m.objects:
+            if grace is None:
+                grace = self.root.config.gc_grace
+            cutoff = (time.time() if now is None else now) - grace
         with self._locked():
             state = self._load()
             n = 0
-            for p in self._all_data_files():
-                rel = p.relative_to(self.path).as_posix()
-                if rel not in state.files:
-                    p.unlink()
-                    n += 1
-            tmp = self.path / _TMP
-            if tmp.is_dir():
-                for p in tmp.iterdir():
-                    p.unlink()
-                    n += 1
-            return n
-
-    def _all_data_files(self) -> list[Path]:
-        if not self.path.is_dir():
-            return []
-        out = []
-        for p in self.path.rglob("*"):
-            rel = p.relative_to(self.path)
-            if rel.parts[0] in (_LOG, _TMP) or not p.is_file():
-                continue
-            out.append(p)
-        return out
+            for rel, mtime in self._m.list_data():
+                if rel in state.files:
+                    continue
+                if self._m.objects and mtime > cutoff:
+                    continue
+                self._m.delete(rel)
+                n += 1
+            return n + self._m.clear_tmp()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -358,9 +366,14 @@ class OrgTable(CommitLog):
         return expr
 
     def _open_dataset(self, entries: list[dict]) -> ds.Dataset:
-        frags = [self._fragment(e) for e in entries]
+        if self._m.objects and len(entries) > 1:
+            # Each check is a round trip to the store: overlap them.
+            with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+                frags = list(pool.map(self._fragment, entries))
+        else:
+            frags = [self._fragment(e) for e in entries]
         self.last_read_files = [e["path"] for e in entries]
-        return ds.FileSystemDataset(frags, self.spec.schema, self._format(), _LOCAL_FS)
+        return ds.FileSystemDataset(frags, self.spec.schema, self._format(), self._m.fs)
 
     def _fragment(self, entry: dict):
         """The checked file as a dataset fragment whose footer was opened here, cached.
@@ -377,7 +390,12 @@ class OrgTable(CommitLog):
         hit = self._frags.get(rel)
         if hit is not None and hit[0] == sig and now - hit[2] < _WARM_TTL:
             return hit[1]
-        frag = self._format().make_fragment(str(path), filesystem=_LOCAL_FS)
+        if self._m.objects:  # the size from the log saves a HEAD request per file
+            frag = self._format().make_fragment(
+                path, filesystem=self._m.fs, file_size=entry["size"]
+            )
+        else:
+            frag = self._format().make_fragment(path, filesystem=self._m.fs)
         try:
             frag.ensure_complete_metadata()
         except KeyUnavailable:
@@ -416,7 +434,10 @@ class OrgTable(CommitLog):
         for e in entries:
             try:
                 ds.dataset(
-                    str(self.path / e["path"]), schema=self.spec.schema, format=fmt
+                    self._m.fs_path(e["path"]),
+                    schema=self.spec.schema,
+                    format=fmt,
+                    filesystem=self._m.fs,
                 ).to_table()
             except Exception:  # noqa: BLE001 - only locating the bad file
                 return e["path"]
@@ -567,12 +588,11 @@ class OrgTable(CommitLog):
         entries = sorted(state.files.values(), key=lambda e: e["path"])
         for e in entries:
             self._check_file(e, cached=False)
-        for p in self._all_data_files():
-            rel = p.relative_to(self.path).as_posix()
+        for rel, _ in self._m.list_data():
             if rel in state.files:
                 continue
             try:
-                file_fingerprint(p)
+                self._m.fingerprint(rel)
             except _BadFile as e:
                 raise self._fail(f"unlisted file {rel} {e}") from None
             except OSError as e:
@@ -588,17 +608,22 @@ class OrgTable(CommitLog):
     def _check_replay(self, state: _State) -> None:
         """Replay a log that starts at its first commit and compare with the checkpointed state:
         a checkpoint that disagrees with the lines it summarises is refused."""
-        if not self._ckpt_path.exists():
-            return
-        try:
-            with open(self._log_path, "rb") as f:
-                first = f.readline()
-        except FileNotFoundError:
-            return
-        try:
-            starts = bool(first.strip()) and json.loads(first).get("seq") == 1
-        except (ValueError, AttributeError):
-            raise self._fail("commit log line 1 is corrupt") from None
+        if self._m.objects:
+            if self._m.get(_CKPT) is None:
+                return
+            starts = self._m.stat(self._m.log_key(1)) is not None
+        else:
+            if not self._ckpt_path.exists():
+                return
+            try:
+                with open(self._log_path, "rb") as f:
+                    first = f.readline()
+            except FileNotFoundError:
+                return
+            try:
+                starts = bool(first.strip()) and json.loads(first).get("seq") == 1
+            except (ValueError, AttributeError):
+                raise self._fail("commit log line 1 is corrupt") from None
         if not starts:
             return  # the history before the checkpoint was dropped (migration scrub)
         full = self._load(use_checkpoint=False)
@@ -618,11 +643,10 @@ class OrgTable(CommitLog):
 class OrgStore:
     """All raw-data tables of one org (never context)."""
 
-    def __init__(
-        self, data_root: Path, org: str, crypto: OrgCrypto, heads: HeadStore | None = None
-    ):
+    def __init__(self, data_root, org: str, crypto: OrgCrypto, heads: HeadStore | None = None):
+        """``data_root``: a ``Path`` or an ``S3Root`` (``s3://bucket/prefix`` text also works)."""
         _check_crypto(org, crypto)
-        self.data_root = Path(data_root)
+        self.data_root = as_root(data_root)
         self.org = org
         self.crypto = crypto
         self.heads = heads
