@@ -498,13 +498,14 @@ CASES = {"local": case_local, "log": case_log, "s3": case_s3, "ingest": case_ing
 
 
 def print_table() -> None:
-    """The results as one Markdown table."""
-    print()
-    print(
-        "| case | rows | measure | plaintext ms (min / median / max) | encrypted ms "
-        "(min / median / max) | enc ÷ plain (median) | CPU ms plain / enc (median) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    """The timed comparisons as one Markdown table (if any), then the other figures."""
+    if RESULTS:
+        print()
+        print(
+            "| case | rows | measure | plaintext ms (min / median / max) | encrypted ms "
+            "(min / median / max) | enc ÷ plain (median) | CPU ms plain / enc (median) |"
+        )
+        print("|---|---|---|---|---|---|---|")
 
     def ratio(a, b):
         return f"{statistics.median(b) / statistics.median(a):.2f}" if a and b else "—"
