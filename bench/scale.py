@@ -125,7 +125,8 @@ def mmm(xs: list[float], scale: float = 1000.0) -> str:
     """``min / median / max`` of seconds, in ms (``scale``)."""
     if not xs:
         return "—"
-    d = 0 if statistics.median(xs) * scale >= 100 else 1
+    med = statistics.median(xs) * scale
+    d = 0 if med >= 100 else 1 if med >= 1 else 2
     return " / ".join(f"{x * scale:.{d}f}" for x in (min(xs), statistics.median(xs), max(xs)))
 
 
