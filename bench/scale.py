@@ -18,7 +18,8 @@ queries; data generation is never repeated):
   - ``one_run``: every column of one run (``OrgTable.read(run_ids=[r])``: the store's log
     lookup, its checks of the file, decryption) vs the run's plaintext twin file read with the
     same filter; different runs per repetition, the same runs on both sides; each result is
-    checked to hold exactly the run's rows, and both sides to be equal;
+    checked to hold exactly the run's rows, and both sides to be equal; apart, the store's
+    file selection from its log (``select_files``), the part that could grow with the table;
   - ``one_run_cold``: the same in a fresh process (``bench/vault.py``'s ``cold_read``; imports
     excluded): the store parses and checks its commit log (or its checkpoint), checks the file and
     unwraps the key. The page cache is dropped before each read only with ``--drop-caches``.
@@ -29,12 +30,16 @@ queries; data generation is never repeated):
   (``tests/support/s3.py``; objects in the server's memory), at ``--s3-rows``. Skipped with a note
   where this tree has no S3 support.
 - ``ingest``: ingest rows/s with SQLite state vs PostgreSQL state (``bench/ingest_state.py``'s
-  ``main``). Skipped with a note where this tree has no such benchmark.
+  ``measure``). Skipped with a note where this tree has no such benchmark.
 
 Every table lives in a temp dir (``--dir``) deleted at the end; nothing is written into the
 repository. ``--quick`` runs every case small (a smoke check of the benchmark itself).
 
-Usage: ``python bench/scale.py [--rows 1000000,10000000] [--quick] [--only local|s3|log|ingest]``
+Defaults: ``--rows 1e6,1e7``, ``--s3-rows 1e7``, ``--commits 1e5``; the 100M-row figure is
+``--rows 1e6,1e7,1e8`` (≈ 5 GB of temp files, ≈ 16 min here). ``--only`` may be repeated.
+
+Usage: ``python bench/scale.py [--rows 1e6,1e7] [--s3-rows 1e7] [--commits 1e5] [--quick]
+[--only local|s3|log|ingest] [--json FILE]``
 """
 
 from __future__ import annotations
