@@ -81,10 +81,10 @@ class OrgService:
         from atomscale_lab.vault.crypto import OrgCrypto
         from atomscale_lab.vault.store import OrgStore
         from atomscale_lab.vault.store.media import as_root
-        from atomscale_lab.vault.store.objects import S3Root, check_residency
+        from atomscale_lab.vault.store.objects import S3Root, check_root
 
         if isinstance(as_root(access.data_root), S3Root):
-            check_residency(as_root(access.data_root), access.region)
+            check_root(as_root(access.data_root), access.region)
 
         self.access = access
         self.org = access.org

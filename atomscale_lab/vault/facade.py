@@ -194,13 +194,13 @@ class Vault:
         names the other kind (the roots were swapped).
         """
         from atomscale_lab.vault.store.media import as_root
-        from atomscale_lab.vault.store.objects import S3Root, check_residency
+        from atomscale_lab.vault.store.objects import S3Root, check_root
 
         s = self.settings
         docs = {}
         for kind, root in (("data", s.data_root), ("context", s.context_root)):
             if isinstance(root, S3Root):
-                check_residency(root, s.region)  # the bucket's own region, not only the marker
+                check_root(root, s.region)  # the bucket's own region, not only the marker
             doc = read_marker(root)
             if doc is None:
                 doc = _write_marker(as_root(root), kind, s.region)

@@ -79,23 +79,31 @@ def run_reader(
     mode: str = "read",
     heads: bool = True,
     timeout: float = 60,
+    root=None,
+    env: dict | None = None,
 ):
     """Read ``table`` of ``org`` in a child process; returns the CompletedProcess.
 
     The child prints ``rows: N`` and exits 0, or prints the error and exits with the error's
-    ``exit_code`` (IntegrityError → 5, KeyUnavailable → 4).
+    ``exit_code`` (IntegrityError → 5, KeyUnavailable → 4). ``root`` defaults to ``tmp/data``
+    (an ``s3://`` root needs the AWS variables in ``env``).
     """
     args = [
         sys.executable,
         str(READER),
-        str(tmp / "data"),
+        str(tmp / "data" if root is None else root),
         org,
         table,
         mode,
         str(tmp / "registry.sqlite") if heads else "-",
     ]
     return subprocess.run(
-        args, input=json.dumps(keys.to_json()), capture_output=True, text=True, timeout=timeout
+        args,
+        input=json.dumps(keys.to_json()),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 

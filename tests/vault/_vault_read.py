@@ -1,6 +1,7 @@
 """Child process for the vault tests: read one table, print ``rows: N`` or the error.
 
-Usage: ``_vault_read.py DATA_ROOT ORG TABLE MODE HEAD_DB|-`` with the org keys as JSON on stdin.
+Usage: ``_vault_read.py DATA_ROOT ORG TABLE MODE HEAD_DB|-`` with the org keys as JSON on stdin
+(DATA_ROOT: a folder or an ``s3://`` root, reached with the AWS variables).
 MODE is ``read`` (whole table), ``verify`` (deep verification) or ``dataset`` (through DuckDB).
 Exit codes: 0 ok, the AtomscaleError's ``exit_code``, 9 another clean exception; a crash shows as
 a negative code (signal).
@@ -13,6 +14,7 @@ from pathlib import Path
 from atomscale_lab.errors import AtomscaleError
 from atomscale_lab.vault.crypto import OrgCrypto, OrgKeys
 from atomscale_lab.vault.store import OrgStore, SqliteHeadStore
+from atomscale_lab.vault.store.media import as_root
 
 
 def main() -> int:
@@ -20,7 +22,7 @@ def main() -> int:
     keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
     heads = None if head_db == "-" else SqliteHeadStore(Path(head_db))
     try:
-        t = OrgStore(Path(data_root), org, OrgCrypto(keys), heads).table(table)
+        t = OrgStore(as_root(data_root), org, OrgCrypto(keys), heads).table(table)
         if mode == "verify":
             t.verify(deep=True)
             rows = t.num_rows()

@@ -1,10 +1,11 @@
 """Child process for the crash test: commit batches until stopped at a chosen point.
 
-Usage: ``_vault_writer.py DATA_ROOT HEAD_DB FIRST_BATCH POINT N`` with org ``a``'s keys as JSON on
-stdin; DATA_ROOT is a folder or an ``s3://`` root (reached with the AWS variables). Prints
-``ready`` once set up, then ``committed K`` after each batch K is committed. Each batch is 8 runs
-× 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds several files; after
-every fifth batch a compaction replaces small files.
+Usage: ``_vault_writer.py DATA_ROOT HEAD_DB FIRST_BATCH POINT N [ORG [RUNS]]`` with the org's
+(default ``a``) keys as JSON on the first line of stdin; DATA_ROOT is a folder or an ``s3://`` root
+(reached with the AWS variables). Prints ``ready`` once set up, starts on a line ``go`` (or the
+end of stdin), then prints ``committed K`` after each batch K is committed. Each batch is RUNS
+(default 8) runs × 300 rows (``b<K>-<run>``) spread over several buckets, so one commit adds
+several files; after every fifth batch a compaction replaces small files.
 
 When the writer reaches the N-th occurrence of POINT it prints ``at POINT K`` and stops itself
 (SIGSTOP), so that the parent's SIGKILL lands exactly there. Points (``write.*`` during a batch's
@@ -36,7 +37,9 @@ RUNS, ROWS = 8, 300
 def main() -> None:
     data_root, head_db, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
     stop_point, stop_n = sys.argv[4], int(sys.argv[5])
-    keys = OrgKeys.from_json(json.loads(sys.stdin.read()))
+    org = sys.argv[6] if len(sys.argv) > 6 else "a"
+    runs = int(sys.argv[7]) if len(sys.argv) > 7 else RUNS
+    keys = OrgKeys.from_json(json.loads(sys.stdin.readline()))
     seen: dict[str, int] = {}
     now = {"op": "write", "k": first, "appending": False}
 
@@ -82,14 +85,15 @@ def main() -> None:
     OrgTable._append = append_at
     SqliteHeadStore.advance = advance_at
 
-    t = OrgStore(as_root(data_root), "a", OrgCrypto(keys), SqliteHeadStore(Path(head_db))).table(
+    t = OrgStore(as_root(data_root), org, OrgCrypto(keys), SqliteHeadStore(Path(head_db))).table(
         "process/series"
     )
     print("ready", flush=True)
+    sys.stdin.readline()  # "go", or the end of stdin: start writing
     k = first
     while True:
         now.update(op="write", k=k)
-        t.write(series(RUNS, ROWS, prefix=f"b{k:06d}", seed=k), actor="crash-test")
+        t.write(series(runs, ROWS, prefix=f"b{k:06d}", seed=k), actor="crash-test")
         print(f"committed {k}", flush=True)
         at("committed")
         if k % 5 == 4:

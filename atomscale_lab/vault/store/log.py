@@ -91,10 +91,6 @@ _HIGH_WATER: dict[str, tuple[int, str]] = {}
 _HW_LOCK = threading.Lock()
 
 
-class _RolledBack(IntegrityError):
-    """The log ends before a head seen earlier (internal: object-storage loads look twice)."""
-
-
 class HeadStore(Protocol):
     """Keeps the latest (seq, hash) of each table's log outside the data root (rollback defence)."""
 
@@ -323,10 +319,14 @@ class CommitLog:
                             f.seek(state.size - 1)
                             if f.read(1) != b"\n":  # the checkpoint's offset is not a line end
                                 state.size, skip = 0, True
+                    # Heads read before the lines: a head that a writer records while we read
+                    # is no rollback (its line is appended before the head is recorded).
+                    before = self._heads_seen()
                     f.seek(state.size)
                     data = f.read()
                     state.ino = st.st_ino
             except FileNotFoundError:
+                before = self._heads_seen()
                 data, sig = b"", None
                 state, skip = self._start(0, use_checkpoint)
                 state.size = 0
@@ -347,7 +347,7 @@ class CommitLog:
                     )
                 state.ck_file, state.ck_sv = newer.seq, newer.sign_version
             self._check_signed_head(state, allow_unsealed)
-            self._check_heads(state, strict=strict_heads)
+            self._check_heads(state, strict=strict_heads, seen=before)
             if use_checkpoint:
                 self._state_cache = state
                 self._log_sig = sig
@@ -371,22 +371,13 @@ class CommitLog:
         so a head object deleted or replaced since (its ETag differs) forces a full reload,
         which the heads then refuse.
 
-        A head recorded by another writer between our listing and the check is not a rollback:
-        the head is recorded after its object is visible, so a second look finds it.
+        The heads are read *before* listing: a head is recorded after its object is visible, so
+        every head seen then must be in the listing, while one that another writer records
+        while we list is no sign of a rollback.
         """
-        try:
-            return self._load_objects_once(strict_heads, allow_unsealed, use_checkpoint)
-        except _RolledBack:
-            with self._mutex:
-                if use_checkpoint:
-                    self._state_cache, self._log_sig = None, None
-            return self._load_objects_once(strict_heads, allow_unsealed, use_checkpoint)
-
-    def _load_objects_once(
-        self, strict_heads: bool, allow_unsealed: bool, use_checkpoint: bool
-    ) -> _State:
         m = self._m
         with self._mutex:
+            before = self._heads_seen()
             cached = self._state_cache if use_checkpoint else None
             state, new, etag = None, [], None
             if cached is not None:
@@ -398,7 +389,7 @@ class CommitLog:
                     new = listing[1:]
                 if ok and not new:
                     self._check_signed_head(cached, allow_unsealed)
-                    self._check_heads(cached, strict=False, use_store=False)
+                    self._check_heads(cached, strict=False, seen=before)
                     return cached
                 if ok:
                     state, etag = cached.copy(), (self._log_sig or (0, None))[1]
@@ -433,7 +424,7 @@ class CommitLog:
                     )
                 state.ck_file, state.ck_sv = newer.seq, newer.sign_version
             self._check_signed_head(state, allow_unsealed)
-            self._check_heads(state, strict=strict_heads)
+            self._check_heads(state, strict=strict_heads, seen=before)
             if use_checkpoint:
                 self._state_cache = state
                 self._log_sig = (state.seq, etag)
@@ -611,7 +602,8 @@ class CommitLog:
         state.ck_said = max(state.ck_said, ck)
         return added
 
-    def _check_heads(self, state: _State, *, strict: bool = True, use_store: bool = True) -> None:
+    def _heads_seen(self, use_store: bool = True) -> list[tuple[int, str]]:
+        """The heads known now: this process's high-water mark and the head store's."""
         seen = []
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
@@ -621,11 +613,23 @@ class CommitLog:
             h = self.heads.get(self.org, self._head_name)
             if h:
                 seen.append(tuple(h))
+        return seen
+
+    def _check_heads(
+        self,
+        state: _State,
+        *,
+        strict: bool = True,
+        use_store: bool = True,
+        seen: list[tuple[int, str]] | None = None,
+    ) -> None:
+        if seen is None:
+            seen = self._heads_seen(use_store)
         for seq, digest in seen:
             if state.seq < seq:
-                raise _RolledBack(
-                    f"{self.org}/{self.spec.name}: commit log was rolled back (it ends at commit "
-                    f"{state.seq}, but commit {seq} was seen before)"
+                raise self._fail(
+                    f"commit log was rolled back (it ends at commit {state.seq}, "
+                    f"but commit {seq} was seen before)"
                 )
             # Lines before the retained ones are covered by signatures and checkpoints.
             mine = state.digests.get(seq)
@@ -680,11 +684,12 @@ class CommitLog:
             if not self._m.objects:
                 new = self._append_local(state, seq, line)
                 break
+            before = self._heads_seen()  # none can pass seq: a line seq+1 needs ours first
             etag = self._m.put(self._m.log_key(seq), line)
             if etag is not None:
                 new = state.copy()
                 self._apply(new, line + b"\n", len(line) + 1)
-                self._check_heads(new, strict=False)
+                self._check_heads(new, strict=False, seen=before)
                 with self._mutex:
                     cur = self._state_cache
                     if cur is None or cur.seq < new.seq:

@@ -184,7 +184,8 @@ def _clients(config: S3Config):
                 )
             kw["endpoint_url"] = config.endpoint_url
             fs_kw.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-        region = config.region or "us-east-1"
+        # unset: each library's own default (AWS_DEFAULT_REGION, ~/.aws/config, ...)
+        region = config.region or None
         client = boto3.session.Session().client(
             "s3",
             region_name=region,
@@ -256,6 +257,40 @@ def check_residency(root: S3Root, region: str) -> None:
             + f", but this deployment declares region {region!r} (ATOMSCALE_REGION): "
             "its data would be stored outside its region; use a bucket in that region"
         )
+
+
+_CAS_CHECKED: set[tuple] = set()
+
+
+def check_conditional_writes(root: S3Root) -> None:
+    """Refuse a store that ignores ``If-None-Match: *`` (two writers could then both win one
+    sequence number and a commit would be lost): put a probe object twice, once per process and
+    bucket."""
+    import uuid
+
+    ident = (root.config.endpoint_name(), root.bucket)
+    if ident in _CAS_CHECKED:
+        return
+    m = S3Medium(root)
+    probe = f".atomscale-probe/{uuid.uuid4().hex}"
+    try:
+        first = m.put(probe, b"1")
+        second = m.put(probe, b"2")
+    finally:
+        m.delete(probe)
+    if first is None or second is not None:
+        raise ConfigError(
+            f"the object store at {root.config.endpoint_name()} ignores conditional writes "
+            f"(If-None-Match) on bucket {root.bucket!r}: commits could be lost; use a store "
+            "that supports them (AWS S3, MinIO, SeaweedFS, ...)"
+        )
+    _CAS_CHECKED.add(ident)
+
+
+def check_root(root: S3Root, region: str) -> None:
+    """Everything a root must hold before use: residency, then conditional writes."""
+    check_residency(root, region)
+    check_conditional_writes(root)
 
 
 class _TailFile:
@@ -356,12 +391,28 @@ class S3Medium:
                 yield obj["Key"][cut:], obj
 
     def list_data(self) -> list[tuple[str, float]]:
-        """``(rel, mtime)`` of every object outside ``_log/`` and ``_tmp/``."""
-        out = []
-        for rel, obj in self._list():
-            if rel.split("/", 1)[0] in (_LOG, _TMP):
-                continue
-            out.append((rel, obj["LastModified"].timestamp()))
+        """``(rel, mtime)`` of every object outside ``_log/`` and ``_tmp/``: the top level with
+        a delimiter, then each folder but those (a long log is never paged through)."""
+        base = self.root.key("")
+        top = f"{base}/" if base else ""
+        out, folders = [], []
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.root.bucket, Prefix=top, Delimiter="/"
+        )
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                out.append((obj["Key"][len(top) :], obj["LastModified"].timestamp()))
+            for cp in page.get("CommonPrefixes", ()):
+                name = cp["Prefix"][len(top) :]
+                if name.rstrip("/") not in (_LOG, _TMP):
+                    folders.append(name)
+
+        def one(folder):
+            return [(rel, obj["LastModified"].timestamp()) for rel, obj in self._list(folder)]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for found in pool.map(one, folders):
+                out.extend(found)
         return out
 
     def clear_tmp(self, older_than: float | None = None) -> int:

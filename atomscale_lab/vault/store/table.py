@@ -586,24 +586,33 @@ class OrgTable(CommitLog):
         state = self._load()
         self._check_replay(state)
         entries = sorted(state.files.values(), key=lambda e: e["path"])
-        for e in entries:
-            self._check_file(e, cached=False)
-        for rel, _ in self._m.list_data():
-            if rel in state.files:
-                continue
+        self._each(lambda e: self._check_file(e, cached=False), entries)
+
+        def unlisted(rel):
             try:
                 self._m.fingerprint(rel)
             except _BadFile as e:
                 raise self._fail(f"unlisted file {rel} {e}") from None
             except OSError as e:
                 raise self._fail(f"unlisted file {rel} cannot be read ({e.strerror})") from None
+
+        self._each(unlisted, [rel for rel, _ in self._m.list_data() if rel not in state.files])
         if deep:
-            for e in entries:
-                self._scan([e], lambda d: d.to_table())
+            self._each(lambda e: self._scan([e], lambda d: d.to_table()), entries)
         elif entries:
             self._frags.clear()
-            for e in entries:
-                self._fragment(e)
+            self._each(self._fragment, entries)
+
+    def _each(self, fn, items: list) -> None:
+        """``fn`` on every item, in order; on object storage eight at a time (each is a round
+        trip), still raising the error of the first failing item."""
+        if self._m.objects and len(items) > 1:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for _ in pool.map(fn, items):
+                    pass
+        else:
+            for item in items:
+                fn(item)
 
     def _check_replay(self, state: _State) -> None:
         """Replay a log that starts at its first commit and compare with the checkpointed state:
