@@ -25,6 +25,7 @@ format:
 
 bench:
 	.venv/bin/python bench/vault.py
+	.venv/bin/python bench/scale.py
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/sdk.py
 	.venv/bin/python bench/notebook.py

@@ -189,6 +189,8 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
         "log_mb": f"{log_bytes / 1e6:.1f}",
         "cold_ms": f"{statistics.median(cold) * 1000:.1f}",
         "warm_ms": f"{statistics.median(warm) * 1000:.1f}",
+        "cold_min_max_ms": f"{min(cold) * 1000:.1f} / {max(cold) * 1000:.1f}",
+        "warm_min_max_ms": f"{min(warm) * 1000:.1f} / {max(warm) * 1000:.1f}",
     }
 
 

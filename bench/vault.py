@@ -83,22 +83,27 @@ BENCH = TableSpec(
 )
 
 
-def make_data(rows: int, runs: int, seed: int = 7) -> pa.Table:
-    """Synthetic growth runs: smooth temperatures, noisy RHEED, stepwise setpoints."""
+def make_data(rows: int, runs: int, seed: int = 7, first_run: int = 0) -> pa.Table:
+    """Synthetic growth runs: smooth temperatures, noisy RHEED, stepwise setpoints.
+
+    ``first_run`` numbers the runs from there on, so a large table can be made in chunks.
+    """
     rng = np.random.default_rng(seed)
     per = rows // runs
     rows = per * runs
-    run = np.repeat(np.arange(runs, dtype=np.int32), per)
+    run = np.repeat(np.arange(first_run, first_run + runs, dtype=np.int32), per)
     k = np.tile(np.arange(per, dtype=np.int64), runs)
     t0 = np.datetime64("2026-01-01T00:00:00", "us") + run.astype("timedelta64[h]") * 6
     times = t0 + (k * 100_000).astype("timedelta64[us]")
-    run_names = pa.array([f"run-{i:05d}" for i in range(runs)])
+    run_names = pa.array([f"run-{i:05d}" for i in range(first_run, first_run + runs)])
     channels = pa.array(["rheed", "thermo", "gauge", "cell"])
     units = pa.array(["a.u.", "K", "Torr", "K"])
     ch = (k % 4).astype(np.int32)
     phase = k / 50.0
     cols = {
-        "run_id": pa.DictionaryArray.from_arrays(pa.array(run), run_names).cast(pa.string()),
+        "run_id": pa.DictionaryArray.from_arrays(pa.array(run - first_run), run_names).cast(
+            pa.string()
+        ),
         "time": pa.array(times).cast(TS),
         "channel": pa.DictionaryArray.from_arrays(pa.array(ch), channels).cast(pa.string()),
         "unit": pa.DictionaryArray.from_arrays(pa.array(ch), units).cast(pa.string()),
