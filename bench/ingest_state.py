@@ -22,6 +22,7 @@ import contextlib
 import os
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -198,6 +199,7 @@ def measure(batches: int = 400, repeat: int = 3, kills: int = 3) -> dict:
     finally:
         close_pools()
         cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

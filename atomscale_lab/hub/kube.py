@@ -3,8 +3,8 @@
 Used with Zero to JupyterHub (``deploy/k8s/values.yaml``) instead of :class:`AtomscaleSpawner`.
 Whatever the configuration says, every user pod
 
-- runs in its org's namespace ``atomscale-<org>`` (the org from the user's ``<org>:<role>`` hub
-  groups, exactly one), labelled ``atomscale-lab/org=<org>`` so the org's NetworkPolicies (from
+- runs in its org's namespace ``atomscale-<org>`` (the org from the user's ``org:<org>`` hub
+  group, exactly one), labelled ``atomscale-lab/org=<org>`` so the org's NetworkPolicies (from
   ``atomscale-lab k8s render ORG``) select it;
 - has no service-account token (``automountServiceAccountToken: false``);
 - runs under the "restricted" Pod Security Standard: non-root, no privilege escalation, all
@@ -77,7 +77,7 @@ class AtomscaleKubeSpawner(KubeSpawner):
 
     @property
     def org(self) -> str:
-        """The user's org, from its ``<org>:<role>`` hub groups; refuses none or several."""
+        """The user's org, from its ``org:<org>`` hub groups; refuses none or several."""
         orgs = set(org_roles_of(self.user.groups))
         if len(orgs) != 1:
             raise RuntimeError(
