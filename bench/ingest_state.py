@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
-import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
