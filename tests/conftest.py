@@ -6,6 +6,7 @@
 - ``venv_bin``: the folder of the project's executables (``atomscale-lab``, ``jupyter`` …).
 - ``postgres_cluster``, ``pg_url``, ``database``, ``db_backend``: the private PostgreSQL cluster
   and per-backend fixtures (:mod:`tests.support.postgres`).
+- ``s3``: moto's S3 server for the whole session (:class:`tests.support.s3.S3Env`).
 
 Suites for one area live in their own folder with their own ``conftest.py``.
 """
@@ -22,6 +23,14 @@ from tests.support.postgres import (  # noqa: F401 - fixtures shared by every su
     pg_url,
     postgres_cluster,
 )
+from tests.support.s3 import s3_server
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server (in memory, 127.0.0.1, stopped by pid at the end of the session)."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as env:
+        yield env
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pytest
 
 import atomscale_lab.ingest  # noqa: F401 - registers the ingest migrations before `db upgrade`
 from tests.support.ingest import Service
+from tests.support.s3 import use_s3_roots
 
 
 class KeyRecorder:
@@ -92,14 +93,16 @@ class Deployment:
 @pytest.fixture
 def state_backend(request, home, monkeypatch):
     """The embedded default (None), or with ``parametrize("state_backend", ["sqlite",
-    "postgres"], indirect=True)`` each in turn: the URL of a fresh upgraded PostgreSQL schema
-    set as ``ATOMSCALE_DATABASE_URL``."""
+    "postgres"], indirect=True)`` each in turn: local folders and SQLite files, then the URL of a
+    fresh upgraded PostgreSQL schema set as ``ATOMSCALE_DATABASE_URL`` with the data and context
+    roots on object storage (moto; the ingest service subprocesses inherit both)."""
     if getattr(request, "param", "sqlite") == "sqlite":
         return None
     from tests.support.postgres import upgraded
 
     url = upgraded(request.getfixturevalue("pg_url"))
     monkeypatch.setenv("ATOMSCALE_DATABASE_URL", url)
+    use_s3_roots(request.getfixturevalue("s3"), monkeypatch)
     return url
 
 
@@ -110,6 +113,8 @@ def deployment(home, root_key, key_recorder, state_backend):
     from atomscale_lab.vault.settings import Settings
 
     v = Vault(Settings.load(home))
+    # the PostgreSQL run is the scale-out deployment: its roots must really be on object storage
+    assert isinstance(v.settings.data_root, Path) == (state_backend is None)
     v.create_org("acme", "us")
     v.create_org("beta", "us")
     key_recorder.homes.append(home)

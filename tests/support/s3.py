@@ -100,3 +100,12 @@ def s3_server(tmp: Path):
 def child_env(s3: S3Env) -> dict[str, str]:
     """The test process's environment plus the AWS variables of ``s3``."""
     return {**os.environ, **s3.env()}
+
+
+def use_s3_roots(s3: S3Env, monkeypatch) -> None:
+    """Point this test's environment (and its child processes) at fresh ``s3://`` data and
+    context roots on ``s3``."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ATOMSCALE_DATA_ROOT", s3.root().url)
+    monkeypatch.setenv("ATOMSCALE_CONTEXT_ROOT", s3.root().url)
