@@ -18,7 +18,7 @@ from atomscale_lab.hub.services import keys as keys_service
 from atomscale_lab.hub.services.data import Caller, DataServiceApp, OrgServiceHolder
 from atomscale_lab.schema import ARROW_STREAM
 from atomscale_lab.server.access import LocalAccess
-from tests.hub.test_hub_services import StubHubAuth
+from tests.support.hub_stub import StubHubAuth
 from tests.support.labdata import fill_org
 
 TOKENS = {

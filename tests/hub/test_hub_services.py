@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -26,19 +25,7 @@ from tornado.testing import bind_unused_port
 from atomscale_lab.hub.roles import ROLES, org_scope
 from atomscale_lab.hub.services import context as context_service
 from atomscale_lab.hub.services import keys as keys_service
-
-
-class StubHubAuth:
-    """Resolves tokens from a dict, like HubAuth.user_for_token."""
-
-    auth_header_pat = re.compile(r"(?:token|bearer)\s+(.+)", re.IGNORECASE)
-
-    def __init__(self, tokens):
-        self.tokens = tokens
-
-    async def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
-        return self.tokens.get(token)
-
+from tests.support.hub_stub import StubHubAuth
 
 TOKENS = {
     "sci-acme": {

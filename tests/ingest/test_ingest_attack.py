@@ -97,6 +97,18 @@ def test_a_batch_without_a_valid_key_is_refused_before_its_body_is_read(deployme
     assert deployment.vault.system_audit().events(action="apikey.use")[0]["outcome"] == "denied"
 
 
+def _authenticated(deployment, client: str) -> int:
+    """Batch requests from ``client`` whose key the service accepted (its audited key use)."""
+    events = deployment.vault.audit("acme").events(action="apikey.use", limit=1000)
+    return sum(
+        1
+        for e in events
+        if e["outcome"] == "allowed"
+        and e["detail"].get("client") == client
+        and e["detail"].get("request") == "stream.batch"
+    )
+
+
 def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_key):
     svc = Service(
         deployment.home,
@@ -117,28 +129,27 @@ def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_
         sid = _open(svc, key).json()["id"]
 
         def hold(client):
+            """Send a batch's headers, not its body, and wait until the service has taken the
+            request's slots. A probe sent earlier would compete with the held request for the
+            last slot, and a held request refused 429 waits for its body holding no slot."""
+            before = _authenticated(deployment, client)
             s = _tls(svc)
             s.sendall(_head(svc, sid, key, 1000, f"X-Forwarded-For: {client}\r\n"))
             held.append(s)
+            # its client slot is taken before the key is checked, its key slot right after
+            deadline = time.monotonic() + 60
+            while _authenticated(deployment, client) == before:
+                assert time.monotonic() < deadline, "the held request was never authenticated"
+                time.sleep(0.05)
 
         hold("10.0.0.1")
         hold("10.0.0.1")
-        # wait until the service has authenticated both (they hold their slots, body pending)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.1"})
-            if r.status_code == 429:
-                break
-            time.sleep(0.05)
+        r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.1"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert "client" in r.json()["message"]
         # another client still gets in, until the key's cap (3) is reached
         hold("10.0.0.2")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.3"})
-            if r.status_code == 429:
-                break
-            time.sleep(0.05)
+        r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.3"})
         assert r.status_code == 429 and "key" in r.json()["message"]
         # slots come back when the requests end
         for s in held:

@@ -8,6 +8,7 @@ import time
 
 import requests
 
+from atomscale_lab.errors import NotFound
 from tests.support.net import free_port
 
 
@@ -19,6 +20,13 @@ def _cli(venv_bin, *args, env=None):
         timeout=120,
         env=env,
     )
+
+
+def _stored(deployment) -> int:
+    try:
+        return deployment.rows("acme", "process/series").num_rows
+    except NotFound:
+        return 0
 
 
 def test_apikey_commands_and_serve(deployment, venv_bin):
@@ -51,10 +59,20 @@ def test_apikey_commands_and_serve(deployment, venv_bin):
 
     port = free_port()
     proc = subprocess.Popen(
-        [str(venv_bin / "atomscale-lab"), "ingest", "serve", "--port", str(port)],
+        # no flush before the stop: the rows can only reach the store through the stop's flush
+        [
+            str(venv_bin / "atomscale-lab"),
+            "ingest",
+            "serve",
+            "--port",
+            str(port),
+            "--flush-interval",
+            "3600",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    wal = deployment.home / "ingest" / "wal" / "acme"
     try:
         cert = deployment.home / "ingest" / "tls" / "cert.pem"
         http = requests.Session()
@@ -77,11 +95,27 @@ def test_apikey_commands_and_serve(deployment, venv_bin):
             json={"run_id": "cli-run", "tool": "pld-2", "category": "process"},
         )
         assert r.status_code == 201
+        sid = r.json()["id"]
+        rows = [
+            {"time": f"2026-01-01T00:00:0{i}+00:00", "channel": "T", "value": float(i)}
+            for i in range(5)
+        ]
+        r = http.post(
+            url + f"/streams/{sid}/batches",
+            headers=h,
+            verify=str(cert),
+            json={"batch_id": "b1", "rows": rows},
+        )
+        assert r.status_code == 200, r.text
+        # acknowledged = in the WAL, not yet in the store
+        assert list(wal.glob("*.wal")) and _stored(deployment) == 0
         assert _cli(venv_bin, "apikey", "revoke", "acme", prefix).returncode == 0
-        r = http.get(url + f"/streams/{r.json()['id']}", headers=h, verify=str(cert))
+        r = http.get(url + f"/streams/{sid}", headers=h, verify=str(cert))
         assert r.status_code == 401
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    assert b"flushing the WAL" in err and key.encode() not in err
+    # SIGTERM: a clean exit that flushed the WAL into the store and removed its segments
+    assert proc.returncode == 0, err
+    assert _stored(deployment) == 5 and not list(wal.glob("*.wal"))
+    assert key.encode() not in err
