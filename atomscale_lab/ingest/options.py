@@ -78,6 +78,13 @@ def add_serve_arguments(p):
         help="largest decoded size of one Arrow batch in bytes (default 64 MiB)",
     )
     p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a request may take to send its whole body before the connection is "
+        "closed and its slots freed (default 300: 64 MiB at ~220 kB/s)",
+    )
+    p.add_argument(
         "--max-client-connections",
         type=int,
         default=16,

@@ -326,6 +326,8 @@ async def serve(args, vault=None, ready=None) -> None:
         xheaders=False,
         max_body_size=1 << 20,  # JSON requests; see batches
         idle_connection_timeout=300,
+        # a client that sends headers and never its body would hold its slots for ever
+        body_timeout=args.body_timeout,
     )
     core.start()
     scheme = "http" if args.plain_http else "https"

@@ -170,6 +170,44 @@ def test_concurrent_requests_are_capped_per_client_and_per_key(deployment, root_
         svc.stop()
 
 
+def test_a_body_that_never_comes_gives_its_slot_back(deployment, root_key):
+    """Headers without a body (slowloris): the connection is closed after ``--body-timeout`` and
+    the client's only slot comes back."""
+    svc = Service(
+        deployment.home,
+        root_key,
+        ["--max-client-connections", "1", "--body-timeout", "2", "--trusted-proxy", "127.0.0.1"],
+    )
+    svc.start()
+    try:
+        key = deployment.key()
+        sid = _open(svc, key).json()["id"]
+        s = _tls(svc)
+        s.sendall(_head(svc, sid, key, 1000, "X-Forwarded-For: 10.0.0.9\r\n"))
+        deadline = time.monotonic() + 60
+        while _authenticated(deployment, "10.0.0.9") == 0:
+            assert time.monotonic() < deadline, "the held request was never authenticated"
+            time.sleep(0.05)
+        r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.9"})
+        assert r.status_code == 429  # the held request has the client's only slot
+        s.settimeout(60)
+        try:
+            assert s.recv(4096) == b""  # closed by the service, no answer
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        finally:
+            s.close()
+        deadline = time.monotonic() + 30
+        while True:
+            r = svc.request("GET", f"/streams/{sid}", key, headers={"X-Forwarded-For": "10.0.0.9"})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200
+    finally:
+        svc.stop()
+
+
 def test_a_decompression_bomb_is_refused_before_decoding(deployment, service):
     body = _bomb()
     rows, size = ipc_decoded_size(body)
