@@ -183,6 +183,27 @@ def test_scientist_reads_a_run_through_the_pass_through_and_a_kernel_audited_in_
     assert any(k.endswith(".parquet") for k in hub.scale_out.s3.keys(hub.scale_out.data_root))
 
 
+def test_context_join_reads_labels_from_object_storage(hub, tokens):
+    token = tokens(SCIENTIST, server=True)
+    runs = api(hub, token, "GET", f"/user/{SCIENTIST}/atomscale/api/v1/runs").json()["runs"]
+    ids = sorted(r["run_id"] for r in runs)[:2]
+    r = api(
+        hub,
+        token,
+        "POST",
+        f"/user/{SCIENTIST}/atomscale/api/v1/context/join",
+        json={"run_ids": ids, "fields": ["film"], "purpose": "scale-out check"},
+    )
+    assert r.status_code == 200, r.text
+    labels = r.json()["labels"]
+    assert {row["run_id"] for row in labels} == set(ids)
+    assert all(row.get("film") for row in labels)
+    # the labels came from the context root in the bucket; the join is audited in PostgreSQL
+    assert hub.scale_out.s3.keys(hub.scale_out.context_root)
+    joins = pg_events(hub, "acme", actor=SCIENTIST, action="context.join", outcome="allowed")
+    assert joins, events_json(pg_events(hub, "acme", actor=SCIENTIST))
+
+
 def test_other_orgs_user_is_refused_and_the_refusal_is_in_the_right_chain(hub, tokens):
     attacker = "beta-scientist"
     token = tokens(attacker)
