@@ -50,7 +50,6 @@ def hub(s3, postgres_cluster):
     scale = ScaleOut(s3, s3.root(), s3.root(), postgres_cluster.url(schema=schema))
     try:
         with deployment(runs=2, scale_out=scale) as st:
-            st.schema = schema
             yield st
     finally:
         from atomscale_lab.vault.db import close_pools
