@@ -245,6 +245,7 @@ def configure(c, dep: dict | None = None) -> None:
         service_env as kms_env,  # an external KMS's settings (Vault, AWS)
     )
 
+    env.update(_object_store_env(settings))
     env.update(kms_env())
     env["PYTHONUNBUFFERED"] = "1"
     keys_socket = str(state / "keys.sock")
@@ -363,6 +364,19 @@ def _data_service(
             ) from None
         service["user"] = account
     return service
+
+
+def _object_store_env(settings, environ=None) -> dict:
+    """The standard AWS variables of the hub's environment (endpoint, region, credentials) for
+    the services running as the hub's account — keys, context, ingest — when a root is on object
+    storage: they read and write the roots as the deployment. Data servers get only the endpoint
+    and region (:func:`_s3_env`; their own account's credential chain), user servers nothing."""
+    from atomscale_lab.vault.store.objects import S3Root
+
+    if not any(isinstance(r, S3Root) for r in (settings.data_root, settings.context_root)):
+        return {}
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith("AWS_") and v}
 
 
 def _s3_env(root) -> dict:

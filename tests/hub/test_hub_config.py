@@ -107,3 +107,28 @@ def test_data_servers_need_their_service_accounts(deployment, monkeypatch):
     monkeypatch.setattr("atomscale_lab.names.unix_service_account", lambda org: f"as-svc-zz{org}")
     with pytest.raises(ConfigError, match=r"as-svc-zzacme.*hub users sync acme"):
         configure(Config(), deployment)
+
+
+def test_object_store_credentials_reach_the_hub_account_services_only(deployment, s3, monkeypatch):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    secret = s3.env()["AWS_SECRET_ACCESS_KEY"]
+    # local roots: the AWS variables of the hub's environment go nowhere
+    c = Config()
+    configure(c, deployment)
+    assert secret not in str(c.JupyterHub.services)
+    # s3:// roots: the keys, context and ingest services get them; the data servers only where
+    # the store is (their own account's credentials); user servers nothing
+    monkeypatch.setenv("ATOMSCALE_DATA_ROOT", s3.root().url)
+    monkeypatch.setenv("ATOMSCALE_CONTEXT_ROOT", s3.root().url)
+    c = Config()
+    configure(c, deployment)
+    by_name = {s["name"]: s["environment"] for s in c.JupyterHub.services}
+    for name in ("atomscale-keys", "atomscale-context", "atomscale-ingest"):
+        assert by_name[name]["AWS_SECRET_ACCESS_KEY"] == secret
+        assert by_name[name]["AWS_ENDPOINT_URL"] == s3.url
+    for org in ("acme", "beta"):
+        env = by_name[f"atomscale-data-{org}"]
+        assert env["AWS_ENDPOINT_URL"] == s3.url
+        assert secret not in str(env) and "AWS_ACCESS_KEY_ID" not in env
+    assert not [k for k in c.AtomscaleSpawner.atomscale_env if k.startswith("AWS_")]

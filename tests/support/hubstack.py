@@ -6,6 +6,10 @@
   Identity-provider users: ``<org>-admin|scientist|viewer|support`` for both orgs, ``acme-nomfa``
   (password only), ``gamma-user`` (an org the hub does not serve).
 - :func:`api`, :func:`server_pid`: calls to the hub's public URL, a user's server process.
+- :class:`ScaleOut`: pass one to :func:`deployment` for the scale-out backend — data and context
+  roots on object storage (moto), registries, heads, audit chain and ingest state in PostgreSQL —
+  given to the hub through its environment as an operator would; the data servers' service
+  accounts get their own object-store credentials in ``~/.aws``.
 
 Per-user Unix accounts without touching the host: the hub runs inside ``unshare -m`` with
 ``/etc/passwd`` and ``/etc/group`` bind-mounted from copies that add one account per hub user
@@ -66,6 +70,46 @@ class Account:
 
 
 @dataclass
+class ScaleOut:
+    """The scale-out backend of a deployment: ``s3://`` roots on ``s3`` (a
+    :class:`tests.support.s3.S3Env`) and the registries in PostgreSQL at ``database_url``."""
+
+    s3: object
+    data_root: object
+    context_root: object
+    database_url: str
+
+    def env(self) -> dict[str, str]:
+        """The hub's (and the storage admin's) environment: roots, database, the AWS variables."""
+        return {
+            **self.s3.env(),
+            "ATOMSCALE_DATA_ROOT": self.data_root.url,
+            "ATOMSCALE_CONTEXT_ROOT": self.context_root.url,
+            "ATOMSCALE_DATABASE_URL": self.database_url,
+        }
+
+    def settings(self, home):
+        """The deployment's settings as an admin opens them (no variable of this process)."""
+        from atomscale_lab.vault.settings import Settings
+
+        return Settings.load(
+            home,
+            data_root=self.data_root,
+            context_root=self.context_root,
+            database_url=self.database_url,
+        )
+
+    def aws_credentials(self) -> str:
+        """A service account's ``~/.aws/credentials`` (the standard credential chain)."""
+        env = self.s3.env()
+        return (
+            "[default]\n"
+            f"aws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+            f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n"
+        )
+
+
+@dataclass
 class Stack:
     """The running deployment."""
 
@@ -83,6 +127,14 @@ class Stack:
     idp_restart: object = None
     services: dict = field(default_factory=dict)
     """``{org: Account}`` of the orgs' data-server service accounts."""
+    scale_out: ScaleOut | None = None
+    """The scale-out backend, or None for local folders + SQLite."""
+
+    def settings(self):
+        """The deployment's settings, as an admin opens them."""
+        from atomscale_lab.vault.settings import Settings
+
+        return self.scale_out.settings(self.home) if self.scale_out else Settings.load(self.home)
 
     def restart_idp(self) -> tuple[str, str]:
         """Stop the identity provider by pid and start it again (new signing key and kid);
@@ -107,9 +159,8 @@ class Stack:
         """The deployment's vault, opened with its root key (as an admin would)."""
         from atomscale_lab.vault.facade import Vault
         from atomscale_lab.vault.kms import LocalKms
-        from atomscale_lab.vault.settings import Settings
 
-        return Vault(Settings.load(self.home), kms=LocalKms((self.base / "root.key").read_text()))
+        return Vault(self.settings(), kms=LocalKms((self.base / "root.key").read_text()))
 
     def audit_events(self, org, **kw):
         """Events of the org's audit log (read with the root key, like an admin)."""
@@ -141,9 +192,12 @@ def _cli(*args, env):
     return r.stdout
 
 
-def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict, dict]:
+def _overlay(
+    base: Path, users: dict[str, str], aws_credentials: str | None = None
+) -> tuple[Path, Path, dict, dict, dict]:
     """passwd/group copies with one account per hub user, one group per org and one service
-    account (user and group) per org."""
+    account (user and group) per org; with ``aws_credentials`` each service account gets a home
+    holding them in ``~/.aws/credentials`` (its own credential chain)."""
     groups = {org: UID_BASE + i for i, org in enumerate(sorted(set(users.values())))}
     assert len(groups) < 10 and len(users) < 40
     accounts = {}
@@ -168,6 +222,17 @@ def _overlay(base: Path, users: dict[str, str]) -> tuple[Path, Path, dict, dict,
     ]
     homes = base / "homes"
     homes.mkdir(mode=0o755)
+    if aws_credentials is not None:
+        for acc in services.values():
+            acc.home = homes / "services" / acc.name
+            (acc.home / ".aws").mkdir(parents=True, mode=0o700)
+            os.chmod(acc.home.parent, 0o755)
+            creds = acc.home / ".aws" / "credentials"
+            creds.touch(mode=0o600)
+            creds.write_text(aws_credentials)
+            for p in (acc.home, acc.home / ".aws", creds):
+                os.chown(p, acc.uid, acc.gid)
+            os.chmod(acc.home, 0o700)
     for i, (user, org) in enumerate(sorted(users.items())):
         name = unix_name(user)
         uid = UID_BASE + 10 + i
@@ -226,11 +291,17 @@ def _stop(pid: int, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
+def deployment(
+    runs: int = 4,
+    extra_users: dict | None = None,
+    populate=None,
+    scale_out: ScaleOut | None = None,
+):
     """The deployment of the ``stack`` fixture as a context manager (also for the benches).
 
     ``extra_users`` adds identity-provider users ``{name: (org, role)}``; ``populate(vault)``, if
     given, may create more orgs and data before the hub starts (a vault opened with the root key).
+    ``scale_out``: the scale-out backend instead of local folders + SQLite (``db upgrade`` first).
     """
     base = Path(tempfile.mkdtemp(prefix="atomscale-hub-"))
     os.chmod(base, 0o755)
@@ -251,6 +322,10 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
     ).stdout.strip()
     (base / "root.key").write_text(key)
     env["ATOMSCALE_ROOT_KEY_FILE"] = str(base / "root.key")
+    if scale_out is not None:
+        env.update(scale_out.env())
+        _cli("db", "upgrade", env=env)
+    settings = scale_out.settings(home) if scale_out else None
     for org in ORGS:
         _cli("org", "create", org, "--region", "us", env=env)
         _cli("demo-data", org, "--runs", str(runs), "--points", "120", env=env)
@@ -259,7 +334,7 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
         from atomscale_lab.vault.kms import LocalKms
         from atomscale_lab.vault.settings import Settings
 
-        v = Vault(Settings.load(home), kms=LocalKms(key))
+        v = Vault(settings or Settings.load(home), kms=LocalKms(key))
         try:
             populate(v)
         finally:
@@ -279,18 +354,24 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
     passwords["acme-nomfa"] = idp.add("acme-nomfa", "acme", "scientist", mfa=False)
     passwords["gamma-user"] = idp.add("gamma-user", "gamma", "scientist")
     owners["acme-nomfa"] = "acme"
-    passwd, group, accounts, groups, services = _overlay(base, owners)
+    passwd, group, accounts, groups, services = _overlay(
+        base, owners, scale_out.aws_credentials() if scale_out else None
+    )
     from atomscale_lab.vault.settings import Settings
 
-    for org, acc in services.items():
-        share_org_data(home / "data", org, uid=acc.uid, gid=acc.gid)
-    lock_home(Settings.load(home))
+    if scale_out is None:  # object storage has no Unix owners
+        for org, acc in services.items():
+            share_org_data(home / "data", org, uid=acc.uid, gid=acc.gid)
+    lock_home(settings or Settings.load(home))
 
     st = init_stack(base / "stack", home)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATOMSCALE_HOME", str(home))
         mp.setenv("ATOMSCALE_ROOT_KEY_FILE", str(base / "root.key"))
         iargv, ienv = idp_process(st)
+        # the hub's own environment, as an operator gives it (the IdP needs none of it)
+        for k, v in (scale_out.env() if scale_out else {}).items():
+            mp.setenv(k, v)
         hargv, henv = hub_process(st)
     idp_log = open(logs / "idp.log", "w")  # noqa: SIM115 - closed at teardown
     hub_log = open(logs / "hub.log", "w")  # noqa: SIM115
@@ -327,6 +408,7 @@ def deployment(runs: int = 4, extra_users: dict | None = None, populate=None):
         idp_pid=idp_proc.pid,
         logs=logs,
         services=services,
+        scale_out=scale_out,
     )
     procs = {"idp": idp_proc}
 
@@ -447,3 +529,35 @@ def api(stack, token, method, path, **kw):
 def events_json(events):
     """Compact text of events for assertion messages."""
     return json.dumps(events[:10], default=str)[:2000]
+
+
+def data_server_pids(stack, org) -> list[int]:
+    """Pids of the org's data server (found by its service account's uid)."""
+    out = []
+    for pid in _pids_of_uid(stack.services[org].uid):
+        try:
+            if b"atomscale_lab.hub.services.data" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def restart_data_server(stack, org, timeout=90) -> int:
+    """Stop the org's data server by pid and wait until the hub has started a fresh one that
+    answers (the hub polls its services at most every 30 s); returns the new pid."""
+    (old,) = data_server_pids(stack, org)
+    os.kill(old, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    s = helpers.session(stack.ca)
+    while time.monotonic() < deadline:
+        pids = data_server_pids(stack, org)
+        if pids and pids != [old]:
+            try:
+                r = s.get(f"{stack.url}/services/atomscale-data-{org}/health", timeout=5)
+                if r.status_code == 200:
+                    return pids[0]
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"the data server of {org} was not restarted\n{stack.log_tail()}")
