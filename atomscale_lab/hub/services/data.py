@@ -334,6 +334,7 @@ class DataApiHandler(JsonHandler):
     _caller: Caller | None = None
     _audit_future: Future | None = None
     audit_pending: Callable | None = None
+    _spans: dict[str, float] | None = None
 
     async def prepare(self):
         """Resolve the caller's token at the hub; refuse anonymous, service and foreign callers."""
@@ -344,7 +345,9 @@ class DataApiHandler(JsonHandler):
         if not match:
             raise web.HTTPError(401, "a hub API token is required (Authorization: token …)")
         token = match.group(1)
+        t0 = time.perf_counter()
         model = await hub_auth.user_for_token(token, sync=False)
+        self._span("token", t0)
         if not model:
             raise web.HTTPError(401, "the token is not valid")
         org = self.settings["org"]
@@ -408,8 +411,10 @@ class DataApiHandler(JsonHandler):
             if method in DEFERRED_AUDIT and isinstance(sink, ServiceAuditSink)
             else None
         )
+        t0 = time.perf_counter()
         try:
             result = await run_service_call(service, self._caller, method, *args, scope=scope)
+            self._span("call", t0)
         except BaseException:
             if events:  # a refusal is recorded before it is answered
                 self._audit_future = AUDIT_POOL.submit(_post_all, sink, events)
@@ -425,10 +430,30 @@ class DataApiHandler(JsonHandler):
         fut, self._audit_future, self.audit_pending = self._audit_future, None, None
         if fut is None:
             return
+        t0 = time.perf_counter()
         try:
             await asyncio.wrap_future(fut)
         except AtomscaleError as e:
             raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+        finally:
+            self._span("audit_wait", t0)
+
+    def _span(self, name: str, t0: float) -> None:
+        """Note how long a step of this request took (logged at debug level when it ends)."""
+        if log.isEnabledFor(logging.DEBUG):
+            self._spans = self._spans or {}
+            self._spans[name] = (time.perf_counter() - t0) * 1000
+
+    def on_finish(self) -> None:
+        """Log the request's steps at debug level: token resolution, the service call (read
+        and audit collection), the wait for the audit post after encoding, and the total."""
+        if self._spans is not None:
+            steps = ", ".join(f"{k} {v:.1f} ms" for k, v in self._spans.items())
+            total = self.request.request_time() * 1000
+            log.debug(
+                "%s %s: %s, total %.1f ms", self.request.method, self.request.path, steps, total
+            )
+        super().on_finish()
 
     def flush(self, include_footers: bool = False):
         """Send what was written, never before this request's events are recorded (a path that
