@@ -404,6 +404,7 @@ class DataApiHandler(JsonHandler):
             service = self.settings["holder"].get()
         except AtomscaleError as e:
             raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+        await self._audit_done()  # a second call in one request: the first one's events first
         events: list[dict] = []
         sink = service.access.audit()
         scope = (
