@@ -227,3 +227,30 @@ def test_a_read_whose_event_cannot_be_recorded_is_not_served(vault, loop, monkey
         assert len(posted) == 3 and not _reads(vault)
     finally:
         server.stop()
+
+
+def test_a_route_that_does_not_wait_still_sends_nothing_before_the_event(vault, loop, monkeypatch):
+    # the host's flush() is the last guard: a route writing its answer without waiting for the
+    # audit post is held there until the event is recorded
+    from atomscale_lab.hub.services.data import DataApiHandler
+    from atomscale_lab.server.service import OrgService
+
+    class Hasty(DataApiHandler):
+        async def get(self):
+            doc = await self.call(OrgService.facets)
+            self.finish({"total": doc["total"]})  # no audit_recorded()
+
+    vault.create_org("acme", "us")
+    fill_org(vault, "acme", runs=3, points=20, detail_runs=1)
+    server, base, access = _start_posting(vault, loop, monkeypatch, delay=0.3)
+    server.request_callback.wildcard_router.add_rules([(r"/hasty", Hasty)])
+    try:
+        code, _, body = _get(loop, base.split("/services/")[0] + "/hasty", "sci-acme")
+        assert code == 200 and json.loads(body)["total"] == 3
+        (ev,) = _reads(vault)
+        assert ev["detail"]["query"] == "facets"
+        access.fail = True  # and a failed post turns the answer into the post's error
+        code, _, body = _get(loop, base.split("/services/")[0] + "/hasty", "sci-acme")
+        assert code == 503 and "atomscale-keys" in json.loads(body)["message"]
+    finally:
+        server.stop()
