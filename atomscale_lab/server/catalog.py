@@ -250,8 +250,11 @@ def iso_strings(table: pa.Table) -> pa.Table:
     cols = []
     for f, col in zip(table.schema, table.columns, strict=True):
         if pa.types.is_timestamp(f.type):
-            s = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.string())
-            col = pc.replace_substring(s, " ", "T", max_replacements=1)
+            # Formatted as naive UTC values: a zone-aware cast to string looks the zone up per
+            # value (~10x slower; most of a JSON frame's encoding time).
+            utc = col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).cast(pa.timestamp("us"))
+            s = pc.replace_substring(utc.cast(pa.string()), " ", "T", max_replacements=1)
+            col = pc.binary_join_element_wise(s, "Z", "")
         cols.append(col)
     return pa.table(cols, names=table.column_names)
 

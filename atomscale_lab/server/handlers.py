@@ -84,16 +84,28 @@ class AtomscaleHandler:
         self.set_header("X-Arrow-Compression", codec)
         return pa.ipc.IpcWriteOptions(compression=codec)
 
+    async def audit_recorded(self) -> None:
+        """Wait until the audit events of this request are recorded (raises the HTTP error of a
+        failed append: an unrecorded answer is not sent). Hosts that record a request's events
+        while its answer is being encoded leave an awaitable in ``audit_pending``; others have
+        recorded them already."""
+        pending = getattr(self, "audit_pending", None)
+        if pending is not None:
+            await pending()
+
     async def finish_json(self, doc) -> None:
         """Send a JSON document."""
         self.set_header("Content-Type", "application/json")
-        await self.finish(json.dumps(doc, allow_nan=False, default=str))
+        body = json.dumps(doc, allow_nan=False, default=str)
+        await self.audit_recorded()
+        await self.finish(body)
 
     async def finish_arrow(self, table: pa.Table, headers: dict | None = None) -> None:
         """Send ``table`` as an Arrow IPC stream, in chunks."""
         chunks = await IOLoop.current().run_in_executor(
             None, _ipc_chunks, table, self.arrow_options()
         )
+        await self.audit_recorded()
         self.set_header("Content-Type", ARROW_STREAM)
         self.set_header("Content-Length", str(sum(len(c) for c in chunks)))
         self.set_header("X-Rows", str(table.num_rows))
@@ -113,7 +125,9 @@ class AtomscaleHandler:
             await self.finish_json(doc)
 
 
-async def run_service_call(service: OrgService, user, method: Callable, *args):
+async def run_service_call(
+    service: OrgService, user, method: Callable, *args, scope: Callable | None = None
+):
     """Run ``method(service, user, *args)`` on a worker thread, mapping errors to HTTP.
 
     ``method`` is an ``OrgService`` method (``OrgService.series``): the edge from a route to the
@@ -123,10 +137,13 @@ async def run_service_call(service: OrgService, user, method: Callable, *args):
     otherwise queue behind file reads and decryption on the shared one. A refusal because stored
     data failed verification (:class:`~atomscale_lab.errors.IntegrityError`: a rolled-back or
     tampered log) stays a 500 ("Integrity Check Failed") and is audited once as
-    ``data.integrity`` (:meth:`OrgService.refuse_integrity`).
+    ``data.integrity`` (:meth:`OrgService.refuse_integrity`). ``scope``, if given, runs the call
+    on the worker thread (``scope(fn)``), e.g. to collect the audit events it records.
     """
     try:
         fn = partial(method, service, user, *args)
+        if scope is not None:
+            fn = partial(scope, fn)
         pool = _FAST_POOL if method in FAST_METHODS else None
         return await IOLoop.current().run_in_executor(pool, fn)
     except AtomscaleError as e:
@@ -388,12 +405,14 @@ class TableHandler(AtomscaleHandler):
                     break
                 pending = loop.run_in_executor(None, produce)
                 if not started:
+                    await self.audit_recorded()
                     self.set_header("Content-Type", ARROW_STREAM)
                     started = True
                 for chunk in chunks:
                     self.write(chunk)
                 await self.flush()
             if not started:
+                await self.audit_recorded()
                 self.set_header("Content-Type", ARROW_STREAM)
             for chunk in sink.take():  # the end-of-stream marker
                 self.write(chunk)

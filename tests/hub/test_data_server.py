@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -13,9 +15,15 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from atomscale_lab.errors import KeyUnavailable
 from atomscale_lab.hub.roles import org_scope
 from atomscale_lab.hub.services import keys as keys_service
-from atomscale_lab.hub.services.data import Caller, DataServiceApp, OrgServiceHolder
+from atomscale_lab.hub.services.data import (
+    Caller,
+    DataServiceApp,
+    OrgServiceHolder,
+    ServiceAuditSink,
+)
 from atomscale_lab.schema import ARROW_STREAM
 from atomscale_lab.server.access import LocalAccess
 from tests.support.hub_stub import StubHubAuth
@@ -127,3 +135,122 @@ def test_an_empty_table_is_an_empty_arrow_stream(vault, loop, monkeypatch):
         server.stop()
     assert code == 200 and ctype == ARROW_STREAM, body[:200]
     assert pa.ipc.open_stream(body).read_all().num_rows == 0
+
+
+class PostingAccess(CallerAccess):
+    """As the data server in hub mode: events go through a ``ServiceAuditSink`` (here its
+    "key service" appends to the local log, after ``delay`` seconds, or fails)."""
+
+    def __init__(self, *a, delay: float = 0.0, fail: bool = False, **kw):
+        super().__init__(*a, **kw)
+        self.delay, self.fail = delay, fail
+        self.posted: list[tuple[str, dict]] = []
+        self._sink = ServiceAuditSink(self)
+
+    def audit(self):
+        return self._sink
+
+    def _call(self, method, service, path, *, json=None, **kw):
+        assert (method, service, path) == ("POST", "atomscale-keys", "orgs/acme/audit")
+        self.posted.append((threading.current_thread().name, json))
+        time.sleep(self.delay)  # a slow key service: the answer must still wait for it
+        if self.fail:
+            raise KeyUnavailable("the hub service atomscale-keys is unreachable: test")
+        self.vault.audit("acme").record(
+            json["actor"], json["action"], json["outcome"], **json["detail"]
+        )
+
+
+def _start_posting(vault, loop, monkeypatch, **kw):
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
+    access = PostingAccess("acme", vault=vault, **kw)
+    holder = OrgServiceHolder(access_factory=lambda: access)
+    service = DataServiceApp(org="acme", holder=holder)
+    tokens = {
+        **TOKENS,
+        "support-acme": {"kind": "user", "name": "sup", "scopes": [org_scope("config", "acme")]},
+    }
+    app = service.make_app(hub_auth=StubHubAuth(tokens))
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    return server, f"http://127.0.0.1:{port}{service.prefix}atomscale/api/v1/", access
+
+
+def _reads(vault):
+    return vault.audit("acme").events(actor="ann", action="data.read", limit=100)
+
+
+def test_reads_are_answered_only_once_their_event_is_recorded(vault, loop, monkeypatch):
+    vault.create_org("acme", "us")
+    fill_org(vault, "acme", runs=3, points=20, detail_runs=2)
+    server, base, access = _start_posting(vault, loop, monkeypatch, delay=0.3)
+    rid = "R-00001"
+    try:
+        code, ctype, body = _get(loop, base + f"runs/{rid}/process?format=arrow", "sci-acme")
+        assert code == 200 and ctype == ARROW_STREAM
+        rows = pa.ipc.open_stream(body).read_all().num_rows
+        (ev,) = _reads(vault)  # on disk when the answer arrived, despite the slow key service
+        assert ev["detail"]["table"] == "process/series" and ev["detail"]["run_ids"] == [rid]
+        assert ev["detail"]["rows"] == rows > 0
+        # a catalogue page as JSON: one more event, the page's runs
+        code, _, body = _get(loop, base + "runs?per_page=2&format=json", "sci-acme")
+        assert code == 200
+        page = json.loads(body)["runs"]
+        ev = _reads(vault)[0]
+        assert ev["detail"]["run_ids"] == [r["run_id"] for r in page]
+        # posted from the audit pool (while the answer was encoded), once per request
+        reads = [t for t, body in access.posted if body["action"] == "data.read"]
+        assert [t.startswith("atomscale-audit") for t in reads] == [True, True]
+        # a refusal is recorded before its 403 leaves, as the caller
+        code, _, _ = _get(loop, base + f"runs/{rid}/process?format=arrow", "support-acme")
+        assert code == 403
+        (denied,) = vault.audit("acme").events(actor="sup", action="data.read")
+        assert denied["outcome"] == "denied"
+    finally:
+        server.stop()
+
+
+def test_a_read_whose_event_cannot_be_recorded_is_not_served(vault, loop, monkeypatch):
+    vault.create_org("acme", "us")
+    fill_org(vault, "acme", runs=3, points=20, detail_runs=2)
+    server, base, access = _start_posting(vault, loop, monkeypatch)
+    try:
+        assert _get(loop, base + "status", "sci-acme")[0] == 200  # started (its key release)
+        access.fail = True
+        for path in ("runs/R-00001/process?format=arrow", "runs?per_page=2", "facets"):
+            code, ctype, body = _get(loop, base + path, "sci-acme")
+            assert code == 503, (path, body[:200])
+            assert ctype.startswith("application/json")
+            assert "atomscale-keys" in json.loads(body)["message"]
+        posted = [b for _, b in access.posted if b["action"] == "data.read"]
+        assert len(posted) == 3 and not _reads(vault)
+    finally:
+        server.stop()
+
+
+def test_a_route_that_does_not_wait_still_sends_nothing_before_the_event(vault, loop, monkeypatch):
+    # the host's flush() is the last guard: a route writing its answer without waiting for the
+    # audit post is held there until the event is recorded
+    from atomscale_lab.hub.services.data import DataApiHandler
+    from atomscale_lab.server.service import OrgService
+
+    class Hasty(DataApiHandler):
+        async def get(self):
+            doc = await self.call(OrgService.facets)
+            self.finish({"total": doc["total"]})  # no audit_recorded()
+
+    vault.create_org("acme", "us")
+    fill_org(vault, "acme", runs=3, points=20, detail_runs=1)
+    server, base, access = _start_posting(vault, loop, monkeypatch, delay=0.3)
+    server.request_callback.wildcard_router.add_rules([(r"/hasty", Hasty)])
+    try:
+        code, _, body = _get(loop, base.split("/services/")[0] + "/hasty", "sci-acme")
+        assert code == 200 and json.loads(body)["total"] == 3
+        (ev,) = _reads(vault)
+        assert ev["detail"]["query"] == "facets"
+        access.fail = True  # and a failed post turns the answer into the post's error
+        code, _, body = _get(loop, base.split("/services/")[0] + "/hasty", "sci-acme")
+        assert code == 503 and "atomscale-keys" in json.loads(body)["message"]
+    finally:
+        server.stop()

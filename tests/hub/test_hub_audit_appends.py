@@ -3,6 +3,11 @@ limit per token; each refusal is itself audited."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+from tornado.httpclient import AsyncHTTPClient
+
 from atomscale_lab.hub.services import keys as keys_service
 from tests.hub.test_hub_services import call, loop, services  # noqa: F401 - fixtures
 
@@ -58,3 +63,29 @@ def test_appends_are_rate_limited_per_token(call, vault, monkeypatch):  # noqa: 
     # another token is not slowed down by the first one
     assert _post(call, "view-acme", "data.read")[0] == 201
     assert len(vault.audit("acme").events(actor="ann", action="data.read", limit=100)) == 5
+
+
+def test_concurrent_appends_of_the_data_server_are_each_recorded_once(services, vault):  # noqa: F811
+    # the key service appends on worker threads: events arriving together share a group
+    # commit, and each 201 means that caller's own event is in the (intact) chain
+    async def burst():
+        async def one(i):
+            r = await AsyncHTTPClient().fetch(
+                f"{services['atomscale-keys']}/orgs/acme/audit",
+                method="POST",
+                headers={"Authorization": "token data-acme"},
+                body=json.dumps({"actor": f"u{i}", "action": "data.read", "detail": {"rows": i}}),
+            )
+            return r.code
+
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    codes = asyncio.get_event_loop_policy().get_event_loop().run_until_complete(burst())
+    assert codes == [201] * 40
+    log = vault.audit("acme")
+    events = log.events(action="data.read", limit=100)
+    assert sorted((e["actor"], e["detail"]["rows"]) for e in events) == sorted(
+        (f"u{i}", i) for i in range(40)
+    )
+    assert all(e["detail"]["via"] == "atomscale-data-acme" for e in events)
+    assert log.verify() == len(log.events(limit=1000))  # the chain holds every event

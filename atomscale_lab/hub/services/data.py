@@ -18,7 +18,9 @@ kernels, terminals or contents API: it serves the REST API of the server extensi
   ``atomscale-keys`` (:class:`ServiceHeadStore`), so a server started fresh refuses a rolled-back
   log just like a long-running one.
 - Audit: every decision is posted to ``atomscale-keys``, which records it in the org's log with
-  the caller as actor (``via`` = this service).
+  the caller as actor (``via`` = this service). The events of a read (:data:`DEFERRED_AUDIT`)
+  are posted from :data:`AUDIT_POOL` while the answer is being encoded; no byte of the answer
+  leaves before the key service has confirmed them (a failed post is the request's error).
 
 Environment (set by :func:`atomscale_lab.hub.configure`): ``ATOMSCALE_ORG``,
 ``ATOMSCALE_DATA_ROOT``, ``ATOMSCALE_REGION``, ``ATOMSCALE_HUB_PUBLIC_URL``,
@@ -36,7 +38,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from urllib.parse import urlencode
 
 from tornado import web
@@ -53,10 +57,43 @@ from atomscale_lab.server.handlers import (
     request_params,
     run_service_call,
 )
+from atomscale_lab.server.service import OrgService
 
 log = logging.getLogger("atomscale.hub.data")
 
 RETRY_SECONDS = 1.0
+
+DEFERRED_AUDIT = frozenset(
+    {
+        OrgService.series,
+        OrgService.runs_page,
+        OrgService.facets,
+        OrgService.run,
+        OrgService.metrology,
+        OrgService.metrology_item,
+    }
+)
+"""Reads whose events are posted while their answer is encoded (one request, one or two events,
+nothing done after the event that depends on it)."""
+AUDIT_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="atomscale-audit")
+"""Posts collected events to ``atomscale-keys`` (each thread keeps its own socket connection;
+the key service group-commits appends that arrive together)."""
+_COLLECT = threading.local()
+
+
+def _collecting(events: list[dict], fn: Callable):
+    """Run ``fn`` with the events a :class:`ServiceAuditSink` records in this thread appended to
+    ``events`` instead of posted (the caller posts them, see :meth:`DataApiHandler.call`)."""
+    _COLLECT.events = events
+    try:
+        return fn()
+    finally:
+        _COLLECT.events = None
+
+
+def _post_all(sink: ServiceAuditSink, events: list[dict]) -> None:
+    for body in events:  # in the order recorded
+        sink.post(body)
 
 
 class Caller(str):
@@ -116,13 +153,18 @@ class ServiceAuditSink:
         self.access = access
 
     def record(self, actor: str, action: str, outcome: str = "allowed", **detail) -> None:
-        """Post one event (fails closed: an unrecorded read is not served)."""
-        self.access._call(
-            "POST",
-            KEYS_SERVICE,
-            f"orgs/{self.access.org}/audit",
-            json={"actor": str(actor), "action": action, "outcome": outcome, "detail": detail},
-        )
+        """Post one event (fails closed: an unrecorded read is not served); inside a request's
+        collecting scope (:func:`_collecting`) the event is handed to the request instead."""
+        body = {"actor": str(actor), "action": action, "outcome": outcome, "detail": detail}
+        events = getattr(_COLLECT, "events", None)
+        if events is not None:
+            events.append(body)
+            return
+        self.post(body)
+
+    def post(self, body: dict) -> None:
+        """Post one event body and wait for the key service's confirmation."""
+        self.access._call("POST", KEYS_SERVICE, f"orgs/{self.access.org}/audit", json=body)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -290,6 +332,9 @@ class DataApiHandler(JsonHandler):
     logger = log
     authorizer = _ScopesDecide()
     _caller: Caller | None = None
+    _audit_future: Future | None = None
+    audit_pending: Callable | None = None
+    _spans: dict[str, float] | None = None
 
     async def prepare(self):
         """Resolve the caller's token at the hub; refuse anonymous, service and foreign callers."""
@@ -300,7 +345,9 @@ class DataApiHandler(JsonHandler):
         if not match:
             raise web.HTTPError(401, "a hub API token is required (Authorization: token …)")
         token = match.group(1)
+        t0 = time.perf_counter()
         model = await hub_auth.user_for_token(token, sync=False)
+        self._span("token", t0)
         if not model:
             raise web.HTTPError(401, "the token is not valid")
         org = self.settings["org"]
@@ -357,7 +404,68 @@ class DataApiHandler(JsonHandler):
             service = self.settings["holder"].get()
         except AtomscaleError as e:
             raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
-        return await run_service_call(service, self._caller, method, *args)
+        await self._audit_done()  # a second call in one request: the first one's events first
+        events: list[dict] = []
+        sink = service.access.audit()
+        scope = (
+            partial(_collecting, events)
+            if method in DEFERRED_AUDIT and isinstance(sink, ServiceAuditSink)
+            else None
+        )
+        t0 = time.perf_counter()
+        try:
+            result = await run_service_call(service, self._caller, method, *args, scope=scope)
+            self._span("call", t0)
+        except BaseException:
+            if events:  # a refusal is recorded before it is answered
+                self._audit_future = AUDIT_POOL.submit(_post_all, sink, events)
+                await self._audit_done()
+            raise
+        if events:
+            self._audit_future = AUDIT_POOL.submit(_post_all, sink, events)
+            self.audit_pending = self._audit_done
+        return result
+
+    async def _audit_done(self) -> None:
+        """Wait for this request's events (the routes call it before writing the answer)."""
+        fut, self._audit_future, self.audit_pending = self._audit_future, None, None
+        if fut is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wrap_future(fut)
+        except AtomscaleError as e:
+            raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+        finally:
+            self._span("audit_wait", t0)
+
+    def _span(self, name: str, t0: float) -> None:
+        """Note how long a step of this request took (logged at debug level when it ends)."""
+        if log.isEnabledFor(logging.DEBUG):
+            self._spans = self._spans or {}
+            self._spans[name] = (time.perf_counter() - t0) * 1000
+
+    def on_finish(self) -> None:
+        """Log the request's steps at debug level: token resolution, the service call (read
+        and audit collection), the wait for the audit post after encoding, and the total."""
+        if self._spans is not None:
+            steps = ", ".join(f"{k} {v:.1f} ms" for k, v in self._spans.items())
+            total = self.request.request_time() * 1000
+            log.debug(
+                "%s %s: %s, total %.1f ms", self.request.method, self.request.path, steps, total
+            )
+        super().on_finish()
+
+    def flush(self, include_footers: bool = False):
+        """Send what was written, never before this request's events are recorded (a path that
+        did not wait for them waits here)."""
+        fut, self._audit_future, self.audit_pending = self._audit_future, None, None
+        if fut is not None:
+            try:
+                fut.result()
+            except AtomscaleError as e:
+                raise web.HTTPError(http_status(e), str(e), reason=_reason(e)) from None
+        return super().flush(include_footers)
 
 
 class DataServiceApp(ServiceApp):
