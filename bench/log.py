@@ -277,7 +277,7 @@ def main() -> None:
     try:
         reg = KeyRegistry(work / "registry.sqlite", LocalKms(generate_root_key()))
         reg.create_org("bench")
-        for n in (int(x) for x in args.commits.split(",")):
+        for n in (int(x) for x in args.commits.split(",") if x):
             for k, v in measure(work, reg, n, args.reps, args.compact_every).items():
                 print(f"commits_{n}_{k}: {v}", flush=True)
         for n in (int(x) for x in args.live.split(",") if x):

@@ -29,14 +29,22 @@ writers hold it (``OrgKeys.signing``), readers hold the verify keys. Neither ``k
 Checkpoint (``_log/checkpoint.json``, replaced atomically by the writer every
 ``CHECKPOINT_EVERY`` commits and after a signing-key rotation)::
 
-    {"v": 1, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
+    {"v": 2, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
      "key_version": 2, "kfp": "...", "sv": 1,
-     "files": "<base64 sealed list of the live file entries>", "sig": "<Ed25519 over the rest>"}
+     "files": "<base64 sealed file list, grouped by bucket>", "sig": "<Ed25519, see below>"}
+
+Format 2's ``sig`` covers the document with ``files`` replaced by ``files_sha256`` (the SHA-256
+of the sealed bytes), and its file list is grouped by bucket (:mod:`.filemap`), so that a
+one-run query parses only its own bucket's entries. Format 1 (written before; still read) seals
+one flat JSON list of the entries and signs the document as it is.
 
 A reader starts from the newest checkpoint and verifies only the lines after ``offset`` (the
 first must continue ``digest``); a line's ``ck`` names the checkpoint it saw, so a removed or
 older checkpoint is refused; ``verify()`` also replays the whole log (when it starts at commit 1)
-and compares. A long-running reader reads only the bytes appended since its last read.
+and compares. A long-running reader reads only the bytes appended since its last read. Of
+several lines read at once, only the newest one's signature is checked (each line names the
+hash of the one before); any fault makes the reader check every signature to name the first
+bad line.
 
 Lines written before commit-log signing carry ``actor`` and the statistics in plaintext and a
 ``mac`` (HMAC-SHA256, key derived from the data key) instead of ``stats``/``sig``. A reader
