@@ -13,6 +13,9 @@ query never opens them — what is measured is the log). Then times ``OrgTable.r
 - ``fresh``: the first one-run query of a new Python process (imports done, nothing read yet);
   the reader's keys reach it through a pipe.
 
+Wall times spread widely on a shared machine; the ``*_cpu_ms`` figures (CPU time of the reading
+process, all threads) are the steadier ones.
+
 ``--live N`` builds a table of N live files instead (N commits, no compaction): the size of the
 checkpoint a fresh reader opens grows with it. Also prints the checkpoint's size in bytes.
 
@@ -160,25 +163,28 @@ from atomscale_lab.schema import SERIES
 from atomscale_lab.vault.crypto import OrgCrypto
 from atomscale_lab.vault.store import OrgTable, SqliteHeadStore
 keys, root, heads, run = pickle.load(sys.stdin.buffer)
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 table = OrgTable(Path(root), "bench", SERIES, OrgCrypto(keys), SqliteHeadStore(Path(heads)))
 n = table.read(run_ids=[run]).num_rows
-print(f"{(time.perf_counter() - t) * 1000:.3f} {n}")
+print(f"{(time.perf_counter() - t) * 1000:.3f} {(time.process_time() - c) * 1000:.3f} {n}")
 """
 
 
-def fresh_process(keys, root: Path, heads_db: Path, reps: int, expect: int) -> list[float]:
-    """Seconds of the first one-run query in each of ``reps`` new processes."""
-    out = []
+def fresh_process(
+    keys, root: Path, heads_db: Path, reps: int, expect: int
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of the first one-run query in each of ``reps`` new processes."""
+    out, cpu = [], []
     payload = pickle.dumps((keys, str(root), str(heads_db), QUERY_RUN))
     for _ in range(reps):
         got = subprocess.run(
             [sys.executable, "-c", _FRESH], input=payload, capture_output=True, check=True
         )
-        ms, n = got.stdout.split()
+        ms, cpu_ms, n = got.stdout.split()
         assert int(n) == expect, (n, expect)
         out.append(float(ms) / 1000)
-    return out
+        cpu.append(float(cpu_ms) / 1000)
+    return out, cpu
 
 
 def _ckpt_bytes(table: OrgTable) -> int:
@@ -199,20 +205,21 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
     build_s = time.perf_counter() - t
     log_bytes = writer._log_path.stat().st_size
 
-    cold = []
+    cold, cold_cpu = [], []
     for _ in range(reps):
         store._HIGH_WATER.clear()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         reader = OrgTable(
             root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")), SqliteHeadStore(heads_db)
         )
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         cold.append(time.perf_counter() - t)
+        cold_cpu.append(time.process_time() - c)
         assert n == expect, (n, expect)
-    fresh = fresh_process(reg.org_keys("bench").reader(), root, heads_db, reps, expect)
+    fresh, fresh_cpu = fresh_process(reg.org_keys("bench").reader(), root, heads_db, reps, expect)
     ckpt_bytes = _ckpt_bytes(writer)
 
-    warm = []
+    warm, warm_cpu = [], []
     reader.read(run_ids=[QUERY_RUN])
     run, seq = stream_run(), commits
     for _ in range(reps):
@@ -223,9 +230,10 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
                 writer._append(st, "add", "bench", [entry(run, seq, 1)], [])
             else:
                 build_legacy(writer, [("add", [entry(run, seq, 1)], [])])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         warm.append(time.perf_counter() - t)
+        warm_cpu.append(time.process_time() - c)
         assert n == expect
     shutil.rmtree(root, ignore_errors=True)
     return {
@@ -234,6 +242,9 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
         "cold_ms": f"{statistics.median(cold) * 1000:.1f}",
         "warm_ms": f"{statistics.median(warm) * 1000:.1f}",
         "fresh_ms": f"{statistics.median(fresh) * 1000:.1f}",
+        "cold_cpu_ms": f"{statistics.median(cold_cpu) * 1000:.1f}",
+        "warm_cpu_ms": f"{statistics.median(warm_cpu) * 1000:.1f}",
+        "fresh_cpu_ms": f"{statistics.median(fresh_cpu) * 1000:.1f}",
         "cold_min_max_ms": f"{min(cold) * 1000:.1f} / {max(cold) * 1000:.1f}",
         "warm_min_max_ms": f"{min(warm) * 1000:.1f} / {max(warm) * 1000:.1f}",
         "fresh_min_max_ms": f"{min(fresh) * 1000:.1f} / {max(fresh) * 1000:.1f}",
