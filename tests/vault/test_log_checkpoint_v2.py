@@ -272,3 +272,29 @@ def test_an_edited_middle_line_with_a_repaired_chain_is_refused(plain_log):
     _rewrite(t, lines)
     with pytest.raises(IntegrityError, match="line 5 failed its signature check"):
         _fresh(tmp, reg, heads=False).read(run_ids=["p4-0000"])
+
+
+def test_a_fresh_reader_writes_no_head_the_store_already_has(plain_log, monkeypatch):
+    tmp, reg, t = plain_log
+    from atomscale_lab.vault.store import DatabaseHeadStore
+
+    advanced = []
+    real = DatabaseHeadStore.advance
+
+    def counting(self, org, table, seq, digest):
+        advanced.append(seq)
+        return real(self, org, table, seq, digest)
+
+    monkeypatch.setattr(DatabaseHeadStore, "advance", counting)
+    _fresh(tmp, reg).read()
+    assert advanced == [10] or advanced == []  # the writer may have recorded it already
+    advanced.clear()
+    store_log._HIGH_WATER.clear()
+    assert _fresh(tmp, reg).read().num_rows == 100
+    assert advanced == []  # the store holds commit 10 with the same digest: nothing to write
+    # a rolled-back log is still refused by that recorded head
+    log = t.path / "_log" / "commits.jsonl"
+    log.write_bytes(b"\n".join(log.read_bytes().splitlines()[:9]) + b"\n")
+    store_log._HIGH_WATER.clear()
+    with pytest.raises(IntegrityError, match="rolled back"):
+        _fresh(tmp, reg).read()

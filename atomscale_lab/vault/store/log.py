@@ -105,6 +105,12 @@ _HIGH_WATER: dict[str, tuple[int, str]] = {}
 _HW_LOCK = threading.Lock()
 
 
+class _Seen(list):
+    """Heads seen (see ``_heads_seen``); ``store``: the head store's, when it had one."""
+
+    store: tuple[int, str] | None = None
+
+
 class _Recheck(Exception):  # noqa: N818 - a signal between two methods, never raised to callers
     """A check failed after a signature was left to a later line's: load again checking all."""
 
@@ -752,7 +758,7 @@ class CommitLog:
 
     def _heads_seen(self, use_store: bool = True) -> list[tuple[int, str]]:
         """The heads known now: this process's high-water mark and the head store's."""
-        seen = []
+        seen = _Seen()
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
         if hw:
@@ -760,6 +766,7 @@ class CommitLog:
         if self.heads is not None and use_store:
             h = self.heads.get(self.org, self._head_name)
             if h:
+                seen.store = (int(h[0]), str(h[1]))
                 seen.append(tuple(h))
         return seen
 
@@ -789,6 +796,8 @@ class CommitLog:
             old = _HIGH_WATER.get(self._hw_key)
             if not old or old[0] < state.seq:
                 _HIGH_WATER[self._hw_key] = (state.seq, state.digest)
+        if getattr(seen, "store", None) == (state.seq, state.digest):
+            self._advanced = max(self._advanced, state.seq)  # recorded already: no write
         if self.heads is not None and state.seq > self._advanced:
             # Readers advance the head too: a verified newer log is a head worth remembering.
             try:
