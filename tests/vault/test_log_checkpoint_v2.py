@@ -298,3 +298,10 @@ def test_a_fresh_reader_writes_no_head_the_store_already_has(plain_log, monkeypa
     store_log._HIGH_WATER.clear()
     with pytest.raises(IntegrityError, match="rolled back"):
         _fresh(tmp, reg).read()
+
+
+def test_verify_checks_every_line_signature(plain_log, monkeypatch):
+    tmp, reg, t = plain_log
+    calls = _count_verify(monkeypatch)
+    _fresh(tmp, reg).verify()
+    assert len([c for c in calls if b"\0line\0" in c]) >= 10

@@ -584,8 +584,13 @@ class OrgTable(CommitLog):
             self._state_cache = None
             self._log_sig = None
             self._verified.clear()
-        state = self._load()
-        self._check_replay(state)
+            # An audit checks each line's own signature, not only the newest (see ``_apply``).
+            self._every_signature = True
+            try:
+                state = self._load()
+                self._check_replay(state)
+            finally:
+                self._every_signature = False
         entries = sorted(state.files.values(), key=lambda e: e["path"])
         self._each(lambda e: self._check_file(e, cached=False), entries)
 
