@@ -305,3 +305,23 @@ def test_verify_checks_every_line_signature(plain_log, monkeypatch):
     calls = _count_verify(monkeypatch)
     _fresh(tmp, reg).verify()
     assert len([c for c in calls if b"\0line\0" in c]) >= 10
+
+
+def test_commit_objects_on_s3_one_signature_and_a_bad_one_named(tmp_path, s3, monkeypatch):
+    """On object storage the new commit objects are checked as one run of lines as well."""
+    monkeypatch.setattr(store_log, "CHECKPOINT_EVERY", 0)
+    reg = make_keys(tmp_path)
+    root = s3.root()
+    t = store(tmp_path, reg, root=root).table("process/series")
+    for i in range(5):
+        t.write(series(2, 5, prefix=f"s{i}"))
+    calls = _count_verify(monkeypatch)
+    fresh = store(tmp_path, reg, root=root, heads=False).table("process/series")
+    assert fresh.read(run_ids=["s2-0001"]).num_rows == 5
+    assert len(calls) == 1 and b'"seq":5' in calls[0]
+    keys = sorted(k for k in s3.keys(root, "a/process/series/_log/") if k[-6].isdigit())
+    third = json.loads(s3.get(root, keys[2]))
+    third["sig"] = json.loads(s3.get(root, keys[3]))["sig"]
+    s3.put(root, keys[2], _canon(third))
+    with pytest.raises(IntegrityError, match="line 3 failed its signature check"):
+        store(tmp_path, reg, root=root, heads=False).table("process/series").read()
