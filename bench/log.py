@@ -9,7 +9,15 @@ query never opens them — what is measured is the log). Then times ``OrgTable.r
 - ``cold``: a fresh reader (new ``OrgTable`` and ``OrgCrypto``) — what a data server does after a
   restart, or any process opening the table for the first time;
 - ``warm``: a long-running reader after a writer (another ``OrgTable``) appended one more commit —
-  what a data server does while an instrument streams.
+  what a data server does while an instrument streams;
+- ``fresh``: the first one-run query of a new Python process (imports done, nothing read yet);
+  the reader's keys reach it through a pipe.
+
+Wall times spread widely on a shared machine; the ``*_cpu_ms`` figures (CPU time of the reading
+process, all threads) are the steadier ones.
+
+``--live N`` builds a table of N live files instead (N commits, no compaction): the size of the
+checkpoint a fresh reader opens grows with it. Also prints the checkpoint's size in bytes.
 
 Run with this tree's ``atomscale_lab`` it builds the log through the store's own append path
 (signed lines, sealed statistics, checkpoints; fsync switched off while building only, to keep
@@ -17,7 +25,8 @@ Run with this tree's ``atomscale_lab`` it builds the log through the store's own
 tree on ``PYTHONPATH`` (one without ``CHECKPOINT_EVERY``) it writes that tree's HMAC-only lines in
 bulk, for a before/after comparison. Prints ``name: value`` lines.
 
-Usage: ``python bench/log.py [--commits 1000,10000,100000] [--reps 5] [--no-checkpoints]``
+Usage: ``python bench/log.py [--commits 1000,10000,100000] [--live 3200] [--reps 5]
+[--no-checkpoints]``
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -144,6 +156,42 @@ def build_legacy(table: OrgTable, steps) -> None:
             prev = hashlib.sha256(line).hexdigest()
 
 
+_FRESH = """
+import pickle, sys, time
+from pathlib import Path
+from atomscale_lab.schema import SERIES
+from atomscale_lab.vault.crypto import OrgCrypto
+from atomscale_lab.vault.store import OrgTable, SqliteHeadStore
+keys, root, heads, run = pickle.load(sys.stdin.buffer)
+t, c = time.perf_counter(), time.process_time()
+table = OrgTable(Path(root), "bench", SERIES, OrgCrypto(keys), SqliteHeadStore(Path(heads)))
+n = table.read(run_ids=[run]).num_rows
+print(f"{(time.perf_counter() - t) * 1000:.3f} {(time.process_time() - c) * 1000:.3f} {n}")
+"""
+
+
+def fresh_process(
+    keys, root: Path, heads_db: Path, reps: int, expect: int
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of the first one-run query in each of ``reps`` new processes."""
+    out, cpu = [], []
+    payload = pickle.dumps((keys, str(root), str(heads_db), QUERY_RUN))
+    for _ in range(reps):
+        got = subprocess.run(
+            [sys.executable, "-c", _FRESH], input=payload, capture_output=True, check=True
+        )
+        ms, cpu_ms, n = got.stdout.split()
+        assert int(n) == expect, (n, expect)
+        out.append(float(ms) / 1000)
+        cpu.append(float(cpu_ms) / 1000)
+    return out, cpu
+
+
+def _ckpt_bytes(table: OrgTable) -> int:
+    path = getattr(table, "_ckpt_path", None)
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
 def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every: int) -> dict:
     root = work / f"data-{commits}"
     heads_db = work / f"heads-{commits}.sqlite"
@@ -157,18 +205,21 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
     build_s = time.perf_counter() - t
     log_bytes = writer._log_path.stat().st_size
 
-    cold = []
+    cold, cold_cpu = [], []
     for _ in range(reps):
         store._HIGH_WATER.clear()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         reader = OrgTable(
             root, "bench", SERIES, OrgCrypto(reg.org_keys("bench")), SqliteHeadStore(heads_db)
         )
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         cold.append(time.perf_counter() - t)
+        cold_cpu.append(time.process_time() - c)
         assert n == expect, (n, expect)
+    fresh, fresh_cpu = fresh_process(reg.org_keys("bench").reader(), root, heads_db, reps, expect)
+    ckpt_bytes = _ckpt_bytes(writer)
 
-    warm = []
+    warm, warm_cpu = [], []
     reader.read(run_ids=[QUERY_RUN])
     run, seq = stream_run(), commits
     for _ in range(reps):
@@ -179,9 +230,10 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
                 writer._append(st, "add", "bench", [entry(run, seq, 1)], [])
             else:
                 build_legacy(writer, [("add", [entry(run, seq, 1)], [])])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         n = reader.read(run_ids=[QUERY_RUN]).num_rows
         warm.append(time.perf_counter() - t)
+        warm_cpu.append(time.process_time() - c)
         assert n == expect
     shutil.rmtree(root, ignore_errors=True)
     return {
@@ -189,8 +241,14 @@ def measure(work: Path, reg: KeyRegistry, commits: int, reps: int, compact_every
         "log_mb": f"{log_bytes / 1e6:.1f}",
         "cold_ms": f"{statistics.median(cold) * 1000:.1f}",
         "warm_ms": f"{statistics.median(warm) * 1000:.1f}",
+        "fresh_ms": f"{statistics.median(fresh) * 1000:.1f}",
+        "cold_cpu_ms": f"{statistics.median(cold_cpu) * 1000:.1f}",
+        "warm_cpu_ms": f"{statistics.median(warm_cpu) * 1000:.1f}",
+        "fresh_cpu_ms": f"{statistics.median(fresh_cpu) * 1000:.1f}",
         "cold_min_max_ms": f"{min(cold) * 1000:.1f} / {max(cold) * 1000:.1f}",
         "warm_min_max_ms": f"{min(warm) * 1000:.1f} / {max(warm) * 1000:.1f}",
+        "fresh_min_max_ms": f"{min(fresh) * 1000:.1f} / {max(fresh) * 1000:.1f}",
+        "ckpt_bytes": str(ckpt_bytes),
     }
 
 
@@ -203,6 +261,11 @@ def main() -> None:
         type=int,
         default=1000,
         help="commits between compactions of the streamed files (0: never)",
+    )
+    ap.add_argument(
+        "--live",
+        default="",
+        help="also: tables of this many live files (commits without compaction), e.g. 3200",
     )
     ap.add_argument("--no-checkpoints", action="store_true")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
@@ -225,9 +288,12 @@ def main() -> None:
     try:
         reg = KeyRegistry(work / "registry.sqlite", LocalKms(generate_root_key()))
         reg.create_org("bench")
-        for n in (int(x) for x in args.commits.split(",")):
+        for n in (int(x) for x in args.commits.split(",") if x):
             for k, v in measure(work, reg, n, args.reps, args.compact_every).items():
                 print(f"commits_{n}_{k}: {v}", flush=True)
+        for n in (int(x) for x in args.live.split(",") if x):
+            for k, v in measure(work, reg, n, args.reps, 0).items():
+                print(f"live_{n}_{k}: {v}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,14 +29,22 @@ writers hold it (``OrgKeys.signing``), readers hold the verify keys. Neither ``k
 Checkpoint (``_log/checkpoint.json``, replaced atomically by the writer every
 ``CHECKPOINT_EVERY`` commits and after a signing-key rotation)::
 
-    {"v": 1, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
+    {"v": 2, "seq": 640, "digest": "<sha256 of line 640>", "offset": <byte end of line 640>,
      "key_version": 2, "kfp": "...", "sv": 1,
-     "files": "<base64 sealed list of the live file entries>", "sig": "<Ed25519 over the rest>"}
+     "files": "<base64 sealed file list, grouped by bucket>", "sig": "<Ed25519, see below>"}
+
+Format 2's ``sig`` covers the document with ``files`` replaced by ``files_sha256`` (the SHA-256
+of the sealed bytes), and its file list is grouped by bucket (:mod:`.filemap`), so that a
+one-run query parses only its own bucket's entries. Format 1 (written before; still read) seals
+one flat JSON list of the entries and signs the document as it is.
 
 A reader starts from the newest checkpoint and verifies only the lines after ``offset`` (the
 first must continue ``digest``); a line's ``ck`` names the checkpoint it saw, so a removed or
 older checkpoint is refused; ``verify()`` also replays the whole log (when it starts at commit 1)
-and compares. A long-running reader reads only the bytes appended since its last read.
+and compares. A long-running reader reads only the bytes appended since its last read. Of
+several lines read at once, only the newest one's signature is checked (each line names the
+hash of the one before); any fault makes the reader check every signature to name the first
+bad line.
 
 Lines written before commit-log signing carry ``actor`` and the statistics in plaintext and a
 ``mac`` (HMAC-SHA256, key derived from the data key) instead of ``stats``/``sig``. A reader
@@ -71,6 +79,8 @@ from atomscale_lab.fsutil import mkdirs as _mkdirs
 from atomscale_lab.vault.crypto import OrgCrypto
 from atomscale_lab.vault.db import Database, db_errors, is_database_url
 from atomscale_lab.vault.migrations import ensure
+from atomscale_lab.vault.store import filemap
+from atomscale_lab.vault.store.filemap import FileMap
 from atomscale_lab.vault.store.files import (
     _PATH_RE,
 )
@@ -85,10 +95,24 @@ _MAX_RETRIES = 10_000
 CHECKPOINT_EVERY = 64
 """A writer signs a checkpoint of the table's state every this many commits (0: never), so that
 a fresh reader verifies at most this many lines. Also written when the signing key rotated."""
+CHECKPOINT_FORMAT = 2
+"""Format of the checkpoints written: 2 seals the file list grouped by bucket, so that a reader
+parses only the buckets it needs (:mod:`.filemap`); 1 (a flat list) is what earlier versions
+wrote. Both are read."""
 _KEEP_DIGESTS = 4096
 _HIGH_WATER: dict[str, tuple[int, str]] = {}
 """Newest (seq, line hash) this process has seen per table folder: a rolled-back log is refused."""
 _HW_LOCK = threading.Lock()
+
+
+class _Seen(list):
+    """Heads seen (see ``_heads_seen``); ``store``: the head store's, when it had one."""
+
+    store: tuple[int, str] | None = None
+
+
+class _Recheck(Exception):  # noqa: N818 - a signal between two methods, never raised to callers
+    """A check failed after a signature was left to a later line's: load again checking all."""
 
 
 class HeadStore(Protocol):
@@ -216,7 +240,7 @@ class _State:
     )
 
     def __init__(self):
-        self.files: dict[str, dict] = {}
+        self.files: FileMap = FileMap()
         self.seq = 0
         self.digest = _GENESIS
         self.key_version = 0
@@ -236,7 +260,7 @@ class _State:
         s = _State()
         for name in self.__slots__:
             setattr(s, name, getattr(self, name))
-        s.files = dict(self.files)
+        s.files = self.files.copy()
         s.digests = dict(self.digests)
         s._sorted = None
         return s
@@ -246,6 +270,13 @@ class _State:
         if self._sorted is None:
             self._sorted = sorted(self.files.values(), key=lambda e: (e["seq"], e["path"]))
         return self._sorted
+
+    def ordered_in(self, buckets) -> list[dict]:
+        """Entries of the given buckets by (commit, path), without parsing the other buckets'
+        part of a checkpoint."""
+        if self._sorted is not None:
+            return [e for e in self._sorted if e.get("bucket") in buckets]
+        return sorted(self.files.in_buckets(buckets), key=lambda e: (e["seq"], e["path"]))
 
     def remember(self, seq: int, digest: str) -> None:
         """Keep the digests of recent lines for the head checks (bounded)."""
@@ -258,6 +289,19 @@ class _State:
 def _sign_message(org: str, table: str, kind: str, body: dict) -> bytes:
     """What a commit-log line or checkpoint signature covers: org, table, kind and the body."""
     return b"atomscale-lab/commit-log/v2\0" + f"{org}\0{table}\0{kind}\0".encode() + _canon(body)
+
+
+def _ckpt_signed(doc: dict, blob: bytes | None = None) -> dict:
+    """What a checkpoint's signature covers: format 1 the document as it is; format 2 the
+    document with the sealed file list replaced by its SHA-256 (``files_sha256``), so that
+    neither side encodes the whole list once more as part of the signed message."""
+    if doc.get("v", 1) == 1:
+        return doc
+    if blob is None:
+        blob = _unb64(doc["files"])
+    signed = {k: v for k, v in doc.items() if k != "files"}
+    signed["files_sha256"] = hashlib.sha256(blob).hexdigest()
+    return signed
 
 
 def _b64(raw: bytes) -> str:
@@ -329,7 +373,30 @@ class CommitLog:
         use_checkpoint: bool = True,
     ) -> _State:
         """Verify the log from the newest checkpoint (or incrementally, when only appended to
-        since the last load); check the heads. Never re-reads lines it has verified."""
+        since the last load); check the heads. Never re-reads lines it has verified.
+
+        Of several signed lines read at once only the newest signature is checked (see
+        :meth:`_apply`); when anything fails, the load is repeated checking every signature,
+        so that the refusal names the first bad line, as it always did."""
+        kw = {
+            "strict_heads": strict_heads,
+            "allow_unsealed": allow_unsealed,
+            "use_checkpoint": use_checkpoint,
+        }
+        with self._mutex:
+            try:
+                return self._load_once(**kw)
+            except _Recheck:
+                self._every_signature = True
+                try:
+                    return self._load_once(**kw)
+                finally:
+                    self._every_signature = False
+
+    def _load_once(
+        self, *, strict_heads: bool, allow_unsealed: bool, use_checkpoint: bool
+    ) -> _State:
+        """One attempt of :meth:`_load`."""
         if self._m.objects:
             return self._load_objects(
                 strict_heads=strict_heads,
@@ -447,11 +514,22 @@ class CommitLog:
                 for (seq, _), (body, _) in zip(new, bodies, strict=True):
                     if not body or b"\n" in body:
                         raise self._fail(f"commit object {seq} is missing or corrupt")
-                    self._apply(state, body + b"\n", len(body) + 1)
-                    if state.seq != seq:
-                        raise self._fail(
-                            f"commit object {seq} holds commit {state.seq} (moved or swapped)"
-                        )
+                if not getattr(self, "_every_signature", False) and len(new) > 1:
+                    # All at once, so that only the newest signature is checked. The keys
+                    # listed rise strictly and the chain's numbers by one, so the same count
+                    # and the same last number mean that every object holds its own commit.
+                    first = state.seq
+                    data = b"\n".join(body for body, _ in bodies) + b"\n"
+                    self._apply(state, data, len(data))
+                    if state.seq != new[-1][0] or state.seq - first != len(new):
+                        raise _Recheck()  # named object by object below
+                else:
+                    for (seq, _), (body, _) in zip(new, bodies, strict=True):
+                        self._apply(state, body + b"\n", len(body) + 1)
+                        if state.seq != seq:
+                            raise self._fail(
+                                f"commit object {seq} holds commit {state.seq} (moved or swapped)"
+                            )
                 etag = new[-1][1]
             if use_checkpoint and state.ck_said > state.ck_file:
                 newer = self._read_checkpoint(allow_retired=True)
@@ -502,11 +580,14 @@ class CommitLog:
             sig = _unb64(doc.pop("sig"))
             seq, digest, offset = int(doc["seq"]), str(doc["digest"]), int(doc["offset"])
             kv, sv = int(doc["key_version"]), int(doc["sv"])
+            fmt = int(doc.get("v", 1))
             blob = _unb64(doc["files"])
+            if fmt not in (1, 2):
+                raise ValueError(fmt)
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise self._fail("the commit-log checkpoint is corrupt") from None
         if not self.crypto.verify_signature(
-            sv, _sign_message(self.org, self.spec.name, "checkpoint", doc), sig
+            sv, _sign_message(self.org, self.spec.name, "checkpoint", _ckpt_signed(doc, blob)), sig
         ):
             raise self._fail(
                 "the commit-log checkpoint failed its signature check (edited or forged)"
@@ -529,8 +610,13 @@ class CommitLog:
                 )
             raise self._fail("the commit-log checkpoint's file list fails authentication")
         state = _State()
-        for e in json.loads(plain):
-            state.files[e["path"]] = e
+        try:
+            if fmt == 1:
+                state.files = FileMap(json.loads(plain))
+            else:
+                state.files = filemap.decode(plain, f"{self.org}/{self.spec.name}: ")
+        except (ValueError, KeyError, TypeError):
+            raise self._fail("the commit-log checkpoint's file list is corrupt") from None
         state.seq, state.digest, state.size = seq, digest, offset
         state.key_version, state.sign_version = kv, sv
         state.signed = state.sealed = True
@@ -539,8 +625,32 @@ class CommitLog:
         return state
 
     def _apply(self, state: _State, data: bytes, end: int, skip: bool = False) -> None:
+        """Verify and apply the lines in ``data[:end]``.
+
+        Each line names the SHA-256 of the line before it, so the newest line's signature covers
+        every line before it as written: of a run of signed lines only the last one's signature
+        is checked here (every other check is made on each line). A writer checks the newest
+        line's signature before it appends, so every line of a log was checked on its own by
+        the writer of the next one. Should any check fail after a signature was skipped,
+        :class:`_Recheck` makes :meth:`_load` start over checking every signature.
+        """
+        lines = data[:end].split(b"\n")[:-1]
+        skipped = None if getattr(self, "_every_signature", False) else [0]
+        try:
+            self._apply_lines(state, lines, skip, skipped)
+        except IntegrityError:
+            if skipped and skipped[0]:
+                raise _Recheck() from None
+            raise
+
+    def _apply_lines(
+        self, state: _State, lines: list[bytes], skip: bool, skipped: list[int] | None
+    ) -> None:
+        """:meth:`_apply`'s loop; ``skipped`` (None: check every signature) counts the
+        signatures left to the newest line's."""
         lineno = state.seq
-        for raw in data[:end].split(b"\n")[:-1]:
+        last = len(lines) - 1
+        for i, raw in enumerate(lines):
             lineno += 1
             try:
                 doc = json.loads(raw)
@@ -570,7 +680,10 @@ class CommitLog:
             if sig is None:
                 added = self._check_legacy(state, doc, mac, kv, lineno)
             else:
-                added = self._check_signed(state, doc, sig, kv, lineno)
+                check = skipped is None or i == last
+                if not check:
+                    skipped[0] += 1  # before: its own other checks may fail first
+                added = self._check_signed(state, doc, sig, kv, lineno, check)
             for p in removed:
                 if state.files.pop(p, None) is None:
                     raise self._fail(f"commit log line {lineno} removes unlisted file {p}")
@@ -608,8 +721,11 @@ class CommitLog:
                 f"{self.spec.name}'s files (wrong key or another org's data)"
             )
 
-    def _check_signed(self, state: _State, doc: dict, sig, kv: int, lineno: int) -> list:
-        """A signed line: Ed25519 signature over the body, statistics sealed with the data key."""
+    def _check_signed(
+        self, state: _State, doc: dict, sig, kv: int, lineno: int, check: bool = True
+    ) -> list:
+        """A signed line: Ed25519 signature over the body (checked with ``check``; otherwise a
+        later line's signature covers it), statistics sealed with the data key."""
         try:
             sv, blob, signature = int(doc["sv"]), _unb64(doc["stats"]), _unb64(sig)
             ck = int(doc.get("ck", 0))
@@ -618,7 +734,7 @@ class CommitLog:
         self._check_kfp(doc, kv)  # the wrong data key is named as such, not as tampering
         if sv < state.sign_version:
             raise self._fail(f"commit log line {lineno} is signed with a retired signing key")
-        if not self.crypto.verify_signature(
+        if check and not self.crypto.verify_signature(
             sv, _sign_message(self.org, self.spec.name, "line", doc), signature
         ):
             raise self._fail(
@@ -642,7 +758,7 @@ class CommitLog:
 
     def _heads_seen(self, use_store: bool = True) -> list[tuple[int, str]]:
         """The heads known now: this process's high-water mark and the head store's."""
-        seen = []
+        seen = _Seen()
         with _HW_LOCK:
             hw = _HIGH_WATER.get(self._hw_key)
         if hw:
@@ -650,6 +766,7 @@ class CommitLog:
         if self.heads is not None and use_store:
             h = self.heads.get(self.org, self._head_name)
             if h:
+                seen.store = (int(h[0]), str(h[1]))
                 seen.append(tuple(h))
         return seen
 
@@ -679,6 +796,8 @@ class CommitLog:
             old = _HIGH_WATER.get(self._hw_key)
             if not old or old[0] < state.seq:
                 _HIGH_WATER[self._hw_key] = (state.seq, state.digest)
+        if getattr(seen, "store", None) == (state.seq, state.digest):
+            self._advanced = max(self._advanced, state.seq)  # recorded already: no write
         if self.heads is not None and state.seq > self._advanced:
             # Readers advance the head too: a verified newer log is a head worth remembering.
             try:
@@ -826,9 +945,16 @@ class CommitLog:
     def _write_checkpoint(self, state: _State, offset: int | None = None) -> None:
         """Sign the verified state at its head into ``_log/checkpoint.json`` (atomic replace)."""
         kv = self.crypto.version
-        files = [state.files[p] for p in sorted(state.files)]
+        fmt, plain = CHECKPOINT_FORMAT, None
+        if fmt >= 2:
+            try:
+                plain = filemap.encode(state.files.values())
+            except ValueError:  # an entry that cannot be grouped by its path: a flat list
+                fmt = 1
+        if plain is None:
+            plain = _canon([state.files[p] for p in sorted(state.files)])
         doc = {
-            "v": 1,
+            "v": fmt,
             "seq": state.seq,
             "digest": state.digest,
             "offset": state.size if offset is None else offset,
@@ -839,12 +965,14 @@ class CommitLog:
                 self.crypto.seal(
                     f"commit-log-checkpoint/{self.spec.name}",
                     kv,
-                    _canon(files),
+                    plain,
                     self._aad("checkpoint", state.seq),
                 )
             ),
         }
-        _, signature = self.crypto.sign(_sign_message(self.org, self.spec.name, "checkpoint", doc))
+        _, signature = self.crypto.sign(
+            _sign_message(self.org, self.spec.name, "checkpoint", _ckpt_signed(doc))
+        )
         if self._m.objects:
             self._put_checkpoint(state.seq, _canon(dict(doc, sig=_b64(signature))))
             state.ck_file, state.ck_sv = state.seq, doc["sv"]

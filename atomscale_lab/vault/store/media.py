@@ -34,6 +34,8 @@ def is_object_url(value) -> bool:
 def as_root(value, s3_config=None):
     """A storage root from a ``Path``, a local path text, an ``s3://bucket/prefix`` text or an
     ``S3Root`` (returned as is). ``s3_config`` (an ``S3Config``) defaults to the environment."""
+    if isinstance(value, Path):
+        return value  # a local root never needs the object-storage module (slow to import)
     from atomscale_lab.vault.store.objects import S3Root
 
     if isinstance(value, S3Root):

@@ -324,12 +324,13 @@ class OrgTable(CommitLog):
         return self._select(self._load(), run_ids, _to_us(start), _to_us(end))
 
     def _select(self, state: _State, run_ids, t0, t1) -> list[dict]:
-        want = None
+        want = buckets = None
         if run_ids is not None:
             want = set(run_ids)
             buckets = {bucket_of(r) for r in want} if self.spec.bucketed else None
         out = []
-        for e in state.ordered():
+        # Only the queried runs' buckets: the rest of a checkpoint's file list stays unparsed.
+        for e in state.ordered() if buckets is None else state.ordered_in(buckets):
             if want is not None:
                 if buckets is not None and e.get("bucket") not in buckets:
                     continue
@@ -583,8 +584,13 @@ class OrgTable(CommitLog):
             self._state_cache = None
             self._log_sig = None
             self._verified.clear()
-        state = self._load()
-        self._check_replay(state)
+            # An audit checks each line's own signature, not only the newest (see ``_apply``).
+            self._every_signature = True
+            try:
+                state = self._load()
+                self._check_replay(state)
+            finally:
+                self._every_signature = False
         entries = sorted(state.files.values(), key=lambda e: e["path"])
         self._each(lambda e: self._check_file(e, cached=False), entries)
 
