@@ -16,17 +16,20 @@ import pytest
 
 from atomscale_lab.ingest.lease import AdvisoryLease, LocalLease, lease_key
 from tests.support.ingest import Service
+from tests.support.s3 import use_s3_roots
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def state_backend(pg_url, monkeypatch):
-    """Only PostgreSQL: the lease is about replicas sharing one database."""
+def state_backend(pg_url, s3, monkeypatch):
+    """Only the scale-out deployment (PostgreSQL, roots on object storage): the lease is about
+    replicas sharing one database and one store."""
     from tests.support.postgres import upgraded
 
     url = upgraded(pg_url)
     monkeypatch.setenv("ATOMSCALE_DATABASE_URL", url)
+    use_s3_roots(s3, monkeypatch)
     return url
 
 
