@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,14 @@ import pytest
 
 from atomscale_lab.hub.roles import ROLES
 from tests.support import hub_helpers as helpers
-from tests.support.hubstack import ORGS, api, events_json, server_pid
+from tests.support.hubstack import (
+    ORGS,
+    api,
+    data_server_pids,
+    events_json,
+    restart_data_server,
+    server_pid,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -685,38 +691,6 @@ def test_user_accounts_cannot_touch_the_data_or_context_roots(stack, role):
     assert r.returncode == 0, r.stderr
 
 
-def _data_server_pids(stack, org):
-    from tests.support.hubstack import _pids_of_uid
-
-    out = []
-    for pid in _pids_of_uid(stack.services[org].uid):
-        try:
-            if b"atomscale_lab.hub.services.data" in open(f"/proc/{pid}/cmdline", "rb").read():
-                out.append(pid)
-        except OSError:
-            continue
-    return out
-
-
-def _restart_data_server(stack, org, timeout=90):
-    """Stop the org's data server by pid; the hub starts a fresh one (its poll is ≤ 30 s)."""
-    (old,) = _data_server_pids(stack, org)
-    os.kill(old, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    s = helpers.session(stack.ca)
-    while time.monotonic() < deadline:
-        pids = _data_server_pids(stack, org)
-        if pids and pids != [old]:
-            try:
-                r = s.get(f"{stack.url}/services/atomscale-data-{org}/health", timeout=5)
-                if r.status_code == 200:
-                    return pids[0]
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-        time.sleep(0.5)
-    raise AssertionError(f"the data server of {org} was not restarted\n{stack.log_tail()}")
-
-
 def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, running):
     user = "acme-scientist"
     token = running(user)
@@ -735,12 +709,12 @@ def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, runn
     assert new_log != old_log
     try:
         log.write_bytes(old_log)  # the rollback: an older, valid log
-        pid = _restart_data_server(stack, "acme")
+        pid = restart_data_server(stack, "acme")
         r = api(stack, token, "GET", url, params={"format": "arrow"})
         assert r.status_code == 500, (r.status_code, r.text[:300])
         assert "rolled back" in r.json()["message"]
         assert r.json()["reason"] == "Integrity Check Failed"
-        assert _data_server_pids(stack, "acme") == [pid]  # the fresh one answered
+        assert data_server_pids(stack, "acme") == [pid]  # the fresh one answered
         v = stack.vault()
         try:  # one audited refusal in acme's log, naming the caller
             events = v.audit("acme").events(action="data.integrity")
@@ -755,7 +729,7 @@ def test_rolled_back_log_is_refused_by_a_freshly_started_data_server(stack, runn
 
 
 def _service_token(stack, org):
-    for pid in _data_server_pids(stack, org):
+    for pid in data_server_pids(stack, org):
         for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
             if kv.startswith(b"JUPYTERHUB_API_TOKEN="):
                 return kv.split(b"=", 1)[1].decode()

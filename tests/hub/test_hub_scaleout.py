@@ -27,6 +27,7 @@ from tests.support.hubstack import (
     api,
     data_server_pids,
     deployment,
+    descends_from,
     events_json,
     restart_data_server,
     server_pid,
@@ -242,9 +243,10 @@ def test_user_server_and_kernel_hold_no_cloud_or_database_secret(hub, tokens, ke
     (keys_pid,) = [
         p
         for p in _pids_with_cmd(b"atomscale_lab.hub.services.keys")
-        if b"ATOMSCALE_DATABASE_URL=" in open(f"/proc/{p}/environ", "rb").read()
+        if descends_from(p, hub.hub_pid)
     ]
-    assert b"AWS_SECRET_ACCESS_KEY=" in open(f"/proc/{keys_pid}/environ", "rb").read()
+    keys_env = open(f"/proc/{keys_pid}/environ", "rb").read()
+    assert b"AWS_SECRET_ACCESS_KEY=" in keys_env and b"ATOMSCALE_DATABASE_URL=" in keys_env
     (data_pid,) = data_server_pids(hub, "acme")
     data_env = open(f"/proc/{data_pid}/environ", "rb").read()
     assert b"AWS_ENDPOINT_URL=" in data_env

@@ -531,13 +531,28 @@ def events_json(events):
     return json.dumps(events[:10], default=str)[:2000]
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is ``ancestor`` or one of its descendants (another stack of the
+    same test session runs the same service accounts and commands)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def data_server_pids(stack, org) -> list[int]:
-    """Pids of the org's data server (found by its service account's uid)."""
+    """Pids of the org's data server of this stack (its service account's uid, under its hub)."""
     out = []
     for pid in _pids_of_uid(stack.services[org].uid):
         try:
             if b"atomscale_lab.hub.services.data" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                out.append(pid)
+                if descends_from(pid, stack.hub_pid):
+                    out.append(pid)
         except OSError:
             continue
     return out
