@@ -441,22 +441,31 @@ class CommitLog:
                 state.size += end
             elif skip:
                 state.size = 0
-            if use_checkpoint and state.ck_said > state.ck_file:
-                # A line names a newer checkpoint than the one read: another writer made it
-                # since, or it was removed or replaced by an older one.
-                newer = self._read_checkpoint(allow_retired=True)
-                if newer is None or newer.seq < state.ck_said:
-                    raise self._fail(
-                        f"the checkpoint at commit {state.ck_said} named by the log "
-                        "is missing or was replaced by an older one"
-                    )
-                state.ck_file, state.ck_sv = newer.seq, newer.sign_version
-            self._check_signed_head(state, allow_unsealed)
-            self._check_heads(state, strict=strict_heads, seen=before)
-            if use_checkpoint:
-                self._state_cache = state
-                self._log_sig = sig
-            return state
+            return self._finish_load(
+                state, sig, use_checkpoint, allow_unsealed, strict_heads, before
+            )
+
+    def _finish_load(
+        self, state: _State, sig, use_checkpoint: bool, allow_unsealed: bool, strict_heads, before
+    ) -> _State:
+        """The checks every load ends with (whatever medium the lines came from), then cache
+        ``state`` under the log's signature ``sig``."""
+        if use_checkpoint and state.ck_said > state.ck_file:
+            # A line names a newer checkpoint than the one read: another writer made it
+            # since, or it was removed or replaced by an older one.
+            newer = self._read_checkpoint(allow_retired=True)
+            if newer is None or newer.seq < state.ck_said:
+                raise self._fail(
+                    f"the checkpoint at commit {state.ck_said} named by the log "
+                    "is missing or was replaced by an older one"
+                )
+            state.ck_file, state.ck_sv = newer.seq, newer.sign_version
+        self._check_signed_head(state, allow_unsealed)
+        self._check_heads(state, strict=strict_heads, seen=before)
+        if use_checkpoint:
+            self._state_cache = state
+            self._log_sig = sig
+        return state
 
     def _check_signed_head(self, state: _State, allow_unsealed: bool) -> None:
         """Once the org has a signing key, the newest line must be signed: a line appended
@@ -531,20 +540,9 @@ class CommitLog:
                                 f"commit object {seq} holds commit {state.seq} (moved or swapped)"
                             )
                 etag = new[-1][1]
-            if use_checkpoint and state.ck_said > state.ck_file:
-                newer = self._read_checkpoint(allow_retired=True)
-                if newer is None or newer.seq < state.ck_said:
-                    raise self._fail(
-                        f"the checkpoint at commit {state.ck_said} named by the log "
-                        "is missing or was replaced by an older one"
-                    )
-                state.ck_file, state.ck_sv = newer.seq, newer.sign_version
-            self._check_signed_head(state, allow_unsealed)
-            self._check_heads(state, strict=strict_heads, seen=before)
-            if use_checkpoint:
-                self._state_cache = state
-                self._log_sig = (state.seq, etag)
-            return state
+            return self._finish_load(
+                state, (state.seq, etag), use_checkpoint, allow_unsealed, strict_heads, before
+            )
 
     def _start(self, log_size: int, use_checkpoint: bool) -> tuple[_State, bool]:
         """The state to read the log from: the newest valid checkpoint, or the empty log."""
