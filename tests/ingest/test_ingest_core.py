@@ -7,16 +7,7 @@ import pytest
 
 from atomscale_lab.errors import NotFound, ValidationError
 from atomscale_lab.ingest.core import IngestCore, StreamClosed
-from tests.support.s3 import use_s3_roots
-
-
-@pytest.fixture
-def state_backend(db_backend, request, monkeypatch):
-    """These tests run once per backend: SQLite files and local roots, then a PostgreSQL schema
-    with the data and context roots on object storage."""
-    if db_backend:
-        use_s3_roots(request.getfixturevalue("s3"), monkeypatch)
-    return db_backend
+from tests.support.s3 import state_backend_per_deployment  # noqa: F401 - state_backend
 
 
 def _rows(start, n):

@@ -13,6 +13,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from atomscale_lab.vault.store.objects import S3Config, S3Root
 
 ACCESS_KEY = "testing-access-key"
@@ -109,3 +111,12 @@ def use_s3_roots(s3: S3Env, monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ATOMSCALE_DATA_ROOT", s3.root().url)
     monkeypatch.setenv("ATOMSCALE_CONTEXT_ROOT", s3.root().url)
+
+
+@pytest.fixture(name="state_backend")
+def state_backend_per_deployment(db_backend, request, monkeypatch):
+    """``state_backend`` for a test module to import: each test once on SQLite files and local
+    roots, then on a PostgreSQL schema with the data and context roots on object storage."""
+    if db_backend:
+        use_s3_roots(request.getfixturevalue("s3"), monkeypatch)
+    return db_backend
